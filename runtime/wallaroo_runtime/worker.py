@@ -1,0 +1,217 @@
+"""One partition of one stage, owned by this runner: restore, then fetch -> run -> commit ->
+publish -> ack, one input batch at a time (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from wallaroo import codec
+from wallaroo.engine import BatchResult, DeadLetter, Item, RecordFailed, Retrier, RetryPolicy, StageEngine
+from wallaroo.names import AppNames, internal_msg_id, parse_internal
+from wallaroo.natsio import InMsg, Nats, Out, PullConsumer
+from wallaroo.plan import Application, Stage
+from wallaroo_runtime.changelog import CommitRecord, PartitionState
+
+log = logging.getLogger("wallaroo.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    fetch_batch: int = 16
+    fetch_timeout: float = 0.25
+    max_records: int = 8192
+    ack_wait: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class ResyncNeeded(Exception):  # noqa: N818 - control flow, caught by the worker loop
+    """Deliveries skipped a consumer sequence: rebuild the consumer from the commit log."""
+
+
+@dataclass
+class Progress:
+    """Counters a runner reports (and the autoscaler will read)."""
+
+    commits: int = 0
+    records: int = 0
+    dead: int = 0
+    restores: int = 0
+
+
+class PartitionWorker:
+    def __init__(
+        self, nats: Nats, app: Application, version: str, stage: Stage, part: int,
+        config: WorkerConfig,
+    ) -> None:
+        self.nats, self.app, self.version, self.stage, self.part = nats, app, version, stage, part
+        self.cfg = config
+        self.names = AppNames(app.slug)
+        self.engine = StageEngine(app, stage)
+        self.producer = AppNames.producer(stage.index, part)
+        self.log_subject = self.names.log(stage.index, part)
+        self.in_subject = self.names.data(stage.index, part)
+        self.state = PartitionState()
+        self.log_seq = 0
+        self.consumer_seq = 0
+        self.progress = Progress()
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from run()."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        await self.restore()
+        consumer = await self._open_consumer()
+        try:
+            while not self._stop.is_set():
+                msgs = await consumer.fetch(self.cfg.fetch_batch, self.cfg.fetch_timeout)
+                try:
+                    await self.handle(msgs)
+                except ResyncNeeded:
+                    log.warning("%s: delivery gap, rebuilding consumer", self.in_subject)
+                    await consumer.close()
+                    consumer = await self._open_consumer()
+        finally:
+            await consumer.close()
+
+    # --- recovery --------------------------------------------------------------------------
+
+    async def restore(self) -> None:
+        started = time.monotonic()
+        last = await self.nats.last_on_subject(self.names.log_stream, self.log_subject)
+        self.log_seq = last.seq if last else 0
+        self.state = PartitionState()
+        if last is not None and not self.stage.stateful:
+            # Why: stateless stages need only the newest record (it carries full watermarks).
+            self.state.apply(CommitRecord.decode(last.data))
+        elif last is not None:
+            async for m in self.nats.read_subject(self.names.log_stream, self.log_subject, last.seq):
+                self.state.apply(CommitRecord.decode(m.data))
+        if self.state.last is not None:
+            # The newest commit's outputs may not all have been published before the crash.
+            await self.nats.publish_all(self.state.last.outs)
+        self.progress.restores += 1
+        log.info("%s: restored %d commits, %d state slots, committed seq %d in %.3fs",
+                 self.log_subject, self.state.commit_no, len(self.state.table),
+                 self.state.committed_seq, time.monotonic() - started)
+
+    async def _open_consumer(self) -> PullConsumer:
+        """A fresh consumer delivers every uncommitted input in stream order: inputs at or
+        below the committed seq are purged first (committed, maybe never acked)."""
+        stream, durable = self.names.data_stream, AppNames.durable(self.stage.index, self.part)
+        await self.nats.purge_subject_below(stream, self.in_subject, self.state.committed_seq + 1)
+        await self.nats.delete_consumer(stream, durable)
+        self.consumer_seq = 0
+        return await self.nats.pull_consumer(stream, durable, self.in_subject, ack_wait=self.cfg.ack_wait)
+
+    # --- the commit loop -------------------------------------------------------------------
+
+    async def handle(self, msgs: Sequence[InMsg]) -> None:
+        fresh, stale = self._triage(msgs)
+        for chunk in _chunks(fresh, self.cfg.max_records):
+            await self._commit_batch(chunk)
+        await asyncio.gather(*(m.ack() for m in stale))
+
+    def _triage(self, msgs: Sequence[InMsg]) -> tuple[list[tuple[InMsg, list[Item]]], list[InMsg]]:
+        fresh, stale = [], []
+        for m in msgs:
+            if m.consumer_seq != self.consumer_seq + 1:
+                raise ResyncNeeded
+            self.consumer_seq = m.consumer_seq
+            if m.stream_seq <= self.state.committed_seq or self._seen_producer_seq(m):
+                stale.append(m)
+            else:
+                fresh.append((m, self._items(m)))
+        return fresh, stale
+
+    def _seen_producer_seq(self, m: InMsg) -> bool:
+        """A stage's output re-published after the dedup window: its commit number tells."""
+        origin = parse_internal(m.msg_id)
+        return origin is not None and origin[1] <= self.state.watermarks.get(origin[0], 0)
+
+    def _items(self, m: InMsg) -> list[Item]:
+        seq = m.stream_seq
+        if self.stage.source is not None:
+            raws: list[bytes] = msgpack.unpackb(m.data, raw=False)
+            return [Item((seq, i), None, r) for i, r in enumerate(raws)]
+        pairs: list[tuple[str, Any]] = codec.loads(m.data)
+        return [Item((seq, i), k, v) for i, (k, v) in enumerate(pairs)]
+
+    async def _commit_batch(self, batch: list[tuple[InMsg, list[Item]]]) -> None:
+        items = [it for _, its in batch for it in its]
+        result = await self._execute(items)
+        watermarks = dict(self.state.watermarks)
+        for m, _ in batch:
+            origin = parse_internal(m.msg_id)
+            if origin is not None:
+                watermarks[origin[0]] = max(origin[1], watermarks.get(origin[0], 0))
+        rec = CommitRecord(
+            commit_no=self.state.commit_no + 1, first_seq=batch[0][0].stream_seq,
+            last_seq=batch[-1][0].stream_seq, watermarks=watermarks, states=result.states,
+            outs=self._outputs(result, self.state.commit_no + 1),
+        )
+        self.log_seq = await self.nats.append_fenced(
+            self.names.log_stream, self.log_subject, rec.encode(),
+            f"c:{self.producer}:{rec.commit_no}", self.log_seq,
+        )
+        self.state.apply(rec)
+        await self.nats.publish_all(rec.outs)
+        await asyncio.gather(*(m.ack() for m, _ in batch))
+        self._count(result)
+
+    def _count(self, result: BatchResult) -> None:
+        self.progress.commits += 1
+        self.progress.records += result.records_in
+        self.progress.dead += len(result.dead)
+
+    async def _execute(self, items: list[Item]) -> BatchResult:
+        retrier = Retrier(self.cfg.retry, self.stage.name)
+        while True:
+            try:
+                return self.engine.attempt(items, self.state.table, retrier.dead)
+            except RecordFailed as failed:
+                delay = retrier.on_failure(failed)
+                log.warning("%s: %s (attempt %d)", self.in_subject, failed,
+                            retrier.failures[failed.item.rid])
+                if delay:
+                    await asyncio.sleep(delay)
+
+    def _outputs(self, result: BatchResult, commit_no: int) -> list[Out]:
+        outs: list[tuple[str, bytes]] = []
+        route = self.stage.route
+        for part, records in sorted(result.routed.items()):
+            assert route is not None
+            outs.append((self.names.data(route.target, part), codec.dumps(records)))
+        for sink, payloads in sorted(result.sink_out.items()):
+            outs.append((self.names.out(self.app.sinks[sink].name), msgpack.packb(payloads)))
+        for dead in result.dead:
+            outs.append((self.names.dlq(self.stage.index), self._dead_letter(dead)))
+        return [Out(s, p, internal_msg_id(self.producer, commit_no, k)) for k, (s, p) in enumerate(outs)]
+
+    def _dead_letter(self, dead: DeadLetter) -> bytes:
+        body = dead.to_wire() | {"app": self.app.name, "version": self.version, "ts": time.time()}
+        return bytes(msgpack.packb(body, use_bin_type=True))
+
+
+def _chunks(
+    fresh: list[tuple[InMsg, list[Item]]], max_records: int
+) -> list[list[tuple[InMsg, list[Item]]]]:
+    """Group input messages into commits of at most `max_records` records (at least one
+    message each), so a commit record stays well under the NATS max payload."""
+    chunks: list[list[tuple[InMsg, list[Item]]]] = []
+    size = max_records
+    for entry in fresh:
+        if size + len(entry[1]) > max_records:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(entry)
+        size += len(entry[1])
+    return chunks

@@ -1,0 +1,41 @@
+"""Wallaroo: exactly-once stream processing on NATS JetStream, as plain decorated functions.
+
+    import wallaroo as wl
+
+    @wl.computation(name="double")
+    def double(x: int) -> int:
+        return x * 2
+"""
+
+from wallaroo.api import (
+    computation,
+    computation_multi,
+    decoder,
+    encoder,
+    key_extractor,
+    spec_of,
+    state_computation,
+    state_computation_multi,
+)
+from wallaroo.errors import WallarooError
+from wallaroo.pipeline import Pipeline, StreamSink, StreamSource, source
+from wallaroo.plan import Application, build_application
+
+__all__ = [
+    "Application",
+    "Pipeline",
+    "StreamSink",
+    "StreamSource",
+    "WallarooError",
+    "build_application",
+    "computation",
+    "computation_multi",
+    "decoder",
+    "encoder",
+    "key_extractor",
+    "source",
+    "spec_of",
+    "state_computation",
+    "state_computation_multi",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from wallaroo.cli import main
+
+main()

@@ -1,0 +1,209 @@
+"""Decorators of the Wallaroo 0.6 API: each validates when applied, attaches a frozen spec
+and returns the user's function unchanged, so it stays a plain callable."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from wallaroo.errors import ArityError, DefinitionError, MissingArgumentsError, f_repr
+
+F = TypeVar("F", bound=Callable[..., Any])
+SPEC_ATTR = "__wallaroo_spec__"
+
+StepKind = Literal[
+    "computation", "computation_multi", "state_computation", "state_computation_multi"
+]
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    kind: StepKind
+    name: str
+    fn: Callable[..., Any]
+    state: Callable[[], Any] | None = None
+
+    @property
+    def multi(self) -> bool:
+        return self.kind.endswith("_multi")
+
+    @property
+    def stateful(self) -> bool:
+        return self.state is not None
+
+
+@dataclass(frozen=True)
+class KeyExtractorSpec:
+    fn: Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    fn: Callable[[bytes], Any]
+    header_length: int | None = None
+    length_fmt: str | None = None
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    fn: Callable[[Any], bytes | str]
+
+
+Spec = StepSpec | KeyExtractorSpec | DecoderSpec | EncoderSpec
+
+
+def spec_of(fn: object) -> Spec | None:
+    """The spec a wallaroo decorator attached to `fn`, or None if it was never decorated."""
+    spec = getattr(fn, SPEC_ATTR, None)
+    return spec if isinstance(spec, StepSpec | KeyExtractorSpec | DecoderSpec | EncoderSpec) else None
+
+
+def _positional_range(fn: Callable[..., Any]) -> tuple[int, float]:
+    """How many positional arguments `fn` needs at least and accepts at most."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return (0, float("inf"))
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = sum(1 for p in positional if p.default is p.empty)
+    variadic = any(p.kind is p.VAR_POSITIONAL for p in params)
+    return required, float("inf") if variadic else float(len(positional))
+
+
+def _check_arity(fn: Callable[..., Any], decorator: str, expected: int) -> None:
+    if not callable(fn):
+        msg = f"@wallaroo.{decorator} decorates a function, got {fn!r}"
+        raise DefinitionError(msg)
+    low, high = _positional_range(fn)
+    if not low <= expected <= high:
+        raise ArityError(fn, decorator, expected, low)
+
+
+def _attach(fn: F, spec: Spec) -> F:
+    setattr(fn, SPEC_ATTR, spec)
+    return fn
+
+
+def _step_decorator(kind: StepKind, name: object, state: object = None) -> Callable[[F], F]:
+    stateful = kind.startswith("state_")
+    example = f'@wallaroo.{kind}(name="my step"' + (", state=MyState)" if stateful else ")")
+    if callable(name) and not isinstance(name, str):
+        raise MissingArgumentsError(kind, example)
+    if not isinstance(name, str) or not name.strip():
+        msg = f"@wallaroo.{kind} needs a non-empty name: `{example}`, got name={name!r}"
+        raise DefinitionError(msg)
+    if stateful and not callable(state):
+        msg = (f"@wallaroo.{kind}(name={name!r}) needs state=, a class (or zero-argument "
+               f"factory) that makes the per-key state, got {state!r}: `{example}`")
+        raise DefinitionError(msg)
+
+    def decorate(fn: F) -> F:
+        _check_arity(fn, kind, 2 if stateful else 1)
+        factory = state if stateful and callable(state) else None
+        return _attach(fn, StepSpec(kind=kind, name=name, fn=fn, state=factory))
+
+    return decorate
+
+
+def computation(name: str) -> Callable[[F], F]:
+    """A stateless step: `fn(data) -> output`; returning None drops the record."""
+    return _step_decorator("computation", name)
+
+
+def computation_multi(name: str) -> Callable[[F], F]:
+    """A stateless step that fans out: `fn(data) -> list of outputs`."""
+    return _step_decorator("computation_multi", name)
+
+
+def state_computation(name: str, state: Callable[[], Any]) -> Callable[[F], F]:
+    """A keyed stateful step: `fn(data, state) -> output`. One `state()` per key, made on first
+    sight and kept by the runtime; mutate it in place."""
+    return _step_decorator("state_computation", name, state)
+
+
+def state_computation_multi(name: str, state: Callable[[], Any]) -> Callable[[F], F]:
+    """A keyed stateful step that fans out: `fn(data, state) -> list of outputs`."""
+    return _step_decorator("state_computation_multi", name, state)
+
+
+def key_extractor(fn: F) -> F:
+    """Marks `fn(data) -> str` as the function that keys records for `.key_by()`."""
+    _check_arity(fn, "key_extractor", 1)
+    return _attach(fn, KeyExtractorSpec(fn=fn))
+
+
+def encoder(fn: F) -> F:
+    """Marks `fn(output) -> bytes | str` as a sink encoder."""
+    _check_arity(fn, "encoder", 1)
+    return _attach(fn, EncoderSpec(fn=fn))
+
+
+def decoder(
+    fn: F | None = None, *, header_length: int | None = None, length_fmt: str | None = None
+) -> Any:
+    """Marks `fn(bytes) -> data` as a source decoder. Usable bare (`@decoder`) or with Wallaroo
+    0.6's framing arguments, which are kept for porting: records arrive already framed."""
+
+    def decorate(f: F) -> F:
+        _check_arity(f, "decoder", 1)
+        return _attach(f, DecoderSpec(fn=f, header_length=header_length, length_fmt=length_fmt))
+
+    return decorate if fn is None else decorate(fn)
+
+
+def as_step(fn: object) -> StepSpec:
+    spec = spec_of(fn)
+    if isinstance(spec, StepSpec):
+        return spec
+    msg = (f"{_name(fn)} is not a step: decorate it with @wallaroo.computation(name=...) "
+           "or @wallaroo.state_computation(name=..., state=...) before passing it to .to()")
+    raise DefinitionError(msg)
+
+
+def as_key_extractor(fn: object) -> KeyExtractorSpec:
+    spec = spec_of(fn)
+    if isinstance(spec, KeyExtractorSpec):
+        return spec
+    if callable(fn) and spec is None:
+        _check_arity(fn, "key_extractor", 1)
+        return KeyExtractorSpec(fn=fn)
+    msg = f"{_name(fn)} cannot key records: pass a function decorated with @wallaroo.key_extractor"
+    raise DefinitionError(msg)
+
+
+def as_decoder(fn: object) -> DecoderSpec:
+    spec = spec_of(fn)
+    if isinstance(spec, DecoderSpec):
+        return spec
+    if callable(fn) and spec is None:
+        _check_arity(fn, "decoder", 1)
+        return DecoderSpec(fn=fn)
+    msg = f"{_name(fn)} cannot decode records: pass a function decorated with @wallaroo.decoder"
+    raise DefinitionError(msg)
+
+
+def as_encoder(fn: object) -> EncoderSpec:
+    spec = spec_of(fn)
+    if isinstance(spec, EncoderSpec):
+        return spec
+    if callable(fn) and spec is None:
+        _check_arity(fn, "encoder", 1)
+        return EncoderSpec(fn=fn)
+    msg = f"{_name(fn)} cannot encode outputs: pass a function decorated with @wallaroo.encoder"
+    raise DefinitionError(msg)
+
+
+def _name(fn: object) -> str:
+    return f_repr(fn) if callable(fn) else repr(fn)
+
+
+def utf8_decoder(data: bytes) -> str:
+    """The default decoder: each record is UTF-8 text."""
+    return data.decode("utf-8")
+
+
+def text_encoder(output: Any) -> bytes:
+    """The default encoder: bytes pass through, anything else is sent as its UTF-8 `str()`."""
+    return output if isinstance(output, bytes) else str(output).encode("utf-8")

@@ -1,0 +1,33 @@
+"""How the runtime serializes user values and state between its own processes.
+
+Plain pickle first (fast, classes by reference); cloudpickle only for what pickle cannot
+name (lambdas, classes defined in functions). Bytes from outside the app never come through
+here: they go through the app's decoder."""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from typing import Any
+
+import cloudpickle
+
+PROTOCOL = 5
+
+
+def dumps(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        # Why: objects of classes that pickle cannot import by name (defined in a function,
+        # or in a module shipped by value that is not registered) still round-trip.
+        return bytes(cloudpickle.dumps(obj, protocol=PROTOCOL))
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """Stable across processes and Python versions (never the salted built-in hash())."""
+    return zlib.crc32(key.encode("utf-8", "surrogateescape")) % partitions

@@ -1,0 +1,103 @@
+"""`wallaroo dev`: deploy an app on a fresh local cluster, feed it, print its outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+from wallaroo import ops
+from wallaroo.dev import DevCluster
+from wallaroo.natsio import Nats
+from wallaroo.packaging import Manifest, load_app
+
+
+def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
+            state_dir: Path, timeout: float) -> int:
+    app, _ = load_app(app_file)  # fail on a broken app before starting anything
+    if input_file is not None and source is None and len(app.sources) != 1:
+        from wallaroo.errors import UnknownNameError
+
+        raise UnknownNameError("source", "(none given: pass --source)", sorted(app.sources))
+    cluster = DevCluster(state_dir, runners)
+    with cluster:
+        url_file = state_dir / "url"
+        url_file.write_text(cluster.url)
+        _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
+        try:
+            asyncio.run(_session(cluster, app_file, input_file, source, timeout))
+        except KeyboardInterrupt:
+            _info("stopping")
+        finally:
+            url_file.unlink(missing_ok=True)
+    return 0
+
+
+async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
+                   source: str | None, timeout: float) -> None:
+    nats = await Nats.connect(cluster.url, name="wallaroo-dev")
+    try:
+        manifest = await ops.deploy(nats, app_file)
+        _info(f"deployed {manifest.name} version {manifest.version}")
+        printer = _Printer(nats, manifest)
+        task = asyncio.create_task(printer.run())
+        if input_file is None:
+            await _watch_runners(cluster, task)
+            return
+        sent = await ops.send(nats, manifest, source, ops.file_lines(input_file),
+                              ops.file_producer_id(input_file))
+        _info(f"sent {sent} records from {input_file}")
+        await _finish(nats, cluster, manifest, printer, timeout)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        _info(f"done: {printer.count} outputs")
+    finally:
+        await nats.close()
+
+
+async def _watch_runners(cluster: DevCluster, printer: asyncio.Task[None]) -> None:
+    while not printer.done():
+        cluster.check_runners()
+        await asyncio.sleep(0.5)
+    await printer
+
+
+async def _finish(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
+                  timeout: float) -> None:
+    """Wait until every input is processed and every output printed."""
+    idle = asyncio.create_task(ops.wait_idle(nats, manifest, timeout))
+    while not idle.done():
+        cluster.check_runners()
+        await asyncio.sleep(0.1)
+    await idle
+    target = await nats.stream_last_seq(manifest_streams(manifest))
+    while printer.last_seq < target:
+        await asyncio.sleep(0.02)
+
+
+def manifest_streams(manifest: Manifest) -> str:
+    from wallaroo.names import AppNames
+
+    return AppNames(manifest.slug).out_stream
+
+
+class _Printer:
+    def __init__(self, nats: Nats, manifest: Manifest) -> None:
+        self.nats, self.manifest = nats, manifest
+        self.last_seq = 0
+        self.count = 0
+
+    async def run(self) -> None:
+        prefix = len(self.manifest.sinks) > 1
+        async for seq, sink, out in ops.tail(self.nats, self.manifest, None):
+            line = out.decode("utf-8", "replace").removesuffix("\n")
+            sys.stdout.write(f"{sink}: {line}\n" if prefix else f"{line}\n")
+            self.count += 1
+            self.last_seq = seq
+        sys.stdout.flush()
+
+
+def _info(text: str) -> None:
+    print(f"wallaroo: {text}", file=sys.stderr, flush=True)

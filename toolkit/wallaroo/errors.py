@@ -1,0 +1,110 @@
+"""One root exception, one subclass per condition, each with typed fields and a fix."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+
+def f_repr(fn: Callable[..., Any]) -> str:
+    """Name a user's function the way error messages show it: `<function 'mod.qual' line N>`."""
+    name = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    try:
+        line = inspect.getsourcelines(fn)[1]
+    except (OSError, TypeError):
+        return f"<function {name!r}>"
+    return f"<function {name!r} line {line}>"
+
+
+class WallarooError(Exception):
+    """Root of every error this toolkit raises on purpose."""
+
+
+class WallarooWarning(UserWarning):
+    """Root of every warning this toolkit emits."""
+
+
+class DefinitionError(WallarooError, TypeError):
+    """A decorator or pipeline was used wrongly; raised when the app is defined or built."""
+
+
+class ArityError(DefinitionError):
+    def __init__(self, fn: Callable[..., Any], decorator: str, expected: int, got: int) -> None:
+        self.fn, self.expected, self.got = fn, expected, got
+        super().__init__(
+            f"@wallaroo.{decorator} expects a function of {expected} positional argument(s), "
+            f"but {f_repr(fn)} takes {got}. Fix the signature, e.g. "
+            f"`def {getattr(fn, '__name__', 'f')}({_arg_names(expected)})`."
+        )
+
+
+def _arg_names(n: int) -> str:
+    return ", ".join(["data", "state"][:n]) if n <= 2 else ", ".join(f"a{i}" for i in range(n))
+
+
+class MissingArgumentsError(DefinitionError):
+    def __init__(self, decorator: str, example: str) -> None:
+        self.decorator = decorator
+        super().__init__(
+            f"@wallaroo.{decorator} needs its arguments. Did you forget the parentheses? "
+            f"Suggestion: `{example}`."
+        )
+
+
+class PipelineError(DefinitionError):
+    """The pipeline's shape is wrong (no sink, step after a sink, duplicate names...)."""
+
+
+class AppLoadError(WallarooError):
+    """An app file could not be loaded or does not define an application."""
+
+
+class VersionMismatchError(WallarooError):
+    def __init__(self, app: str, built_with: str, running: str) -> None:
+        self.app, self.built_with, self.running = app, built_with, running
+        super().__init__(
+            f"app {app!r} was deployed from Python {built_with}, but this runner runs Python "
+            f"{running}. Pickled code does not cross Python minor versions: run runners on "
+            f"Python {built_with}, or deploy again from Python {running}."
+        )
+
+
+class ArtifactError(WallarooError):
+    """A deployed artifact is missing, corrupt, or its manifest does not match it."""
+
+
+class FencedError(WallarooError):
+    """Another owner appended to a partition changelog: this runner no longer owns it."""
+
+    def __init__(self, subject: str, expected_seq: int) -> None:
+        self.subject, self.expected_seq = subject, expected_seq
+        super().__init__(
+            f"changelog {subject} moved past seq {expected_seq}: another owner committed; "
+            "this runner gives the partition up"
+        )
+
+
+class NotDeployedError(WallarooError):
+    def __init__(self, app: str, known: list[str]) -> None:
+        self.app, self.known = app, known
+        listing = ", ".join(known) or "none"
+        super().__init__(
+            f"no app named {app!r} is deployed (deployed: {listing}). "
+            f"Deploy it first: `wallaroo deploy APP.py --nats URL`."
+        )
+
+
+class UnknownNameError(WallarooError):
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind, self.name, self.known = kind, name, known
+        super().__init__(f"app has no {kind} named {name!r}; its {kind}s are: {', '.join(known)}")
+
+
+class NatsUnreachableError(WallarooError, ConnectionError):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(
+            f"cannot reach NATS at {url}: start a local cluster with `wallaroo dev APP.py`, "
+            "or pass --nats URL (or set WALLAROO_NATS) to a running server"
+        )

@@ -1,0 +1,67 @@
+"""Names of everything an app owns in NATS: the wire contract between toolkit and runtime."""
+
+from __future__ import annotations
+
+APPS_BUCKET = "WL_APPS"
+ARTIFACTS_BUCKET = "WL_ARTIFACTS"
+RUNNERS_BUCKET = "WL_RUNNERS"
+
+
+class AppNames:
+    """Streams and subjects of one app, by its slug."""
+
+    def __init__(self, slug: str) -> None:
+        self.slug = slug
+        up = slug.upper()
+        self.data_stream = f"WL_{up}_DATA"
+        self.log_stream = f"WL_{up}_LOG"
+        self.out_stream = f"WL_{up}_OUT"
+        self.dlq_stream = f"WL_{up}_DLQ"
+
+    def data(self, stage: int, part: int) -> str:
+        return f"wl.{self.slug}.d.{stage}.{part}"
+
+    def log(self, stage: int, part: int) -> str:
+        return f"wl.{self.slug}.log.{stage}.{part}"
+
+    def out(self, sink: str) -> str:
+        return f"wl.{self.slug}.out.{sink_token(sink)}"
+
+    def dlq(self, stage: int) -> str:
+        return f"wl.{self.slug}.dlq.{stage}"
+
+    def streams(self) -> dict[str, tuple[str, bool]]:
+        """stream name -> (subject wildcard, work-queue retention?)"""
+        return {
+            self.data_stream: (f"wl.{self.slug}.d.>", True),
+            self.log_stream: (f"wl.{self.slug}.log.>", False),
+            self.out_stream: (f"wl.{self.slug}.out.>", False),
+            self.dlq_stream: (f"wl.{self.slug}.dlq.>", False),
+        }
+
+    @staticmethod
+    def durable(stage: int, part: int) -> str:
+        return f"wl_{stage}_{part}"
+
+    @staticmethod
+    def producer(stage: int, part: int) -> str:
+        """Producer id in internal message ids; downstream keeps a watermark per producer."""
+        return f"s{stage}.{part}"
+
+
+def sink_token(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "_"
+
+
+def internal_msg_id(producer: str, commit_no: int, k: int) -> str:
+    return f"{producer}:{commit_no}:{k}"
+
+
+def parse_internal(msg_id: str) -> tuple[str, int] | None:
+    """(producer, commit number) of a message one of our stages published, else None."""
+    if not msg_id.startswith("s"):
+        return None
+    parts = msg_id.split(":")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])

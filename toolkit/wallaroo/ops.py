@@ -1,0 +1,211 @@
+"""Control-plane operations over NATS: deploy, send, tail, status, dead letters.
+The CLI and the dev cluster call these; the runtime is reached only through NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from wallaroo.errors import NotDeployedError, UnknownNameError
+from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, RUNNERS_BUCKET, AppNames
+from wallaroo.natsio import Nats, Out
+from wallaroo.packaging import Manifest, build_artifact, load_app
+
+SEND_BATCH = 256
+SEND_WINDOW = 64
+
+
+async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None) -> Manifest:
+    """Build the app, store artifact (object store) and manifest (KV), create its streams."""
+    app, _ = load_app(app_file, args)
+    artifact, manifest = build_artifact(app, app_file)
+    await ensure_streams(nats, manifest.slug)
+    await nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact)
+    await nats.kv_put(APPS_BUCKET, manifest.slug, manifest.to_json())
+    return manifest
+
+
+async def ensure_streams(nats: Nats, slug: str) -> None:
+    for stream, (subject, work_queue) in AppNames(slug).streams().items():
+        await nats.ensure_stream(stream, [subject], work_queue=work_queue)
+
+
+async def manifest_of(nats: Nats, app: str) -> Manifest:
+    """The deployed manifest of `app` (its name or slug)."""
+    keys = await nats.kv_keys(APPS_BUCKET)
+    for key in keys:
+        raw = await nats.kv_get(APPS_BUCKET, key)
+        if raw is None:
+            continue
+        m = Manifest.from_json(raw)
+        if app in (m.slug, m.name):
+            return m
+    raise NotDeployedError(app, keys)
+
+
+def source_stage(manifest: Manifest, source: str | None) -> tuple[int, int]:
+    """(stage index, partitions) of the named source (or of the only one)."""
+    sources = {s.source: s for s in manifest.stages if s.source is not None}
+    if source is None and len(sources) == 1:
+        source = next(iter(sources))
+    if source not in sources:
+        raise UnknownNameError("source", str(source), sorted(sources))
+    st = sources[source]
+    return st.index, st.partitions
+
+
+def file_producer_id(path: Path) -> str:
+    """Same file content -> same message ids, so sending a file again never duplicates."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "f" + h.hexdigest()[:20]
+
+
+def batches(records: Iterable[bytes], size: int = SEND_BATCH) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for rec in records:
+        batch.append(rec)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def send(
+    nats: Nats, manifest: Manifest, source: str | None, records: Iterable[bytes], producer: str,
+    batch_size: int = SEND_BATCH, progress: Any = None,
+) -> int:
+    """Publish records to a source in batches with ids `i:<producer>:<n>`; returns the count."""
+    stage, parts = source_stage(manifest, source)
+    names = AppNames(manifest.slug)
+    window: list[Out] = []
+    sent = 0
+    for n, batch in enumerate(batches(records, batch_size)):
+        payload = bytes(msgpack.packb(batch, use_bin_type=True))
+        window.append(Out(names.data(stage, n % parts), payload, f"i:{producer}:{n}"))
+        sent += len(batch)
+        if len(window) >= SEND_WINDOW:
+            await nats.publish_all(window)
+            window = []
+            if progress:
+                progress(sent)
+    await nats.publish_all(window)
+    if progress:
+        progress(sent)
+    return sent
+
+
+async def tail(nats: Nats, manifest: Manifest, sink: str | None, start_seq: int = 1
+               ) -> AsyncIterator[tuple[int, str, bytes]]:
+    """(stream seq, sink name, encoded output) for every output, following the stream."""
+    names = AppNames(manifest.slug)
+    if sink is not None and sink not in manifest.sinks:
+        raise UnknownNameError("sink", sink, manifest.sinks)
+    by_subject = {names.out(s): s for s in manifest.sinks}
+    subject = names.out(sink) if sink else f"wl.{manifest.slug}.out.>"
+    async for m in nats.tail(names.out_stream, subject, start_seq):
+        for out in msgpack.unpackb(m.data, raw=False):
+            yield m.seq, by_subject.get(m.subject, m.subject), out
+
+
+@dataclass(frozen=True)
+class StageLag:
+    stage: int
+    name: str
+    partitions: int
+    pending: int
+    ack_pending: int
+    missing: int  # partitions whose consumer does not exist yet
+
+
+async def stage_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:
+    names = AppNames(manifest.slug)
+    rows = []
+    for st in manifest.stages:
+        lags = [await nats.consumer_lag(names.data_stream, AppNames.durable(st.index, p))
+                for p in range(st.partitions)]
+        present = [lag for lag in lags if lag is not None]
+        rows.append(StageLag(st.index, st.name, st.partitions, sum(p for p, _ in present),
+                             sum(a for _, a in present), len(lags) - len(present)))
+    return rows
+
+
+async def wait_idle(nats: Nats, manifest: Manifest, timeout: float, poll: float = 0.05) -> None:
+    """Return once every stage has consumed and acknowledged all its input (checked in stage
+    order, twice in a row, so records in flight between stages are seen)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    quiet = 0
+    while quiet < 2:
+        if loop.time() > deadline:
+            msg = f"{manifest.name} still has unprocessed input after {timeout:.0f}s"
+            raise TimeoutError(msg)
+        lags = await stage_lags(nats, manifest)
+        idle = all(s.pending == 0 and s.ack_pending == 0 and s.missing == 0 for s in lags)
+        quiet = quiet + 1 if idle else 0
+        await asyncio.sleep(poll)
+
+
+async def dead_letters(nats: Nats, manifest: Manifest, limit: int = 1000) -> list[dict[str, Any]]:
+    names = AppNames(manifest.slug)
+    last = await nats.stream_last_seq(names.dlq_stream)
+    out: list[dict[str, Any]] = []
+    async for m in nats.read_subject(names.dlq_stream, f"wl.{manifest.slug}.dlq.>", last):
+        out.append(msgpack.unpackb(m.data, raw=False) | {"seq": m.seq})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def file_lines(path: Path) -> Iterator[bytes]:
+    """The file's non-empty lines, without line endings."""
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.rstrip(b"\r\n")
+            if line:
+                yield line
+
+
+def fresh_producer_id() -> str:
+    return "p" + uuid.uuid4().hex[:20]
+
+
+async def status(nats: Nats) -> tuple[list[list[str]], list[list[str]]]:
+    """Rows for the apps table (one per stage) and the runners table."""
+    apps: list[list[str]] = []
+    for key in await nats.kv_keys(APPS_BUCKET):
+        raw = await nats.kv_get(APPS_BUCKET, key)
+        if raw is None:
+            continue
+        m = Manifest.from_json(raw)
+        for lag in await stage_lags(nats, m):
+            apps.append([m.name, m.version, str(lag.stage), lag.name, str(lag.partitions),
+                         str(lag.pending), str(lag.ack_pending)])
+    return apps, await _runner_rows(nats)
+
+
+async def _runner_rows(nats: Nats) -> list[list[str]]:
+    rows = []
+    now = time.time()
+    for key in await nats.kv_keys(RUNNERS_BUCKET):
+        raw = await nats.kv_get(RUNNERS_BUCKET, key)
+        if raw is None:
+            continue
+        r = json.loads(raw)
+        parts = [p for a in r["apps"].values() for p in a["partitions"].values()]
+        rows.append([r["id"], str(r["pid"]), r["host"], ",".join(sorted(r["apps"])) or "-",
+                     str(sum(p["commits"] for p in parts)), str(sum(p["records"] for p in parts)),
+                     f"{now - r['ts']:.1f}s ago"])
+    return rows

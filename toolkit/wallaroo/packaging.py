@@ -1,0 +1,213 @@
+"""Load an app file, cloudpickle it with its manifest, and load it back on a runner."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib.util
+import json
+import os
+import sys
+import sysconfig
+import time
+import traceback
+import types
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from wallaroo.errors import AppLoadError, ArtifactError, VersionMismatchError, WallarooError
+from wallaroo.plan import Application
+
+FORMAT = 1
+KEY_ENV = "WALLAROO_DEPLOY_KEY"
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    index: int
+    name: str
+    partitions: int
+    source: str | None
+    target: int | None
+    sinks: list[str]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    slug: str
+    version: str
+    python: str
+    cloudpickle: str
+    partitions: int
+    stages: list[StageInfo]
+    sinks: list[str]
+    by_value_modules: list[str]
+    created: float
+    signature: str = ""
+    format: int = FORMAT
+    requirements: list[str] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        d = json.loads(data)
+        d["stages"] = [StageInfo(**s) for s in d["stages"]]
+        return cls(**d)
+
+    @property
+    def artifact_name(self) -> str:
+        return f"{self.slug}/{self.version}"
+
+
+def python_minor() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def load_app(path: Path, args: list[str] | None = None) -> tuple[Application, types.ModuleType]:
+    """Import the app file and return its Application: from `application_setup(args)` (as in
+    Wallaroo) or a module-level Application object."""
+    module = _import_file(path)
+    setup = getattr(module, "application_setup", None)
+    if callable(setup):
+        app = _call_user(path, lambda: setup(list(args or [])))
+        if not isinstance(app, Application):
+            msg = (f"{path}: application_setup(args) returned {type(app).__name__}; it must "
+                   "return wallaroo.build_application(name, pipeline)")
+            raise AppLoadError(msg)
+        return app, module
+    apps = [v for v in vars(module).values() if isinstance(v, Application)]
+    if len(apps) != 1:
+        found = "none" if not apps else f"{len(apps)}"
+        msg = (f"{path}: found {found} application objects; define application_setup(args) "
+               "returning wallaroo.build_application(...), or exactly one module-level app")
+        raise AppLoadError(msg)
+    return apps[0], module
+
+
+def _import_file(path: Path) -> types.ModuleType:
+    path = path.resolve()
+    if not path.is_file():
+        msg = f"app file {path} does not exist; pass the path of your app's .py file"
+        raise AppLoadError(msg)
+    name = path.stem if path.stem.isidentifier() else "wallaroo_user_app"
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader = spec.loader
+    _call_user(path, lambda: loader.exec_module(module))
+    return module
+
+
+def _call_user(path: Path, fn: Any) -> Any:
+    try:
+        return fn()
+    except WallarooError:
+        raise
+    except Exception as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_user_file(f.filename)]
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        msg = f"{path}: loading the app failed{where}: {type(exc).__name__}: {exc}"
+        raise AppLoadError(msg) from exc
+
+
+def _is_user_file(filename: str) -> bool:
+    lib = sysconfig.get_paths()["purelib"]
+    return not filename.startswith((lib, sys.prefix, sys.base_prefix)) and "<frozen" not in filename
+
+
+def user_modules(root: Path) -> list[types.ModuleType]:
+    """Modules loaded from the app's folder: shipped by value, since runners cannot import them."""
+    root = root.resolve()
+    found = []
+    for mod in list(sys.modules.values()):
+        file = getattr(mod, "__file__", None)
+        if file and Path(file).resolve().is_relative_to(root) and _is_user_file(file):
+            found.append(mod)
+    return found
+
+
+def build_artifact(app: Application, app_file: Path) -> tuple[bytes, Manifest]:
+    modules = user_modules(app_file.parent)
+    for mod in modules:
+        cloudpickle.register_pickle_by_value(mod)
+    try:
+        artifact = cloudpickle.dumps(app, protocol=5)
+    finally:
+        for mod in modules:
+            cloudpickle.unregister_pickle_by_value(mod)
+    manifest = Manifest(
+        name=app.name, slug=app.slug, version=hashlib.sha256(artifact).hexdigest()[:16],
+        python=python_minor(), cloudpickle=cloudpickle.__version__, partitions=app.partitions,
+        stages=[_stage_info(app, s.index) for s in app.stages], sinks=[s.name for s in app.sinks],
+        by_value_modules=sorted(m.__name__ for m in modules), created=time.time(),
+        signature=sign(artifact),
+    )
+    return artifact, manifest
+
+
+def _stage_info(app: Application, index: int) -> StageInfo:
+    s = app.stages[index]
+    return StageInfo(index, s.name, s.partitions, s.source, s.route.target if s.route else None,
+                     [app.sinks[i].name for i in s.sinks])
+
+
+def sign(artifact: bytes) -> str:
+    key = os.environ.get(KEY_ENV, "")
+    return hmac.new(key.encode(), artifact, hashlib.sha256).hexdigest() if key else ""
+
+
+def load_artifact(artifact: bytes, manifest: Manifest) -> Application:
+    """Unpickle a deployed app after checking Python version, content hash and signature."""
+    if manifest.python != python_minor():
+        raise VersionMismatchError(manifest.name, manifest.python, python_minor())
+    if hashlib.sha256(artifact).hexdigest()[:16] != manifest.version:
+        msg = f"artifact of {manifest.name} {manifest.version} does not match its content hash"
+        raise ArtifactError(msg)
+    if os.environ.get(KEY_ENV) and not hmac.compare_digest(sign(artifact), manifest.signature):
+        msg = (f"artifact of {manifest.name} {manifest.version} is not signed with this runner's "
+               f"{KEY_ENV}; deploy it with the same key")
+        raise ArtifactError(msg)
+    app = cloudpickle.loads(artifact)
+    if not isinstance(app, Application):
+        msg = f"artifact of {manifest.name} holds {type(app).__name__}, not an Application"
+        raise ArtifactError(msg)
+    register_classes(app, manifest)
+    return app
+
+
+def register_classes(app: Application, manifest: Manifest) -> None:
+    """Give the app's by-value classes an importable home, so plain pickle can name them
+    (fast per-record pickling) and state pickled by one version loads in the next."""
+    shipped = set(manifest.by_value_modules)
+    for cls in _app_classes(app):
+        if cls.__module__ not in shipped or "." in cls.__qualname__ or "<" in cls.__qualname__:
+            continue
+        # A flat name: pickle imports a dotted module path part by part.
+        home = f"_wallaroo_app__{manifest.slug}__{cls.__module__.replace('.', '__')}"
+        module = sys.modules.get(home) or types.ModuleType(home)
+        sys.modules[home] = module
+        setattr(module, cls.__qualname__, cls)
+        cls.__module__ = home
+
+
+def _app_classes(app: Application) -> list[type]:
+    fns: list[Any] = []
+    for stage in app.stages:
+        fns += [s.fn for s in stage.steps] + [s.state for s in stage.steps if s.state]
+        fns += [stage.decoder.fn] if stage.decoder else []
+        fns += [stage.route.extractor.fn] if stage.route and stage.route.extractor else []
+    fns += [sink.encoder for sink in app.sinks]
+    classes = {id(f): f for f in fns if isinstance(f, type)}
+    for f in fns:
+        for v in getattr(f, "__globals__", {}).values():
+            if isinstance(v, type):
+                classes[id(v)] = v
+    return list(classes.values())

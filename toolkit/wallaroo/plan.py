@@ -1,0 +1,205 @@
+"""Cut a pipeline into stages (at each key_by/collect) and freeze it as an Application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wallaroo.api import DecoderSpec, KeyExtractorSpec, StepSpec
+from wallaroo.errors import PipelineError
+from wallaroo.pipeline import (
+    DEFAULT_PARTITIONS,
+    Collect,
+    KeyBy,
+    Merge,
+    Pipeline,
+    SinkConfig,
+    Sinks,
+    Source,
+    Step,
+    slug,
+)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a stage's outputs go: `target` stage, keyed by `extractor` (None: collect)."""
+
+    target: int
+    extractor: KeyExtractorSpec | None
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    name: str
+    partitions: int
+    steps: tuple[StepSpec, ...]
+    route: Route | None
+    sinks: tuple[int, ...]
+    source: str | None = None
+    decoder: DecoderSpec | None = None
+
+    @property
+    def stateful(self) -> bool:
+        return any(s.stateful for s in self.steps)
+
+
+@dataclass(frozen=True)
+class Application:
+    """A built app: what `wallaroo deploy` ships and a runner runs."""
+
+    name: str
+    stages: tuple[Stage, ...]
+    sinks: tuple[SinkConfig, ...]
+    partitions: int
+
+    @property
+    def slug(self) -> str:
+        return slug(self.name)
+
+    @property
+    def sources(self) -> dict[str, Stage]:
+        return {s.source: s for s in self.stages if s.source is not None}
+
+    def sink_index(self, name: str) -> int:
+        return [s.name for s in self.sinks].index(name)
+
+
+@dataclass(eq=False)
+class _StageBuilder:
+    partitions: int
+    source: str | None = None
+    decoder: DecoderSpec | None = None
+    steps: list[StepSpec] = field(default_factory=list)
+    route: tuple[KeyExtractorSpec | None, _StageBuilder] | None = None
+    sinks: list[SinkConfig] = field(default_factory=list)
+
+
+_Pending = KeyBy | Collect | None
+_End = tuple[_StageBuilder, _Pending]
+
+
+class _Planner:
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.builders: list[_StageBuilder] = []
+        self.seen: set[int] = set()
+
+    def new_stage(self, partitions: int, **kw: object) -> _StageBuilder:
+        sb = _StageBuilder(partitions=partitions, **kw)  # type: ignore[arg-type]
+        self.builders.append(sb)
+        return sb
+
+    def ends(self, node: Pipeline) -> list[_End]:
+        if id(node) in self.seen:
+            msg = ("a pipeline object is used twice; branching one pipeline into two is not "
+                   "supported: build each branch from its own wallaroo.source(...)")
+            raise PipelineError(msg)
+        self.seen.add(id(node))
+        op = node.op
+        if isinstance(op, Source):
+            cfg = op.config
+            sb = self.new_stage(cfg.partitions, source=op.name, decoder=cfg.decoder_spec())
+            return [(sb, None)]
+        parents = [end for p in node.parents for end in self.ends(p)]
+        if isinstance(op, Merge):
+            return parents
+        if isinstance(op, KeyBy | Collect):
+            return [(sb, op) for sb, _ in parents]
+        stages = self.enter(parents)
+        for sb in stages:
+            if isinstance(op, Step):
+                sb.steps.append(op.spec)
+            elif isinstance(op, Sinks):
+                sb.sinks.extend(op.configs)
+        return [(sb, None) for sb in stages]
+
+    def enter(self, ends: list[_End]) -> list[_StageBuilder]:
+        """The stages the next op runs in: the same ones, or one new stage after a key_by."""
+        pending = [p for _, p in ends if p is not None]
+        if not pending:
+            return [sb for sb, _ in ends]
+        if len(pending) != len(ends):
+            msg = ("merge() joins a keyed pipeline with an unkeyed one: call .key_by() on both "
+                   "branches before merging, or after the merge")
+            raise PipelineError(msg)
+        if len({type(p) for p in pending}) != 1:
+            msg = "merge() joins a collect()ed pipeline with a key_by() one; use one or the other"
+            raise PipelineError(msg)
+        collect = isinstance(pending[0], Collect)
+        nb = self.new_stage(1 if collect else self.partitions)
+        for sb, p in ends:
+            sb.route = (p.spec if isinstance(p, KeyBy) else None, nb)
+        return [nb]
+
+
+def build_application(
+    name: str, pipeline: Pipeline, *, partitions: int = DEFAULT_PARTITIONS
+) -> Application:
+    """Freeze `pipeline` into an Application named `name`. Keyed stages get `partitions`
+    partitions, fixed for the app's life (keys map to them with a stable hash)."""
+    slug(name)
+    if not isinstance(pipeline, Pipeline):
+        msg = f"build_application({name!r}, ...) takes a pipeline, got {pipeline!r}"
+        raise PipelineError(msg)
+    if not pipeline.terminated:
+        msg = (f"app {name!r}: the pipeline has no sink; end it with "
+               ".to_sink(wallaroo.StreamSink(\"out\", encoder=...))")
+        raise PipelineError(msg)
+    if partitions < 1:
+        msg = f"app {name!r}: partitions must be >= 1, got {partitions}"
+        raise PipelineError(msg)
+    planner = _Planner(partitions)
+    planner.ends(pipeline)
+    return _freeze(name, planner.builders, partitions)
+
+
+def _freeze(name: str, builders: list[_StageBuilder], partitions: int) -> Application:
+    _check_unique_steps(builders)
+    sinks = _unique_sinks(builders)
+    sink_names = [s.name for s in sinks]
+    index = {id(sb): i for i, sb in enumerate(builders)}
+    stages = tuple(
+        Stage(
+            index=i,
+            name=_stage_name(sb),
+            partitions=sb.partitions,
+            steps=tuple(sb.steps),
+            route=Route(index[id(sb.route[1])], sb.route[0]) if sb.route else None,
+            sinks=tuple(sink_names.index(c.name) for c in sb.sinks),
+            source=sb.source,
+            decoder=sb.decoder,
+        )
+        for i, sb in enumerate(builders)
+    )
+    sources = [s.source for s in stages if s.source]
+    if len(set(sources)) != len(sources):
+        msg = f"app {name!r}: two sources share a name ({sources}); give each its own name"
+        raise PipelineError(msg)
+    return Application(name=name, stages=stages, sinks=sinks, partitions=partitions)
+
+
+def _stage_name(sb: _StageBuilder) -> str:
+    if sb.source is not None:
+        return sb.source
+    return sb.steps[0].name if sb.steps else "sink"
+
+
+def _check_unique_steps(builders: list[_StageBuilder]) -> None:
+    by_name: dict[str, StepSpec] = {}
+    for spec in (s for sb in builders for s in sb.steps):
+        other = by_name.setdefault(spec.name, spec)
+        if other is not spec:
+            msg = (f"two different steps are both named {spec.name!r} "
+                   f"({other.fn.__qualname__} and {spec.fn.__qualname__}); step names must be "
+                   "unique: rename one")
+            raise PipelineError(msg)
+
+
+def _unique_sinks(builders: list[_StageBuilder]) -> tuple[SinkConfig, ...]:
+    by_name: dict[str, SinkConfig] = {}
+    for cfg in (c for sb in builders for c in sb.sinks):
+        if by_name.setdefault(cfg.name, cfg) != cfg:
+            msg = f"two different sinks are both named {cfg.name!r}; sink names must be unique"
+            raise PipelineError(msg)
+    return tuple(by_name.values())
