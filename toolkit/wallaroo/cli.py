@@ -138,11 +138,12 @@ def tail(
         try:
             manifest = await ops.manifest_of(nc, app_name)
             seen = 0
-            async for _, _, out in ops.tail(nc, manifest, sink):
-                typer.echo(out.decode("utf-8", "replace").removesuffix("\n"))
-                seen += 1
-                if count is not None and seen >= count:
-                    return
+            async for _, _, outs in ops.tail(nc, manifest, sink):
+                for out in outs:
+                    typer.echo(out.decode("utf-8", "replace").removesuffix("\n"))
+                    seen += 1
+                    if count is not None and seen >= count:
+                        return
         finally:
             await nc.close()
 

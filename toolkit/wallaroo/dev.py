@@ -79,6 +79,13 @@ class DevCluster:
             r.start()
         return self
 
+    def restart_runner(self, index: int, *, kill: bool = True) -> RunnerProcess:
+        """Kill (SIGKILL) or stop runner `index` and start a new process in its place."""
+        old = self.runners[index]
+        old.kill() if kill else old.stop()
+        self.runners[index] = RunnerProcess(old.url, index, old.count, old.log_dir).start()
+        return self.runners[index]
+
     def check_runners(self) -> None:
         for r in self.runners:
             if not r.alive and r.proc is not None:

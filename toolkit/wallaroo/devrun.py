@@ -91,12 +91,13 @@ class _Printer:
 
     async def run(self) -> None:
         prefix = len(self.manifest.sinks) > 1
-        async for seq, sink, out in ops.tail(self.nats, self.manifest, None):
-            line = out.decode("utf-8", "replace").removesuffix("\n")
-            sys.stdout.write(f"{sink}: {line}\n" if prefix else f"{line}\n")
-            self.count += 1
+        async for seq, sink, outs in ops.tail(self.nats, self.manifest, None):
+            for out in outs:
+                line = out.decode("utf-8", "replace").removesuffix("\n")
+                sys.stdout.write(f"{sink}: {line}\n" if prefix else f"{line}\n")
+            sys.stdout.flush()
+            self.count += len(outs)
             self.last_seq = seq
-        sys.stdout.flush()
 
 
 def _info(text: str) -> None:

@@ -108,16 +108,16 @@ async def send(
 
 
 async def tail(nats: Nats, manifest: Manifest, sink: str | None, start_seq: int = 1
-               ) -> AsyncIterator[tuple[int, str, bytes]]:
-    """(stream seq, sink name, encoded output) for every output, following the stream."""
+               ) -> AsyncIterator[tuple[int, str, list[bytes]]]:
+    """(stream seq, sink name, encoded outputs) per output message, following the stream.
+    One message carries the outputs of one commit of one partition."""
     names = AppNames(manifest.slug)
     if sink is not None and sink not in manifest.sinks:
         raise UnknownNameError("sink", sink, manifest.sinks)
     by_subject = {names.out(s): s for s in manifest.sinks}
     subject = names.out(sink) if sink else f"wl.{manifest.slug}.out.>"
     async for m in nats.tail(names.out_stream, subject, start_seq):
-        for out in msgpack.unpackb(m.data, raw=False):
-            yield m.seq, by_subject.get(m.subject, m.subject), out
+        yield m.seq, by_subject.get(m.subject, m.subject), msgpack.unpackb(m.data, raw=False)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,73 @@
+"""Fixtures shared by tests/ and examples/: real nats-server and real runner processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from itertools import groupby
+from pathlib import Path
+
+import pytest
+
+from wallaroo import ops
+from wallaroo.dev import DevCluster
+from wallaroo.names import AppNames
+from wallaroo.natsio import Nats
+from wallaroo.natsserver import NatsServer
+
+RunOnRunner = Callable[..., dict[str, list[str]]]
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A JetStream nats-server on a free loopback port, stopped after the test."""
+    with NatsServer(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture
+def run_on_runner(tmp_path: Path) -> Iterator[RunOnRunner]:
+    """run(app_file, [(source, record bytes), ...], runners=1) -> {sink: [output lines]}:
+    deploys the app on a fresh cluster of real runner processes, sends every record (each
+    source's records in the given order), waits until all are processed, returns outputs."""
+    clusters: list[DevCluster] = []
+
+    def run(app_file: Path, inputs: list[tuple[str, bytes]], runners: int = 1,
+            timeout: float = 120.0) -> dict[str, list[str]]:
+        cluster = DevCluster(tmp_path / f"cluster{len(clusters)}", runners)
+        clusters.append(cluster)
+        cluster.start()
+        try:
+            return asyncio.run(asyncio.wait_for(drive(cluster.url, app_file, inputs), timeout))
+        finally:
+            cluster.stop()
+
+    yield run
+    for c in clusters:
+        c.stop()
+
+
+async def drive(url: str, app_file: Path, inputs: list[tuple[str, bytes]]) -> dict[str, list[str]]:
+    nats = await Nats.connect(url)
+    try:
+        manifest = await ops.deploy(nats, app_file)
+        for n, (source, group) in enumerate(groupby(inputs, key=lambda p: p[0])):
+            records = [r for _, r in group]
+            await ops.send(nats, manifest, source, records, f"test{n}")
+        await ops.wait_idle(nats, manifest, timeout=60)
+        return await collect_outputs(nats, manifest)
+    finally:
+        await nats.close()
+
+
+async def collect_outputs(nats: Nats, manifest: ops.Manifest) -> dict[str, list[str]]:
+    """Every output in the app's output stream, per sink, as text lines."""
+    last = await nats.stream_last_seq(AppNames(manifest.slug).out_stream)
+    outputs: dict[str, list[str]] = {s: [] for s in manifest.sinks}
+    if last == 0:
+        return outputs
+    async for seq, sink, outs in ops.tail(nats, manifest, None):
+        outputs[sink].extend(out.decode("utf-8").removesuffix("\n") for out in outs)
+        if seq >= last:
+            break
+    return outputs
