@@ -13,13 +13,22 @@ from typing import Any
 import msgpack
 
 from wallaroo import codec
-from wallaroo.engine import BatchResult, DeadLetter, Item, RecordFailed, Retrier, RetryPolicy, StageEngine
+from wallaroo.engine import (
+    Batch,
+    BatchResult,
+    DeadLetter,
+    RecordFailed,
+    Retrier,
+    RetryPolicy,
+    StageEngine,
+)
 from wallaroo.names import AppNames, internal_msg_id, parse_internal
 from wallaroo.natsio import InMsg, Nats, Out, PullConsumer
 from wallaroo.plan import Application, Stage
 from wallaroo_runtime.changelog import CommitRecord, PartitionState
 
 log = logging.getLogger("wallaroo.worker")
+Fresh = tuple[InMsg, tuple[list[str | None], list[Any]]]
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,7 @@ class PartitionWorker:
             await self._commit_batch(chunk)
         await asyncio.gather(*(m.ack() for m in stale))
 
-    def _triage(self, msgs: Sequence[InMsg]) -> tuple[list[tuple[InMsg, list[Item]]], list[InMsg]]:
+    def _triage(self, msgs: Sequence[InMsg]) -> tuple[list[Fresh], list[InMsg]]:
         fresh, stale = [], []
         for m in msgs:
             if m.consumer_seq != self.consumer_seq + 1:
@@ -129,7 +138,7 @@ class PartitionWorker:
             if m.stream_seq <= self.state.committed_seq or self._seen_producer_seq(m):
                 stale.append(m)
             else:
-                fresh.append((m, self._items(m)))
+                fresh.append((m, self._records(m)))
         return fresh, stale
 
     def _seen_producer_seq(self, m: InMsg) -> bool:
@@ -137,17 +146,20 @@ class PartitionWorker:
         origin = parse_internal(m.msg_id)
         return origin is not None and origin[1] <= self.state.watermarks.get(origin[0], 0)
 
-    def _items(self, m: InMsg) -> list[Item]:
-        seq = m.stream_seq
+    def _records(self, m: InMsg) -> tuple[list[str | None], list[Any]]:
+        """Keys and values of an input message: raw records for a source stage (the decoder
+        runs in the engine), (keys, values) pickled by the upstream stage otherwise."""
         if self.stage.source is not None:
             raws: list[bytes] = msgpack.unpackb(m.data, raw=False)
-            return [Item((seq, i), None, r) for i, r in enumerate(raws)]
-        pairs: list[tuple[str, Any]] = codec.loads(m.data)
-        return [Item((seq, i), k, v) for i, (k, v) in enumerate(pairs)]
+            return [None] * len(raws), raws
+        keys, values = codec.loads(m.data)
+        return keys, values
 
-    async def _commit_batch(self, batch: list[tuple[InMsg, list[Item]]]) -> None:
-        items = [it for _, its in batch for it in its]
-        result = await self._execute(items)
+    async def _commit_batch(self, batch: list[Fresh]) -> None:
+        records = Batch()
+        for m, (keys, values) in batch:
+            records.add(m.stream_seq, keys, values)
+        result = await self._execute(records)
         watermarks = dict(self.state.watermarks)
         for m, _ in batch:
             origin = parse_internal(m.msg_id)
@@ -172,7 +184,7 @@ class PartitionWorker:
         self.progress.records += result.records_in
         self.progress.dead += len(result.dead)
 
-    async def _execute(self, items: list[Item]) -> BatchResult:
+    async def _execute(self, items: Batch) -> BatchResult:
         retrier = Retrier(self.cfg.retry, self.stage.name)
         while True:
             try:
@@ -187,9 +199,9 @@ class PartitionWorker:
     def _outputs(self, result: BatchResult, commit_no: int) -> list[Out]:
         outs: list[tuple[str, bytes]] = []
         route = self.stage.route
-        for part, records in sorted(result.routed.items()):
+        for part, columns in sorted(result.routed.items()):
             assert route is not None
-            outs.append((self.names.data(route.target, part), codec.dumps(records)))
+            outs.append((self.names.data(route.target, part), codec.dumps(columns)))
         for sink, payloads in sorted(result.sink_out.items()):
             outs.append((self.names.out(self.app.sinks[sink].name), msgpack.packb(payloads)))
         for dead in result.dead:
@@ -201,17 +213,16 @@ class PartitionWorker:
         return bytes(msgpack.packb(body, use_bin_type=True))
 
 
-def _chunks(
-    fresh: list[tuple[InMsg, list[Item]]], max_records: int
-) -> list[list[tuple[InMsg, list[Item]]]]:
+def _chunks(fresh: list[Fresh], max_records: int) -> list[list[Fresh]]:
     """Group input messages into commits of at most `max_records` records (at least one
     message each), so a commit record stays well under the NATS max payload."""
-    chunks: list[list[tuple[InMsg, list[Item]]]] = []
+    chunks: list[list[Fresh]] = []
     size = max_records
     for entry in fresh:
-        if size + len(entry[1]) > max_records:
+        n = len(entry[1][1])
+        if size + n > max_records:
             chunks.append([])
             size = 0
         chunks[-1].append(entry)
-        size += len(entry[1])
+        size += n
     return chunks

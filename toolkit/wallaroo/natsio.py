@@ -37,6 +37,7 @@ class InMsg:
     stream_seq: int
     consumer_seq: int
     deliveries: int
+    pending: int
     raw: Any
 
     async def ack(self) -> None:
@@ -65,6 +66,17 @@ class PullConsumer:
         self._sub, self.stream, self.name = sub, stream, name
 
     async def fetch(self, batch: int, timeout: float) -> list[InMsg]:
+        """Up to `batch` messages, waiting at most `timeout` for the first. Why two pulls: the
+        server holds a batched pull with an expiry until the batch is full, so a partly
+        filled batch would wait out the whole timeout. The first message says how many more
+        are pending; the second pull asks for exactly those, which the server sends at once."""
+        first = await self._pull(1, timeout)
+        if not first:
+            return first
+        more = min(batch - 1, first[0].pending)
+        return first + (await self._pull(more, timeout) if more > 0 else [])
+
+    async def _pull(self, batch: int, timeout: float) -> list[InMsg]:
         try:
             msgs = await self._sub.fetch(batch=batch, timeout=timeout)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
@@ -80,7 +92,8 @@ def _in_msg(m: Any) -> InMsg:
     md = m.metadata
     headers = m.headers or {}
     seq = md.sequence
-    return InMsg(m.data, headers.get(MSG_ID, ""), seq.stream, seq.consumer, md.num_delivered, m)
+    return InMsg(m.data, headers.get(MSG_ID, ""), seq.stream, seq.consumer, md.num_delivered,
+                 md.num_pending or 0, m)
 
 
 class Nats:

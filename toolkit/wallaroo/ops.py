@@ -72,6 +72,11 @@ def file_producer_id(path: Path) -> str:
     return "f" + h.hexdigest()[:20]
 
 
+def pack(records: list[bytes]) -> bytes:
+    """The wire form of a batch of raw source records."""
+    return bytes(msgpack.packb(records, use_bin_type=True))
+
+
 def batches(records: Iterable[bytes], size: int = SEND_BATCH) -> Iterator[list[bytes]]:
     batch: list[bytes] = []
     for rec in records:
@@ -93,7 +98,7 @@ async def send(
     window: list[Out] = []
     sent = 0
     for n, batch in enumerate(batches(records, batch_size)):
-        payload = bytes(msgpack.packb(batch, use_bin_type=True))
+        payload = pack(batch)
         window.append(Out(names.data(stage, n % parts), payload, f"i:{producer}:{n}"))
         sent += len(batch)
         if len(window) >= SEND_WINDOW:
@@ -117,7 +122,13 @@ async def tail(nats: Nats, manifest: Manifest, sink: str | None, start_seq: int 
     by_subject = {names.out(s): s for s in manifest.sinks}
     subject = names.out(sink) if sink else f"wl.{manifest.slug}.out.>"
     async for m in nats.tail(names.out_stream, subject, start_seq):
-        yield m.seq, by_subject.get(m.subject, m.subject), msgpack.unpackb(m.data, raw=False)
+        outs = msgpack.unpackb(m.data, raw=False)
+        yield m.seq, by_subject.get(m.subject, m.subject), [_as_bytes(o) for o in outs]
+
+
+def _as_bytes(out: bytes | str) -> bytes:
+    # Runners send an encoder's str output as a msgpack string (no per-record re-encoding).
+    return out.encode("utf-8") if isinstance(out, str) else out
 
 
 @dataclass(frozen=True)

@@ -112,15 +112,27 @@ def _call_user(path: Path, fn: Any) -> Any:
     except WallarooError:
         raise
     except Exception as exc:
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_user_file(f.filename)]
-        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-        msg = f"{path}: loading the app failed{where}: {type(exc).__name__}: {exc}"
+        msg = f"{path}: loading the app failed{_where(exc)}: {type(exc).__name__}: {exc}"
         raise AppLoadError(msg) from exc
+
+
+def _where(exc: Exception) -> str:
+    """` at FILE:LINE` of the user's code that failed."""
+    # Why: a SyntaxError's traceback ends in the import machinery; its location is on it.
+    if isinstance(exc, SyntaxError) and exc.filename and not exc.filename.startswith("<"):
+        return f" at {exc.filename}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_user_file(f.filename)]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+# Why: with an editable install the toolkit's own files are outside site-packages.
+_TOOLKIT_DIR = str(Path(__file__).resolve().parent) + os.sep
 
 
 def _is_user_file(filename: str) -> bool:
     lib = sysconfig.get_paths()["purelib"]
-    return not filename.startswith((lib, sys.prefix, sys.base_prefix)) and "<frozen" not in filename
+    not_ours = (lib, sys.prefix, sys.base_prefix, _TOOLKIT_DIR)
+    return not filename.startswith(not_ours) and "<frozen" not in filename
 
 
 def user_modules(root: Path) -> list[types.ModuleType]:

@@ -118,14 +118,15 @@ class _Harness:
         stage = self.app.stages[where[0]]
         self.tables[where].update(result.states)
         self.dead.extend(result.dead)
-        for part, records in result.routed.items():
+        for part, (keys, values) in result.routed.items():
             assert stage.route is not None
             queue = self.queues.setdefault((stage.route.target, part), deque())
-            for key, value in records:
+            for key, value in zip(keys, values, strict=True):
                 self.seq += 1
                 queue.append(Item((self.seq, 0), key, value))
         for sink, outs in result.sink_out.items():
-            self.outputs[self.app.sinks[sink].name].extend(outs)
+            self.outputs[self.app.sinks[sink].name].extend(
+                o.encode("utf-8") if isinstance(o, str) else o for o in outs)
 
 
 def _feed(app: Application, inputs: Inputs) -> list[tuple[str, bytes]]:

@@ -1,0 +1,52 @@
+"""wallaroo.codec: values and state round-trip, including what plain pickle cannot name."""
+
+import pickle
+from dataclasses import dataclass
+
+import pytest
+from wallaroo import codec
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+
+
+@pytest.mark.parametrize("value", [None, 3, "text", b"\x00\xff", [1, (2, 3)], {"k": {1.5}}])
+def test_plain_values_round_trip(value: object) -> None:
+    assert codec.loads(codec.dumps(value)) == value
+
+
+def test_a_module_level_class_is_pickled_by_reference() -> None:
+    data = codec.dumps(Point(1, 2))
+
+    assert codec.loads(data) == Point(1, 2)
+    assert data == pickle.dumps(Point(1, 2), protocol=codec.PROTOCOL)
+
+
+def test_a_class_defined_inside_a_function_round_trips() -> None:
+    def make():
+        class Local:
+            def __init__(self, n: int) -> None:
+                self.n = n
+
+            def double(self) -> int:
+                return self.n * 2
+
+        return Local(21)
+
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(make())
+    back = codec.loads(codec.dumps(make()))
+
+    assert type(back).__name__ == "Local"
+    assert back.double() == 42
+
+
+def test_a_lambda_inside_a_value_round_trips() -> None:
+    offset = 10
+    back = codec.loads(codec.dumps({"f": lambda x: x + offset, "n": 1}))
+
+    assert back["n"] == 1
+    assert back["f"](5) == 15

@@ -1,0 +1,157 @@
+"""wallaroo.testing: run an app in-process with the runner's semantics, no NATS."""
+
+import pytest
+import wallaroo as wl
+from wallaroo import codec, testing
+from wallaroo.engine import RetryPolicy
+from wallaroo.errors import UnknownNameError
+from wallaroo.plan import Application
+
+
+class Total:
+    def __init__(self) -> None:
+        self.count = 0
+
+
+@wl.computation_multi(name="split")
+def split(line):
+    return line.split()
+
+
+@wl.key_extractor
+def word(w):
+    return w
+
+
+@wl.state_computation(name="count", state=Total)
+def count(w, total):
+    if w == "boom":
+        msg = "boom is not a word"
+        raise ValueError(msg)
+    total.count += 1
+    return f"{w} => {total.count}"
+
+
+@wl.computation(name="upper")
+def upper(s):
+    return s.upper()
+
+
+@wl.encoder
+def line(s):
+    return f"{s}\n"
+
+
+def word_count() -> Application:
+    pipeline = (wl.source("lines", wl.StreamSource()).to(split).key_by(word).to(count)
+                .to_sink(wl.StreamSink("counts", encoder=line)))
+    return wl.build_application("word count", pipeline)
+
+
+def two_sources() -> Application:
+    a = wl.source("a", wl.StreamSource())
+    b = wl.source("b", wl.StreamSource())
+    return wl.build_application("two", a.merge(b).to(upper).to_sink(wl.StreamSink("out")))
+
+
+def test_run_a_list_of_records() -> None:
+    result = testing.run(word_count(), ["hello world", b"hello"])
+
+    assert sorted(result.lines("counts")) == ["hello => 1", "hello => 2", "world => 1"]
+    assert result.dead_letters == []
+
+
+def test_per_key_order_is_kept() -> None:
+    result = testing.run(word_count(), ["a b", "a", "b a"])
+
+    assert [x for x in result.lines() if x.startswith("a")] == ["a => 1", "a => 2", "a => 3"]
+
+
+def test_run_a_dict_of_records_per_source() -> None:
+    result = testing.run(two_sources(), {"a": ["x"], "b": ["y", "z"]})
+
+    assert sorted(result.lines()) == ["X", "Y", "Z"]
+
+
+def test_run_source_record_pairs_in_the_given_order() -> None:
+    result = testing.run(two_sources(), [("b", "y"), ("a", "x"), ("b", "z")])
+
+    assert result.lines() == ["Y", "X", "Z"]
+
+
+def test_several_sources_need_named_inputs() -> None:
+    with pytest.raises(ValueError, match="several sources"):
+        testing.run(two_sources(), ["x"])
+
+
+def test_failing_user_code_goes_to_dead_letters_and_the_rest_flows() -> None:
+    result = testing.run(word_count(), ["hello boom world"])
+
+    assert sorted(result.lines()) == ["hello => 1", "world => 1"]
+    [letter] = result.dead_letters
+    assert (letter.step, letter.reason, letter.attempts, letter.key) == (
+        "count", "user_error", 3, "boom")
+    assert "boom is not a word" in letter.error
+    assert codec.loads(letter.payload) == "boom"
+
+
+def test_a_failure_in_a_batch_does_not_lose_the_other_records() -> None:
+    result = testing.run(word_count(), ["a", b"\xff", "b"], batch_size=3)
+
+    assert sorted(result.lines()) == ["a => 1", "b => 1"]
+    assert [d.payload for d in result.dead_letters] == [b"\xff"]
+
+
+def test_undecodable_input_is_dead_lettered_with_its_bytes() -> None:
+    result = testing.run(word_count(), [b"\xff", "ok"])
+
+    assert result.lines() == ["ok => 1"]
+    [letter] = result.dead_letters
+    assert (letter.step, letter.reason, letter.payload) == ("decoder", "decode_error", b"\xff")
+
+
+def test_the_fake_clock_moves_by_the_retry_backoff() -> None:
+    default = testing.run(word_count(), ["boom"])
+    custom = testing.run(word_count(), ["boom"],
+                         retry=RetryPolicy(attempts=4, backoff=1.0, factor=3.0, max_delay=5.0))
+
+    assert default.clock.now == pytest.approx(0.05 + 0.2)
+    assert custom.clock.now == pytest.approx(1.0 + 3.0 + 5.0)
+    assert testing.run(word_count(), ["fine"]).clock.now == 0.0
+
+
+def test_fake_clock_advance() -> None:
+    clock = testing.FakeClock()
+    clock.advance(1.5)
+    clock.advance(2.0)
+
+    assert clock.now == 3.5
+
+
+def test_raw_keeps_the_encoded_bytes_and_lines_strips_the_newline() -> None:
+    result = testing.run(word_count(), ["hi"])
+
+    assert result.raw() == [b"hi => 1\n"]
+    assert result.raw("counts") == result.raw()
+    assert result.lines() == ["hi => 1"]
+
+
+def test_unknown_names_are_refused() -> None:
+    result = testing.run(word_count(), ["hi"])
+
+    with pytest.raises(UnknownNameError, match="no sink named 'nope'"):
+        result.lines("nope")
+    with pytest.raises(UnknownNameError, match="no source named 'nope'"):
+        testing.run(word_count(), {"nope": ["x"]})
+    with pytest.raises(UnknownNameError, match="its sources are: a, b"):
+        testing.run(two_sources(), [("c", "x")])
+
+
+def test_an_app_with_several_sinks_needs_the_sink_named() -> None:
+    pipeline = wl.source("in", wl.StreamSource()).to_sinks(
+        [wl.StreamSink("one"), wl.StreamSink("two")])
+    result = testing.run(wl.build_application("app", pipeline), ["x"])
+
+    assert result.lines("one") == result.lines("two") == ["x"]
+    with pytest.raises(ValueError, match="several sinks"):
+        result.lines()
