@@ -84,6 +84,7 @@ async def latency(url: str, rate: int, seconds: float) -> tuple[float, float, in
     nats = await Nats.connect(url)
     try:
         manifest = await ops.deploy(nats, APP)
+        await ops.wait_idle(nats, manifest, timeout=60)  # steady state: workers up
         sent: dict[int, float] = {}
         lat: list[float] = []
         reader = asyncio.create_task(_read_latencies(nats, manifest, sent, lat))

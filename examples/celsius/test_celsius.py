@@ -6,6 +6,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
 import wallaroo.testing
 
 HERE = Path(__file__).parent

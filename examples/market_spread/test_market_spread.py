@@ -8,6 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
 import wallaroo.testing
 
 HERE = Path(__file__).parent

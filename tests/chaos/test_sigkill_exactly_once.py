@@ -43,7 +43,7 @@ async def chaos(cluster: DevCluster, rng: random.Random, lines: list[bytes]) -> 
     nats = await Nats.connect(cluster.url)
     try:
         manifest = await ops.deploy(nats, APP)
-        sender = asyncio.create_task(ops.send(nats, manifest, "lines", lines, "chaos", batch_size=20))
+        sender = asyncio.create_task(paced_send(nats, manifest, lines))
         for kill in range(KILLS):
             await wait_for_progress(nats, manifest.slug)
             await asyncio.sleep(rng.uniform(0.0, 0.4))
@@ -54,6 +54,14 @@ async def chaos(cluster: DevCluster, rng: random.Random, lines: list[bytes]) -> 
         return await collect_outputs(nats, manifest)
     finally:
         await nats.close()
+
+
+async def paced_send(nats: Nats, manifest: ops.Manifest, lines: list[bytes]) -> None:
+    """Input keeps arriving for ~5 s, so every kill lands mid-stream."""
+    chunk = len(lines) // 50
+    for i in range(0, len(lines), chunk):
+        await ops.send(nats, manifest, "lines", lines[i : i + chunk], f"chaos{i}", batch_size=20)
+        await asyncio.sleep(0.1)
 
 
 async def wait_for_progress(nats: Nats, slug: str, timeout: float = 60.0) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -104,7 +103,8 @@ def send(
 ) -> None:
     """Send records to a deployed app's source (exactly once per producer id)."""
     if (file is None) == (not values):
-        raise typer.BadParameter("give either --file F or VALUE... (not both, not neither)")
+        msg = "give either --file F or VALUE... (not both, not neither)"
+        raise typer.BadParameter(msg)
 
     async def body() -> None:
         nc = await _connect(nats)
@@ -177,7 +177,8 @@ def runner(
 ) -> None:
     """Run a long-lived runner: watch deployed apps and process their partitions."""
     if index >= count:
-        raise typer.BadParameter(f"--index {index} must be below --count {count}")
+        msg = f"--index {index} must be below --count {count}"
+        raise typer.BadParameter(msg)
     from wallaroo_runtime.runner import main as runner_main
 
     runner_main(nats or default_nats(), index, count)
@@ -222,4 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

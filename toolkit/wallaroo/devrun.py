@@ -9,6 +9,7 @@ from pathlib import Path
 
 from wallaroo import ops
 from wallaroo.dev import DevCluster
+from wallaroo.errors import WallarooError
 from wallaroo.natsio import Nats
 from wallaroo.packaging import Manifest, load_app
 
@@ -17,9 +18,8 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
             state_dir: Path, timeout: float) -> int:
     app, _ = load_app(app_file)  # fail on a broken app before starting anything
     if input_file is not None and source is None and len(app.sources) != 1:
-        from wallaroo.errors import UnknownNameError
-
-        raise UnknownNameError("source", "(none given: pass --source)", sorted(app.sources))
+        msg = f"{app.name} has several sources ({', '.join(app.sources)}): pass --source NAME"
+        raise WallarooError(msg)
     cluster = DevCluster(state_dir, runners)
     with cluster:
         url_file = state_dir / "url"
@@ -101,4 +101,5 @@ class _Printer:
 
 
 def _info(text: str) -> None:
-    print(f"wallaroo: {text}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"wallaroo: {text}\n")
+    sys.stderr.flush()

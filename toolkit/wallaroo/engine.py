@@ -8,7 +8,6 @@ import logging
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
 from typing import Any, NamedTuple
 
 from wallaroo import codec
@@ -32,28 +31,49 @@ class Item(NamedTuple):
 @dataclass
 class Batch:
     """Records entering a stage, column-wise, so the runner builds it from input messages
-    without making an object per record. `origins` lists (input message seq, record count)."""
+    without making an object per record. `origins` holds runs of records: (input message
+    seq, index of the run's first record in that message, run length)."""
 
     keys: list[str | None] = field(default_factory=list)
     values: list[Any] = field(default_factory=list)
-    origins: list[tuple[int, int]] = field(default_factory=list)
+    origins: list[tuple[int, int, int]] = field(default_factory=list)
 
-    def add(self, seq: int, keys: list[str | None], values: list[Any]) -> None:
+    def add(self, seq: int, keys: list[str | None], values: list[Any], first: int = 0) -> None:
         self.keys += keys
         self.values += values
-        self.origins.append((seq, len(values)))
+        self.origins.append((seq, first, len(values)))
 
     @classmethod
     def of(cls, items: Sequence[Item]) -> Batch:
         batch = cls()
-        for seq, group in groupby(items, key=lambda it: it.rid[0]):
-            its = list(group)
-            batch.add(seq, [it.key for it in its], [it.value for it in its])
+        for it in items:
+            batch.add(it.rid[0], [it.key], [it.value], it.rid[1])
         return batch
 
+    def rids(self) -> list[RecordId]:
+        return [(seq, first + i) for seq, first, n in self.origins for i in range(n)]
+
     def items(self) -> list[Item]:
-        rids = [(seq, i) for seq, n in self.origins for i in range(n)]
-        return [Item(r, k, v) for r, k, v in zip(rids, self.keys, self.values, strict=True)]
+        return [Item(r, k, v) for r, k, v in zip(self.rids(), self.keys, self.values, strict=True)]
+
+    def item(self, index: int) -> Item:
+        at = index
+        for seq, first, n in self.origins:
+            if at < n:
+                return Item((seq, first + at), self.keys[index], self.values[index])
+            at -= n
+        raise IndexError(index)
+
+    def without(self, skip: Mapping[RecordId, DeadLetter]) -> tuple[Batch, list[DeadLetter]]:
+        """This batch minus the records in `skip`, and their dead letters."""
+        kept, dead = Batch(), []
+        for item in self.items():
+            letter = skip.get(item.rid)
+            if letter is None:
+                kept.add(item.rid[0], [item.key], [item.value], item.rid[1])
+            else:
+                dead.append(letter)
+        return kept, dead
 
     def __len__(self) -> int:
         return len(self.values)
@@ -124,8 +144,26 @@ def state_slot_of(step_name: str, key: str | None) -> str:
     return f"{step_name}\x1f{key or ''}"
 
 
+class _StepFailed(Exception):  # noqa: N818 - internal signal, becomes RecordFailed
+    def __init__(self, index: int, exc: BaseException) -> None:
+        self.index, self.exc = index, exc
+
+
+def _each(fn: Callable[[Any], Any], values: list[Any]) -> list[Any]:
+    """[fn(v) for v in values], but a failure says which value failed."""
+    outs: list[Any] = []
+    append = outs.append
+    try:
+        for v in values:
+            append(fn(v))
+    except Exception as exc:
+        raise _StepFailed(len(outs), exc) from exc
+    return outs
+
+
 class StageEngine:
-    """Executes `stage` of `app` on batches of Items."""
+    """Executes `stage` of `app` on batches of records, one step at a time over the whole
+    batch: the per-record overhead is a loop iteration, not a call chain."""
 
     def __init__(self, app: Application, stage: Stage) -> None:
         self.stage = stage
@@ -141,115 +179,72 @@ class StageEngine:
         self, batch: Batch | Sequence[Item], table: Mapping[str, bytes],
         skip: Mapping[RecordId, DeadLetter],
     ) -> BatchResult:
-        """Process `batch` against committed state `table`; raise RecordFailed on the first
-        failing record. Records in `skip` are dead-lettered instead of processed."""
+        """Process `batch` against committed state `table` (left untouched: changed state
+        comes back in `states`). Raises RecordFailed naming the first failing record; records
+        in `skip` are dead-lettered instead of processed."""
         if not isinstance(batch, Batch):
             batch = Batch.of(batch)
-        if not skip:
-            try:
-                return self._fast(batch, table)
-            except Exception:  # re-run record by record: that finds and names the culprit
-                log.debug("batch failed on the fast path; locating the failing record")
-        return self._slow(batch.items(), table, skip)
+        total = len(batch)
+        dead: list[DeadLetter] = []
+        if skip:
+            batch, dead = batch.without(skip)
+        result = self._run(batch, table)
+        result.dead, result.records_in = dead, total
+        return result
 
-    def _fast(self, batch: Batch, table: Mapping[str, bytes]) -> BatchResult:
-        """The whole batch one step at a time: the per-record overhead is a list comprehension.
-        Any exception voids the attempt (state lives in `work`, the table is untouched)."""
-        result = BatchResult(records_in=len(batch))
+    def _run(self, batch: Batch, table: Mapping[str, bytes]) -> BatchResult:
+        result = BatchResult()
         keys, vals = batch.keys, batch.values
-        if self.decode is not None:
-            decode = self.decode
-            vals = [decode(v) for v in vals]
-        work: dict[str, dict[str | None, Any]] = {}
-        for step in self.steps:
-            keys, vals = self._fast_step(step, keys, vals, table, work.setdefault(step.name, {}))
-        self._emit(vals, result)
+        origin: list[int] | None = None  # output index -> batch index (None: the same)
+        where, reason = "decoder", "decode_error"
+        try:
+            if self.decode is not None:
+                vals = _each(self.decode, vals)
+            reason = "user_error"
+            work: dict[str, dict[str | None, Any]] = {}
+            for step in self.steps:
+                where = step.name
+                keys, vals, origin = self._step(step, keys, vals, origin, table,
+                                                work.setdefault(step.name, {}))
+            if self.route is not None:
+                where = "key_extractor"
+                self._route(vals, result.routed)
+            where, reason = "encoder", "output_error"
+            self._encode(vals, result)
+        except _StepFailed as failed:
+            index = origin[failed.index] if origin is not None else failed.index
+            raise RecordFailed(batch.item(index), where, reason, failed.exc) from failed.exc
         result.states = {state_slot_of(name, k): codec.dumps(obj)
                          for name, objs in work.items() for k, obj in objs.items()}
         return result
 
-    def _fast_step(
-        self, step: StepSpec, keys: list[str | None], vals: list[Any],
-        table: Mapping[str, bytes], work: dict[str | None, Any],
-    ) -> tuple[list[str | None], list[Any]]:
-        fn = step.fn
-        if step.state is None:
-            outs = [fn(v) for v in vals]
-        else:
-            outs = []
-            for k, v in zip(keys, vals, strict=True):
-                state = work.get(k)
-                if state is None:
-                    state = work[k] = _load_state(step, k, table)
-                outs.append(fn(v, state))
-        if step.kind in ("computation", "state_computation"):
-            if any(o is None for o in outs):
-                keep = [(k, o) for k, o in zip(keys, outs, strict=True) if o is not None]
-                return [k for k, _ in keep], [o for _, o in keep]
-            return keys, outs
-        fanned = [(k, x) for k, o in zip(keys, outs, strict=True) if o is not None
-                  for x in _as_list(step, o) if x is not None]
-        return [k for k, _ in fanned], [x for _, x in fanned]
-
-    def _slow(
-        self, items: Sequence[Item], table: Mapping[str, bytes], skip: Mapping[RecordId, DeadLetter]
-    ) -> BatchResult:
-        result = BatchResult(records_in=len(items))
-        work: dict[str, Any] = {}
-        for item in items:
-            dead = skip.get(item.rid)
-            if dead is not None:
-                result.dead.append(dead)
-                continue
-            self._run_record(item, table, work, result)
-        result.states = {slot: codec.dumps(obj) for slot, obj in work.items()}
-        return result
-
-    def _run_record(
-        self, item: Item, table: Mapping[str, bytes], work: dict[str, Any], result: BatchResult
-    ) -> None:
-        where, reason = "decoder", "decode_error"
-        try:
-            values = [self.decode(item.value)] if self.decode else [item.value]
-            reason = "user_error"
-            for step in self.steps:
-                where = step.name
-                values = self._step(step, values, item.key, table, work)
-            where, reason = "output", "output_error"
-            self._emit(values, result)
-        except Exception as exc:
-            raise RecordFailed(item, where, reason, exc) from exc
-
     def _step(
-        self, step: StepSpec, values: list[Any], key: str | None,
-        table: Mapping[str, bytes], work: dict[str, Any],
-    ) -> list[Any]:
-        if not values:
-            return values
-        fn = step.fn
+        self, step: StepSpec, keys: list[str | None], vals: list[Any], origin: list[int] | None,
+        table: Mapping[str, bytes], work: dict[str | None, Any],
+    ) -> tuple[list[str | None], list[Any], list[int] | None]:
         if step.state is None:
-            outs = [fn(v) for v in values]
+            outs = _each(step.fn, vals)
         else:
-            state = _state(step, key, table, work)
-            outs = [fn(v, state) for v in values]
+            outs = _each_with_state(step, keys, vals, table, work)
         if not step.multi:
-            return [o for o in outs if o is not None]
-        return [x for o in outs if o is not None for x in _as_list(step, o) if x is not None]
+            if not any(o is None for o in outs):
+                return keys, outs, origin
+            kept = [i for i, o in enumerate(outs) if o is not None]
+            src = [origin[i] for i in kept] if origin is not None else kept
+            return [keys[i] for i in kept], [outs[i] for i in kept], src
+        return _fan_out(step, keys, outs, origin)
 
-    def _emit(self, values: list[Any], result: BatchResult) -> None:
-        if self.route is not None:
-            self._route(values, result.routed)
+    def _encode(self, values: list[Any], result: BatchResult) -> None:
         for i, enc in self.encoders:
-            outs = [enc(v) for v in values]
+            outs = _each(enc, values)
             if not all(type(o) is bytes or type(o) is str for o in outs):
-                outs = [_as_bytes(o) for o in outs]
+                _each(_as_bytes, outs)  # raises for the first output of the wrong type
             result.sink_out.setdefault(i, []).extend(outs)
 
     def _route(self, values: list[Any], routed: dict[int, tuple[list[str], list[Any]]]) -> None:
-        extract = self.extract
-        keys = [extract(v) for v in values] if extract else [""] * len(values)
+        keys = _each(self.extract, values) if self.extract else [""] * len(values)
         if not all(type(k) is str for k in keys):
-            keys = [_as_key(k) for k in keys]
+            keys = _each(_as_key, keys)
         part = self._partition
         for k, v in zip(keys, values, strict=True):
             p = part.get(k)
@@ -269,12 +264,43 @@ class StageEngine:
         return p
 
 
-def _state(step: StepSpec, key: str | None, table: Mapping[str, bytes], work: dict[str, Any]) -> Any:
-    slot = state_slot(step, key)
-    state = work.get(slot)
-    if state is None:
-        state = work[slot] = _load_state(step, key, table)
-    return state
+def _each_with_state(
+    step: StepSpec, keys: list[str | None], vals: list[Any], table: Mapping[str, bytes],
+    work: dict[str | None, Any],
+) -> list[Any]:
+    fn = step.fn
+    outs: list[Any] = []
+    append = outs.append
+    try:
+        for k, v in zip(keys, vals, strict=True):
+            state = work.get(k)
+            if state is None:
+                state = work[k] = _load_state(step, k, table)
+            append(fn(v, state))
+    except Exception as exc:
+        raise _StepFailed(len(outs), exc) from exc
+    return outs
+
+
+def _fan_out(
+    step: StepSpec, keys: list[str | None], outs: list[Any], origin: list[int] | None
+) -> tuple[list[str | None], list[Any], list[int]]:
+    new_keys: list[str | None] = []
+    new_vals: list[Any] = []
+    new_origin: list[int] = []
+    for i, out in enumerate(outs):
+        if out is None:
+            continue
+        if not isinstance(out, list | tuple):
+            msg = f"{step.kind} {step.name!r} must return a list, got {type(out).__name__}"
+            raise _StepFailed(i, TypeError(msg))
+        src = origin[i] if origin is not None else i
+        for x in out:
+            if x is not None:
+                new_keys.append(keys[i])
+                new_vals.append(x)
+                new_origin.append(src)
+    return new_keys, new_vals, new_origin
 
 
 def _load_state(step: StepSpec, key: str | None, table: Mapping[str, bytes]) -> Any:
@@ -286,13 +312,6 @@ def _new_state(step: StepSpec) -> Any:
     factory: Callable[[], Any] | None = step.state
     assert factory is not None
     return factory()
-
-
-def _as_list(step: StepSpec, out: Any) -> list[Any]:
-    if isinstance(out, list | tuple):
-        return list(out)
-    msg = f"{step.kind} {step.name!r} must return a list, got {type(out).__name__}"
-    raise TypeError(msg)
 
 
 def _as_key(key: Any) -> str:

@@ -79,7 +79,7 @@ class PullConsumer:
     async def _pull(self, batch: int, timeout: float) -> list[InMsg]:
         try:
             msgs = await self._sub.fetch(batch=batch, timeout=timeout)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.TimeoutError):
             return []
         return [_in_msg(m) for m in msgs]
 
@@ -112,7 +112,7 @@ class Nats:
                 servers=[url], name=name, max_reconnect_attempts=-1 if persistent else 2,
                 reconnect_time_wait=0.2, connect_timeout=2, allow_reconnect=True,
             )
-        except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as err:
+        except (TimeoutError, nats.errors.NoServersError, OSError) as err:
             raise NatsUnreachableError(url) from err
         return cls(nc)
 
@@ -245,7 +245,7 @@ class Nats:
             while seq < upto:
                 try:
                     msgs = await sub.fetch(batch=batch, timeout=5.0)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     return  # nothing more on the subject (messages past `upto` were purged)
                 for m in msgs:
                     seq = m.metadata.sequence.stream

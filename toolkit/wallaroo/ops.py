@@ -58,7 +58,7 @@ def source_stage(manifest: Manifest, source: str | None) -> tuple[int, int]:
     if source is None and len(sources) == 1:
         source = next(iter(sources))
     if source not in sources:
-        raise UnknownNameError("source", str(source), sorted(sources))
+        raise UnknownNameError(kind="source", name=str(source), known=sorted(sources))
     st = sources[source]
     return st.index, st.partitions
 
@@ -118,7 +118,7 @@ async def tail(nats: Nats, manifest: Manifest, sink: str | None, start_seq: int 
     One message carries the outputs of one commit of one partition."""
     names = AppNames(manifest.slug)
     if sink is not None and sink not in manifest.sinks:
-        raise UnknownNameError("sink", sink, manifest.sinks)
+        raise UnknownNameError(kind="sink", name=sink, known=manifest.sinks)
     by_subject = {names.out(s): s for s in manifest.sinks}
     subject = names.out(sink) if sink else f"wl.{manifest.slug}.out.>"
     async for m in nats.tail(names.out_stream, subject, start_seq):

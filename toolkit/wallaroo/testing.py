@@ -13,7 +13,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from wallaroo.engine import BatchResult, DeadLetter, Item, RecordFailed, Retrier, RetryPolicy, StageEngine
+from wallaroo.engine import (
+    BatchResult,
+    DeadLetter,
+    Item,
+    RecordFailed,
+    Retrier,
+    RetryPolicy,
+    StageEngine,
+)
 from wallaroo.errors import UnknownNameError
 from wallaroo.plan import Application
 
@@ -54,7 +62,7 @@ class RunResult:
             msg = f"the app has several sinks ({', '.join(names)}): name one"
             raise ValueError(msg)
         if sink not in names:
-            raise UnknownNameError("sink", sink, names)
+            raise UnknownNameError(kind="sink", name=sink, known=names)
         return sink
 
 
@@ -144,7 +152,7 @@ def _feed(app: Application, inputs: Inputs) -> list[tuple[str, bytes]]:
     out = []
     for source, rec in pairs:
         if source not in app.sources:
-            raise UnknownNameError("source", source, sources)
+            raise UnknownNameError(kind="source", name=source, known=sources)
         out.append((source, rec.encode("utf-8") if isinstance(rec, str) else bytes(rec)))
     return out
 

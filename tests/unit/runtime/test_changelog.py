@@ -2,6 +2,7 @@
 
 import msgpack
 import pytest
+
 from wallaroo.natsio import Out
 from wallaroo_runtime.changelog import CommitRecord, PartitionState
 

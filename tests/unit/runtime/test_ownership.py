@@ -1,6 +1,7 @@
 """wallaroo_runtime.ownership: every partition has exactly one owner; joins move little."""
 
 import pytest
+
 from wallaroo_runtime.ownership import StaticOwnership, rendezvous
 
 PARTITIONS = [(stage, part) for stage in range(3) for part in range(16)]

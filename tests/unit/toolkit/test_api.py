@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+
 import wallaroo as wl
 from wallaroo.api import DecoderSpec, EncoderSpec, KeyExtractorSpec, StepSpec
 from wallaroo.errors import ArityError, DefinitionError, MissingArgumentsError

@@ -4,6 +4,7 @@ import pickle
 from dataclasses import dataclass
 
 import pytest
+
 from wallaroo import codec
 
 

@@ -3,6 +3,7 @@
 import zlib
 
 import pytest
+
 import wallaroo as wl
 from wallaroo import codec
 from wallaroo.api import text_encoder
@@ -194,7 +195,7 @@ def test_encoder_must_return_bytes_or_str() -> None:
 
     with pytest.raises(RecordFailed) as err:
         engine(evens_app(encoder=lambda n: n)).attempt(raw(b"2"), {}, {})
-    assert (err.value.step, err.value.reason) == ("output", "output_error")
+    assert (err.value.step, err.value.reason) == ("encoder", "output_error")
     assert "encoder must return bytes or str, got int" in err.value.error
 
 

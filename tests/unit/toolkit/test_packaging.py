@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
 from wallaroo import testing
 from wallaroo.errors import AppLoadError, ArtifactError, VersionMismatchError
 from wallaroo.packaging import (

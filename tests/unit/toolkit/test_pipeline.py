@@ -1,6 +1,7 @@
 """wallaroo.pipeline: an immutable builder that refuses wrong shapes as soon as it sees them."""
 
 import pytest
+
 import wallaroo as wl
 from wallaroo.errors import DefinitionError, PipelineError
 from wallaroo.pipeline import KeyBy, Sinks, Source, Step, slug

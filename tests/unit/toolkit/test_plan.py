@@ -1,6 +1,7 @@
 """wallaroo.plan: a pipeline is cut into stages at each key_by/collect, and checked whole."""
 
 import pytest
+
 import wallaroo as wl
 from wallaroo.api import KeyExtractorSpec
 from wallaroo.errors import PipelineError

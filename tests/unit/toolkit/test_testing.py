@@ -1,6 +1,7 @@
 """wallaroo.testing: run an app in-process with the runner's semantics, no NATS."""
 
 import pytest
+
 import wallaroo as wl
 from wallaroo import codec, testing
 from wallaroo.engine import RetryPolicy

@@ -1,0 +1,59 @@
+"""Bad input and failing user code on a real runner: retried, then dead-lettered with step,
+error and traceback, while the partition keeps flowing; `wallaroo dlq list` shows them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wallaroo.cli import app as cli
+from wallaroo.dev import DevCluster
+
+APP = Path(__file__).parent / "apps" / "flaky.py"
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+def calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "calls.log"
+    monkeypatch.setenv("FLAKY_CALLS", str(path))
+    return path
+
+
+def test_poison_records_go_to_the_dead_letter_stream(run_on_runner, calls: Path) -> None:
+    records = [b"1", b"2", b"bad", b"13", b"3", b"4"]
+    outputs = run_on_runner(APP, [("numbers", r) for r in records])
+
+    assert sorted(outputs["sums"]) == ["even 2 2", "even 4 6", "odd 1 1", "odd 3 4"]
+    tried = calls.read_text().split()
+    assert tried.count("13") == 3  # the default retry policy: 3 attempts, then dead letter
+
+
+def test_dlq_list_shows_step_reason_and_error(tmp_path: Path, calls: Path) -> None:
+    with DevCluster(tmp_path / "c") as cluster:
+        runner = CliRunner()
+        env = {"WALLAROO_NATS": cluster.url}
+        assert runner.invoke(cli, ["deploy", str(APP)], env=env).exit_code == 0
+        sent = runner.invoke(cli, ["send", "flaky", "numbers", "5", "oops", "13"], env=env)
+        assert sent.exit_code == 0, sent.output
+        out = runner.invoke(cli, ["tail", "flaky", "sums", "--count", "1"], env=env)
+        assert out.output.strip() == "odd 5 5"
+        listing = _wait_for_letters(runner, env, 2)
+
+    assert "decoder" in listing and "decode_error" in listing and "oops" in listing
+    assert "running sum" in listing and "ValueError: 13 is unlucky" in listing
+    assert "Traceback" in listing  # --tracebacks prints them in full
+
+
+def _wait_for_letters(runner: CliRunner, env: dict[str, str], n: int) -> str:
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        res = runner.invoke(cli, ["dlq", "list", "flaky", "--tracebacks"], env=env)
+        assert res.exit_code == 0, res.output
+        if res.output.count("--- dead letter") >= n or time.monotonic() > deadline:
+            return res.output
+        time.sleep(0.1)
