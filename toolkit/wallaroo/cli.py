@@ -35,9 +35,10 @@ def default_nats() -> str:
     return DEFAULT_NATS
 
 
-NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL [default: $WALLAROO_NATS, "
-                                             "the running dev cluster, or nats://127.0.0.1:4222]")]
-AppFile = Annotated[Path, typer.Argument(help="the app's .py file", exists=True, dir_okay=False)]
+NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (default: $WALLAROO_NATS, "
+                                             "the running dev cluster, or nats://127.0.0.1:4222)")]
+AppFile = Annotated[Path, typer.Argument(metavar="APP.py", help="the app's .py file", exists=True,
+                                         dir_okay=False)]
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -97,8 +98,8 @@ def send(
     values: Annotated[list[str] | None, typer.Argument(help="records to send")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", exists=True, dir_okay=False,
                     help="send each non-empty line of this file")] = None,
-    producer: Annotated[str | None, typer.Option(help="producer id for dedup [default: "
-                        "the file's content hash, or a fresh id]")] = None,
+    producer: Annotated[str | None, typer.Option(help="producer id for dedup (default: "
+                        "the file's content hash, or a fresh id)")] = None,
     nats: NatsOpt = None,
 ) -> None:
     """Send records to a deployed app's source (exactly once per producer id)."""
@@ -157,14 +158,17 @@ def status(nats: NatsOpt = None) -> None:
     async def body() -> None:
         nc = await _connect(nats)
         try:
-            apps, runners = await ops.status(nc)
+            st = await ops.status(nc)
         finally:
             await nc.close()
         typer.echo(render_table(["app", "version", "stage", "name", "partitions", "pending",
-                                 "ack pending"], apps) if apps else "no apps deployed")
+                                 "ack pending"], st.apps) if st.apps else "no apps deployed")
         typer.echo("")
         typer.echo(render_table(["runner", "pid", "host", "apps", "commits", "records",
-                                 "last heartbeat"], runners) if runners else "no runners")
+                                 "last heartbeat"], st.runners) if st.runners else "no runners")
+        if st.problems:
+            typer.echo("")
+            typer.echo(render_table(["runner", "app", "error"], st.problems))
 
     run(body())
 

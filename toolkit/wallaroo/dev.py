@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from wallaroo.errors import WallarooError
 from wallaroo.natsserver import NatsServer
 
 RUNNER_STOP_TIMEOUT = 15.0
@@ -34,6 +35,7 @@ class RunnerProcess:
             self.proc = subprocess.Popen(
                 runner_command(self.url, self.index, self.count), stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
+                process_group=0,  # Ctrl-C reaches `wallaroo dev`, which stops runners in order
             )
         return self
 
@@ -91,7 +93,7 @@ class DevCluster:
             if not r.alive and r.proc is not None:
                 log = self.state_dir / "logs" / f"runner-{r.index}.log"
                 msg = f"runner {r.index} exited with code {r.proc.returncode}; see {log}"
-                raise RuntimeError(msg)
+                raise WallarooError(msg)
 
     def stop(self) -> None:
         started = time.monotonic()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from wallaroo import ops
 from wallaroo.dev import DevCluster
@@ -26,42 +29,64 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
         url_file.write_text(cluster.url)
         _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         try:
-            asyncio.run(_session(cluster, app_file, input_file, source, timeout))
-        except KeyboardInterrupt:
-            _info("stopping")
+            finished = asyncio.run(_session(cluster, app_file, input_file, source, timeout))
         finally:
             url_file.unlink(missing_ok=True)
-    return 0
+            _info("stopping runners and nats-server")
+    return 0 if finished or input_file is None else 130
 
 
 async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
-                   source: str | None, timeout: float) -> None:
+                   source: str | None, timeout: float) -> bool:
+    """True once all input is processed and printed; False if interrupted (Ctrl-C/SIGTERM)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     nats = await Nats.connect(cluster.url, name="wallaroo-dev")
+    printer: _Printer | None = None
     try:
         manifest = await ops.deploy(nats, app_file)
         _info(f"deployed {manifest.name} version {manifest.version}")
         printer = _Printer(nats, manifest)
-        task = asyncio.create_task(printer.run())
         if input_file is None:
-            await _watch_runners(cluster, task)
-            return
-        sent = await ops.send(nats, manifest, source, ops.file_lines(input_file),
-                              ops.file_producer_id(input_file))
-        _info(f"sent {sent} records from {input_file}")
-        await _finish(nats, cluster, manifest, printer, timeout)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        _info(f"done: {printer.count} outputs")
+            await _until(stop, cluster, _forever())
+            return False
+        return await _until(stop, cluster, _feed(nats, cluster, manifest, printer, input_file,
+                                                 source, timeout))
     finally:
+        if printer is not None:
+            await printer.stop()
         await nats.close()
 
 
-async def _watch_runners(cluster: DevCluster, printer: asyncio.Task[None]) -> None:
-    while not printer.done():
+async def _forever() -> bool:
+    await asyncio.Event().wait()
+    return False
+
+
+async def _until(stop: asyncio.Event, cluster: DevCluster, work: Coroutine[Any, Any, bool]) -> bool:
+    """Run `work` until it ends or `stop` is set, failing fast if a runner dies."""
+    task = asyncio.create_task(work)
+    while not task.done() and not stop.is_set():
         cluster.check_runners()
-        await asyncio.sleep(0.5)
-    await printer
+        await asyncio.wait([task], timeout=0.2)
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    return task.result()
+
+
+async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
+                input_file: Path, source: str | None, timeout: float) -> bool:
+    sent = await ops.send(nats, manifest, source, ops.file_lines(input_file),
+                          ops.file_producer_id(input_file))
+    _info(f"sent {sent} records from {input_file}")
+    await _finish(nats, cluster, manifest, printer, timeout)
+    _info(f"done: {printer.count} outputs")
+    return True
 
 
 async def _finish(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
@@ -84,10 +109,18 @@ def manifest_streams(manifest: Manifest) -> str:
 
 
 class _Printer:
+    """Prints every output as it arrives, in a background task."""
+
     def __init__(self, nats: Nats, manifest: Manifest) -> None:
         self.nats, self.manifest = nats, manifest
         self.last_seq = 0
         self.count = 0
+        self.task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
 
     async def run(self) -> None:
         prefix = len(self.manifest.sinks) > 1

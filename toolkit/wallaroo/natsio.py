@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ import nats.js.errors as jserr  # noqa: TID251
 
 from wallaroo.errors import FencedError, NatsUnreachableError
 
+log = logging.getLogger("wallaroo.nats")
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
@@ -59,6 +61,19 @@ class Out:
     subject: str
     payload: bytes
     msg_id: str
+
+
+# Why callbacks: nats-py's defaults print full tracebacks to stderr on every connection error.
+async def _log_error(err: Exception) -> None:
+    log.warning("nats: %s: %s", type(err).__name__, err)
+
+
+async def _log_disconnect() -> None:
+    log.warning("nats: disconnected, reconnecting")
+
+
+async def _log_reconnect() -> None:
+    log.warning("nats: reconnected")
 
 
 class PullConsumer:
@@ -111,6 +126,8 @@ class Nats:
             nc = await nats.connect(
                 servers=[url], name=name, max_reconnect_attempts=-1 if persistent else 2,
                 reconnect_time_wait=0.2, connect_timeout=2, allow_reconnect=True,
+                error_cb=_log_error, disconnected_cb=_log_disconnect,
+                reconnected_cb=_log_reconnect,
             )
         except (TimeoutError, nats.errors.NoServersError, OSError) as err:
             raise NatsUnreachableError(url) from err

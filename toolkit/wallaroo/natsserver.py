@@ -73,7 +73,7 @@ class NatsServer:
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(server_binary()), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, process_group=0,  # stopped last, by its owner
             )
         wait_for_port(self.port, timeout, self.proc)
         return self

@@ -193,8 +193,15 @@ def fresh_producer_id() -> str:
     return "p" + uuid.uuid4().hex[:20]
 
 
-async def status(nats: Nats) -> tuple[list[list[str]], list[list[str]]]:
-    """Rows for the apps table (one per stage) and the runners table."""
+@dataclass(frozen=True)
+class Status:
+    apps: list[list[str]]
+    runners: list[list[str]]
+    problems: list[list[str]]
+
+
+async def status(nats: Nats) -> Status:
+    """Rows for the apps table (one per stage), the runners table and runners' errors."""
     apps: list[list[str]] = []
     for key in await nats.kv_keys(APPS_BUCKET):
         raw = await nats.kv_get(APPS_BUCKET, key)
@@ -204,19 +211,23 @@ async def status(nats: Nats) -> tuple[list[list[str]], list[list[str]]]:
         for lag in await stage_lags(nats, m):
             apps.append([m.name, m.version, str(lag.stage), lag.name, str(lag.partitions),
                          str(lag.pending), str(lag.ack_pending)])
-    return apps, await _runner_rows(nats)
+    beats = await runner_heartbeats(nats)
+    problems = [[r["id"], app, err] for r in beats for app, err in sorted(r["errors"].items())]
+    return Status(apps, [_runner_row(r) for r in beats], problems)
 
 
-async def _runner_rows(nats: Nats) -> list[list[str]]:
-    rows = []
-    now = time.time()
+async def runner_heartbeats(nats: Nats) -> list[dict[str, Any]]:
+    """What each runner last reported (apps, progress, errors), newest first."""
+    beats = []
     for key in await nats.kv_keys(RUNNERS_BUCKET):
         raw = await nats.kv_get(RUNNERS_BUCKET, key)
-        if raw is None:
-            continue
-        r = json.loads(raw)
-        parts = [p for a in r["apps"].values() for p in a["partitions"].values()]
-        rows.append([r["id"], str(r["pid"]), r["host"], ",".join(sorted(r["apps"])) or "-",
-                     str(sum(p["commits"] for p in parts)), str(sum(p["records"] for p in parts)),
-                     f"{now - r['ts']:.1f}s ago"])
-    return rows
+        if raw is not None:
+            beats.append(json.loads(raw))
+    return sorted(beats, key=lambda r: -r["ts"])
+
+
+def _runner_row(r: dict[str, Any]) -> list[str]:
+    parts = [p for a in r["apps"].values() for p in a["partitions"].values()]
+    return [r["id"], str(r["pid"]), r["host"], ",".join(sorted(r["apps"])) or "-",
+            str(sum(p["commits"] for p in parts)), str(sum(p["records"] for p in parts)),
+            f"{time.time() - r['ts']:.1f}s ago"]

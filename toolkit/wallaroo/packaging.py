@@ -109,8 +109,12 @@ def _import_file(path: Path) -> types.ModuleType:
 def _call_user(path: Path, fn: Any) -> Any:
     try:
         return fn()
-    except WallarooError:
+    except AppLoadError:
         raise
+    except WallarooError as exc:
+        # A definition mistake (say, a decorator without its arguments): say where it is.
+        where = _where(exc).removeprefix(" at ") or str(path)
+        raise AppLoadError(f"{where}: {exc}") from exc
     except Exception as exc:
         msg = f"{path}: loading the app failed{_where(exc)}: {type(exc).__name__}: {exc}"
         raise AppLoadError(msg) from exc

@@ -26,7 +26,8 @@ def running_sum(n: int, acc: Sum) -> str:
     with open(os.environ["FLAKY_CALLS"], "a") as log:
         log.write(f"{n}\n")
     if n == 13:
-        raise ValueError("13 is unlucky")
+        msg = "13 is unlucky"
+        raise ValueError(msg)
     acc.total += n
     return f"{parity(n)} {n} {acc.total}"
 

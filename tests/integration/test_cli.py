@@ -1,0 +1,120 @@
+"""The `wallaroo` command as a user runs it: real subprocesses, real nats-server and runners."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wallaroo.natsserver import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+WORD_COUNT = ROOT / "examples" / "word_count"
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def wallaroo(*args: str, cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "WALLAROO_NATS"}
+    return subprocess.run([sys.executable, "-m", "wallaroo", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=150, **kw)
+
+
+def no_process_mentions(text: str) -> bool:
+    return subprocess.run(["pgrep", "-f", text], capture_output=True).returncode == 1
+
+
+def test_dev_with_input_prints_every_count_then_exits_and_stops_everything(tmp_path: Path) -> None:
+    res = wallaroo("dev", str(WORD_COUNT / "word_count.py"), "--input",
+                   str(WORD_COUNT / "count_this.txt"), "--runners", "2", cwd=tmp_path)
+
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 482
+    last = {}
+    for line in lines:
+        word, n = line.rsplit(" => ", 1)
+        last[word] = int(n)
+    assert last == json.loads((WORD_COUNT / "expected_final_counts.json").read_text())
+    url = res.stderr.split("nats-server at ")[1].split(",")[0]
+    assert no_process_mentions(url.removeprefix("nats://")), "a runner or nats-server outlived dev"
+    assert not (tmp_path / ".wallaroo" / "dev" / "url").exists()
+
+
+def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) -> None:
+    app = str(WORD_COUNT / "word_count.py")
+    dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", app], cwd=tmp_path, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        url_file = tmp_path / ".wallaroo" / "dev" / "url"
+        wait_until(lambda: url_file.exists() and "deployed" in status(tmp_path).stdout + "deployed")
+        sent = wallaroo("send", "word_count", "lines", "hello hello world", cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        tail = wallaroo("tail", "word_count", "counts", "--count", "3", cwd=tmp_path)
+        assert sorted(tail.stdout.splitlines()) == ["hello => 1", "hello => 2", "world => 1"]
+        table = status(tmp_path).stdout
+        assert "word_count" in table and "count word" in table and "r0" in table
+    finally:
+        dev.send_signal(signal.SIGINT)
+        out, err = dev.communicate(timeout=60)
+    assert dev.returncode == 0, err
+    assert sorted(out.splitlines()) == ["hello => 1", "hello => 2", "world => 1"]
+    assert "Traceback" not in err
+
+
+def status(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return wallaroo("status", cwd=cwd)
+
+
+def wait_until(cond: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["dev", "missing.py"], 2, "does not exist"),
+        (["send", "app", "src"], 2, "give either --file F or VALUE"),
+        (["runner", "--index", "3", "--count", "2"], 2, "must be below --count"),
+        (["frobnicate"], 2, "No such command"),
+    ],
+)
+def test_usage_errors_say_what_to_fix_without_a_traceback(
+    tmp_path: Path, args: list[str], code: int, says: str
+) -> None:
+    res = wallaroo(*args, cwd=tmp_path)
+    assert res.returncode == code
+    assert says in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_unreachable_nats_is_a_one_line_error(tmp_path: Path) -> None:
+    res = wallaroo("status", "--nats", f"nats://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert res.returncode == 1
+    assert "cannot reach NATS" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_broken_app_file_names_the_file_and_line(tmp_path: Path) -> None:
+    app = tmp_path / "broken.py"
+    app.write_text("import wallaroo\n\n@wallaroo.computation\ndef f(x):\n    return x\n")
+    res = wallaroo("dev", str(app), cwd=tmp_path)
+    assert res.returncode == 1
+    assert "Did you forget the parentheses" in res.stderr
+    assert "broken.py:3" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unknown_app_lists_the_deployed_ones(tmp_path: Path, nats_server) -> None:  # type: ignore[no-untyped-def]
+    deployed = wallaroo("deploy", str(WORD_COUNT / "word_count.py"), "--nats", nats_server.url,
+                        cwd=tmp_path)
+    assert deployed.returncode == 0, deployed.stderr
+    res = wallaroo("send", "nope", "lines", "x", "--nats", nats_server.url, cwd=tmp_path)
+    assert res.returncode == 1
+    assert "no app named 'nope'" in res.stderr and "word_count" in res.stderr
