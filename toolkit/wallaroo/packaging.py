@@ -114,7 +114,8 @@ def _call_user(path: Path, fn: Any) -> Any:
     except WallarooError as exc:
         # A definition mistake (say, a decorator without its arguments): say where it is.
         where = _where(exc).removeprefix(" at ") or str(path)
-        raise AppLoadError(f"{where}: {exc}") from exc
+        msg = f"{where}: {exc}"
+        raise AppLoadError(msg) from exc
     except Exception as exc:
         msg = f"{path}: loading the app failed{_where(exc)}: {type(exc).__name__}: {exc}"
         raise AppLoadError(msg) from exc
