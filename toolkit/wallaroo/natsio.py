@@ -69,7 +69,7 @@ async def _log_error(err: Exception) -> None:
 
 
 async def _log_disconnect() -> None:
-    log.warning("nats: disconnected, reconnecting")
+    log.info("nats: disconnected")  # also on a deliberate close: not a warning
 
 
 async def _log_reconnect() -> None:
