@@ -1,5 +1,6 @@
-"""The long-lived runner process: watches deployed apps in NATS KV, loads their artifacts,
-creates their streams and runs a worker per owned (stage, partition)."""
+"""The long-lived runner process. Every tick it heartbeats its membership (with its progress),
+campaigns for leadership (the leader assigns partitions), loads newly deployed app versions,
+and starts or stops partition workers to match the assignment."""
 
 from __future__ import annotations
 
@@ -14,97 +15,172 @@ import time
 from dataclasses import dataclass, field
 
 from wallaroo.errors import FencedError, WallarooError
-from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, RUNNERS_BUCKET, AppNames
+from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, MEMBERS_BUCKET, AppNames, partition_key
 from wallaroo.natsio import Nats
 from wallaroo.packaging import Manifest, load_artifact
 from wallaroo.plan import Application
-from wallaroo_runtime.ownership import Ownership, StaticOwnership
+from wallaroo_runtime import cluster
+from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
 from wallaroo_runtime.worker import PartitionWorker, WorkerConfig
 
 log = logging.getLogger("wallaroo.runner")
 RESTART_BACKOFF = (0.2, 5.0)
+Part = tuple[int, int]
 
 
 @dataclass
 class AppHost:
-    """One deployed version of one app on this runner."""
+    """One deployed version of one app on this runner: a supervised worker per owned
+    partition, each running only while it holds the partition's lease."""
 
     nats: Nats
     manifest: Manifest
     app: Application
-    ownership: Ownership
+    runner_id: str
     cfg: WorkerConfig
-    workers: dict[tuple[int, int], PartitionWorker] = field(default_factory=dict)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    cluster_cfg: ClusterConfig
+    owned: set[Part] = field(default_factory=set)
+    workers: dict[Part, PartitionWorker] = field(default_factory=dict)
+    tasks: dict[Part, asyncio.Task[None]] = field(default_factory=dict)
     failures: int = 0
+    rates: dict[Part, tuple[float, int, float]] = field(default_factory=dict)
 
     async def start(self) -> None:
         names = AppNames(self.app.slug)
         for stream, (subject, work_queue) in names.streams().items():
             await self.nats.ensure_stream(stream, [subject], work_queue=work_queue)
-        for stage in self.app.stages:
-            for part in range(stage.partitions):
-                if self.ownership.owns(self.app.slug, stage.index, part):
-                    self.tasks.append(asyncio.create_task(self._supervise(stage.index, part)))
 
-    async def _supervise(self, stage: int, part: int) -> None:
+    def reconcile(self, owners: dict[str, str]) -> None:
+        """Start workers for partitions assigned here; ask the others to finish and stop."""
+        self.owned = {_part(k) for k, v in owners.items() if v == self.runner_id}
+        for part in self.owned - set(self.tasks):
+            self.tasks[part] = asyncio.create_task(self._supervise(part))
+        for part in set(self.tasks) - self.owned:
+            worker = self.workers.get(part)
+            if worker is not None:
+                worker.stop()
+        for part in [p for p, t in self.tasks.items() if t.done()]:
+            del self.tasks[part]
+
+    async def _supervise(self, part: Part) -> None:
+        lease = Lease(self.nats, partition_key(self.app.slug, *part), self.runner_id, self.cluster_cfg)
+        if not await lease.acquire(lambda: part in self.owned):
+            return
+        try:
+            await self._run_worker(part, lease)
+        finally:
+            self.workers.pop(part, None)
+            with contextlib.suppress(WallarooError, OSError, TimeoutError):
+                await lease.release()
+
+    async def _run_worker(self, part: Part, lease: Lease) -> None:
         delay = RESTART_BACKOFF[0]
-        while True:
+        while part in self.owned:
             worker = PartitionWorker(self.nats, self.app, self.manifest.version,
-                                     self.app.stages[stage], part, self.cfg)
-            self.workers[(stage, part)] = worker
+                                     self.app.stages[part[0]], part[1], self.cfg)
+            self.workers[part] = worker
             try:
                 await worker.run()
                 return
             except FencedError as err:
-                log.error("%s", err)
+                log.warning("%s", err)
+                if not await lease.held():
+                    return
             except (WallarooError, OSError, TimeoutError, ConnectionError) as err:
                 self.failures += 1
                 log.error("worker %s/%d/%d failed (%d failures so far): %s",
-                          self.app.slug, stage, part, self.failures, err, exc_info=True)
+                          self.app.slug, *part, self.failures, err, exc_info=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_BACKOFF[1])
 
     async def stop(self) -> None:
+        """Every worker finishes and commits its batch in hand, then releases its lease."""
+        self.owned = set()
         for w in self.workers.values():
             w.stop()
-        done, pending = await asyncio.wait(self.tasks, timeout=10) if self.tasks else (set(), set())
-        for t in pending:
-            t.cancel()
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks.values(), timeout=10)
+            for t in pending:
+                t.cancel()
 
-    def report(self) -> dict[str, object]:
+    def report(self, now: float) -> dict[str, object]:
         return {
             "version": self.manifest.version,
             "failures": self.failures,
-            "partitions": {
-                f"{s}/{p}": {"commits": w.progress.commits, "records": w.progress.records,
-                             "dead": w.progress.dead, "committed_seq": w.state.committed_seq}
-                for (s, p), w in sorted(self.workers.items())
-            },
+            "partitions": {f"{s}.{p}": self._partition_report((s, p), w, now)
+                           for (s, p), w in sorted(self.workers.items())},
         }
+
+    def _partition_report(self, part: Part, w: PartitionWorker, now: float) -> dict[str, object]:
+        then, records, rate = self.rates.get(part, (now, w.progress.records, 0.0))
+        if now - then >= 1.0:
+            # An exponentially weighted records/s, for status and the autoscaler.
+            rate = 0.5 * rate + 0.5 * (w.progress.records - records) / (now - then)
+            self.rates[part] = (now, w.progress.records, rate)
+        elif part not in self.rates:
+            self.rates[part] = (then, records, rate)
+        return {"commits": w.progress.commits, "records": w.progress.records,
+                "dead": w.progress.dead, "committed_seq": w.state.committed_seq,
+                "rate": round(rate, 1)}
+
+
+def _part(key: str) -> Part:
+    stage, part = key.split(".")
+    return int(stage), int(part)
 
 
 class Runner:
-    def __init__(self, url: str, ownership: Ownership, cfg: WorkerConfig | None = None,
-                 poll: float = 0.5) -> None:
-        self.url, self.ownership, self.cfg, self.poll = url, ownership, cfg or WorkerConfig(), poll
+    def __init__(self, url: str, runner_id: str | None = None, cfg: WorkerConfig | None = None,
+                 cluster_cfg: ClusterConfig | None = None) -> None:
+        self.url = url
+        self.runner_id = runner_id or cluster.new_runner_id()
+        self.cfg = cfg or WorkerConfig()
+        self.cluster_cfg = cluster_cfg or ClusterConfig()
         self.hosts: dict[str, AppHost] = {}
+        self.manifests: dict[str, Manifest] = {}
         self.errors: dict[str, str] = {}
         self.started = time.time()
+        self.tick_failures = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        nats = await Nats.connect(self.url, name=f"wallaroo-runner-{self.ownership.runner_id}")
-        log.info("runner %s (pid %d) connected to %s", self.ownership.runner_id, os.getpid(), self.url)
+        nats = await Nats.connect(self.url, name=f"wallaroo-runner-{self.runner_id}")
+        await cluster.ensure_buckets(nats, self.cluster_cfg)
+        leadership = Leadership(nats, self.runner_id)
+        log.info("runner %s (pid %d) joined %s", self.runner_id, os.getpid(), self.url)
         try:
             while not stop.is_set():
-                await self._sync_apps(nats)
-                await self._heartbeat(nats)
+                await self._tick_safely(nats, leadership)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll)
+                    await asyncio.wait_for(stop.wait(), self.cluster_cfg.tick)
         finally:
-            for host in self.hosts.values():
-                await host.stop()
-            await nats.close()
+            await self._leave(nats, leadership)
+
+    async def _tick_safely(self, nats: Nats, leadership: Leadership) -> None:
+        try:
+            await self._tick(nats, leadership)
+        except Exception as err:  # a control loop survives a bad tick, and says so
+            self.tick_failures += 1
+            log.error("runner tick failed (%d so far): %s", self.tick_failures, err, exc_info=True)
+
+    async def _tick(self, nats: Nats, leadership: Leadership) -> None:
+        await self._sync_apps(nats)
+        await self._heartbeat(nats)
+        if await leadership.campaign():
+            members = await cluster.live_members(nats)
+            for manifest in self.manifests.values():
+                await cluster.publish_assignment(nats, manifest, members)
+        for slug, host in self.hosts.items():
+            host.reconcile(await cluster.read_assignment(nats, slug))
+
+    async def _leave(self, nats: Nats, leadership: Leadership) -> None:
+        """Graceful exit: finish batches, release leases, hand over leadership and membership
+        at once instead of letting them lapse."""
+        for host in self.hosts.values():
+            await host.stop()
+        with contextlib.suppress(WallarooError, OSError, TimeoutError):
+            await leadership.resign()
+            await nats.kv_delete(MEMBERS_BUCKET, self.runner_id)
+        await nats.close()
 
     async def _sync_apps(self, nats: Nats) -> None:
         for slug in await nats.kv_keys(APPS_BUCKET):
@@ -112,6 +188,7 @@ class Runner:
             if raw is None:
                 continue
             manifest = Manifest.from_json(raw)
+            self.manifests[slug] = manifest  # assigned by the leader even if it cannot load it
             host = self.hosts.get(slug)
             if host is not None and host.manifest.version == manifest.version:
                 continue
@@ -134,32 +211,34 @@ class Runner:
         old = self.hosts.pop(manifest.slug, None)
         if old is not None:
             await old.stop()
-        host = AppHost(nats, manifest, app, self.ownership, self.cfg)
+        host = AppHost(nats, manifest, app, self.runner_id, self.cfg, self.cluster_cfg)
         await host.start()
         self.hosts[manifest.slug] = host
         self.errors.pop(manifest.slug, None)
-        log.info("running %s version %s (%d workers)", manifest.name, manifest.version, len(host.tasks))
+        log.info("loaded %s version %s", manifest.name, manifest.version)
 
     async def _heartbeat(self, nats: Nats) -> None:
+        now = time.time()
         body = {
-            "id": self.ownership.runner_id, "pid": os.getpid(), "host": socket.gethostname(),
-            "started": self.started, "ts": time.time(),
-            "apps": {slug: h.report() for slug, h in self.hosts.items()},
+            "id": self.runner_id, "pid": os.getpid(), "host": socket.gethostname(),
+            "started": self.started, "ts": now, "tick_failures": self.tick_failures,
+            "apps": {slug: h.report(now) for slug, h in self.hosts.items()},
             "errors": self.errors,
         }
-        await nats.kv_put(RUNNERS_BUCKET, self.ownership.runner_id, json.dumps(body).encode())
+        await nats.kv_put(MEMBERS_BUCKET, self.runner_id, json.dumps(body).encode())
 
 
-def main(url: str, index: int = 0, count: int = 1) -> None:
+def main(url: str, runner_id: str | None = None, member_ttl: float = 3.0) -> None:
     """Run a runner until SIGINT/SIGTERM (then finish the batches in hand and exit)."""
     logging.basicConfig(level=os.environ.get("WALLAROO_LOG", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(_main(url, StaticOwnership(index, count)))
+    runner = Runner(url, runner_id, cluster_cfg=ClusterConfig(member_ttl=member_ttl))
+    asyncio.run(_main(runner))
 
 
-async def _main(url: str, ownership: Ownership) -> None:
+async def _main(runner: Runner) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await Runner(url, ownership).run(stop)
+    await runner.run(stop)

@@ -44,12 +44,15 @@ async def chaos(cluster: DevCluster, rng: random.Random, lines: list[bytes]) -> 
     try:
         manifest = await ops.deploy(nats, APP)
         sender = asyncio.create_task(paced_send(nats, manifest, lines))
-        for kill in range(KILLS):
+        kills = 0
+        while kills < KILLS and not sender.done():
             await wait_for_progress(nats, manifest.slug)
             await asyncio.sleep(rng.uniform(0.0, 0.4))
             cluster.restart_runner(0, kill=True)
-            print(f"kill {kill + 1}/{KILLS}: runner SIGKILLed and restarted")
+            kills += 1
+            print(f"kill {kills}/{KILLS}: runner SIGKILLed and restarted")
         await sender
+        assert kills == KILLS, f"input ended after {kills} kills: pace the sender slower"
         await ops.wait_idle(nats, manifest, timeout=180)
         return await collect_outputs(nats, manifest)
     finally:
@@ -57,8 +60,8 @@ async def chaos(cluster: DevCluster, rng: random.Random, lines: list[bytes]) -> 
 
 
 async def paced_send(nats: Nats, manifest: ops.Manifest, lines: list[bytes]) -> None:
-    """Input keeps arriving for ~5 s, so every kill lands mid-stream."""
-    chunk = len(lines) // 50
+    """Input keeps arriving for ~10 s, so every kill lands mid-stream."""
+    chunk = len(lines) // 100
     for i in range(0, len(lines), chunk):
         await ops.send(nats, manifest, "lines", lines[i : i + chunk], f"chaos{i}", batch_size=20)
         await asyncio.sleep(0.1)
@@ -78,7 +81,7 @@ def test_sigkill_during_word_count_is_exactly_once(tmp_path: Path) -> None:
     print(f"chaos seed {seed} (replay with WALLAROO_CHAOS_SEED={seed})")
     rng = random.Random(seed)
     lines, expected = make_input(rng)
-    with DevCluster(tmp_path / "cluster", runners=1) as cluster:
+    with DevCluster(tmp_path / "cluster", runners=1, member_ttl=1.0) as cluster:
         outputs = asyncio.run(chaos(cluster, rng, lines))
     got = Counter(outputs["counts"])
     missing, extra = expected - got, got - expected

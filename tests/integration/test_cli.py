@@ -83,7 +83,7 @@ def wait_until(cond: object, timeout: float = 30.0) -> None:
     [
         (["dev", "missing.py"], 2, "does not exist"),
         (["send", "app", "src"], 2, "give either --file F or VALUE"),
-        (["runner", "--index", "3", "--count", "2"], 2, "must be below --count"),
+        (["runner", "--member-ttl", "0.1"], 2, "Invalid value for '--member-ttl'"),
         (["frobnicate"], 2, "No such command"),
     ],
 )

@@ -15,6 +15,7 @@ from wallaroo.dev import DevCluster
 from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET
 from wallaroo.natsio import Nats
 from wallaroo.packaging import build_artifact, load_app
+from wallaroo.status import runner_heartbeats
 
 APP = Path(__file__).parent / "apps" / "flaky.py"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -43,7 +44,7 @@ def test_artifact_from_another_python_is_refused_with_both_versions(tmp_path: Pa
 
 async def wait_for_error(nats: Nats) -> list[dict[str, object]]:
     for _ in range(300):
-        beats = await ops.runner_heartbeats(nats)
+        beats = await runner_heartbeats(nats)
         if beats and beats[0]["errors"]:
             return beats
         await asyncio.sleep(0.05)

@@ -153,39 +153,41 @@ def tail(
 
 @app.command()
 def status(nats: NatsOpt = None) -> None:
-    """Deployed apps, versions, stages, partitions and pending records per stage."""
+    """Apps and stages, each partition's owner, committed seq, lag and rate, and the runners."""
+    from wallaroo import status as st
 
-    async def body() -> None:
+    async def body() -> st.Status:
         nc = await _connect(nats)
         try:
-            st = await ops.status(nc)
+            return await st.gather(nc)
         finally:
             await nc.close()
-        typer.echo(render_table(["app", "version", "stage", "name", "partitions", "pending",
-                                 "ack pending"], st.apps) if st.apps else "no apps deployed")
-        typer.echo("")
-        typer.echo(render_table(["runner", "pid", "host", "apps", "commits", "records",
-                                 "last heartbeat"], st.runners) if st.runners else "no runners")
-        if st.problems:
-            typer.echo("")
-            typer.echo(render_table(["runner", "app", "error"], st.problems))
 
-    run(body())
+    s = run(body())
+    _table(st.APP_COLUMNS, s.apps, "no apps deployed")
+    _table(st.PARTITION_COLUMNS, s.partitions, "no partitions")
+    _table(st.RUNNER_COLUMNS, s.runners, "no runners")
+    if s.problems:
+        _table(st.PROBLEM_COLUMNS, s.problems, "")
+
+
+def _table(columns: list[str], rows: list[list[str]], empty: str) -> None:
+    typer.echo(render_table(columns, rows) if rows else empty)
+    typer.echo("")
 
 
 @app.command()
 def runner(
     nats: NatsOpt = None,
-    index: Annotated[int, typer.Option(min=0, help="this runner's index among --count")] = 0,
-    count: Annotated[int, typer.Option(min=1, help="runners sharing the partitions")] = 1,
+    runner_id: Annotated[str | None, typer.Option("--id", help="runner id (default: "
+                         "host-pid-random)")] = None,
+    member_ttl: Annotated[float, typer.Option(min=0.5, help="seconds of silence after which "
+                          "a runner is declared gone")] = 3.0,
 ) -> None:
-    """Run a long-lived runner: watch deployed apps and process their partitions."""
-    if index >= count:
-        msg = f"--index {index} must be below --count {count}"
-        raise typer.BadParameter(msg)
+    """Run a long-lived runner: join the cluster, run the partitions assigned to it."""
     from wallaroo_runtime.runner import main as runner_main
 
-    runner_main(nats or default_nats(), index, count)
+    runner_main(nats or default_nats(), runner_id, member_ttl)
 
 
 @dlq_app.command("list")

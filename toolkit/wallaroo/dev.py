@@ -1,4 +1,4 @@
-"""The local dev cluster: an embedded nats-server, runner subprocesses, and the app on it."""
+"""The local cluster: an embedded nats-server and a pool of runner subprocesses."""
 
 from __future__ import annotations
 
@@ -15,25 +15,31 @@ from wallaroo.errors import WallarooError
 from wallaroo.natsserver import NatsServer
 
 RUNNER_STOP_TIMEOUT = 15.0
+DEFAULT_MEMBER_TTL = 3.0
 
 
-def runner_command(url: str, index: int, count: int) -> list[str]:
-    return [sys.executable, "-m", "wallaroo", "runner", "--nats", url,
-            "--index", str(index), "--count", str(count)]
+def runner_command(url: str, runner_id: str, member_ttl: float) -> list[str]:
+    return [sys.executable, "-m", "wallaroo", "runner", "--nats", url, "--id", runner_id,
+            "--member-ttl", str(member_ttl)]
 
 
 class RunnerProcess:
-    """A `wallaroo runner` subprocess; its log goes to a file."""
+    """A `wallaroo runner` subprocess; its log goes to `log_dir/<id>.log`."""
 
-    def __init__(self, url: str, index: int, count: int, log_dir: Path) -> None:
-        self.url, self.index, self.count, self.log_dir = url, index, count, log_dir
+    def __init__(self, url: str, runner_id: str, log_dir: Path,
+                 member_ttl: float = DEFAULT_MEMBER_TTL) -> None:
+        self.url, self.runner_id, self.log_dir, self.member_ttl = url, runner_id, log_dir, member_ttl
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / f"{self.runner_id}.log"
 
     def start(self) -> RunnerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f"runner-{self.index}.log", "ab") as log:
+        with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                runner_command(self.url, self.index, self.count), stdout=log,
+                runner_command(self.url, self.runner_id, self.member_ttl), stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
                 process_group=0,  # Ctrl-C reaches `wallaroo dev`, which stops runners in order
             )
@@ -43,6 +49,10 @@ class RunnerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.alive:
+            self.proc.send_signal(sig)
+
     def kill(self) -> None:
         """SIGKILL: no chance to finish anything (what the chaos tests use)."""
         if self.proc is not None and self.alive:
@@ -50,9 +60,10 @@ class RunnerProcess:
             self.proc.wait()
 
     def stop(self) -> None:
-        """SIGTERM: the runner finishes the batches in hand, then exits."""
+        """SIGTERM: the runner finishes the batches in hand, releases its partitions, exits."""
         if self.proc is None or not self.alive:
             return
+        self.proc.send_signal(signal.SIGCONT)  # a paused runner could not act on SIGTERM
         self.proc.terminate()
         try:
             self.proc.wait(timeout=RUNNER_STOP_TIMEOUT)
@@ -61,15 +72,17 @@ class RunnerProcess:
 
 
 class DevCluster:
-    """nats-server + `runners` runner processes, all stopped on exit."""
+    """nats-server + a pool of runner processes (r0, r1, ...), all stopped on exit."""
 
-    def __init__(self, state_dir: Path, runners: int = 1, fresh: bool = True) -> None:
+    def __init__(self, state_dir: Path, runners: int = 1, fresh: bool = True,
+                 member_ttl: float = DEFAULT_MEMBER_TTL) -> None:
         if fresh and state_dir.exists():
             shutil.rmtree(state_dir)
-        self.state_dir = state_dir
+        self.state_dir, self.member_ttl = state_dir, member_ttl
         self.server = NatsServer(state_dir / "nats")
-        self.runners = [RunnerProcess(self.server.url, i, runners, state_dir / "logs")
-                        for i in range(runners)]
+        self.initial = runners
+        self.runners: list[RunnerProcess] = []
+        self._next_id = 0
 
     @property
     def url(self) -> str:
@@ -77,26 +90,42 @@ class DevCluster:
 
     def start(self) -> DevCluster:
         self.server.start()
-        for r in self.runners:
-            r.start()
+        self.scale_to(self.initial)
         return self
 
+    def add_runner(self) -> RunnerProcess:
+        runner = RunnerProcess(self.url, f"r{self._next_id}", self.state_dir / "logs",
+                               self.member_ttl).start()
+        self._next_id += 1
+        self.runners.append(runner)
+        return runner
+
+    def scale_to(self, n: int) -> None:
+        """Start runners, or gracefully stop the newest ones, until `n` run."""
+        while len(self.runners) < n:
+            self.add_runner()
+        while len(self.runners) > n:
+            self.runners.pop().stop()
+
     def restart_runner(self, index: int, *, kill: bool = True) -> RunnerProcess:
-        """Kill (SIGKILL) or stop runner `index` and start a new process in its place."""
-        old = self.runners[index]
+        """Kill (SIGKILL) or stop runner `index`; a new runner (new id) takes its place."""
+        old = self.runners.pop(index)
         old.kill() if kill else old.stop()
-        self.runners[index] = RunnerProcess(old.url, index, old.count, old.log_dir).start()
-        return self.runners[index]
+        new = self.add_runner()
+        self.runners.insert(index, self.runners.pop())
+        return new
 
     def check_runners(self) -> None:
         for r in self.runners:
             if not r.alive and r.proc is not None:
-                log = self.state_dir / "logs" / f"runner-{r.index}.log"
-                msg = f"runner {r.index} exited with code {r.proc.returncode}; see {log}"
+                msg = f"runner {r.runner_id} exited with code {r.proc.returncode}; see {r.log_file}"
                 raise WallarooError(msg)
 
     def stop(self) -> None:
         started = time.monotonic()
+        for r in self.runners:
+            r.signal(signal.SIGCONT)
+            r.signal(signal.SIGTERM)  # all at once: they finish their batches in parallel
         for r in self.runners:
             r.stop()
         self.server.stop()

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 APPS_BUCKET = "WL_APPS"
 ARTIFACTS_BUCKET = "WL_ARTIFACTS"
-RUNNERS_BUCKET = "WL_RUNNERS"
+MEMBERS_BUCKET = "WL_MEMBERS"  # runner heartbeats; entries lapse after the member TTL
+LEADER_BUCKET = "WL_LEADER"  # one key, "leader": the runner that assigns partitions
+ASSIGN_BUCKET = "WL_ASSIGN"  # per app: (stage, partition) -> owner runner id
+LEASES_BUCKET = "WL_LEASES"  # per (app, stage, partition): the runner running it now
+CONTROL_BUCKET = "WL_CONTROL"  # operator wishes, e.g. the local cluster's runner count
+LEADER_KEY = "leader"
 
 
 class AppNames:
@@ -47,6 +52,10 @@ class AppNames:
     def producer(stage: int, part: int) -> str:
         """Producer id in internal message ids; downstream keeps a watermark per producer."""
         return f"s{stage}.{part}"
+
+
+def partition_key(slug: str, stage: int, part: int) -> str:
+    return f"{slug}.{stage}.{part}"
 
 
 def sink_token(name: str) -> str:

@@ -47,6 +47,13 @@ class InMsg:
 
 
 @dataclass(frozen=True)
+class KvEntry:
+    key: str
+    value: bytes
+    revision: int
+
+
+@dataclass(frozen=True)
 class StoredMsg:
     seq: int
     subject: str
@@ -117,6 +124,7 @@ class Nats:
     def __init__(self, nc: Any) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        self._buckets: dict[str, Any] = {}
 
     @classmethod
     async def connect(cls, url: str, name: str = "wallaroo", *, persistent: bool = True) -> Nats:
@@ -347,11 +355,55 @@ class Nats:
         except jserr.NoKeysError:
             return []
 
-    async def _kv(self, bucket: str) -> Any:
+    async def _kv(self, bucket: str, ttl: float | None = None) -> Any:
+        kv = self._buckets.get(bucket)
+        if kv is not None:
+            return kv
         try:
-            return await self.js.key_value(bucket)
+            kv = await self.js.key_value(bucket)
         except jserr.BucketNotFoundError:
-            return await self.js.create_key_value(bucket=bucket, history=16)
+            cfg = jsapi.KeyValueConfig(bucket=bucket, history=1 if ttl else 16, ttl=ttl)
+            kv = await self.js.create_key_value(cfg)
+        self._buckets[bucket] = kv
+        return kv
+
+    async def kv_bucket(self, bucket: str, ttl: float | None = None) -> None:
+        """Make sure `bucket` exists; with `ttl`, entries vanish `ttl` seconds after their
+        last write (membership and leases that must lapse when their writer dies)."""
+        await self._kv(bucket, ttl)
+
+    async def kv_entry(self, bucket: str, key: str) -> KvEntry | None:
+        kv = await self._kv(bucket)
+        try:
+            e = await kv.get(key)
+        except (jserr.KeyNotFoundError, jserr.KeyDeletedError):
+            return None
+        return KvEntry(key, bytes(e.value or b""), int(e.revision))
+
+    async def kv_create(self, bucket: str, key: str, value: bytes) -> int | None:
+        """Write `key` only if it does not exist; its revision, or None if it exists."""
+        kv = await self._kv(bucket)
+        try:
+            return int(await kv.create(key, value))
+        except jserr.KeyWrongLastSequenceError:
+            return None
+
+    async def kv_update(self, bucket: str, key: str, value: bytes, last: int) -> int | None:
+        """Compare-and-swap: write only if `key` is still at revision `last`; else None."""
+        kv = await self._kv(bucket)
+        try:
+            return int(await kv.update(key, value, last=last))
+        except jserr.KeyWrongLastSequenceError:
+            return None
+
+    async def kv_delete(self, bucket: str, key: str, last: int | None = None) -> bool:
+        """Delete `key` (only at revision `last`, if given); False if it had moved on."""
+        kv = await self._kv(bucket)
+        try:
+            await kv.delete(key, last=last)
+        except jserr.KeyWrongLastSequenceError:
+            return False
+        return True
 
     async def obj_put(self, bucket: str, name: str, data: bytes) -> None:
         store = await self._obj(bucket)

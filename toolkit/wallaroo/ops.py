@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import Any
 import msgpack
 
 from wallaroo.errors import NotDeployedError, UnknownNameError
-from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, RUNNERS_BUCKET, AppNames
+from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
 from wallaroo.natsio import Nats, Out
 from wallaroo.packaging import Manifest, build_artifact, load_app
 
@@ -141,12 +139,21 @@ class StageLag:
     missing: int  # partitions whose consumer does not exist yet
 
 
-async def stage_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:
+async def partition_lags(nats: Nats, manifest: Manifest) -> dict[tuple[int, int], tuple[int, int] | None]:
+    """(stage, partition) -> (num_pending, num_ack_pending), None where no consumer exists."""
     names = AppNames(manifest.slug)
+    return {
+        (st.index, p): await nats.consumer_lag(names.data_stream, AppNames.durable(st.index, p))
+        for st in manifest.stages
+        for p in range(st.partitions)
+    }
+
+
+async def stage_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:
+    by_part = await partition_lags(nats, manifest)
     rows = []
     for st in manifest.stages:
-        lags = [await nats.consumer_lag(names.data_stream, AppNames.durable(st.index, p))
-                for p in range(st.partitions)]
+        lags = [by_part[(st.index, p)] for p in range(st.partitions)]
         present = [lag for lag in lags if lag is not None]
         rows.append(StageLag(st.index, st.name, st.partitions, sum(p for p, _ in present),
                              sum(a for _, a in present), len(lags) - len(present)))
@@ -191,43 +198,3 @@ def file_lines(path: Path) -> Iterator[bytes]:
 
 def fresh_producer_id() -> str:
     return "p" + uuid.uuid4().hex[:20]
-
-
-@dataclass(frozen=True)
-class Status:
-    apps: list[list[str]]
-    runners: list[list[str]]
-    problems: list[list[str]]
-
-
-async def status(nats: Nats) -> Status:
-    """Rows for the apps table (one per stage), the runners table and runners' errors."""
-    apps: list[list[str]] = []
-    for key in await nats.kv_keys(APPS_BUCKET):
-        raw = await nats.kv_get(APPS_BUCKET, key)
-        if raw is None:
-            continue
-        m = Manifest.from_json(raw)
-        for lag in await stage_lags(nats, m):
-            apps.append([m.name, m.version, str(lag.stage), lag.name, str(lag.partitions),
-                         str(lag.pending), str(lag.ack_pending)])
-    beats = await runner_heartbeats(nats)
-    problems = [[r["id"], app, err] for r in beats for app, err in sorted(r["errors"].items())]
-    return Status(apps, [_runner_row(r) for r in beats], problems)
-
-
-async def runner_heartbeats(nats: Nats) -> list[dict[str, Any]]:
-    """What each runner last reported (apps, progress, errors), newest first."""
-    beats = []
-    for key in await nats.kv_keys(RUNNERS_BUCKET):
-        raw = await nats.kv_get(RUNNERS_BUCKET, key)
-        if raw is not None:
-            beats.append(json.loads(raw))
-    return sorted(beats, key=lambda r: -r["ts"])
-
-
-def _runner_row(r: dict[str, Any]) -> list[str]:
-    parts = [p for a in r["apps"].values() for p in a["partitions"].values()]
-    return [r["id"], str(r["pid"]), r["host"], ",".join(sorted(r["apps"])) or "-",
-            str(sum(p["commits"] for p in parts)), str(sum(p["records"] for p in parts)),
-            f"{time.time() - r['ts']:.1f}s ago"]

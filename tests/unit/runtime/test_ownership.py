@@ -1,31 +1,40 @@
-"""wallaroo_runtime.ownership: every partition has exactly one owner; joins move little."""
+"""Rendezvous hashing and the leader's assignment: every partition has exactly one live
+owner, and a join or leave moves only the partitions that must move."""
 
 import pytest
 
-from wallaroo_runtime.ownership import StaticOwnership, rendezvous
+from wallaroo.packaging import Manifest, StageInfo
+from wallaroo_runtime.cluster import assignment
+from wallaroo_runtime.ownership import rendezvous
 
-PARTITIONS = [(stage, part) for stage in range(3) for part in range(16)]
+
+def manifest(partitions: int = 16) -> Manifest:
+    stages = [StageInfo(0, "src", 1, "src", 1, []), StageInfo(1, "count", partitions, None, None, ["out"])]
+    return Manifest(name="app", slug="app", version="v", python="3.11", cloudpickle="3",
+                    partitions=partitions, stages=stages, sinks=["out"], by_value_modules=[],
+                    created=0.0)
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, 5])
-def test_every_partition_is_owned_by_exactly_one_runner(count: int) -> None:
-    runners = [StaticOwnership(i, count) for i in range(count)]
+@pytest.mark.parametrize("members", [["r0"], ["r0", "r1"], ["a", "b", "c", "d", "e"]])
+def test_every_partition_gets_exactly_one_live_owner(members: list[str]) -> None:
+    owners = assignment(members, manifest())
 
-    for stage, part in PARTITIONS:
-        owners = [r.runner_id for r in runners if r.owns("app", stage, part)]
-        assert len(owners) == 1, (stage, part, owners)
+    assert set(owners) == {"0.0"} | {f"1.{p}" for p in range(16)}
+    assert set(owners.values()) <= set(members)
 
 
 def test_work_is_spread_over_runners() -> None:
-    runners = [StaticOwnership(i, 3) for i in range(3)]
+    owners = assignment(["r0", "r1", "r2"], manifest(64))
 
-    for r in runners:
-        assert any(r.owns("app", s, p) for s, p in PARTITIONS)
+    assert set(owners.values()) == {"r0", "r1", "r2"}
 
 
-def test_runner_index_must_be_in_range() -> None:
-    with pytest.raises(ValueError, match="outside 0..2"):
-        StaticOwnership(3, 3)
+def test_a_leaving_runner_moves_only_its_own_partitions() -> None:
+    before = assignment(["r0", "r1", "r2"], manifest(64))
+    after = assignment(["r0", "r2"], manifest(64))
+
+    moved = {k for k in before if before[k] != after[k]}
+    assert moved == {k for k, v in before.items() if v == "r1"}
 
 
 def test_adding_a_member_moves_only_its_share_and_only_to_it() -> None:

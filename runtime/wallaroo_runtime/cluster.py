@@ -1,0 +1,159 @@
+"""Membership, leadership, partition assignment and partition leases, all in NATS KV.
+
+- Members heartbeat into a bucket whose entries lapse `member_ttl` after their last write:
+  a runner that stops beating is gone within that bound.
+- One leader at a time holds the `leader` key (create, then compare-and-swap renewals); it
+  lapses like a membership, so a new leader takes over when the old one dies.
+- The leader assigns every (stage, partition) of every app to a live member by rendezvous
+  hashing: a join or leave moves only the partitions that must move.
+- A runner runs a partition only while holding its lease. The old owner releases it after
+  committing its batch in hand; a dead (or paused) holder's lease is taken over. Correctness
+  never rests on the lease: the changelog fence stops a zombie's commit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from wallaroo.names import (
+    ASSIGN_BUCKET,
+    LEADER_BUCKET,
+    LEADER_KEY,
+    LEASES_BUCKET,
+    MEMBERS_BUCKET,
+)
+from wallaroo.natsio import Nats
+from wallaroo.packaging import Manifest
+from wallaroo_runtime.ownership import rendezvous
+
+log = logging.getLogger("wallaroo.cluster")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    member_ttl: float = 3.0  # a silent runner is gone after this long
+    tick: float = 0.25  # how often a runner beats, campaigns and reads its assignment
+    lease_patience: float = 30.0  # take a live holder's lease after waiting this long
+
+
+def new_runner_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:24]
+    return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+async def ensure_buckets(nats: Nats, cfg: ClusterConfig) -> None:
+    await nats.kv_bucket(MEMBERS_BUCKET, ttl=cfg.member_ttl)
+    await nats.kv_bucket(LEADER_BUCKET, ttl=cfg.member_ttl)
+    await nats.kv_bucket(ASSIGN_BUCKET)
+    await nats.kv_bucket(LEASES_BUCKET)
+
+
+async def live_members(nats: Nats) -> list[str]:
+    return await nats.kv_keys(MEMBERS_BUCKET)
+
+
+class Leadership:
+    """Campaign every tick: create the leader key, or renew it by compare-and-swap."""
+
+    def __init__(self, nats: Nats, runner_id: str) -> None:
+        self.nats, self.runner_id = nats, runner_id
+        self.revision: int | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self.revision is not None
+
+    async def campaign(self) -> bool:
+        me = self.runner_id.encode()
+        if self.revision is not None:
+            self.revision = await self.nats.kv_update(LEADER_BUCKET, LEADER_KEY, me, self.revision)
+            if self.revision is None:
+                log.warning("%s lost the leadership", self.runner_id)
+        else:
+            self.revision = await self.nats.kv_create(LEADER_BUCKET, LEADER_KEY, me)
+            if self.revision is not None:
+                log.info("%s is the leader", self.runner_id)
+        return self.leading
+
+    async def resign(self) -> None:
+        if self.revision is not None:
+            await self.nats.kv_delete(LEADER_BUCKET, LEADER_KEY, last=self.revision)
+            self.revision = None
+
+
+def assignment(members: list[str], manifest: Manifest) -> dict[str, str]:
+    """(stage, partition) -> owner, keyed "stage.partition". Pure: same inputs, same answer."""
+    return {
+        f"{st.index}.{p}": rendezvous(members, f"{manifest.slug}/{st.index}/{p}")
+        for st in manifest.stages
+        for p in range(st.partitions)
+    }
+
+
+async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str]) -> bool:
+    """Write the app's assignment if it changed; True if it did."""
+    owners = assignment(members, manifest)
+    current = await read_assignment(nats, manifest.slug)
+    if current == owners:
+        return False
+    await nats.kv_put(ASSIGN_BUCKET, manifest.slug, json.dumps(owners, sort_keys=True).encode())
+    moved = sum(1 for k, v in owners.items() if current.get(k) != v)
+    log.info("assigned %s over %d runner(s): %d partition(s) moved", manifest.slug, len(members), moved)
+    return True
+
+
+async def read_assignment(nats: Nats, slug: str) -> dict[str, str]:
+    raw = await nats.kv_get(ASSIGN_BUCKET, slug)
+    return dict(json.loads(raw)) if raw else {}
+
+
+class Lease:
+    """The right to run one partition, held in KV by runner id."""
+
+    def __init__(self, nats: Nats, key: str, runner_id: str, cfg: ClusterConfig) -> None:
+        self.nats, self.key, self.runner_id, self.cfg = nats, key, runner_id, cfg
+        self.revision: int | None = None
+
+    async def acquire(self, wanted: Callable[[], bool]) -> bool:
+        """Wait until the lease is ours: free, already ours, its holder is gone, or it was
+        not released within `lease_patience`. False if we stop wanting it meanwhile."""
+        started = time.monotonic()
+        while wanted():
+            if await self._try(patience_over=time.monotonic() - started > self.cfg.lease_patience):
+                return True
+            await asyncio.sleep(self.cfg.tick / 2)
+        return False
+
+    async def _try(self, patience_over: bool) -> bool:
+        me = self.runner_id.encode()
+        self.revision = await self.nats.kv_create(LEASES_BUCKET, self.key, me)
+        if self.revision is not None:
+            return True
+        entry = await self.nats.kv_entry(LEASES_BUCKET, self.key)
+        if entry is None:
+            return False  # released between our two reads: try again next round
+        holder = entry.value.decode()
+        if holder != self.runner_id and holder in await live_members(self.nats) and not patience_over:
+            return False
+        if holder != self.runner_id:
+            log.warning("%s takes lease %s from %s", self.runner_id, self.key, holder)
+        self.revision = await self.nats.kv_update(LEASES_BUCKET, self.key, me, entry.revision)
+        return self.revision is not None
+
+    async def held(self) -> bool:
+        entry = await self.nats.kv_entry(LEASES_BUCKET, self.key)
+        return entry is not None and entry.value.decode() == self.runner_id
+
+    async def release(self) -> None:
+        if self.revision is not None:
+            await self.nats.kv_delete(LEASES_BUCKET, self.key, last=self.revision)
+            self.revision = None
+

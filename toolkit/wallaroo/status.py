@@ -1,0 +1,97 @@
+"""What `wallaroo status` shows: apps and stages, every partition's owner and progress, the
+runners (which one leads), and any errors runners reported."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from wallaroo import ops
+from wallaroo.names import (
+    APPS_BUCKET,
+    ASSIGN_BUCKET,
+    LEADER_BUCKET,
+    LEADER_KEY,
+    LEASES_BUCKET,
+    MEMBERS_BUCKET,
+    partition_key,
+)
+from wallaroo.natsio import Nats
+from wallaroo.packaging import Manifest
+
+APP_COLUMNS = ["app", "version", "stage", "name", "partitions", "pending", "ack pending"]
+PARTITION_COLUMNS = ["app", "stage", "partition", "owner", "running on", "committed seq", "lag",
+                     "records/s"]
+RUNNER_COLUMNS = ["runner", "role", "pid", "host", "partitions", "commits", "records", "records/s",
+                  "heartbeat"]
+PROBLEM_COLUMNS = ["runner", "app", "error"]
+
+
+@dataclass(frozen=True)
+class Status:
+    apps: list[list[str]]
+    partitions: list[list[str]]
+    runners: list[list[str]]
+    problems: list[list[str]]
+
+
+async def gather(nats: Nats) -> Status:
+    beats = await runner_heartbeats(nats)
+    leader = await nats.kv_get(LEADER_BUCKET, LEADER_KEY)
+    apps: list[list[str]] = []
+    partitions: list[list[str]] = []
+    for manifest in await manifests(nats):
+        for lag in await ops.stage_lags(nats, manifest):
+            apps.append([manifest.name, manifest.version, str(lag.stage), lag.name,
+                         str(lag.partitions), str(lag.pending), str(lag.ack_pending)])
+        partitions += await _partition_rows(nats, manifest, beats)
+    problems = [[r["id"], app, err] for r in beats for app, err in sorted(r["errors"].items())]
+    runners = [_runner_row(r, leader.decode() if leader else "") for r in beats]
+    return Status(apps, partitions, runners, problems)
+
+
+async def manifests(nats: Nats) -> list[Manifest]:
+    found = []
+    for key in await nats.kv_keys(APPS_BUCKET):
+        raw = await nats.kv_get(APPS_BUCKET, key)
+        if raw is not None:
+            found.append(Manifest.from_json(raw))
+    return found
+
+
+async def runner_heartbeats(nats: Nats) -> list[dict[str, Any]]:
+    """What each live runner last reported (apps, progress, errors), oldest runner first."""
+    beats = []
+    for key in await nats.kv_keys(MEMBERS_BUCKET):
+        raw = await nats.kv_get(MEMBERS_BUCKET, key)
+        if raw is not None:
+            beats.append(json.loads(raw))
+    return sorted(beats, key=lambda r: r["started"])
+
+
+async def _partition_rows(nats: Nats, m: Manifest, beats: list[dict[str, Any]]) -> list[list[str]]:
+    raw = await nats.kv_get(ASSIGN_BUCKET, m.slug)
+    owners: dict[str, str] = json.loads(raw) if raw else {}
+    lags = await ops.partition_lags(nats, m)
+    reports = {(r["id"], k): p for r in beats
+               for k, p in r["apps"].get(m.slug, {}).get("partitions", {}).items()}
+    rows = []
+    for (stage, part), lag in lags.items():
+        key = f"{stage}.{part}"
+        holder = await nats.kv_get(LEASES_BUCKET, partition_key(m.slug, stage, part))
+        running = holder.decode() if holder else "-"
+        rep = reports.get((running, key), {})
+        rows.append([m.name, str(stage), str(part), owners.get(key, "-"), running,
+                     str(rep.get("committed_seq", "-")), "-" if lag is None else str(sum(lag)),
+                     str(rep.get("rate", "-"))])
+    return rows
+
+
+def _runner_row(r: dict[str, Any], leader: str) -> list[str]:
+    parts = [p for a in r["apps"].values() for p in a["partitions"].values()]
+    return [r["id"], "leader" if r["id"] == leader else "", str(r["pid"]), r["host"],
+            str(len(parts)), str(sum(p["commits"] for p in parts)),
+            str(sum(p["records"] for p in parts)), f"{sum(p['rate'] for p in parts):.0f}",
+            f"{time.time() - r['ts']:.1f}s ago"]
