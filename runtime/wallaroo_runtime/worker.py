@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class PartitionWorker:
         self.consumer_seq = 0
         self.progress = Progress()
         self._stop = asyncio.Event()
+        # Why a nonce in the commit id: two owners writing the same commit number must not
+        # look like one retried write to JetStream's dedup, which would hide the fence.
+        self.nonce = secrets.token_hex(4)
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -172,7 +176,7 @@ class PartitionWorker:
         )
         self.log_seq = await self.nats.append_fenced(
             self.names.log_stream, self.log_subject, rec.encode(),
-            f"c:{self.producer}:{rec.commit_no}", self.log_seq,
+            f"c:{self.producer}:{rec.commit_no}:{self.nonce}", self.log_seq,
         )
         self.state.apply(rec)
         await self.nats.publish_all(rec.outs)

@@ -341,7 +341,9 @@ class Nats:
         return int(await kv.put(key, value))
 
     async def kv_get(self, bucket: str, key: str) -> bytes | None:
-        kv = await self._kv(bucket)
+        kv = await self._kv(bucket, create=False)
+        if kv is None:
+            return None
         try:
             entry = await kv.get(key)
         except (jserr.KeyNotFoundError, jserr.KeyDeletedError):
@@ -349,19 +351,25 @@ class Nats:
         return bytes(entry.value) if entry.value is not None else None
 
     async def kv_keys(self, bucket: str) -> list[str]:
-        kv = await self._kv(bucket)
+        kv = await self._kv(bucket, create=False)
+        if kv is None:
+            return []
         try:
             return sorted(await kv.keys())
         except jserr.NoKeysError:
             return []
 
-    async def _kv(self, bucket: str, ttl: float | None = None) -> Any:
+    async def _kv(self, bucket: str, *, create: bool = True, ttl: float | None = None) -> Any:
+        """The bucket, created (with `ttl`) if missing and `create`; None if missing.
+        Why readers never create: a bucket made by a reader would lack its writer's TTL."""
         kv = self._buckets.get(bucket)
         if kv is not None:
             return kv
         try:
             kv = await self.js.key_value(bucket)
         except jserr.BucketNotFoundError:
+            if not create:
+                return None
             cfg = jsapi.KeyValueConfig(bucket=bucket, history=1 if ttl else 16, ttl=ttl)
             kv = await self.js.create_key_value(cfg)
         self._buckets[bucket] = kv
@@ -370,10 +378,12 @@ class Nats:
     async def kv_bucket(self, bucket: str, ttl: float | None = None) -> None:
         """Make sure `bucket` exists; with `ttl`, entries vanish `ttl` seconds after their
         last write (membership and leases that must lapse when their writer dies)."""
-        await self._kv(bucket, ttl)
+        await self._kv(bucket, ttl=ttl)
 
     async def kv_entry(self, bucket: str, key: str) -> KvEntry | None:
-        kv = await self._kv(bucket)
+        kv = await self._kv(bucket, create=False)
+        if kv is None:
+            return None
         try:
             e = await kv.get(key)
         except (jserr.KeyNotFoundError, jserr.KeyDeletedError):

@@ -1,0 +1,85 @@
+"""Word count driven by a paced stream, and the whole-output validator the chaos tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from conftest import collect_outputs
+from wallaroo import ops
+from wallaroo.names import ASSIGN_BUCKET, LEADER_BUCKET, LEADER_KEY, AppNames
+from wallaroo.natsio import Nats
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "examples" / "word_count" / "word_count.py"
+VOCAB = ROOT / "examples" / "word_count" / "count_this.txt"
+
+
+def make_input(rng: random.Random, words: int) -> tuple[list[bytes], Counter[str]]:
+    """Lines of 10 words, and the exact multiset of "word => n" lines word count must emit."""
+    vocab = sorted({w.strip(".,;:()").lower() for w in VOCAB.read_text().split()} - {""})
+    picks = [rng.choice(vocab) for _ in range(words)]
+    lines = [" ".join(picks[i : i + 10]).encode() for i in range(0, words, 10)]
+    expected = Counter(f"{w} => {n}" for w, c in Counter(picks).items() for n in range(1, c + 1))
+    return lines, expected
+
+
+def check_exactly_once(outputs: list[str], expected: Counter[str], seed: int) -> None:
+    got = Counter(outputs)
+    missing, extra = expected - got, got - expected
+    assert not missing and not extra, (
+        f"seed {seed}: {sum(missing.values())} lines missing (e.g. {list(missing)[:5]}), "
+        f"{sum(extra.values())} duplicated/unexpected (e.g. {list(extra)[:5]})"
+    )
+
+
+async def paced_send(nats: Nats, manifest: ops.Manifest, lines: list[bytes], seconds: float,
+                     chunks: int = 100) -> None:
+    """Input keeps arriving for about `seconds`, so disruptions land mid-stream."""
+    size = max(1, len(lines) // chunks)
+    for i in range(0, len(lines), size):
+        await ops.send(nats, manifest, "lines", lines[i : i + size], f"chaos{i}", batch_size=20)
+        await asyncio.sleep(seconds / chunks)
+
+
+async def output_seq(nats: Nats, slug: str) -> int:
+    return await nats.stream_last_seq(AppNames(slug).out_stream)
+
+
+async def wait_for_progress(nats: Nats, slug: str, timeout: float = 60.0) -> None:
+    """Until at least one more output has been committed."""
+    start = await output_seq(nats, slug)
+    await eventually(lambda: _grew(nats, slug, start), timeout, "no progress")
+
+
+async def _grew(nats: Nats, slug: str, start: int) -> bool:
+    return await output_seq(nats, slug) > start
+
+
+async def eventually(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Poll `cond` until true; returns the seconds it took. Fails after `timeout`."""
+    started = time.monotonic()
+    while not await cond():
+        assert time.monotonic() - started < timeout, f"{what} within {timeout}s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def owners(nats: Nats, slug: str) -> dict[str, str]:
+    raw = await nats.kv_get(ASSIGN_BUCKET, slug)
+    return dict(json.loads(raw)) if raw else {}
+
+
+async def leader(nats: Nats) -> str | None:
+    raw = await nats.kv_get(LEADER_BUCKET, LEADER_KEY)
+    return raw.decode() if raw else None
+
+
+async def finish(nats: Nats, manifest: ops.Manifest) -> list[str]:
+    await ops.wait_idle(nats, manifest, timeout=180)
+    return (await collect_outputs(nats, manifest))["counts"]
