@@ -43,7 +43,7 @@ class AppHost:
     workers: dict[Part, PartitionWorker] = field(default_factory=dict)
     tasks: dict[Part, asyncio.Task[None]] = field(default_factory=dict)
     failures: int = 0
-    rates: dict[Part, tuple[float, int, float]] = field(default_factory=dict)
+    rates: dict[Part, RateMeter] = field(default_factory=dict)
 
     async def start(self) -> None:
         names = AppNames(self.app.slug)
@@ -112,16 +112,33 @@ class AppHost:
         }
 
     def _partition_report(self, part: Part, w: PartitionWorker, now: float) -> dict[str, object]:
-        then, records, rate = self.rates.get(part, (now, w.progress.records, 0.0))
-        if now - then >= 1.0:
-            # An exponentially weighted records/s, for status and the autoscaler.
-            rate = 0.5 * rate + 0.5 * (w.progress.records - records) / (now - then)
-            self.rates[part] = (now, w.progress.records, rate)
-        elif part not in self.rates:
-            self.rates[part] = (then, records, rate)
+        meter = self.rates.setdefault(part, RateMeter())
+        meter.update(now, w.progress.records, w.progress.messages)
         return {"commits": w.progress.commits, "records": w.progress.records,
                 "dead": w.progress.dead, "committed_seq": w.state.committed_seq,
-                "rate": round(rate, 1)}
+                "rate": round(meter.records, 1), "msg_rate": round(meter.messages, 2)}
+
+
+@dataclass
+class RateMeter:
+    """Exponentially weighted records/s and input messages/s, for status and the autoscaler."""
+
+    at: float = 0.0
+    last_records: int = 0
+    last_messages: int = 0
+    records: float = 0.0
+    messages: float = 0.0
+
+    def update(self, now: float, records: int, messages: int) -> None:
+        if self.at == 0.0:
+            self.at, self.last_records, self.last_messages = now, records, messages
+            return
+        elapsed = now - self.at
+        if elapsed < 1.0:
+            return
+        self.records = 0.5 * self.records + 0.5 * (records - self.last_records) / elapsed
+        self.messages = 0.5 * self.messages + 0.5 * (messages - self.last_messages) / elapsed
+        self.at, self.last_records, self.last_messages = now, records, messages
 
 
 def _part(key: str) -> Part:

@@ -50,6 +50,7 @@ class Progress:
     """Counters a runner reports (and the autoscaler will read)."""
 
     commits: int = 0
+    messages: int = 0
     records: int = 0
     dead: int = 0
     restores: int = 0
@@ -181,10 +182,11 @@ class PartitionWorker:
         self.state.apply(rec)
         await self.nats.publish_all(rec.outs)
         await asyncio.gather(*(m.ack() for m, _ in batch))
-        self._count(result)
+        self._count(result, len(batch))
 
-    def _count(self, result: BatchResult) -> None:
+    def _count(self, result: BatchResult, messages: int) -> None:
         self.progress.commits += 1
+        self.progress.messages += messages
         self.progress.records += result.records_in
         self.progress.dead += len(result.dead)
 

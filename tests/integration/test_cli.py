@@ -59,6 +59,9 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
         assert sorted(tail.stdout.splitlines()) == ["hello => 1", "hello => 2", "world => 1"]
         table = status(tmp_path).stdout
         assert "word_count" in table and "count word" in table and "r0" in table
+        scaled = wallaroo("scale", "word_count", "--runners", "2", cwd=tmp_path)
+        assert scaled.returncode == 0, scaled.stderr
+        wait_until(lambda: "r1" in status(tmp_path).stdout)
     finally:
         dev.send_signal(signal.SIGINT)
         out, err = dev.communicate(timeout=60)

@@ -63,12 +63,20 @@ def dev(
     source: Annotated[str | None, typer.Option(help="source to feed (if the app has several)")] = None,
     state_dir: Annotated[Path, typer.Option(help="nats-server data and logs")] = Path(".wallaroo/dev"),
     timeout: Annotated[float, typer.Option(help="give up waiting for output after N s")] = 600.0,
+    autoscale: Annotated[bool, typer.Option("--autoscale", help="size the runner pool from "
+                         "queue lag (between --min-runners and --max-runners)")] = False,
+    min_runners: Annotated[int, typer.Option(min=0, help="with --autoscale; 0 allows scale "
+                           "to zero after --idle-to-zero seconds")] = 1,
+    max_runners: Annotated[int, typer.Option(min=1, help="with --autoscale")] = 4,
+    idle_to_zero: Annotated[float | None, typer.Option(help="with --autoscale and "
+                            "--min-runners 0")] = None,
 ) -> None:
     """Run APP on a local cluster (embedded nats-server + runners), printing every output."""
     from wallaroo.devrun import run_dev
 
+    policy = _policy(min_runners, max_runners, 30.0, idle_to_zero) if autoscale else None
     try:
-        code = run_dev(app_file, input, runners, source, state_dir, timeout)
+        code = run_dev(app_file, input, runners, source, state_dir, timeout, policy)
     except WallarooError as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
@@ -174,6 +182,68 @@ def status(nats: NatsOpt = None) -> None:
 def _table(columns: list[str], rows: list[list[str]], empty: str) -> None:
     typer.echo(render_table(columns, rows) if rows else empty)
     typer.echo("")
+
+
+def _policy(min_runners: int, max_runners: int, target_catchup: float,
+            idle_to_zero: float | None, down_window: float = 30.0) -> Any:
+    from wallaroo_runtime.autoscale.policy import Policy
+
+    try:
+        return Policy(min_runners=min_runners, max_runners=max_runners,
+                      target_catchup=target_catchup, idle_to_zero=idle_to_zero,
+                      down_stabilization=down_window)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+@app.command()
+def scale(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    runners: Annotated[int, typer.Option("--runners", min=0, help="how many runners")],
+    nats: NatsOpt = None,
+) -> None:
+    """Resize the local cluster that `wallaroo dev` runs (runners are shared by its apps)."""
+
+    async def body() -> None:
+        nc = await _connect(nats)
+        try:
+            manifest = await ops.manifest_of(nc, app_name)
+            await ops.request_runners(nc, runners)
+        finally:
+            await nc.close()
+        typer.echo(f"asked the local cluster running {manifest.name} for {runners} runner(s); "
+                   "`wallaroo status` shows them join or leave")
+
+    run(body())
+
+
+@app.command()
+def autoscaler(
+    backend: Annotated[str, typer.Option(help="local (runner subprocesses here), aws "
+                       "(an EC2 autoscaling group) or static (decide and log only)")] = "local",
+    min_runners: Annotated[int, typer.Option(min=0)] = 1,
+    max_runners: Annotated[int, typer.Option(min=1)] = 8,
+    target_catchup: Annotated[float, typer.Option(help="seconds to drain a backlog")] = 30.0,
+    down_window: Annotated[float, typer.Option(help="seconds a lower count must persist")] = 30.0,
+    idle_to_zero: Annotated[float | None, typer.Option(help="idle seconds before 0 runners "
+                            "(needs --min-runners 0)")] = None,
+    asg_group: Annotated[str | None, typer.Option(help="autoscaling group (aws)")] = None,
+    region: Annotated[str, typer.Option(help="AWS region (aws)")] = "us-east-1",
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between decisions")] = 2.0,
+    nats: NatsOpt = None,
+) -> None:
+    """Follow queue lag: observe lag and rates, decide a runner count, act through a backend.
+    Every decision is logged with its reason."""
+    from wallaroo_runtime.autoscale.main import main as autoscaler_main
+
+    policy = _policy(min_runners, max_runners, target_catchup, idle_to_zero, down_window)
+    if backend not in ("local", "aws", "static"):
+        msg = f"--backend must be local, aws or static, not {backend!r}"
+        raise typer.BadParameter(msg)
+    if backend == "aws" and not asg_group:
+        msg = "--backend aws needs --asg-group NAME"
+        raise typer.BadParameter(msg)
+    autoscaler_main(nats or default_nats(), backend, policy, interval, asg_group, region)
 
 
 @app.command()

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 
@@ -71,31 +70,17 @@ class RunnerProcess:
             self.kill()
 
 
-class DevCluster:
-    """nats-server + a pool of runner processes (r0, r1, ...), all stopped on exit."""
+class RunnerPool:
+    """Runner subprocesses r0, r1, ... on one NATS URL: what the local autoscaler backend and
+    `wallaroo scale` act on."""
 
-    def __init__(self, state_dir: Path, runners: int = 1, fresh: bool = True,
-                 member_ttl: float = DEFAULT_MEMBER_TTL) -> None:
-        if fresh and state_dir.exists():
-            shutil.rmtree(state_dir)
-        self.state_dir, self.member_ttl = state_dir, member_ttl
-        self.server = NatsServer(state_dir / "nats")
-        self.initial = runners
+    def __init__(self, url: str, log_dir: Path, member_ttl: float = DEFAULT_MEMBER_TTL) -> None:
+        self.url, self.log_dir, self.member_ttl = url, log_dir, member_ttl
         self.runners: list[RunnerProcess] = []
         self._next_id = 0
 
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def start(self) -> DevCluster:
-        self.server.start()
-        self.scale_to(self.initial)
-        return self
-
     def add_runner(self) -> RunnerProcess:
-        runner = RunnerProcess(self.url, f"r{self._next_id}", self.state_dir / "logs",
-                               self.member_ttl).start()
+        runner = RunnerProcess(self.url, f"r{self._next_id}", self.log_dir, self.member_ttl).start()
         self._next_id += 1
         self.runners.append(runner)
         return runner
@@ -104,8 +89,12 @@ class DevCluster:
         """Start runners, or gracefully stop the newest ones, until `n` run."""
         while len(self.runners) < n:
             self.add_runner()
-        while len(self.runners) > n:
-            self.runners.pop().stop()
+        leaving = self.runners[n:]
+        del self.runners[n:]
+        for r in leaving:
+            r.signal(signal.SIGTERM)  # all at once: they finish their batches in parallel
+        for r in leaving:
+            r.stop()
 
     def restart_runner(self, index: int, *, kill: bool = True) -> RunnerProcess:
         """Kill (SIGKILL) or stop runner `index`; a new runner (new id) takes its place."""
@@ -115,21 +104,55 @@ class DevCluster:
         self.runners.insert(index, self.runners.pop())
         return new
 
-    def check_runners(self) -> None:
+    def check(self) -> None:
         for r in self.runners:
             if not r.alive and r.proc is not None:
                 msg = f"runner {r.runner_id} exited with code {r.proc.returncode}; see {r.log_file}"
                 raise WallarooError(msg)
 
     def stop(self) -> None:
-        started = time.monotonic()
         for r in self.runners:
             r.signal(signal.SIGCONT)
-            r.signal(signal.SIGTERM)  # all at once: they finish their batches in parallel
-        for r in self.runners:
-            r.stop()
+        self.scale_to(0)
+
+
+class DevCluster:
+    """nats-server + a pool of runner processes, all stopped on exit."""
+
+    def __init__(self, state_dir: Path, runners: int = 1, fresh: bool = True,
+                 member_ttl: float = DEFAULT_MEMBER_TTL) -> None:
+        if fresh and state_dir.exists():
+            shutil.rmtree(state_dir)
+        self.state_dir = state_dir
+        self.server = NatsServer(state_dir / "nats")
+        self.pool = RunnerPool(self.server.url, state_dir / "logs", member_ttl)
+        self.initial = runners
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def runners(self) -> list[RunnerProcess]:
+        return self.pool.runners
+
+    def start(self) -> DevCluster:
+        self.server.start()
+        self.pool.scale_to(self.initial)
+        return self
+
+    def scale_to(self, n: int) -> None:
+        self.pool.scale_to(n)
+
+    def restart_runner(self, index: int, *, kill: bool = True) -> RunnerProcess:
+        return self.pool.restart_runner(index, kill=kill)
+
+    def check_runners(self) -> None:
+        self.pool.check()
+
+    def stop(self) -> None:
+        self.pool.stop()
         self.server.stop()
-        self.stopped_in = time.monotonic() - started
 
     def __enter__(self) -> DevCluster:
         try:

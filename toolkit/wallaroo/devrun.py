@@ -18,7 +18,8 @@ from wallaroo.packaging import Manifest, load_app
 
 
 def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
-            state_dir: Path, timeout: float) -> int:
+            state_dir: Path, timeout: float, autoscale: Any = None) -> int:
+    """`autoscale`: an autoscale Policy; the autoscaler then sizes the runner pool."""
     app, _ = load_app(app_file)  # fail on a broken app before starting anything
     if input_file is not None and source is None and len(app.sources) != 1:
         msg = f"{app.name} has several sources ({', '.join(app.sources)}): pass --source NAME"
@@ -29,7 +30,8 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
         url_file.write_text(cluster.url)
         _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         try:
-            finished = asyncio.run(_session(cluster, app_file, input_file, source, timeout))
+            finished = asyncio.run(_session(cluster, app_file, input_file, source, timeout,
+                                            autoscale))
         finally:
             url_file.unlink(missing_ok=True)
             _info("stopping runners and nats-server")
@@ -37,7 +39,7 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
 
 
 async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
-                   source: str | None, timeout: float) -> bool:
+                   source: str | None, timeout: float, autoscale: Any) -> bool:
     """True once all input is processed and printed; False if interrupted (Ctrl-C/SIGTERM)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,19 +47,42 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
         loop.add_signal_handler(sig, stop.set)
     nats = await Nats.connect(cluster.url, name="wallaroo-dev")
     printer: _Printer | None = None
+    sizer: asyncio.Task[None] | None = None
     try:
         manifest = await ops.deploy(nats, app_file)
         _info(f"deployed {manifest.name} version {manifest.version}")
         printer = _Printer(nats, manifest)
+        sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))
         if input_file is None:
             await _until(stop, cluster, _forever())
             return False
         return await _until(stop, cluster, _feed(nats, cluster, manifest, printer, input_file,
                                                  source, timeout))
     finally:
+        stop.set()
+        if sizer is not None:
+            await sizer
         if printer is not None:
             await printer.stop()
         await nats.close()
+
+
+async def _size_pool(nats: Nats, cluster: DevCluster, autoscale: Any, stop: asyncio.Event) -> None:
+    """Who decides how many runners run: the autoscaler, or `wallaroo scale` requests."""
+    if autoscale is not None:
+        from wallaroo_runtime.autoscale.backends import LocalBackend
+        from wallaroo_runtime.autoscale.loop import Autoscaler
+
+        _info(f"autoscaling between {autoscale.min_runners} and {autoscale.max_runners} runners")
+        await Autoscaler(nats, LocalBackend(cluster.pool), autoscale).run(stop, interval=0.5)
+        return
+    while not stop.is_set():
+        wanted = await ops.requested_runners(nats)
+        if wanted is not None and wanted != len(cluster.runners):
+            _info(f"scaling to {wanted} runner(s)")
+            await asyncio.to_thread(cluster.scale_to, wanted)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
 
 
 async def _forever() -> bool:

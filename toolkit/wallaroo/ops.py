@@ -14,10 +14,11 @@ from typing import Any
 import msgpack
 
 from wallaroo.errors import NotDeployedError, UnknownNameError
-from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
+from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, CONTROL_BUCKET, AppNames
 from wallaroo.natsio import Nats, Out
 from wallaroo.packaging import Manifest, build_artifact, load_app
 
+RUNNERS_WANTED = "runners"
 SEND_BATCH = 256
 SEND_WINDOW = 64
 
@@ -198,3 +199,13 @@ def file_lines(path: Path) -> Iterator[bytes]:
 
 def fresh_producer_id() -> str:
     return "p" + uuid.uuid4().hex[:20]
+
+
+async def request_runners(nats: Nats, n: int) -> None:
+    """Ask the local cluster (`wallaroo dev`) to run `n` runners."""
+    await nats.kv_put(CONTROL_BUCKET, RUNNERS_WANTED, str(n).encode())
+
+
+async def requested_runners(nats: Nats) -> int | None:
+    raw = await nats.kv_get(CONTROL_BUCKET, RUNNERS_WANTED)
+    return int(raw) if raw else None

@@ -4,7 +4,10 @@ desired count and sets a new one. The AWS backend lives in aws.py (the one boto3
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from wallaroo.dev import RunnerPool
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +54,19 @@ class StaticBackend:
         """Record and log the request; the pool stays as it is."""
         self.requested.append(n)
         log.info("static backend: would scale to %d", n)
+
+
+class LocalBackend:
+    """Runner subprocesses on this machine (a RunnerPool of `wallaroo dev` or of a standalone
+    `wallaroo autoscaler --backend local`). Shrinking stops the newest runners gracefully."""
+
+    name = "local"
+
+    def __init__(self, pool: RunnerPool) -> None:
+        self.pool = pool
+
+    def current(self) -> int:
+        return len(self.pool.runners)
+
+    def set_desired(self, n: int) -> None:
+        self.pool.scale_to(n)
