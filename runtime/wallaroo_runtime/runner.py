@@ -64,10 +64,13 @@ class AppHost:
 
     async def _supervise(self, part: Part) -> None:
         lease = Lease(self.nats, partition_key(self.app.slug, *part), self.runner_id, self.cluster_cfg)
-        if not await lease.acquire(lambda: part in self.owned):
-            return
         try:
+            if not await lease.acquire(lambda: part in self.owned):
+                return
             await self._run_worker(part, lease)
+        except Exception as err:  # the next reconcile starts a fresh supervisor
+            self.failures += 1
+            log.error("supervisor of %s/%d/%d failed: %s", self.app.slug, *part, err, exc_info=True)
         finally:
             self.workers.pop(part, None)
             with contextlib.suppress(WallarooError, OSError, TimeoutError):
@@ -86,7 +89,7 @@ class AppHost:
                 log.warning("%s", err)
                 if not await lease.held():
                     return
-            except (WallarooError, OSError, TimeoutError, ConnectionError) as err:
+            except Exception as err:  # a worker restarts from its changelog after any failure
                 self.failures += 1
                 log.error("worker %s/%d/%d failed (%d failures so far): %s",
                           self.app.slug, *part, self.failures, err, exc_info=True)

@@ -37,6 +37,9 @@ class WorkerConfig:
     fetch_batch: int = 16
     fetch_timeout: float = 0.25
     max_records: int = 8192
+    # Why: a commit runs user code without yielding to the event loop; keeping each one short
+    # keeps heartbeats (and so membership) alive even when user code is slow.
+    target_commit_seconds: float = 0.2
     ack_wait: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -76,6 +79,7 @@ class PartitionWorker:
         # Why a nonce in the commit id: two owners writing the same commit number must not
         # look like one retried write to JetStream's dedup, which would hide the fence.
         self.nonce = secrets.token_hex(4)
+        self._seconds_per_record = 0.0
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -130,7 +134,7 @@ class PartitionWorker:
 
     async def handle(self, msgs: Sequence[InMsg]) -> None:
         fresh, stale = self._triage(msgs)
-        for chunk in _chunks(fresh, self.cfg.max_records):
+        for chunk in _chunks(fresh, self._record_budget()):
             await self._commit_batch(chunk)
         await asyncio.gather(*(m.ack() for m in stale))
 
@@ -164,7 +168,9 @@ class PartitionWorker:
         records = Batch()
         for m, (keys, values) in batch:
             records.add(m.stream_seq, keys, values)
+        started = time.perf_counter()
         result = await self._execute(records)
+        self._seconds_per_record = (time.perf_counter() - started) / max(1, len(records))
         watermarks = dict(self.state.watermarks)
         for m, _ in batch:
             origin = parse_internal(m.msg_id)
@@ -183,6 +189,13 @@ class PartitionWorker:
         await self.nats.publish_all(rec.outs)
         await asyncio.gather(*(m.ack() for m, _ in batch))
         self._count(result, len(batch))
+
+    def _record_budget(self) -> int:
+        """Records per commit: as many as run in about `target_commit_seconds`."""
+        if self._seconds_per_record <= 0:
+            return self.cfg.max_records
+        fits = int(self.cfg.target_commit_seconds / self._seconds_per_record)
+        return max(1, min(self.cfg.max_records, fits))
 
     def _count(self, result: BatchResult, messages: int) -> None:
         self.progress.commits += 1
