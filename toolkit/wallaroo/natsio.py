@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,12 @@ class Out:
     subject: str
     payload: bytes
     msg_id: str
+
+
+def replicas() -> int:
+    """JetStream replicas for every stream and bucket the toolkit creates: 1 on one server,
+    3 on a cluster (`WALLAROO_REPLICAS=3`), so losing a node loses nothing."""
+    return int(os.environ.get("WALLAROO_REPLICAS", "1"))
 
 
 # Why callbacks: nats-py's defaults print full tracebacks to stderr on every connection error.
@@ -155,6 +162,7 @@ class Nats:
             name=name, subjects=subjects, storage=jsapi.StorageType.FILE,
             retention=jsapi.RetentionPolicy.WORK_QUEUE if work_queue else jsapi.RetentionPolicy.LIMITS,
             duplicate_window=dedup_window, max_msg_size=max_msg_size, allow_direct=True,
+            num_replicas=replicas(),
         )
         try:
             await self.js.stream_info(name)
@@ -370,7 +378,8 @@ class Nats:
         except jserr.BucketNotFoundError:
             if not create:
                 return None
-            cfg = jsapi.KeyValueConfig(bucket=bucket, history=1 if ttl else 16, ttl=ttl)
+            cfg = jsapi.KeyValueConfig(bucket=bucket, history=1 if ttl else 16, ttl=ttl,
+                                       replicas=replicas())
             kv = await self.js.create_key_value(cfg)
         self._buckets[bucket] = kv
         return kv
@@ -431,5 +440,6 @@ class Nats:
         try:
             return await self.js.object_store(bucket)
         except (jserr.BucketNotFoundError, jserr.NotFoundError):
-            return await self.js.create_object_store(bucket=bucket)
+            cfg = jsapi.ObjectStoreConfig(bucket=bucket, replicas=replicas())
+            return await self.js.create_object_store(config=cfg)
 
