@@ -441,5 +441,5 @@ class Nats:
             return await self.js.object_store(bucket)
         except (jserr.BucketNotFoundError, jserr.NotFoundError):
             cfg = jsapi.ObjectStoreConfig(bucket=bucket, replicas=replicas())
-            return await self.js.create_object_store(config=cfg)
+            return await self.js.create_object_store(bucket=bucket, config=cfg)
 
