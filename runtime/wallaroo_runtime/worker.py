@@ -23,7 +23,7 @@ from wallaroo.engine import (
     RetryPolicy,
     StageEngine,
 )
-from wallaroo.names import AppNames, internal_msg_id, parse_internal
+from wallaroo.names import REPLAY_PREFIX, AppNames, internal_msg_id, parse_internal
 from wallaroo.natsio import InMsg, Nats, Out, PullConsumer
 from wallaroo.plan import Application, Stage
 from wallaroo_runtime.changelog import CommitRecord, PartitionState
@@ -161,6 +161,11 @@ class PartitionWorker:
         if self.stage.source is not None:
             raws: list[bytes] = msgpack.unpackb(m.data, raw=False)
             return [None] * len(raws), raws
+        if m.msg_id.startswith(REPLAY_PREFIX):
+            # A replayed dead letter: its value was pickled by a runner (`wallaroo dlq replay`
+            # cannot unpickle app classes), so it travels as bytes.
+            keys, blobs = msgpack.unpackb(m.data, raw=False)
+            return keys, [codec.loads(b) for b in blobs]
         keys, values = codec.loads(m.data)
         return keys, values
 
@@ -228,7 +233,8 @@ class PartitionWorker:
         return [Out(s, p, internal_msg_id(self.producer, commit_no, k)) for k, (s, p) in enumerate(outs)]
 
     def _dead_letter(self, dead: DeadLetter) -> bytes:
-        body = dead.to_wire() | {"app": self.app.name, "version": self.version, "ts": time.time()}
+        body = dead.to_wire() | {"app": self.app.name, "version": self.version, "ts": time.time(),
+                                 "stage_index": self.stage.index, "partition": self.part}
         return bytes(msgpack.packb(body, use_bin_type=True))
 
 

@@ -38,7 +38,7 @@ def test_dlq_list_shows_step_reason_and_error(tmp_path: Path, calls: Path) -> No
         assert runner.invoke(cli, ["deploy", str(APP)], env=env).exit_code == 0
         sent = runner.invoke(cli, ["send", "flaky", "numbers", "5", "oops", "13"], env=env)
         assert sent.exit_code == 0, sent.output
-        out = runner.invoke(cli, ["tail", "flaky", "sums", "--count", "1"], env=env)
+        out = runner.invoke(cli, ["tail", "flaky", "sums", "--count", "1", "--timeout", "30"], env=env)
         assert out.output.strip() == "odd 5 5"
         listing = _wait_for_letters(runner, env, 2)
 
@@ -57,3 +57,23 @@ def _wait_for_letters(runner: CliRunner, env: dict[str, str], n: int) -> str:
         if res.output.count("--- dead letter") >= n or time.monotonic() > deadline:
             return res.output
         time.sleep(0.1)
+
+
+def test_replay_after_deploying_a_fix_processes_the_dead_letter_once(
+    tmp_path: Path, calls: Path
+) -> None:
+    fixed = APP.parent / "flaky_fixed.py"
+    with DevCluster(tmp_path / "c") as cluster:
+        runner = CliRunner()
+        env = {"WALLAROO_NATS": cluster.url}
+        assert runner.invoke(cli, ["deploy", str(APP)], env=env).exit_code == 0
+        assert runner.invoke(cli, ["send", "flaky", "numbers", "1", "13", "3"], env=env).exit_code == 0
+        _wait_for_letters(runner, env, 1)
+        assert runner.invoke(cli, ["deploy", str(fixed)], env=env).exit_code == 0
+        replayed = runner.invoke(cli, ["dlq", "replay", "flaky"], env=env)
+        assert "replayed 1 dead letter(s)" in replayed.output, replayed.output
+        out = runner.invoke(cli, ["tail", "flaky", "sums", "--count", "3", "--timeout", "30"], env=env)
+        listing = runner.invoke(cli, ["dlq", "list", "flaky"], env=env).output
+
+    assert out.output.splitlines() == ["odd 1 1", "odd 3 4", "odd 13 17"]
+    assert "no dead letters" in listing

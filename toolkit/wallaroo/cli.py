@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Coroutine
 from pathlib import Path
@@ -84,19 +85,45 @@ def dev(
 
 
 @app.command()
-def deploy(app_file: AppFile, nats: NatsOpt = None) -> None:
-    """Package APP (cloudpickle + manifest) and ship it to the runners through NATS."""
+def deploy(
+    app_file: AppFile,
+    nats: NatsOpt = None,
+    wait: Annotated[bool, typer.Option(help="wait until every live runner runs it")] = True,
+    wait_timeout: Annotated[float, typer.Option(help="seconds to wait for the rollout")] = 60.0,
+) -> None:
+    """Package APP (cloudpickle + manifest) and ship it to the runners through NATS; runners
+    switch between batches, keeping state."""
+
+    from wallaroo import status as st
 
     async def body() -> None:
         nc = await _connect(nats)
         try:
             m = await ops.deploy(nc, app_file)
+            typer.echo(f"deployed {m.name} version {m.version} ({len(m.stages)} stages, "
+                       f"{sum(s.partitions for s in m.stages)} partitions)")
+            if wait:
+                state = await st.wait_rollout(nc, m, wait_timeout, _show_rollout)
+                _report_rollout(state)
         finally:
             await nc.close()
-        typer.echo(f"deployed {m.name} version {m.version} ({len(m.stages)} stages, "
-                   f"{sum(s.partitions for s in m.stages)} partitions)")
 
     run(body())
+
+
+def _show_rollout(state: Any) -> None:
+    total = len(state.ready) + len(state.failed) + len(state.waiting)
+    typer.echo(f"\rrollout: {len(state.ready)}/{total} runner(s) on {state.version}", err=True,
+               nl=False)
+
+
+def _report_rollout(state: Any) -> None:
+    typer.echo("", err=True)
+    for runner_id, why in state.failed.items():
+        typer.secho(f"runner {runner_id} refused it: {why}", err=True, fg=typer.colors.RED)
+    if state.waiting:
+        typer.secho(f"still switching: {', '.join(state.waiting)}", err=True,
+                    fg=typer.colors.YELLOW)
 
 
 @app.command()
@@ -138,11 +165,16 @@ def tail(
     app_name: Annotated[str, typer.Argument(metavar="APP")],
     sink: Annotated[str | None, typer.Argument(help="sink name [default: all sinks]")] = None,
     count: Annotated[int | None, typer.Option(help="stop after N outputs")] = None,
+    timeout: Annotated[float | None, typer.Option(help="stop after N seconds")] = None,
     nats: NatsOpt = None,
 ) -> None:
     """Print a deployed app's outputs, from the first, following new ones."""
 
     async def body() -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(follow(), timeout)
+
+    async def follow() -> None:
         nc = await _connect(nats)
         try:
             manifest = await ops.manifest_of(nc, app_name)
@@ -287,6 +319,30 @@ def dlq_list(
                 typer.echo(f"\n--- dead letter {d['seq']} ---\n{d['traceback']}")
 
     run(body())
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    seq: Annotated[list[int] | None, typer.Option("--seq", help="replay only these dead letters "
+                   "(the seq column of `dlq list`); repeatable")] = None,
+    nats: NatsOpt = None,
+) -> None:
+    """Re-inject dead letters into the stage that rejected them (e.g. after deploying a fix)."""
+
+    from wallaroo import status as st
+
+    async def body() -> int:
+        nc = await _connect(nats)
+        try:
+            manifest = await ops.manifest_of(nc, app_name)
+            # Replay into the deployed version (the fix), not the one runners may still run.
+            _report_rollout(await st.wait_rollout(nc, manifest, 60.0, _show_rollout))
+            return await ops.replay_dead_letters(nc, manifest, set(seq) if seq else None)
+        finally:
+            await nc.close()
+
+    typer.echo(f"replayed {run(body())} dead letter(s)")
 
 
 def _preview(payload: bytes, width: int = 40) -> str:

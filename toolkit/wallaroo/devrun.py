@@ -15,6 +15,7 @@ from wallaroo.dev import DevCluster
 from wallaroo.errors import WallarooError
 from wallaroo.natsio import Nats
 from wallaroo.packaging import Manifest, load_app
+from wallaroo.status import wait_rollout
 
 
 def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
@@ -50,6 +51,7 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
     sizer: asyncio.Task[None] | None = None
     try:
         manifest = await ops.deploy(nats, app_file)
+        await wait_rollout(nats, manifest, timeout=60)
         _info(f"deployed {manifest.name} version {manifest.version}")
         printer = _Printer(nats, manifest)
         sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))

@@ -62,6 +62,9 @@ def sink_token(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "_"
 
 
+REPLAY_PREFIX = "r:"  # message ids of dead letters re-injected by `wallaroo dlq replay`
+
+
 def internal_msg_id(producer: str, commit_no: int, k: int) -> str:
     return f"{producer}:{commit_no}:{k}"
 

@@ -330,6 +330,10 @@ class Nats:
         with contextlib.suppress(jserr.NotFoundError):
             await self.js.delete_consumer(stream, durable)
 
+    async def delete_msg(self, stream: str, seq: int) -> None:
+        with contextlib.suppress(jserr.NotFoundError):
+            await self.js.delete_msg(stream, seq)
+
     async def purge_subject_below(self, stream: str, subject: str, seq: int) -> None:
         """Remove every message on `subject` with a sequence below `seq`."""
         await self.js.purge_stream(stream, subject=subject, seq=seq)

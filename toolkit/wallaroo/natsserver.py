@@ -9,8 +9,11 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from wallaroo.errors import WallarooError
 
@@ -51,25 +54,53 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
 
 
 class NatsServer:
-    """A JetStream-enabled nats-server on a free loopback port, data under `store_dir`."""
+    """A JetStream-enabled nats-server on a free loopback port, data under `store_dir`.
 
-    def __init__(self, store_dir: Path, port: int | None = None, log_file: Path | None = None) -> None:
+    Alone by default. As a member of a cluster (see NatsCluster) it also gets a `server_name`,
+    a `cluster {}` block (name, route port, routes to the other members) and a monitoring
+    port, whose /jsz tells when JetStream has a meta leader."""
+
+    def __init__(self, store_dir: Path, port: int | None = None, log_file: Path | None = None, *,
+                 server_name: str | None = None, cluster_name: str | None = None,
+                 cluster_port: int | None = None, routes: Sequence[str] = (),
+                 http_port: int | None = None) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
         self.log_file = log_file or store_dir / "nats-server.log"
+        self.server_name = server_name
+        self.cluster_name = cluster_name
+        self.cluster_port = cluster_port or (free_port() if cluster_name else None)
+        self.routes = list(routes)
+        self.http_port = http_port or (free_port() if cluster_name else None)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> NatsServer:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.store_dir / "server.conf"
-        conf.write_text(
+    @property
+    def route_url(self) -> str:
+        return f"nats-route://127.0.0.1:{self.cluster_port}"
+
+    def config(self) -> str:
+        conf = (
             f"listen: 127.0.0.1:{self.port}\nmax_payload: {MAX_PAYLOAD}\n"
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir / 'js'))} }}\n"
         )
+        if self.server_name:
+            conf += f"server_name: {json.dumps(self.server_name)}\n"
+        if self.http_port:
+            conf += f"http: 127.0.0.1:{self.http_port}\n"
+        if self.cluster_name:
+            routes = ", ".join(json.dumps(r) for r in self.routes)
+            conf += (f"cluster {{ name: {json.dumps(self.cluster_name)}, "
+                     f"listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}\n")
+        return conf
+
+    def start(self, timeout: float = 20.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "server.conf"
+        conf.write_text(self.config())
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(server_binary()), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
@@ -77,6 +108,16 @@ class NatsServer:
             )
         wait_for_port(self.port, timeout, self.proc)
         return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the node is lost without a goodbye (what node-loss chaos tests use)."""
+        if self.proc is not None and self.alive:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -88,8 +129,110 @@ class NatsServer:
             self.proc.kill()
             self.proc.wait()
 
+    def jsz(self, query: str = "") -> dict[str, Any]:
+        """The monitoring endpoint's JetStream report (a cluster member only); `query` as
+        in "streams=true" adds detail."""
+        if self.http_port is None:
+            msg = f"nats-server {self.server_name or self.url} has no monitoring port"
+            raise WallarooError(msg)
+        url = f"http://127.0.0.1:{self.http_port}/jsz" + (f"?{query}" if query else "")
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return dict(json.loads(resp.read()))
+
     def __enter__(self) -> NatsServer:
         return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class NatsCluster:
+    """`size` JetStream nats-servers routed into one cluster on loopback, each with its own
+    store dir under `base_dir`; started together, ready once JetStream has a meta leader
+    that every member follows. Create streams with replicas=size (WALLAROO_REPLICAS) so
+    losing one node loses nothing."""
+
+    def __init__(self, base_dir: Path, size: int = 3, name: str = "wallaroo") -> None:
+        cluster_ports = [free_port() for _ in range(size)]
+        routes = [f"nats-route://127.0.0.1:{p}" for p in cluster_ports]
+        self.nodes = [
+            NatsServer(base_dir / f"n{i}", server_name=f"n{i}", cluster_name=name,
+                       cluster_port=port, routes=[r for r in routes if r != routes[i]])
+            for i, port in enumerate(cluster_ports)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def node(self, server_name: str) -> NatsServer:
+        return next(n for n in self.nodes if n.server_name == server_name)
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        for n in self.nodes:
+            n.start(timeout)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until every member sees the same JetStream meta leader, which sees all others current."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                msg = f"JetStream cluster has no meta leader within {timeout}s; see {self.nodes[0].log_file}"
+                raise WallarooError(msg)
+            time.sleep(0.1)
+
+    def ready(self) -> bool:
+        metas = {}
+        for n in self.nodes:
+            try:
+                metas[n.server_name] = n.jsz().get("meta_cluster") or {}
+            except (OSError, ValueError):
+                return False
+        leaders = {m.get("leader") for m in metas.values()}
+        leader = leaders.pop() if len(leaders) == 1 else None
+        if not leader or leader not in metas:
+            return False
+        followers = metas[leader].get("replicas") or []
+        return len(followers) == len(self.nodes) - 1 and all(p.get("current") for p in followers)
+
+    def meta_leader(self) -> str | None:
+        for n in self.nodes:
+            if n.alive:
+                try:
+                    leader = (n.jsz().get("meta_cluster") or {}).get("leader")
+                except (OSError, ValueError):
+                    continue
+                if leader:
+                    return str(leader)
+        return None
+
+    def stream_leader(self, stream: str) -> str | None:
+        """The server_name of the node leading `stream`'s replicas, as a live node sees it."""
+        for n in self.nodes:
+            if not n.alive:
+                continue
+            try:
+                accounts = n.jsz("streams=true").get("account_details") or []
+            except (OSError, ValueError):
+                continue
+            for detail in (d for a in accounts for d in a.get("stream_detail") or []):
+                if detail.get("name") == stream and (detail.get("cluster") or {}).get("leader"):
+                    return str(detail["cluster"]["leader"])
+        return None
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def __enter__(self) -> NatsCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:

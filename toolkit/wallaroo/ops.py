@@ -14,7 +14,7 @@ from typing import Any
 import msgpack
 
 from wallaroo.errors import NotDeployedError, UnknownNameError
-from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, CONTROL_BUCKET, AppNames
+from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, CONTROL_BUCKET, REPLAY_PREFIX, AppNames
 from wallaroo.natsio import Nats, Out
 from wallaroo.packaging import Manifest, build_artifact, load_app
 
@@ -186,6 +186,29 @@ async def dead_letters(nats: Nats, manifest: Manifest, limit: int = 1000) -> lis
         if len(out) >= limit:
             break
     return out
+
+
+async def replay_dead_letters(nats: Nats, manifest: Manifest, seqs: set[int] | None = None) -> int:
+    """Re-inject dead letters (all, or those with the given DLQ sequence numbers) into the
+    stage that dead-lettered them, then remove them from the dead-letter stream. A letter
+    that fails again is dead-lettered again, as a new entry. Returns how many were replayed."""
+    names = AppNames(manifest.slug)
+    letters = [d for d in await dead_letters(nats, manifest, limit=100_000)
+               if seqs is None or d["seq"] in seqs]
+    outs = [_replay_out(names, manifest, d) for d in letters]
+    await nats.publish_all(outs)
+    for d in letters:
+        await nats.delete_msg(names.dlq_stream, d["seq"])
+    return len(outs)
+
+
+def _replay_out(names: AppNames, manifest: Manifest, letter: dict[str, Any]) -> Out:
+    stage, part = letter["stage_index"], letter["partition"]
+    if manifest.stages[stage].source is not None:
+        payload = pack([letter["payload"]])
+    else:
+        payload = bytes(msgpack.packb([[letter["key"]], [letter["payload"]]], use_bin_type=True))
+    return Out(names.data(stage, part), payload, f"{REPLAY_PREFIX}{manifest.slug}:{letter['seq']}")
 
 
 def file_lines(path: Path) -> Iterator[bytes]:

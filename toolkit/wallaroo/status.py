@@ -3,8 +3,10 @@ runners (which one leads), and any errors runners reported."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,3 +97,42 @@ def _runner_row(r: dict[str, Any], leader: str) -> list[str]:
             str(len(parts)), str(sum(p["commits"] for p in parts)),
             str(sum(p["records"] for p in parts)), f"{sum(p['rate'] for p in parts):.0f}",
             f"{time.time() - r['ts']:.1f}s ago"]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    version: str
+    ready: list[str]  # runners running the version
+    failed: dict[str, str]  # runner -> why it cannot run it
+    waiting: list[str]  # runners still on another version
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting
+
+
+async def rollout(nats: Nats, manifest: Manifest) -> Rollout:
+    """Where the live runners are with `manifest`'s version."""
+    ready, waiting, failed = [], [], {}
+    for beat in await runner_heartbeats(nats):
+        error = beat["errors"].get(manifest.slug, "")
+        if beat["apps"].get(manifest.slug, {}).get("version") == manifest.version:
+            ready.append(beat["id"])
+        elif error.startswith(manifest.version):
+            failed[beat["id"]] = error
+        else:
+            waiting.append(beat["id"])
+    return Rollout(manifest.version, ready, failed, waiting)
+
+
+async def wait_rollout(nats: Nats, manifest: Manifest, timeout: float,
+                       progress: Callable[[Rollout], None] | None = None) -> Rollout:
+    """Until every live runner runs (or has refused) the deployed version, or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await rollout(nats, manifest)
+        if progress is not None:
+            progress(state)
+        if state.done or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.1)
