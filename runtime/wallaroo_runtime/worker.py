@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
 import secrets
 import time
 from collections.abc import Sequence
@@ -42,6 +43,15 @@ class WorkerConfig:
     target_commit_seconds: float = 0.2
     ack_wait: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+class _TooBig(Exception):  # noqa: N818 - control flow inside _commit_batch
+    pass
+
+
+# What pickle raises for a value it cannot serialize.
+UNSERIALIZABLE: tuple[type[Exception], ...] = (pickle.PicklingError, TypeError, AttributeError)
+PAYLOAD_MARGIN = 4096  # headers and framing on top of the commit record
 
 
 class ResyncNeeded(Exception):  # noqa: N818 - control flow, caught by the worker loop
@@ -176,6 +186,24 @@ class PartitionWorker:
         started = time.perf_counter()
         result = await self._execute(records)
         self._seconds_per_record = (time.perf_counter() - started) / max(1, len(records))
+        try:
+            rec, encoded = self._commit_record(batch, result)
+        except UNSERIALIZABLE + (_TooBig,) as err:
+            if len(batch) > 1:  # commit fewer input messages at a time
+                half = len(batch) // 2
+                await self._commit_batch(batch[:half])
+                await self._commit_batch(batch[half:])
+                return
+            log.warning("%s: outputs of seq %d cannot be committed (%s); checking records one "
+                        "by one", self.in_subject, batch[0][0].stream_seq, err)
+            result = await self._execute(records, check_outputs=self.max_output_bytes)
+            rec, encoded = self._commit_record(batch, result)
+        await self._append(rec, encoded)
+        await self.nats.publish_all(rec.outs)
+        await asyncio.gather(*(m.ack() for m, _ in batch))
+        self._count(result, len(batch))
+
+    def _commit_record(self, batch: list[Fresh], result: BatchResult) -> tuple[CommitRecord, bytes]:
         watermarks = dict(self.state.watermarks)
         for m, _ in batch:
             origin = parse_internal(m.msg_id)
@@ -186,14 +214,23 @@ class PartitionWorker:
             last_seq=batch[-1][0].stream_seq, watermarks=watermarks, states=result.states,
             outs=self._outputs(result, self.state.commit_no + 1),
         )
+        encoded = rec.encode()
+        if len(encoded) > self.nats.max_payload - PAYLOAD_MARGIN:
+            msg = f"commit record of {len(encoded)} bytes exceeds the NATS max payload"
+            raise _TooBig(msg)
+        return rec, encoded
+
+    async def _append(self, rec: CommitRecord, encoded: bytes) -> None:
         self.log_seq = await self.nats.append_fenced(
-            self.names.log_stream, self.log_subject, rec.encode(),
+            self.names.log_stream, self.log_subject, encoded,
             f"c:{self.producer}:{rec.commit_no}:{self.nonce}", self.log_seq,
         )
         self.state.apply(rec)
-        await self.nats.publish_all(rec.outs)
-        await asyncio.gather(*(m.ack() for m, _ in batch))
-        self._count(result, len(batch))
+
+    @property
+    def max_output_bytes(self) -> int:
+        """An output larger than this is dead-lettered (it could never be committed)."""
+        return max(1024, self.nats.max_payload // 16)
 
     def _record_budget(self) -> int:
         """Records per commit: as many as run in about `target_commit_seconds`."""
@@ -208,11 +245,12 @@ class PartitionWorker:
         self.progress.records += result.records_in
         self.progress.dead += len(result.dead)
 
-    async def _execute(self, items: Batch) -> BatchResult:
+    async def _execute(self, items: Batch, check_outputs: int | None = None) -> BatchResult:
         retrier = Retrier(self.cfg.retry, self.stage.name)
         while True:
             try:
-                return self.engine.attempt(items, self.state.table, retrier.dead)
+                return self.engine.attempt(items, self.state.table, retrier.dead,
+                                           check_outputs=check_outputs)
             except RecordFailed as failed:
                 delay = retrier.on_failure(failed)
                 log.warning("%s: %s (attempt %d)", self.in_subject, failed,

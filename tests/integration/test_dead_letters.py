@@ -77,3 +77,10 @@ def test_replay_after_deploying_a_fix_processes_the_dead_letter_once(
 
     assert out.output.splitlines() == ["odd 1 1", "odd 3 4", "odd 13 17"]
     assert "no dead letters" in listing
+
+
+def test_unserializable_and_oversized_outputs_are_dead_lettered(run_on_runner, tmp_path: Path) -> None:
+    app = APP.parent / "unwieldy.py"
+    outputs = run_on_runner(app, [("in", r) for r in [b"a", b"lock", b"big", b"b"]])
+
+    assert sorted(outputs["out"]) == ["a", "b"]

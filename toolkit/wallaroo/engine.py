@@ -177,22 +177,24 @@ class StageEngine:
 
     def attempt(
         self, batch: Batch | Sequence[Item], table: Mapping[str, bytes],
-        skip: Mapping[RecordId, DeadLetter],
+        skip: Mapping[RecordId, DeadLetter], *, check_outputs: int | None = None,
     ) -> BatchResult:
         """Process `batch` against committed state `table` (left untouched: changed state
         comes back in `states`). Raises RecordFailed naming the first failing record; records
-        in `skip` are dead-lettered instead of processed."""
+        in `skip` are dead-lettered instead of processed. With `check_outputs` (a byte limit),
+        every output is serialized on its own, so one that cannot be, or is larger than the
+        limit, fails its record (the runner asks for this after a batch could not commit)."""
         if not isinstance(batch, Batch):
             batch = Batch.of(batch)
         total = len(batch)
         dead: list[DeadLetter] = []
         if skip:
             batch, dead = batch.without(skip)
-        result = self._run(batch, table)
+        result = self._run(batch, table, check_outputs)
         result.dead, result.records_in = dead, total
         return result
 
-    def _run(self, batch: Batch, table: Mapping[str, bytes]) -> BatchResult:
+    def _run(self, batch: Batch, table: Mapping[str, bytes], check: int | None) -> BatchResult:
         result = BatchResult()
         keys, vals = batch.keys, batch.values
         origin: list[int] | None = None  # output index -> batch index (None: the same)
@@ -211,11 +213,13 @@ class StageEngine:
                 self._route(vals, result.routed)
             where, reason = "encoder", "output_error"
             self._encode(vals, result)
+            if check is not None:
+                where = "output"
+                self._check_outputs(vals, result, check)
         except _StepFailed as failed:
             index = origin[failed.index] if origin is not None else failed.index
             raise RecordFailed(batch.item(index), where, reason, failed.exc) from failed.exc
-        result.states = {state_slot_of(name, k): codec.dumps(obj)
-                         for name, objs in work.items() for k, obj in objs.items()}
+        result.states = _dump_states(batch, work)
         return result
 
     def _step(
@@ -233,6 +237,13 @@ class StageEngine:
             src = [origin[i] for i in kept] if origin is not None else kept
             return [keys[i] for i in kept], [outs[i] for i in kept], src
         return _fan_out(step, keys, outs, origin)
+
+    def _check_outputs(self, values: list[Any], result: BatchResult, limit: int) -> None:
+        """Each routed value must pickle, and each output fit in `limit` bytes."""
+        if self.route is not None:
+            _each(lambda v: _check_size(v, limit), values)
+        for outs in result.sink_out.values():
+            _each(lambda o: _check_size(o, limit), outs)
 
     def _encode(self, values: list[Any], result: BatchResult) -> None:
         for i, enc in self.encoders:
@@ -262,6 +273,26 @@ class StageEngine:
             self._partition.clear()
         p = self._partition[key] = codec.partition_of(key, self.target_partitions)
         return p
+
+
+def _check_size(value: Any, limit: int) -> None:
+    """Raise if `value` cannot be serialized, or is larger than `limit` serialized."""
+    size = len(value) if isinstance(value, bytes | str) else len(codec.dumps(value))
+    if size > limit:
+        msg = f"output of {size} bytes is larger than the {limit}-byte limit per output"
+        raise ValueError(msg)
+
+
+def _dump_states(batch: Batch, work: dict[str, dict[str | None, Any]]) -> dict[str, bytes]:
+    states = {}
+    for name, objs in work.items():
+        for key, obj in objs.items():
+            try:
+                states[state_slot_of(name, key)] = codec.dumps(obj)
+            except Exception as exc:  # name the first record that touched the state
+                item = batch.item(batch.keys.index(key))
+                raise RecordFailed(item, name, "state_error", exc) from exc
+    return states
 
 
 def _each_with_state(

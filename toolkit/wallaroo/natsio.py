@@ -148,6 +148,11 @@ class Nats:
             raise NatsUnreachableError(url) from err
         return cls(nc)
 
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server accepts (its max_payload)."""
+        return int(self.nc.max_payload)
+
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.ConnectionClosedError):
             await self.nc.drain()

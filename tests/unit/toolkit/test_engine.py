@@ -263,3 +263,57 @@ def test_partition_of_is_stable_and_in_range() -> None:
     first = [codec.partition_of(k, 7) for k in keys]
     assert first == [codec.partition_of(k, 7) for k in keys]
     assert set(first) == set(range(7))
+
+
+def _lock_app() -> wl.Application:
+    import threading
+
+    @wl.computation(name="to lock")
+    def to_lock(text):
+        return threading.Lock() if text == "lock" else text
+
+    @wl.key_extractor
+    def same(value):
+        return "k"
+
+    pipeline = (wl.source("in", wl.StreamSource()).to(to_lock).key_by(same).to(count)
+                .to_sink(wl.StreamSink("out")))
+    return wl.build_application("locks", pipeline)
+
+
+def test_checking_outputs_names_the_record_that_cannot_be_serialized() -> None:
+    eng = engine(_lock_app())
+    assert eng.attempt(raw(b"a", b"lock"), {}, {}).routed  # unchecked: pickling happens later
+
+    with pytest.raises(RecordFailed) as err:
+        eng.attempt(raw(b"a", b"lock"), {}, {}, check_outputs=1 << 20)
+    assert err.value.item.rid == (2, 0)
+    assert (err.value.step, err.value.reason) == ("output", "output_error")
+
+
+def test_checking_outputs_rejects_an_oversized_one() -> None:
+    with pytest.raises(RecordFailed, match="larger than the 10-byte limit"):
+        engine(evens_app(encoder=lambda n: "x" * n)).attempt(raw(b"2", b"40"), {}, {},
+                                                             check_outputs=10)
+
+
+def test_a_state_that_cannot_be_pickled_fails_the_record_that_made_it() -> None:
+    import threading
+
+    class Locked:
+        def __init__(self):
+            self.lock = threading.Lock()
+
+    @wl.state_computation(name="locked", state=Locked)
+    def locked(word, state):
+        return word
+
+    @wl.key_extractor
+    def word(w):
+        return w
+
+    pipeline = (wl.source("in", wl.StreamSource()).key_by(word).to(locked)
+                .to_sink(wl.StreamSink("out")))
+    with pytest.raises(RecordFailed) as err:
+        engine(wl.build_application("s", pipeline), 1).attempt(keyed("a"), {}, {})
+    assert (err.value.step, err.value.reason) == ("locked", "state_error")
