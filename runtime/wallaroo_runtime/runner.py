@@ -96,11 +96,18 @@ class AppHost:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_BACKOFF[1])
 
-    async def stop(self) -> None:
+    def begin_stop(self) -> None:
         """Every worker finishes and commits its batch in hand, then releases its lease."""
         self.owned = set()
         for w in self.workers.values():
             w.stop()
+
+    @property
+    def stopped(self) -> bool:
+        return all(t.done() for t in self.tasks.values())
+
+    async def stop(self) -> None:
+        self.begin_stop()
         if self.tasks:
             _, pending = await asyncio.wait(self.tasks.values(), timeout=10)
             for t in pending:
@@ -157,6 +164,7 @@ class Runner:
         self.cfg = cfg or WorkerConfig()
         self.cluster_cfg = cluster_cfg or ClusterConfig()
         self.hosts: dict[str, AppHost] = {}
+        self.retiring: dict[str, AppHost] = {}
         self.manifests: dict[str, Manifest] = {}
         self.errors: dict[str, str] = {}
         self.started = time.time()
@@ -190,12 +198,16 @@ class Runner:
             for manifest in self.manifests.values():
                 await cluster.publish_assignment(nats, manifest, members)
         for slug, host in self.hosts.items():
+            old = self.retiring.get(slug)
+            if old is not None and not old.stopped:
+                continue  # the previous version is still finishing its batches
+            self.retiring.pop(slug, None)
             host.reconcile(await cluster.read_assignment(nats, slug))
 
     async def _leave(self, nats: Nats, leadership: Leadership) -> None:
         """Graceful exit: finish batches, release leases, hand over leadership and membership
         at once instead of letting them lapse."""
-        for host in self.hosts.values():
+        for host in [*self.retiring.values(), *self.hosts.values()]:
             await host.stop()
         with contextlib.suppress(WallarooError, OSError, TimeoutError):
             await leadership.resign()
@@ -230,19 +242,30 @@ class Runner:
             return
         old = self.hosts.pop(manifest.slug, None)
         if old is not None:
-            await old.stop()
+            # Switch between batches without stalling this loop (and so the heartbeat): the
+            # new version's workers start once the old ones have committed and let go.
+            old.begin_stop()
+            self.retiring[manifest.slug] = old
         host = AppHost(nats, manifest, app, self.runner_id, self.cfg, self.cluster_cfg)
         await host.start()
         self.hosts[manifest.slug] = host
         self.errors.pop(manifest.slug, None)
         log.info("loaded %s version %s", manifest.name, manifest.version)
 
+    def _report(self, slug: str, host: AppHost, now: float) -> dict[str, object]:
+        """A version counts as running once the previous one has stopped: `wallaroo deploy`
+        waits for that, so what follows a deploy (say, a replay) meets the new code."""
+        old = self.retiring.get(slug)
+        if old is not None and not old.stopped:
+            return old.report(now) | {"switching_to": host.manifest.version}
+        return host.report(now)
+
     async def _heartbeat(self, nats: Nats) -> None:
         now = time.time()
         body = {
             "id": self.runner_id, "pid": os.getpid(), "host": socket.gethostname(),
             "started": self.started, "ts": now, "tick_failures": self.tick_failures,
-            "apps": {slug: h.report(now) for slug, h in self.hosts.items()},
+            "apps": {slug: self._report(slug, h, now) for slug, h in self.hosts.items()},
             "errors": self.errors,
         }
         await nats.kv_put(MEMBERS_BUCKET, self.runner_id, json.dumps(body).encode())
