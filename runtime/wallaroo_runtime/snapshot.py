@@ -1,0 +1,291 @@
+"""Partition snapshots and changelog segments, and where they live in a state store
+(DESIGN.md section 6).
+
+A snapshot is a partition's whole state after one commit; a segment holds the encoded commit
+records since the previous snapshot, up to and including the one it goes with. Recovery is the
+newest valid snapshot, then `segments_after` it (they cover a corrupt newer snapshot), then the
+JetStream changelog after that.
+
+Both are sealed in one envelope: a msgpack map of kind, format version, the msgpack body, and
+the body's sha256, so a flipped bit, a cut-off file or a newer format is caught on reading
+instead of restoring wrong state. Keys zero-pad commit numbers: a store's sorted listing is
+commit order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from wallaroo.errors import WallarooError
+from wallaroo_runtime.changelog import CommitRecord, PartitionState
+from wallaroo_runtime.statestore import StateStore
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+SNAPSHOT_KIND = "wallaroo-snapshot"
+SEGMENT_KIND = "wallaroo-segment"
+_MAX_COMMIT = 10**12 - 1  # what fits the 12-digit padding that keeps listings in commit order
+_SNAP_NAME = re.compile(r"(\d{12})\.snap")
+_SEG_NAME = re.compile(r"(\d{12})-(\d{12})\.seg")
+
+
+class CorruptSnapshotError(WallarooError, ValueError):
+    """A snapshot or segment does not decode: changed bytes, cut short, or another format."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where, self.problem = where, problem
+        super().__init__(f"{where} {problem}")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One partition's state after commit `commit_no`, which is at `log_seq` in the changelog."""
+
+    slug: str
+    stage: int
+    partition: int
+    commit_no: int
+    log_seq: int
+    committed_seq: int
+    watermarks: dict[str, int] = field(default_factory=dict)
+    table: dict[str, bytes] = field(default_factory=dict)
+    created: float = 0.0
+
+    @classmethod
+    def of(cls, slug: str, stage: int, part: int, state: PartitionState, log_seq: int,
+           created: float) -> Snapshot:
+        """A snapshot of `state` (copied, so later commits do not change it)."""
+        return cls(slug, stage, part, state.commit_no, log_seq, state.committed_seq,
+                   dict(state.watermarks), dict(state.table), created)
+
+    def to_state(self) -> PartitionState:
+        """The partition state to continue from; `last` is None (no commit record in hand)."""
+        return PartitionState(table=dict(self.table), watermarks=dict(self.watermarks),
+                              committed_seq=self.committed_seq, commit_no=self.commit_no)
+
+
+# --- encoding -----------------------------------------------------------------------------
+
+
+def encode(snapshot: Snapshot) -> bytes:
+    """The snapshot's bytes, sealed with format version and checksum."""
+    s = snapshot
+    return _seal(SNAPSHOT_KIND, {
+        "slug": s.slug, "stage": s.stage, "partition": s.partition, "commit_no": s.commit_no,
+        "log_seq": s.log_seq, "committed_seq": s.committed_seq, "watermarks": s.watermarks,
+        "table": s.table, "created": s.created,
+    })
+
+
+def decode(data: bytes, where: str = "snapshot") -> Snapshot:
+    """The snapshot `encode` made; CorruptSnapshotError (naming `where`) if it is not one."""
+    body = _unseal(SNAPSHOT_KIND, data, where)
+    try:
+        return Snapshot(**{name: body[name] for name in _SNAPSHOT_FIELDS})
+    except (KeyError, TypeError) as e:
+        raise CorruptSnapshotError(where, f"has no field {e}: not written by this format") from e
+
+
+_SNAPSHOT_FIELDS = ("slug", "stage", "partition", "commit_no", "log_seq", "committed_seq",
+                    "watermarks", "table", "created")
+
+
+def encode_segment(records: list[bytes]) -> bytes:
+    """Encoded commit records, in commit order, sealed like a snapshot."""
+    return _seal(SEGMENT_KIND, list(records))
+
+
+def decode_segment(data: bytes, where: str = "segment") -> list[bytes]:
+    """The encoded commit records `encode_segment` sealed."""
+    body = _unseal(SEGMENT_KIND, data, where)
+    if not isinstance(body, list) or not all(isinstance(r, bytes) for r in body):
+        raise CorruptSnapshotError(where, "does not hold a list of commit records")
+    return body
+
+
+def _seal(kind: str, body: Any) -> bytes:
+    packed = bytes(msgpack.packb(body, use_bin_type=True))
+    envelope = {"kind": kind, "v": FORMAT_VERSION, "sha256": hashlib.sha256(packed).digest(),
+                "body": packed}
+    return bytes(msgpack.packb(envelope, use_bin_type=True))
+
+
+def _unseal(kind: str, data: bytes, where: str) -> Any:
+    outer = _unpack(data, where)
+    if not isinstance(outer, dict) or outer.get("kind") != kind:
+        found = outer.get("kind") if isinstance(outer, dict) else type(outer).__name__
+        raise CorruptSnapshotError(where, f"is not a {kind} (found {found!r})")
+    if outer.get("v") != FORMAT_VERSION:
+        raise CorruptSnapshotError(where, f"has format version {outer.get('v')!r}, this runner reads "
+                                          f"version {FORMAT_VERSION}: upgrade the runner")
+    body = outer.get("body")
+    if not isinstance(body, bytes) or hashlib.sha256(body).digest() != outer.get("sha256"):
+        raise CorruptSnapshotError(where, "fails its sha256 checksum: the bytes changed after writing")
+    return _unpack(body, where)
+
+
+def _unpack(data: bytes, where: str) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False)
+    except (ValueError, TypeError) as e:  # msgpack's errors for cut-off or garbled input
+        problem = f"is truncated or not msgpack ({str(e) or type(e).__name__})"
+        raise CorruptSnapshotError(where, problem) from e
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+def snapshot_key(slug: str, stage: int, part: int, commit_no: int) -> str:
+    """`snapshots/<slug>/<stage>/<part>/<commit_no:012d>.snap`"""
+    return f"{_folder('snapshots', slug, stage, part)}{_commit(commit_no)}.snap"
+
+
+def segment_key(slug: str, stage: int, part: int, first_commit: int, last_commit: int) -> str:
+    """`segments/<slug>/<stage>/<part>/<first_commit:012d>-<last_commit:012d>.seg`"""
+    if first_commit > last_commit:
+        msg = f"segment commits {first_commit}..{last_commit} are in the wrong order"
+        raise ValueError(msg)
+    name = f"{_commit(first_commit)}-{_commit(last_commit)}"
+    return f"{_folder('segments', slug, stage, part)}{name}.seg"
+
+
+def _folder(kind: str, slug: str, stage: int, part: int) -> str:
+    if not slug or "/" in slug or slug.startswith(".") or stage < 0 or part < 0:
+        msg = f"no state store folder for app {slug!r} stage {stage} partition {part}"
+        raise ValueError(msg)
+    return f"{kind}/{slug}/{stage}/{part}/"
+
+
+def _commit(n: int) -> str:
+    if not 0 <= n <= _MAX_COMMIT:
+        msg = f"commit number {n} is outside 0..{_MAX_COMMIT}"
+        raise ValueError(msg)
+    return f"{n:012d}"
+
+
+async def _snapshots(store: StateStore, slug: str, stage: int, part: int) -> list[tuple[int, str]]:
+    """(commit_no, key) of every snapshot of a partition, oldest first."""
+    found = []
+    for key in await store.list(_folder("snapshots", slug, stage, part)):
+        m = _SNAP_NAME.fullmatch(key.rpartition("/")[2])
+        if m:
+            found.append((int(m[1]), key))
+    return sorted(found)
+
+
+async def _segments(store: StateStore, slug: str, stage: int, part: int) -> list[tuple[int, int, str]]:
+    """(first_commit, last_commit, key) of every segment of a partition, oldest first."""
+    found = []
+    for key in await store.list(_folder("segments", slug, stage, part)):
+        m = _SEG_NAME.fullmatch(key.rpartition("/")[2])
+        if m:
+            found.append((int(m[1]), int(m[2]), key))
+    return sorted(found)
+
+
+# --- store operations ---------------------------------------------------------------------
+
+
+async def write(store: StateStore, snapshot: Snapshot, segment_records: list[bytes]) -> None:
+    """Store the changelog segment ending at the snapshot's commit, then the snapshot: a reader
+    that finds the snapshot also finds every commit it covers. `segment_records` are encoded
+    commit records in order; empty writes the snapshot alone."""
+    s = snapshot
+    if segment_records:
+        first, last = _commit_range(segment_records)
+        if last != s.commit_no:
+            msg = f"segment ends at commit {last}, but the snapshot is of commit {s.commit_no}"
+            raise ValueError(msg)
+        await store.put(segment_key(s.slug, s.stage, s.partition, first, last),
+                        encode_segment(segment_records))
+    await store.put(snapshot_key(s.slug, s.stage, s.partition, s.commit_no), encode(s))
+
+
+def _commit_range(records: list[bytes]) -> tuple[int, int]:
+    numbers = [CommitRecord.decode(r).commit_no for r in records]
+    if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+        msg = f"segment commits must be consecutive, got {numbers[:3]}...{numbers[-3:]}"
+        raise ValueError(msg)
+    return numbers[0], numbers[-1]
+
+
+async def latest_valid(store: StateStore, slug: str, stage: int, part: int) -> Snapshot | None:
+    """The newest snapshot of the partition that decodes; a corrupt one is logged and the one
+    before it tried. None when there is none."""
+    for commit_no, key in reversed(await _snapshots(store, slug, stage, part)):
+        data = await store.get(key)
+        if data is None:  # pruned between listing and reading
+            continue
+        where = f"snapshot {key}"
+        try:
+            snap = decode(data, where)
+            _check_identity(snap, where, (slug, stage, part, commit_no))
+        except CorruptSnapshotError as e:
+            log.warning("%s; trying the snapshot before it", e)
+            continue
+        return snap
+    return None
+
+
+def _check_identity(snap: Snapshot, where: str, expected: tuple[str, int, int, int]) -> None:
+    """A snapshot copied under another partition's key must not restore that partition."""
+    found = (snap.slug, snap.stage, snap.partition, snap.commit_no)
+    if found != expected:
+        raise CorruptSnapshotError(where, f"holds app/stage/partition/commit {found}, not {expected}")
+
+
+async def segments_after(store: StateStore, slug: str, stage: int, part: int,
+                         commit_no: int) -> list[bytes]:
+    """Encoded commit records numbered above `commit_no`, consecutive and in order, from the
+    stored segments. CorruptSnapshotError if a segment is corrupt or commits are missing."""
+    out: list[bytes] = []
+    current = commit_no
+    for _first, last, key in await _segments(store, slug, stage, part):
+        if last <= current:
+            continue
+        where, data = f"segment {key}", await store.get(key)
+        if data is None:
+            raise CorruptSnapshotError(where, "was listed but is gone")
+        current = _append_after(out, decode_segment(data, where), current, where)
+    return out
+
+
+def _append_after(out: list[bytes], records: list[bytes], current: int, where: str) -> int:
+    """Append the records numbered above `current` (overlapping segments are fine, gaps are
+    not); return the last commit number appended."""
+    for raw in records:
+        try:
+            n = CommitRecord.decode(raw).commit_no
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise CorruptSnapshotError(where, f"holds a bad commit record ({e})") from e
+        if n <= current:
+            continue
+        if n != current + 1:
+            raise CorruptSnapshotError(where, f"jumps from commit {current} to {n}: commits "
+                                              f"{current + 1}..{n - 1} are in no stored segment")
+        out.append(raw)
+        current = n
+    return current
+
+
+async def prune(store: StateStore, slug: str, stage: int, part: int, keep: int = 2) -> list[str]:
+    """Delete all but the newest `keep` snapshots, and the segments that end at or before the
+    oldest one kept (recovery from it never reads them). Returns the deleted keys."""
+    if keep < 1:
+        msg = f"keep must be at least 1 (the newest snapshot), got {keep}"
+        raise ValueError(msg)
+    snaps = await _snapshots(store, slug, stage, part)
+    if not snaps:
+        return []
+    oldest_kept = snaps[-keep:][0][0]
+    doomed = [key for _, key in snaps[:-keep]]
+    doomed += [key for _, last, key in await _segments(store, slug, stage, part) if last <= oldest_kept]
+    for key in doomed:
+        await store.delete(key)
+    return doomed

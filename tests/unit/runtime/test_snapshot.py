@@ -1,0 +1,252 @@
+"""wallaroo_runtime.snapshot: snapshots and segments round-trip, damage is caught on reading,
+and a partition's newest valid snapshot plus the segments after it rebuild its state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from wallaroo.errors import WallarooError
+from wallaroo.natsio import Out
+from wallaroo_runtime import snapshot as snap
+from wallaroo_runtime.changelog import CommitRecord, PartitionState
+from wallaroo_runtime.snapshot import CorruptSnapshotError, Snapshot
+from wallaroo_runtime.statestore import FileStore
+
+APP, STAGE, PART = "word_count", 1, 3
+
+
+def make(commit_no: int, **table: bytes) -> Snapshot:
+    return Snapshot(APP, STAGE, PART, commit_no=commit_no, log_seq=commit_no * 2,
+                    committed_seq=commit_no * 10, watermarks={"s0.3": commit_no},
+                    table=table or {"count\x1fhello": b"\x80\x05state"}, created=1700000000.5)
+
+
+def rec(n: int) -> bytes:
+    return CommitRecord(commit_no=n, first_seq=n * 10 - 9, last_seq=n * 10, watermarks={"s0.3": n},
+                        states={f"k{n}": f"v{n}".encode()},
+                        outs=[Out("wl.a.out.o", b"p", f"s1.3:{n}:0")]).encode()
+
+
+def numbers(records: list[bytes]) -> list[int]:
+    return [CommitRecord.decode(r).commit_no for r in records]
+
+
+async def write_history(store: FileStore, *snapshot_commits: int) -> None:
+    """Snapshots at the given commits, each with the segment since the one before."""
+    previous = 0
+    for n in snapshot_commits:
+        await snap.write(store, make(n), [rec(i) for i in range(previous + 1, n + 1)])
+        previous = n
+
+
+# --- format -------------------------------------------------------------------------------
+
+
+def test_round_trip() -> None:
+    s = make(42, a=b"\x00\xff", b=b"")
+
+    assert snap.decode(snap.encode(s)) == s
+    assert snap.decode_segment(snap.encode_segment([rec(1), rec(2)])) == [rec(1), rec(2)]
+
+
+def test_every_flipped_byte_is_caught() -> None:
+    data = snap.encode(make(7))
+
+    for i in range(len(data)):
+        damaged = data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+        with pytest.raises(CorruptSnapshotError):
+            snap.decode(damaged)
+
+
+def test_a_flipped_body_byte_fails_the_checksum() -> None:
+    data = bytearray(snap.encode(make(7)))
+    data[-20] ^= 0xFF  # the body is the envelope's last field
+
+    with pytest.raises(CorruptSnapshotError, match="sha256 checksum") as err:
+        snap.decode(bytes(data), "snapshot s/1.snap")
+
+    assert isinstance(err.value, WallarooError) and isinstance(err.value, ValueError)
+    assert str(err.value).startswith("snapshot s/1.snap ")
+
+
+@pytest.mark.parametrize("cut", [0, 1, 10, -1])
+def test_truncated_data_is_caught(cut: int) -> None:
+    data = snap.encode(make(7))
+
+    with pytest.raises(CorruptSnapshotError, match="truncated"):
+        snap.decode(data[:cut])
+
+
+def test_a_wrong_version_names_both_versions() -> None:
+    envelope = msgpack.unpackb(snap.encode(make(7)))
+    envelope["v"] = snap.FORMAT_VERSION + 1
+
+    with pytest.raises(CorruptSnapshotError, match=f"version {snap.FORMAT_VERSION + 1}, this runner reads"):
+        snap.decode(msgpack.packb(envelope))
+
+
+def test_a_segment_is_not_a_snapshot() -> None:
+    with pytest.raises(CorruptSnapshotError, match="is not a wallaroo-snapshot"):
+        snap.decode(snap.encode_segment([rec(1)]))
+
+
+def test_state_round_trip() -> None:
+    state = PartitionState.replay(CommitRecord.decode(rec(n)) for n in (1, 2))
+    s = Snapshot.of(APP, STAGE, PART, state, log_seq=5, created=1.0)
+    state.table["later"] = b"not in the snapshot"
+    back = s.to_state()
+
+    assert (back.table, back.watermarks) == ({"k1": b"v1", "k2": b"v2"}, {"s0.3": 2})
+    assert (back.commit_no, back.committed_seq, s.log_seq) == (2, 20, 5)
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+def test_keys_sort_in_commit_order() -> None:
+    keys = [snap.snapshot_key(APP, STAGE, PART, n) for n in (9, 10, 100, 1)]
+
+    assert keys[0] == "snapshots/word_count/1/3/000000000009.snap"
+    assert sorted(keys) == [snap.snapshot_key(APP, STAGE, PART, n) for n in (1, 9, 10, 100)]
+    assert snap.segment_key(APP, STAGE, PART, 11, 20) == \
+        "segments/word_count/1/3/000000000011-000000000020.seg"
+
+
+@pytest.mark.parametrize(("slug", "commit_no"), [("a/b", 1), ("", 1), ("..", 1), (APP, -1), (APP, 10**12)])
+def test_keys_refuse_what_would_break_the_layout(slug: str, commit_no: int) -> None:
+    with pytest.raises(ValueError):
+        snap.snapshot_key(slug, STAGE, PART, commit_no)
+
+
+# --- store operations ---------------------------------------------------------------------
+
+
+def test_write_puts_the_segment_and_the_snapshot(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3))
+
+    assert asyncio.run(store.list("")) == [
+        snap.segment_key(APP, STAGE, PART, 1, 3), snap.snapshot_key(APP, STAGE, PART, 3)]
+    assert asyncio.run(snap.latest_valid(store, APP, STAGE, PART)) == make(3)
+
+
+def test_write_refuses_a_segment_that_does_not_end_at_the_snapshot(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+
+    with pytest.raises(ValueError, match="segment ends at commit 2, but the snapshot is of commit 3"):
+        asyncio.run(snap.write(store, make(3), [rec(1), rec(2)]))
+    with pytest.raises(ValueError, match="consecutive"):
+        asyncio.run(snap.write(store, make(3), [rec(1), rec(3)]))
+    assert asyncio.run(store.list("")) == []
+
+
+def test_latest_valid_skips_a_corrupt_newest_snapshot(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3, 6))
+    newest = tmp_path / snap.snapshot_key(APP, STAGE, PART, 6)
+    newest.write_bytes(newest.read_bytes()[:-5])  # a partial write
+
+    with caplog.at_level(logging.WARNING, logger="wallaroo_runtime.snapshot"):
+        found = asyncio.run(snap.latest_valid(store, APP, STAGE, PART))
+
+    assert found == make(3)
+    assert "000000000006.snap is truncated" in caplog.text
+
+
+def test_latest_valid_skips_a_snapshot_of_another_partition(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3))
+    other = Snapshot(APP, STAGE, PART + 1, 9, 0, 0)
+    asyncio.run(store.put(snap.snapshot_key(APP, STAGE, PART, 9), snap.encode(other)))
+
+    assert asyncio.run(snap.latest_valid(store, APP, STAGE, PART)) == make(3)
+
+
+def test_latest_valid_is_none_without_snapshots(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3))
+
+    assert asyncio.run(snap.latest_valid(store, APP, STAGE, PART + 1)) is None
+
+
+def test_segments_after_returns_later_commits_in_order(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3, 6, 10))
+
+    def after(n: int) -> list[int]:
+        return numbers(asyncio.run(snap.segments_after(store, APP, STAGE, PART, n)))
+
+    assert after(0) == list(range(1, 11))
+    assert after(3) == list(range(4, 11))
+    assert after(4) == list(range(5, 11))
+    assert after(10) == []
+    assert asyncio.run(snap.segments_after(store, APP, STAGE, PART, 3))[0] == rec(4)
+
+
+def test_segments_after_tolerates_overlap(tmp_path: Path) -> None:
+    """A crash between segment and snapshot leaves a segment the next owner writes again,
+    longer: both are stored, each commit comes back once."""
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3))
+    asyncio.run(store.put(snap.segment_key(APP, STAGE, PART, 4, 5), snap.encode_segment([rec(4), rec(5)])))
+    asyncio.run(snap.write(store, make(8), [rec(i) for i in range(4, 9)]))
+
+    assert numbers(asyncio.run(snap.segments_after(store, APP, STAGE, PART, 3))) == [4, 5, 6, 7, 8]
+
+
+def test_segments_after_names_missing_commits(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3, 6, 10))
+    asyncio.run(store.delete(snap.segment_key(APP, STAGE, PART, 4, 6)))
+
+    with pytest.raises(CorruptSnapshotError, match="jumps from commit 3 to 7: commits 4..6"):
+        asyncio.run(snap.segments_after(store, APP, STAGE, PART, 0))
+
+
+def test_segments_after_raises_on_a_corrupt_segment(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3, 6))
+    seg = tmp_path / snap.segment_key(APP, STAGE, PART, 4, 6)
+    data = bytearray(seg.read_bytes())
+    data[-3] ^= 0x10
+    seg.write_bytes(bytes(data))
+
+    with pytest.raises(CorruptSnapshotError, match="000000000004-000000000006.seg fails its sha256"):
+        asyncio.run(snap.segments_after(store, APP, STAGE, PART, 3))
+    assert numbers(asyncio.run(snap.segments_after(store, APP, STAGE, PART, 6))) == []
+
+
+def test_prune_keeps_the_newest_snapshots_and_the_segments_they_need(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3, 6, 10, 12))
+
+    deleted = asyncio.run(snap.prune(store, APP, STAGE, PART, keep=2))
+
+    assert sorted(deleted) == sorted([
+        snap.snapshot_key(APP, STAGE, PART, 3), snap.snapshot_key(APP, STAGE, PART, 6),
+        snap.segment_key(APP, STAGE, PART, 1, 3), snap.segment_key(APP, STAGE, PART, 4, 6),
+        snap.segment_key(APP, STAGE, PART, 7, 10)])
+    assert asyncio.run(store.list("")) == [
+        snap.segment_key(APP, STAGE, PART, 11, 12),
+        snap.snapshot_key(APP, STAGE, PART, 10), snap.snapshot_key(APP, STAGE, PART, 12)]
+    # Recovery from the older kept snapshot still finds every later commit.
+    assert numbers(asyncio.run(snap.segments_after(store, APP, STAGE, PART, 10))) == [11, 12]
+
+
+def test_prune_with_few_snapshots_deletes_nothing_they_need(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3))
+
+    deleted = asyncio.run(snap.prune(store, APP, STAGE, PART, keep=2))
+
+    assert deleted == [snap.segment_key(APP, STAGE, PART, 1, 3)]
+    assert asyncio.run(snap.prune(store, APP, STAGE, PART + 1)) == []
+    assert asyncio.run(snap.latest_valid(store, APP, STAGE, PART)) == make(3)
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        asyncio.run(snap.prune(store, APP, STAGE, PART, keep=0))
