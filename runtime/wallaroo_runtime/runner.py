@@ -20,7 +20,9 @@ from wallaroo.natsio import Nats
 from wallaroo.packaging import Manifest, load_artifact
 from wallaroo.plan import Application
 from wallaroo_runtime import cluster
+from wallaroo_runtime.checkpoint import CheckpointConfig
 from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
+from wallaroo_runtime.statestore import open_store
 from wallaroo_runtime.worker import PartitionWorker, WorkerConfig
 
 log = logging.getLogger("wallaroo.runner")
@@ -271,11 +273,25 @@ class Runner:
         await nats.kv_put(MEMBERS_BUCKET, self.runner_id, json.dumps(body).encode())
 
 
-def main(url: str, runner_id: str | None = None, member_ttl: float = 3.0) -> None:
+@dataclass(frozen=True)
+class RunnerOptions:
+    runner_id: str | None = None
+    member_ttl: float = 3.0
+    state_store: str | None = None  # file:// or s3:// URL; None: no snapshots
+    snapshot_every: int = 500
+    snapshot_seconds: float = 30.0
+
+
+def main(url: str, opts: RunnerOptions) -> None:
     """Run a runner until SIGINT/SIGTERM (then finish the batches in hand and exit)."""
     logging.basicConfig(level=os.environ.get("WALLAROO_LOG", "INFO"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    runner = Runner(url, runner_id, cluster_cfg=ClusterConfig(member_ttl=member_ttl))
+    store = open_store(opts.state_store) if opts.state_store else None
+    if store is None:
+        log.warning("no --state-store: no snapshots, changelogs of stateful stages keep growing")
+    checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds)
+    runner = Runner(url, opts.runner_id, WorkerConfig(checkpoint=checkpoint),
+                    ClusterConfig(member_ttl=opts.member_ttl))
     asyncio.run(_main(runner))
 
 
@@ -284,4 +300,8 @@ async def _main(runner: Runner) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await runner.run(stop)
+    try:
+        await runner.run(stop)
+    finally:
+        if runner.cfg.checkpoint.store is not None:
+            await runner.cfg.checkpoint.store.close()

@@ -28,6 +28,7 @@ from wallaroo.names import REPLAY_PREFIX, AppNames, internal_msg_id, parse_inter
 from wallaroo.natsio import InMsg, Nats, Out, PullConsumer
 from wallaroo.plan import Application, Stage
 from wallaroo_runtime.changelog import CommitRecord, PartitionState
+from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 
 log = logging.getLogger("wallaroo.worker")
 Fresh = tuple[InMsg, tuple[list[str | None], list[Any]]]
@@ -43,6 +44,7 @@ class WorkerConfig:
     target_commit_seconds: float = 0.2
     ack_wait: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 class _TooBig(Exception):  # noqa: N818 - control flow inside _commit_batch
@@ -89,6 +91,10 @@ class PartitionWorker:
         # Why a nonce in the commit id: two owners writing the same commit number must not
         # look like one retried write to JetStream's dedup, which would hide the fence.
         self.nonce = secrets.token_hex(4)
+        self.checkpoints = Checkpointer(
+            nats, config.checkpoint, app.slug, stage.index, part, self.names.log_stream,
+            self.log_subject, stage.stateful,
+        )
         self._seconds_per_record = 0.0
 
     def stop(self) -> None:
@@ -101,6 +107,9 @@ class PartitionWorker:
         try:
             while not self._stop.is_set():
                 msgs = await consumer.fetch(self.cfg.fetch_batch, self.cfg.fetch_timeout)
+                if not msgs and self.checkpoints.due():
+                    # Idle: make the newest commits durable in the store too.
+                    await self.checkpoints.checkpoint(self.state, self.log_seq)
                 try:
                     await self.handle(msgs)
                 except ResyncNeeded:
@@ -116,13 +125,12 @@ class PartitionWorker:
         started = time.monotonic()
         last = await self.nats.last_on_subject(self.names.log_stream, self.log_subject)
         self.log_seq = last.seq if last else 0
-        self.state = PartitionState()
         if last is not None and not self.stage.stateful:
             # Why: stateless stages need only the newest record (it carries full watermarks).
+            self.state = PartitionState()
             self.state.apply(CommitRecord.decode(last.data))
-        elif last is not None:
-            async for m in self.nats.read_subject(self.names.log_stream, self.log_subject, last.seq):
-                self.state.apply(CommitRecord.decode(m.data))
+        else:
+            self.state = await self.checkpoints.restore(self.log_seq)
         if self.state.last is not None:
             # The newest commit's outputs may not all have been published before the crash.
             await self.nats.publish_all(self.state.last.outs)
@@ -202,6 +210,7 @@ class PartitionWorker:
         await self.nats.publish_all(rec.outs)
         await asyncio.gather(*(m.ack() for m, _ in batch))
         self._count(result, len(batch))
+        await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
 
     def _commit_record(self, batch: list[Fresh], result: BatchResult) -> tuple[CommitRecord, bytes]:
         watermarks = dict(self.state.watermarks)

@@ -285,11 +285,22 @@ def runner(
                          "host-pid-random)")] = None,
     member_ttl: Annotated[float, typer.Option(min=0.5, help="seconds of silence after which "
                           "a runner is declared gone")] = 3.0,
+    state_store: Annotated[str | None, typer.Option(envvar="WALLAROO_STATE_STORE", help="where "
+                           "snapshots go: file:///dir or s3://bucket/prefix")] = None,
+    snapshot_every: Annotated[int, typer.Option(min=1, help="commits between snapshots")] = 500,
+    snapshot_seconds: Annotated[float, typer.Option(min=0.1, help="seconds between "
+                                "snapshots")] = 30.0,
 ) -> None:
     """Run a long-lived runner: join the cluster, run the partitions assigned to it."""
+    from wallaroo_runtime.runner import RunnerOptions
     from wallaroo_runtime.runner import main as runner_main
 
-    runner_main(nats or default_nats(), runner_id, member_ttl)
+    opts = RunnerOptions(runner_id, member_ttl, state_store, snapshot_every, snapshot_seconds)
+    try:
+        runner_main(nats or default_nats(), opts)
+    except WallarooError as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(1) from None
 
 
 @dlq_app.command("list")

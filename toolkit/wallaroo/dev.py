@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -17,17 +18,21 @@ RUNNER_STOP_TIMEOUT = 15.0
 DEFAULT_MEMBER_TTL = 3.0
 
 
-def runner_command(url: str, runner_id: str, member_ttl: float) -> list[str]:
+def runner_command(url: str, runner_id: str, member_ttl: float, state_store: str | None,
+                   extra: Sequence[str] = ()) -> list[str]:
+    store = ["--state-store", state_store] if state_store else []
     return [sys.executable, "-m", "wallaroo", "runner", "--nats", url, "--id", runner_id,
-            "--member-ttl", str(member_ttl)]
+            "--member-ttl", str(member_ttl), *store, *extra]
 
 
 class RunnerProcess:
     """A `wallaroo runner` subprocess; its log goes to `log_dir/<id>.log`."""
 
     def __init__(self, url: str, runner_id: str, log_dir: Path,
-                 member_ttl: float = DEFAULT_MEMBER_TTL) -> None:
+                 member_ttl: float = DEFAULT_MEMBER_TTL, state_store: str | None = None,
+                 extra: Sequence[str] = ()) -> None:
         self.url, self.runner_id, self.log_dir, self.member_ttl = url, runner_id, log_dir, member_ttl
+        self.state_store, self.extra = state_store, tuple(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -38,7 +43,8 @@ class RunnerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                runner_command(self.url, self.runner_id, self.member_ttl), stdout=log,
+                runner_command(self.url, self.runner_id, self.member_ttl, self.state_store,
+                               self.extra), stdout=log,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
                 process_group=0,  # Ctrl-C reaches `wallaroo dev`, which stops runners in order
             )
@@ -74,13 +80,16 @@ class RunnerPool:
     """Runner subprocesses r0, r1, ... on one NATS URL: what the local autoscaler backend and
     `wallaroo scale` act on."""
 
-    def __init__(self, url: str, log_dir: Path, member_ttl: float = DEFAULT_MEMBER_TTL) -> None:
+    def __init__(self, url: str, log_dir: Path, member_ttl: float = DEFAULT_MEMBER_TTL,
+                 state_store: str | None = None, extra: Sequence[str] = ()) -> None:
         self.url, self.log_dir, self.member_ttl = url, log_dir, member_ttl
+        self.state_store, self.extra = state_store, tuple(extra)
         self.runners: list[RunnerProcess] = []
         self._next_id = 0
 
     def add_runner(self) -> RunnerProcess:
-        runner = RunnerProcess(self.url, f"r{self._next_id}", self.log_dir, self.member_ttl).start()
+        runner = RunnerProcess(self.url, f"r{self._next_id}", self.log_dir, self.member_ttl,
+                               self.state_store, self.extra).start()
         self._next_id += 1
         self.runners.append(runner)
         return runner
@@ -120,12 +129,15 @@ class DevCluster:
     """nats-server + a pool of runner processes, all stopped on exit."""
 
     def __init__(self, state_dir: Path, runners: int = 1, fresh: bool = True,
-                 member_ttl: float = DEFAULT_MEMBER_TTL) -> None:
+                 member_ttl: float = DEFAULT_MEMBER_TTL, state_store: str | None = None,
+                 runner_args: Sequence[str] = ()) -> None:
+        """Snapshots go to `state_store` (default: file://STATE_DIR/state)."""
         if fresh and state_dir.exists():
             shutil.rmtree(state_dir)
         self.state_dir = state_dir
         self.server = NatsServer(state_dir / "nats")
-        self.pool = RunnerPool(self.server.url, state_dir / "logs", member_ttl)
+        store = state_store or f"file://{(state_dir / 'state').resolve()}"
+        self.pool = RunnerPool(self.server.url, state_dir / "logs", member_ttl, store, runner_args)
         self.initial = runners
 
     @property

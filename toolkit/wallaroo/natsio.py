@@ -178,6 +178,10 @@ class Nats:
         info = await self.js.stream_info(stream)
         return int(info.state.last_seq)
 
+    async def delete_stream(self, stream: str) -> None:
+        with contextlib.suppress(jserr.NotFoundError):
+            await self.js.delete_stream(stream)
+
     async def stream_exists(self, stream: str) -> bool:
         try:
             await self.js.stream_info(stream)
@@ -268,7 +272,7 @@ class Nats:
         return StoredMsg(int(m.seq), m.subject, m.data or b"", (m.headers or {}).get(MSG_ID, ""))
 
     async def read_subject(
-        self, stream: str, subject: str, upto: int, start: int = 1, batch: int = 256
+        self, stream: str, subject: str, upto: int, start: int = 1, batch: int = 32
     ) -> AsyncIterator[StoredMsg]:
         """Every message on `subject` from seq `start` to `upto`, in order."""
         if upto < start:

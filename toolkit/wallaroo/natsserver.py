@@ -132,10 +132,17 @@ class NatsServer:
     def jsz(self, query: str = "") -> dict[str, Any]:
         """The monitoring endpoint's JetStream report (a cluster member only); `query` as
         in "streams=true" adds detail."""
+        return self.monitor("jsz", query)
+
+    def route_names(self) -> list[str]:
+        """The server names this member has a live route to."""
+        return sorted({str(r.get("remote_name")) for r in self.monitor("routez").get("routes") or []})
+
+    def monitor(self, endpoint: str, query: str = "") -> dict[str, Any]:
         if self.http_port is None:
             msg = f"nats-server {self.server_name or self.url} has no monitoring port"
             raise WallarooError(msg)
-        url = f"http://127.0.0.1:{self.http_port}/jsz" + (f"?{query}" if query else "")
+        url = f"http://127.0.0.1:{self.http_port}/{endpoint}" + (f"?{query}" if query else "")
         with urllib.request.urlopen(url, timeout=2) as resp:
             return dict(json.loads(resp.read()))
 

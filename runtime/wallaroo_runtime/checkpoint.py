@@ -1,0 +1,112 @@
+"""Snapshots of a partition to the state store, and trimming of its JetStream changelog.
+
+Every `every` commits or `seconds` seconds the owner writes a snapshot plus the changelog
+segment it covers (segment first), then purges the changelog below its newest record: that
+record stays, as the fence's anchor and for re-publishing its outputs after a crash. A failing
+store (S3 down) only delays the next snapshot: nothing is trimmed until one is written.
+Restore = newest valid snapshot + the changelog after it; if the changelog is gone, the
+snapshot and segments in the store alone."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from wallaroo.errors import WallarooError
+from wallaroo.natsio import Nats
+from wallaroo_runtime import snapshot as snap
+from wallaroo_runtime.changelog import CommitRecord, PartitionState
+from wallaroo_runtime.statestore import StateStore
+
+log = logging.getLogger("wallaroo.checkpoint")
+COMMIT_EPOCH = 1_000_000
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    store: StateStore | None = None
+    every: int = 500  # commits
+    seconds: float = 30.0
+    retry_after: float = 5.0  # after a failed snapshot (e.g. S3 down)
+
+
+@dataclass
+class Checkpointer:
+    """One partition's snapshot schedule; the worker calls it after every commit."""
+
+    nats: Nats
+    cfg: CheckpointConfig
+    slug: str
+    stage: int
+    part: int
+    log_stream: str
+    log_subject: str
+    stateful: bool
+    pending: list[bytes] = field(default_factory=list)  # commit records since the snapshot
+    last_at: float = field(default_factory=time.monotonic)
+    failures: int = 0
+
+    def due(self) -> bool:
+        return len(self.pending) >= self.cfg.every or (
+            bool(self.pending) and time.monotonic() - self.last_at >= self.cfg.seconds)
+
+    async def after_commit(self, encoded: bytes, state: PartitionState, log_seq: int) -> None:
+        self.pending.append(encoded)
+        if self.due():
+            await self.checkpoint(state, log_seq)
+
+    async def checkpoint(self, state: PartitionState, log_seq: int) -> None:
+        """Snapshot (stateful stages, when a store is configured), then trim the changelog."""
+        if self.stateful and self.cfg.store is None:
+            self.last_at = time.monotonic()  # no store: keep the whole changelog
+            return
+        try:
+            if self.cfg.store is not None:
+                # Stateless stages too: their commit numbers must survive a lost changelog.
+                s = snap.Snapshot.of(self.slug, self.stage, self.part, state, log_seq, time.time())
+                await snap.write(self.cfg.store, s, self.pending)
+                await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
+            await self.nats.purge_subject_below(self.log_stream, self.log_subject, log_seq)
+        except (WallarooError, OSError, TimeoutError) as err:
+            self.failures += 1
+            self.last_at = time.monotonic() - self.cfg.seconds + self.cfg.retry_after
+            log.warning("%s: snapshot failed (%d so far), changelog kept: %s",
+                        self.log_subject, self.failures, err)
+            return
+        self.pending = []
+        self.last_at = time.monotonic()
+
+    async def restore(self, last_seq: int) -> PartitionState:
+        """The partition's state: newest valid snapshot + changelog records after it (up to
+        `last_seq`); `pending` is left holding the records the next segment must cover."""
+        base = await self._latest()
+        state = base.to_state() if base is not None else PartitionState()
+        self.pending = []
+        if last_seq == 0 and base is not None:
+            return await self._from_store_alone(state)
+        start = base.log_seq if base is not None else 1
+        async for m in self.nats.read_subject(self.log_stream, self.log_subject, last_seq, start):
+            rec = CommitRecord.decode(m.data)
+            if rec.commit_no > state.commit_no:
+                state.apply(rec)
+                self.pending.append(m.data)
+            else:
+                state.last = rec  # already in the snapshot; kept to re-publish its outputs
+        return state
+
+    async def _latest(self) -> snap.Snapshot | None:
+        if self.cfg.store is None:
+            return None
+        return await snap.latest_valid(self.cfg.store, self.slug, self.stage, self.part)
+
+    async def _from_store_alone(self, state: PartitionState) -> PartitionState:
+        assert self.cfg.store is not None
+        log.warning("%s: changelog is empty; restoring from the state store alone", self.log_subject)
+        for data in await snap.segments_after(self.cfg.store, self.slug, self.stage, self.part,
+                                              state.commit_no):
+            state.apply(CommitRecord.decode(data))
+        # Commits after the newest snapshot went with the changelog. Jump the commit number,
+        # so new outputs are never mistaken downstream for those lost ones (and dropped).
+        state.commit_no += COMMIT_EPOCH
+        return state

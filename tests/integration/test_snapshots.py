@@ -1,0 +1,117 @@
+"""Snapshots on a real cluster: the owner writes checksummed snapshots to the state store and
+trims its changelog; a SIGKILLed runner restores from snapshot + changelog tail; with the
+changelog gone entirely, from the store alone. The whole output stays exactly-once."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import collect_outputs
+from wallaroo import ops
+from wallaroo.dev import DevCluster
+from wallaroo.names import AppNames
+from wallaroo.natsio import Nats
+from wallaroo_runtime import snapshot
+from wallaroo_runtime.changelog import CommitRecord
+from wallaroo_runtime.statestore import FileStore
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "examples" / "word_count" / "word_count.py"
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon"]
+EVERY = 3
+
+
+def lines(rng: random.Random, n: int) -> list[bytes]:
+    return [" ".join(rng.choice(WORDS) for _ in range(5)).encode() for _ in range(n)]
+
+
+def expected(sent: list[bytes]) -> Counter[str]:
+    words = Counter(w for line in sent for w in line.decode().split())
+    return Counter(f"{w} => {i}" for w, c in words.items() for i in range(1, c + 1))
+
+
+async def feed(nats: Nats, batch: list[bytes], tag: str) -> ops.Manifest:
+    manifest = await ops.deploy(nats, APP)
+    await ops.send(nats, manifest, "lines", batch, tag, batch_size=5)
+    await ops.wait_idle(nats, manifest, timeout=60)
+    return manifest
+
+
+async def changelog_records(nats: Nats, slug: str, stage: int, part: int) -> int:
+    names = AppNames(slug)
+    last = await nats.last_on_subject(names.log_stream, names.log(stage, part))
+    if last is None:
+        return 0
+    return len([m async for m in nats.read_subject(names.log_stream, names.log(stage, part), last.seq)])
+
+
+def test_snapshots_trim_the_changelog_and_restore_after_sigkill_and_log_loss(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    sent: list[bytes] = []
+    store = tmp_path / "store"
+
+    async def round_(cluster: DevCluster, n: int) -> tuple[ops.Manifest, list[str], Nats]:
+        nats = await Nats.connect(cluster.url)
+        batch = lines(rng, n)
+        sent.extend(batch)
+        m = await feed(nats, batch, f"t{len(sent)}")
+        return m, (await collect_outputs(nats, m))["counts"], nats
+
+    async def body(cluster: DevCluster) -> list[str]:
+        m, _, nats = await round_(cluster, 400)
+        parts = range(m.partitions)
+        commits = [await commit_count(nats, m.slug, 1, p) for p in parts]
+        kept = [await changelog_records(nats, m.slug, 1, p) for p in parts]
+        assert max(commits) > EVERY, commits
+        # every EVERY commits a snapshot; the changelog keeps only what came after it
+        assert all(k <= EVERY for k in kept), (kept, commits)
+        assert list(store.glob("snapshots/word_count/1/*/*.snap")), "no snapshot written"
+        await nats.close()
+
+        cluster.restart_runner(0, kill=True)
+        m, _, nats = await round_(cluster, 200)
+        await snapshots_current(nats, store, m)  # the idle snapshot covers the last commit
+        await nats.delete_stream(AppNames(m.slug).log_stream)  # the changelog is lost
+        await nats.close()
+
+        cluster.restart_runner(0, kill=True)
+        m, outputs, nats = await round_(cluster, 200)
+        await nats.close()
+        return outputs
+
+    runner_args = ["--snapshot-every", str(EVERY), "--snapshot-seconds", "0.5"]
+    with DevCluster(tmp_path / "c", member_ttl=1.0, state_store=f"file://{store}",
+                    runner_args=runner_args) as cluster:
+        outputs = asyncio.run(body(cluster))
+    got, want = Counter(outputs), expected(sent)
+    assert got == want, f"missing {list(want - got)[:5]}, extra {list(got - want)[:5]}"
+
+
+async def commit_count(nats: Nats, slug: str, stage: int, part: int) -> int:
+    """The partition's newest commit number: how many commits it has made."""
+    names = AppNames(slug)
+    last = await nats.last_on_subject(names.log_stream, names.log(stage, part))
+    return CommitRecord.decode(last.data).commit_no if last else 0
+
+
+async def snapshots_current(nats: Nats, store: Path, m: ops.Manifest, timeout: float = 30) -> None:
+    """Until every partition's newest snapshot holds its newest commit."""
+    file_store = FileStore(store)
+    deadline = asyncio.get_running_loop().time() + timeout
+    for st in m.stages:
+        for p in range(st.partitions):
+            want = await commit_count(nats, m.slug, st.index, p)
+            while want and (await _snapshot_commit(file_store, m.slug, st.index, p)) < want:
+                assert asyncio.get_running_loop().time() < deadline, f"no current snapshot {st.index}.{p}"
+                await asyncio.sleep(0.05)
+
+
+async def _snapshot_commit(store: FileStore, slug: str, stage: int, part: int) -> int:
+    latest = await snapshot.latest_valid(store, slug, stage, part)
+    return latest.commit_no if latest else 0
