@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 from collections.abc import Callable, Iterator
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,9 +15,11 @@ from wallaroo import ops
 from wallaroo.dev import DevCluster
 from wallaroo.names import AppNames
 from wallaroo.natsio import Nats
-from wallaroo.natsserver import NatsServer
+from wallaroo.natsserver import NatsServer, free_port
 
 RunOnRunner = Callable[..., dict[str, list[str]]]
+REGION = "us-east-1"
+BUCKET = "wallaroo-state"
 
 
 @pytest.fixture
@@ -71,3 +75,52 @@ async def collect_outputs(nats: Nats, manifest: ops.Manifest) -> dict[str, list[
         if seq >= last:
             break
     return outputs
+
+
+class Moto:
+    """A moto S3 server on one loopback port that a test can stop and start again."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server: Any = None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()  # returns once the server accepts connections
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy credentials, and no instance-metadata lookups: nothing may leave loopback."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def moto(aws_env: None) -> Iterator[Moto]:
+    """A running moto server with an empty bucket."""
+    server = Moto()
+    server.start()
+    try:
+        # moto keeps its fake AWS in process globals that outlive a server: start each test empty.
+        urllib.request.urlopen(urllib.request.Request(f"{server.url}/moto-api/reset", method="POST"),
+                               timeout=10).close()
+        import boto3  # noqa: TID251 - the test makes the bucket the store is checked against
+
+        s3: Any = boto3.client("s3", region_name=REGION, endpoint_url=server.url)
+        s3.create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        server.stop()

@@ -9,6 +9,8 @@ snapshot and segments in the store alone."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ class Checkpointer:
     pending: list[bytes] = field(default_factory=list)  # commit records since the snapshot
     last_at: float = field(default_factory=time.monotonic)
     failures: int = 0
+    written: int = 0
+    writing: asyncio.Task[None] | None = None
 
     def due(self) -> bool:
         return len(self.pending) >= self.cfg.every or (
@@ -57,25 +61,45 @@ class Checkpointer:
             await self.checkpoint(state, log_seq)
 
     async def checkpoint(self, state: PartitionState, log_seq: int) -> None:
-        """Snapshot (stateful stages, when a store is configured), then trim the changelog."""
+        """Snapshot (when a store is configured), then trim the changelog. The store write runs
+        in the background, so a slow or unavailable S3 never stalls the partition."""
         if self.stateful and self.cfg.store is None:
             self.last_at = time.monotonic()  # no store: keep the whole changelog
             return
+        if self.cfg.store is None:
+            await self._trim(log_seq)
+            self.pending, self.last_at = [], time.monotonic()
+            return
+        if self.writing is not None and not self.writing.done():
+            return
+        # Stateless stages too: their commit numbers must survive a lost changelog.
+        s = snap.Snapshot.of(self.slug, self.stage, self.part, state, log_seq, time.time())
+        records, self.pending = self.pending, []
+        self.last_at = time.monotonic()
+        self.writing = asyncio.create_task(self._write(s, records))
+
+    async def _write(self, s: snap.Snapshot, records: list[bytes]) -> None:
+        assert self.cfg.store is not None
         try:
-            if self.cfg.store is not None:
-                # Stateless stages too: their commit numbers must survive a lost changelog.
-                s = snap.Snapshot.of(self.slug, self.stage, self.part, state, log_seq, time.time())
-                await snap.write(self.cfg.store, s, self.pending)
-                await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
-            await self.nats.purge_subject_below(self.log_stream, self.log_subject, log_seq)
+            await snap.write(self.cfg.store, s, records)
+            await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
+            await self._trim(s.log_seq)
+            self.written += 1
         except (WallarooError, OSError, TimeoutError) as err:
             self.failures += 1
+            self.pending = records + self.pending  # the next segment must cover them again
             self.last_at = time.monotonic() - self.cfg.seconds + self.cfg.retry_after
             log.warning("%s: snapshot failed (%d so far), changelog kept: %s",
                         self.log_subject, self.failures, err)
-            return
-        self.pending = []
-        self.last_at = time.monotonic()
+
+    async def _trim(self, log_seq: int) -> None:
+        await self.nats.purge_subject_below(self.log_stream, self.log_subject, log_seq)
+
+    async def close(self) -> None:
+        """Let a snapshot in flight finish (it is consistent either way)."""
+        if self.writing is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.writing
 
     async def restore(self, last_seq: int) -> PartitionState:
         """The partition's state: newest valid snapshot + changelog records after it (up to

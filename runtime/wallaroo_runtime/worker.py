@@ -118,6 +118,7 @@ class PartitionWorker:
                     consumer = await self._open_consumer()
         finally:
             await consumer.close()
+            await self.checkpoints.close()
 
     # --- recovery --------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ import asyncio
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -16,59 +15,11 @@ from typing import Any
 import boto3  # noqa: TID251 - the test builds the bucket the store is checked against
 import botocore.exceptions  # noqa: TID251 - the test checks a 4xx surfaces as botocore's error
 import pytest
-from moto.server import ThreadedMotoServer
 
-from wallaroo.natsserver import free_port
+from conftest import BUCKET, REGION, Moto
 from wallaroo_runtime.statestore import BucketNotFoundError, S3Store, StateStoreUnavailableError
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-REGION = "us-east-1"
-BUCKET = "wallaroo-state"
-
-
-class Moto:
-    """A moto S3 server on one loopback port that a test can stop and start again."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server: ThreadedMotoServer | None = None
-
-    def start(self) -> None:
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()  # returns once the server accepts connections
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dummy credentials, and no instance-metadata lookups: nothing may leave loopback."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION"):
-        monkeypatch.delenv(var, raising=False)
-
-
-@pytest.fixture
-def moto(aws_env: None) -> Iterator[Moto]:
-    """A running moto server with an empty bucket."""
-    server = Moto()
-    server.start()
-    try:
-        # moto keeps its fake AWS in process globals that outlive a server: start each test empty.
-        urllib.request.urlopen(urllib.request.Request(f"{server.url}/moto-api/reset", method="POST"),
-                               timeout=10).close()
-        s3: Any = boto3.client("s3", region_name=REGION, endpoint_url=server.url)
-        s3.create_bucket(Bucket=BUCKET)
-        yield server
-    finally:
-        server.stop()
 
 
 def store_at(url: str, **kw: Any) -> S3Store:
