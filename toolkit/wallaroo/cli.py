@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -55,6 +55,19 @@ async def _connect(url: str | None) -> Nats:
     return await Nats.connect(url or default_nats(), name="wallaroo-cli", persistent=False)
 
 
+def on_nats(url: str | None, fn: Callable[[Nats], Awaitable[T]]) -> T:
+    """Connect, run `fn`, close: the shape of every command that talks to NATS."""
+
+    async def body() -> T:
+        nc = await _connect(url)
+        try:
+            return await fn(nc)
+        finally:
+            await nc.close()
+
+    return run(body())
+
+
 @app.command()
 def dev(
     app_file: AppFile,
@@ -96,19 +109,14 @@ def deploy(
 
     from wallaroo import status as st
 
-    async def body() -> None:
-        nc = await _connect(nats)
-        try:
-            m = await ops.deploy(nc, app_file)
-            typer.echo(f"deployed {m.name} version {m.version} ({len(m.stages)} stages, "
-                       f"{sum(s.partitions for s in m.stages)} partitions)")
-            if wait:
-                state = await st.wait_rollout(nc, m, wait_timeout, _show_rollout)
-                _report_rollout(state)
-        finally:
-            await nc.close()
+    async def body(nc: Nats) -> None:
+        m = await ops.deploy(nc, app_file)
+        typer.echo(f"deployed {m.name} version {m.version} ({len(m.stages)} stages, "
+                   f"{sum(s.partitions for s in m.stages)} partitions)")
+        if wait:
+            _report_rollout(await st.wait_rollout(nc, m, wait_timeout, _show_rollout))
 
-    run(body())
+    on_nats(nats, body)
 
 
 def _show_rollout(state: Any) -> None:
@@ -142,22 +150,17 @@ def send(
         msg = "give either --file F or VALUE... (not both, not neither)"
         raise typer.BadParameter(msg)
 
-    async def body() -> None:
-        nc = await _connect(nats)
-        try:
-            manifest = await ops.manifest_of(nc, app_name)
-            if file is not None:
-                records = ops.file_lines(file)
-                pid = producer or ops.file_producer_id(file)
-            else:
-                records = iter([v.encode() for v in values or []])
-                pid = producer or ops.fresh_producer_id()
-            count = await ops.send(nc, manifest, source, records, pid)
-        finally:
-            await nc.close()
-        typer.echo(f"sent {count} records to {manifest.name}/{source}", err=True)
+    async def body(nc: Nats) -> int:
+        manifest = await ops.manifest_of(nc, app_name)
+        if file is not None:
+            records = ops.file_lines(file)
+            pid = producer or ops.file_producer_id(file)
+        else:
+            records = iter([v.encode() for v in values or []])
+            pid = producer or ops.fresh_producer_id()
+        return await ops.send(nc, manifest, source, records, pid)
 
-    run(body())
+    typer.echo(f"sent {on_nats(nats, body)} records to {app_name}/{source}", err=True)
 
 
 @app.command()
@@ -170,25 +173,21 @@ def tail(
 ) -> None:
     """Print a deployed app's outputs, from the first, following new ones."""
 
-    async def body() -> None:
+    async def body(nc: Nats) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(follow(), timeout)
+            await asyncio.wait_for(follow(nc), timeout)
 
-    async def follow() -> None:
-        nc = await _connect(nats)
-        try:
-            manifest = await ops.manifest_of(nc, app_name)
-            seen = 0
-            async for _, _, outs in ops.tail(nc, manifest, sink):
-                for out in outs:
-                    typer.echo(out.decode("utf-8", "replace").removesuffix("\n"))
-                    seen += 1
-                    if count is not None and seen >= count:
-                        return
-        finally:
-            await nc.close()
+    async def follow(nc: Nats) -> None:
+        manifest = await ops.manifest_of(nc, app_name)
+        seen = 0
+        async for _, _, outs in ops.tail(nc, manifest, sink):
+            for out in outs:
+                typer.echo(out.decode("utf-8", "replace").removesuffix("\n"))
+                seen += 1
+                if count is not None and seen >= count:
+                    return
 
-    run(body())
+    on_nats(nats, body)
 
 
 @app.command()
@@ -196,14 +195,7 @@ def status(nats: NatsOpt = None) -> None:
     """Apps and stages, each partition's owner, committed seq, lag and rate, and the runners."""
     from wallaroo import status as st
 
-    async def body() -> st.Status:
-        nc = await _connect(nats)
-        try:
-            return await st.gather(nc)
-        finally:
-            await nc.close()
-
-    s = run(body())
+    s = on_nats(nats, st.gather)
     _table(st.APP_COLUMNS, s.apps, "no apps deployed")
     _table(st.PARTITION_COLUMNS, s.partitions, "no partitions")
     _table(st.RUNNER_COLUMNS, s.runners, "no runners")
@@ -236,17 +228,14 @@ def scale(
 ) -> None:
     """Resize the local cluster that `wallaroo dev` runs (runners are shared by its apps)."""
 
-    async def body() -> None:
-        nc = await _connect(nats)
-        try:
-            manifest = await ops.manifest_of(nc, app_name)
-            await ops.request_runners(nc, runners)
-        finally:
-            await nc.close()
-        typer.echo(f"asked the local cluster running {manifest.name} for {runners} runner(s); "
-                   "`wallaroo status` shows them join or leave")
+    async def body(nc: Nats) -> str:
+        manifest = await ops.manifest_of(nc, app_name)
+        await ops.request_runners(nc, runners)
+        return manifest.name
 
-    run(body())
+    name = on_nats(nats, body)
+    typer.echo(f"asked the local cluster running {name} for {runners} runner(s); "
+               "`wallaroo status` shows them join or leave")
 
 
 @app.command()
@@ -312,24 +301,19 @@ def dlq_list(
 ) -> None:
     """List dead letters: records that failed in decoding or user code after retries."""
 
-    async def body() -> None:
-        nc = await _connect(nats)
-        try:
-            manifest = await ops.manifest_of(nc, app_name)
-            letters = await ops.dead_letters(nc, manifest, limit)
-        finally:
-            await nc.close()
-        if not letters:
-            typer.echo(f"no dead letters for {manifest.name}")
-            return
-        rows = [[str(d["seq"]), d["step"], d["reason"], str(d["attempts"]), d["key"] or "",
-                 _preview(d["payload"]), d["error"]] for d in letters]
-        typer.echo(render_table(["seq", "step", "reason", "attempts", "key", "record", "error"], rows))
-        if tracebacks:
-            for d in letters:
-                typer.echo(f"\n--- dead letter {d['seq']} ---\n{d['traceback']}")
+    async def body(nc: Nats) -> list[dict[str, Any]]:
+        return await ops.dead_letters(nc, await ops.manifest_of(nc, app_name), limit)
 
-    run(body())
+    letters = on_nats(nats, body)
+    if not letters:
+        typer.echo(f"no dead letters for {app_name}")
+        return
+    rows = [[str(d["seq"]), d["step"], d["reason"], str(d["attempts"]), d["key"] or "",
+             _preview(d["payload"]), d["error"]] for d in letters]
+    typer.echo(render_table(["seq", "step", "reason", "attempts", "key", "record", "error"], rows))
+    if tracebacks:
+        for d in letters:
+            typer.echo(f"\n--- dead letter {d['seq']} ---\n{d['traceback']}")
 
 
 @dlq_app.command("replay")
@@ -343,17 +327,13 @@ def dlq_replay(
 
     from wallaroo import status as st
 
-    async def body() -> int:
-        nc = await _connect(nats)
-        try:
-            manifest = await ops.manifest_of(nc, app_name)
-            # Replay into the deployed version (the fix), not the one runners may still run.
-            _report_rollout(await st.wait_rollout(nc, manifest, 60.0, _show_rollout))
-            return await ops.replay_dead_letters(nc, manifest, set(seq) if seq else None)
-        finally:
-            await nc.close()
+    async def body(nc: Nats) -> int:
+        manifest = await ops.manifest_of(nc, app_name)
+        # Replay into the deployed version (the fix), not the one runners may still run.
+        _report_rollout(await st.wait_rollout(nc, manifest, 60.0, _show_rollout))
+        return await ops.replay_dead_letters(nc, manifest, set(seq) if seq else None)
 
-    typer.echo(f"replayed {run(body())} dead letter(s)")
+    typer.echo(f"replayed {on_nats(nats, body)} dead letter(s)")
 
 
 def _preview(payload: bytes, width: int = 40) -> str:
