@@ -22,6 +22,7 @@ from wallaroo.plan import Application
 from wallaroo_runtime import cluster
 from wallaroo_runtime.checkpoint import CheckpointConfig
 from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
+from wallaroo_runtime.connectors import connector_tasks, run_leased
 from wallaroo_runtime.statestore import open_store
 from wallaroo_runtime.worker import PartitionWorker, WorkerConfig
 
@@ -46,6 +47,8 @@ class AppHost:
     tasks: dict[Part, asyncio.Task[None]] = field(default_factory=dict)
     failures: int = 0
     rates: dict[Part, RateMeter] = field(default_factory=dict)
+    connector_stop: asyncio.Event = field(default_factory=asyncio.Event)
+    connector_runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     async def start(self) -> None:
         names = AppNames(self.app.slug)
@@ -98,20 +101,35 @@ class AppHost:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RESTART_BACKOFF[1])
 
+    def start_connectors(self) -> None:
+        """Start (or restart a failed) run per connector source and sink; each runs only on
+        the runner holding its lease."""
+        if self.connector_stop.is_set():
+            return
+        tasks = connector_tasks(self.nats, self.manifest.slug, self.app, self.connector_stop)
+        for key, factory in tasks:
+            task = self.connector_runs.get(key)
+            if task is None or task.done():
+                self.connector_runs[key] = asyncio.create_task(run_leased(
+                    self.nats, self.runner_id, self.cluster_cfg, key, factory,
+                    self.connector_stop))
+
     def begin_stop(self) -> None:
         """Every worker finishes and commits its batch in hand, then releases its lease."""
         self.owned = set()
+        self.connector_stop.set()
         for w in self.workers.values():
             w.stop()
 
     @property
     def stopped(self) -> bool:
-        return all(t.done() for t in self.tasks.values())
+        return all(t.done() for t in [*self.tasks.values(), *self.connector_runs.values()])
 
     async def stop(self) -> None:
         self.begin_stop()
-        if self.tasks:
-            _, pending = await asyncio.wait(self.tasks.values(), timeout=10)
+        running = [*self.tasks.values(), *self.connector_runs.values()]
+        if running:
+            _, pending = await asyncio.wait(running, timeout=10)
             for t in pending:
                 t.cancel()
 
@@ -205,6 +223,7 @@ class Runner:
                 continue  # the previous version is still finishing its batches
             self.retiring.pop(slug, None)
             host.reconcile(await cluster.read_assignment(nats, slug))
+            host.start_connectors()
 
     async def _leave(self, nats: Nats, leadership: Leadership) -> None:
         """Graceful exit: finish batches, release leases, hand over leadership and membership

@@ -17,13 +17,20 @@ from wallaroo.api import (
     state_computation,
     state_computation_multi,
 )
+from wallaroo.connectors import FileSink, FileSource, HttpSink, NatsSink, S3Sink, S3Source
 from wallaroo.errors import WallarooError
 from wallaroo.pipeline import Pipeline, StreamSink, StreamSource, source
 from wallaroo.plan import Application, build_application
 
 __all__ = [
     "Application",
+    "FileSink",
+    "FileSource",
+    "HttpSink",
+    "NatsSink",
     "Pipeline",
+    "S3Sink",
+    "S3Source",
     "StreamSink",
     "StreamSource",
     "WallarooError",

@@ -9,6 +9,7 @@ LEADER_BUCKET = "WL_LEADER"  # one key, "leader": the runner that assigns partit
 ASSIGN_BUCKET = "WL_ASSIGN"  # per app: (stage, partition) -> owner runner id
 LEASES_BUCKET = "WL_LEASES"  # per (app, stage, partition): the runner running it now
 CONTROL_BUCKET = "WL_CONTROL"  # operator wishes, e.g. the local cluster's runner count
+CONNECTORS_BUCKET = "WL_CONNECTORS"  # per app and connector source: how far it has published
 LEADER_KEY = "leader"
 
 

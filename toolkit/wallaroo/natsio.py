@@ -232,6 +232,19 @@ class Nats:
                 await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
         return await self.js.publish(subject, payload, headers=headers)
 
+    async def core_publish(self, subject: str, payload: bytes, msg_id: str) -> None:
+        """Publish on core NATS (no stream listens) with the id as a header for subscribers
+        that drop repeats; flushed so that a following ack of our input means it left."""
+        await self.nc.publish(subject, payload, headers={MSG_ID: msg_id})
+        await self.nc.flush(timeout=PUBLISH_TIMEOUT)
+
+    async def stream_for_subject(self, subject: str) -> str | None:
+        """The stream that captures `subject`, or None when none does."""
+        try:
+            return str(await self.js.find_stream_name_by_subject(subject))
+        except jserr.NotFoundError:
+            return None
+
     async def publish_all(self, outs: Sequence[Out]) -> None:
         """Publish every message and wait for every JetStream ack. Retries reuse the same
         Nats-Msg-Id, so a message stored once is never stored twice."""
@@ -335,6 +348,32 @@ class Nats:
         sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=cfg)
         return PullConsumer(sub, stream, durable)
 
+    async def restart_consumer(
+        self, stream: str, durable: str, subject: str, start_seq: int, *, ack_wait: float = 60.0,
+        max_ack_pending: int = 64,
+    ) -> PullConsumer:
+        """A fresh durable consumer that delivers `subject` from stream sequence `start_seq`.
+        Why recreate instead of resuming: messages a crashed reader held unacked would come
+        back only after `ack_wait`, and behind later ones; a reader that knows where it
+        stopped (connector sinks) wants them at once and in order."""
+        await self.delete_consumer(stream, durable)
+        cfg = jsapi.ConsumerConfig(
+            durable_name=durable, filter_subject=subject, ack_policy=jsapi.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait, max_ack_pending=max_ack_pending, max_deliver=-1,
+            deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq),
+        )
+        sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=cfg)
+        return PullConsumer(sub, stream, durable)
+
+    async def consumer_ack_floor(self, stream: str, durable: str) -> int | None:
+        """The stream sequence below which a durable consumer has every message acked, or
+        None if the consumer does not exist."""
+        try:
+            info = await self.js.consumer_info(stream, durable)
+        except jserr.NotFoundError:
+            return None
+        return int(info.ack_floor.stream_seq) if info.ack_floor else 0
+
     async def delete_consumer(self, stream: str, durable: str) -> None:
         with contextlib.suppress(jserr.NotFoundError):
             await self.js.delete_consumer(stream, durable)
@@ -434,6 +473,11 @@ class Nats:
         try:
             await kv.delete(key, last=last)
         except jserr.KeyWrongLastSequenceError:
+            return False
+        except jserr.BadRequestError as err:
+            # nats-py's delete (unlike update) does not translate a failed `last` check.
+            if err.err_code != WRONG_LAST_SEQUENCE:
+                raise
             return False
         return True
 

@@ -218,6 +218,10 @@ class NatsCluster:
 
     def stream_leader(self, stream: str) -> str | None:
         """The server_name of the node leading `stream`'s replicas, as a live node sees it."""
+        return self.stream_leaders().get(stream)
+
+    def stream_leaders(self) -> dict[str, str]:
+        """Every replicated stream -> the server_name of its leader, as a live node sees it."""
         for n in self.nodes:
             if not n.alive:
                 continue
@@ -225,10 +229,10 @@ class NatsCluster:
                 accounts = n.jsz("streams=true").get("account_details") or []
             except (OSError, ValueError):
                 continue
-            for detail in (d for a in accounts for d in a.get("stream_detail") or []):
-                if detail.get("name") == stream and (detail.get("cluster") or {}).get("leader"):
-                    return str(detail["cluster"]["leader"])
-        return None
+            details = (d for a in accounts for d in a.get("stream_detail") or [])
+            return {str(d["name"]): str(d["cluster"]["leader"]) for d in details
+                    if (d.get("cluster") or {}).get("leader")}
+        return {}
 
     def stop(self) -> None:
         for n in self.nodes:

@@ -15,6 +15,7 @@ from wallaroo.pipeline import (
     SinkConfig,
     Sinks,
     Source,
+    SourceConfig,
     Step,
     slug,
 )
@@ -38,6 +39,8 @@ class Stage:
     sinks: tuple[int, ...]
     source: str | None = None
     decoder: DecoderSpec | None = None
+    # Why kept: connector sources (wallaroo.connectors) are run by the runtime from their config.
+    source_config: SourceConfig | None = None
 
     @property
     def stateful(self) -> bool:
@@ -70,6 +73,7 @@ class _StageBuilder:
     partitions: int
     source: str | None = None
     decoder: DecoderSpec | None = None
+    source_config: SourceConfig | None = None
     steps: list[StepSpec] = field(default_factory=list)
     route: tuple[KeyExtractorSpec | None, _StageBuilder] | None = None
     sinks: list[SinkConfig] = field(default_factory=list)
@@ -99,7 +103,8 @@ class _Planner:
         op = node.op
         if isinstance(op, Source):
             cfg = op.config
-            sb = self.new_stage(cfg.partitions, source=op.name, decoder=cfg.decoder_spec())
+            sb = self.new_stage(cfg.partitions, source=op.name, decoder=cfg.decoder_spec(),
+                                source_config=cfg)
             return [(sb, None)]
         parents = [end for p in node.parents for end in self.ends(p)]
         if isinstance(op, Merge):
@@ -169,6 +174,7 @@ def _freeze(name: str, builders: list[_StageBuilder], partitions: int) -> Applic
             sinks=tuple(sink_names.index(c.name) for c in sb.sinks),
             source=sb.source,
             decoder=sb.decoder,
+            source_config=sb.source_config,
         )
         for i, sb in enumerate(builders)
     )

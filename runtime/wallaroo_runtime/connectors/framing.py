@@ -1,0 +1,129 @@
+"""Pure parts of the connectors: lines -> record batches, deterministic ids and keys, and
+what a sink delivers for one output message. No IO here, so all of it is unit-tested.
+
+    >>> [(b.offset, b.records) for b in batches_in(b"a\\n\\nbc\\r\\nd", 0, 8, base=100, size=2)]
+    [(100, [b'a', b'bc']), (107, [b'd'])]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from wallaroo.names import parse_internal
+
+
+@dataclass(frozen=True)
+class LineBatch:
+    """Records (non-empty lines, line endings removed) that travel in one NATS message."""
+
+    offset: int  # byte offset of the first record in its file/object: the batch's id
+    records: list[bytes]
+
+
+def window_end(data: bytes, pos: int, max_records: int, *, final: bool) -> int:
+    """Where a window of at most `max_records` records starting at `pos` ends: just past the
+    last newline it takes. With `final` (the bytes after the last newline will not grow: an
+    S3 object, or a file tail that settled) an unterminated last line counts too. Empty lines
+    are taken along for free. Returns `pos` when there is nothing to take."""
+    end, records = pos, 0
+    while records < max_records:
+        nl = data.find(b"\n", end)
+        if nl < 0:
+            return len(data) if final and _has_record(data[end:]) else end
+        records += _has_record(data[end:nl])
+        end = nl + 1
+    return end
+
+
+def _has_record(line: bytes) -> bool:
+    return bool(line.rstrip(b"\r"))
+
+
+def lines_in(data: bytes, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(position, record) of every non-empty line in data[pos:end]; the last line may lack
+    its newline (the caller chose `end`)."""
+    while pos < end:
+        nl = data.find(b"\n", pos, end)
+        stop = end if nl < 0 else nl
+        record = data[pos:stop].rstrip(b"\r")
+        if record:
+            yield pos, record
+        pos = stop + 1
+
+
+def batches_in(data: bytes, pos: int, end: int, *, base: int, size: int) -> list[LineBatch]:
+    """The batches of data[pos:end], `size` records each (the last may be smaller); `base`
+    is the unit offset of data[0]. Deterministic: the same bytes give the same batches, which
+    is what lets a restarted source re-send a window with the same ids."""
+    out: list[LineBatch] = []
+    for at, record in lines_in(data, pos, end):
+        if not out or len(out[-1].records) >= size:
+            out.append(LineBatch(base + at, []))
+        out[-1].records.append(record)
+    return out
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def file_source_id(source: str, path: str, generation: int) -> str:
+    """The producer id of a file source's batches. Why the source name: two sources of one
+    app reading one file must not drop each other's batches as duplicates."""
+    return f"file-{_digest(source, path, str(generation))}"
+
+
+def s3_source_id(source: str, bucket: str, key: str) -> str:
+    return f"s3-{_digest(source, bucket, key)}"
+
+
+def source_msg_id(source_id: str, offset: int) -> str:
+    """`i:<source id>:<offset>`, the same shape as `wallaroo send`'s `i:<producer>:<n>`."""
+    return f"i:{source_id}:{offset}"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def safe_token(name: str) -> str:
+    """`name` as a NATS KV key part, durable name or S3 key part (ASCII letters, digits, -, _)."""
+    return _UNSAFE.sub("_", name) or "_"
+
+
+def s3_object_key(seq: int, msg_id: str) -> str:
+    """The S3Sink's object for one output message, below its prefix. Sorts in stream order;
+    the msg id makes the name self-describing. Why not the id alone: keys in stream order let
+    readers follow the prefix by listing."""
+    return f"{seq:012d}-{safe_token(msg_id) if msg_id else 'none'}.out"
+
+
+def content(outputs: Sequence[bytes]) -> bytes:
+    """What every sink delivers for one output message: its outputs in order, each followed
+    by a newline unless its encoder already ended it with one."""
+    return b"".join(o if o.endswith(b"\n") else o + b"\n" for o in outputs)
+
+
+def is_replayed(msg_id: str, watermarks: dict[str, int]) -> bool:
+    """True for an output our partition re-published (after a recovery) that a sink already
+    delivered: its commit number is at or below the highest seen from that partition. Why
+    needed beside the stream's dedup: a re-publish after the dedup window gets a new seq."""
+    origin = parse_internal(msg_id)
+    return origin is not None and origin[1] <= watermarks.get(origin[0], 0)
+
+
+def note_delivered(msg_id: str, watermarks: dict[str, int]) -> dict[str, int]:
+    """The watermarks after delivering `msg_id` (unchanged for ids no partition made)."""
+    origin = parse_internal(msg_id)
+    if origin is None or origin[1] <= watermarks.get(origin[0], 0):
+        return watermarks
+    return {**watermarks, origin[0]: origin[1]}
+
+
+def external_id(slug: str, msg_id: str) -> str:
+    """The id an external system sees (Idempotency-Key, Nats-Msg-Id): the output's msg id,
+    qualified by the app. Why: msg ids (`s<stage>.<part>:<commit>:<k>`) are unique within one
+    app only, and two apps may post to one endpoint or stream."""
+    return f"{slug}:{msg_id}"

@@ -1,0 +1,233 @@
+"""Connector sources: lines of a local file (followed as it grows) or of S3 objects (in key
+order), published into the app's data stream exactly as `wallaroo send` does (msgpack
+batches of raw records, decoded later by the app's decoder).
+
+Exactly once into the stream: a batch's message id is `i:<source id>:<byte offset of its
+first record>`; every window of batches is recorded in NATS KV before it is published and
+its end after JetStream acknowledged it (see progress.py), so a restart re-sends only the
+window in flight, batch for batch, and the stream's dedup window drops the repeats."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from wallaroo.codec import partition_of
+from wallaroo.connectors import FileSource, S3Source
+from wallaroo.errors import WallarooError
+from wallaroo.names import AppNames
+from wallaroo.natsio import Nats, Out
+from wallaroo.ops import SEND_BATCH, pack
+from wallaroo_runtime.connectors.framing import (
+    LineBatch,
+    batches_in,
+    file_source_id,
+    s3_source_id,
+    source_msg_id,
+    window_end,
+)
+from wallaroo_runtime.connectors.progress import ProgressStore, SourceProgress, source_key
+from wallaroo_runtime.statestore import S3Store, check_key
+
+log = logging.getLogger("wallaroo.connectors")
+BATCH_RECORDS = SEND_BATCH
+WINDOW_RECORDS = SEND_BATCH * 16  # records per recorded window: two KV writes per this many
+READ_CHUNK = 4 << 20  # bytes of a file read per window at most
+
+
+class LineTooLongError(WallarooError):
+    """A line does not fit in a window (and so not in a NATS message)."""
+
+    def __init__(self, where: str, offset: int, limit: int) -> None:
+        self.where, self.offset, self.limit = where, offset, limit
+        super().__init__(f"{where}: the line at byte {offset} is longer than {limit} bytes; "
+                         "records must fit in a NATS message: split such lines before ingesting")
+
+
+@dataclass
+class Publisher:
+    """Publishes windows of one source's batches and keeps its progress."""
+
+    nats: Nats
+    names: AppNames
+    stage: int
+    partitions: int
+    store: ProgressStore
+    key: str
+    progress: SourceProgress
+
+    async def save(self, progress: SourceProgress) -> None:
+        await self.store.save(self.key, progress.to_json())
+        self.progress = progress
+
+    async def send(self, source_id: str, data: bytes, pos: int, end: int, *, base: int) -> None:
+        """Publish the records of data[pos:end] (data[0] is at unit offset `base`): record the
+        window, publish it, wait for every JetStream ack, record its end."""
+        if base + pos != self.progress.acked:
+            msg = f"window starts at {base + pos}, progress is at {self.progress.acked}"
+            raise AssertionError(msg)
+        planned = self.progress.planned(base + end)
+        if planned != self.progress:  # a replayed window is recorded already
+            await self.save(planned)
+        batches = batches_in(data, pos, end, base=base, size=BATCH_RECORDS)
+        await self.nats.publish_all([self._out(source_id, b) for b in batches])
+        await self.save(planned.published())
+
+    def _out(self, source_id: str, batch: LineBatch) -> Out:
+        msg_id = source_msg_id(source_id, batch.offset)
+        # By id, not round robin: a re-sent batch goes where its first copy went.
+        part = partition_of(msg_id, self.partitions)
+        return Out(self.names.data(self.stage, part), pack(batch.records), msg_id)
+
+
+async def run_source(
+    nats: Nats, slug: str, stage: int, partitions: int, name: str, cfg: FileSource | S3Source,
+    stop: asyncio.Event, progress_store: ProgressStore,
+) -> None:
+    """Run the source `name` (stage `stage` of app `slug`) until `stop` is set."""
+    key = source_key(slug, name)
+    raw = await progress_store.load(key)
+    progress = SourceProgress.from_json(raw) if raw else SourceProgress()
+    pub = Publisher(nats, AppNames(slug), stage, partitions, progress_store, key, progress)
+    log.info("source %s/%s starts at %s", slug, name, progress)
+    if isinstance(cfg, FileSource):
+        await _run_file(pub, name, cfg, stop)
+    else:
+        await _run_s3(pub, name, cfg, stop)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tail:
+    """Decides when an unterminated last line is complete: the file stopped growing."""
+
+    settle: float
+    size: int = -1
+    since: float = 0.0
+
+    def settled(self, size: int, now: float) -> bool:
+        if size != self.size:
+            self.size, self.since = size, now
+            return False
+        return now - self.since >= self.settle
+
+
+async def _run_file(pub: Publisher, name: str, cfg: FileSource, stop: asyncio.Event) -> None:
+    tail = _Tail(cfg.settle)
+    while not stop.is_set():
+        if not await file_step(pub, name, cfg, tail):
+            await _sleep_or_stop(stop, cfg.poll)
+
+
+async def file_step(pub: Publisher, name: str, cfg: FileSource, tail: _Tail) -> bool:
+    """Publish the file's next window; False when there is nothing new (or no file yet)."""
+    size = await asyncio.to_thread(_size, cfg.path)
+    p = pub.progress
+    if size is None:
+        return False
+    if size < max(p.acked, p.upto):
+        log.warning("%s shrank to %d bytes (was read to %d): reading it again from the start",
+                    cfg.path, size, p.acked)
+        await pub.save(SourceProgress(generation=p.generation + 1))
+        return True
+    source_id = file_source_id(name, cfg.path, p.generation)
+    if p.in_flight:
+        data = await asyncio.to_thread(_read_at, cfg.path, p.acked, p.upto - p.acked)
+        await pub.send(source_id, data, 0, len(data), base=p.acked)
+        return True
+    data = await asyncio.to_thread(_read_at, cfg.path, p.acked, min(size - p.acked, READ_CHUNK))
+    final = p.acked + len(data) == size and tail.settled(size, time.monotonic())
+    end = window_end(data, 0, WINDOW_RECORDS, final=final)
+    if end == 0 and len(data) >= READ_CHUNK:
+        raise LineTooLongError(cfg.path, p.acked, READ_CHUNK)
+    if end == 0:
+        return False
+    await pub.send(source_id, data, 0, end, base=p.acked)
+    return True
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _read_at(path: str, offset: int, length: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+# --- S3 ---------------------------------------------------------------------------------------
+
+
+def open_s3(bucket: str, prefix: str, endpoint_url: str | None) -> S3Store:
+    """An S3 store for a connector; the region comes from the environment as for runners."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return S3Store(bucket, prefix, endpoint_url=endpoint_url, region=region)
+
+
+async def _run_s3(pub: Publisher, name: str, cfg: S3Source, stop: asyncio.Event) -> None:
+    store = open_s3(cfg.bucket, "", cfg.endpoint_url)
+    try:
+        while not stop.is_set():
+            for key in await _pending_keys(store, cfg, pub.progress):
+                if stop.is_set():
+                    return
+                await object_step(pub, store, name, cfg, key, stop)
+            await _sleep_or_stop(stop, cfg.poll)
+    finally:
+        await store.close()
+
+
+async def _pending_keys(store: S3Store, cfg: S3Source, p: SourceProgress) -> list[str]:
+    """Keys under the prefix still to read, in order: after the current one, or it if unfinished."""
+    keys = []
+    for key in await store.list(cfg.prefix):
+        if key > p.unit or (key == p.unit and not p.done):
+            keys.append(key)
+    return [k for k in keys if _readable(cfg, k)]
+
+
+def _readable(cfg: S3Source, key: str) -> bool:
+    try:
+        check_key(key)
+    except ValueError:
+        # Why only a warning: such keys ('a//b', '.hidden') are not app data by our convention.
+        log.warning("S3 source s3://%s/%s skips %r: not a plain key", cfg.bucket, cfg.prefix, key)
+        return False
+    return True
+
+
+async def object_step(pub: Publisher, store: S3Store, name: str, cfg: S3Source, key: str,
+                      stop: asyncio.Event) -> None:
+    """Publish the rest of object `key`, window by window, until it is read or `stop`."""
+    data = await store.get(key)
+    if data is None:
+        log.warning("s3://%s/%s vanished before it was read", cfg.bucket, key)
+        await pub.save(SourceProgress(unit=key, done=True))
+        return
+    if pub.progress.unit != key:
+        pub.progress = SourceProgress(unit=key)  # recorded with its first window
+    source_id = s3_source_id(name, cfg.bucket, key)
+    if pub.progress.in_flight:
+        await pub.send(source_id, data, pub.progress.acked, pub.progress.upto, base=0)
+    while not stop.is_set():
+        pos = pub.progress.acked
+        end = window_end(data, pos, WINDOW_RECORDS, final=True)
+        if end == pos:  # only empty lines (or nothing) left
+            await pub.save(SourceProgress(unit=key, acked=len(data), upto=len(data), done=True))
+            return
+        await pub.send(source_id, data, pos, end, base=0)

@@ -1,0 +1,57 @@
+"""Connectors on real runners: a file in, a file out, a runner SIGKILLed in between; the output
+file holds every expected line exactly once (the external sink never double-writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from wallaroo import ops
+from wallaroo.dev import DevCluster
+from wallaroo.natsio import Nats
+
+APP = Path(__file__).parent / "apps" / "file_word_count.py"
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for_lines(path: Path, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(lines_of(path)) < n:
+        assert time.monotonic() < deadline, f"{len(lines_of(path))} of {n} lines after {timeout}s"
+        time.sleep(0.05)
+
+
+def test_file_in_file_out_survives_a_sigkill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(3)
+    words = [rng.choice(["red", "green", "blue", "cyan"]) for _ in range(30_000)]
+    source, sink = tmp_path / "in.txt", tmp_path / "out.txt"
+    source.write_text("".join(" ".join(words[i : i + 10]) + "\n" for i in range(0, len(words), 10)))
+    monkeypatch.setenv("WC_INPUT", str(source))
+    monkeypatch.setenv("WC_OUTPUT", str(sink))
+    expected = Counter(f"{w} => {n}" for w, c in Counter(words).items() for n in range(1, c + 1))
+
+    async def deploy(url: str) -> None:
+        nats = await Nats.connect(url)
+        try:
+            await ops.deploy(nats, APP)
+        finally:
+            await nats.close()
+
+    with DevCluster(tmp_path / "c", runners=2, member_ttl=1.0) as cluster:
+        asyncio.run(deploy(cluster.url))
+        wait_for_lines(sink, 2_000, 60)
+        cluster.runners[rng.randrange(2)].kill()
+        wait_for_lines(sink, len(words), 120)
+        got = Counter(lines_of(sink))  # a duplicate would show as a missing or an extra line
+
+    assert got == expected, (f"missing {list(expected - got)[:5]}, "
+                             f"extra {list(got - expected)[:5]}")
