@@ -60,6 +60,12 @@ async def live_members(nats: Nats) -> list[str]:
     return await nats.kv_keys(MEMBERS_BUCKET)
 
 
+async def is_live(nats: Nats, runner_id: str) -> bool:
+    """One direct read: the holder's own heartbeat entry (listing keys is a watch that can
+    come back short, and a lease must never be taken from a live runner by mistake)."""
+    return await nats.kv_get(MEMBERS_BUCKET, runner_id) is not None
+
+
 class Leadership:
     """Campaign every tick: create the leader key, or renew it by compare-and-swap."""
 
@@ -141,7 +147,7 @@ class Lease:
         if entry is None:
             return False  # released between our two reads: try again next round
         holder = entry.value.decode()
-        if holder != self.runner_id and holder in await live_members(self.nats) and not patience_over:
+        if holder != self.runner_id and await is_live(self.nats, holder) and not patience_over:
             return False
         if holder != self.runner_id:
             log.warning("%s takes lease %s from %s", self.runner_id, self.key, holder)

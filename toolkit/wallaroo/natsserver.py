@@ -78,10 +78,6 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    @property
-    def route_url(self) -> str:
-        return f"nats-route://127.0.0.1:{self.cluster_port}"
-
     def config(self) -> str:
         conf = (
             f"listen: 127.0.0.1:{self.port}\nmax_payload: {MAX_PAYLOAD}\n"

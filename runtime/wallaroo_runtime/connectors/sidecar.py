@@ -94,13 +94,18 @@ def append(path: Path, data: bytes) -> int:
 
 def recover(path: Path) -> FileCommit:
     """The commit to resume from, with the file cut back to it. Without a sidecar the file's
-    current bytes are kept (the sink appends after them) and every output is delivered."""
+    current bytes are kept (the sink appends after them), that length is recorded at once,
+    and every output is delivered."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(exist_ok=True)
     size = path.stat().st_size
     commit = load(path)
     if commit is None:
-        return FileCommit(offset=size)
+        # Record the starting length before the first append: a crash right after that
+        # append must cut it back, as it does for every later one.
+        commit = FileCommit(offset=size)
+        save(path, commit)
+        return commit
     if size > commit.offset:
         log.info("%s: cutting %d bytes of an append that was not committed", path, size - commit.offset)
         os.truncate(path, commit.offset)

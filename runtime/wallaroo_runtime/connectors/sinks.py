@@ -169,6 +169,11 @@ def _file_lock(path: Path) -> threading.Lock:
     return _FILE_LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
+class SinkFencedError(WallarooError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} was committed to by another writer: this sink stops")
+
+
 class FileDelivery:
     """Appends to a file; see sidecar.py for why this is exactly once."""
 
@@ -201,6 +206,9 @@ class FileDelivery:
     def write(self, out: OutputMsg) -> sidecar.FileCommit:
         """Both durable steps for one message (tests call them one by one to crash between)."""
         with self.lock:
+            if sidecar.load(self.path) != self.commit:
+                # The sidecar is the file's fence: another writer committed since we last did.
+                raise SinkFencedError(str(self.path))
             offset = sidecar.append(self.path, content(out.outputs))
             commit = self.commit.advance(offset, out.seq, out.msg_id)
             sidecar.save(self.path, commit)

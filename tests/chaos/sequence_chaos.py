@@ -1,0 +1,198 @@
+"""What the sequence-window chaos scenarios (test_survive.py) share: the seeded RNG, the paced
+in-order input, lease and ownership probes, and the whole-output check."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from chaos_support import output_seq, owners
+from sequence_validator import keys, make_input, report, validate
+
+from conftest import collect_outputs
+from wallaroo import ops
+from wallaroo.dev import RunnerProcess
+from wallaroo.names import LEASES_BUCKET, AppNames
+from wallaroo.natsio import Nats
+from wallaroo.status import runner_heartbeats
+
+APPS = Path(__file__).parent / "apps"
+APP = APPS / "sequence_window.py"
+APP_V2 = APPS / "sequence_window_v2.py"
+SLUG = "sequence_window"
+K = 20  # keys
+N = 400  # values per key: K * N = 8000 records, 8000 windows
+SEND_SECONDS = 6.0  # the input trickles in for this long, so every failure lands mid-stream
+KEYED_STAGE = 1  # stage 0 decodes (1 partition), stage 1 keeps the windows (8 partitions)
+TTL = 1.0  # runner membership TTL: a SIGKILLed runner is gone after ~1 s
+
+
+async def eventually(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Poll `cond` until true; the seconds it took. A probe that times out counts as "not
+    yet": a NATS cluster leaves a request unanswered for a moment after a bucket is
+    created or while it elects new leaders after a node loss."""
+    started = time.monotonic()
+    timeouts = 0
+    while True:
+        try:
+            if await cond():
+                return time.monotonic() - started
+        except TimeoutError:
+            timeouts += 1
+        took = time.monotonic() - started
+        assert took < timeout, f"{what} within {timeout}s ({timeouts} probe(s) timed out)"
+        await asyncio.sleep(0.05)
+
+
+def seeded() -> tuple[int, random.Random]:
+    seed = int(os.environ.get("WALLAROO_CHAOS_SEED", random.randrange(1 << 30)))
+    print(f"chaos seed {seed} (replay with WALLAROO_CHAOS_SEED={seed})")
+    return seed, random.Random(seed)
+
+
+async def paced_send(nats: Nats, manifest: ops.Manifest, sending: asyncio.Lock,
+                     seconds: float = SEND_SECONDS) -> None:
+    """All K * N records over about `seconds`, one message (one value of every key) at a
+    time, each acknowledged before the next, holding `sending` meanwhile. Why one at a
+    time: a publish retried after a timeout (NATS node loss) must not land after a later
+    one, or the INPUT would be out of order and the validator would blame the runtime."""
+    records = make_input(K, N)
+    started = time.monotonic()
+    for i in range(N):
+        async with sending:
+            await ops.send(nats, manifest, "values", records[i * K : (i + 1) * K], f"seq{i}",
+                           batch_size=K)
+        ahead = started + seconds * (i + 1) / N - time.monotonic()
+        if ahead > 0:
+            await asyncio.sleep(ahead)  # pacing the input, not waiting for a condition
+
+
+@dataclass
+class Stream:
+    """A deployed sequence-window app with its input arriving in the background."""
+
+    nats: Nats
+    manifest: ops.Manifest
+    sender: asyncio.Task[None]
+    sending: asyncio.Lock  # held by the sender while a message is in flight
+
+    @property
+    def slug(self) -> str:
+        return self.manifest.slug
+
+    def mid_stream(self, what: str) -> None:
+        assert not self.sender.done(), f"input ended before {what}: pace the sender slower"
+
+
+async def run_scenario(url: str, chaos: Callable[[Stream], Awaitable[None]], *, spread: int,
+                       seconds: float = SEND_SECONDS) -> list[str]:
+    """Deploy, wait until `spread` runners own partitions, stream the input while `chaos`
+    runs, then return the whole output once every stage is idle. If sending the input
+    fails, that error ends the scenario at once."""
+    nats = await Nats.connect(url)
+    try:
+        m = await ops.deploy(nats, APP)
+        await eventually(lambda: spread_over(nats, m.slug, spread), 30, f"{spread} runners own partitions")
+        lock = asyncio.Lock()
+        stream = Stream(nats, m, asyncio.create_task(paced_send(nats, m, lock, seconds)), lock)
+        await first_failure(asyncio.create_task(chaos(stream)), stream.sender)
+        return await windows(nats, m)
+    finally:
+        await nats.close()
+
+
+async def first_failure(*tasks: asyncio.Task[None]) -> None:
+    """Wait for all `tasks`; the first one to fail cancels the others and raises its error."""
+    pending = set(tasks)
+    try:
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+    finally:
+        for task in pending:
+            task.cancel()
+
+
+async def windows(nats: Nats, manifest: ops.Manifest, timeout: float = 60.0) -> list[str]:
+    """The whole output, once every stage is idle. No record of this app may fail, so a
+    dead letter fails the test at once, with its error (rather than after `timeout`)."""
+    await eventually(lambda: idle_or_dead(nats, manifest), timeout, "all input processed")
+    return (await collect_outputs(nats, manifest))["windows"]
+
+
+class DeadLettered(AssertionError):
+    """Records of the app went to its dead-letter stream (none of them should ever fail)."""
+
+
+async def idle_or_dead(nats: Nats, manifest: ops.Manifest) -> bool:
+    dead = await ops.dead_letters(nats, manifest, limit=5)
+    if dead:
+        raise DeadLettered(f"{len(dead)}+ record(s) dead-lettered, e.g. stage {dead[0]['stage']} "
+                           f"key {dead[0]['key']!r}: {dead[0]['error']}")
+    try:
+        await ops.wait_idle(nats, manifest, timeout=0.5)
+    except TimeoutError:  # not idle yet, or a lag probe went unanswered: poll again
+        return False
+    return True
+
+
+def check_windows(lines: list[str], seed: int) -> None:
+    found = validate(lines, keys(K), N)
+    assert not found, f"seed {seed}: {len(lines)} windows, {report(found)}"
+    assert len(lines) == K * N
+
+
+async def progress(s: Stream, timeout: float = 30.0) -> float:
+    """Seconds until another output is stored (from now)."""
+    start: int | None = None
+
+    async def grew() -> bool:
+        nonlocal start
+        last = await output_seq(s.nats, s.slug)
+        start = last if start is None else start
+        return last > start
+
+    return await eventually(grew, timeout, "progress")
+
+
+async def spread_over(nats: Nats, slug: str, n: int) -> bool:
+    return len(set((await owners(nats, slug)).values())) == n
+
+
+async def leases(nats: Nats, slug: str, stage: int | None = None) -> dict[str, str]:
+    """Lease key "<slug>.<stage>.<part>" -> the runner holding it."""
+    held = {}
+    for key in await nats.kv_keys(LEASES_BUCKET):
+        if key.startswith(f"{slug}.") and (stage is None or key.split(".")[1] == str(stage)):
+            raw = await nats.kv_get(LEASES_BUCKET, key)
+            if raw is not None:
+                held[key] = raw.decode()
+    return held
+
+
+def log_subject(lease_key: str) -> str:
+    """The changelog subject of the partition a lease key names."""
+    slug, stage, part = lease_key.split(".")
+    return AppNames(slug).log(int(stage), int(part))
+
+
+def by_id(runners: list[RunnerProcess], runner_id: str) -> int:
+    return next(i for i, r in enumerate(runners) if r.runner_id == runner_id)
+
+
+async def all_run_version(nats: Nats, slug: str, version: str, n: int) -> bool:
+    beats = await runner_heartbeats(nats)
+    return len(beats) == n and all(b["apps"].get(slug, {}).get("version") == version for b in beats)
+
+
+def log_after(log_file: Path, marker: str) -> list[str] | None:
+    """The log lines after the first one containing `marker`; None if no line has it."""
+    lines = log_file.read_text(errors="replace").splitlines()
+    at = next((i for i, line in enumerate(lines) if marker in line), None)
+    return None if at is None else lines[at + 1 :]
