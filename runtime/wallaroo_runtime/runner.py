@@ -192,7 +192,7 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         nats = await Nats.connect(self.url, name=f"wallaroo-runner-{self.runner_id}")
-        await cluster.ensure_buckets(nats, self.cluster_cfg)
+        await self._ensure_buckets(nats, stop)
         leadership = Leadership(nats, self.runner_id)
         log.info("runner %s (pid %d) joined %s", self.runner_id, os.getpid(), self.url)
         try:
@@ -202,6 +202,21 @@ class Runner:
                     await asyncio.wait_for(stop.wait(), self.cluster_cfg.tick)
         finally:
             await self._leave(nats, leadership)
+
+    async def _ensure_buckets(self, nats: Nats, stop: asyncio.Event) -> None:
+        """Create the cluster's KV buckets, retrying: a NATS node may be down or its streams
+        electing a leader while this runner starts."""
+        delay = RESTART_BACKOFF[0]
+        while not stop.is_set():
+            try:
+                await cluster.ensure_buckets(nats, self.cluster_cfg)
+                return
+            except Exception as err:  # any NATS error here is worth another try, said aloud
+                self.tick_failures += 1
+                log.warning("cannot set up the cluster buckets yet (%s); retrying", err)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, RESTART_BACKOFF[1])
 
     async def _tick_safely(self, nats: Nats, leadership: Leadership) -> None:
         try:

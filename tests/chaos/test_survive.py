@@ -20,7 +20,6 @@ from sequence_chaos import (
     KEYED_STAGE,
     SLUG,
     TTL,
-    DeadLettered,
     Stream,
     all_run_version,
     by_id,
@@ -36,7 +35,6 @@ from sequence_chaos import (
 
 from wallaroo import ops
 from wallaroo.dev import DevCluster, RunnerPool
-from wallaroo.errors import WallarooError
 from wallaroo.names import LEASES_BUCKET, MEMBERS_BUCKET, AppNames
 from wallaroo.natsio import Nats
 from wallaroo.natsserver import NatsCluster, NatsServer
@@ -182,14 +180,6 @@ def test_a_nats_node_sigkilled_mid_stream(tmp_path: Path, monkeypatch: pytest.Mo
     check_windows(node_loss(tmp_path, monkeypatch, rng, kill_input_leader=False), seed)
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "bug in wallaroo.natsio.Nats.publish_all (used by ops.send and by runner workers): while "
-    "the input stream has no leader, JetStream answers every publish at once with 503 no "
-    "responders (NoStreamResponseError); publish_all retries that only 6 times with "
-    "0.1..1.6 s backoff (~3.1 s in all) and raises TimeoutError('1 message(s) not "
-    "acknowledged by JetStream'), but nats-server needs 4-9 s to elect a new stream leader "
-    "(raft election timeout), so `wallaroo send` fails whenever the input stream's leader "
-    "node dies"))
 def test_the_nats_node_leading_the_input_stream_sigkilled_mid_stream(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,11 +264,6 @@ async def make_streams(url: str) -> None:
         await nats.close()
 
 
-@pytest.mark.xfail(strict=True, raises=WallarooError, reason=(
-    "runtime bug: Runner.run calls cluster.ensure_buckets once, outside the tick loop's "
-    "error handling; while a NATS node that led a bucket's stream is down (raft election, "
-    "4-9 s) the bucket's STREAM.INFO request goes unanswered, nats-py raises TimeoutError "
-    "after 5 s and the runner process exits with code 1 instead of retrying"))
 def test_a_runner_started_while_a_nats_node_is_down_joins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -339,12 +324,6 @@ def test_a_new_version_deployed_mid_stream(tmp_path: Path) -> None:
     check_windows(lines, seed)
 
 
-@pytest.mark.xfail(strict=True, raises=DeadLettered, reason=(
-    "bug in wallaroo.packaging.register_classes: state pickled by an app version loaded "
-    "from sequence_window.py names its class by a home module derived from the FILE name "
-    "(_wallaroo_app__sequence_window__sequence_window.Window); a runner that only loaded "
-    "the new version (sequence_window_v2.py) has no such module, so every record of a "
-    "restored key fails with ModuleNotFoundError and is dead-lettered"))
 def test_a_runner_started_after_a_new_version_restores_the_old_state(tmp_path: Path) -> None:
     """Proves (once fixed): after an upgrade, a runner that never ran the old version (here
     a SIGKILLed runner's replacement) restores state the old version wrote and goes on."""

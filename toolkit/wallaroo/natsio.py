@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,9 @@ WRONG_LAST_SEQUENCE = 10071
 STREAM_NOT_FOUND = 10059
 CONSUMER_NOT_FOUND = 10014
 PUBLISH_TIMEOUT = 5.0
-PUBLISH_TRIES = 6
+# Why a time budget, not a count: a stream without a leader answers at once (no responders)
+# for the whole election, which takes nats-server 4-9 s; a fixed count gives up first.
+PUBLISH_PATIENCE = 30.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,19 @@ def replicas() -> int:
     """JetStream replicas for every stream and bucket the toolkit creates: 1 on one server,
     3 on a cluster (`WALLAROO_REPLICAS=3`), so losing a node loses nothing."""
     return int(os.environ.get("WALLAROO_REPLICAS", "1"))
+
+
+RETRYABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, jserr.NoStreamResponseError,
+             jserr.ServiceUnavailableError)
+
+
+def _backoff(patience: float = PUBLISH_PATIENCE) -> Iterator[float]:
+    """Delays between tries: growing to 1 s, until `patience` seconds have passed."""
+    deadline = time.monotonic() + patience
+    delay = 0.05
+    while time.monotonic() < deadline:
+        yield delay
+        delay = min(delay * 2, 1.0)
 
 
 # Why callbacks: nats-py's defaults print full tracebacks to stderr on every connection error.
@@ -197,16 +213,16 @@ class Nats:
         """Append to `subject` only if its last message is still `last_seq`; return the new
         sequence. Raises FencedError if another writer appended in between."""
         headers = {MSG_ID: msg_id, EXPECTED_LAST_SUBJECT_SEQ: str(last_seq)}
-        for attempt in range(PUBLISH_TRIES):
+        for delay in _backoff():
             try:
                 ack = await self.js.publish(subject, payload, headers=dict(headers))
                 return int(ack.seq)
+            except RETRYABLE:  # before APIError: ServiceUnavailableError is one
+                await asyncio.sleep(delay)
             except jserr.APIError as err:
                 if err.err_code != WRONG_LAST_SEQUENCE:
                     raise
                 return await self._own_append_or_fenced(stream, subject, msg_id, last_seq)
-            except (nats.errors.TimeoutError, jserr.NoStreamResponseError):
-                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
         return await self._own_append_or_fenced(stream, subject, msg_id, last_seq)
 
     async def _own_append_or_fenced(
@@ -225,11 +241,11 @@ class Nats:
         return int(ack.seq)
 
     async def _publish_retrying(self, subject: str, payload: bytes, headers: Any) -> Any:
-        for attempt in range(PUBLISH_TRIES - 1):
+        for delay in _backoff():
             try:
                 return await self.js.publish(subject, payload, headers=headers)
-            except (nats.errors.TimeoutError, jserr.NoStreamResponseError):
-                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+            except RETRYABLE:
+                await asyncio.sleep(delay)
         return await self.js.publish(subject, payload, headers=headers)
 
     async def core_publish(self, subject: str, payload: bytes, msg_id: str) -> None:
@@ -249,12 +265,12 @@ class Nats:
         """Publish every message and wait for every JetStream ack. Retries reuse the same
         Nats-Msg-Id, so a message stored once is never stored twice."""
         pending = list(outs)
-        for attempt in range(PUBLISH_TRIES):
+        for delay in _backoff():
             if not pending:
                 return
             pending = await self._publish_round(pending)
             if pending:
-                await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+                await asyncio.sleep(delay)
         if pending:
             msg = f"{len(pending)} message(s) not acknowledged by JetStream (first: {pending[0].subject})"
             raise TimeoutError(msg)
@@ -269,7 +285,7 @@ class Nats:
         )
         failed = []
         for out, res in zip(outs, results, strict=True):
-            if isinstance(res, asyncio.TimeoutError | nats.errors.TimeoutError | jserr.NoStreamResponseError):
+            if isinstance(res, RETRYABLE):
                 failed.append(out)
             elif isinstance(res, BaseException):
                 raise res

@@ -202,17 +202,27 @@ def load_artifact(artifact: bytes, manifest: Manifest) -> Application:
 
 def register_classes(app: Application, manifest: Manifest) -> None:
     """Give the app's by-value classes an importable home, so plain pickle can name them
-    (fast per-record pickling) and state pickled by one version loads in the next."""
+    (fast per-record pickling) and state pickled by one version loads in the next.
+
+    The home is named after the app, not the file: a new version may live in a renamed file
+    and must still read the state the old one wrote. Only a class whose name another
+    module of the same app already took gets a home named after its module as well."""
     shipped = set(manifest.by_value_modules)
+    taken: dict[str, type] = {}
     for cls in _app_classes(app):
         if cls.__module__ not in shipped or "." in cls.__qualname__ or "<" in cls.__qualname__:
             continue
+        clash = taken.setdefault(cls.__qualname__, cls) is not cls
+        suffix = "__" + cls.__module__.replace(".", "__") if clash else ""
         # A flat name: pickle imports a dotted module path part by part.
-        home = f"_wallaroo_app__{manifest.slug}__{cls.__module__.replace('.', '__')}"
-        module = sys.modules.get(home) or types.ModuleType(home)
-        sys.modules[home] = module
-        setattr(module, cls.__qualname__, cls)
-        cls.__module__ = home
+        _home(f"_wallaroo_app__{manifest.slug}{suffix}", cls)
+
+
+def _home(name: str, cls: type) -> None:
+    module = sys.modules.get(name) or types.ModuleType(name)
+    sys.modules[name] = module
+    setattr(module, cls.__qualname__, cls)
+    cls.__module__ = name
 
 
 def _app_classes(app: Application) -> list[type]:
