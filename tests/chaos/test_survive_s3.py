@@ -1,118 +1,92 @@
-"""Durability against moto's real S3 server: partitions whose changelog was trimmed behind S3
-snapshots survive the loss of their runner's machine, and an S3 outage only delays snapshots.
-Each test checks the WHOLE word count output: exactly the expected multiset of lines."""
+"""Durability with moto's real S3 server as the state store, on the sequence-window app (per key
+values 1..N; the whole output is checked window by window): a lost machine's partitions are
+restored by a fresh runner from S3 snapshots plus the changelog tail, and an S3 outage only
+delays snapshots (the changelog is kept until one is written) while processing goes on."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos_support import (
-    APP,
-    check_exactly_once,
-    eventually,
-    finish,
-    make_input,
-    owners,
-    paced_send,
-    wait_for_progress,
-)
+from sequence_chaos import TTL, Stream, check_windows, eventually, progress, run_scenario, seeded
 
 from conftest import BUCKET, Moto
-from wallaroo import ops
 from wallaroo.dev import DevCluster
-from wallaroo.natsio import Nats
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 SNAPSHOTS = ["--snapshot-every", "4", "--snapshot-seconds", "0.5"]
+PREFIX = "chaos"
 
 
-def seeded() -> tuple[int, random.Random]:
-    seed = int(os.environ.get("WALLAROO_CHAOS_SEED", random.randrange(1 << 30)))
-    print(f"chaos seed {seed} (replay with WALLAROO_CHAOS_SEED={seed})")
-    return seed, random.Random(seed)
-
-
-def s3_keys(moto: Moto, prefix: str) -> list[str]:
+def s3_keys(moto: Moto) -> list[str]:
     import boto3  # noqa: TID251 - the test looks at what runners wrote to S3
 
     s3: Any = boto3.client("s3", region_name="us-east-1", endpoint_url=moto.url)
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=PREFIX + "/")
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+async def snapshots_in_s3(moto: Moto) -> bool:
+    return any(k.endswith(".snap") for k in await asyncio.to_thread(s3_keys, moto))
 
 
 @pytest.fixture
 def s3_cluster(tmp_path: Path, moto: Moto, monkeypatch: pytest.MonkeyPatch) -> DevCluster:
     monkeypatch.setenv("WALLAROO_S3_ENDPOINT", moto.url)  # runner processes inherit it
-    return DevCluster(tmp_path / "c", runners=2, member_ttl=1.0,
-                      state_store=f"s3://{BUCKET}/chaos", runner_args=SNAPSHOTS)
+    return DevCluster(tmp_path / "c", runners=2, member_ttl=TTL,
+                      state_store=f"s3://{BUCKET}/{PREFIX}", runner_args=SNAPSHOTS)
 
 
-def test_machine_loss_restores_from_s3_snapshots(s3_cluster: DevCluster, moto: Moto) -> None:
-    seed, rng = seeded()
-    lines, expected = make_input(rng, 40_000)
-
-    async def body(cluster: DevCluster) -> list[str]:
-        nats = await Nats.connect(cluster.url)
-        try:
-            m = await ops.deploy(nats, APP)
-            sender = asyncio.create_task(paced_send(nats, m, lines, seconds=6))
-            await eventually(lambda: _has_snapshots(moto), 30, "snapshots in S3")
-            victim = cluster.runners[rng.randrange(2)]
-            victim.kill()  # the machine is gone: nothing of it is left but what S3 and NATS hold
-            await eventually(lambda: _not_owned_by(nats, m.slug, victim.runner_id), 30,
-                             "its partitions moved")
-            await wait_for_progress(nats, m.slug)
-            await sender
-            return await finish(nats, m)
-        finally:
-            await nats.close()
-
-    with s3_cluster as cluster:
-        outputs = asyncio.run(body(cluster))
-    check_exactly_once(outputs, expected, seed)
-    assert any("restoring" in p.read_text() or "restored" in p.read_text()
-               for p in (s3_cluster.state_dir / "logs").glob("*.log"))
-
-
-async def _has_snapshots(moto: Moto) -> bool:
-    return any(k.endswith(".snap") for k in await asyncio.to_thread(s3_keys, moto, "chaos/"))
-
-
-async def _not_owned_by(nats: Nats, slug: str, runner: str) -> bool:
-    return runner not in set((await owners(nats, slug)).values())
-
-
-def test_s3_outage_delays_snapshots_and_loses_nothing(s3_cluster: DevCluster, moto: Moto) -> None:
-    seed, rng = seeded()
-    lines, expected = make_input(rng, 40_000)
-
-    async def body(cluster: DevCluster) -> list[str]:
-        nats = await Nats.connect(cluster.url)
-        try:
-            m = await ops.deploy(nats, APP)
-            sender = asyncio.create_task(paced_send(nats, m, lines, seconds=6))
-            await eventually(lambda: _has_snapshots(moto), 30, "snapshots in S3")
-            moto.stop()
-            await wait_for_progress(nats, m.slug)  # processing goes on without S3
-            await eventually(lambda: _logged(cluster, "snapshot failed"), 30, "a failed snapshot")
-            moto.start()  # same port, same bucket (moto keeps its state in the process)
-            await sender
-            return await finish(nats, m)
-        finally:
-            await nats.close()
-
-    with s3_cluster as cluster:
-        before = 0
-        outputs = asyncio.run(body(cluster))
-        before = len(s3_keys(moto, "chaos/"))
-    check_exactly_once(outputs, expected, seed)
-    assert before > 0
-
-
-async def _logged(cluster: DevCluster, text: str) -> bool:
+def logged(cluster: DevCluster, text: str) -> bool:
     return any(text in p.read_text() for p in (cluster.state_dir / "logs").glob("*.log"))
+
+
+def test_a_lost_machine_is_restored_from_s3_by_a_fresh_runner(s3_cluster: DevCluster,
+                                                               moto: Moto) -> None:
+    """Proves: with the changelog trimmed behind S3 snapshots, a runner whose machine is gone
+    (SIGKILL; runners keep nothing on local disk) is replaced by a fresh one that restores
+    from S3 and the changelog tail, exactly once, in order."""
+    seed, rng = seeded()
+
+    async def chaos(s: Stream) -> None:
+        await eventually(lambda: snapshots_in_s3(moto), 30, "snapshots in S3")
+        await progress(s)
+        s.mid_stream("the machine loss")
+        fresh = s3_cluster.restart_runner(rng.randrange(2), kill=True)
+        print(f"machine lost; {fresh.runner_id} starts in its place")
+        await progress(s)
+
+    with s3_cluster as cluster:
+        lines = asyncio.run(run_scenario(cluster.url, chaos, spread=2))
+        fresh_log = cluster.runners[-1].log_file.read_text() + cluster.runners[0].log_file.read_text()
+    check_windows(lines, seed)
+    assert "restored" in fresh_log
+
+
+def test_an_s3_outage_delays_snapshots_and_loses_nothing(s3_cluster: DevCluster,
+                                                         moto: Moto) -> None:
+    """Proves: while S3 is down, snapshots fail (said in the log) and the changelog is kept;
+    processing goes on; once S3 is back, snapshots resume. Output exactly once, in order."""
+    seed, _ = seeded()
+
+    async def chaos(s: Stream) -> None:
+        await eventually(lambda: snapshots_in_s3(moto), 30, "snapshots in S3")
+        before = set(await asyncio.to_thread(s3_keys, moto))
+        moto.stop()
+        s.mid_stream("the S3 outage")
+        await progress(s)  # processing goes on without S3
+        await eventually(lambda: asyncio.to_thread(logged, s3_cluster, "snapshot failed"), 30,
+                         "a failed snapshot")
+        moto.start()  # same port; moto keeps its buckets in this process
+        await eventually(lambda: new_keys(moto, before), 30, "snapshots resumed")
+
+    with s3_cluster as cluster:
+        lines = asyncio.run(run_scenario(cluster.url, chaos, spread=2))
+    check_windows(lines, seed)
+
+
+async def new_keys(moto: Moto, before: set[str]) -> bool:
+    """Snapshots are named by commit number: a new name is a new snapshot."""
+    return bool(set(await asyncio.to_thread(s3_keys, moto)) - before)
