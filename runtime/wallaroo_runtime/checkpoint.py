@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -50,10 +51,19 @@ class Checkpointer:
     failures: int = 0
     written: int = 0
     writing: asyncio.Task[None] | None = None
+    threshold: int = 0
+
+    def __post_init__(self) -> None:
+        self._draw_threshold()
 
     def due(self) -> bool:
-        return len(self.pending) >= self.cfg.every or (
+        return len(self.pending) >= self.threshold or (
             bool(self.pending) and time.monotonic() - self.last_at >= self.cfg.seconds)
+
+    def _draw_threshold(self) -> None:
+        # Why jitter: partitions under even load would all snapshot in the same instant,
+        # and their encoding, which holds the event loop, would add up to one long stall.
+        self.threshold = max(1, round(self.cfg.every * random.uniform(0.5, 1.5)))
 
     async def after_commit(self, encoded: bytes, state: PartitionState, log_seq: int) -> None:
         self.pending.append(encoded)
@@ -76,6 +86,7 @@ class Checkpointer:
         s = snap.Snapshot.of(self.slug, self.stage, self.part, state, log_seq, time.time())
         records, self.pending = self.pending, []
         self.last_at = time.monotonic()
+        self._draw_threshold()
         self.writing = asyncio.create_task(self._write(s, records))
 
     async def _write(self, s: snap.Snapshot, records: list[bytes]) -> None:

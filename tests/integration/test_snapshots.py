@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "word_count" / "word_count.py"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon"]
-EVERY = 3
+EVERY = 4
 
 
 def lines(rng: random.Random, n: int) -> list[bytes]:
@@ -69,8 +69,9 @@ def test_snapshots_trim_the_changelog_and_restore_after_sigkill_and_log_loss(tmp
         commits = [await commit_count(nats, m.slug, 1, p) for p in parts]
         kept = [await changelog_records(nats, m.slug, 1, p) for p in parts]
         assert max(commits) > EVERY, commits
-        # every EVERY commits a snapshot; the changelog keeps only what came after it
-        assert all(k <= EVERY for k in kept), (kept, commits)
+        # a snapshot every EVERY commits (jittered up to 1.5x); the changelog keeps only the
+        # commits after the newest one
+        assert all(k <= round(EVERY * 1.5) for k in kept), (kept, commits)
         assert list(store.glob("snapshots/word_count/1/*/*.snap")), "no snapshot written"
         await nats.close()
 
