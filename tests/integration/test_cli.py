@@ -121,3 +121,16 @@ def test_unknown_app_lists_the_deployed_ones(tmp_path: Path, nats_server) -> Non
     res = wallaroo("send", "nope", "lines", "x", "--nats", nats_server.url, cwd=tmp_path)
     assert res.returncode == 1
     assert "no app named 'nope'" in res.stderr and "word_count" in res.stderr
+
+
+def test_a_record_too_large_for_nats_is_named_not_a_traceback(tmp_path: Path, nats_server) -> None:  # type: ignore[no-untyped-def]
+    deployed = wallaroo("deploy", str(WORD_COUNT / "word_count.py"), "--nats", nats_server.url,
+                        "--no-wait", cwd=tmp_path)
+    assert deployed.returncode == 0, deployed.stderr
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"small line\n" + b"x" * (9 * 1024 * 1024) + b"\n")
+    res = wallaroo("send", "word_count", "lines", "--file", str(big), "--nats", nats_server.url,
+                   cwd=tmp_path)
+    assert res.returncode == 1
+    assert "record 1 (counting from 0) is 9437184 bytes" in res.stderr
+    assert "Traceback" not in res.stderr

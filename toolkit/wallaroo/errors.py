@@ -108,3 +108,12 @@ class NatsUnreachableError(WallarooError, ConnectionError):
             f"cannot reach NATS at {url}: start a local cluster with `wallaroo dev APP.py`, "
             "or pass --nats URL (or set WALLAROO_NATS) to a running server"
         )
+
+
+class RecordTooLargeError(WallarooError, ValueError):
+    def __init__(self, index: int, size: int, limit: int) -> None:
+        self.index, self.size, self.limit = index, size, limit
+        super().__init__(
+            f"record {index} (counting from 0) is {size} bytes, but the NATS server takes "
+            f"messages of at most {limit} bytes: split it, or raise the server's max_payload"
+        )

@@ -13,13 +13,14 @@ from typing import Any
 
 import msgpack
 
-from wallaroo.errors import NotDeployedError, UnknownNameError
+from wallaroo.errors import NotDeployedError, RecordTooLargeError, UnknownNameError
 from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, CONTROL_BUCKET, REPLAY_PREFIX, AppNames
 from wallaroo.natsio import Nats, Out
 from wallaroo.packaging import Manifest, build_artifact, load_app
 
 RUNNERS_WANTED = "runners"
 SEND_BATCH = 256
+PAYLOAD_MARGIN = 1024  # headers and framing on top of a batch
 SEND_WINDOW = 64
 
 
@@ -76,6 +77,19 @@ def pack(records: list[bytes]) -> bytes:
     return bytes(msgpack.packb(records, use_bin_type=True))
 
 
+def fit(batch: list[bytes], limit: int, first: int = 0) -> list[bytes]:
+    """`batch` packed into as few messages as fit in `limit` bytes each (split in halves, so
+    the same input always gives the same messages and ids). `first`: the index of the batch's
+    first record in the whole send, for the error."""
+    payload = pack(batch)
+    if len(payload) <= limit:
+        return [payload]
+    if len(batch) == 1:
+        raise RecordTooLargeError(first, len(batch[0]), limit)
+    half = len(batch) // 2
+    return fit(batch[:half], limit, first) + fit(batch[half:], limit, first + half)
+
+
 def batches(records: Iterable[bytes], size: int = SEND_BATCH) -> Iterator[list[bytes]]:
     batch: list[bytes] = []
     for rec in records:
@@ -96,9 +110,12 @@ async def send(
     names = AppNames(manifest.slug)
     window: list[Out] = []
     sent = 0
+    limit = nats.max_payload - PAYLOAD_MARGIN
     for n, batch in enumerate(batches(records, batch_size)):
-        payload = pack(batch)
-        window.append(Out(names.data(stage, n % parts), payload, f"i:{producer}:{n}"))
+        payloads = fit(batch, limit, sent)
+        for k, payload in enumerate(payloads):
+            msg_id = f"i:{producer}:{n}" if len(payloads) == 1 else f"i:{producer}:{n}.{k}"
+            window.append(Out(names.data(stage, n % parts), payload, msg_id))
         sent += len(batch)
         if len(window) >= SEND_WINDOW:
             await nats.publish_all(window)
