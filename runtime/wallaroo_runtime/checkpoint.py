@@ -26,6 +26,10 @@ log = logging.getLogger("wallaroo.checkpoint")
 COMMIT_EPOCH = 1_000_000
 
 
+class RestoreGapError(WallarooError):
+    """The stored snapshots, segments and changelog do not join up: state would be missing."""
+
+
 @dataclass(frozen=True)
 class CheckpointConfig:
     store: StateStore | None = None
@@ -74,7 +78,7 @@ class Checkpointer:
         """Snapshot (when a store is configured), then trim the changelog. The store write runs
         in the background, so a slow or unavailable S3 never stalls the partition."""
         if self.stateful and self.cfg.store is None:
-            self.last_at = time.monotonic()  # no store: keep the whole changelog
+            self.pending, self.last_at = [], time.monotonic()  # no store: keep the changelog
             return
         if self.cfg.store is None:
             await self._trim(log_seq)
@@ -96,7 +100,7 @@ class Checkpointer:
             await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
             await self._trim(s.log_seq)
             self.written += 1
-        except (WallarooError, OSError, TimeoutError) as err:
+        except Exception as err:  # any failure: keep the changelog, say so, try again later
             self.failures += 1
             self.pending = records + self.pending  # the next segment must cover them again
             self.last_at = time.monotonic() - self.cfg.seconds + self.cfg.retry_after
@@ -110,37 +114,58 @@ class Checkpointer:
         """Let a snapshot in flight finish (it is consistent either way)."""
         if self.writing is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self.writing
+                await self.writing  # _write logs its own failures and never raises
 
     async def restore(self, last_seq: int) -> PartitionState:
-        """The partition's state: newest valid snapshot + changelog records after it (up to
-        `last_seq`); `pending` is left holding the records the next segment must cover."""
+        """The partition's state: newest valid snapshot, the stored segments after it (they
+        bridge a newer snapshot that turned out corrupt), then the changelog up to `last_seq`.
+        Commits must follow each other without a gap, or the restore fails (and is retried)
+        rather than go on with state missing. `pending` is left holding the records the next
+        segment must cover."""
         base = await self._latest()
         state = base.to_state() if base is not None else PartitionState()
         self.pending = []
+        if base is not None:
+            for data in await self._segments_after(state.commit_no):
+                self._apply(state, CommitRecord.decode(data), data)
         if last_seq == 0 and base is not None:
-            return await self._from_store_alone(state)
-        start = base.log_seq if base is not None else 1
-        async for m in self.nats.read_subject(self.log_stream, self.log_subject, last_seq, start):
+            return self._from_store_alone(state)
+        # A snapshot past the changelog's end: the changelog was made anew, read all of it.
+        start = base.log_seq if base is not None and base.log_seq <= last_seq else 1
+        async for m in self.nats.read_subject(self.log_stream, self.log_subject, last_seq, start,
+                                              complete=True):
             rec = CommitRecord.decode(m.data)
-            if rec.commit_no > state.commit_no:
-                state.apply(rec)
-                self.pending.append(m.data)
-            else:
+            if rec.commit_no <= state.commit_no:
                 state.last = rec  # already in the snapshot; kept to re-publish its outputs
+            else:
+                self._apply(state, rec, m.data)
         return state
+
+    def _apply(self, state: PartitionState, rec: CommitRecord, data: bytes) -> None:
+        if rec.commit_no not in (state.commit_no + 1, state.commit_no + COMMIT_EPOCH + 1):
+            msg = (f"{self.log_subject}: commit {rec.commit_no} follows {state.commit_no}: "
+                   "commits are missing")
+            raise RestoreGapError(msg)
+        state.apply(rec)
+        self.pending.append(data)
+
+    async def _segments_after(self, commit_no: int) -> list[bytes]:
+        assert self.cfg.store is not None
+        try:
+            return await snap.segments_after(self.cfg.store, self.slug, self.stage, self.part,
+                                             commit_no)
+        except snap.CorruptSnapshotError as err:
+            log.warning("%s: stored segments unusable (%s); using the changelog", self.log_subject,
+                        err)
+            return []
 
     async def _latest(self) -> snap.Snapshot | None:
         if self.cfg.store is None:
             return None
         return await snap.latest_valid(self.cfg.store, self.slug, self.stage, self.part)
 
-    async def _from_store_alone(self, state: PartitionState) -> PartitionState:
-        assert self.cfg.store is not None
+    def _from_store_alone(self, state: PartitionState) -> PartitionState:
         log.warning("%s: changelog is empty; restoring from the state store alone", self.log_subject)
-        for data in await snap.segments_after(self.cfg.store, self.slug, self.stage, self.part,
-                                              state.commit_no):
-            state.apply(CommitRecord.decode(data))
         # Commits after the newest snapshot went with the changelog. Jump the commit number,
         # so new outputs are never mistaken downstream for those lost ones (and dropped).
         state.commit_no += COMMIT_EPOCH

@@ -184,7 +184,7 @@ class Runner:
         self.cfg = cfg or WorkerConfig()
         self.cluster_cfg = cluster_cfg or ClusterConfig()
         self.hosts: dict[str, AppHost] = {}
-        self.retiring: dict[str, AppHost] = {}
+        self.retiring: dict[str, list[AppHost]] = {}
         self.manifests: dict[str, Manifest] = {}
         self.errors: dict[str, str] = {}
         self.started = time.time()
@@ -226,16 +226,17 @@ class Runner:
             log.error("runner tick failed (%d so far): %s", self.tick_failures, err, exc_info=True)
 
     async def _tick(self, nats: Nats, leadership: Leadership) -> None:
-        await self._sync_apps(nats)
+        # Membership and leadership first: nothing an app does may stop this runner's beat.
         await self._heartbeat(nats)
         if await leadership.campaign():
             members = await cluster.live_members(nats)
             for manifest in self.manifests.values():
                 await cluster.publish_assignment(nats, manifest, members)
+        await self._sync_apps(nats)
         for slug, host in self.hosts.items():
-            old = self.retiring.get(slug)
-            if old is not None and not old.stopped:
-                continue  # the previous version is still finishing its batches
+            old = self.retiring.get(slug, [])
+            if not all(h.stopped for h in old):
+                continue  # previous versions are still finishing their batches
             self.retiring.pop(slug, None)
             host.reconcile(await cluster.read_assignment(nats, slug))
             host.start_connectors()
@@ -243,7 +244,7 @@ class Runner:
     async def _leave(self, nats: Nats, leadership: Leadership) -> None:
         """Graceful exit: finish batches, release leases, hand over leadership and membership
         at once instead of letting them lapse."""
-        for host in [*self.retiring.values(), *self.hosts.values()]:
+        for host in [*(h for hs in self.retiring.values() for h in hs), *self.hosts.values()]:
             await host.stop()
         with contextlib.suppress(WallarooError, OSError, TimeoutError):
             await leadership.resign()
@@ -255,7 +256,11 @@ class Runner:
             raw = await nats.kv_get(APPS_BUCKET, slug)
             if raw is None:
                 continue
-            manifest = Manifest.from_json(raw)
+            try:
+                manifest = Manifest.from_json(raw)
+            except (ValueError, TypeError, KeyError) as err:
+                self._refuse(slug, "?", f"unreadable manifest: {err}")
+                continue
             self.manifests[slug] = manifest  # assigned by the leader even if it cannot load it
             host = self.hosts.get(slug)
             if host is not None and host.manifest.version == manifest.version:
@@ -272,28 +277,32 @@ class Runner:
                 msg = f"artifact {manifest.artifact_name} is missing from {ARTIFACTS_BUCKET}"
                 raise WallarooError(msg)
             app = load_artifact(artifact, manifest)
-        except WallarooError as err:
-            self.errors[manifest.slug] = f"{manifest.version}: {err}"
-            log.error("cannot run %s %s: %s", manifest.name, manifest.version, err)
+        except Exception as err:  # e.g. a module the app imports is missing here: report it
+            self._refuse(manifest.slug, manifest.version, f"{type(err).__name__}: {err}")
             return
         old = self.hosts.pop(manifest.slug, None)
         if old is not None:
             # Switch between batches without stalling this loop (and so the heartbeat): the
-            # new version's workers start once the old ones have committed and let go.
+            # new version's workers start once every older one has committed and let go.
             old.begin_stop()
-            self.retiring[manifest.slug] = old
+            self.retiring.setdefault(manifest.slug, []).append(old)
         host = AppHost(nats, manifest, app, self.runner_id, self.cfg, self.cluster_cfg)
         await host.start()
         self.hosts[manifest.slug] = host
         self.errors.pop(manifest.slug, None)
         log.info("loaded %s version %s", manifest.name, manifest.version)
 
+    def _refuse(self, slug: str, version: str, why: str) -> None:
+        """Remember (and report in the heartbeat) why this version cannot run here."""
+        self.errors[slug] = f"{version}: {why}"
+        log.error("cannot run %s %s: %s", slug, version, why)
+
     def _report(self, slug: str, host: AppHost, now: float) -> dict[str, object]:
         """A version counts as running once the previous one has stopped: `wallaroo deploy`
         waits for that, so what follows a deploy (say, a replay) meets the new code."""
-        old = self.retiring.get(slug)
-        if old is not None and not old.stopped:
-            return old.report(now) | {"switching_to": host.manifest.version}
+        running = [h for h in self.retiring.get(slug, []) if not h.stopped]
+        if running:
+            return running[0].report(now) | {"switching_to": host.manifest.version}
         return host.report(now)
 
     async def _heartbeat(self, nats: Nats) -> None:

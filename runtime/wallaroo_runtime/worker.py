@@ -132,9 +132,13 @@ class PartitionWorker:
             self.state.apply(CommitRecord.decode(last.data))
         else:
             self.state = await self.checkpoints.restore(self.log_seq)
-        if self.state.last is not None:
-            # The newest commit's outputs may not all have been published before the crash.
-            await self.nats.publish_all(self.state.last.outs)
+        last_rec = self.state.last
+        if last_rec is not None and await self.nats.msg_exists(self.names.data_stream,
+                                                               last_rec.last_seq):
+            # Its inputs were never acked, so its outputs may not all have been published.
+            # (Once acked they were: publishing them again after the dedup window would
+            # store them twice.)
+            await self.nats.publish_all(last_rec.outs)
         self.progress.restores += 1
         log.info("%s: restored %d commits, %d state slots, committed seq %d in %.3fs",
                  self.log_subject, self.state.commit_no, len(self.state.table),
@@ -159,20 +163,16 @@ class PartitionWorker:
 
     def _triage(self, msgs: Sequence[InMsg]) -> tuple[list[Fresh], list[InMsg]]:
         fresh, stale = [], []
+        seen = dict(self.state.watermarks)  # raised per message: copies in one fetch count too
         for m in msgs:
             if m.consumer_seq != self.consumer_seq + 1:
                 raise ResyncNeeded
             self.consumer_seq = m.consumer_seq
-            if m.stream_seq <= self.state.committed_seq or self._seen_producer_seq(m):
+            if m.stream_seq <= self.state.committed_seq or _seen_producer_seq(m, seen):
                 stale.append(m)
             else:
                 fresh.append((m, self._records(m)))
         return fresh, stale
-
-    def _seen_producer_seq(self, m: InMsg) -> bool:
-        """A stage's output re-published after the dedup window: its commit number tells."""
-        origin = parse_internal(m.msg_id)
-        return origin is not None and origin[1] <= self.state.watermarks.get(origin[0], 0)
 
     def _records(self, m: InMsg) -> tuple[list[str | None], list[Any]]:
         """Keys and values of an input message: raw records for a source stage (the decoder
@@ -206,7 +206,13 @@ class PartitionWorker:
             log.warning("%s: outputs of seq %d cannot be committed (%s); checking records one "
                         "by one", self.in_subject, batch[0][0].stream_seq, err)
             result = await self._execute(records, check_outputs=self.max_output_bytes)
-            rec, encoded = self._commit_record(batch, result)
+            try:
+                rec, encoded = self._commit_record(batch, result)
+            except _TooBig as too_big:
+                # Still too big all together (many outputs, a huge state, big dead letters):
+                # the message's records go to the dead-letter stream, so the partition flows.
+                result = self._all_dead(records, str(too_big))
+                rec, encoded = self._commit_record(batch, result)
         await self._append(rec, encoded)
         await self.nats.publish_all(rec.outs)
         await asyncio.gather(*(m.ack() for m, _ in batch))
@@ -236,6 +242,14 @@ class PartitionWorker:
             f"c:{self.producer}:{rec.commit_no}:{self.nonce}", self.log_seq,
         )
         self.state.apply(rec)
+
+    def _all_dead(self, records: Batch, why: str) -> BatchResult:
+        """Every record of `records` dead-lettered (payload cut to fit), state untouched."""
+        limit = self.max_output_bytes // max(1, len(records))
+        dead = [DeadLetter(self.stage.name, "commit", "commit_too_large", why, "", 1, item.key,
+                           _cut(item.value, limit), item.rid)
+                for item in records.items()]
+        return BatchResult(dead=dead, records_in=len(records))
 
     @property
     def max_output_bytes(self) -> int:
@@ -286,6 +300,18 @@ class PartitionWorker:
         return bytes(msgpack.packb(body, use_bin_type=True))
 
 
+def _seen_producer_seq(m: InMsg, seen: dict[str, int]) -> bool:
+    """A stage's output seen already (re-published after the dedup window, or a second copy
+    in this very fetch): its commit number tells. Accepting it raises `seen`."""
+    origin = parse_internal(m.msg_id)
+    if origin is None:
+        return False
+    if origin[1] <= seen.get(origin[0], 0):
+        return True
+    seen[origin[0]] = origin[1]
+    return False
+
+
 def _chunks(fresh: list[Fresh], max_records: int) -> list[list[Fresh]]:
     """Group input messages into commits of at most `max_records` records (at least one
     message each), so a commit record stays well under the NATS max payload."""
@@ -299,3 +325,8 @@ def _chunks(fresh: list[Fresh], max_records: int) -> list[list[Fresh]]:
         chunks[-1].append(entry)
         size += n
     return chunks
+
+
+def _cut(value: Any, limit: int) -> bytes:
+    data = value if isinstance(value, bytes) else codec.dumps(value)
+    return data[:limit]

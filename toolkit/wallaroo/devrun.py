@@ -126,6 +126,10 @@ async def _finish(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: 
     await idle
     target = await nats.stream_last_seq(manifest_streams(manifest))
     while printer.last_seq < target:
+        if printer.task.done():
+            printer.task.result()  # the printer died (say, stdout closed): say why
+            msg = "the output printer stopped before printing every output"
+            raise WallarooError(msg)
         await asyncio.sleep(0.02)
 
 

@@ -293,6 +293,14 @@ class Nats:
 
     # --- reading ---------------------------------------------------------------------------
 
+    async def msg_exists(self, stream: str, seq: int) -> bool:
+        """Is message `seq` still in `stream` (not acked away from a work queue, not purged)?"""
+        try:
+            await self.js.get_msg(stream, seq, direct=True)
+        except jserr.NotFoundError:
+            return False
+        return True
+
     async def last_on_subject(self, stream: str, subject: str) -> StoredMsg | None:
         try:
             m = await self.js.get_last_msg(stream, subject, direct=True)
@@ -301,9 +309,11 @@ class Nats:
         return StoredMsg(int(m.seq), m.subject, m.data or b"", (m.headers or {}).get(MSG_ID, ""))
 
     async def read_subject(
-        self, stream: str, subject: str, upto: int, start: int = 1, batch: int = 32
+        self, stream: str, subject: str, upto: int, start: int = 1, batch: int = 32,
+        complete: bool = False,
     ) -> AsyncIterator[StoredMsg]:
-        """Every message on `subject` from seq `start` to `upto`, in order."""
+        """Every message on `subject` from seq `start` to `upto`, in order. With `complete`,
+        ending before `upto` (a fetch timing out) raises instead of looking like the end."""
         if upto < start:
             return
         cfg = jsapi.ConsumerConfig(
@@ -317,6 +327,9 @@ class Nats:
                 try:
                     msgs = await sub.fetch(batch=batch, timeout=5.0)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    if complete:
+                        msg = f"reading {subject} stopped at seq {seq} of {upto}: retry"
+                        raise TimeoutError(msg) from None
                     return  # nothing more on the subject (messages past `upto` were purged)
                 for m in msgs:
                     seq = m.metadata.sequence.stream
