@@ -22,7 +22,6 @@ import builtins
 import logging
 import os
 import random
-import secrets
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -34,6 +33,7 @@ from aiobotocore.config import AioConfig  # noqa: TID251 - this module owns the 
 from aiobotocore.session import get_session  # noqa: TID251 - this module owns the S3 client imports
 
 from wallaroo.errors import WallarooError
+from wallaroo_runtime.durable import write_atomic
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -184,27 +184,7 @@ class FileStore:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{_TEMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable: it lives in the directory's entry, not the file."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, data, _TEMP_PREFIX)
 
 
 def _read_or_none(path: Path) -> bytes | None:

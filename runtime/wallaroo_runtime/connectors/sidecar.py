@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wallaroo_runtime.connectors.framing import is_replayed, note_delivered
+from wallaroo_runtime.durable import write_atomic
 
 log = logging.getLogger("wallaroo.connectors")
 SUFFIX = ".commit"
@@ -60,27 +60,7 @@ def load(path: Path) -> FileCommit | None:
 
 def save(path: Path, commit: FileCommit) -> None:
     """Replace the sidecar atomically: a crash leaves the old commit or the new one."""
-    target = sidecar_path(path)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(commit.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """The rename lives in the directory entry: make it durable too."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(sidecar_path(path), commit.to_json(), temp_prefix=".")
 
 
 def append(path: Path, data: bytes) -> int:
