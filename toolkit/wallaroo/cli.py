@@ -160,7 +160,7 @@ def send(
             pid = producer or ops.fresh_producer_id()
         return await ops.send(nc, manifest, source, records, pid)
 
-    typer.echo(f"sent {on_nats(nats, body)} records to {app_name}/{source}", err=True)
+    typer.echo(f"sent {on_nats(nats, body)} record(s) to {app_name}/{source}", err=True)
 
 
 @app.command()
