@@ -52,7 +52,7 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         url_file = tmp_path / ".wallaroo" / "dev" / "url"
-        wait_until(lambda: url_file.exists() and "deployed" in status(tmp_path).stdout + "deployed")
+        wait_until(lambda: url_file.exists() and "word_count" in status(tmp_path).stdout)
         sent = wallaroo("send", "word_count", "lines", "hello hello world", cwd=tmp_path)
         assert sent.returncode == 0, sent.stderr
         tail = wallaroo("tail", "word_count", "counts", "--count", "3", cwd=tmp_path)
