@@ -133,16 +133,21 @@ class PartitionWorker:
         else:
             self.state = await self.checkpoints.restore(self.log_seq)
         last_rec = self.state.last
-        if last_rec is not None and await self.nats.msg_exists(self.names.data_stream,
-                                                               last_rec.last_seq):
+        if last_rec is not None and await self._unacked(last_rec):
             # Its inputs were never acked, so its outputs may not all have been published.
-            # (Once acked they were: publishing them again after the dedup window would
-            # store them twice.)
             await self.nats.publish_all(last_rec.outs)
         self.progress.restores += 1
         log.info("%s: restored %d commits, %d state slots, committed seq %d in %.3fs",
                  self.log_subject, self.state.commit_no, len(self.state.table),
                  self.state.committed_seq, time.monotonic() - started)
+
+    async def _unacked(self, rec: CommitRecord) -> bool:
+        """Are the commit's first and last inputs both still in the work queue? Acks follow
+        the publishing of every output, so one ack means they were all published (and
+        publishing them again after the dedup window would store them twice)."""
+        stream = self.names.data_stream
+        return (await self.nats.msg_exists(stream, rec.first_seq)
+                and await self.nats.msg_exists(stream, rec.last_seq))
 
     async def _open_consumer(self) -> PullConsumer:
         """A fresh consumer delivers every uncommitted input in stream order: inputs at or
