@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from wallaroo import ops
+from wallaroo import codec, ops
 from wallaroo.dev import DevCluster
 from wallaroo.names import AppNames
 from wallaroo.natsio import Nats
@@ -113,7 +113,7 @@ async def _paced_send(nats: Nats, manifest: ops.Manifest, rate: int, seconds: fl
         now = time.monotonic()
         for i in range(per_tick):
             sent[n + i] = now
-        await nats.publish_all([ops.Out(names.data(0, 0), ops.pack(batch), f"i:lat:{t}")])
+        await nats.publish_all([ops.Out(names.data(0, 0), codec.pack_batch(batch), f"i:lat:{t}")])
         n += per_tick
 
 

@@ -53,7 +53,6 @@ class Checkpointer:
     pending: list[bytes] = field(default_factory=list)  # commit records since the snapshot
     last_at: float = field(default_factory=time.monotonic)
     failures: int = 0
-    written: int = 0
     writing: asyncio.Task[None] | None = None
     threshold: int = 0
 
@@ -99,7 +98,6 @@ class Checkpointer:
             await snap.write(self.cfg.store, s, records)
             await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
             await self._trim(s.log_seq)
-            self.written += 1
         except Exception as err:  # any failure: keep the changelog, say so, try again later
             self.failures += 1
             self.pending = records + self.pending  # the next segment must cover them again

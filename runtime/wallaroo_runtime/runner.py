@@ -145,7 +145,8 @@ class AppHost:
         meter = self.rates.setdefault(part, RateMeter())
         meter.update(now, w.progress.records, w.progress.messages)
         return {"commits": w.progress.commits, "records": w.progress.records,
-                "dead": w.progress.dead, "committed_seq": w.state.committed_seq,
+                "dead": w.progress.dead, "restores": w.progress.restores,
+                "committed_seq": w.state.committed_seq,
                 "rate": round(meter.records, 1), "msg_rate": round(meter.messages, 2)}
 
 

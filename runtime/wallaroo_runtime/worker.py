@@ -183,8 +183,8 @@ class PartitionWorker:
         """Keys and values of an input message: raw records for a source stage (the decoder
         runs in the engine), (keys, values) pickled by the upstream stage otherwise."""
         if self.stage.source is not None:
-            raws: list[bytes] = msgpack.unpackb(m.data, raw=False)
-            return [None] * len(raws), raws
+            raws = codec.unpack_batch(m.data)
+            return [None] * len(raws), list(raws)
         if m.msg_id.startswith(REPLAY_PREFIX):
             # A replayed dead letter: its value was pickled by a runner (`wallaroo dlq replay`
             # cannot unpickle app classes), so it travels as bytes.
@@ -294,7 +294,7 @@ class PartitionWorker:
             assert route is not None
             outs.append((self.names.data(route.target, part), codec.dumps(columns)))
         for sink, payloads in sorted(result.sink_out.items()):
-            outs.append((self.names.out(self.app.sinks[sink].name), msgpack.packb(payloads)))
+            outs.append((self.names.out(self.app.sinks[sink].name), codec.pack_batch(payloads)))
         for dead in result.dead:
             outs.append((self.names.dlq(self.stage.index), self._dead_letter(dead)))
         return [Out(s, p, internal_msg_id(self.producer, commit_no, k)) for k, (s, p) in enumerate(outs)]

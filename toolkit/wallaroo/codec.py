@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import pickle
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
+import msgpack
 
 PROTOCOL = 5
 
@@ -31,3 +33,14 @@ def loads(data: bytes) -> Any:
 def partition_of(key: str, partitions: int) -> int:
     """Stable across processes and Python versions (never the salted built-in hash())."""
     return zlib.crc32(key.encode("utf-8", "surrogateescape")) % partitions
+
+
+def pack_batch(records: Sequence[bytes | str]) -> bytes:
+    """The wire form of a record batch: raw source records, or a commit's encoded outputs
+    (an encoder's str travels as a msgpack string: no per-record re-encoding in the runner)."""
+    return bytes(msgpack.packb(records, use_bin_type=True))
+
+
+def unpack_batch(data: bytes) -> list[bytes]:
+    """The records of a batch, as bytes."""
+    return [r.encode("utf-8") if isinstance(r, str) else r for r in msgpack.unpackb(data, raw=False)]

@@ -9,10 +9,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 from wallaroo.errors import WallarooError
-from wallaroo.natsserver import NatsServer
+from wallaroo.natsserver import NatsServer, Service
 
 RUNNER_STOP_TIMEOUT = 15.0
 DEFAULT_MEMBER_TTL = 3.0
@@ -125,7 +124,7 @@ class RunnerPool:
         self.scale_to(0)
 
 
-class DevCluster:
+class DevCluster(Service):
     """nats-server + a pool of runner processes, all stopped on exit."""
 
     def __init__(self, state_dir: Path, runners: int = 1, fresh: bool = True,
@@ -166,13 +165,3 @@ class DevCluster:
         self.pool.stop()
         self.server.stop()
 
-    def __enter__(self) -> DevCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

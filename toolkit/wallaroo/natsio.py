@@ -26,8 +26,6 @@ log = logging.getLogger("wallaroo.nats")
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
-STREAM_NOT_FOUND = 10059
-CONSUMER_NOT_FOUND = 10014
 PUBLISH_TIMEOUT = 5.0
 # Why a time budget, not a count: a stream without a leader answers at once (no responders)
 # for the whole election, which takes nats-server 4-9 s; a fixed count gives up first.
@@ -197,15 +195,6 @@ class Nats:
     async def delete_stream(self, stream: str) -> None:
         with contextlib.suppress(jserr.NotFoundError):
             await self.js.delete_stream(stream)
-
-    async def stream_exists(self, stream: str) -> bool:
-        try:
-            await self.js.stream_info(stream)
-        except jserr.NotFoundError:
-            return False
-        return True
-
-    # --- publishing ----------------------------------------------------------------------
 
     async def append_fenced(
         self, stream: str, subject: str, payload: bytes, msg_id: str, last_seq: int

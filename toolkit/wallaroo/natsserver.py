@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from wallaroo.errors import WallarooError
 
@@ -53,7 +53,29 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
     raise WallarooError(msg)
 
 
-class NatsServer:
+class Service:
+    """Something started and stopped as a whole: `with X(...) as x:` starts it, and stops it
+    on exit, and also when starting fails halfway (so nothing it started is left running)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class NatsServer(Service):
     """A JetStream-enabled nats-server on a free loopback port, data under `store_dir`.
 
     Alone by default. As a member of a cluster (see NatsCluster) it also gets a `server_name`,
@@ -142,15 +164,9 @@ class NatsServer:
         with urllib.request.urlopen(url, timeout=2) as resp:
             return dict(json.loads(resp.read()))
 
-    def __enter__(self) -> NatsServer:
-        return self.start()
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
-class NatsCluster:
+class NatsCluster(Service):
     """`size` JetStream nats-servers routed into one cluster on loopback, each with its own
     store dir under `base_dir`; started together, ready once JetStream has a meta leader
     that every member follows. Create streams with replicas=size (WALLAROO_REPLICAS) so
@@ -234,13 +250,3 @@ class NatsCluster:
         for n in self.nodes:
             n.stop()
 
-    def __enter__(self) -> NatsCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from wallaroo import codec
 from wallaroo.errors import NotDeployedError, RecordTooLargeError, UnknownNameError
 from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, CONTROL_BUCKET, REPLAY_PREFIX, AppNames
 from wallaroo.natsio import Nats, Out
@@ -72,16 +73,11 @@ def file_producer_id(path: Path) -> str:
     return "f" + h.hexdigest()[:20]
 
 
-def pack(records: list[bytes]) -> bytes:
-    """The wire form of a batch of raw source records."""
-    return bytes(msgpack.packb(records, use_bin_type=True))
-
-
 def fit(batch: list[bytes], limit: int, first: int = 0) -> list[bytes]:
     """`batch` packed into as few messages as fit in `limit` bytes each (split in halves, so
     the same input always gives the same messages and ids). `first`: the index of the batch's
     first record in the whole send, for the error."""
-    payload = pack(batch)
+    payload = codec.pack_batch(batch)
     if len(payload) <= limit:
         return [payload]
     if len(batch) == 1:
@@ -138,13 +134,7 @@ async def tail(nats: Nats, manifest: Manifest, sink: str | None, start_seq: int 
     by_subject = {names.out(s): s for s in manifest.sinks}
     subject = names.out(sink) if sink else f"wl.{manifest.slug}.out.>"
     async for m in nats.tail(names.out_stream, subject, start_seq):
-        outs = msgpack.unpackb(m.data, raw=False)
-        yield m.seq, by_subject.get(m.subject, m.subject), [_as_bytes(o) for o in outs]
-
-
-def _as_bytes(out: bytes | str) -> bytes:
-    # Runners send an encoder's str output as a msgpack string (no per-record re-encoding).
-    return out.encode("utf-8") if isinstance(out, str) else out
+        yield m.seq, by_subject.get(m.subject, m.subject), codec.unpack_batch(m.data)
 
 
 @dataclass(frozen=True)
@@ -222,7 +212,7 @@ async def replay_dead_letters(nats: Nats, manifest: Manifest, seqs: set[int] | N
 def _replay_out(names: AppNames, manifest: Manifest, letter: dict[str, Any]) -> Out:
     stage, part = letter["stage_index"], letter["partition"]
     if manifest.stages[stage].source is not None:
-        payload = pack([letter["payload"]])
+        payload = codec.pack_batch([letter["payload"]])
     else:
         payload = bytes(msgpack.packb([[letter["key"]], [letter["payload"]]], use_bin_type=True))
     return Out(names.data(stage, part), payload, f"{REPLAY_PREFIX}{manifest.slug}:{letter['seq']}")

@@ -80,8 +80,8 @@ def run(
     are bytes (or str, sent as UTF-8), as the app's decoders receive them."""
     harness = _Harness(app, retry or RetryPolicy())
     for chunk in _chunks(_feed(app, inputs), batch_size):
-        for n, (source, raw) in enumerate(chunk):
-            harness.enqueue_source(source, raw, n)
+        for source, raw in chunk:
+            harness.enqueue_source(source, raw)
         harness.drain(batch_size)
     return RunResult(app, harness.outputs, harness.dead, harness.clock, harness.tables)
 
@@ -97,7 +97,7 @@ class _Harness:
         self.clock = FakeClock()
         self.seq = 0
 
-    def enqueue_source(self, source: str, raw: bytes, n: int) -> None:
+    def enqueue_source(self, source: str, raw: bytes) -> None:
         stage = self.app.sources[source]
         self.seq += 1
         part = self.seq % stage.partitions

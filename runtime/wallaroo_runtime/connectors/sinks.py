@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Protocol
 
 import aiohttp  # noqa: TID251 - this module owns the HTTP client import
-import msgpack
 
+from wallaroo import codec
 from wallaroo.connectors import FileSink, HttpSink, NatsSink, S3Sink
 from wallaroo.errors import WallarooError
 from wallaroo.names import AppNames
@@ -66,9 +66,7 @@ class OutputMsg:
 
     @classmethod
     def from_in(cls, m: InMsg) -> OutputMsg:
-        outs = msgpack.unpackb(m.data, raw=False)
-        # Runners send an encoder's str output as a msgpack string.
-        return cls(m.stream_seq, m.msg_id, [o.encode("utf-8") if isinstance(o, str) else o for o in outs])
+        return cls(m.stream_seq, m.msg_id, codec.unpack_batch(m.data))
 
 
 @dataclass

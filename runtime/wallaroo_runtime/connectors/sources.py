@@ -16,12 +16,12 @@ import os
 import time
 from dataclasses import dataclass
 
-from wallaroo.codec import partition_of
+from wallaroo.codec import pack_batch, partition_of
 from wallaroo.connectors import FileSource, S3Source
 from wallaroo.errors import WallarooError
 from wallaroo.names import AppNames
 from wallaroo.natsio import Nats, Out
-from wallaroo.ops import SEND_BATCH, pack
+from wallaroo.ops import SEND_BATCH
 from wallaroo_runtime.connectors.framing import (
     LineBatch,
     batches_in,
@@ -81,7 +81,7 @@ class Publisher:
         msg_id = source_msg_id(source_id, batch.offset)
         # By id, not round robin: a re-sent batch goes where its first copy went.
         part = partition_of(msg_id, self.partitions)
-        return Out(self.names.data(self.stage, part), pack(batch.records), msg_id)
+        return Out(self.names.data(self.stage, part), pack_batch(batch.records), msg_id)
 
 
 async def run_source(

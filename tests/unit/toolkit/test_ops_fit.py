@@ -3,12 +3,12 @@ can never fit is a clear error naming it."""
 
 import pytest
 
-from wallaroo import ops
+from wallaroo import codec, ops
 from wallaroo.errors import RecordTooLargeError
 
 
 def test_a_batch_that_fits_is_one_message() -> None:
-    assert ops.fit([b"a", b"b"], 100) == [ops.pack([b"a", b"b"])]
+    assert ops.fit([b"a", b"b"], 100) == [codec.pack_batch([b"a", b"b"])]
 
 
 def test_a_large_batch_splits_in_halves_keeping_every_record_in_order() -> None:
