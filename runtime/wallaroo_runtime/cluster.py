@@ -104,10 +104,17 @@ def assignment(members: list[str], manifest: Manifest) -> dict[str, str]:
     }
 
 
-async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str]) -> bool:
-    """Write the app's assignment if it changed; True if it did."""
-    owners = assignment(members, manifest)
+async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str], *,
+                             keep_current: bool = False) -> bool:
+    """Write the app's assignment if it changed; True if it did. With `keep_current` (NATS
+    failed the leader lately, so a missing heartbeat says little about its runner), the
+    owners of the current assignment stay members: partitions may move to joiners only."""
     current = await read_assignment(nats, manifest.slug)
+    if keep_current:
+        members = sorted(set(members) | set(current.values()))
+    if not members:
+        return False  # not even the leader's own beat is in yet: nobody to assign to
+    owners = assignment(members, manifest)
     if current == owners:
         return False
     await nats.kv_put(ASSIGN_BUCKET, manifest.slug, json.dumps(owners, sort_keys=True).encode())

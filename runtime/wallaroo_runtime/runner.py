@@ -190,30 +190,62 @@ class Runner:
         self.errors: dict[str, str] = {}
         self.started = time.time()
         self.tick_failures = 0
+        self.trouble_at = -float("inf")  # monotonic time of the last failed NATS request
 
     async def run(self, stop: asyncio.Event) -> None:
         nats = await Nats.connect(self.url, name=f"wallaroo-runner-{self.runner_id}")
-        await self._ensure_buckets(nats, stop)
+        await self._join(nats, stop)
         leadership = Leadership(nats, self.runner_id)
         log.info("runner %s (pid %d) joined %s", self.runner_id, os.getpid(), self.url)
+        beating = asyncio.create_task(self._beat(nats, stop))
         try:
             while not stop.is_set():
                 await self._tick_safely(nats, leadership)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.cluster_cfg.tick)
+                await self._pause(stop)
         finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
             await self._leave(nats, leadership)
 
-    async def _ensure_buckets(self, nats: Nats, stop: asyncio.Event) -> None:
-        """Create the cluster's KV buckets, retrying: a NATS node may be down or its streams
-        electing a leader while this runner starts."""
+    async def _pause(self, stop: asyncio.Event) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), self.cluster_cfg.tick)
+
+    async def _beat(self, nats: Nats, stop: asyncio.Event) -> None:
+        """Heartbeat in a loop of its own: a tick held up by a slow NATS request (seconds,
+        after a node loss) must not let this runner's membership lapse, or the leader moves
+        its partitions away and back for nothing."""
+        while not stop.is_set():
+            try:
+                await self._heartbeat(nats)
+            except Exception as err:  # counted and said; the next beat tries again
+                self._troubled()
+                log.warning("heartbeat failed (%d failures so far): %s", self.tick_failures, err)
+            await self._pause(stop)
+
+    def _troubled(self) -> None:
+        self.tick_failures += 1
+        self.trouble_at = time.monotonic()
+
+    @property
+    def nats_troubled(self) -> bool:
+        """Did a NATS request of this runner fail lately? Then a member missing from the
+        membership may only have failed to beat, like this runner."""
+        return time.monotonic() - self.trouble_at < 2 * self.cluster_cfg.member_ttl
+
+    async def _join(self, nats: Nats, stop: asyncio.Event) -> None:
+        """Create the cluster's KV buckets and beat once (a leader counts itself only once
+        its beat is in), retrying: a NATS node may be down or its streams electing a leader
+        while this runner starts."""
         delay = RESTART_BACKOFF[0]
         while not stop.is_set():
             try:
                 await cluster.ensure_buckets(nats, self.cluster_cfg)
+                await self._heartbeat(nats)
                 return
             except Exception as err:  # any NATS error here is worth another try, said aloud
-                self.tick_failures += 1
+                self._troubled()
                 log.warning("cannot set up the cluster buckets yet (%s); retrying", err)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -223,16 +255,15 @@ class Runner:
         try:
             await self._tick(nats, leadership)
         except Exception as err:  # a control loop survives a bad tick, and says so
-            self.tick_failures += 1
+            self._troubled()
             log.error("runner tick failed (%d so far): %s", self.tick_failures, err, exc_info=True)
 
     async def _tick(self, nats: Nats, leadership: Leadership) -> None:
-        # Membership and leadership first: nothing an app does may stop this runner's beat.
-        await self._heartbeat(nats)
+        # Leadership first: nothing an app does may hold up the assignment.
         if await leadership.campaign():
             members = await cluster.live_members(nats)
             for manifest in self.manifests.values():
-                await cluster.publish_assignment(nats, manifest, members)
+                await cluster.publish_assignment(nats, manifest, members, keep_current=self.nats_troubled)
         await self._sync_apps(nats)
         for slug, host in self.hosts.items():
             old = self.retiring.get(slug, [])

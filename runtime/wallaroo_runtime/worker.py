@@ -154,9 +154,8 @@ class PartitionWorker:
         below the committed seq are purged first (committed, maybe never acked)."""
         stream, durable = self.names.data_stream, AppNames.durable(self.stage.index, self.part)
         await self.nats.purge_subject_below(stream, self.in_subject, self.state.committed_seq + 1)
-        await self.nats.delete_consumer(stream, durable)
         self.consumer_seq = 0
-        return await self.nats.pull_consumer(stream, durable, self.in_subject, ack_wait=self.cfg.ack_wait)
+        return await self.nats.fresh_consumer(stream, durable, self.in_subject, ack_wait=self.cfg.ack_wait)
 
     # --- the commit loop -------------------------------------------------------------------
 

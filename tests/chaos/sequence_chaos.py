@@ -11,11 +11,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaos_support import output_seq, owners
+from chaos_support import owners
 from sequence_validator import keys, make_input, report, validate
 
 from conftest import collect_outputs
-from wallaroo import ops
+from wallaroo import codec, ops
 from wallaroo.dev import RunnerProcess
 from wallaroo.names import LEASES_BUCKET, AppNames
 from wallaroo.natsio import Nats
@@ -55,7 +55,14 @@ def seeded() -> tuple[int, random.Random]:
     return seed, random.Random(seed)
 
 
-async def paced_send(nats: Nats, manifest: ops.Manifest, sending: asyncio.Lock,
+@dataclass
+class Sent:
+    """How many records the sender has had acknowledged so far."""
+
+    records: int = 0
+
+
+async def paced_send(nats: Nats, manifest: ops.Manifest, sending: asyncio.Lock, sent: Sent,
                      seconds: float = SEND_SECONDS) -> None:
     """All K * N records over about `seconds`, one message (one value of every key) at a
     time, each acknowledged before the next, holding `sending` meanwhile. Why one at a
@@ -67,6 +74,7 @@ async def paced_send(nats: Nats, manifest: ops.Manifest, sending: asyncio.Lock,
         async with sending:
             await ops.send(nats, manifest, "values", records[i * K : (i + 1) * K], f"seq{i}",
                            batch_size=K)
+            sent.records += K
         ahead = started + seconds * (i + 1) / N - time.monotonic()
         if ahead > 0:
             await asyncio.sleep(ahead)  # pacing the input, not waiting for a condition
@@ -80,6 +88,7 @@ class Stream:
     manifest: ops.Manifest
     sender: asyncio.Task[None]
     sending: asyncio.Lock  # held by the sender while a message is in flight
+    sent: Sent
 
     @property
     def slug(self) -> str:
@@ -98,8 +107,8 @@ async def run_scenario(url: str, chaos: Callable[[Stream], Awaitable[None]], *, 
     try:
         m = await ops.deploy(nats, APP)
         await eventually(lambda: spread_over(nats, m.slug, spread), 30, f"{spread} runners own partitions")
-        lock = asyncio.Lock()
-        stream = Stream(nats, m, asyncio.create_task(paced_send(nats, m, lock, seconds)), lock)
+        lock, sent = asyncio.Lock(), Sent()
+        stream = Stream(nats, m, asyncio.create_task(paced_send(nats, m, lock, sent, seconds)), lock, sent)
         await first_failure(asyncio.create_task(chaos(stream)), stream.sender)
         return await windows(nats, m)
     finally:
@@ -148,17 +157,27 @@ def check_windows(lines: list[str], seed: int) -> None:
     assert len(lines) == K * N
 
 
-async def progress(s: Stream, timeout: float = 30.0) -> float:
-    """Seconds until another output is stored (from now)."""
-    start: int | None = None
+async def progress(s: Stream, timeout: float = 30.0, sent: int | None = None) -> float:
+    """Seconds until an output shows a value sent after the first `sent` records (default:
+    those sent by now). Why not "the output grew": work in flight makes it grow without any
+    recovery, and once all input is processed it never grows again (a probe that waited out
+    a NATS election would then see no progress at all)."""
+    values_sent = (s.sent.records if sent is None else sent) // K  # input is value by value
 
-    async def grew() -> bool:
-        nonlocal start
-        last = await output_seq(s.nats, s.slug)
-        start = last if start is None else start
-        return last > start
+    async def beyond() -> bool:
+        return await newest_value(s) > values_sent
 
-    return await eventually(grew, timeout, "progress")
+    return await eventually(beyond, timeout, f"a window with a value past {values_sent}")
+
+
+async def newest_value(s: Stream) -> int:
+    """The highest value in the windows of the newest output message (0 before any). Its
+    partition may lag the others, but once all input is processed it holds value N."""
+    newest = await s.nats.last_on_subject(AppNames(s.slug).out_stream, AppNames(s.slug).out("windows"))
+    if newest is None:
+        return 0
+    lines = (line.decode().strip() for line in codec.unpack_batch(newest.data))  # "k3:[5,6,7,8]"
+    return max(int(line[line.index("[") + 1 : -1].split(",")[-1]) for line in lines)
 
 
 async def spread_over(nats: Nats, slug: str, n: int) -> bool:

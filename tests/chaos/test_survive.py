@@ -212,14 +212,14 @@ def node_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: random.Rando
             meta = nc.meta_leader() == victim.server_name
             s.mid_stream("the node loss")
             async with s.sending:  # between two input messages: none is in flight
+                sent = s.sent.records
                 victim.kill()
                 # and the next one goes out once `home` knows the node is gone
                 await eventually(lambda: _routes_lost(home, victim), 10, "the dead node's routes closed")
             print(f"SIGKILLed nats node {victim.server_name}, leader of {led}"
                   + (" and of the meta layer" if meta else ""))
-            # Why 45 s: new leaders take 4-9 s, then workers that gave up meanwhile restart
-            # with backoff and re-create their consumers; stalls of up to ~25 s were seen.
-            took = await progress(s, timeout=45)
+            # Why 45 s: new leaders take 4-9 s, consumers may wait for a new meta leader.
+            took = await progress(s, timeout=45, sent=sent)
             print(f"progress again {took:.2f}s after the node loss")
 
         pool = RunnerPool(home.url, tmp_path / "logs", member_ttl=TTL)

@@ -8,28 +8,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import nats  # noqa: TID251 - this module is the owner of the nats import
 import nats.errors  # noqa: TID251
 import nats.js.api as jsapi  # noqa: TID251
 import nats.js.errors as jserr  # noqa: TID251
 
-from wallaroo.errors import FencedError, NatsUnreachableError
+from wallaroo.errors import FencedError, NatsUnreachableError, WallarooError
 
 log = logging.getLogger("wallaroo.nats")
 MSG_ID = "Nats-Msg-Id"
+KV_OPERATION = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
 PUBLISH_TIMEOUT = 5.0
 # Why a time budget, not a count: a stream without a leader answers at once (no responders)
 # for the whole election, which takes nats-server 4-9 s; a fixed count gives up first.
 PUBLISH_PATIENCE = 30.0
+# Why longer for consumers: creating or deleting one goes through the meta leader, and after
+# losing the node that led it the cluster answers no such request until a new one is elected
+# and has caught up (seen: 5-20 s). Giving up and restarting only queues more such requests.
+META_PATIENCE = 60.0
+# Changelog reads: messages per batched direct get, and a cap on a batch's bytes.
+DIRECT_BATCH = 256
+DIRECT_MAX_BYTES = 8 * 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,7 @@ class StoredMsg:
     subject: str
     data: bytes
     msg_id: str
+    kv_operation: str = ""  # DEL or PURGE: a KV delete marker
 
 
 @dataclass(frozen=True)
@@ -78,8 +90,8 @@ def replicas() -> int:
     return int(os.environ.get("WALLAROO_REPLICAS", "1"))
 
 
-RETRYABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, jserr.NoStreamResponseError,
-             jserr.ServiceUnavailableError)
+RETRYABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError,
+             jserr.NoStreamResponseError, jserr.ServiceUnavailableError)
 
 
 def _backoff(patience: float = PUBLISH_PATIENCE) -> Iterator[float]:
@@ -89,6 +101,35 @@ def _backoff(patience: float = PUBLISH_PATIENCE) -> Iterator[float]:
     while time.monotonic() < deadline:
         yield delay
         delay = min(delay * 2, 1.0)
+
+
+async def _patiently(call: Callable[[], Awaitable[T]], patience: float = PUBLISH_PATIENCE) -> T:
+    """`call()`, tried again on a timeout or a missing leader until `patience` runs out; the
+    last try's error propagates. Only for calls that are safe to repeat."""
+    for delay in _backoff(patience):
+        try:
+            return await call()
+        except RETRYABLE:  # before APIError: ServiceUnavailableError is one
+            await asyncio.sleep(delay)
+    return await call()
+
+
+class TooManyResultsError(WallarooError):
+    """A direct get would answer with more messages than the server sends for one request."""
+
+
+def _direct_more(status: str, headers: dict[Any, str], stream: str) -> bool:
+    """Whether a batched direct get that ended with `status` left matching messages."""
+    if status == "204":  # end of batch
+        return int(headers.get("Nats-Num-Pending") or 0) > 0
+    if status == "404":  # no message at or after the asked seq
+        return False
+    if status in ("408", "503"):  # busy, or no replica answers yet: try again
+        msg = f"stream {stream}: direct get answered {status}"
+        raise TimeoutError(msg)
+    described = {str(getattr(k, "value", k)): v for k, v in headers.items()}
+    msg = f"stream {stream}: direct get failed with {status} {described.get('Description', '')}"
+    raise TooManyResultsError(msg) if status == "413" else WallarooError(msg)
 
 
 # Why callbacks: nats-py's defaults print full tracebacks to stderr on every connection error.
@@ -107,6 +148,7 @@ async def _log_reconnect() -> None:
 class PullConsumer:
     def __init__(self, sub: Any, stream: str, name: str) -> None:
         self._sub, self.stream, self.name = sub, stream, name
+        self._unavailable_since: float | None = None
 
     async def fetch(self, batch: int, timeout: float) -> list[InMsg]:
         """Up to `batch` messages, waiting at most `timeout` for the first. Why two pulls: the
@@ -124,7 +166,22 @@ class PullConsumer:
             msgs = await self._sub.fetch(batch=batch, timeout=timeout)
         except (TimeoutError, nats.errors.TimeoutError):
             return []
+        except (jserr.ServiceUnavailableError, nats.errors.NoRespondersError):
+            return await self._leaderless(timeout)
+        self._unavailable_since = None
         return [_in_msg(m) for m in msgs]
+
+    async def _leaderless(self, timeout: float) -> list[InMsg]:
+        """Nothing to read while the consumer has no leader (its node was lost and the rest
+        elect another, in seconds): rebuilding it would need the meta leader, which may be
+        electing too. Only a consumer leaderless for META_PATIENCE raises (to rebuild it)."""
+        now = time.monotonic()
+        self._unavailable_since = self._unavailable_since or now
+        if now - self._unavailable_since > META_PATIENCE:
+            msg = f"consumer {self.name} of stream {self.stream} has had no leader for {META_PATIENCE:.0f}s"
+            raise TimeoutError(msg)
+        await asyncio.sleep(min(timeout, 0.25))
+        return []
 
     async def close(self) -> None:
         with contextlib.suppress(nats.errors.ConnectionClosedError, nats.errors.BadSubscriptionError):
@@ -226,16 +283,8 @@ class Nats:
 
     async def publish(self, subject: str, payload: bytes, msg_id: str | None = None) -> int:
         headers = {MSG_ID: msg_id} if msg_id else None
-        ack = await self._publish_retrying(subject, payload, headers)
+        ack = await _patiently(lambda: self.js.publish(subject, payload, headers=headers))
         return int(ack.seq)
-
-    async def _publish_retrying(self, subject: str, payload: bytes, headers: Any) -> Any:
-        for delay in _backoff():
-            try:
-                return await self.js.publish(subject, payload, headers=headers)
-            except RETRYABLE:
-                await asyncio.sleep(delay)
-        return await self.js.publish(subject, payload, headers=headers)
 
     async def core_publish(self, subject: str, payload: bytes, msg_id: str) -> None:
         """Publish on core NATS (no stream listens) with the id as a header for subscribers
@@ -298,40 +347,49 @@ class Nats:
         return StoredMsg(int(m.seq), m.subject, m.data or b"", (m.headers or {}).get(MSG_ID, ""))
 
     async def read_subject(
-        self, stream: str, subject: str, upto: int, start: int = 1, batch: int = 32,
-        complete: bool = False,
+        self, stream: str, subject: str, upto: int, start: int = 1, complete: bool = False,
     ) -> AsyncIterator[StoredMsg]:
-        """Every message on `subject` from seq `start` to `upto`, in order. With `complete`,
-        ending before `upto` (a fetch timing out) raises instead of looking like the end."""
-        if upto < start:
-            return
-        cfg = jsapi.ConsumerConfig(
-            ack_policy=jsapi.AckPolicy.NONE, deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start, inactive_threshold=60.0, mem_storage=True,
-        )
-        sub = await self.js.pull_subscribe(subject, stream=stream, config=cfg)
-        try:
-            seq = 0
-            while seq < upto:
-                try:
-                    msgs = await sub.fetch(batch=batch, timeout=5.0)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    if complete:
-                        msg = f"reading {subject} stopped at seq {seq} of {upto}: retry"
-                        raise TimeoutError(msg) from None
-                    return  # nothing more on the subject (messages past `upto` were purged)
-                for m in msgs:
-                    seq = m.metadata.sequence.stream
-                    yield StoredMsg(seq, m.subject, m.data, (m.headers or {}).get(MSG_ID, ""))
-        finally:
-            await self._delete_ephemeral(sub, stream)
+        """Every message on `subject` (wildcards allowed) from seq `start` to `upto`, in order.
+        With `complete`, the subject ending before `upto` raises TimeoutError (retry) instead
+        of looking like the end: a replica that has not caught up may answer.
+        Why batched direct gets, not a consumer: any replica answers them, without the meta
+        leader a consumer needs, so a restore does not wait out a meta election."""
+        seq = start - 1
+        while seq < upto:
+            ask = functools.partial(self._direct, stream, {
+                "seq": seq + 1, "next_by_subj": subject, "batch": min(DIRECT_BATCH, upto - seq),
+                "max_bytes": DIRECT_MAX_BYTES})
+            msgs, more = await _patiently(ask)
+            for m in msgs:
+                if m.seq > upto:
+                    return
+                yield m
+                seq = m.seq
+            if not more:
+                break
+        if complete and seq < upto:
+            msg = f"reading {subject} stopped at seq {seq} of {upto}: retry"
+            raise TimeoutError(msg)
 
-    async def _delete_ephemeral(self, sub: Any, stream: str) -> None:
-        with contextlib.suppress(jserr.NotFoundError, nats.errors.Error):
-            info = await sub.consumer_info()
-            await self.js.delete_consumer(stream, info.name)
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
+    async def _direct(self, stream: str, request: dict[str, Any]) -> tuple[list[StoredMsg], bool]:
+        """The messages a batched direct get answers `request` with, and whether more match."""
+        inbox = self.nc.new_inbox()
+        replies: asyncio.Queue[Any] = asyncio.Queue()
+        sub = await self.nc.subscribe(inbox, cb=replies.put)
+        try:
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox)
+            msgs: list[StoredMsg] = []
+            while True:
+                m = await asyncio.wait_for(replies.get(), PUBLISH_TIMEOUT)
+                headers = m.headers or {}
+                status = headers.get("Status")
+                if status is not None:
+                    return msgs, _direct_more(status, headers, stream)
+                msgs.append(StoredMsg(int(headers["Nats-Sequence"]), headers["Nats-Subject"], m.data,
+                                      headers.get(MSG_ID, ""), headers.get(KV_OPERATION, "")))
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def tail(self, stream: str, subject: str, start_seq: int = 1) -> AsyncIterator[StoredMsg]:
         """Follow `subject` forever from `start_seq` (an ordered, flow-controlled consumer)."""
@@ -354,33 +412,27 @@ class Nats:
 
     # --- consumers -------------------------------------------------------------------------
 
-    async def pull_consumer(
-        self, stream: str, durable: str, subject: str, *, ack_wait: float = 30.0,
-        max_ack_pending: int = 20_000,
+    async def fresh_consumer(
+        self, stream: str, durable: str, subject: str, start_seq: int | None = None, *,
+        ack_wait: float = 30.0, max_ack_pending: int = 20_000,
     ) -> PullConsumer:
-        cfg = jsapi.ConsumerConfig(
-            durable_name=durable, filter_subject=subject, ack_policy=jsapi.AckPolicy.EXPLICIT,
-            ack_wait=ack_wait, max_ack_pending=max_ack_pending,
-            deliver_policy=jsapi.DeliverPolicy.ALL, max_deliver=-1,
-        )
-        sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=cfg)
-        return PullConsumer(sub, stream, durable)
-
-    async def restart_consumer(
-        self, stream: str, durable: str, subject: str, start_seq: int, *, ack_wait: float = 60.0,
-        max_ack_pending: int = 64,
-    ) -> PullConsumer:
-        """A fresh durable consumer that delivers `subject` from stream sequence `start_seq`.
-        Why recreate instead of resuming: messages a crashed reader held unacked would come
-        back only after `ack_wait`, and behind later ones; a reader that knows where it
-        stopped (connector sinks) wants them at once and in order."""
-        await self.delete_consumer(stream, durable)
+        """A new durable pull consumer delivering `subject` in order, from stream seq
+        `start_seq` or (None: what a work queue demands) from its oldest message. Why replace
+        rather than resume: messages a crashed reader held unacked would come back only after
+        `ack_wait`, and behind later ones; a reader that knows where it stopped wants them at
+        once and in order. Each step waits out a meta election; a create retried after its
+        first try landed gets the same, still unread, consumer."""
+        await _patiently(lambda: self.delete_consumer(stream, durable), META_PATIENCE)
         cfg = jsapi.ConsumerConfig(
             durable_name=durable, filter_subject=subject, ack_policy=jsapi.AckPolicy.EXPLICIT,
             ack_wait=ack_wait, max_ack_pending=max_ack_pending, max_deliver=-1,
-            deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq),
+            deliver_policy=jsapi.DeliverPolicy.ALL,
         )
-        sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=cfg)
+        if start_seq is not None:
+            cfg.deliver_policy = jsapi.DeliverPolicy.BY_START_SEQUENCE
+            cfg.opt_start_seq = max(1, start_seq)
+        await _patiently(lambda: self.js.add_consumer(stream, config=cfg), META_PATIENCE)
+        sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
         return PullConsumer(sub, stream, durable)
 
     async def consumer_ack_floor(self, stream: str, durable: str) -> int | None:
@@ -401,8 +453,8 @@ class Nats:
             await self.js.delete_msg(stream, seq)
 
     async def purge_subject_below(self, stream: str, subject: str, seq: int) -> None:
-        """Remove every message on `subject` with a sequence below `seq`."""
-        await self.js.purge_stream(stream, subject=subject, seq=seq)
+        """Remove every message on `subject` with a sequence below `seq` (repeatable)."""
+        await _patiently(lambda: self.js.purge_stream(stream, subject=subject, seq=seq))
 
     async def consumer_lag(self, stream: str, durable: str) -> tuple[int, int] | None:
         """(num_pending, num_ack_pending) of a durable consumer, or None if it does not exist."""
@@ -432,10 +484,21 @@ class Nats:
         kv = await self._kv(bucket, create=False)
         if kv is None:
             return []
+        if getattr(kv, "_direct", False):  # nats-py's KeyValue keeps the bucket's allow_direct
+            with contextlib.suppress(TooManyResultsError):  # over 1024 keys: list them by a watch
+                return await self._kv_keys_direct(bucket)
         try:
             return sorted(await kv.keys())
         except jserr.NoKeysError:
             return []
+
+    async def _kv_keys_direct(self, bucket: str) -> list[str]:
+        """The bucket's live keys from one direct get of every key's last message. Why not
+        nats-py's keys(): that is a watch, whose consumer needs the meta leader, and after a
+        node loss a control loop must not wait out a meta election to list its members."""
+        prefix = f"$KV.{bucket}."
+        msgs, _ = await self._direct(f"KV_{bucket}", {"multi_last": [f"{prefix}>"]})
+        return sorted(m.subject[len(prefix):] for m in msgs if m.kv_operation not in ("DEL", "PURGE"))
 
     async def _kv(self, bucket: str, *, create: bool = True, ttl: float | None = None) -> Any:
         """The bucket, created (with `ttl`) if missing and `create`; None if missing.
@@ -448,8 +511,9 @@ class Nats:
         except jserr.BucketNotFoundError:
             if not create:
                 return None
+            # direct: any replica answers reads, without a consumer (see kv_keys)
             cfg = jsapi.KeyValueConfig(bucket=bucket, history=1 if ttl else 16, ttl=ttl,
-                                       replicas=replicas())
+                                       replicas=replicas(), direct=True)
             kv = await self.js.create_key_value(cfg)
         self._buckets[bucket] = kv
         return kv

@@ -103,8 +103,8 @@ async def run_sink(nats: Nats, slug: str, name: str, cfg: ConnectorSinkConfig, s
     try:
         start = await delivery.open(nats, names, durable)
         log.info("sink %s/%s starts at output seq %d", slug, name, start)
-        consumer = await nats.restart_consumer(names.out_stream, durable, names.out(name), start,
-                                               ack_wait=ACK_WAIT, max_ack_pending=FETCH)
+        consumer = await nats.fresh_consumer(names.out_stream, durable, names.out(name), start,
+                                             ack_wait=ACK_WAIT, max_ack_pending=FETCH)
         try:
             while not stop.is_set():
                 for m in await consumer.fetch(FETCH, FETCH_TIMEOUT):
