@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chaos_support import owners
+from chaos_support import eventually, owners
 from sequence_validator import keys, make_input, report, validate
 
 from conftest import collect_outputs
@@ -30,23 +30,6 @@ N = 400  # values per key: K * N = 8000 records, 8000 windows
 SEND_SECONDS = 6.0  # the input trickles in for this long, so every failure lands mid-stream
 KEYED_STAGE = 1  # stage 0 decodes (1 partition), stage 1 keeps the windows (8 partitions)
 TTL = 1.0  # runner membership TTL: a SIGKILLed runner is gone after ~1 s
-
-
-async def eventually(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll `cond` until true; the seconds it took. A probe that times out counts as "not
-    yet": a NATS cluster leaves a request unanswered for a moment after a bucket is
-    created or while it elects new leaders after a node loss."""
-    started = time.monotonic()
-    timeouts = 0
-    while True:
-        try:
-            if await cond():
-                return time.monotonic() - started
-        except TimeoutError:
-            timeouts += 1
-        took = time.monotonic() - started
-        assert took < timeout, f"{what} within {timeout}s ({timeouts} probe(s) timed out)"
-        await asyncio.sleep(0.05)
 
 
 def seeded() -> tuple[int, random.Random]:
