@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from wallaroo.plan import Application
 from wallaroo_runtime import cluster
 from wallaroo_runtime.checkpoint import CheckpointConfig
 from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
-from wallaroo_runtime.connectors import connector_tasks, run_leased
+from wallaroo_runtime.connectors import SinkStats, connector_tasks, run_leased
 from wallaroo_runtime.statestore import open_store
 from wallaroo_runtime.worker import PartitionWorker, WorkerConfig
 
@@ -49,6 +50,7 @@ class AppHost:
     rates: dict[Part, RateMeter] = field(default_factory=dict)
     connector_stop: asyncio.Event = field(default_factory=asyncio.Event)
     connector_runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    sink_stats: dict[str, SinkStats] = field(default_factory=dict)
 
     async def start(self) -> None:
         names = AppNames(self.app.slug)
@@ -106,7 +108,8 @@ class AppHost:
         the runner holding its lease."""
         if self.connector_stop.is_set():
             return
-        tasks = connector_tasks(self.nats, self.manifest.slug, self.app, self.connector_stop)
+        tasks = connector_tasks(self.nats, self.manifest.slug, self.app, self.connector_stop,
+                                self.sink_stats)
         for key, factory in tasks:
             task = self.connector_runs.get(key)
             if task is None or task.done():
@@ -139,6 +142,8 @@ class AppHost:
             "failures": self.failures,
             "partitions": {f"{s}.{p}": self._partition_report((s, p), w, now)
                            for (s, p), w in sorted(self.workers.items())},
+            "sinks": {name: dataclasses.asdict(st) for name, st in sorted(self.sink_stats.items())
+                      if st.running},
         }
 
     def _partition_report(self, part: Part, w: PartitionWorker, now: float) -> dict[str, object]:

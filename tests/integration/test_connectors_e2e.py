@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from wallaroo import ops
+from wallaroo import ops, status
 from wallaroo.dev import DevCluster
+from wallaroo.names import AppNames
 from wallaroo.natsio import Nats
 
 APP = Path(__file__).parent / "apps" / "file_word_count.py"
@@ -28,6 +29,25 @@ def wait_for_lines(path: Path, n: int, timeout: float) -> None:
     while len(lines_of(path)) < n:
         assert time.monotonic() < deadline, f"{len(lines_of(path))} of {n} lines after {timeout}s"
         time.sleep(0.05)
+
+
+async def sink_status_caught_up(url: str, timeout: float = 30.0) -> list[str]:
+    """The status row of the one connector sink, once it has handled the newest output."""
+    nats = await Nats.connect(url)
+    try:
+        newest = await nats.last_on_subject(AppNames("file_word_count").out_stream,
+                                            AppNames("file_word_count").out("counts"))
+        assert newest is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = (await status.gather(nats)).sinks
+            assert len(rows) <= 1, f"one runner delivers a sink, not {rows}"
+            if rows and rows[0][6:] == [str(newest.seq), "0"]:  # last seq, pending
+                return rows[0]
+            assert time.monotonic() < deadline, f"sink status {rows}, newest output {newest.seq}"
+            await asyncio.sleep(0.1)
+    finally:
+        await nats.close()
 
 
 def test_file_in_file_out_survives_a_sigkill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,9 +69,13 @@ def test_file_in_file_out_survives_a_sigkill(tmp_path: Path, monkeypatch: pytest
     with DevCluster(tmp_path / "c", runners=2, member_ttl=1.0) as cluster:
         asyncio.run(deploy(cluster.url))
         wait_for_lines(sink, 2_000, 60)
-        cluster.runners[rng.randrange(2)].kill()
+        killed = rng.randrange(2)
+        cluster.runners[killed].kill()
         wait_for_lines(sink, len(words), 120)
         got = Counter(lines_of(sink))  # a duplicate would show as a missing or an extra line
+        row = asyncio.run(sink_status_caught_up(cluster.url))
+        assert row[:3] == ["file_word_count", "counts", cluster.runners[1 - killed].runner_id]
+        assert int(row[3]) > 0 and int(row[4]) >= 0 and row[5] == "0"  # delivered, skipped, rejected
 
     assert got == expected, (f"missing {list(expected - got)[:5]}, "
                              f"extra {list(got - expected)[:5]}")

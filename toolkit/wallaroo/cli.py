@@ -192,13 +192,16 @@ def tail(
 
 @app.command()
 def status(nats: NatsOpt = None) -> None:
-    """Apps and stages, each partition's owner, committed seq, lag and rate, and the runners."""
+    """Apps and stages, each partition's owner, committed seq, lag and rate, the runners, and
+    connector sinks' deliveries."""
     from wallaroo import status as st
 
     s = on_nats(nats, st.gather)
     _table(st.APP_COLUMNS, s.apps, "no apps deployed")
     _table(st.PARTITION_COLUMNS, s.partitions, "no partitions")
     _table(st.RUNNER_COLUMNS, s.runners, "no runners")
+    if s.sinks:
+        _table(st.SINK_COLUMNS, s.sinks, "")
     if s.problems:
         _table(st.PROBLEM_COLUMNS, s.problems, "")
 

@@ -28,6 +28,8 @@ PARTITION_COLUMNS = ["app", "stage", "partition", "owner", "running on", "commit
                      "records/s"]
 RUNNER_COLUMNS = ["runner", "role", "pid", "host", "partitions", "commits", "records", "records/s",
                   "heartbeat"]
+SINK_COLUMNS = ["app", "sink", "running on", "delivered", "skipped", "rejected", "last seq",
+                "pending"]
 PROBLEM_COLUMNS = ["runner", "app", "error"]
 
 
@@ -36,6 +38,7 @@ class Status:
     apps: list[list[str]]
     partitions: list[list[str]]
     runners: list[list[str]]
+    sinks: list[list[str]]
     problems: list[list[str]]
 
 
@@ -51,7 +54,19 @@ async def gather(nats: Nats) -> Status:
         partitions += await _partition_rows(nats, manifest, beats)
     problems = [[r["id"], app, err] for r in beats for app, err in sorted(r["errors"].items())]
     runners = [_runner_row(r, leader.decode() if leader else "") for r in beats]
-    return Status(apps, partitions, runners, problems)
+    return Status(apps, partitions, runners, _sink_rows(beats), problems)
+
+
+def _sink_rows(beats: list[dict[str, Any]]) -> list[list[str]]:
+    """Connector sinks (files, S3, HTTP, NATS subjects), each reported by the runner that
+    delivers it; `pending` counts output messages not yet handed to it."""
+    rows = []
+    for r in beats:
+        for slug, app in sorted(r["apps"].items()):
+            for name, st in app.get("sinks", {}).items():
+                rows.append([slug, name, r["id"], str(st["delivered"]), str(st["skipped"]),
+                             str(st["rejected"]), str(st["last_seq"]), str(st["pending"])])
+    return sorted(rows)
 
 
 async def manifests(nats: Nats) -> list[Manifest]:

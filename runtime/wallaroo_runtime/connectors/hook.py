@@ -22,7 +22,7 @@ from wallaroo.natsio import Nats
 from wallaroo.plan import Application
 from wallaroo_runtime.cluster import ClusterConfig, Lease
 from wallaroo_runtime.connectors.progress import KvProgress, sink_key, source_key
-from wallaroo_runtime.connectors.sinks import run_sink
+from wallaroo_runtime.connectors.sinks import SinkStats, run_sink
 from wallaroo_runtime.connectors.sources import run_source
 
 log = logging.getLogger("wallaroo.connectors")
@@ -30,11 +30,13 @@ RESTART_BACKOFF = (0.2, 5.0)
 Factory = Callable[[], Coroutine[Any, Any, None]]
 
 
-def connector_tasks(nats: Nats, manifest_slug: str, app: Application, stop: asyncio.Event
-                    ) -> list[tuple[str, Factory]]:
+def connector_tasks(nats: Nats, manifest_slug: str, app: Application, stop: asyncio.Event,
+                    sink_stats: dict[str, SinkStats] | None = None) -> list[tuple[str, Factory]]:
     """(lease key, coroutine factory) for every connector source and sink of `app`. Each
     coroutine runs its connector until `stop` is set, restarting it (with backoff) after a
-    failure, so it returns only once `stop` is set (or when cancelled)."""
+    failure, so it returns only once `stop` is set (or when cancelled). Sinks count their
+    deliveries in `sink_stats` (by sink name)."""
+    sink_stats = {} if sink_stats is None else sink_stats
     tasks: list[tuple[str, Factory]] = []
     for st in app.stages:
         cfg = st.source_config
@@ -45,7 +47,8 @@ def connector_tasks(nats: Nats, manifest_slug: str, app: Application, stop: asyn
                           _supervised(f"source {manifest_slug}/{st.source}", run, stop)))
     for sink in app.sinks:
         if isinstance(sink, FileSink | S3Sink | HttpSink | NatsSink):
-            run = functools.partial(run_sink, nats, manifest_slug, sink.name, sink, stop)
+            stats = sink_stats.setdefault(sink.name, SinkStats())
+            run = functools.partial(run_sink, nats, manifest_slug, sink.name, sink, stop, stats)
             tasks.append((sink_key(manifest_slug, sink.name),
                           _supervised(f"sink {manifest_slug}/{sink.name}", run, stop)))
     return tasks

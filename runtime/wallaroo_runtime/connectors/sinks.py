@@ -71,9 +71,14 @@ class OutputMsg:
 
 @dataclass
 class SinkStats:
+    """A sink's delivery counts on this runner, for `wallaroo status`."""
+
+    running: bool = False  # reading the output stream now (holds the sink's lease)
     delivered: int = 0  # output messages handed to the external system
     skipped: int = 0  # already delivered (redelivery, or a re-publish after the dedup window)
     rejected: int = 0  # refused for good by the external system (HTTP 4xx): logged, acked
+    last_seq: int = 0  # output stream seq of the newest message handled
+    pending: int = 0  # output messages behind it, as of then
 
 
 class Delivery(Protocol):
@@ -105,6 +110,7 @@ async def run_sink(nats: Nats, slug: str, name: str, cfg: ConnectorSinkConfig, s
         log.info("sink %s/%s starts at output seq %d", slug, name, start)
         consumer = await nats.fresh_consumer(names.out_stream, durable, names.out(name), start,
                                              ack_wait=ACK_WAIT, max_ack_pending=FETCH)
+        stats.running = True
         try:
             while not stop.is_set():
                 for m in await consumer.fetch(FETCH, FETCH_TIMEOUT):
@@ -112,6 +118,7 @@ async def run_sink(nats: Nats, slug: str, name: str, cfg: ConnectorSinkConfig, s
         finally:
             await consumer.close()
     finally:
+        stats.running = False
         await delivery.close()
 
 
@@ -125,6 +132,7 @@ async def handle(delivery: Delivery, m: InMsg, stats: SinkStats) -> None:
     else:
         stats.rejected += 1
     await m.ack()
+    stats.last_seq, stats.pending = m.stream_seq, m.pending
 
 
 def delivery_for(slug: str, name: str, cfg: ConnectorSinkConfig) -> Delivery:
