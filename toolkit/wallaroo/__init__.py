@@ -18,17 +18,29 @@ from wallaroo.api import (
     state_computation_multi,
 )
 from wallaroo.connectors import FileSink, FileSource, HttpSink, NatsSink, S3Sink, S3Source
-from wallaroo.errors import WallarooError
+from wallaroo.errors import Reject, WallarooError
 from wallaroo.pipeline import Pipeline, StreamSink, StreamSource, source
 from wallaroo.plan import Application, build_application
+from wallaroo.windows import (
+    Aggregation,
+    LateRecord,
+    count_windows,
+    milliseconds,
+    minutes,
+    range_windows,
+    seconds,
+)
 
 __all__ = [
+    "Aggregation",
     "Application",
     "FileSink",
     "FileSource",
     "HttpSink",
+    "LateRecord",
     "NatsSink",
     "Pipeline",
+    "Reject",
     "S3Sink",
     "S3Source",
     "StreamSink",
@@ -37,9 +49,14 @@ __all__ = [
     "build_application",
     "computation",
     "computation_multi",
+    "count_windows",
     "decoder",
     "encoder",
     "key_extractor",
+    "milliseconds",
+    "minutes",
+    "range_windows",
+    "seconds",
     "source",
     "spec_of",
     "state_computation",

@@ -24,6 +24,7 @@ class StepSpec:
     name: str
     fn: Callable[..., Any]
     state: Callable[[], Any] | None = None
+    with_key: bool = False  # fn(data, state, key): windows, whose output names the key
 
     @property
     def multi(self) -> bool:

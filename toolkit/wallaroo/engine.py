@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from wallaroo import codec
 from wallaroo.api import StepSpec
+from wallaroo.errors import Reject
 from wallaroo.plan import Application, Stage
 
 log = logging.getLogger("wallaroo.engine")
@@ -124,6 +125,7 @@ class RecordFailed(Exception):  # noqa: N818 - a signal between engine and calle
 
     def __init__(self, item: Item, step: str, reason: str, exc: BaseException) -> None:
         self.item, self.step, self.reason = item, step, reason
+        self.rejected = isinstance(exc, Reject)  # wrong, not unlucky: no retry
         self.error = f"{type(exc).__name__}: {exc}"
         self.tb = "".join(traceback.format_exception(exc))
         super().__init__(f"step {step!r} failed on record {item.rid}: {self.error}")
@@ -299,7 +301,7 @@ def _each_with_state(
     step: StepSpec, keys: list[str | None], vals: list[Any], table: Mapping[str, bytes],
     work: dict[str | None, Any],
 ) -> list[Any]:
-    fn = step.fn
+    fn, with_key = step.fn, step.with_key
     outs: list[Any] = []
     append = outs.append
     try:
@@ -307,7 +309,7 @@ def _each_with_state(
             state = work.get(k)
             if state is None:
                 state = work[k] = _load_state(step, k, table)
-            append(fn(v, state))
+            append(fn(v, state, k) if with_key else fn(v, state))
     except Exception as exc:
         raise _StepFailed(len(outs), exc) from exc
     return outs
@@ -386,7 +388,7 @@ class Retrier:
         """Seconds to wait before the next attempt (0 once the record is dead-lettered)."""
         rid = failed.item.rid
         n = self.failures[rid] = self.failures.get(rid, 0) + 1
-        if n >= self.policy.attempts:
+        if n >= self.policy.attempts or failed.rejected:
             self.dead[rid] = failed.dead_letter(self.stage, n)
             return 0.0
         return float(min(self.policy.backoff * self.policy.factor ** (n - 1), self.policy.max_delay))

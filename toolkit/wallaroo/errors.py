@@ -117,3 +117,8 @@ class RecordTooLargeError(WallarooError, ValueError):
             f"record {index} (counting from 0) is {size} bytes, but the NATS server takes "
             f"messages of at most {limit} bytes: split it, or raise the server's max_payload"
         )
+
+
+class Reject(WallarooError):  # noqa: N818 - users raise it by this name, as in "reject the record"
+    """Raised by user code to dead-letter the record at once, without retries: for records
+    that are wrong, not unlucky (validation failures, records too late for their window)."""

@@ -1,0 +1,127 @@
+"""Count and range windows (Wallaroo 0.6's Aggregation API) and Reject, run in-process through
+wallaroo.testing with the runner's engine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import wallaroo as wl
+from wallaroo import codec, testing
+from wallaroo.errors import DefinitionError
+
+
+class Sum(wl.Aggregation):
+    """Sums the amount of "user,amount[,time]" records; counts combines to prove panes merge."""
+
+    def initial_accumulator(self) -> list[float]:
+        return [0.0, 0]  # total, records
+
+    def update(self, record: tuple[str, float, float], acc: list[float]) -> list[float]:
+        acc[0] += record[1]
+        acc[1] += 1
+        return acc
+
+    def combine(self, a: list[float], b: list[float]) -> list[float]:
+        return [a[0] + b[0], a[1] + b[1]]
+
+    def output(self, key: str, acc: list[float]) -> str:
+        return f"{key} {acc[0]:g} over {acc[1]:g}"
+
+
+@wl.decoder
+def parse(data: bytes) -> tuple[str, float, float]:
+    user, amount, *t = data.decode().split(",")
+    return user, float(amount), float(t[0]) if t else 0.0
+
+
+@wl.key_extractor
+def user(record: tuple[str, float, float]) -> str:
+    return record[0]
+
+
+def at(record: tuple[str, float, float]) -> float:
+    return record[2]
+
+
+def app_with(step: Any) -> wl.Application:
+    pipeline = (wl.source("in", wl.StreamSource(decoder=parse)).key_by(user).to(step)
+                .to_sink(wl.StreamSink("out", encoder=lambda s: s + "\n")))
+    return wl.build_application("windows", pipeline, partitions=4)
+
+
+def test_count_windows_emit_every_n_records_per_key() -> None:
+    app = app_with(wl.count_windows(3).over(Sum))
+    inputs = ["a,1", "b,10", "a,2", "a,3", "b,20", "a,4", "a,5", "b,30", "a,6", "a,7"]
+    assert testing.run(app, inputs).lines() == ["a 6 over 3", "b 60 over 3", "a 15 over 3"]
+
+
+def test_tumbling_range_windows_close_on_the_keys_event_time() -> None:
+    app = app_with(wl.range_windows(wl.seconds(10)).with_timestamp(at).over(Sum))
+    inputs = ["a,1,0", "a,2,9.5", "b,5,3", "a,3,10", "a,4,25", "b,6,31"]
+    # a: [0,10) closes at a's t=10; [10,20) at t=25 ([20,30) stays open); b: [0,10) at t=31
+    assert testing.run(app, inputs).lines() == ["a 3 over 2", "a 3 over 1", "b 5 over 1"]
+
+
+def test_sliding_windows_combine_panes_and_hold_each_record_in_each_window() -> None:
+    app = app_with(wl.range_windows(10).with_slide(5).with_timestamp(at).over(Sum))
+    inputs = ["k,1,1", "k,2,6", "k,4,12", "k,8,17", "k,0,30"]
+    # windows [-5,5) [0,10) [5,15) [10,20) [15,25), closed by t=30 (empty ones emit nothing)
+    assert testing.run(app, inputs).lines() == [
+        "k 1 over 1", "k 3 over 2", "k 6 over 2", "k 12 over 2", "k 8 over 1"]
+
+
+def test_out_of_order_within_the_delay_counts_and_a_late_record_is_dead_lettered_once() -> None:
+    app = app_with(wl.range_windows(10).with_delay(5).with_timestamp(at).over(Sum))
+    inputs = ["k,1,1", "k,2,12", "k,4,8", "k,8,16", "k,100,3", "k,0,40"]
+    result = testing.run(app, inputs)
+    # t=8 arrived after t=12 but within the 5 s delay; t=3 came after [0,10) was emitted (t=16)
+    assert result.lines() == ["k 5 over 2", "k 10 over 2"]
+    [late] = result.dead_letters
+    assert late.attempts == 1 and "LateRecord" in late.error and "with_delay" in late.error
+    assert codec.loads(late.payload) == ("k", 100.0, 3.0)  # the decoded record, for a replay
+
+
+def test_a_gap_in_event_time_skips_the_empty_windows() -> None:
+    app = app_with(wl.range_windows(wl.milliseconds(1)).with_timestamp(at).over(Sum))
+    assert testing.run(app, ["k,1,0", "k,2,1e9", "k,0,2e9"]).lines() == [
+        "k 1 over 1", "k 2 over 1"]
+
+
+def test_a_window_output_of_none_emits_nothing() -> None:
+    class Quiet(Sum):
+        def output(self, key: str, acc: list[float]) -> str | None:
+            return None if acc[0] < 10 else super().output(key, acc)
+
+    app = app_with(wl.count_windows(1).over(Quiet))
+    assert testing.run(app, ["a,1", "a,12", "a,3"]).lines() == ["a 12 over 1"]
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: wl.count_windows(0), "whole number of records >= 1"),
+    (lambda: wl.count_windows(2).over(object), "wallaroo.Aggregation subclass"),
+    (lambda: wl.range_windows(10).over(Sum), "with_timestamp"),
+    (lambda: wl.range_windows(10).with_slide(3).with_timestamp(at).over(Sum), "whole multiple"),
+    (lambda: wl.range_windows(10).with_delay(-1).with_timestamp(at).over(Sum), "delay >= 0"),
+])
+def test_window_mistakes_fail_at_build_time_naming_the_fix(make: Any, message: str) -> None:
+    with pytest.raises(DefinitionError, match=message):
+        make()
+
+
+def test_reject_dead_letters_at_once_without_retries() -> None:
+    @wl.computation(name="check")
+    def check(record: tuple[str, float, float]) -> str:
+        if record[1] < 0:
+            msg = f"negative amount {record[1]}"
+            raise wl.Reject(msg)
+        return record[0]
+
+    pipeline = (wl.source("in", wl.StreamSource(decoder=parse)).to(check)
+                .to_sink(wl.StreamSink("out", encoder=lambda s: s + "\n")))
+    result = testing.run(wl.build_application("rejects", pipeline), ["a,1", "b,-2", "c,3"])
+    assert result.lines() == ["a", "c"]
+    [dead] = result.dead_letters
+    assert (dead.attempts, dead.step, dead.error) == (1, "check", "Reject: negative amount -2.0")
+    assert result.clock.now == 0.0  # no backoff was waited

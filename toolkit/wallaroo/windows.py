@@ -1,0 +1,220 @@
+"""Keyed windows of the Wallaroo 0.6 API, built on keyed state (so they are exactly-once like
+any state computation: a window's accumulator is committed with the batch that changed it).
+
+    class Total(wl.Aggregation):
+        def initial_accumulator(self): return 0
+        def update(self, record, total): return total + record.amount
+        def combine(self, a, b): return a + b
+        def output(self, key, total): return f"{key}: {total}"
+
+    pipeline.key_by(user).to(wl.count_windows(100).over(Total))
+    pipeline.key_by(user).to(wl.range_windows(wl.seconds(60)).with_slide(wl.seconds(10))
+                             .with_delay(wl.seconds(5)).with_timestamp(event_time).over(Total))
+
+Range windows run on event time, which `with_timestamp(fn)` reads from each record (seconds):
+results then depend only on the data, not on when it was processed or replayed. A window
+[start, start + length) is emitted once the key's watermark (its newest timestamp minus the
+delay) reaches its end. A record later than that is dead-lettered (reason user_error, error
+LateRecord) rather than dropped: raise the delay if that happens often.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from wallaroo.api import StepSpec, _attach
+from wallaroo.errors import DefinitionError, Reject
+
+
+class Aggregation:
+    """Subclass it and implement all four methods. `update` and `combine` may mutate and
+    return their accumulator; `output` returning None emits nothing for that window."""
+
+    def initial_accumulator(self) -> Any:
+        raise NotImplementedError
+
+    def update(self, record: Any, accumulator: Any) -> Any:
+        raise NotImplementedError
+
+    def combine(self, accumulator1: Any, accumulator2: Any) -> Any:
+        raise NotImplementedError
+
+    def output(self, key: str, accumulator: Any) -> Any:
+        raise NotImplementedError
+
+
+class LateRecord(Reject):
+    """A record arrived after every window it belongs to was emitted."""
+
+
+def milliseconds(n: float) -> float:
+    return n / 1000.0
+
+
+def seconds(n: float) -> float:
+    return float(n)
+
+
+def minutes(n: float) -> float:
+    return n * 60.0
+
+
+def _aggregation(agg: object) -> Aggregation:
+    """An instance from `over()`'s argument: an Aggregation subclass or instance."""
+    inst = agg() if isinstance(agg, type) and issubclass(agg, Aggregation) else agg
+    if not isinstance(inst, Aggregation):
+        msg = (f"over() takes a wallaroo.Aggregation subclass (or instance) with "
+               f"initial_accumulator/update/combine/output, got {agg!r}")
+        raise DefinitionError(msg)
+    return inst
+
+
+def _window_step(name: str, fn: Callable[..., Any], state: Callable[[], Any]) -> Callable[..., Any]:
+    return _attach(fn, StepSpec(kind="state_computation_multi", name=name, fn=fn, state=state,
+                                with_key=True))
+
+
+# --- count windows ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Counted:
+    """Per key: the open window's accumulator and how many records it holds."""
+
+    acc: Any = None
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class CountWindows:
+    size: int
+
+    def over(self, agg: object, name: str | None = None) -> Callable[..., Any]:
+        inst = _aggregation(agg)
+        size = self.size
+
+        def count_window(record: Any, st: _Counted, key: str) -> list[Any]:
+            acc = st.acc if st.count else inst.initial_accumulator()
+            st.acc, st.count = inst.update(record, acc), st.count + 1
+            if st.count < size:
+                return []
+            out, st.acc, st.count = inst.output(key, st.acc), None, 0
+            return [out]
+
+        return _window_step(name or f"count_windows({size}) over {type(inst).__name__}",
+                            count_window, _Counted)
+
+
+def count_windows(size: int) -> CountWindows:
+    """Per key, one output for every `size` records (the last, partial window waits)."""
+    if not isinstance(size, int) or size < 1:
+        msg = f"count_windows(size) needs a whole number of records >= 1, got {size!r}"
+        raise DefinitionError(msg)
+    return CountWindows(size)
+
+
+# --- range windows ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Panes:
+    """Per key: accumulators per pane (`slide` seconds, by pane index), the newest event
+    time seen, and the start (pane index) of the oldest window not yet emitted."""
+
+    panes: dict[int, Any] = field(default_factory=dict)
+    newest: float = -math.inf
+    next_window: int | None = None
+
+
+@dataclass(frozen=True)
+class RangeWindows:
+    length: float
+    slide: float | None = None
+    delay: float = 0.0
+    timestamp: Callable[[Any], float] | None = None
+
+    def with_slide(self, slide: float) -> RangeWindows:
+        return replace(self, slide=slide)
+
+    def with_delay(self, delay: float) -> RangeWindows:
+        return replace(self, delay=delay)
+
+    def with_timestamp(self, fn: Callable[[Any], float]) -> RangeWindows:
+        """Where a record's event time (seconds) comes from."""
+        return replace(self, timestamp=fn)
+
+    def over(self, agg: object, name: str | None = None) -> Callable[..., Any]:
+        inst, (pane, per_window) = _aggregation(agg), self._geometry()
+        if self.timestamp is None:
+            msg = ("range_windows(...) runs on event time: add .with_timestamp(fn), fn(record) -> "
+                   "seconds, before .over()")
+            raise DefinitionError(msg)
+        windows = _RangeLogic(inst, self.timestamp, pane, per_window, self.delay)
+
+        def range_window(record: Any, st: _Panes, key: str) -> list[Any]:
+            return windows.step(record, st, key)
+
+        label = f"range_windows({self.length:g}s/{pane:g}s) over {type(inst).__name__}"
+        return _window_step(name or label, range_window, _Panes)
+
+    def _geometry(self) -> tuple[float, int]:
+        """(pane seconds, panes per window): windows slide by whole panes."""
+        slide = self.length if self.slide is None else self.slide
+        ratio = self.length / slide if slide > 0 else 0.0
+        if self.length <= 0 or slide <= 0 or self.delay < 0 or abs(ratio - round(ratio)) > 1e-9:
+            msg = (f"range_windows({self.length}).with_slide({slide}).with_delay({self.delay}): "
+                   "length and slide must be > 0, length a whole multiple of slide, delay >= 0")
+            raise DefinitionError(msg)
+        return slide, round(ratio)
+
+
+@dataclass(frozen=True)
+class _RangeLogic:
+    agg: Aggregation
+    timestamp: Callable[[Any], float]
+    pane: float
+    per_window: int
+    delay: float
+
+    def step(self, record: Any, st: _Panes, key: str) -> list[Any]:
+        t = float(self.timestamp(record))
+        p = math.floor(t / self.pane)
+        first = p - self.per_window + 1  # the oldest window holding pane p
+        if st.next_window is None:
+            st.next_window = first
+        if p < st.next_window:
+            msg = (f"event time {t} is later than the {self.delay}s delay allows: its windows were "
+                   f"emitted (watermark {st.newest - self.delay}); raise .with_delay()")
+            raise LateRecord(msg)
+        acc = st.panes.get(p)
+        st.panes[p] = self.agg.update(record, self.agg.initial_accumulator() if acc is None else acc)
+        st.newest = max(st.newest, t)
+        return self._emit_closed(st, key)
+
+    def _emit_closed(self, st: _Panes, key: str) -> list[Any]:
+        """Every window that ends at or before the watermark, oldest first."""
+        assert st.next_window is not None
+        watermark, outs = st.newest - self.delay, []
+        first_open = math.floor(watermark / self.pane) - self.per_window + 1
+        while st.next_window < first_open:
+            start = st.next_window
+            held = [st.panes[i] for i in range(start, start + self.per_window) if i in st.panes]
+            if held:
+                out = self.agg.output(key, functools.reduce(self.agg.combine, held))
+                if out is not None:
+                    outs.append(out)
+            st.panes.pop(start, None)  # no later window holds this pane
+            # Why jump: windows before the oldest pane's first one are empty (a gap in event
+            # time must not cost a loop per window), but never past an open window.
+            oldest = min(st.panes, default=math.inf)
+            st.next_window = int(max(start + 1, min(oldest - self.per_window + 1, first_open)))
+        return outs
+
+
+def range_windows(length: float) -> RangeWindows:
+    """Per key, windows `length` seconds long (sliding with `.with_slide`), on event time."""
+    return RangeWindows(float(length))
