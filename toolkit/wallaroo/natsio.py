@@ -225,8 +225,18 @@ class Nats:
         return int(self.nc.max_payload)
 
     async def close(self) -> None:
-        with contextlib.suppress(nats.errors.ConnectionClosedError):
-            await self.nc.drain()
+        """Drain (flush what is in flight) when connected; otherwise just close: draining a
+        connection that is reconnecting raises, and a runner stopped while NATS is away must
+        still exit cleanly."""
+        if self.nc.is_connected:
+            with contextlib.suppress(nats.errors.ConnectionClosedError,
+                                     nats.errors.ConnectionReconnectingError):
+                await self.nc.drain()
+                return
+        if not self.nc.is_closed:
+            # nats-py flushes a socket that may be dead already: its reset is no news here
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                await self.nc.close()
 
     # --- streams -------------------------------------------------------------------------
 

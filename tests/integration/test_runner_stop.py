@@ -1,0 +1,45 @@
+"""A runner stopped (SIGTERM) while its NATS server is gone still exits cleanly, in bounded
+time, without a traceback: what systemd does to a runner on a VM whose NATS is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from wallaroo.dev import RunnerProcess
+from wallaroo.names import MEMBERS_BUCKET
+from wallaroo.natsio import Nats
+from wallaroo.natsserver import NatsServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+async def joined(url: str, runner_id: str, timeout: float = 30.0) -> None:
+    nats = await Nats.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while runner_id not in await nats.kv_keys(MEMBERS_BUCKET):
+            assert time.monotonic() < deadline, f"{runner_id} did not join within {timeout}s"
+            await asyncio.sleep(0.05)
+    finally:
+        await nats.close()
+
+
+def test_a_runner_stopped_while_nats_is_gone_exits_cleanly(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats").start()
+    runner = RunnerProcess(server.url, "r0", tmp_path / "logs", member_ttl=1.0).start()
+    try:
+        asyncio.run(joined(server.url, "r0"))
+        server.stop()
+        assert runner.proc is not None
+        runner.proc.terminate()
+        code = runner.proc.wait(timeout=60)
+    finally:
+        runner.kill()
+        server.stop()
+    log = runner.log_file.read_text()
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
