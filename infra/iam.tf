@@ -1,0 +1,85 @@
+data "aws_iam_policy_document" "ec2_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+# --- runners: their state prefix in the bucket, nothing else ---------------------------------
+
+resource "aws_iam_role" "runner" {
+  name_prefix        = "${var.name}-runner-"
+  description        = "Wallaroo runners: read and write partition state under the state prefix"
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+}
+
+data "aws_iam_policy_document" "runner_state" {
+  statement {
+    sid       = "StateObjects"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.state.arn}/${var.state_prefix}/*"]
+  }
+
+  # Restores list the snapshots of a partition; listing is a bucket action, so the condition is
+  # what keeps it inside the prefix.
+  statement {
+    sid       = "ListStatePrefix"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.state.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${var.state_prefix}/*"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "runner_state" {
+  name   = "wallaroo-state"
+  role   = aws_iam_role.runner.id
+  policy = data.aws_iam_policy_document.runner_state.json
+}
+
+resource "aws_iam_instance_profile" "runner" {
+  name_prefix = "${var.name}-runner-"
+  role        = aws_iam_role.runner.name
+}
+
+# --- autoscaler (NATS node 0): resize the runner group, nothing else -------------------------
+
+resource "aws_iam_role" "autoscaler" {
+  name_prefix        = "${var.name}-autoscaler-"
+  description        = "Wallaroo autoscaler: set the desired capacity of the runner group"
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+}
+
+data "aws_iam_policy_document" "autoscaler" {
+  statement {
+    sid       = "ResizeRunnerGroup"
+    actions   = ["autoscaling:SetDesiredCapacity"]
+    resources = [aws_autoscaling_group.runners.arn]
+  }
+
+  # Describe* calls do not support resource-level permissions: "*" is the only accepted value.
+  statement {
+    sid       = "ReadGroups"
+    actions   = ["autoscaling:DescribeAutoScalingGroups"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "autoscaler" {
+  name   = "wallaroo-autoscaler"
+  role   = aws_iam_role.autoscaler.id
+  policy = data.aws_iam_policy_document.autoscaler.json
+}
+
+resource "aws_iam_instance_profile" "autoscaler" {
+  name_prefix = "${var.name}-autoscaler-"
+  role        = aws_iam_role.autoscaler.name
+}

