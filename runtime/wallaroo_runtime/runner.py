@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from wallaroo.errors import FencedError, WallarooError
 from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, MEMBERS_BUCKET, AppNames, partition_key
-from wallaroo.natsio import Nats
+from wallaroo.natsio import Nats, unavailable
 from wallaroo.packaging import Manifest, load_artifact
 from wallaroo.plan import Application
 from wallaroo_runtime import cluster
@@ -225,13 +225,14 @@ class Runner:
             try:
                 await self._heartbeat(nats)
             except Exception as err:  # counted and said; the next beat tries again
-                self._troubled()
+                self._troubled(err)
                 log.warning("heartbeat failed (%d failures so far): %s", self.tick_failures, err)
             await self._pause(stop)
 
-    def _troubled(self) -> None:
+    def _troubled(self, err: BaseException) -> None:
         self.tick_failures += 1
-        self.trouble_at = time.monotonic()
+        if unavailable(err):  # not a bug of ours: that must not freeze the assignment
+            self.trouble_at = time.monotonic()
 
     @property
     def nats_troubled(self) -> bool:
@@ -250,7 +251,7 @@ class Runner:
                 await self._heartbeat(nats)
                 return
             except Exception as err:  # any NATS error here is worth another try, said aloud
-                self._troubled()
+                self._troubled(err)
                 log.warning("cannot set up the cluster buckets yet (%s); retrying", err)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -260,7 +261,7 @@ class Runner:
         try:
             await self._tick(nats, leadership)
         except Exception as err:  # a control loop survives a bad tick, and says so
-            self._troubled()
+            self._troubled(err)
             log.error("runner tick failed (%d so far): %s", self.tick_failures, err, exc_info=True)
 
     async def _tick(self, nats: Nats, leadership: Leadership) -> None:

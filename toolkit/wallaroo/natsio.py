@@ -94,6 +94,13 @@ RETRYABLE = (asyncio.TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespo
              jserr.NoStreamResponseError, jserr.ServiceUnavailableError)
 
 
+def unavailable(err: BaseException) -> bool:
+    """Is `err` NATS being unreachable or leaderless (rather than a bad request or a bug)?"""
+    if isinstance(err, (*RETRYABLE, OSError)):
+        return True
+    return isinstance(err, nats.errors.Error) and not isinstance(err, jserr.APIError)
+
+
 def _backoff(patience: float = PUBLISH_PATIENCE) -> Iterator[float]:
     """Delays between tries: growing to 1 s, until `patience` seconds have passed."""
     deadline = time.monotonic() + patience
