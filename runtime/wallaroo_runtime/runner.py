@@ -29,6 +29,9 @@ from wallaroo_runtime.worker import PartitionWorker, WorkerConfig
 
 log = logging.getLogger("wallaroo.runner")
 RESTART_BACKOFF = (0.2, 5.0)
+# How many member TTLs a spell of NATS trouble may keep owners in the assignment: longer than
+# a stream or meta election (4-9 s; 3 s is the default TTL), shorter than an operator's wait.
+TROUBLE_GRACE = 10
 Part = tuple[int, int]
 
 
@@ -196,6 +199,7 @@ class Runner:
         self.started = time.time()
         self.tick_failures = 0
         self.trouble_at = -float("inf")  # monotonic time of the last failed NATS request
+        self.trouble_began = -float("inf")  # ... and of the first one of that spell
 
     async def run(self, stop: asyncio.Event) -> None:
         nats = await Nats.connect(self.url, name=f"wallaroo-runner-{self.runner_id}")
@@ -232,13 +236,23 @@ class Runner:
     def _troubled(self, err: BaseException) -> None:
         self.tick_failures += 1
         if unavailable(err):  # not a bug of ours: that must not freeze the assignment
-            self.trouble_at = time.monotonic()
+            now = time.monotonic()
+            if not self._recent(self.trouble_at, now):
+                self.trouble_began = now  # a new spell of trouble
+            self.trouble_at = now
 
     @property
     def nats_troubled(self) -> bool:
         """Did a NATS request of this runner fail lately? Then a member missing from the
-        membership may only have failed to beat, like this runner."""
-        return time.monotonic() - self.trouble_at < 2 * self.cluster_cfg.member_ttl
+        membership may only have failed to beat, like this runner. Only for a while: in a
+        spell of trouble that lasts (a stream that lost its replicas for good), a runner
+        that is really gone must still lose its partitions."""
+        now = time.monotonic()
+        ttl = self.cluster_cfg.member_ttl
+        return self._recent(self.trouble_at, now) and now - self.trouble_began < TROUBLE_GRACE * ttl
+
+    def _recent(self, at: float, now: float) -> bool:
+        return now - at < 2 * self.cluster_cfg.member_ttl
 
     async def _join(self, nats: Nats, stop: asyncio.Event) -> None:
         """Create the cluster's KV buckets and beat once (a leader counts itself only once

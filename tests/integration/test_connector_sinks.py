@@ -303,3 +303,26 @@ def test_nats_sink_into_a_stream_is_acked_and_deduplicated(nats_server: NatsServ
 
 async def _acked(nats: Nats, seq: int) -> bool:
     return await nats.consumer_ack_floor(f"WL_{SLUG.upper()}_OUT", "sink_js") == seq
+
+
+def test_a_sink_whose_consumer_is_gone_resumes_at_the_kept_ack_floor(nats_server: NatsServer) -> None:
+    """A rebuild deletes the sink's consumer first; if creating the new one then fails (a meta
+    election), the sink must not start over from the stream's first output."""
+
+    async def body() -> None:
+        nats = await Nats.connect(nats_server.url)
+        try:
+            names = await app_streams(nats, SLUG)
+            await publish_outputs(nats, SLUG, "out", outputs(0, 5))
+            durable = "sink_out"
+            consumer = await nats.fresh_consumer(names.out_stream, durable, names.out("out"), 1)
+            for m in (await consumer.fetch(3, 1.0))[:3]:
+                await m.raw.ack_sync()
+            await consumer.close()
+            assert await sinks._resume_at_ack_floor(nats, names, durable) == 4
+            await nats.delete_consumer(names.out_stream, durable)
+            assert await sinks._resume_at_ack_floor(nats, names, durable) == 4
+        finally:
+            await nats.close()
+
+    asyncio.run(body())

@@ -131,7 +131,7 @@ def _direct_more(status: str, headers: dict[Any, str], stream: str) -> bool:
         return int(headers.get("Nats-Num-Pending") or 0) > 0
     if status == "404":  # no message at or after the asked seq
         return False
-    if status in ("408", "503"):  # busy, or no replica answers yet: try again
+    if status == "503":  # no replica answers yet: try again
         msg = f"stream {stream}: direct get answered {status}"
         raise TimeoutError(msg)
     described = {str(getattr(k, "value", k)): v for k, v in headers.items()}
@@ -172,6 +172,7 @@ class PullConsumer:
         try:
             msgs = await self._sub.fetch(batch=batch, timeout=timeout)
         except (TimeoutError, nats.errors.TimeoutError):
+            self._unavailable_since = None  # the leader answered: the pull merely expired
             return []
         except (jserr.ServiceUnavailableError, nats.errors.NoRespondersError):
             return await self._leaderless(timeout)
@@ -514,7 +515,10 @@ class Nats:
         nats-py's keys(): that is a watch, whose consumer needs the meta leader, and after a
         node loss a control loop must not wait out a meta election to list its members."""
         prefix = f"$KV.{bucket}."
-        msgs, _ = await self._direct(f"KV_{bucket}", {"multi_last": [f"{prefix}>"]})
+        msgs, more = await self._direct(f"KV_{bucket}", {"multi_last": [f"{prefix}>"]})
+        if more:  # the server ended the answer early: a watch lists them all
+            msg = f"KV bucket {bucket}: more keys than one direct get answers"
+            raise TooManyResultsError(msg)
         return sorted(m.subject[len(prefix):] for m in msgs if m.kv_operation not in ("DEL", "PURGE"))
 
     async def _kv(self, bucket: str, *, create: bool = True, ttl: float | None = None) -> Any:

@@ -14,8 +14,10 @@ any state computation: a window's accumulator is committed with the batch that c
 Range windows run on event time, which `with_timestamp(fn)` reads from each record (seconds):
 results then depend only on the data, not on when it was processed or replayed. A window
 [start, start + length) is emitted once the key's watermark (its newest timestamp minus the
-delay) reaches its end. A record later than that is dead-lettered (reason user_error, error
-LateRecord) rather than dropped: raise the delay if that happens often.
+delay) reaches its end. A record too late for every window that holds it is dead-lettered
+(reason user_error, error LateRecord) rather than dropped: raise the delay if that happens
+often. A record still in time for some of its sliding windows counts in those only (as in
+Flink: a window, once emitted, does not change).
 """
 
 from __future__ import annotations
@@ -183,10 +185,9 @@ class _RangeLogic:
     def step(self, record: Any, st: _Panes, key: str) -> list[Any]:
         t = float(self.timestamp(record))
         p = math.floor(t / self.pane)
-        first = p - self.per_window + 1  # the oldest window holding pane p
-        if st.next_window is None:
-            st.next_window = first
-        if p < st.next_window:
+        if st.next_window is None:  # a new key: every window the watermark has not passed is open
+            st.next_window = self._first_open(t - self.delay)
+        if p < st.next_window:  # the newest window holding pane p was emitted already
             msg = (f"event time {t} is later than the {self.delay}s delay allows: its windows were "
                    f"emitted (watermark {st.newest - self.delay}); raise .with_delay()")
             raise LateRecord(msg)
@@ -199,7 +200,7 @@ class _RangeLogic:
         """Every window that ends at or before the watermark, oldest first."""
         assert st.next_window is not None
         watermark, outs = st.newest - self.delay, []
-        first_open = math.floor(watermark / self.pane) - self.per_window + 1
+        first_open = self._first_open(watermark)
         while st.next_window < first_open:
             start = st.next_window
             held = [st.panes[i] for i in range(start, start + self.per_window) if i in st.panes]
@@ -213,6 +214,10 @@ class _RangeLogic:
             oldest = min(st.panes, default=math.inf)
             st.next_window = int(max(start + 1, min(oldest - self.per_window + 1, first_open)))
         return outs
+
+    def _first_open(self, watermark: float) -> int:
+        """The oldest window (by its first pane) that ends after `watermark`."""
+        return math.floor(watermark / self.pane) - self.per_window + 1
 
 
 def range_windows(length: float) -> RangeWindows:

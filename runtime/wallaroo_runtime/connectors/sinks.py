@@ -24,7 +24,7 @@ import aiohttp  # noqa: TID251 - this module owns the HTTP client import
 from wallaroo import codec
 from wallaroo.connectors import FileSink, HttpSink, NatsSink, S3Sink
 from wallaroo.errors import WallarooError
-from wallaroo.names import AppNames
+from wallaroo.names import CONNECTORS_BUCKET, AppNames
 from wallaroo.natsio import InMsg, Nats
 from wallaroo_runtime.connectors import sidecar
 from wallaroo_runtime.connectors.framing import (
@@ -159,8 +159,16 @@ class _Watermarked:
 
 
 async def _resume_at_ack_floor(nats: Nats, names: AppNames, durable: str) -> int:
+    """Where the sink's consumer stopped acking. The floor is also kept in KV: if the consumer
+    is gone (a rebuild deleted it, then could not create it through a meta election), the
+    sink resumes there instead of re-delivering the whole output stream."""
+    key = f"{names.slug}.{durable}"
     floor = await nats.consumer_ack_floor(names.out_stream, durable)
-    return (floor or 0) + 1
+    if floor is None:
+        kept = await nats.kv_get(CONNECTORS_BUCKET, key)
+        return int(kept) + 1 if kept else 1
+    await nats.kv_put(CONNECTORS_BUCKET, key, str(floor).encode())
+    return floor + 1
 
 
 # --- file -------------------------------------------------------------------------------------

@@ -125,3 +125,19 @@ def test_reject_dead_letters_at_once_without_retries() -> None:
     [dead] = result.dead_letters
     assert (dead.attempts, dead.step, dead.error) == (1, "check", "Reject: negative amount -2.0")
     assert result.clock.now == 0.0  # no backoff was waited
+
+
+def test_a_new_keys_first_records_may_arrive_out_of_order_within_the_delay() -> None:
+    app = app_with(wl.range_windows(60).with_delay(5).with_timestamp(at).over(Sum))
+    result = testing.run(app, ["k,1,62", "k,2,59", "k,0,130"])
+    assert result.dead_letters == []
+    assert result.lines() == ["k 2 over 1", "k 1 over 1"]  # [0,60) then [60,120)
+
+
+def test_a_record_late_for_some_sliding_windows_counts_in_the_open_ones_only() -> None:
+    app = app_with(wl.range_windows(60).with_slide(10).with_timestamp(at).over(Sum))
+    result = testing.run(app, ["k,1,5", "k,2,75", "k,4,58", "k,0,200"])
+    assert result.dead_letters == []
+    # t=5 alone in the 6 windows ending by 75; t=58 missed [0,60) and [10,70), emitted at
+    # t=75, and counts in [20,80) .. [50,110) with t=75; then t=75 alone in [60,120), [70,130)
+    assert result.lines() == ["k 1 over 1"] * 6 + ["k 6 over 2"] * 4 + ["k 2 over 1"] * 2
