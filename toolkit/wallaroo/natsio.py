@@ -411,11 +411,11 @@ class Nats:
 
     async def tail(self, stream: str, subject: str, start_seq: int = 1) -> AsyncIterator[StoredMsg]:
         """Follow `subject` forever from `start_seq` (an ordered, flow-controlled consumer)."""
-        sub = await self.js.subscribe(
+        sub = await _patiently(lambda: self.js.subscribe(
             subject, stream=stream, ordered_consumer=True,
             deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE,
             config=jsapi.ConsumerConfig(opt_start_seq=start_seq),
-        )
+        ), META_PATIENCE)  # its consumer needs the meta leader, which a node loss takes away
         try:
             while True:
                 try:
