@@ -55,6 +55,7 @@ class Checkpointer:
     failures: int = 0
     writing: asyncio.Task[None] | None = None
     threshold: int = 0
+    restored_from: int | None = None  # commit number of the snapshot the last restore used
 
     def __post_init__(self) -> None:
         self._draw_threshold()
@@ -69,6 +70,8 @@ class Checkpointer:
         self.threshold = max(1, round(self.cfg.every * random.uniform(0.5, 1.5)))
 
     async def after_commit(self, encoded: bytes, state: PartitionState, log_seq: int) -> None:
+        if self.stateful and self.cfg.store is None:
+            return  # nothing to snapshot to: the changelog is kept whole
         self.pending.append(encoded)
         if self.due():
             await self.checkpoint(state, log_seq)
@@ -122,6 +125,7 @@ class Checkpointer:
         segment must cover."""
         base = await self._latest()
         state = base.to_state() if base is not None else PartitionState()
+        self.restored_from = None if base is None else base.commit_no
         self.pending = []
         if base is not None:
             for data in await self._segments_after(state.commit_no):

@@ -137,9 +137,9 @@ class PartitionWorker:
             # Its inputs were never acked, so its outputs may not all have been published.
             await self.nats.publish_all(last_rec.outs)
         self.progress.restores += 1
-        log.info("%s: restored %d commits, %d state slots, committed seq %d in %.3fs",
-                 self.log_subject, self.state.commit_no, len(self.state.table),
-                 self.state.committed_seq, time.monotonic() - started)
+        log.info("%s: restored %d commits (snapshot: commit %s), %d state slots, committed seq %d "
+                 "in %.3fs", self.log_subject, self.state.commit_no, self.checkpoints.restored_from,
+                 len(self.state.table), self.state.committed_seq, time.monotonic() - started)
 
     async def _unacked(self, rec: CommitRecord) -> bool:
         """Are the commit's first and last inputs both still in the work queue? Acks follow

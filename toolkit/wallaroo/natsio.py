@@ -489,14 +489,8 @@ class Nats:
         return int(await kv.put(key, value))
 
     async def kv_get(self, bucket: str, key: str) -> bytes | None:
-        kv = await self._kv(bucket, create=False)
-        if kv is None:
-            return None
-        try:
-            entry = await kv.get(key)
-        except (jserr.KeyNotFoundError, jserr.KeyDeletedError):
-            return None
-        return bytes(entry.value) if entry.value is not None else None
+        entry = await self.kv_entry(bucket, key)
+        return None if entry is None else entry.value
 
     async def kv_keys(self, bucket: str) -> list[str]:
         kv = await self._kv(bucket, create=False)
