@@ -50,7 +50,6 @@ class AppHost:
     workers: dict[Part, PartitionWorker] = field(default_factory=dict)
     tasks: dict[Part, asyncio.Task[None]] = field(default_factory=dict)
     failures: int = 0
-    rates: dict[Part, RateMeter] = field(default_factory=dict)
     connector_stop: asyncio.Event = field(default_factory=asyncio.Event)
     connector_runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     sink_stats: dict[str, SinkStats] = field(default_factory=dict)
@@ -143,41 +142,20 @@ class AppHost:
         return {
             "version": self.manifest.version,
             "failures": self.failures,
-            "partitions": {f"{s}.{p}": self._partition_report((s, p), w, now)
+            "partitions": {f"{s}.{p}": self._partition_report(w, now)
                            for (s, p), w in sorted(self.workers.items())},
             "sinks": {name: dataclasses.asdict(st) for name, st in sorted(self.sink_stats.items())
                       if st.running},
         }
 
-    def _partition_report(self, part: Part, w: PartitionWorker, now: float) -> dict[str, object]:
-        meter = self.rates.setdefault(part, RateMeter())
+    @staticmethod
+    def _partition_report(w: PartitionWorker, now: float) -> dict[str, object]:
+        meter = w.rate  # the worker's own: a restarted worker's counters start again at 0
         meter.update(now, w.progress.records, w.progress.messages)
         return {"commits": w.progress.commits, "records": w.progress.records,
                 "dead": w.progress.dead, "restores": w.progress.restores,
                 "committed_seq": w.state.committed_seq,
                 "rate": round(meter.records, 1), "msg_rate": round(meter.messages, 2)}
-
-
-@dataclass
-class RateMeter:
-    """Exponentially weighted records/s and input messages/s, for status and the autoscaler."""
-
-    at: float = 0.0
-    last_records: int = 0
-    last_messages: int = 0
-    records: float = 0.0
-    messages: float = 0.0
-
-    def update(self, now: float, records: int, messages: int) -> None:
-        if self.at == 0.0:
-            self.at, self.last_records, self.last_messages = now, records, messages
-            return
-        elapsed = now - self.at
-        if elapsed < 1.0:
-            return
-        self.records = 0.5 * self.records + 0.5 * (records - self.last_records) / elapsed
-        self.messages = 0.5 * self.messages + 0.5 * (messages - self.last_messages) / elapsed
-        self.at, self.last_records, self.last_messages = now, records, messages
 
 
 def _part(key: str) -> Part:

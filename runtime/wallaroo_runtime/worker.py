@@ -71,6 +71,28 @@ class Progress:
     restores: int = 0
 
 
+@dataclass
+class RateMeter:
+    """Exponentially weighted records/s and input messages/s, for status and the autoscaler."""
+
+    at: float = 0.0
+    last_records: int = 0
+    last_messages: int = 0
+    records: float = 0.0
+    messages: float = 0.0
+
+    def update(self, now: float, records: int, messages: int) -> None:
+        if self.at == 0.0:
+            self.at, self.last_records, self.last_messages = now, records, messages
+            return
+        elapsed = now - self.at
+        if elapsed < 1.0:
+            return
+        self.records = 0.5 * self.records + 0.5 * (records - self.last_records) / elapsed
+        self.messages = 0.5 * self.messages + 0.5 * (messages - self.last_messages) / elapsed
+        self.at, self.last_records, self.last_messages = now, records, messages
+
+
 class PartitionWorker:
     def __init__(
         self, nats: Nats, app: Application, version: str, stage: Stage, part: int,
@@ -87,6 +109,7 @@ class PartitionWorker:
         self.log_seq = 0
         self.consumer_seq = 0
         self.progress = Progress()
+        self.rate = RateMeter()
         self._stop = asyncio.Event()
         # Why a nonce in the commit id: two owners writing the same commit number must not
         # look like one retried write to JetStream's dedup, which would hide the fence.

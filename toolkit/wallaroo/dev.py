@@ -87,10 +87,14 @@ class RunnerPool:
         self._next_id = 0
 
     def add_runner(self) -> RunnerProcess:
+        runner = self._spawn()
+        self.runners.append(runner)
+        return runner
+
+    def _spawn(self) -> RunnerProcess:
         runner = RunnerProcess(self.url, f"r{self._next_id}", self.log_dir, self.member_ttl,
                                self.state_store, self.extra).start()
         self._next_id += 1
-        self.runners.append(runner)
         return runner
 
     def scale_to(self, n: int) -> None:
@@ -99,18 +103,18 @@ class RunnerPool:
             self.add_runner()
         leaving = self.runners[n:]
         del self.runners[n:]
-        for r in leaving:
-            r.signal(signal.SIGTERM)  # all at once: they finish their batches in parallel
+        for r in leaving:  # all at once: they finish their batches in parallel
+            r.signal(signal.SIGCONT)  # a paused runner could not act on SIGTERM
+            r.signal(signal.SIGTERM)
         for r in leaving:
             r.stop()
 
     def restart_runner(self, index: int, *, kill: bool = True) -> RunnerProcess:
         """Kill (SIGKILL) or stop runner `index`; a new runner (new id) takes its place."""
-        old = self.runners.pop(index)
+        old = self.runners[index]
         old.kill() if kill else old.stop()
-        new = self.add_runner()
-        self.runners.insert(index, self.runners.pop())
-        return new
+        self.runners[index] = self._spawn()
+        return self.runners[index]
 
     def check(self) -> None:
         for r in self.runners:
@@ -119,8 +123,6 @@ class RunnerPool:
                 raise WallarooError(msg)
 
     def stop(self) -> None:
-        for r in self.runners:
-            r.signal(signal.SIGCONT)
         self.scale_to(0)
 
 

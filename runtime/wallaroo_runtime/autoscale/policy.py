@@ -29,7 +29,9 @@ class Policy:
     Kubernetes HPA windows); `idle_to_zero`: seconds without lag and input after which the
     group may go to 0 runners. Scale to zero needs both `min_runners=0` and `idle_to_zero`,
     and each without the other is rejected: it would silently not do what it says.
-    `assumed_runner_rate`: records/s per runner until a runner rate has been measured.
+    `assumed_runner_rate`: messages/s per runner until a runner rate has been measured.
+    Rates and lags are in JetStream messages (what consumer lag counts; a message carries a
+    batch of records): 1000 messages/s is about what one runner commits on word count.
     """
 
     min_runners: int = 1
@@ -38,7 +40,7 @@ class Policy:
     up_stabilization: float = 0.0
     down_stabilization: float = 30.0
     idle_to_zero: float | None = None
-    assumed_runner_rate: float = 20000.0
+    assumed_runner_rate: float = 1000.0
 
     def __post_init__(self) -> None:
         problem = _bounds_problem(self) or _timing_problem(self) or _zero_problem(self)
@@ -64,7 +66,7 @@ def _bounds_problem(p: Policy) -> str:
     if p.max_runners < p.floor:
         return f"max_runners={p.max_runners} is below {p.floor}; use at least max(min_runners, 1)"
     if not p.assumed_runner_rate > 0:  # `not >` also rejects NaN
-        return f"assumed_runner_rate={p.assumed_runner_rate} must be > 0 records/s"
+        return f"assumed_runner_rate={p.assumed_runner_rate} must be > 0 messages/s"
     return ""
 
 
@@ -104,7 +106,7 @@ class Observation:
     """What the loop saw at one tick.
 
     `runners`: live runners now; `desired`: the backend's current desired count;
-    `input_rate`: records/s arriving at the sources; `runner_rates`: records/s each live runner
+    `input_rate`: messages/s arriving at the sources; `runner_rates`: messages/s each live runner
     processed recently; `idle_since`: since when there has been no lag and no input (None if
     active now).
     """
@@ -146,7 +148,7 @@ def decide(obs: Observation, policy: Policy, now: float,
     """Decide the runner count. `history` holds earlier `(time, recommended)` pairs; the caller
     keeps it (entries older than both windows can be dropped).
 
-    needed = input_rate + total_lag / target_catchup (records/s); per runner = mean of the
+    needed = input_rate + total_lag / target_catchup (messages/s); per runner = mean of the
     measured runner rates > 0, else `assumed_runner_rate`; recommended = ceil(needed /
     per runner) within [max(min_runners, 1), max_runners]. Going up takes the min of the
     recommendations in the last `up_stabilization` s, going down the max of those in the last

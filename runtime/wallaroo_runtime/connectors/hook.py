@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from wallaroo.connectors import FileSink, FileSource, HttpSink, NatsSink, S3Sink, S3Source
+from wallaroo.connectors import ConnectorSink, ConnectorSource
 from wallaroo.errors import WallarooError
 from wallaroo.natsio import Nats
 from wallaroo.plan import Application
@@ -40,13 +40,13 @@ def connector_tasks(nats: Nats, manifest_slug: str, app: Application, stop: asyn
     tasks: list[tuple[str, Factory]] = []
     for st in app.stages:
         cfg = st.source_config
-        if st.source is not None and isinstance(cfg, FileSource | S3Source):
+        if st.source is not None and isinstance(cfg, ConnectorSource):
             run = functools.partial(run_source, nats, manifest_slug, st.index, st.partitions,
                                     st.source, cfg, stop, KvProgress(nats))
             tasks.append((source_key(manifest_slug, st.source),
                           _supervised(f"source {manifest_slug}/{st.source}", run, stop)))
     for sink in app.sinks:
-        if isinstance(sink, FileSink | S3Sink | HttpSink | NatsSink):
+        if isinstance(sink, ConnectorSink):
             stats = sink_stats.setdefault(sink.name, SinkStats())
             run = functools.partial(run_sink, nats, manifest_slug, sink.name, sink, stop, stats)
             tasks.append((sink_key(manifest_slug, sink.name),

@@ -22,7 +22,7 @@ from typing import Protocol
 import aiohttp  # noqa: TID251 - this module owns the HTTP client import
 
 from wallaroo import codec
-from wallaroo.connectors import FileSink, HttpSink, NatsSink, S3Sink
+from wallaroo.connectors import ConnectorSink, FileSink, HttpSink, NatsSink, S3Sink
 from wallaroo.errors import WallarooError
 from wallaroo.names import CONNECTORS_BUCKET, AppNames
 from wallaroo.natsio import InMsg, Nats
@@ -43,7 +43,6 @@ FETCH = 64
 FETCH_TIMEOUT = 1.0  # also how long a stop request waits for the fetch in hand
 HTTP_ATTEMPTS = 6
 HTTP_BACKOFF = (0.2, 5.0)  # first wait, longest wait (doubling, with jitter)
-ConnectorSinkConfig = FileSink | S3Sink | HttpSink | NatsSink
 
 
 class SinkUnavailableError(WallarooError, ConnectionError):
@@ -99,7 +98,7 @@ class Delivery(Protocol):
     async def close(self) -> None: ...
 
 
-async def run_sink(nats: Nats, slug: str, name: str, cfg: ConnectorSinkConfig, stop: asyncio.Event,
+async def run_sink(nats: Nats, slug: str, name: str, cfg: ConnectorSink, stop: asyncio.Event,
                    stats: SinkStats | None = None) -> None:
     """Deliver sink `name` of app `slug` until `stop` is set. Raises SinkUnavailableError (or
     the store's error) when the external system stays down: restart it then."""
@@ -135,7 +134,7 @@ async def handle(delivery: Delivery, m: InMsg, stats: SinkStats) -> None:
     stats.last_seq, stats.pending = m.stream_seq, m.pending
 
 
-def delivery_for(slug: str, name: str, cfg: ConnectorSinkConfig) -> Delivery:
+def delivery_for(slug: str, name: str, cfg: ConnectorSink) -> Delivery:
     if isinstance(cfg, FileSink):
         return FileDelivery(Path(cfg.path))
     if isinstance(cfg, S3Sink):

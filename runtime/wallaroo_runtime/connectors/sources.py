@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from wallaroo.codec import pack_batch, partition_of
-from wallaroo.connectors import FileSource, S3Source
+from wallaroo.connectors import ConnectorSource, FileSource, S3Source
 from wallaroo.errors import WallarooError
 from wallaroo.names import AppNames
 from wallaroo.natsio import Nats, Out
@@ -85,7 +85,7 @@ class Publisher:
 
 
 async def run_source(
-    nats: Nats, slug: str, stage: int, partitions: int, name: str, cfg: FileSource | S3Source,
+    nats: Nats, slug: str, stage: int, partitions: int, name: str, cfg: ConnectorSource,
     stop: asyncio.Event, progress_store: ProgressStore,
 ) -> None:
     """Run the source `name` (stage `stage` of app `slug`) until `stop` is set."""

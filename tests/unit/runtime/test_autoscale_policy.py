@@ -73,9 +73,10 @@ CASES = [
     pytest.param(seen(lag=10, runners=0, idle_since=NOW - 3600), ZERO_OK, (), 1, 1, "lag 10",
                  id="lag-wins-over-a-stale-idle-since"),
     # -- rates
-    pytest.param(seen(rate=50_000), Policy(), (), 3, 3,
+    pytest.param(seen(rate=50_000), Policy(assumed_runner_rate=20000), (), 3, 3,
                  "20000/s per runner (assumed, none measured) -> 3 runners", id="no-rate-uses-assumed"),
-    pytest.param(seen(rate=50_000, rates=(0.0, 0.0), runners=2), Policy(), (), 3, 3, "(assumed",
+    pytest.param(seen(rate=50_000, rates=(0.0, 0.0), runners=2), Policy(assumed_runner_rate=20000), (), 3, 3,
+                 "(assumed",
                  id="zero-rates-count-as-unmeasured"),
     pytest.param(seen(rate=12_000, rates=(0.0, 4000.0), runners=2), Policy(), (), 3, 3,
                  "4000/s per runner -> 3", id="mean-ignores-idle-runners"),
