@@ -40,17 +40,23 @@ async def ensure_streams(nats: Nats, slug: str) -> None:
         await nats.ensure_stream(stream, [subject], work_queue=work_queue)
 
 
+async def manifests(nats: Nats) -> list[Manifest]:
+    """Every deployed app's manifest."""
+    found = []
+    for key in await nats.kv_keys(APPS_BUCKET):
+        raw = await nats.kv_get(APPS_BUCKET, key)
+        if raw is not None:
+            found.append(Manifest.from_json(raw))
+    return found
+
+
 async def manifest_of(nats: Nats, app: str) -> Manifest:
     """The deployed manifest of `app` (its name or slug)."""
-    keys = await nats.kv_keys(APPS_BUCKET)
-    for key in keys:
-        raw = await nats.kv_get(APPS_BUCKET, key)
-        if raw is None:
-            continue
-        m = Manifest.from_json(raw)
+    deployed = await manifests(nats)
+    for m in deployed:
         if app in (m.slug, m.name):
             return m
-    raise NotDeployedError(app, keys)
+    raise NotDeployedError(app, [m.slug for m in deployed])
 
 
 def source_stage(manifest: Manifest, source: str | None) -> tuple[int, int]:
@@ -158,7 +164,12 @@ async def partition_lags(nats: Nats, manifest: Manifest) -> dict[tuple[int, int]
 
 
 async def stage_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:
-    by_part = await partition_lags(nats, manifest)
+    return stage_totals(manifest, await partition_lags(nats, manifest))
+
+
+def stage_totals(manifest: Manifest, by_part: dict[tuple[int, int], tuple[int, int] | None]
+                 ) -> list[StageLag]:
+    """Per stage, the partition lags of `partition_lags` added up."""
     rows = []
     for st in manifest.stages:
         lags = [by_part[(st.index, p)] for p in range(st.partitions)]

@@ -12,7 +12,6 @@ from typing import Any
 
 from wallaroo import ops
 from wallaroo.names import (
-    APPS_BUCKET,
     ASSIGN_BUCKET,
     LEADER_BUCKET,
     LEADER_KEY,
@@ -47,11 +46,12 @@ async def gather(nats: Nats) -> Status:
     leader = await nats.kv_get(LEADER_BUCKET, LEADER_KEY)
     apps: list[list[str]] = []
     partitions: list[list[str]] = []
-    for manifest in await manifests(nats):
-        for lag in await ops.stage_lags(nats, manifest):
+    for manifest in await ops.manifests(nats):
+        by_part = await ops.partition_lags(nats, manifest)  # one consumer read per partition
+        for lag in ops.stage_totals(manifest, by_part):
             apps.append([manifest.name, manifest.version, str(lag.stage), lag.name,
                          str(lag.partitions), str(lag.pending), str(lag.ack_pending)])
-        partitions += await _partition_rows(nats, manifest, beats)
+        partitions += await _partition_rows(nats, manifest, beats, by_part)
     problems = [[r["id"], app, err] for r in beats for app, err in sorted(r["errors"].items())]
     runners = [_runner_row(r, leader.decode() if leader else "") for r in beats]
     return Status(apps, partitions, runners, _sink_rows(beats), problems)
@@ -69,15 +69,6 @@ def _sink_rows(beats: list[dict[str, Any]]) -> list[list[str]]:
     return sorted(rows)
 
 
-async def manifests(nats: Nats) -> list[Manifest]:
-    found = []
-    for key in await nats.kv_keys(APPS_BUCKET):
-        raw = await nats.kv_get(APPS_BUCKET, key)
-        if raw is not None:
-            found.append(Manifest.from_json(raw))
-    return found
-
-
 async def runner_heartbeats(nats: Nats) -> list[dict[str, Any]]:
     """What each live runner last reported (apps, progress, errors), oldest runner first."""
     beats = []
@@ -88,10 +79,10 @@ async def runner_heartbeats(nats: Nats) -> list[dict[str, Any]]:
     return sorted(beats, key=lambda r: r["started"])
 
 
-async def _partition_rows(nats: Nats, m: Manifest, beats: list[dict[str, Any]]) -> list[list[str]]:
+async def _partition_rows(nats: Nats, m: Manifest, beats: list[dict[str, Any]],
+                         lags: dict[tuple[int, int], tuple[int, int] | None]) -> list[list[str]]:
     raw = await nats.kv_get(ASSIGN_BUCKET, m.slug)
     owners: dict[str, str] = json.loads(raw) if raw else {}
-    lags = await ops.partition_lags(nats, m)
     reports = {(r["id"], k): p for r in beats
                for k, p in r["apps"].get(m.slug, {}).get("partitions", {}).items()}
     rows = []

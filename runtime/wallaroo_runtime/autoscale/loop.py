@@ -65,7 +65,7 @@ class Autoscaler:
     async def observe(self, now: float) -> Observation:
         lags: list[StageLag] = []
         arrived = 0
-        for m in await status.manifests(self.nats):
+        for m in await ops.manifests(self.nats):
             lags += [StageLag(m.slug, s.stage, s.name, s.pending + s.ack_pending)
                      for s in await ops.stage_lags(self.nats, m)]
             arrived += await self.nats.stream_last_seq(AppNames(m.slug).data_stream)
