@@ -52,10 +52,6 @@ def plain_loop(lines: list[bytes]) -> float:
     return out / (time.perf_counter() - start)
 
 
-async def output_count(nats: Nats, slug: str) -> int:
-    return await nats.stream_last_seq(AppNames(slug).out_stream)
-
-
 async def throughput(url: str, lines: list[bytes], words: int) -> float:
     nats = await Nats.connect(url)
     try:

@@ -1,15 +1,14 @@
 """The windowed_totals example: per user, one total per minute of event time, emitted in order
 once the user's records are 10 s past the minute; checked against a plain Python reference."""
 
-import importlib.util
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 import wallaroo.testing
+from wallaroo import ops, packaging
 
 HERE = Path(__file__).parent
 APP_FILE = HERE / "windowed_totals.py"
@@ -18,15 +17,11 @@ DELAY = 10.0
 
 
 def load_app():
-    spec = importlib.util.spec_from_file_location(APP_FILE.stem, APP_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module.application_setup([])
+    return packaging.load_app(APP_FILE)[0]
 
 
 def records():
-    return [line for line in INPUT.read_bytes().splitlines() if line]
+    return list(ops.file_lines(INPUT))
 
 
 def expected_by_user():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -18,6 +19,12 @@ from wallaroo.natsio import Nats
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "word_count" / "word_count.py"
 VOCAB = ROOT / "examples" / "word_count" / "count_this.txt"
+
+
+def seeded() -> tuple[int, random.Random]:
+    seed = int(os.environ.get("WALLAROO_CHAOS_SEED", random.randrange(1 << 30)))
+    print(f"chaos seed {seed} (replay with WALLAROO_CHAOS_SEED={seed})")
+    return seed, random.Random(seed)
 
 
 def make_input(rng: random.Random, words: int) -> tuple[list[bytes], Counter[str]]:

@@ -4,8 +4,6 @@ in-order input, lease and ownership probes, and the whole-output check."""
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,12 +28,6 @@ N = 400  # values per key: K * N = 8000 records, 8000 windows
 SEND_SECONDS = 6.0  # the input trickles in for this long, so every failure lands mid-stream
 KEYED_STAGE = 1  # stage 0 decodes (1 partition), stage 1 keeps the windows (8 partitions)
 TTL = 1.0  # runner membership TTL: a SIGKILLed runner is gone after ~1 s
-
-
-def seeded() -> tuple[int, random.Random]:
-    seed = int(os.environ.get("WALLAROO_CHAOS_SEED", random.randrange(1 << 30)))
-    print(f"chaos seed {seed} (replay with WALLAROO_CHAOS_SEED={seed})")
-    return seed, random.Random(seed)
 
 
 @dataclass

@@ -5,8 +5,6 @@ expected one (nothing lost, nothing twice), so every key's final count is right 
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import signal
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from chaos_support import (
     make_input,
     owners,
     paced_send,
+    seeded,
     wait_for_progress,
 )
 
@@ -30,12 +29,6 @@ from wallaroo.natsio import Nats
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 TTL = 1.0
-
-
-def seeded() -> tuple[int, random.Random]:
-    seed = int(os.environ.get("WALLAROO_CHAOS_SEED", random.randrange(1 << 30)))
-    print(f"chaos seed {seed} (replay with WALLAROO_CHAOS_SEED={seed})")
-    return seed, random.Random(seed)
 
 
 async def runners_owning(nats: Nats, slug: str) -> set[str]:
