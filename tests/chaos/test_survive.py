@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from chaos_support import seeded
 from sequence_chaos import (
     APP_V2,
     KEYED_STAGE,
@@ -30,7 +31,6 @@ from sequence_chaos import (
     log_subject,
     progress,
     run_scenario,
-    seeded,
 )
 
 from wallaroo import ops

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sequence_chaos import TTL, Stream, check_windows, eventually, progress, run_scenario, seeded
+from chaos_support import seeded
+from sequence_chaos import TTL, Stream, check_windows, eventually, progress, run_scenario
 
 from conftest import BUCKET, Moto
 from wallaroo.dev import DevCluster, RunnerProcess
