@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
-from wallaroo import codec, ops
-from wallaroo.dev import DevCluster
-from wallaroo.names import AppNames
-from wallaroo.natsio import Nats
-from wallaroo.natsserver import NatsServer, free_port
+from wallaroo.control import apps, ingest
+from wallaroo.core import codec
+from wallaroo.core.names import AppNames
+from wallaroo.core.wire import Manifest
+from wallaroo.local.dev import DevCluster
+from wallaroo.local.natsserver import NatsServer, free_port
+from wallaroo.nats import Nats
 
 RunOnRunner = Callable[..., dict[str, list[str]]]
 REGION = "us-east-1"
@@ -54,24 +56,24 @@ def run_on_runner(tmp_path: Path) -> Iterator[RunOnRunner]:
 async def drive(url: str, app_file: Path, inputs: list[tuple[str, bytes]]) -> dict[str, list[str]]:
     nats = await Nats.connect(url)
     try:
-        manifest = await ops.deploy(nats, app_file)
+        manifest = await apps.deploy(nats, app_file)
         for n, (source, group) in enumerate(groupby(inputs, key=lambda p: p[0])):
             records = [r for _, r in group]
-            await ops.send(nats, manifest, source, records, f"test{n}")
-        await ops.wait_idle(nats, manifest, timeout=60)
+            await ingest.send(nats, manifest, source, records, f"test{n}")
+        await apps.wait_idle(nats, manifest, timeout=60)
         return await collect_outputs(nats, manifest)
     finally:
         await nats.close()
 
 
-async def collect_outputs(nats: Nats, manifest: ops.Manifest) -> dict[str, list[str]]:
+async def collect_outputs(nats: Nats, manifest: Manifest) -> dict[str, list[str]]:
     """Every output in the app's output stream, per sink, as text lines. Read by direct gets,
     not a consumer: after a NATS node loss, creating one waits for a new meta leader."""
     names = AppNames(manifest.slug)
     last = await nats.stream_last_seq(names.out_stream)
     sinks = {names.out(s): s for s in manifest.sinks}
     outputs: dict[str, list[str]] = {s: [] for s in manifest.sinks}
-    async for m in nats.read_subject(names.out_stream, f"wl.{manifest.slug}.out.>", last, complete=True):
+    async for m in nats.read_subject(names.out_stream, names.out_all, last, complete=True):
         outputs[sinks[m.subject]].extend(out.decode("utf-8").removesuffix("\n")
                                          for out in codec.unpack_batch(m.data))
     return outputs

@@ -17,10 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from wallaroo import ops
-from wallaroo.dev import DevCluster
-from wallaroo.names import LEASES_BUCKET, AppNames, partition_key
-from wallaroo.natsio import Nats
+from wallaroo.control import apps, ingest
+from wallaroo.core.names import LEASES_BUCKET, AppNames, partition_key
+from wallaroo.core.wire import Manifest
+from wallaroo.local.dev import DevCluster
+from wallaroo.nats import Nats
 
 APP = Path(__file__).parent / "apps" / "keyed_counter.py"
 NEVER = ["--snapshot-every", "100000000", "--snapshot-seconds", "1000000"]
@@ -38,10 +39,10 @@ async def last_commit_seq(nats: Nats, slug: str) -> int:
     return last.seq if last else 0
 
 
-async def trickle(nats: Nats, m: ops.Manifest, stop: asyncio.Event) -> None:
+async def trickle(nats: Nats, m: Manifest, stop: asyncio.Event) -> None:
     n = 0
     while not stop.is_set():
-        await ops.send(nats, m, "in", [f"k{n % 1000}".encode()], f"trickle{n}")
+        await ingest.send(nats, m, "in", [f"k{n % 1000}".encode()], f"trickle{n}")
         n += 1
         await asyncio.sleep(0.01)
 
@@ -50,9 +51,9 @@ async def measure(cluster: DevCluster, keys: int) -> float:
     nats = await Nats.connect(cluster.url)
     stop = asyncio.Event()
     try:
-        m = await ops.deploy(nats, APP)
-        await ops.send(nats, m, "in", [f"k{i}".encode() for i in range(keys)], "load")
-        await ops.wait_idle(nats, m, timeout=300)
+        m = await apps.deploy(nats, APP)
+        await ingest.send(nats, m, "in", [f"k{i}".encode() for i in range(keys)], "load")
+        await apps.wait_idle(nats, m, timeout=300)
         owner = await holder(nats, m.slug)
         victim = next(r for r in cluster.runners if r.runner_id == owner)
         feeder = asyncio.create_task(trickle(nats, m, stop))

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from wallaroo import ops, status
-from wallaroo.dev import DevCluster
-from wallaroo.names import ASSIGN_BUCKET
-from wallaroo.natsio import Nats
+from wallaroo.control import apps, ingest
+from wallaroo.core import observe
+from wallaroo.core.names import ASSIGN_BUCKET
+from wallaroo.core.wire import Assignment, Manifest
+from wallaroo.local.dev import DevCluster, follow_wishes
+from wallaroo.nats import Nats
 from wallaroo_runtime.autoscale.backends import LocalBackend
 from wallaroo_runtime.autoscale.loop import Autoscaler
 from wallaroo_runtime.autoscale.policy import Policy
@@ -33,7 +34,7 @@ async def spread_over(nats: Nats, slug: str, n: int, timeout: float = 60) -> Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         raw = await nats.kv_get(ASSIGN_BUCKET, slug)
-        if raw and len(set(json.loads(raw).values())) == n:
+        if raw and len(set(Assignment.from_wire(raw).owners.values())) == n:
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(f"partitions not spread over {n} runners")
@@ -42,12 +43,12 @@ async def spread_over(nats: Nats, slug: str, n: int, timeout: float = 60) -> Non
 async def throughput(url: str, runners: int, lines: list[bytes], words: int) -> float:
     nats = await Nats.connect(url)
     try:
-        m = await ops.deploy(nats, APP)
+        m = await apps.deploy(nats, APP)
         await spread_over(nats, m.slug, runners)
-        await ops.wait_idle(nats, m, timeout=60)
+        await apps.wait_idle(nats, m, timeout=60)
         start = time.perf_counter()
-        await ops.send(nats, m, "lines", lines, f"bench{runners}")
-        await ops.wait_idle(nats, m, timeout=600, poll=0.1)
+        await ingest.send(nats, m, "lines", lines, f"bench{runners}")
+        await apps.wait_idle(nats, m, timeout=600, poll=0.1)
         return words / (time.perf_counter() - start)
     finally:
         await nats.close()
@@ -57,13 +58,14 @@ async def reaction(url: str, cluster: DevCluster, lines: list[bytes]) -> float:
     """Seconds from the first observed lag to the first commit of the runner added for it."""
     nats = await Nats.connect(url)
     policy = Policy(min_runners=1, max_runners=2, target_catchup=1.0, assumed_runner_rate=50.0)
-    scaler = Autoscaler(nats, LocalBackend(cluster.pool), policy)
+    scaler = Autoscaler(nats, LocalBackend(nats), policy)
     stop = asyncio.Event()
     loop = asyncio.create_task(scaler.run(stop, interval=0.25))
+    pool = asyncio.create_task(follow_wishes(nats, cluster.pool, stop))  # as `wallaroo dev` does
     try:
-        m = await ops.deploy(nats, APP)
-        await ops.wait_idle(nats, m, timeout=60)
-        sender = asyncio.create_task(ops.send(nats, m, "lines", lines, "burst"))
+        m = await apps.deploy(nats, APP)
+        await apps.wait_idle(nats, m, timeout=60)
+        sender = asyncio.create_task(ingest.send(nats, m, "lines", lines, "burst"))
         lag_at = await _first(lambda: _has_lag(nats, m))
         committed_at = await _first(lambda: _new_runner_committed(nats, "r1"))
         await sender
@@ -71,6 +73,7 @@ async def reaction(url: str, cluster: DevCluster, lines: list[bytes]) -> float:
     finally:
         stop.set()
         await loop
+        await pool
         await nats.close()
 
 
@@ -83,15 +86,14 @@ async def _first(cond, timeout: float = 60) -> float:  # type: ignore[no-untyped
     return time.monotonic()
 
 
-async def _has_lag(nats: Nats, m: ops.Manifest) -> bool:
-    return any(s.pending + s.ack_pending for s in await ops.stage_lags(nats, m))
+async def _has_lag(nats: Nats, m: Manifest) -> bool:
+    return any(s.lag for s in await observe.stage_lags(nats, m))
 
 
 async def _new_runner_committed(nats: Nats, runner: str) -> bool:
-    for beat in await status.runner_heartbeats(nats):
-        if beat["id"] == runner:
-            parts = [p for a in beat["apps"].values() for p in a["partitions"].values()]
-            return any(p["commits"] > 0 for p in parts)
+    for beat in await observe.runner_heartbeats(nats):
+        if beat.id == runner:
+            return any(p.commits > 0 for p in beat.partitions)
     return False
 
 

@@ -16,11 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from wallaroo import codec, ops
-from wallaroo.dev import DevCluster
-from wallaroo.names import AppNames
-from wallaroo.natsio import Nats
-from wallaroo.packaging import load_app
+from wallaroo.control import apps, ingest, outputs
+from wallaroo.core import codec
+from wallaroo.core.names import AppNames
+from wallaroo.core.packaging import load_app
+from wallaroo.core.wire import Manifest
+from wallaroo.local.dev import DevCluster
+from wallaroo.nats import Nats, Out
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "examples" / "word_count" / "word_count.py"
@@ -55,11 +57,11 @@ def plain_loop(lines: list[bytes]) -> float:
 async def throughput(url: str, lines: list[bytes], words: int) -> float:
     nats = await Nats.connect(url)
     try:
-        manifest = await ops.deploy(nats, APP)
-        await ops.wait_idle(nats, manifest, timeout=60)  # workers up, consumers created
+        manifest = await apps.deploy(nats, APP)
+        await apps.wait_idle(nats, manifest, timeout=60)  # workers up, consumers created
         start = time.perf_counter()
-        await ops.send(nats, manifest, "lines", lines, "bench", progress=_progress(words))
-        await ops.wait_idle(nats, manifest, timeout=600, poll=0.1)
+        await ingest.send(nats, manifest, "lines", lines, "bench", progress=_progress(words))
+        await apps.wait_idle(nats, manifest, timeout=600, poll=0.1)
         elapsed = time.perf_counter() - start
         print(file=sys.stderr)
         return words / elapsed
@@ -79,13 +81,13 @@ async def latency(url: str, rate: int, seconds: float) -> tuple[float, float, in
     """Each record is one unique word `w<i>`; its output `w<i> => 1` tells when it arrived."""
     nats = await Nats.connect(url)
     try:
-        manifest = await ops.deploy(nats, APP)
-        await ops.wait_idle(nats, manifest, timeout=60)  # steady state: workers up
+        manifest = await apps.deploy(nats, APP)
+        await apps.wait_idle(nats, manifest, timeout=60)  # steady state: workers up
         sent: dict[int, float] = {}
         lat: list[float] = []
         reader = asyncio.create_task(_read_latencies(nats, manifest, sent, lat))
         await _paced_send(nats, manifest, rate, seconds, sent)
-        await ops.wait_idle(nats, manifest, timeout=120)
+        await apps.wait_idle(nats, manifest, timeout=120)
         deadline = time.monotonic() + 30
         while len(lat) < len(sent) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -96,7 +98,7 @@ async def latency(url: str, rate: int, seconds: float) -> tuple[float, float, in
         await nats.close()
 
 
-async def _paced_send(nats: Nats, manifest: ops.Manifest, rate: int, seconds: float,
+async def _paced_send(nats: Nats, manifest: Manifest, rate: int, seconds: float,
                       sent: dict[int, float]) -> None:
     tick = 0.005
     per_tick = max(1, int(rate * tick))
@@ -109,13 +111,13 @@ async def _paced_send(nats: Nats, manifest: ops.Manifest, rate: int, seconds: fl
         now = time.monotonic()
         for i in range(per_tick):
             sent[n + i] = now
-        await nats.publish_all([ops.Out(names.data(0, 0), codec.pack_batch(batch), f"i:lat:{t}")])
+        await nats.publish_all([Out(names.data(0, 0), codec.pack_batch(batch), f"i:lat:{t}")])
         n += per_tick
 
 
-async def _read_latencies(nats: Nats, manifest: ops.Manifest, sent: dict[int, float],
+async def _read_latencies(nats: Nats, manifest: Manifest, sent: dict[int, float],
                           lat: list[float]) -> None:
-    async for _, _, outs in ops.tail(nats, manifest, None):
+    async for _, _, outs in outputs.tail(nats, manifest, None):
         now = time.monotonic()
         for out in outs:
             seq = int(out.split(b" ", 1)[0][1:])

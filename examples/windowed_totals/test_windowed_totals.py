@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import wallaroo.testing
-from wallaroo import ops, packaging
+from wallaroo.control import ingest
+from wallaroo.core import packaging
 
 HERE = Path(__file__).parent
 APP_FILE = HERE / "windowed_totals.py"
@@ -21,7 +22,7 @@ def load_app():
 
 
 def records():
-    return list(ops.file_lines(INPUT))
+    return list(ingest.file_lines(INPUT))
 
 
 def expected_by_user():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import wallaroo.testing
-from wallaroo.packaging import load_app
+from wallaroo.core.packaging import load_app
 
 HERE = Path(__file__).parent
 APP_FILE = HERE / "word_count.py"

@@ -16,10 +16,11 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from wallaroo.errors import WallarooError
-from wallaroo.natsio import Nats
+from wallaroo.core.changelog import PartitionState
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.wire import CommitRecord
+from wallaroo.nats import Nats
 from wallaroo_runtime import snapshot as snap
-from wallaroo_runtime.changelog import CommitRecord, PartitionState
 from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger("wallaroo.checkpoint")
@@ -129,14 +130,14 @@ class Checkpointer:
         self.pending = []
         if base is not None:
             for data in await self._segments_after(state.commit_no):
-                self._apply(state, CommitRecord.decode(data), data)
+                self._apply(state, CommitRecord.from_wire(data), data)
         if last_seq == 0 and base is not None:
             return self._from_store_alone(state)
         # A snapshot past the changelog's end: the changelog was made anew, read all of it.
         start = base.log_seq if base is not None and base.log_seq <= last_seq else 1
         async for m in self.nats.read_subject(self.log_stream, self.log_subject, last_seq, start,
                                               complete=True):
-            rec = CommitRecord.decode(m.data)
+            rec = CommitRecord.from_wire(m.data)
             if rec.commit_no <= state.commit_no:
                 state.last = rec  # already in the snapshot; kept to re-publish its outputs
             else:

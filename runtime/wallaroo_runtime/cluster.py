@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -23,15 +22,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wallaroo.names import (
+from wallaroo.core.names import (
     ASSIGN_BUCKET,
     LEADER_BUCKET,
     LEADER_KEY,
     LEASES_BUCKET,
     MEMBERS_BUCKET,
 )
-from wallaroo.natsio import Nats
-from wallaroo.packaging import Manifest
+from wallaroo.core.wire import Assignment, Holder, Manifest
+from wallaroo.nats import Nats
 from wallaroo_runtime.ownership import rendezvous
 
 log = logging.getLogger("wallaroo.cluster")
@@ -78,7 +77,7 @@ class Leadership:
         return self.revision is not None
 
     async def campaign(self) -> bool:
-        me = self.runner_id.encode()
+        me = Holder(self.runner_id).to_wire()
         if self.revision is not None:
             self.revision = await self.nats.kv_update(LEADER_BUCKET, LEADER_KEY, me, self.revision)
             if self.revision is None:
@@ -95,13 +94,13 @@ class Leadership:
             self.revision = None
 
 
-def assignment(members: list[str], manifest: Manifest) -> dict[str, str]:
-    """(stage, partition) -> owner, keyed "stage.partition". Pure: same inputs, same answer."""
-    return {
-        f"{st.index}.{p}": rendezvous(members, f"{manifest.slug}/{st.index}/{p}")
+def assignment(members: list[str], manifest: Manifest) -> Assignment:
+    """(stage, partition) -> owner. Pure: same inputs, same answer."""
+    return Assignment({
+        (st.index, p): rendezvous(members, f"{manifest.slug}/{st.index}/{p}")
         for st in manifest.stages
         for p in range(st.partitions)
-    }
+    })
 
 
 async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str], *,
@@ -111,21 +110,21 @@ async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str],
     owners of the current assignment stay members: partitions may move to joiners only."""
     current = await read_assignment(nats, manifest.slug)
     if keep_current:
-        members = sorted(set(members) | set(current.values()))
+        members = sorted(set(members) | set(current.owners.values()))
     if not members:
         return False  # not even the leader's own beat is in yet: nobody to assign to
-    owners = assignment(members, manifest)
-    if current == owners:
+    new = assignment(members, manifest)
+    if current == new:
         return False
-    await nats.kv_put(ASSIGN_BUCKET, manifest.slug, json.dumps(owners, sort_keys=True).encode())
-    moved = sum(1 for k, v in owners.items() if current.get(k) != v)
+    await nats.kv_put(ASSIGN_BUCKET, manifest.slug, new.to_wire())
+    moved = sum(1 for k, v in new.owners.items() if current.owners.get(k) != v)
     log.info("assigned %s over %d runner(s): %d partition(s) moved", manifest.slug, len(members), moved)
     return True
 
 
-async def read_assignment(nats: Nats, slug: str) -> dict[str, str]:
+async def read_assignment(nats: Nats, slug: str) -> Assignment:
     raw = await nats.kv_get(ASSIGN_BUCKET, slug)
-    return dict(json.loads(raw)) if raw else {}
+    return Assignment.from_wire(raw) if raw else Assignment({})
 
 
 class Lease:
@@ -146,14 +145,14 @@ class Lease:
         return False
 
     async def _try(self, patience_over: bool) -> bool:
-        me = self.runner_id.encode()
+        me = Holder(self.runner_id).to_wire()
         self.revision = await self.nats.kv_create(LEASES_BUCKET, self.key, me)
         if self.revision is not None:
             return True
         entry = await self.nats.kv_entry(LEASES_BUCKET, self.key)
         if entry is None:
             return False  # released between our two reads: try again next round
-        holder = entry.value.decode()
+        holder = Holder.from_wire(entry.value).runner_id
         if holder != self.runner_id and await is_live(self.nats, holder) and not patience_over:
             return False
         if holder != self.runner_id:
@@ -163,7 +162,7 @@ class Lease:
 
     async def held(self) -> bool:
         entry = await self.nats.kv_entry(LEASES_BUCKET, self.key)
-        return entry is not None and entry.value.decode() == self.runner_id
+        return entry is not None and Holder.from_wire(entry.value).runner_id == self.runner_id
 
     async def release(self) -> None:
         if self.revision is not None:

@@ -6,33 +6,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import os
-import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from wallaroo.errors import FencedError, WallarooError
-from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET, MEMBERS_BUCKET, AppNames, partition_key
-from wallaroo.natsio import Nats, unavailable
-from wallaroo.packaging import Manifest, load_artifact
+from wallaroo.core.aio import sleep_or_stop
+from wallaroo.core.errors import FencedError, WallarooError
+from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, MEMBERS_BUCKET, AppNames, partition_key
+from wallaroo.core.packaging import load_artifact
+from wallaroo.core.wire import (
+    AppReport,
+    Assignment,
+    Heartbeat,
+    Manifest,
+    Part,
+    PartitionReport,
+    SinkReport,
+)
+from wallaroo.core.worker import PartitionWorker, WorkerConfig
+from wallaroo.nats import Nats, unavailable
 from wallaroo.plan import Application
 from wallaroo_runtime import cluster
-from wallaroo_runtime.checkpoint import CheckpointConfig
+from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
 from wallaroo_runtime.connectors import SinkStats, connector_tasks, run_leased
+from wallaroo_runtime.process import backoff, run_until_signal
 from wallaroo_runtime.statestore import open_store
-from wallaroo_runtime.worker import PartitionWorker, WorkerConfig
 
 log = logging.getLogger("wallaroo.runner")
-RESTART_BACKOFF = (0.2, 5.0)
 # How many member TTLs a spell of NATS trouble may keep owners in the assignment: longer than
 # a stream or meta election (4-9 s; 3 s is the default TTL), shorter than an operator's wait.
 TROUBLE_GRACE = 10
-Part = tuple[int, int]
 
 
 @dataclass
@@ -45,6 +51,7 @@ class AppHost:
     app: Application
     runner_id: str
     cfg: WorkerConfig
+    checkpoint_cfg: CheckpointConfig
     cluster_cfg: ClusterConfig
     owned: set[Part] = field(default_factory=set)
     workers: dict[Part, PartitionWorker] = field(default_factory=dict)
@@ -59,9 +66,9 @@ class AppHost:
         for stream, (subject, work_queue) in names.streams().items():
             await self.nats.ensure_stream(stream, [subject], work_queue=work_queue)
 
-    def reconcile(self, owners: dict[str, str]) -> None:
+    def reconcile(self, assigned: Assignment) -> None:
         """Start workers for partitions assigned here; ask the others to finish and stop."""
-        self.owned = {_part(k) for k, v in owners.items() if v == self.runner_id}
+        self.owned = assigned.owned_by(self.runner_id)
         for part in self.owned - set(self.tasks):
             self.tasks[part] = asyncio.create_task(self._supervise(part))
         for part in set(self.tasks) - self.owned:
@@ -86,10 +93,9 @@ class AppHost:
                 await lease.release()
 
     async def _run_worker(self, part: Part, lease: Lease) -> None:
-        delay = RESTART_BACKOFF[0]
+        delays = backoff()
         while part in self.owned:
-            worker = PartitionWorker(self.nats, self.app, self.manifest.version,
-                                     self.app.stages[part[0]], part[1], self.cfg)
+            worker = self._worker(part)
             self.workers[part] = worker
             try:
                 await worker.run()
@@ -102,8 +108,15 @@ class AppHost:
                 self.failures += 1
                 log.error("worker %s/%d/%d failed (%d failures so far): %s",
                           self.app.slug, *part, self.failures, err, exc_info=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_BACKOFF[1])
+            await asyncio.sleep(next(delays))
+
+    def _worker(self, part: Part) -> PartitionWorker:
+        stage = self.app.stages[part[0]]
+        names = AppNames(self.app.slug)
+        checkpoints = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
+                                   part[1], names.log_stream, names.log(*part), stage.stateful)
+        return PartitionWorker(self.nats, self.app, self.manifest.version, stage, part[1],
+                               self.cfg, checkpoints)
 
     def start_connectors(self) -> None:
         """Start (or restart a failed) run per connector source and sink; each runs only on
@@ -138,37 +151,33 @@ class AppHost:
             for t in pending:
                 t.cancel()
 
-    def report(self, now: float) -> dict[str, object]:
-        return {
-            "version": self.manifest.version,
-            "failures": self.failures,
-            "partitions": {f"{s}.{p}": self._partition_report(w, now)
-                           for (s, p), w in sorted(self.workers.items())},
-            "sinks": {name: dataclasses.asdict(st) for name, st in sorted(self.sink_stats.items())
-                      if st.running},
-        }
-
-    @staticmethod
-    def _partition_report(w: PartitionWorker, now: float) -> dict[str, object]:
-        meter = w.rate  # the worker's own: a restarted worker's counters start again at 0
-        meter.update(now, w.progress.records, w.progress.messages)
-        return {"commits": w.progress.commits, "records": w.progress.records,
-                "dead": w.progress.dead, "restores": w.progress.restores,
-                "committed_seq": w.state.committed_seq,
-                "rate": round(meter.records, 1), "msg_rate": round(meter.messages, 2)}
+    def report(self, now: float, switching_to: str | None = None) -> AppReport:
+        return AppReport(
+            version=self.manifest.version, failures=self.failures,
+            partitions={part: _partition_report(w, now) for part, w in sorted(self.workers.items())},
+            sinks={name: SinkReport(**asdict(st)) for name, st in sorted(self.sink_stats.items())
+                   if st.running},
+            switching_to=switching_to,
+        )
 
 
-def _part(key: str) -> Part:
-    stage, part = key.split(".")
-    return int(stage), int(part)
+def _partition_report(w: PartitionWorker, now: float) -> PartitionReport:
+    meter = w.rate  # the worker's own: a restarted worker's counters start again at 0
+    meter.update(now, w.progress.records, w.progress.messages)
+    return PartitionReport(commits=w.progress.commits, records=w.progress.records,
+                           dead=w.progress.dead, restores=w.progress.restores,
+                           committed_seq=w.state.committed_seq, rate=round(meter.records, 1),
+                           msg_rate=round(meter.messages, 2))
 
 
 class Runner:
     def __init__(self, url: str, runner_id: str | None = None, cfg: WorkerConfig | None = None,
-                 cluster_cfg: ClusterConfig | None = None) -> None:
+                 cluster_cfg: ClusterConfig | None = None,
+                 checkpoint_cfg: CheckpointConfig | None = None) -> None:
         self.url = url
         self.runner_id = runner_id or cluster.new_runner_id()
         self.cfg = cfg or WorkerConfig()
+        self.checkpoint_cfg = checkpoint_cfg or CheckpointConfig()
         self.cluster_cfg = cluster_cfg or ClusterConfig()
         self.hosts: dict[str, AppHost] = {}
         self.retiring: dict[str, list[AppHost]] = {}
@@ -196,8 +205,7 @@ class Runner:
             await self._leave(nats, leadership)
 
     async def _pause(self, stop: asyncio.Event) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), self.cluster_cfg.tick)
+        await sleep_or_stop(stop, self.cluster_cfg.tick)
 
     async def _beat(self, nats: Nats, stop: asyncio.Event) -> None:
         """Heartbeat in a loop of its own: a tick held up by a slow NATS request (seconds,
@@ -236,7 +244,7 @@ class Runner:
         """Create the cluster's KV buckets and beat once (a leader counts itself only once
         its beat is in), retrying: a NATS node may be down or its streams electing a leader
         while this runner starts."""
-        delay = RESTART_BACKOFF[0]
+        delays = backoff()
         while not stop.is_set():
             try:
                 await cluster.ensure_buckets(nats, self.cluster_cfg)
@@ -245,9 +253,7 @@ class Runner:
             except Exception as err:  # any NATS error here is worth another try, said aloud
                 self._troubled(err)
                 log.warning("cannot set up the cluster buckets yet (%s); retrying", err)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, RESTART_BACKOFF[1])
+            await sleep_or_stop(stop, next(delays))
 
     async def _tick_safely(self, nats: Nats, leadership: Leadership) -> None:
         try:
@@ -287,7 +293,7 @@ class Runner:
             if raw is None:
                 continue
             try:
-                manifest = Manifest.from_json(raw)
+                manifest = Manifest.from_wire(raw)
             except (ValueError, TypeError, KeyError) as err:
                 self._refuse(slug, "?", f"unreadable manifest: {err}")
                 continue
@@ -316,7 +322,8 @@ class Runner:
             # new version's workers start once every older one has committed and let go.
             old.begin_stop()
             self.retiring.setdefault(manifest.slug, []).append(old)
-        host = AppHost(nats, manifest, app, self.runner_id, self.cfg, self.cluster_cfg)
+        host = AppHost(nats, manifest, app, self.runner_id, self.cfg, self.checkpoint_cfg,
+                       self.cluster_cfg)
         await host.start()
         self.hosts[manifest.slug] = host
         self.errors.pop(manifest.slug, None)
@@ -327,23 +334,23 @@ class Runner:
         self.errors[slug] = f"{version}: {why}"
         log.error("cannot run %s %s: %s", slug, version, why)
 
-    def _report(self, slug: str, host: AppHost, now: float) -> dict[str, object]:
+    def _report(self, slug: str, host: AppHost, now: float) -> AppReport:
         """A version counts as running once the previous one has stopped: `wallaroo deploy`
         waits for that, so what follows a deploy (say, a replay) meets the new code."""
         running = [h for h in self.retiring.get(slug, []) if not h.stopped]
         if running:
-            return running[0].report(now) | {"switching_to": host.manifest.version}
+            return running[0].report(now, switching_to=host.manifest.version)
         return host.report(now)
 
     async def _heartbeat(self, nats: Nats) -> None:
         now = time.time()
-        body = {
-            "id": self.runner_id, "pid": os.getpid(), "host": socket.gethostname(),
-            "started": self.started, "ts": now, "tick_failures": self.tick_failures,
-            "apps": {slug: self._report(slug, h, now) for slug, h in self.hosts.items()},
-            "errors": self.errors,
-        }
-        await nats.kv_put(MEMBERS_BUCKET, self.runner_id, json.dumps(body).encode())
+        beat = Heartbeat(
+            id=self.runner_id, pid=os.getpid(), host=socket.gethostname(), started=self.started,
+            ts=now, tick_failures=self.tick_failures,
+            apps={slug: self._report(slug, h, now) for slug, h in self.hosts.items()},
+            errors=dict(self.errors),
+        )
+        await nats.kv_put(MEMBERS_BUCKET, self.runner_id, beat.to_wire())
 
 
 @dataclass(frozen=True)
@@ -357,24 +364,18 @@ class RunnerOptions:
 
 def main(url: str, opts: RunnerOptions) -> None:
     """Run a runner until SIGINT/SIGTERM (then finish the batches in hand and exit)."""
-    logging.basicConfig(level=os.environ.get("WALLAROO_LOG", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = open_store(opts.state_store) if opts.state_store else None
-    if store is None:
-        log.warning("no --state-store: no snapshots, changelogs of stateful stages keep growing")
     checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds)
-    runner = Runner(url, opts.runner_id, WorkerConfig(checkpoint=checkpoint),
-                    ClusterConfig(member_ttl=opts.member_ttl))
-    asyncio.run(_main(runner))
+    runner = Runner(url, opts.runner_id, WorkerConfig(), ClusterConfig(member_ttl=opts.member_ttl),
+                    checkpoint)
 
+    async def body(stop: asyncio.Event) -> None:
+        if store is None:
+            log.warning("no --state-store: no snapshots, changelogs of stateful stages keep growing")
+        try:
+            await runner.run(stop)
+        finally:
+            if store is not None:
+                await store.close()
 
-async def _main(runner: Runner) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await runner.run(stop)
-    finally:
-        if runner.cfg.checkpoint.store is not None:
-            await runner.cfg.checkpoint.store.close()
+    run_until_signal(body)

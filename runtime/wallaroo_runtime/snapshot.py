@@ -22,8 +22,9 @@ from typing import Any
 
 import msgpack
 
-from wallaroo.errors import WallarooError
-from wallaroo_runtime.changelog import CommitRecord, PartitionState
+from wallaroo.core.changelog import PartitionState
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.wire import CommitRecord
 from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ async def write(store: StateStore, snapshot: Snapshot, segment_records: list[byt
 
 
 def _commit_range(records: list[bytes]) -> tuple[int, int]:
-    numbers = [CommitRecord.decode(r).commit_no for r in records]
+    numbers = [CommitRecord.from_wire(r).commit_no for r in records]
     if numbers != list(range(numbers[0], numbers[0] + len(numbers))):
         msg = f"segment commits must be consecutive, got {numbers[:3]}...{numbers[-3:]}"
         raise ValueError(msg)
@@ -261,7 +262,7 @@ def _append_after(out: list[bytes], records: list[bytes], current: int, where: s
     not); return the last commit number appended."""
     for raw in records:
         try:
-            n = CommitRecord.decode(raw).commit_no
+            n = CommitRecord.from_wire(raw).commit_no
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
             raise CorruptSnapshotError(where, f"holds a bad commit record ({e})") from e
         if n <= current:

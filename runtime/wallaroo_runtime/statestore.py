@@ -32,7 +32,7 @@ import botocore.exceptions  # noqa: TID251 - this module owns the S3 client impo
 from aiobotocore.config import AioConfig  # noqa: TID251 - this module owns the S3 client imports
 from aiobotocore.session import get_session  # noqa: TID251 - this module owns the S3 client imports
 
-from wallaroo.errors import WallarooError
+from wallaroo.core.errors import WallarooError
 from wallaroo_runtime.durable import write_atomic
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import time
@@ -12,9 +11,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from conftest import collect_outputs
-from wallaroo import ops
-from wallaroo.names import ASSIGN_BUCKET, LEADER_BUCKET, LEADER_KEY, AppNames
-from wallaroo.natsio import Nats
+from wallaroo.control import apps, ingest
+from wallaroo.core.names import ASSIGN_BUCKET, LEADER_BUCKET, LEADER_KEY, AppNames
+from wallaroo.core.wire import Assignment, Holder, Manifest, Part
+from wallaroo.nats import Nats
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "word_count" / "word_count.py"
@@ -45,12 +45,12 @@ def check_exactly_once(outputs: list[str], expected: Counter[str], seed: int) ->
     )
 
 
-async def paced_send(nats: Nats, manifest: ops.Manifest, lines: list[bytes], seconds: float,
+async def paced_send(nats: Nats, manifest: Manifest, lines: list[bytes], seconds: float,
                      chunks: int = 100) -> None:
     """Input keeps arriving for about `seconds`, so disruptions land mid-stream."""
     size = max(1, len(lines) // chunks)
     for i in range(0, len(lines), size):
-        await ops.send(nats, manifest, "lines", lines[i : i + size], f"chaos{i}", batch_size=20)
+        await ingest.send(nats, manifest, "lines", lines[i : i + size], f"chaos{i}", batch_size=20)
         await asyncio.sleep(seconds / chunks)
 
 
@@ -85,16 +85,16 @@ async def eventually(cond: Callable[[], Awaitable[bool]], timeout: float, what: 
         await asyncio.sleep(0.05)
 
 
-async def owners(nats: Nats, slug: str) -> dict[str, str]:
+async def owners(nats: Nats, slug: str) -> dict[Part, str]:
     raw = await nats.kv_get(ASSIGN_BUCKET, slug)
-    return dict(json.loads(raw)) if raw else {}
+    return Assignment.from_wire(raw).owners if raw else {}
 
 
 async def leader(nats: Nats) -> str | None:
     raw = await nats.kv_get(LEADER_BUCKET, LEADER_KEY)
-    return raw.decode() if raw else None
+    return Holder.from_wire(raw).runner_id if raw else None
 
 
-async def finish(nats: Nats, manifest: ops.Manifest) -> list[str]:
-    await ops.wait_idle(nats, manifest, timeout=180)
+async def finish(nats: Nats, manifest: Manifest) -> list[str]:
+    await apps.wait_idle(nats, manifest, timeout=180)
     return (await collect_outputs(nats, manifest))["counts"]

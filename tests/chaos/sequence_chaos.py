@@ -13,11 +13,13 @@ from chaos_support import eventually, owners
 from sequence_validator import keys, make_input, report, validate
 
 from conftest import collect_outputs
-from wallaroo import codec, ops
-from wallaroo.dev import RunnerProcess
-from wallaroo.names import LEASES_BUCKET, AppNames
-from wallaroo.natsio import Nats
-from wallaroo.status import runner_heartbeats
+from wallaroo.control import apps, dlq, ingest
+from wallaroo.core import codec
+from wallaroo.core.names import LEASES_BUCKET, AppNames
+from wallaroo.core.observe import runner_heartbeats
+from wallaroo.core.wire import Manifest
+from wallaroo.local.dev import RunnerProcess
+from wallaroo.nats import Nats
 
 APPS = Path(__file__).parent / "apps"
 APP = APPS / "sequence_window.py"
@@ -37,7 +39,7 @@ class Sent:
     records: int = 0
 
 
-async def paced_send(nats: Nats, manifest: ops.Manifest, sending: asyncio.Lock, sent: Sent,
+async def paced_send(nats: Nats, manifest: Manifest, sending: asyncio.Lock, sent: Sent,
                      seconds: float = SEND_SECONDS) -> None:
     """All K * N records over about `seconds`, one message (one value of every key) at a
     time, each acknowledged before the next, holding `sending` meanwhile. Why one at a
@@ -47,7 +49,7 @@ async def paced_send(nats: Nats, manifest: ops.Manifest, sending: asyncio.Lock, 
     started = time.monotonic()
     for i in range(N):
         async with sending:
-            await ops.send(nats, manifest, "values", records[i * K : (i + 1) * K], f"seq{i}",
+            await ingest.send(nats, manifest, "values", records[i * K : (i + 1) * K], f"seq{i}",
                            batch_size=K)
             sent.records += K
         ahead = started + seconds * (i + 1) / N - time.monotonic()
@@ -60,7 +62,7 @@ class Stream:
     """A deployed sequence-window app with its input arriving in the background."""
 
     nats: Nats
-    manifest: ops.Manifest
+    manifest: Manifest
     sender: asyncio.Task[None]
     sending: asyncio.Lock  # held by the sender while a message is in flight
     sent: Sent
@@ -80,7 +82,7 @@ async def run_scenario(url: str, chaos: Callable[[Stream], Awaitable[None]], *, 
     fails, that error ends the scenario at once."""
     nats = await Nats.connect(url)
     try:
-        m = await ops.deploy(nats, APP)
+        m = await apps.deploy(nats, APP)
         await eventually(lambda: spread_over(nats, m.slug, spread), 30, f"{spread} runners own partitions")
         lock, sent = asyncio.Lock(), Sent()
         stream = Stream(nats, m, asyncio.create_task(paced_send(nats, m, lock, sent, seconds)), lock, sent)
@@ -103,7 +105,7 @@ async def first_failure(*tasks: asyncio.Task[None]) -> None:
             task.cancel()
 
 
-async def windows(nats: Nats, manifest: ops.Manifest, timeout: float = 60.0) -> list[str]:
+async def windows(nats: Nats, manifest: Manifest, timeout: float = 60.0) -> list[str]:
     """The whole output, once every stage is idle. No record of this app may fail, so a
     dead letter fails the test at once, with its error (rather than after `timeout`)."""
     await eventually(lambda: idle_or_dead(nats, manifest), timeout, "all input processed")
@@ -114,13 +116,13 @@ class DeadLettered(AssertionError):
     """Records of the app went to its dead-letter stream (none of them should ever fail)."""
 
 
-async def idle_or_dead(nats: Nats, manifest: ops.Manifest) -> bool:
-    dead = await ops.dead_letters(nats, manifest, limit=5)
+async def idle_or_dead(nats: Nats, manifest: Manifest) -> bool:
+    dead = await dlq.dead_letters(nats, manifest, limit=5)
     if dead:
-        raise DeadLettered(f"{len(dead)}+ record(s) dead-lettered, e.g. stage {dead[0]['stage']} "
-                           f"key {dead[0]['key']!r}: {dead[0]['error']}")
+        raise DeadLettered(f"{len(dead)}+ record(s) dead-lettered, e.g. stage {dead[0].stage} "
+                           f"key {dead[0].key!r}: {dead[0].error}")
     try:
-        await ops.wait_idle(nats, manifest, timeout=0.5)
+        await apps.wait_idle(nats, manifest, timeout=0.5)
     except TimeoutError:  # not idle yet, or a lag probe went unanswered: poll again
         return False
     return True
@@ -182,7 +184,7 @@ def by_id(runners: list[RunnerProcess], runner_id: str) -> int:
 
 async def all_run_version(nats: Nats, slug: str, version: str, n: int) -> bool:
     beats = await runner_heartbeats(nats)
-    return len(beats) == n and all(b["apps"].get(slug, {}).get("version") == version for b in beats)
+    return len(beats) == n and all(slug in b.apps and b.apps[slug].version == version for b in beats)
 
 
 def log_after(log_file: Path, marker: str) -> list[str] | None:

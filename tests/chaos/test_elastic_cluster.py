@@ -22,10 +22,10 @@ from chaos_support import (
     wait_for_progress,
 )
 
-from wallaroo import ops
-from wallaroo.dev import DevCluster
-from wallaroo.names import MEMBERS_BUCKET
-from wallaroo.natsio import Nats
+from wallaroo.control import apps
+from wallaroo.core.names import MEMBERS_BUCKET
+from wallaroo.local.dev import DevCluster
+from wallaroo.nats import Nats
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 TTL = 1.0
@@ -42,7 +42,7 @@ def test_grow_to_three_and_shrink_to_one_while_streaming(tmp_path: Path) -> None
     async def body(cluster: DevCluster) -> list[str]:
         nats = await Nats.connect(cluster.url)
         try:
-            m = await ops.deploy(nats, APP)
+            m = await apps.deploy(nats, APP)
             sender = asyncio.create_task(paced_send(nats, m, lines, seconds=8))
             await wait_for_progress(nats, m.slug)
             cluster.scale_to(3)
@@ -72,7 +72,7 @@ def test_killing_the_leader_elects_another_and_moves_its_partitions(tmp_path: Pa
     async def body(cluster: DevCluster) -> list[str]:
         nats = await Nats.connect(cluster.url)
         try:
-            m = await ops.deploy(nats, APP)
+            m = await apps.deploy(nats, APP)
             await eventually(lambda: _spread_over(nats, m.slug, 3), 30, "3 runners own partitions")
             sender = asyncio.create_task(paced_send(nats, m, lines, seconds=5))
             await wait_for_progress(nats, m.slug)
@@ -108,7 +108,7 @@ def test_a_paused_zombie_cannot_commit_after_the_new_owner_starts(tmp_path: Path
     async def body(cluster: DevCluster) -> list[str]:
         nats = await Nats.connect(cluster.url)
         try:
-            m = await ops.deploy(nats, APP)
+            m = await apps.deploy(nats, APP)
             await eventually(lambda: _spread_over(nats, m.slug, 2), 30, "2 runners own partitions")
             sender = asyncio.create_task(paced_send(nats, m, lines, seconds=6))
             await wait_for_progress(nats, m.slug)

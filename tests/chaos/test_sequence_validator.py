@@ -19,7 +19,7 @@ from sequence_validator import (
     window,
 )
 
-from wallaroo.packaging import load_app
+from wallaroo.core.packaging import load_app
 from wallaroo.testing import run
 
 K, N = 3, 10

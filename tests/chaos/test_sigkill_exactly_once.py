@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from chaos_support import APP, check_exactly_once, finish, make_input, paced_send, seeded, wait_for_progress
 
-from wallaroo import ops
-from wallaroo.dev import DevCluster
-from wallaroo.natsio import Nats
+from wallaroo.control import apps
+from wallaroo.local.dev import DevCluster
+from wallaroo.nats import Nats
 
 WORDS = 100_000
 KILLS = 5
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 async def chaos(cluster: DevCluster, rng: random.Random, lines: list[bytes]) -> list[str]:
     nats = await Nats.connect(cluster.url)
     try:
-        manifest = await ops.deploy(nats, APP)
+        manifest = await apps.deploy(nats, APP)
         # input keeps arriving for ~15 s, so all 5 kills land mid-stream even on a slow machine
         sender = asyncio.create_task(paced_send(nats, manifest, lines, seconds=15))
         kills = 0

@@ -33,11 +33,11 @@ from sequence_chaos import (
     run_scenario,
 )
 
-from wallaroo import ops
-from wallaroo.dev import DevCluster, RunnerPool
-from wallaroo.names import LEASES_BUCKET, MEMBERS_BUCKET, AppNames
-from wallaroo.natsio import Nats
-from wallaroo.natsserver import NatsCluster, NatsServer
+from wallaroo.control import apps
+from wallaroo.core.names import LEASES_BUCKET, MEMBERS_BUCKET, AppNames
+from wallaroo.local.dev import DevCluster, RunnerPool
+from wallaroo.local.natsserver import NatsCluster, NatsServer
+from wallaroo.nats import Nats
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(120)]
 NAMES = AppNames(SLUG)
@@ -259,7 +259,7 @@ async def make_streams(url: str) -> None:
     """The app's streams, created up front (replicated) so their leaders are known."""
     nats = await Nats.connect(url)
     try:
-        await ops.ensure_streams(nats, SLUG)
+        await apps.ensure_streams(nats, SLUG)
     finally:
         await nats.close()
 
@@ -311,7 +311,7 @@ def test_a_new_version_deployed_mid_stream(tmp_path: Path) -> None:
         await progress(s)
         await asyncio.sleep(rng.uniform(0.0, 2.0))
         s.mid_stream("the upgrade")
-        v2 = await ops.deploy(s.nats, APP_V2)
+        v2 = await apps.deploy(s.nats, APP_V2)
         assert (v2.slug, v2.version != s.manifest.version) == (s.slug, True)
         took = await eventually(lambda: all_run_version(s.nats, s.slug, v2.version, 3), 30,
                                 "every runner runs version 2")
@@ -333,7 +333,7 @@ def test_a_runner_started_after_a_new_version_restores_the_old_state(tmp_path: P
         await progress(s)
         await asyncio.sleep(rng.uniform(0.0, 1.0))
         s.mid_stream("the upgrade")
-        v2 = await ops.deploy(s.nats, APP_V2)
+        v2 = await apps.deploy(s.nats, APP_V2)
         await eventually(lambda: all_run_version(s.nats, s.slug, v2.version, 3), 30,
                          "every runner runs version 2")
         victim = rng.randrange(3)

@@ -15,7 +15,7 @@ from chaos_support import seeded
 from sequence_chaos import TTL, Stream, check_windows, eventually, progress, run_scenario
 
 from conftest import BUCKET, Moto
-from wallaroo.dev import DevCluster, RunnerProcess
+from wallaroo.local.dev import DevCluster, RunnerProcess
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 SNAPSHOTS = ["--snapshot-every", "4", "--snapshot-seconds", "0.5"]

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 
 import msgpack
 
-from wallaroo import ops
-from wallaroo.names import AppNames, internal_msg_id
-from wallaroo.natsio import Nats, Out, StoredMsg
+from wallaroo.control import apps
+from wallaroo.core.names import AppNames, internal_msg_id
+from wallaroo.nats import Nats, Out, StoredMsg
 
 
 async def eventually(cond: Callable[[], Awaitable[bool]], what: str, timeout: float = 15.0) -> None:
@@ -24,7 +24,7 @@ async def eventually(cond: Callable[[], Awaitable[bool]], what: str, timeout: fl
 
 
 async def app_streams(nats: Nats, slug: str) -> AppNames:
-    await ops.ensure_streams(nats, slug)
+    await apps.ensure_streams(nats, slug)
     return AppNames(slug)
 
 

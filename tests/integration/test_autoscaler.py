@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import collect_outputs
-from wallaroo import ops
-from wallaroo.dev import DevCluster
-from wallaroo.natsio import Nats
+from wallaroo.control import apps, ingest
+from wallaroo.local.dev import DevCluster, follow_wishes
+from wallaroo.nats import Nats
 from wallaroo_runtime.autoscale.backends import LocalBackend
 from wallaroo_runtime.autoscale.loop import Autoscaler
 from wallaroo_runtime.autoscale.policy import Policy
@@ -40,26 +40,29 @@ def test_burst_scales_up_idle_scales_to_zero_and_a_message_wakes_it(
 
     async def body(cluster: DevCluster) -> None:
         nats = await Nats.connect(cluster.url)
-        scaler = Autoscaler(nats, LocalBackend(cluster.pool), POLICY)
+        scaler = Autoscaler(nats, LocalBackend(nats), POLICY)
         stop = asyncio.Event()
         loop = asyncio.create_task(scaler.run(stop, interval=0.2))
+        # What `wallaroo dev` does: the pool follows the autoscaler's wishes in the control bucket.
+        pool = asyncio.create_task(follow_wishes(nats, cluster.pool, stop))
         try:
-            m = await ops.deploy(nats, APP)
-            await ops.send(nats, m, "in", [f"r{i}".encode() for i in range(3000)], "burst",
+            m = await apps.deploy(nats, APP)
+            await ingest.send(nats, m, "in", [f"r{i}".encode() for i in range(3000)], "burst",
                            batch_size=10)
             took = await until(lambda: len(cluster.runners) >= 2, 30, "scale up on the burst")
             print(f"scaled up {took:.2f}s after the burst")
-            await ops.wait_idle(nats, m, timeout=120)
+            await apps.wait_idle(nats, m, timeout=120)
             await until(lambda: len(cluster.runners) == 0, 60, "scale to zero when idle")
-            await ops.send(nats, m, "in", [b"wake up"], "late")
+            await ingest.send(nats, m, "in", [b"wake up"], "late")
             await until(lambda: len(cluster.runners) >= 1, 30, "wake on lag")
-            await ops.wait_idle(nats, m, timeout=60)
+            await apps.wait_idle(nats, m, timeout=60)
             outputs = (await collect_outputs(nats, m))["out"]
             assert sorted(outputs) == sorted([f"r{i}" for i in range(3000)] + ["wake up"])
             assert scaler.failures == 0
         finally:
             stop.set()
             await loop
+            await pool
             await nats.close()
 
     with DevCluster(tmp_path / "c", runners=1, member_ttl=1.0) as cluster:

@@ -3,6 +3,7 @@ and reads an autoscaling group's desired capacity, clamps to its bounds, names m
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import urllib.request
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import boto3  # noqa: TID251 - the test builds the AWS side the backend is check
 import pytest
 from moto.server import ThreadedMotoServer
 
-from wallaroo.natsserver import free_port
+from wallaroo.local.natsserver import free_port
 from wallaroo_runtime.autoscale.aws import AsgNotFoundError, AwsAsgBackend
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -55,12 +56,12 @@ def group(endpoint: str) -> str:
 
 def test_set_desired_then_current_round_trips(endpoint: str, group: str) -> None:
     backend = AwsAsgBackend(group, region=REGION, endpoint_url=endpoint)
-    assert backend.current() == 1
+    assert asyncio.run(backend.current()) == 1
 
-    backend.set_desired(3)
-    assert backend.current() == 3
-    backend.set_desired(0)
-    assert backend.current() == 0
+    asyncio.run(backend.set_desired(3))
+    assert asyncio.run(backend.current()) == 3
+    asyncio.run(backend.set_desired(0))
+    assert asyncio.run(backend.current()) == 0
 
 
 def test_set_desired_clamps_to_the_group_max_with_a_warning(
@@ -68,9 +69,9 @@ def test_set_desired_clamps_to_the_group_max_with_a_warning(
     backend = AwsAsgBackend(group, region=REGION, endpoint_url=endpoint)
 
     with caplog.at_level(logging.WARNING, logger="wallaroo_runtime.autoscale.aws"):
-        backend.set_desired(9)
+        asyncio.run(backend.set_desired(9))
 
-    assert backend.current() == 5
+    assert asyncio.run(backend.current()) == 5
     assert "allows 0..5 runners: asked for 9, setting 5" in caplog.text
 
 
@@ -78,9 +79,9 @@ def test_a_missing_group_is_named_with_the_fix(endpoint: str, group: str) -> Non
     backend = AwsAsgBackend("no-such-group", region=REGION, endpoint_url=endpoint)
 
     with pytest.raises(AsgNotFoundError, match="'no-such-group' in region us-east-1") as err:
-        backend.set_desired(2)
+        asyncio.run(backend.set_desired(2))
 
     assert "infra/" in str(err.value)
     with pytest.raises(AsgNotFoundError):
-        backend.current()
-    assert AwsAsgBackend(group, region=REGION, endpoint_url=endpoint).current() == 1  # untouched
+        asyncio.run(backend.current())
+    assert asyncio.run(AwsAsgBackend(group, region=REGION, endpoint_url=endpoint).current()) == 1  # untouched

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from wallaroo.natsserver import free_port
+from wallaroo.local.natsserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 WORD_COUNT = ROOT / "examples" / "word_count"

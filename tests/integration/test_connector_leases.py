@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from connector_support import eventually
 
-from wallaroo.names import MEMBERS_BUCKET
-from wallaroo.natsio import Nats
-from wallaroo.natsserver import NatsServer
+from wallaroo.core.names import MEMBERS_BUCKET
+from wallaroo.local.natsserver import NatsServer
+from wallaroo.nats import Nats
 from wallaroo_runtime import cluster
 from wallaroo_runtime.cluster import ClusterConfig
 from wallaroo_runtime.connectors import run_leased

@@ -16,8 +16,8 @@ from connector_support import app_streams, cancel, eventually, publish_outputs, 
 
 from conftest import BUCKET, REGION, Moto
 from wallaroo.connectors import FileSink, HttpSink, NatsSink, S3Sink
-from wallaroo.natsio import MSG_ID, Nats
-from wallaroo.natsserver import NatsServer, free_port
+from wallaroo.local.natsserver import NatsServer, free_port
+from wallaroo.nats import MSG_ID, Nats
 from wallaroo_runtime.connectors import SinkStats, run_sink, sidecar, sinks
 from wallaroo_runtime.connectors.framing import content, s3_object_key
 from wallaroo_runtime.connectors.sinks import FileDelivery, OutputMsg
@@ -317,7 +317,12 @@ def test_a_sink_whose_consumer_is_gone_resumes_at_the_kept_ack_floor(nats_server
             durable = "sink_out"
             consumer = await nats.fresh_consumer(names.out_stream, durable, names.out("out"), 1)
             for m in (await consumer.fetch(3, 1.0))[:3]:
-                await m.raw.ack_sync()
+                await m.ack()
+
+            async def acked_three() -> bool:
+                return await nats.consumer_ack_floor(names.out_stream, durable) == 3
+
+            await eventually(acked_three, "three acks at the server")
             await consumer.close()
             assert await sinks._resume_at_ack_floor(nats, names, durable) == 4
             await nats.delete_consumer(names.out_stream, durable)

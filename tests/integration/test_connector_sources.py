@@ -16,9 +16,9 @@ from connector_support import app_streams, cancel, eventually
 
 from conftest import BUCKET, REGION, Moto
 from wallaroo.connectors import FileSource, S3Source
-from wallaroo.names import AppNames
-from wallaroo.natsio import Nats
-from wallaroo.natsserver import NatsServer
+from wallaroo.core.names import AppNames
+from wallaroo.local.natsserver import NatsServer
+from wallaroo.nats import Nats
 from wallaroo_runtime.connectors import KvProgress, SourceProgress, run_source, sources
 from wallaroo_runtime.connectors.progress import source_key
 from wallaroo_runtime.statestore import S3Store

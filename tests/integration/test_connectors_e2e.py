@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from wallaroo import ops, status
-from wallaroo.dev import DevCluster
-from wallaroo.names import AppNames
-from wallaroo.natsio import Nats
+from wallaroo.control import apps, status
+from wallaroo.core.names import AppNames
+from wallaroo.local.dev import DevCluster
+from wallaroo.nats import Nats
 
 APP = Path(__file__).parent / "apps" / "file_word_count.py"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -62,7 +62,7 @@ def test_file_in_file_out_survives_a_sigkill(tmp_path: Path, monkeypatch: pytest
     async def deploy(url: str) -> None:
         nats = await Nats.connect(url)
         try:
-            await ops.deploy(nats, APP)
+            await apps.deploy(nats, APP)
         finally:
             await nats.close()
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wallaroo.cli import app as cli
-from wallaroo.dev import DevCluster
+from wallaroo.local.dev import DevCluster
 
 APP = Path(__file__).parent / "apps" / "flaky.py"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

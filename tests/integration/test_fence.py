@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from wallaroo import ops
-from wallaroo.errors import FencedError
-from wallaroo.names import AppNames
-from wallaroo.natsio import Nats
-from wallaroo.natsserver import NatsServer
-from wallaroo.packaging import load_app
-from wallaroo_runtime.worker import PartitionWorker, WorkerConfig
+from wallaroo.control import apps, ingest
+from wallaroo.core.errors import FencedError
+from wallaroo.core.names import AppNames
+from wallaroo.core.packaging import load_app
+from wallaroo.core.worker import PartitionWorker, WorkerConfig
+from wallaroo.local.natsserver import NatsServer
+from wallaroo.nats import Nats
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "reverse" / "reverse.py"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -34,7 +34,7 @@ def test_a_stale_owner_is_fenced_and_publishes_nothing(nats_server: NatsServer) 
     async def body() -> None:
         nats = await Nats.connect(nats_server.url)
         try:
-            manifest = await ops.deploy(nats, APP)
+            manifest = await apps.deploy(nats, APP)
             app, _ = load_app(APP)
             stage = app.stages[0]
             zombie = PartitionWorker(nats, app, manifest.version, stage, 0, WorkerConfig())
@@ -42,12 +42,12 @@ def test_a_stale_owner_is_fenced_and_publishes_nothing(nats_server: NatsServer) 
             await zombie.restore()
             await owner.restore()
 
-            await ops.send(nats, manifest, None, [b"abc"], "p1")
+            await ingest.send(nats, manifest, None, [b"abc"], "p1")
             await owner.handle(await fetch_all(owner))  # type: ignore[arg-type]
             out = AppNames(manifest.slug).out_stream
             published = await nats.stream_last_seq(out)
 
-            await ops.send(nats, manifest, None, [b"xyz"], "p2")
+            await ingest.send(nats, manifest, None, [b"xyz"], "p2")
             with pytest.raises(FencedError, match="another owner committed"):
                 await zombie.handle(await fetch_all(zombie))  # type: ignore[arg-type]
             assert await nats.stream_last_seq(out) == published == 1

@@ -5,17 +5,18 @@ to), replaced consumers, and an assignment that keeps its owners while NATS itse
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats.js.api as jsapi  # noqa: TID251 - a bucket made the old way (no direct reads)
 import pytest
 
-from wallaroo.names import ASSIGN_BUCKET
-from wallaroo.natsio import DIRECT_BATCH, Nats
-from wallaroo.natsserver import NatsServer
-from wallaroo.packaging import build_artifact, load_app
+from wallaroo.core.names import ASSIGN_BUCKET
+from wallaroo.core.packaging import build_artifact, load_app
+from wallaroo.core.wire import Assignment
+from wallaroo.local.natsserver import NatsServer
+from wallaroo.nats import Nats
+from wallaroo.nats.client import DIRECT_BATCH
 from wallaroo_runtime import cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -118,7 +119,7 @@ def test_while_nats_fails_the_leader_moves_partitions_to_joiners_only(nats_serve
     async def owners(nats: Nats) -> set[str]:
         raw = await nats.kv_get(ASSIGN_BUCKET, manifest.slug)
         assert raw is not None
-        return set(json.loads(raw).values())
+        return set(Assignment.from_wire(raw).owners.values())
 
     async def body(nats: Nats) -> None:
         await cluster.ensure_buckets(nats, cluster.ClusterConfig())

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from wallaroo import ops
-from wallaroo.names import AppNames
-from wallaroo.natsio import Nats
-from wallaroo.natsserver import NatsServer
-from wallaroo.packaging import load_app
-from wallaroo_runtime.worker import PartitionWorker, WorkerConfig
+from wallaroo.control import apps, ingest
+from wallaroo.core.names import AppNames
+from wallaroo.core.packaging import load_app
+from wallaroo.core.worker import PartitionWorker, WorkerConfig
+from wallaroo.local.natsserver import NatsServer
+from wallaroo.nats import Nats
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "reverse" / "reverse.py"
 DEDUP_WINDOW = 0.5
@@ -60,10 +60,10 @@ def test_an_acked_commit_is_not_published_again_after_the_dedup_window(nats_serv
         try:
             for stream, (subject, work_queue) in names.streams().items():
                 await nats.ensure_stream(stream, [subject], work_queue=work_queue, dedup_window=DEDUP_WINDOW)
-            manifest = await ops.deploy(nats, APP)  # keeps the streams made above
+            manifest = await apps.deploy(nats, APP)  # keeps the streams made above
             first = PartitionWorker(nats, app, manifest.version, stage, 0, WorkerConfig())
             await first.restore()
-            await ops.send(nats, manifest, None, [b"abc", b"de"], "p1")
+            await ingest.send(nats, manifest, None, [b"abc", b"de"], "p1")
             await commit_one(first)  # committed, published, acked
             assert await stored(nats, names.out_stream, sink_subject) == 1
 

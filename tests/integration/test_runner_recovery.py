@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 
 from conftest import collect_outputs
-from wallaroo import ops
-from wallaroo.dev import DevCluster
-from wallaroo.names import APPS_BUCKET, ARTIFACTS_BUCKET
-from wallaroo.natsio import Nats
-from wallaroo.packaging import build_artifact, load_app
-from wallaroo.status import runner_heartbeats
+from wallaroo.control import apps, ingest
+from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET
+from wallaroo.core.observe import runner_heartbeats
+from wallaroo.core.packaging import build_artifact, load_app
+from wallaroo.core.wire import Heartbeat
+from wallaroo.local.dev import DevCluster
+from wallaroo.nats import Nats
 
 APP = Path(__file__).parent / "apps" / "flaky.py"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -28,9 +29,9 @@ def test_artifact_from_another_python_is_refused_with_both_versions(tmp_path: Pa
             app, _ = load_app(APP)
             artifact, manifest = build_artifact(app, APP)
             manifest = dataclasses.replace(manifest, python="3.9")
-            await ops.ensure_streams(nats, manifest.slug)
+            await apps.ensure_streams(nats, manifest.slug)
             await nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact)
-            await nats.kv_put(APPS_BUCKET, manifest.slug, manifest.to_json())
+            await nats.kv_put(APPS_BUCKET, manifest.slug, manifest.to_wire())
             return await wait_for_error(nats)
         finally:
             await nats.close()
@@ -38,14 +39,14 @@ def test_artifact_from_another_python_is_refused_with_both_versions(tmp_path: Pa
     with DevCluster(tmp_path / "c") as cluster:
         beats = asyncio.run(body(cluster.url))
         cluster.check_runners()  # the runner reported the error and kept running
-    error = str(beats[0]["errors"]["flaky"])
+    error = beats[0].errors["flaky"]
     assert "deployed from Python 3.9" in error and "runs Python 3.11" in error
 
 
-async def wait_for_error(nats: Nats) -> list[dict[str, object]]:
+async def wait_for_error(nats: Nats) -> list[Heartbeat]:
     for _ in range(300):
         beats = await runner_heartbeats(nats)
-        if beats and beats[0]["errors"]:
+        if beats and beats[0].errors:
             return beats
         await asyncio.sleep(0.05)
     raise AssertionError("the runner never reported the refused artifact")
@@ -71,9 +72,9 @@ def test_restart_restores_state_without_rerunning_user_code(
 async def feed(url: str, records: list[bytes]) -> list[str]:
     nats = await Nats.connect(url)
     try:
-        manifest = await ops.deploy(nats, APP)
-        await ops.send(nats, manifest, "numbers", records, ops.fresh_producer_id())
-        await ops.wait_idle(nats, manifest, timeout=60)
+        manifest = await apps.deploy(nats, APP)
+        await ingest.send(nats, manifest, "numbers", records, ingest.fresh_producer_id())
+        await apps.wait_idle(nats, manifest, timeout=60)
         return (await collect_outputs(nats, manifest))["sums"]
     finally:
         await nats.close()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from wallaroo.dev import RunnerProcess
-from wallaroo.names import MEMBERS_BUCKET
-from wallaroo.natsio import Nats
-from wallaroo.natsserver import NatsServer
+from wallaroo.core.names import MEMBERS_BUCKET
+from wallaroo.local.dev import RunnerProcess
+from wallaroo.local.natsserver import NatsServer
+from wallaroo.nats import Nats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

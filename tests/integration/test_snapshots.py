@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from conftest import collect_outputs
-from wallaroo import ops
-from wallaroo.dev import DevCluster
-from wallaroo.names import AppNames
-from wallaroo.natsio import Nats
+from wallaroo.control import apps, ingest
+from wallaroo.core.names import AppNames
+from wallaroo.core.wire import CommitRecord, Manifest
+from wallaroo.local.dev import DevCluster
+from wallaroo.nats import Nats
 from wallaroo_runtime import snapshot
-from wallaroo_runtime.changelog import CommitRecord
 from wallaroo_runtime.statestore import FileStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,10 +36,10 @@ def expected(sent: list[bytes]) -> Counter[str]:
     return Counter(f"{w} => {i}" for w, c in words.items() for i in range(1, c + 1))
 
 
-async def feed(nats: Nats, batch: list[bytes], tag: str) -> ops.Manifest:
-    manifest = await ops.deploy(nats, APP)
-    await ops.send(nats, manifest, "lines", batch, tag, batch_size=5)
-    await ops.wait_idle(nats, manifest, timeout=60)
+async def feed(nats: Nats, batch: list[bytes], tag: str) -> Manifest:
+    manifest = await apps.deploy(nats, APP)
+    await ingest.send(nats, manifest, "lines", batch, tag, batch_size=5)
+    await apps.wait_idle(nats, manifest, timeout=60)
     return manifest
 
 
@@ -56,7 +56,7 @@ def test_snapshots_trim_the_changelog_and_restore_after_sigkill_and_log_loss(tmp
     sent: list[bytes] = []
     store = tmp_path / "store"
 
-    async def round_(cluster: DevCluster, n: int) -> tuple[ops.Manifest, list[str], Nats]:
+    async def round_(cluster: DevCluster, n: int) -> tuple[Manifest, list[str], Nats]:
         nats = await Nats.connect(cluster.url)
         batch = lines(rng, n)
         sent.extend(batch)
@@ -98,10 +98,10 @@ async def commit_count(nats: Nats, slug: str, stage: int, part: int) -> int:
     """The partition's newest commit number: how many commits it has made."""
     names = AppNames(slug)
     last = await nats.last_on_subject(names.log_stream, names.log(stage, part))
-    return CommitRecord.decode(last.data).commit_no if last else 0
+    return CommitRecord.from_wire(last.data).commit_no if last else 0
 
 
-async def snapshots_current(nats: Nats, store: Path, m: ops.Manifest, timeout: float = 30) -> None:
+async def snapshots_current(nats: Nats, store: Path, m: Manifest, timeout: float = 30) -> None:
     """Until every partition's newest snapshot holds its newest commit."""
     file_store = FileStore(store)
     deadline = asyncio.get_running_loop().time() + timeout

@@ -18,7 +18,7 @@ from wallaroo.api import (
     state_computation_multi,
 )
 from wallaroo.connectors import FileSink, FileSource, HttpSink, NatsSink, S3Sink, S3Source
-from wallaroo.errors import Reject, WallarooError
+from wallaroo.core.errors import Reject, WallarooError
 from wallaroo.pipeline import Pipeline, StreamSink, StreamSource, source
 from wallaroo.plan import Application, build_application
 from wallaroo.windows import (

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from wallaroo.errors import ArityError, DefinitionError, MissingArgumentsError, f_repr
+from wallaroo.core.errors import ArityError, DefinitionError, MissingArgumentsError, f_repr
 
 F = TypeVar("F", bound=Callable[..., Any])
 SPEC_ATTR = "__wallaroo_spec__"

@@ -11,10 +11,12 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from wallaroo import ops
-from wallaroo.errors import WallarooError
-from wallaroo.natsio import Nats
-from wallaroo.tables import render_table
+from wallaroo.control import apps, dlq, ingest, outputs
+from wallaroo.control.scale import request_runners
+from wallaroo.control.tables import render_table
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.wire import DeadLetter
+from wallaroo.nats import Nats
 
 T = TypeVar("T")
 DEFAULT_NATS = "nats://127.0.0.1:4222"
@@ -86,11 +88,16 @@ def dev(
                             "--min-runners 0")] = None,
 ) -> None:
     """Run APP on a local cluster (embedded nats-server + runners), printing every output."""
-    from wallaroo.devrun import run_dev
+    from wallaroo.local.devrun import run_dev
 
-    policy = _policy(min_runners, max_runners, 30.0, idle_to_zero) if autoscale else None
+    scaler_args = None
+    if autoscale:
+        _policy(min_runners, max_runners, 30.0, idle_to_zero)  # a bad combination fails here
+        scaler_args = ["--min-runners", str(min_runners), "--max-runners", str(max_runners),
+                       "--interval", "0.5"]
+        scaler_args += ["--idle-to-zero", str(idle_to_zero)] if idle_to_zero is not None else []
     try:
-        code = run_dev(app_file, input, runners, source, state_dir, timeout, policy)
+        code = run_dev(app_file, input, runners, source, state_dir, timeout, scaler_args)
     except WallarooError as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
@@ -107,10 +114,10 @@ def deploy(
     """Package APP (cloudpickle + manifest) and ship it to the runners through NATS; runners
     switch between batches, keeping state."""
 
-    from wallaroo import status as st
+    from wallaroo.control import status as st
 
     async def body(nc: Nats) -> None:
-        m = await ops.deploy(nc, app_file)
+        m = await apps.deploy(nc, app_file)
         typer.echo(f"deployed {m.name} version {m.version} ({len(m.stages)} stages, "
                    f"{sum(s.partitions for s in m.stages)} partitions)")
         if wait:
@@ -151,14 +158,14 @@ def send(
         raise typer.BadParameter(msg)
 
     async def body(nc: Nats) -> int:
-        manifest = await ops.manifest_of(nc, app_name)
+        manifest = await apps.manifest_of(nc, app_name)
         if file is not None:
-            records = ops.file_lines(file)
-            pid = producer or ops.file_producer_id(file)
+            records = ingest.file_lines(file)
+            pid = producer or ingest.file_producer_id(file)
         else:
             records = iter([v.encode() for v in values or []])
-            pid = producer or ops.fresh_producer_id()
-        return await ops.send(nc, manifest, source, records, pid)
+            pid = producer or ingest.fresh_producer_id()
+        return await ingest.send(nc, manifest, source, records, pid)
 
     typer.echo(f"sent {on_nats(nats, body)} record(s) to {app_name}/{source}", err=True)
 
@@ -178,9 +185,9 @@ def tail(
             await asyncio.wait_for(follow(nc), timeout)
 
     async def follow(nc: Nats) -> None:
-        manifest = await ops.manifest_of(nc, app_name)
+        manifest = await apps.manifest_of(nc, app_name)
         seen = 0
-        async for _, _, outs in ops.tail(nc, manifest, sink):
+        async for _, _, outs in outputs.tail(nc, manifest, sink):
             for out in outs:
                 typer.echo(out.decode("utf-8", "replace").removesuffix("\n"))
                 seen += 1
@@ -194,7 +201,7 @@ def tail(
 def status(nats: NatsOpt = None) -> None:
     """Apps and stages, each partition's owner, committed seq, lag and rate, the runners, and
     connector sinks' deliveries."""
-    from wallaroo import status as st
+    from wallaroo.control import status as st
 
     s = on_nats(nats, st.gather)
     _table(st.APP_COLUMNS, s.apps, "no apps deployed")
@@ -232,8 +239,8 @@ def scale(
     """Resize the local cluster that `wallaroo dev` runs (runners are shared by its apps)."""
 
     async def body(nc: Nats) -> str:
-        manifest = await ops.manifest_of(nc, app_name)
-        await ops.request_runners(nc, runners)
+        manifest = await apps.manifest_of(nc, app_name)
+        await request_runners(nc, runners)
         return manifest.name
 
     name = on_nats(nats, body)
@@ -243,7 +250,8 @@ def scale(
 
 @app.command()
 def autoscaler(
-    backend: Annotated[str, typer.Option(help="local (runner subprocesses here), aws "
+    backend: Annotated[str, typer.Option(help="local (the runner pool of a `wallaroo dev`, "
+                       "through the control bucket), aws "
                        "(an EC2 autoscaling group) or static (decide and log only)")] = "local",
     min_runners: Annotated[int, typer.Option(min=0)] = 1,
     max_runners: Annotated[int, typer.Option(min=1)] = 8,
@@ -304,19 +312,19 @@ def dlq_list(
 ) -> None:
     """List dead letters: records that failed in decoding or user code after retries."""
 
-    async def body(nc: Nats) -> list[dict[str, Any]]:
-        return await ops.dead_letters(nc, await ops.manifest_of(nc, app_name), limit)
+    async def body(nc: Nats) -> list[DeadLetter]:
+        return await dlq.dead_letters(nc, await apps.manifest_of(nc, app_name), limit)
 
     letters = on_nats(nats, body)
     if not letters:
         typer.echo(f"no dead letters for {app_name}")
         return
-    rows = [[str(d["seq"]), d["step"], d["reason"], str(d["attempts"]), d["key"] or "",
-             _preview(d["payload"]), d["error"]] for d in letters]
+    rows = [[str(d.seq), d.step, d.reason, str(d.attempts), d.key or "", _preview(d.payload),
+             d.error] for d in letters]
     typer.echo(render_table(["seq", "step", "reason", "attempts", "key", "record", "error"], rows))
     if tracebacks:
         for d in letters:
-            typer.echo(f"\n--- dead letter {d['seq']} ---\n{d['traceback']}")
+            typer.echo(f"\n--- dead letter {d.seq} ---\n{d.traceback}")
 
 
 @dlq_app.command("replay")
@@ -328,13 +336,13 @@ def dlq_replay(
 ) -> None:
     """Re-inject dead letters into the stage that rejected them (e.g. after deploying a fix)."""
 
-    from wallaroo import status as st
+    from wallaroo.control import status as st
 
     async def body(nc: Nats) -> int:
-        manifest = await ops.manifest_of(nc, app_name)
+        manifest = await apps.manifest_of(nc, app_name)
         # Replay into the deployed version (the fix), not the one runners may still run.
         _report_rollout(await st.wait_rollout(nc, manifest, 60.0, _show_rollout))
-        return await ops.replay_dead_letters(nc, manifest, set(seq) if seq else None)
+        return await dlq.replay_dead_letters(nc, manifest, set(seq) if seq else None)
 
     typer.echo(f"replayed {on_nats(nats, body)} dead letter(s)")
 

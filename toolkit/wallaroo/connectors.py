@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from wallaroo.api import text_encoder, utf8_decoder
-from wallaroo.errors import DefinitionError
+from wallaroo.core.errors import DefinitionError
 from wallaroo.pipeline import StreamSink, StreamSource
 
 

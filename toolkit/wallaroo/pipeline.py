@@ -19,7 +19,7 @@ from wallaroo.api import (
     text_encoder,
     utf8_decoder,
 )
-from wallaroo.errors import PipelineError
+from wallaroo.core.errors import PipelineError
 
 DEFAULT_PARTITIONS = 8
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wallaroo.api import DecoderSpec, KeyExtractorSpec, StepSpec
-from wallaroo.errors import PipelineError
+from wallaroo.core.errors import PipelineError
 from wallaroo.pipeline import (
     DEFAULT_PARTITIONS,
     Collect,

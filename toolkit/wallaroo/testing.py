@@ -13,16 +13,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from wallaroo.engine import (
+from wallaroo.core.engine import (
     BatchResult,
-    DeadLetter,
     Item,
     RecordFailed,
     Retrier,
     RetryPolicy,
     StageEngine,
 )
-from wallaroo.errors import UnknownNameError
+from wallaroo.core.errors import UnknownNameError
+from wallaroo.core.wire import DeadLetter
 from wallaroo.plan import Application
 
 Inputs = Sequence[bytes | str] | Mapping[str, Sequence[bytes | str]] | Sequence[tuple[str, bytes | str]]

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wallaroo.api import StepSpec, _attach
-from wallaroo.errors import DefinitionError, Reject
+from wallaroo.core.errors import DefinitionError, Reject
 
 
 class Aggregation:

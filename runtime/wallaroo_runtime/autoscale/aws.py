@@ -6,12 +6,13 @@ dependency, `pip install 'wallaroo[aws]'`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import boto3  # noqa: TID251 - this module is the owner of the boto3 import
 
-from wallaroo.errors import WallarooError
+from wallaroo.core.errors import WallarooError
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,17 @@ class AwsAsgBackend:
         self._client: Any = client if client is not None else boto3.client(
             "autoscaling", region_name=region, endpoint_url=endpoint_url)
 
-    def current(self) -> int:
+    async def current(self) -> int:
         """The group's DesiredCapacity: what AWS is converging to, not the instances up now."""
-        return int(self._describe()["DesiredCapacity"])
+        group = await asyncio.to_thread(self._describe)  # boto3 blocks: off the event loop
+        return int(group["DesiredCapacity"])
 
-    def set_desired(self, n: int) -> None:
+    async def set_desired(self, n: int) -> None:
         """Set DesiredCapacity to `n`, clamped to the group's [MinSize, MaxSize] with a warning:
         AWS rejects values outside them, and the group's bounds win over the policy's."""
+        await asyncio.to_thread(self._set_desired, n)
+
+    def _set_desired(self, n: int) -> None:
         group = self._describe()
         low, high = int(group["MinSize"]), int(group["MaxSize"])
         capacity = min(max(n, low), high)

@@ -4,10 +4,12 @@ desired count and sets a new one. The AWS backend lives in aws.py (the one boto3
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from wallaroo.dev import RunnerPool
+from wallaroo.core import observe
+from wallaroo.core.names import CONTROL_BUCKET, RUNNERS_WISH_KEY
+from wallaroo.core.wire import RunnersWish
+from wallaroo.nats import Nats
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +19,11 @@ class Backend(Protocol):
 
     name: str
 
-    def current(self) -> int:
+    async def current(self) -> int:
         """The desired (or current) runner count as the backend sees it now."""
         ...
 
-    def set_desired(self, n: int) -> None:
+    async def set_desired(self, n: int) -> None:
         """Ask for `n` runners. May return before they are up; the next `current()` shows it."""
         ...
 
@@ -30,11 +32,6 @@ class StaticBackend:
     """A fixed pool the autoscaler must not touch: reports `n`, logs what it would have done.
 
     Useful to run the loop in "dry run" mode next to a fleet sized by hand.
-
-    >>> b = StaticBackend(3)
-    >>> b.set_desired(5)
-    >>> b.current()
-    3
     """
 
     name = "static"
@@ -46,27 +43,32 @@ class StaticBackend:
         self.n = n
         self.requested: list[int] = []  # what the loop asked for, for status output and tests
 
-    def current(self) -> int:
+    async def current(self) -> int:
         """The fixed count given at construction, whatever was requested since."""
         return self.n
 
-    def set_desired(self, n: int) -> None:
+    async def set_desired(self, n: int) -> None:
         """Record and log the request; the pool stays as it is."""
         self.requested.append(n)
         log.info("static backend: would scale to %d", n)
 
 
 class LocalBackend:
-    """Runner subprocesses on this machine (a RunnerPool of `wallaroo dev` or of a standalone
-    `wallaroo autoscaler --backend local`). Shrinking stops the newest runners gracefully."""
+    """The runner pool of a `wallaroo dev` on this machine, driven through NATS: the wish goes
+    into the control bucket (as `wallaroo scale` does), and the dev cluster starts or
+    gracefully stops runner subprocesses to match. The autoscaler never owns processes."""
 
     name = "local"
 
-    def __init__(self, pool: RunnerPool) -> None:
-        self.pool = pool
+    def __init__(self, nats: Nats) -> None:
+        self.nats = nats
 
-    def current(self) -> int:
-        return len(self.pool.runners)
+    async def current(self) -> int:
+        """The count last asked for; before any wish, the runners alive now."""
+        raw = await self.nats.kv_get(CONTROL_BUCKET, RUNNERS_WISH_KEY)
+        if raw is not None:
+            return RunnersWish.from_wire(raw).runners
+        return len(await observe.runner_heartbeats(self.nats))
 
-    def set_desired(self, n: int) -> None:
-        self.pool.scale_to(n)
+    async def set_desired(self, n: int) -> None:
+        await self.nats.kv_put(CONTROL_BUCKET, RUNNERS_WISH_KEY, RunnersWish(n).to_wire())

@@ -10,11 +10,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wallaroo import ops, status
-from wallaroo.names import AppNames
-from wallaroo.natsio import Nats
+from wallaroo.core import observe
+from wallaroo.core.aio import sleep_or_stop
+from wallaroo.core.names import AppNames
+from wallaroo.nats import Nats
 from wallaroo_runtime.autoscale.backends import Backend
-from wallaroo_runtime.autoscale.policy import Decision, Observation, Policy, StageLag, decide
+from wallaroo_runtime.autoscale.policy import Decision, Observation, Policy, decide
 
 log = logging.getLogger("wallaroo.autoscaler")
 
@@ -38,10 +39,7 @@ class Autoscaler:
             except Exception as err:  # a control loop survives a bad tick, and says so
                 self.failures += 1
                 log.error("autoscaler tick failed (%d so far): %s", self.failures, err)
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
+            await sleep_or_stop(stop, interval)
 
     async def tick(self) -> Decision:
         now = self.clock()
@@ -50,7 +48,7 @@ class Autoscaler:
         self._remember(now, decision)
         if decision.desired != obs.desired:
             log.info("scale %d -> %d runners: %s", obs.desired, decision.desired, decision.reason)
-            await asyncio.to_thread(self.backend.set_desired, decision.desired)
+            await self.backend.set_desired(decision.desired)
         else:
             log.debug("stay at %d runners: %s", obs.desired, decision.reason)
         return decision
@@ -63,18 +61,17 @@ class Autoscaler:
         del self.decisions[:-1000]
 
     async def observe(self, now: float) -> Observation:
-        lags: list[StageLag] = []
+        lags: list[observe.StageLag] = []
         arrived = 0
-        for m in await ops.manifests(self.nats):
-            lags += [StageLag(m.slug, s.stage, s.name, s.pending + s.ack_pending)
-                     for s in await ops.stage_lags(self.nats, m)]
+        for m in await observe.manifests(self.nats):
+            lags += await observe.stage_lags(self.nats, m)
             arrived += await self.nats.stream_last_seq(AppNames(m.slug).data_stream)
-        beats = await status.runner_heartbeats(self.nats)
-        rates = tuple(_runner_rate(b) for b in beats)
+        beats = await observe.runner_heartbeats(self.nats)
+        rates = tuple(b.msg_rate for b in beats)
         input_rate = self._input_rate(now, arrived)
         quiet = sum(s.lag for s in lags) == 0 and input_rate == 0
         self._idle_since = (self._idle_since or now) if quiet else None
-        desired = await asyncio.to_thread(self.backend.current)
+        desired = await self.backend.current()
         return Observation(runners=len(beats), desired=desired, lags=tuple(lags),
                            input_rate=input_rate, runner_rates=rates, idle_since=self._idle_since)
 
@@ -84,22 +81,3 @@ class Autoscaler:
         if before is None or now <= before[0]:
             return 0.0
         return max(0, arrived - before[1]) / (now - before[0])
-
-
-def _runner_rate(beat: dict[str, object]) -> float:
-    apps = beat.get("apps", {})
-    assert isinstance(apps, dict)
-    return float(sum(p.get("msg_rate", 0.0) for a in apps.values()
-                     for p in a.get("partitions", {}).values()))
-
-
-async def run_autoscaler(url: str, backend: Backend, policy: Policy, interval: float,
-                         stop: asyncio.Event) -> Autoscaler:
-    """Connect and run the loop until `stop` is set; returns the autoscaler (its decisions)."""
-    nats = await Nats.connect(url, name="wallaroo-autoscaler")
-    scaler = Autoscaler(nats, backend, policy)
-    try:
-        await scaler.run(stop, interval)
-    finally:
-        await nats.close()
-    return scaler

@@ -3,44 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import signal
-from pathlib import Path
 
+from wallaroo.nats import Nats
 from wallaroo_runtime.autoscale.backends import Backend, LocalBackend, StaticBackend
-from wallaroo_runtime.autoscale.loop import run_autoscaler
+from wallaroo_runtime.autoscale.loop import Autoscaler
 from wallaroo_runtime.autoscale.policy import Policy
+from wallaroo_runtime.process import run_until_signal
 
 
 def main(url: str, backend_name: str, policy: Policy, interval: float,
          asg_group: str | None, region: str) -> None:
-    logging.basicConfig(level=os.environ.get("WALLAROO_LOG", "INFO"),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    pool = None
-    if backend_name == "local":
-        from wallaroo.dev import RunnerPool
+    """Run the autoscaler until SIGINT/SIGTERM."""
 
-        pool = RunnerPool(url, Path(".wallaroo/autoscaler/logs"))
-        pool.scale_to(policy.min_runners)
-        backend: Backend = LocalBackend(pool)
-    elif backend_name == "aws":
-        from wallaroo_runtime.autoscale.aws import AwsAsgBackend
+    async def body(stop: asyncio.Event) -> None:
+        nats = await Nats.connect(url, name="wallaroo-autoscaler")
+        try:
+            backend = _backend(nats, backend_name, policy, asg_group, region)
+            await Autoscaler(nats, backend, policy).run(stop, interval)
+        finally:
+            await nats.close()
+
+    run_until_signal(body)
+
+
+def _backend(nats: Nats, name: str, policy: Policy, asg_group: str | None, region: str) -> Backend:
+    if name == "local":
+        return LocalBackend(nats)
+    if name == "aws":
+        from wallaroo_runtime.autoscale.aws import AwsAsgBackend  # needs the `aws` extra
 
         assert asg_group is not None
-        backend = AwsAsgBackend(asg_group, region=region)
-    else:
-        backend = StaticBackend(policy.min_runners)
-    try:
-        asyncio.run(_run(url, backend, policy, interval))
-    finally:
-        if pool is not None:
-            pool.stop()
-
-
-async def _run(url: str, backend: Backend, policy: Policy, interval: float) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await run_autoscaler(url, backend, policy, interval, stop)
+        return AwsAsgBackend(asg_group, region=region)
+    return StaticBackend(policy.min_runners)

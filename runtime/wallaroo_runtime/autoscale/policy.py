@@ -16,6 +16,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from wallaroo.core.observe import StageLag
+
 # A needed/per-runner ratio like 2.0000000001 is float noise, not a reason for a third runner.
 _EPSILON = 1e-9
 
@@ -89,16 +91,6 @@ def _zero_problem(p: Policy) -> str:
         return (f"idle_to_zero={p.idle_to_zero} has no effect with min_runners={p.min_runners}; "
                 "set min_runners=0 to allow scale to zero, or drop idle_to_zero")
     return ""
-
-
-@dataclass(frozen=True)
-class StageLag:
-    """Backlog of one stage: `num_pending + num_ack_pending` of its consumers."""
-
-    app: str
-    stage: int
-    name: str
-    lag: int
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from wallaroo.names import parse_internal
+from wallaroo.core.names import parse_internal
 
 
 @dataclass(frozen=True)

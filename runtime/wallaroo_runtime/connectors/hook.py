@@ -17,16 +17,17 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from wallaroo.connectors import ConnectorSink, ConnectorSource
-from wallaroo.errors import WallarooError
-from wallaroo.natsio import Nats
+from wallaroo.core.aio import sleep_or_stop
+from wallaroo.core.errors import WallarooError
+from wallaroo.nats import Nats
 from wallaroo.plan import Application
 from wallaroo_runtime.cluster import ClusterConfig, Lease
 from wallaroo_runtime.connectors.progress import KvProgress, sink_key, source_key
 from wallaroo_runtime.connectors.sinks import SinkStats, run_sink
 from wallaroo_runtime.connectors.sources import run_source
+from wallaroo_runtime.process import backoff
 
 log = logging.getLogger("wallaroo.connectors")
-RESTART_BACKOFF = (0.2, 5.0)
 Factory = Callable[[], Coroutine[Any, Any, None]]
 
 
@@ -56,17 +57,16 @@ def connector_tasks(nats: Nats, manifest_slug: str, app: Application, stop: asyn
 
 def _supervised(label: str, run: Factory, stop: asyncio.Event) -> Factory:
     async def supervise() -> None:
-        delay = RESTART_BACKOFF[0]
+        delays = backoff()
         while not stop.is_set():
+            delay = next(delays)
             try:
                 await run()
             except Exception as err:  # a connector restarts from its recorded progress
                 log.error("%s failed, restarting in %.1fs: %s", label, delay, err, exc_info=True)
             if stop.is_set():
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, RESTART_BACKOFF[1])
+            await sleep_or_stop(stop, delay)
 
     return supervise
 

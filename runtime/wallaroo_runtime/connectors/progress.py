@@ -11,8 +11,8 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
-from wallaroo.names import CONNECTORS_BUCKET
-from wallaroo.natsio import Nats
+from wallaroo.core.names import CONNECTORS_BUCKET
+from wallaroo.nats import Nats
 from wallaroo_runtime.connectors.framing import safe_token
 
 

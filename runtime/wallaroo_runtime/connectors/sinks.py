@@ -21,11 +21,11 @@ from typing import Protocol
 
 import aiohttp  # noqa: TID251 - this module owns the HTTP client import
 
-from wallaroo import codec
 from wallaroo.connectors import ConnectorSink, FileSink, HttpSink, NatsSink, S3Sink
-from wallaroo.errors import WallarooError
-from wallaroo.names import CONNECTORS_BUCKET, AppNames
-from wallaroo.natsio import InMsg, Nats
+from wallaroo.core import codec
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.names import CONNECTORS_BUCKET, AppNames
+from wallaroo.nats import InMsg, Nats
 from wallaroo_runtime.connectors import sidecar
 from wallaroo_runtime.connectors.framing import (
     content,

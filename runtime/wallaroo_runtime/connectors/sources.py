@@ -10,18 +10,17 @@ window in flight, batch for batch, and the stream's dedup window drops the repea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 
-from wallaroo.codec import pack_batch, partition_of
 from wallaroo.connectors import ConnectorSource, FileSource, S3Source
-from wallaroo.errors import WallarooError
-from wallaroo.names import AppNames
-from wallaroo.natsio import Nats, Out
-from wallaroo.ops import SEND_BATCH
+from wallaroo.core.aio import sleep_or_stop
+from wallaroo.core.codec import SEND_BATCH, pack_batch, partition_of
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.names import AppNames
+from wallaroo.nats import Nats, Out
 from wallaroo_runtime.connectors.framing import (
     LineBatch,
     batches_in,
@@ -100,11 +99,6 @@ async def run_source(
         await _run_s3(pub, name, cfg, stop)
 
 
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
 # --- files ------------------------------------------------------------------------------------
 
 
@@ -127,7 +121,7 @@ async def _run_file(pub: Publisher, name: str, cfg: FileSource, stop: asyncio.Ev
     tail = _Tail(cfg.settle)
     while not stop.is_set():
         if not await file_step(pub, name, cfg, tail):
-            await _sleep_or_stop(stop, cfg.poll)
+            await sleep_or_stop(stop, cfg.poll)
 
 
 async def file_step(pub: Publisher, name: str, cfg: FileSource, tail: _Tail) -> bool:
@@ -187,7 +181,7 @@ async def _run_s3(pub: Publisher, name: str, cfg: S3Source, stop: asyncio.Event)
                 if stop.is_set():
                     return
                 await object_step(pub, store, name, cfg, key, stop)
-            await _sleep_or_stop(stop, cfg.poll)
+            await sleep_or_stop(stop, cfg.poll)
     finally:
         await store.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -13,9 +14,9 @@ def test_static_backend_logs_the_request_and_keeps_its_count(caplog: pytest.LogC
     backend: Backend = StaticBackend(3)
 
     with caplog.at_level(logging.INFO, logger="wallaroo_runtime.autoscale.backends"):
-        backend.set_desired(5)
+        asyncio.run(backend.set_desired(5))
 
-    assert backend.current() == 3
+    assert asyncio.run(backend.current()) == 3
     assert "static backend: would scale to 5" in caplog.messages
     assert backend.name == "static"
 
@@ -24,7 +25,7 @@ def test_static_backend_remembers_every_request() -> None:
     backend = StaticBackend(2)
 
     for n in (4, 0, 2):
-        backend.set_desired(n)
+        asyncio.run(backend.set_desired(n))
 
     assert backend.requested == [4, 0, 2]
 

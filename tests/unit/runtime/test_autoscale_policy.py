@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from wallaroo_runtime.autoscale.policy import Observation, Policy, StageLag, decide
+from wallaroo.core.observe import StageLag
+from wallaroo_runtime.autoscale.policy import Observation, Policy, decide
 
 NOW = 1000.0
 ZERO_OK = Policy(min_runners=0, idle_to_zero=60.0)

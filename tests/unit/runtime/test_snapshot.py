@@ -10,10 +10,11 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from wallaroo.errors import WallarooError
-from wallaroo.natsio import Out
+from wallaroo.core.changelog import PartitionState
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.wire import CommitRecord
+from wallaroo.nats import Out
 from wallaroo_runtime import snapshot as snap
-from wallaroo_runtime.changelog import CommitRecord, PartitionState
 from wallaroo_runtime.snapshot import CorruptSnapshotError, Snapshot
 from wallaroo_runtime.statestore import FileStore
 
@@ -29,11 +30,11 @@ def make(commit_no: int, **table: bytes) -> Snapshot:
 def rec(n: int) -> bytes:
     return CommitRecord(commit_no=n, first_seq=n * 10 - 9, last_seq=n * 10, watermarks={"s0.3": n},
                         states={f"k{n}": f"v{n}".encode()},
-                        outs=[Out("wl.a.out.o", b"p", f"s1.3:{n}:0")]).encode()
+                        outs=[Out("wl.a.out.o", b"p", f"s1.3:{n}:0")]).to_wire()
 
 
 def numbers(records: list[bytes]) -> list[int]:
-    return [CommitRecord.decode(r).commit_no for r in records]
+    return [CommitRecord.from_wire(r).commit_no for r in records]
 
 
 async def write_history(store: FileStore, *snapshot_commits: int) -> None:
@@ -96,7 +97,7 @@ def test_a_segment_is_not_a_snapshot() -> None:
 
 
 def test_state_round_trip() -> None:
-    state = PartitionState.replay(CommitRecord.decode(rec(n)) for n in (1, 2))
+    state = PartitionState.replay(CommitRecord.from_wire(rec(n)) for n in (1, 2))
     s = Snapshot.of(APP, STAGE, PART, state, log_seq=5, created=1.0)
     state.table["later"] = b"not in the snapshot"
     back = s.to_state()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wallaroo.errors import WallarooError
+from wallaroo.core.errors import WallarooError
 from wallaroo_runtime.statestore import BadStoreUrlError, FileStore, S3Store, open_store
 
 

@@ -6,7 +6,7 @@ import pytest
 
 import wallaroo as wl
 from wallaroo.api import DecoderSpec, EncoderSpec, KeyExtractorSpec, StepSpec
-from wallaroo.errors import ArityError, DefinitionError, MissingArgumentsError
+from wallaroo.core.errors import ArityError, DefinitionError, MissingArgumentsError
 
 
 class Counter:

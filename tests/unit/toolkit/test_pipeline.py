@@ -3,7 +3,7 @@
 import pytest
 
 import wallaroo as wl
-from wallaroo.errors import DefinitionError, PipelineError
+from wallaroo.core.errors import DefinitionError, PipelineError
 from wallaroo.pipeline import KeyBy, Sinks, Source, Step, slug
 
 

@@ -4,7 +4,7 @@ import pytest
 
 import wallaroo as wl
 from wallaroo.api import KeyExtractorSpec
-from wallaroo.errors import PipelineError
+from wallaroo.core.errors import PipelineError
 from wallaroo.plan import Route
 
 

@@ -1,6 +1,6 @@
-"""wallaroo.tables: plain-text tables for status and listings."""
+"""wallaroo.control.tables: plain-text tables for status and listings."""
 
-from wallaroo.tables import render_table
+from wallaroo.control.tables import render_table
 
 
 def test_columns_are_padded_to_the_widest_cell() -> None:

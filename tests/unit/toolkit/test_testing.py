@@ -3,9 +3,10 @@
 import pytest
 
 import wallaroo as wl
-from wallaroo import codec, testing
-from wallaroo.engine import RetryPolicy
-from wallaroo.errors import UnknownNameError
+from wallaroo import testing
+from wallaroo.core import codec
+from wallaroo.core.engine import RetryPolicy
+from wallaroo.core.errors import UnknownNameError
 from wallaroo.plan import Application
 
 

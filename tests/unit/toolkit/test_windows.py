@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 import wallaroo as wl
-from wallaroo import codec, testing
-from wallaroo.errors import DefinitionError
+from wallaroo import testing
+from wallaroo.core import codec
+from wallaroo.core.errors import DefinitionError
 
 
 class Sum(wl.Aggregation):

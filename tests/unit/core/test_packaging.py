@@ -1,4 +1,4 @@
-"""wallaroo.packaging: load an app file, ship it as a checked artifact, load it back."""
+"""wallaroo.core.packaging: load an app file, ship it as a checked artifact, load it back."""
 
 import dataclasses
 import sys
@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from wallaroo import testing
-from wallaroo.errors import AppLoadError, ArtifactError, VersionMismatchError
-from wallaroo.packaging import (
+from wallaroo.core.errors import AppLoadError, ArtifactError, VersionMismatchError
+from wallaroo.core.packaging import (
     KEY_ENV,
-    Manifest,
     build_artifact,
     load_app,
     load_artifact,
     python_minor,
 )
+from wallaroo.core.wire import Manifest
 
 STEPS = '''
 import wallaroo as wl
@@ -149,7 +149,7 @@ def test_artifact_round_trip(write_app: WriteApp) -> None:
     assert manifest.sinks == ["counts"]
     assert [s.target for s in manifest.stages] == [1, None]
     assert manifest.signature == ""
-    assert Manifest.from_json(manifest.to_json()) == manifest
+    assert Manifest.from_wire(manifest.to_wire()) == manifest
     assert sorted(testing.run(loaded, ["x y x"]).lines()) == ["x => 1", "x => 2", "y => 1"]
 
 

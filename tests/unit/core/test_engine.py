@@ -1,13 +1,13 @@
-"""wallaroo.engine: one batch through one stage, pure; retries and dead letters as data."""
+"""wallaroo.core.engine: one batch through one stage, pure; retries and dead letters as data."""
 
 import zlib
 
 import pytest
 
 import wallaroo as wl
-from wallaroo import codec
 from wallaroo.api import text_encoder
-from wallaroo.engine import (
+from wallaroo.core import codec
+from wallaroo.core.engine import (
     DeadLetter,
     Item,
     RecordFailed,

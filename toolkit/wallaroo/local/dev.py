@@ -1,19 +1,26 @@
-"""The local cluster: an embedded nats-server and a pool of runner subprocesses."""
+"""The local cluster: an embedded nats-server, a pool of runner subprocesses sized by the
+control bucket, and the autoscaler process that may write it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Self
 
-from wallaroo.errors import WallarooError
-from wallaroo.natsserver import NatsServer, Service
+from wallaroo.control.scale import requested_runners
+from wallaroo.core.aio import sleep_or_stop
+from wallaroo.core.errors import WallarooError
+from wallaroo.local.natsserver import NatsServer, Service
+from wallaroo.nats import Nats
 
-RUNNER_STOP_TIMEOUT = 15.0
+STOP_TIMEOUT = 15.0
+WISH_POLL = 0.2  # seconds between reads of the runner count asked for
 DEFAULT_MEMBER_TTL = 3.0
 
 
@@ -24,28 +31,30 @@ def runner_command(url: str, runner_id: str, member_ttl: float, state_store: str
             "--member-ttl", str(member_ttl), *store, *extra]
 
 
-class RunnerProcess:
-    """A `wallaroo runner` subprocess; its log goes to `log_dir/<id>.log`."""
+def autoscaler_command(url: str, extra: Sequence[str] = ()) -> list[str]:
+    """`wallaroo autoscaler` sizing a local pool through the control bucket."""
+    return [sys.executable, "-m", "wallaroo", "autoscaler", "--backend", "local", "--nats", url,
+            *extra]
 
-    def __init__(self, url: str, runner_id: str, log_dir: Path,
-                 member_ttl: float = DEFAULT_MEMBER_TTL, state_store: str | None = None,
-                 extra: Sequence[str] = ()) -> None:
-        self.url, self.runner_id, self.log_dir, self.member_ttl = url, runner_id, log_dir, member_ttl
-        self.state_store, self.extra = state_store, tuple(extra)
+
+class ServiceProcess:
+    """A `wallaroo` subprocess (runner, autoscaler); its log goes to `log_dir/<name>.log`."""
+
+    def __init__(self, name: str, command: Sequence[str], log_dir: Path) -> None:
+        self.name, self.command, self.log_dir = name, list(command), log_dir
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def log_file(self) -> Path:
-        return self.log_dir / f"{self.runner_id}.log"
+        return self.log_dir / f"{self.name}.log"
 
-    def start(self) -> RunnerProcess:
+    def start(self) -> Self:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                runner_command(self.url, self.runner_id, self.member_ttl, self.state_store,
-                               self.extra), stdout=log,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
-                process_group=0,  # Ctrl-C reaches `wallaroo dev`, which stops runners in order
+                self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=os.environ.copy(),
+                process_group=0,  # Ctrl-C reaches `wallaroo dev`, which stops them in order
             )
         return self
 
@@ -64,15 +73,39 @@ class RunnerProcess:
             self.proc.wait()
 
     def stop(self) -> None:
-        """SIGTERM: the runner finishes the batches in hand, releases its partitions, exits."""
+        """SIGTERM: the process finishes its work in hand and exits."""
         if self.proc is None or not self.alive:
             return
-        self.proc.send_signal(signal.SIGCONT)  # a paused runner could not act on SIGTERM
+        self.proc.send_signal(signal.SIGCONT)  # a paused process could not act on SIGTERM
         self.proc.terminate()
         try:
-            self.proc.wait(timeout=RUNNER_STOP_TIMEOUT)
+            self.proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class RunnerProcess(ServiceProcess):
+    """A `wallaroo runner` subprocess: it finishes its batches and releases its partitions on
+    SIGTERM."""
+
+    def __init__(self, url: str, runner_id: str, log_dir: Path,
+                 member_ttl: float = DEFAULT_MEMBER_TTL, state_store: str | None = None,
+                 extra: Sequence[str] = ()) -> None:
+        super().__init__(runner_id, runner_command(url, runner_id, member_ttl, state_store, extra),
+                         log_dir)
+        self.url, self.runner_id = url, runner_id
+
+
+async def follow_wishes(nats: Nats, pool: RunnerPool, stop: asyncio.Event,
+                        on_change: Callable[[int], None] = lambda n: None) -> None:
+    """Until `stop`: start or stop runners of `pool` whenever the runner count asked for in
+    the control bucket (`wallaroo scale`, the autoscaler's local backend) differs from it."""
+    while not stop.is_set():
+        wanted = await requested_runners(nats)
+        if wanted is not None and wanted != len(pool.runners):
+            on_change(wanted)
+            await asyncio.to_thread(pool.scale_to, wanted)
+        await sleep_or_stop(stop, WISH_POLL)
 
 
 class RunnerPool:
@@ -119,7 +152,7 @@ class RunnerPool:
     def check(self) -> None:
         for r in self.runners:
             if not r.alive and r.proc is not None:
-                msg = f"runner {r.runner_id} exited with code {r.proc.returncode}; see {r.log_file}"
+                msg = f"runner {r.name} exited with code {r.proc.returncode}; see {r.log_file}"
                 raise WallarooError(msg)
 
     def stop(self) -> None:

@@ -3,7 +3,7 @@ dedup window, or a second copy inside one fetch) is recognised by its commit num
 
 from types import SimpleNamespace
 
-from wallaroo_runtime.worker import _seen_producer_seq
+from wallaroo.core.worker import _seen_producer_seq
 
 
 def msg(msg_id: str) -> SimpleNamespace:

@@ -1,10 +1,11 @@
-"""wallaroo_runtime.changelog: commit records round-trip and fold into partition state."""
+"""wallaroo.core.changelog: commit records round-trip and fold into partition state."""
 
 import msgpack
 import pytest
 
-from wallaroo.natsio import Out
-from wallaroo_runtime.changelog import CommitRecord, PartitionState
+from wallaroo.core.changelog import PartitionState
+from wallaroo.core.wire import CommitRecord
+from wallaroo.nats import Out
 
 
 def record(n: int, first: int, last: int, **states: bytes) -> CommitRecord:
@@ -21,7 +22,7 @@ def test_encode_decode_round_trip() -> None:
         outs=[Out("wl.app.d.1.2", b"\x00bytes", "s0.1:7:0"), Out("wl.app.out.x", b"", "s0.1:7:1")],
     )
 
-    assert CommitRecord.decode(rec.encode()) == rec
+    assert CommitRecord.from_wire(rec.to_wire()) == rec
 
 
 def test_replay_folds_tables_watermarks_and_sequences() -> None:
@@ -48,8 +49,8 @@ def test_replay_of_nothing_is_empty() -> None:
 
 
 def test_an_unknown_format_version_is_refused() -> None:
-    body = msgpack.unpackb(record(1, 1, 1).encode(), raw=False)
+    body = msgpack.unpackb(record(1, 1, 1).to_wire(), raw=False)
     body["v"] = 99
 
     with pytest.raises(ValueError, match="format 99 is not 1"):
-        CommitRecord.decode(msgpack.packb(body, use_bin_type=True))
+        CommitRecord.from_wire(msgpack.packb(body, use_bin_type=True))

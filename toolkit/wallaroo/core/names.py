@@ -11,6 +11,7 @@ LEASES_BUCKET = "WL_LEASES"  # per (app, stage, partition): the runner running i
 CONTROL_BUCKET = "WL_CONTROL"  # operator wishes, e.g. the local cluster's runner count
 CONNECTORS_BUCKET = "WL_CONNECTORS"  # per app and connector source: how far it has published
 LEADER_KEY = "leader"
+RUNNERS_WISH_KEY = "runners"  # in CONTROL_BUCKET: how many runners the local pool should run
 
 
 class AppNames:
@@ -36,13 +37,23 @@ class AppNames:
     def dlq(self, stage: int) -> str:
         return f"wl.{self.slug}.dlq.{stage}"
 
+    @property
+    def out_all(self) -> str:
+        """Every sink's output subject."""
+        return f"wl.{self.slug}.out.>"
+
+    @property
+    def dlq_all(self) -> str:
+        """Every stage's dead-letter subject."""
+        return f"wl.{self.slug}.dlq.>"
+
     def streams(self) -> dict[str, tuple[str, bool]]:
         """stream name -> (subject wildcard, work-queue retention?)"""
         return {
             self.data_stream: (f"wl.{self.slug}.d.>", True),
             self.log_stream: (f"wl.{self.slug}.log.>", False),
-            self.out_stream: (f"wl.{self.slug}.out.>", False),
-            self.dlq_stream: (f"wl.{self.slug}.dlq.>", False),
+            self.out_stream: (self.out_all, False),
+            self.dlq_stream: (self.dlq_all, False),
         }
 
     @staticmethod

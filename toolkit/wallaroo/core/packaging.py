@@ -5,64 +5,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.util
-import json
 import os
 import sys
 import sysconfig
 import time
 import traceback
 import types
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
-from wallaroo.errors import AppLoadError, ArtifactError, VersionMismatchError, WallarooError
+from wallaroo.core.errors import AppLoadError, ArtifactError, VersionMismatchError, WallarooError
+from wallaroo.core.wire import Manifest, StageInfo
 from wallaroo.plan import Application
 
-FORMAT = 1
 KEY_ENV = "WALLAROO_DEPLOY_KEY"
-
-
-@dataclass(frozen=True)
-class StageInfo:
-    index: int
-    name: str
-    partitions: int
-    source: str | None
-    target: int | None
-    sinks: list[str]
-
-
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    slug: str
-    version: str
-    python: str
-    cloudpickle: str
-    partitions: int
-    stages: list[StageInfo]
-    sinks: list[str]
-    by_value_modules: list[str]
-    created: float
-    signature: str = ""
-    format: int = FORMAT
-    requirements: list[str] = field(default_factory=list)
-
-    def to_json(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Manifest:
-        d = json.loads(data)
-        d["stages"] = [StageInfo(**s) for s in d["stages"]]
-        return cls(**d)
-
-    @property
-    def artifact_name(self) -> str:
-        return f"{self.slug}/{self.version}"
 
 
 def python_minor() -> str:

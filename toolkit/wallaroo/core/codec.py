@@ -15,6 +15,7 @@ import cloudpickle
 import msgpack
 
 PROTOCOL = 5
+SEND_BATCH = 256  # records per message that sources publish (`wallaroo send`, connectors)
 
 
 def dumps(obj: Any) -> bytes:

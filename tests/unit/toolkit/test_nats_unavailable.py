@@ -5,7 +5,7 @@ import nats.errors  # noqa: TID251 - the error classes under test
 import nats.js.errors as jserr  # noqa: TID251
 import pytest
 
-from wallaroo.natsio import unavailable
+from wallaroo.nats import unavailable
 
 
 @pytest.mark.parametrize("err", [

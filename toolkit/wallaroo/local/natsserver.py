@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from wallaroo.errors import WallarooError
+from wallaroo.core.errors import WallarooError
 
 MAX_PAYLOAD = 8 * 1024 * 1024
 

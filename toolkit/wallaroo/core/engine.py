@@ -10,12 +10,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from wallaroo import codec
 from wallaroo.api import StepSpec
-from wallaroo.errors import Reject
+from wallaroo.core import codec
+from wallaroo.core.errors import Reject
+from wallaroo.core.wire import DeadLetter
 from wallaroo.plan import Application, Stage
 
-log = logging.getLogger("wallaroo.engine")
+log = logging.getLogger("wallaroo.core.engine")
 PARTITION_CACHE = 100_000
 RecordId = tuple[int, int]  # (input message sequence, index of the record in that message)
 
@@ -78,34 +79,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.values)
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    stage: str
-    step: str
-    reason: str
-    error: str
-    traceback: str
-    attempts: int
-    key: str | None
-    payload: bytes
-    rid: RecordId
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage, "step": self.step, "reason": self.reason, "error": self.error,
-            "traceback": self.traceback, "attempts": self.attempts, "key": self.key,
-            "payload": self.payload, "rid": list(self.rid),
-        }
-
-    @classmethod
-    def from_wire(cls, d: Mapping[str, Any]) -> DeadLetter:
-        return cls(
-            stage=d["stage"], step=d["step"], reason=d["reason"], error=d["error"],
-            traceback=d["traceback"], attempts=d["attempts"], key=d["key"],
-            payload=d["payload"], rid=(d["rid"][0], d["rid"][1]),
-        )
 
 
 @dataclass

@@ -12,23 +12,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
-from wallaroo import codec
-from wallaroo.engine import (
+from wallaroo.core import codec
+from wallaroo.core.changelog import ChangelogOnly, Checkpoints, PartitionState
+from wallaroo.core.engine import (
     Batch,
     BatchResult,
-    DeadLetter,
     RecordFailed,
     Retrier,
     RetryPolicy,
     StageEngine,
 )
-from wallaroo.names import REPLAY_PREFIX, AppNames, internal_msg_id, parse_internal
-from wallaroo.natsio import InMsg, Nats, Out, PullConsumer
+from wallaroo.core.names import REPLAY_PREFIX, AppNames, internal_msg_id, parse_internal
+from wallaroo.core.wire import CommitRecord, DeadLetter, ReplayBatch
+from wallaroo.nats.protocol import Consumer, InMsg, Out, WorkerNats
 from wallaroo.plan import Application, Stage
-from wallaroo_runtime.changelog import CommitRecord, PartitionState
-from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 
 log = logging.getLogger("wallaroo.worker")
 Fresh = tuple[InMsg, tuple[list[str | None], list[Any]]]
@@ -44,7 +41,6 @@ class WorkerConfig:
     target_commit_seconds: float = 0.2
     ack_wait: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 class _TooBig(Exception):  # noqa: N818 - control flow inside _commit_batch
@@ -95,9 +91,11 @@ class RateMeter:
 
 class PartitionWorker:
     def __init__(
-        self, nats: Nats, app: Application, version: str, stage: Stage, part: int,
-        config: WorkerConfig,
+        self, nats: WorkerNats, app: Application, version: str, stage: Stage, part: int,
+        config: WorkerConfig, checkpoints: Checkpoints | None = None,
     ) -> None:
+        """`checkpoints`: where snapshots go (the runner's S3/file Checkpointer); without
+        one, state is restored from the changelog alone and nothing is trimmed."""
         self.nats, self.app, self.version, self.stage, self.part = nats, app, version, stage, part
         self.cfg = config
         self.names = AppNames(app.slug)
@@ -114,10 +112,7 @@ class PartitionWorker:
         # Why a nonce in the commit id: two owners writing the same commit number must not
         # look like one retried write to JetStream's dedup, which would hide the fence.
         self.nonce = secrets.token_hex(4)
-        self.checkpoints = Checkpointer(
-            nats, config.checkpoint, app.slug, stage.index, part, self.names.log_stream,
-            self.log_subject, stage.stateful,
-        )
+        self.checkpoints = checkpoints or ChangelogOnly(nats, self.names.log_stream, self.log_subject)
         self._seconds_per_record = 0.0
 
     def stop(self) -> None:
@@ -152,7 +147,7 @@ class PartitionWorker:
         if last is not None and not self.stage.stateful:
             # Why: stateless stages need only the newest record (it carries full watermarks).
             self.state = PartitionState()
-            self.state.apply(CommitRecord.decode(last.data))
+            self.state.apply(CommitRecord.from_wire(last.data))
         else:
             self.state = await self.checkpoints.restore(self.log_seq)
         last_rec = self.state.last
@@ -172,7 +167,7 @@ class PartitionWorker:
         return (await self.nats.msg_exists(stream, rec.first_seq)
                 and await self.nats.msg_exists(stream, rec.last_seq))
 
-    async def _open_consumer(self) -> PullConsumer:
+    async def _open_consumer(self) -> Consumer:
         """A fresh consumer delivers every uncommitted input in stream order: inputs at or
         below the committed seq are purged first (committed, maybe never acked)."""
         stream, durable = self.names.data_stream, AppNames.durable(self.stage.index, self.part)
@@ -210,8 +205,8 @@ class PartitionWorker:
         if m.msg_id.startswith(REPLAY_PREFIX):
             # A replayed dead letter: its value was pickled by a runner (`wallaroo dlq replay`
             # cannot unpickle app classes), so it travels as bytes.
-            keys, blobs = msgpack.unpackb(m.data, raw=False)
-            return keys, [codec.loads(b) for b in blobs]
+            replay = ReplayBatch.from_wire(m.data)
+            return replay.keys, [codec.loads(b) for b in replay.blobs]
         keys, values = codec.loads(m.data)
         return keys, values
 
@@ -257,7 +252,7 @@ class PartitionWorker:
             last_seq=batch[-1][0].stream_seq, watermarks=watermarks, states=result.states,
             outs=self._outputs(result, self.state.commit_no + 1),
         )
-        encoded = rec.encode()
+        encoded = rec.to_wire()
         if len(encoded) > self.nats.max_payload - PAYLOAD_MARGIN:
             msg = f"commit record of {len(encoded)} bytes exceeds the NATS max payload"
             raise _TooBig(msg)
@@ -322,9 +317,8 @@ class PartitionWorker:
         return [Out(s, p, internal_msg_id(self.producer, commit_no, k)) for k, (s, p) in enumerate(outs)]
 
     def _dead_letter(self, dead: DeadLetter) -> bytes:
-        body = dead.to_wire() | {"app": self.app.name, "version": self.version, "ts": time.time(),
-                                 "stage_index": self.stage.index, "partition": self.part}
-        return bytes(msgpack.packb(body, use_bin_type=True))
+        return dead.placed(self.app.name, self.version, time.time(), self.stage.index,
+                           self.part).to_wire()
 
 
 def _seen_producer_seq(m: InMsg, seen: dict[str, int]) -> bool:

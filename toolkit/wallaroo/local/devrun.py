@@ -6,21 +6,23 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from wallaroo import ops
-from wallaroo.dev import DevCluster
-from wallaroo.errors import WallarooError
-from wallaroo.natsio import Nats
-from wallaroo.packaging import Manifest, load_app
-from wallaroo.status import wait_rollout
+from wallaroo.control import apps, ingest, outputs
+from wallaroo.control.status import wait_rollout
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.packaging import load_app
+from wallaroo.core.wire import Manifest
+from wallaroo.local.dev import DevCluster, ServiceProcess, autoscaler_command, follow_wishes
+from wallaroo.nats import Nats
 
 
 def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
-            state_dir: Path, timeout: float, autoscale: Any = None) -> int:
-    """`autoscale`: an autoscale Policy; the autoscaler then sizes the runner pool."""
+            state_dir: Path, timeout: float, autoscale: Sequence[str] | None = None) -> int:
+    """`autoscale`: arguments for a `wallaroo autoscaler --backend local` process, which then
+    sizes the runner pool; None: the pool keeps `runners` (or what `wallaroo scale` asks)."""
     app, _ = load_app(app_file)  # fail on a broken app before starting anything
     if input_file is not None and source is None and len(app.sources) != 1:
         msg = f"{app.name} has several sources ({', '.join(app.sources)}): pass --source NAME"
@@ -40,7 +42,7 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
 
 
 async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
-                   source: str | None, timeout: float, autoscale: Any) -> bool:
+                   source: str | None, timeout: float, autoscale: Sequence[str] | None) -> bool:
     """True once all input is processed and printed; False if interrupted (Ctrl-C/SIGTERM)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,7 +52,7 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
     printer: _Printer | None = None
     sizer: asyncio.Task[None] | None = None
     try:
-        manifest = await ops.deploy(nats, app_file)
+        manifest = await apps.deploy(nats, app_file)
         await wait_rollout(nats, manifest, timeout=60)
         _info(f"deployed {manifest.name} version {manifest.version}")
         printer = _Printer(nats, manifest)
@@ -69,22 +71,25 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
         await nats.close()
 
 
-async def _size_pool(nats: Nats, cluster: DevCluster, autoscale: Any, stop: asyncio.Event) -> None:
-    """Who decides how many runners run: the autoscaler, or `wallaroo scale` requests."""
+async def _size_pool(nats: Nats, cluster: DevCluster, autoscale: Sequence[str] | None,
+                     stop: asyncio.Event) -> None:
+    """Keep the runner pool at the size asked for in the control bucket: by `wallaroo scale`,
+    or by a `wallaroo autoscaler --backend local` process started here with `autoscale` (its
+    extra arguments), which writes its decisions there."""
+    scaler = None
     if autoscale is not None:
-        from wallaroo_runtime.autoscale.backends import LocalBackend
-        from wallaroo_runtime.autoscale.loop import Autoscaler
+        scaler = ServiceProcess("autoscaler", autoscaler_command(cluster.url, autoscale),
+                                cluster.state_dir / "logs").start()
+        _info(f"autoscaler process started; its decisions are in {scaler.log_file}")
+    try:
+        await follow_wishes(nats, cluster.pool, stop, on_change=_scaling)
+    finally:
+        if scaler is not None:
+            scaler.stop()
 
-        _info(f"autoscaling between {autoscale.min_runners} and {autoscale.max_runners} runners")
-        await Autoscaler(nats, LocalBackend(cluster.pool), autoscale).run(stop, interval=0.5)
-        return
-    while not stop.is_set():
-        wanted = await ops.requested_runners(nats)
-        if wanted is not None and wanted != len(cluster.runners):
-            _info(f"scaling to {wanted} runner(s)")
-            await asyncio.to_thread(cluster.scale_to, wanted)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.5)
+
+def _scaling(n: int) -> None:
+    _info(f"scaling to {n} runner(s)")
 
 
 async def _forever() -> bool:
@@ -108,8 +113,8 @@ async def _until(stop: asyncio.Event, cluster: DevCluster, work: Coroutine[Any, 
 
 async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
                 input_file: Path, source: str | None, timeout: float) -> bool:
-    sent = await ops.send(nats, manifest, source, ops.file_lines(input_file),
-                          ops.file_producer_id(input_file))
+    sent = await ingest.send(nats, manifest, source, ingest.file_lines(input_file),
+                          ingest.file_producer_id(input_file))
     _info(f"sent {sent} records from {input_file}")
     await _finish(nats, cluster, manifest, printer, timeout)
     _info(f"done: {printer.count} outputs")
@@ -119,7 +124,7 @@ async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _P
 async def _finish(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
                   timeout: float) -> None:
     """Wait until every input is processed and every output printed."""
-    idle = asyncio.create_task(ops.wait_idle(nats, manifest, timeout))
+    idle = asyncio.create_task(apps.wait_idle(nats, manifest, timeout))
     while not idle.done():
         cluster.check_runners()
         await asyncio.sleep(0.1)
@@ -134,7 +139,7 @@ async def _finish(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: 
 
 
 def manifest_streams(manifest: Manifest) -> str:
-    from wallaroo.names import AppNames
+    from wallaroo.core.names import AppNames
 
     return AppNames(manifest.slug).out_stream
 
@@ -155,7 +160,7 @@ class _Printer:
 
     async def run(self) -> None:
         prefix = len(self.manifest.sinks) > 1
-        async for seq, sink, outs in ops.tail(self.nats, self.manifest, None):
+        async for seq, sink, outs in outputs.tail(self.nats, self.manifest, None):
             for out in outs:
                 line = out.decode("utf-8", "replace").removesuffix("\n")
                 sys.stdout.write(f"{sink}: {line}\n" if prefix else f"{line}\n")

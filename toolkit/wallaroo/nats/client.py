@@ -1,4 +1,5 @@
-"""The one module that talks to NATS (nats-py). Everything else uses these typed calls.
+"""The one module that talks to NATS (nats-py): `Nats` implements the Protocols of
+wallaroo.nats.protocol on a real server. Everything else uses these typed calls.
 
 Why a wrapper: nats-py's publish_async futures never time out, fetch() raises on an empty
 batch, and a fenced append surfaces as a generic APIError; here each becomes what callers
@@ -14,7 +15,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nats  # noqa: TID251 - this module is the owner of the nats import
@@ -22,10 +22,10 @@ import nats.errors  # noqa: TID251
 import nats.js.api as jsapi  # noqa: TID251
 import nats.js.errors as jserr  # noqa: TID251
 
-from wallaroo.errors import FencedError, NatsUnreachableError, WallarooError
+from wallaroo.core.errors import FencedError, NatsUnreachableError, WallarooError
+from wallaroo.nats.protocol import MSG_ID, InMsg, KvEntry, Out, StoredMsg
 
 log = logging.getLogger("wallaroo.nats")
-MSG_ID = "Nats-Msg-Id"
 KV_OPERATION = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
@@ -41,47 +41,6 @@ META_PATIENCE = 60.0
 DIRECT_BATCH = 256
 DIRECT_MAX_BYTES = 8 * 1024 * 1024
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class InMsg:
-    """A message fetched from a pull consumer."""
-
-    data: bytes
-    msg_id: str
-    stream_seq: int
-    consumer_seq: int
-    deliveries: int
-    pending: int
-    raw: Any
-
-    async def ack(self) -> None:
-        await self.raw.ack()
-
-
-@dataclass(frozen=True)
-class KvEntry:
-    key: str
-    value: bytes
-    revision: int
-
-
-@dataclass(frozen=True)
-class StoredMsg:
-    seq: int
-    subject: str
-    data: bytes
-    msg_id: str
-    kv_operation: str = ""  # DEL or PURGE: a KV delete marker
-
-
-@dataclass(frozen=True)
-class Out:
-    """A message to publish into a stream, with its deterministic dedup id."""
-
-    subject: str
-    payload: bytes
-    msg_id: str
 
 
 def replicas() -> int:
@@ -201,7 +160,7 @@ def _in_msg(m: Any) -> InMsg:
     headers = m.headers or {}
     seq = md.sequence
     return InMsg(m.data, headers.get(MSG_ID, ""), seq.stream, seq.consumer, md.num_delivered,
-                 md.num_pending or 0, m)
+                 md.num_pending or 0, m.ack)
 
 
 class Nats:

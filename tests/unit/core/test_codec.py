@@ -1,11 +1,11 @@
-"""wallaroo.codec: values and state round-trip, including what plain pickle cannot name."""
+"""wallaroo.core.codec: values and state round-trip, including what plain pickle cannot name."""
 
 import pickle
 from dataclasses import dataclass
 
 import pytest
 
-from wallaroo import codec
+from wallaroo.core import codec
 
 
 @dataclass

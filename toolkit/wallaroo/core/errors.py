@@ -122,3 +122,12 @@ class RecordTooLargeError(WallarooError, ValueError):
 class Reject(WallarooError):  # noqa: N818 - users raise it by this name, as in "reject the record"
     """Raised by user code to dead-letter the record at once, without retries: for records
     that are wrong, not unlucky (validation failures, records too late for their window)."""
+
+
+class WireError(WallarooError, ValueError):
+    """Bytes read from NATS are not the message they should be (corrupt, truncated, from an
+    incompatible version, or not ours): the reader refuses them whole."""
+
+    def __init__(self, what: str, why: str) -> None:
+        self.what, self.why = what, why
+        super().__init__(f"malformed {what}: {why}")

@@ -1,0 +1,2 @@
+"""CLI-side clients over NATS: deploy, ingest, tail, dead letters, status. Never imported by
+the runtime."""

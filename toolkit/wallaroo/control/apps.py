@@ -1,0 +1,54 @@
+"""Deploying an app and waiting on it: artifact + manifest into NATS, streams created; the
+deployed manifest by name; "has every stage consumed its input"."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from wallaroo.core import observe
+from wallaroo.core.errors import NotDeployedError
+from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
+from wallaroo.core.packaging import build_artifact, load_app
+from wallaroo.core.wire import Manifest
+from wallaroo.nats import Nats
+
+
+async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None) -> Manifest:
+    """Build the app, store artifact (object store) and manifest (KV), create its streams."""
+    app, _ = load_app(app_file, args)
+    artifact, manifest = build_artifact(app, app_file)
+    await ensure_streams(nats, manifest.slug)
+    await nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact)
+    await nats.kv_put(APPS_BUCKET, manifest.slug, manifest.to_wire())
+    return manifest
+
+
+async def ensure_streams(nats: Nats, slug: str) -> None:
+    for stream, (subject, work_queue) in AppNames(slug).streams().items():
+        await nats.ensure_stream(stream, [subject], work_queue=work_queue)
+
+
+async def manifest_of(nats: Nats, app: str) -> Manifest:
+    """The deployed manifest of `app` (its name or slug)."""
+    deployed = await observe.manifests(nats)
+    for m in deployed:
+        if app in (m.slug, m.name):
+            return m
+    raise NotDeployedError(app, [m.slug for m in deployed])
+
+
+async def wait_idle(nats: Nats, manifest: Manifest, timeout: float, poll: float = 0.05) -> None:
+    """Return once every stage has consumed and acknowledged all its input (checked in stage
+    order, twice in a row, so records in flight between stages are seen)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    quiet = 0
+    while quiet < 2:
+        if loop.time() > deadline:
+            msg = f"{manifest.name} still has unprocessed input after {timeout:.0f}s"
+            raise TimeoutError(msg)
+        lags = await observe.stage_lags(nats, manifest)
+        idle = all(s.pending == 0 and s.ack_pending == 0 and s.missing == 0 for s in lags)
+        quiet = quiet + 1 if idle else 0
+        await asyncio.sleep(poll)

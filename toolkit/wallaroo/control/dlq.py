@@ -1,0 +1,43 @@
+"""`wallaroo dlq`: list dead letters and re-inject them into the stage that rejected them."""
+
+from __future__ import annotations
+
+from wallaroo.core import codec
+from wallaroo.core.names import REPLAY_PREFIX, AppNames
+from wallaroo.core.wire import DeadLetter, Manifest, ReplayBatch
+from wallaroo.nats import Nats, Out
+
+
+async def dead_letters(nats: Nats, manifest: Manifest, limit: int = 1000) -> list[DeadLetter]:
+    """The app's dead letters, oldest first, each with its `seq` in the dead-letter stream."""
+    names = AppNames(manifest.slug)
+    last = await nats.stream_last_seq(names.dlq_stream)
+    out: list[DeadLetter] = []
+    async for m in nats.read_subject(names.dlq_stream, names.dlq_all, last):
+        out.append(DeadLetter.from_wire(m.data, seq=m.seq))
+        if len(out) >= limit:
+            break
+    return out
+
+
+async def replay_dead_letters(nats: Nats, manifest: Manifest, seqs: set[int] | None = None) -> int:
+    """Re-inject dead letters (all, or those with the given DLQ sequence numbers) into the
+    stage that dead-lettered them, then remove them from the dead-letter stream. A letter
+    that fails again is dead-lettered again, as a new entry. Returns how many were replayed."""
+    names = AppNames(manifest.slug)
+    letters = [d for d in await dead_letters(nats, manifest, limit=100_000)
+               if seqs is None or d.seq in seqs]
+    outs = [_replay_out(names, manifest, d) for d in letters]
+    await nats.publish_all(outs)
+    for d in letters:
+        await nats.delete_msg(names.dlq_stream, d.seq)
+    return len(outs)
+
+
+def _replay_out(names: AppNames, manifest: Manifest, letter: DeadLetter) -> Out:
+    stage, part = letter.stage_index, letter.partition
+    if manifest.stages[stage].source is not None:
+        payload = codec.pack_batch([letter.payload])
+    else:
+        payload = ReplayBatch([letter.key], [letter.payload]).to_wire()
+    return Out(names.data(stage, part), payload, f"{REPLAY_PREFIX}{manifest.slug}:{letter.seq}")

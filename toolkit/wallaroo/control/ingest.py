@@ -1,0 +1,104 @@
+"""`wallaroo send`: records into an app's source, in batches with deterministic message ids,
+so that sending the same file (or producer) again never ingests a record twice."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from wallaroo.core import codec
+from wallaroo.core.codec import SEND_BATCH
+from wallaroo.core.errors import RecordTooLargeError, UnknownNameError
+from wallaroo.core.names import AppNames
+from wallaroo.core.wire import Manifest
+from wallaroo.nats import Nats, Out
+
+PAYLOAD_MARGIN = 1024  # headers and framing on top of a batch
+SEND_WINDOW = 64
+
+
+def source_stage(manifest: Manifest, source: str | None) -> tuple[int, int]:
+    """(stage index, partitions) of the named source (or of the only one)."""
+    sources = {s.source: s for s in manifest.stages if s.source is not None}
+    if source is None and len(sources) == 1:
+        source = next(iter(sources))
+    if source not in sources:
+        raise UnknownNameError(kind="source", name=str(source), known=sorted(sources))
+    st = sources[source]
+    return st.index, st.partitions
+
+
+def file_producer_id(path: Path) -> str:
+    """Same file content -> same message ids, so sending a file again never duplicates."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "f" + h.hexdigest()[:20]
+
+
+def fit(batch: list[bytes], limit: int, first: int = 0) -> list[bytes]:
+    """`batch` packed into as few messages as fit in `limit` bytes each (split in halves, so
+    the same input always gives the same messages and ids). `first`: the index of the batch's
+    first record in the whole send, for the error."""
+    payload = codec.pack_batch(batch)
+    if len(payload) <= limit:
+        return [payload]
+    if len(batch) == 1:
+        raise RecordTooLargeError(first, len(batch[0]), limit)
+    half = len(batch) // 2
+    return fit(batch[:half], limit, first) + fit(batch[half:], limit, first + half)
+
+
+def batches(records: Iterable[bytes], size: int = SEND_BATCH) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    for rec in records:
+        batch.append(rec)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def send(
+    nats: Nats, manifest: Manifest, source: str | None, records: Iterable[bytes], producer: str,
+    batch_size: int = SEND_BATCH, progress: Any = None,
+) -> int:
+    """Publish records to a source in batches with ids `i:<producer>:<n>`; returns the count."""
+    stage, parts = source_stage(manifest, source)
+    names = AppNames(manifest.slug)
+    window: list[Out] = []
+    sent = 0
+    limit = nats.max_payload - PAYLOAD_MARGIN
+    for n, batch in enumerate(batches(records, batch_size)):
+        payloads = fit(batch, limit, sent)
+        for k, payload in enumerate(payloads):
+            msg_id = f"i:{producer}:{n}" if len(payloads) == 1 else f"i:{producer}:{n}.{k}"
+            window.append(Out(names.data(stage, n % parts), payload, msg_id))
+        sent += len(batch)
+        if len(window) >= SEND_WINDOW:
+            await nats.publish_all(window)
+            window = []
+            if progress:
+                progress(sent)
+    await nats.publish_all(window)
+    if progress:
+        progress(sent)
+    return sent
+
+
+def file_lines(path: Path) -> Iterator[bytes]:
+    """The file's non-empty lines, without line endings."""
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.rstrip(b"\r\n")
+            if line:
+                yield line
+
+
+def fresh_producer_id() -> str:
+    return "p" + uuid.uuid4().hex[:20]

@@ -1,0 +1,133 @@
+"""What `wallaroo status` shows: apps and stages, every partition's owner and progress, the
+runners (which one leads), and any errors runners reported."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from wallaroo.core import observe
+from wallaroo.core.names import (
+    ASSIGN_BUCKET,
+    LEADER_BUCKET,
+    LEADER_KEY,
+    LEASES_BUCKET,
+    partition_key,
+)
+from wallaroo.core.observe import Lag
+from wallaroo.core.wire import Assignment, Heartbeat, Holder, Manifest, Part
+from wallaroo.nats import Nats
+
+APP_COLUMNS = ["app", "version", "stage", "name", "partitions", "pending", "ack pending"]
+PARTITION_COLUMNS = ["app", "stage", "partition", "owner", "running on", "committed seq", "lag",
+                     "records/s"]
+RUNNER_COLUMNS = ["runner", "role", "pid", "host", "partitions", "commits", "records", "records/s",
+                  "heartbeat"]
+SINK_COLUMNS = ["app", "sink", "running on", "delivered", "skipped", "rejected", "last seq",
+                "pending"]
+PROBLEM_COLUMNS = ["runner", "app", "error"]
+
+
+@dataclass(frozen=True)
+class Status:
+    apps: list[list[str]]
+    partitions: list[list[str]]
+    runners: list[list[str]]
+    sinks: list[list[str]]
+    problems: list[list[str]]
+
+
+async def gather(nats: Nats) -> Status:
+    beats = await observe.runner_heartbeats(nats)
+    raw_leader = await nats.kv_get(LEADER_BUCKET, LEADER_KEY)
+    leader = Holder.from_wire(raw_leader).runner_id if raw_leader else ""
+    apps: list[list[str]] = []
+    partitions: list[list[str]] = []
+    for manifest in await observe.manifests(nats):
+        by_part = await observe.partition_lags(nats, manifest)  # one consumer read per partition
+        for lag in observe.stage_totals(manifest, by_part):
+            apps.append([manifest.name, manifest.version, str(lag.stage), lag.name,
+                         str(lag.partitions), str(lag.pending), str(lag.ack_pending)])
+        partitions += await _partition_rows(nats, manifest, beats, by_part)
+    problems = [[b.id, app, err] for b in beats for app, err in sorted(b.errors.items())]
+    runners = [_runner_row(b, leader) for b in beats]
+    return Status(apps, partitions, runners, _sink_rows(beats), problems)
+
+
+def _sink_rows(beats: list[Heartbeat]) -> list[list[str]]:
+    """Connector sinks (files, S3, HTTP, NATS subjects), each reported by the runner that
+    delivers it; `pending` counts output messages not yet handed to it."""
+    rows = []
+    for b in beats:
+        for slug, app in sorted(b.apps.items()):
+            for name, st in app.sinks.items():
+                rows.append([slug, name, b.id, str(st.delivered), str(st.skipped),
+                             str(st.rejected), str(st.last_seq), str(st.pending)])
+    return sorted(rows)
+
+
+async def _partition_rows(nats: Nats, m: Manifest, beats: list[Heartbeat],
+                         lags: dict[Part, Lag | None]) -> list[list[str]]:
+    raw = await nats.kv_get(ASSIGN_BUCKET, m.slug)
+    owners = Assignment.from_wire(raw).owners if raw else {}
+    reports = {(b.id, part): p for b in beats
+               for part, p in (b.apps[m.slug].partitions.items() if m.slug in b.apps else [])}
+    rows = []
+    for part, lag in lags.items():
+        holder = await nats.kv_get(LEASES_BUCKET, partition_key(m.slug, *part))
+        running = Holder.from_wire(holder).runner_id if holder else "-"
+        rep = reports.get((running, part))
+        rows.append([m.name, str(part[0]), str(part[1]), owners.get(part, "-"), running,
+                     str(rep.committed_seq) if rep else "-", "-" if lag is None else str(sum(lag)),
+                     str(rep.rate) if rep else "-"])
+    return rows
+
+
+def _runner_row(b: Heartbeat, leader: str) -> list[str]:
+    parts = b.partitions
+    return [b.id, "leader" if b.id == leader else "", str(b.pid), b.host,
+            str(len(parts)), str(sum(p.commits for p in parts)),
+            str(sum(p.records for p in parts)), f"{sum(p.rate for p in parts):.0f}",
+            f"{time.time() - b.ts:.1f}s ago"]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    version: str
+    ready: list[str]  # runners running the version
+    failed: dict[str, str]  # runner -> why it cannot run it
+    waiting: list[str]  # runners still on another version
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting
+
+
+async def rollout(nats: Nats, manifest: Manifest) -> Rollout:
+    """Where the live runners are with `manifest`'s version."""
+    ready, waiting, failed = [], [], {}
+    for beat in await observe.runner_heartbeats(nats):
+        error = beat.errors.get(manifest.slug, "")
+        app = beat.apps.get(manifest.slug)
+        if app is not None and app.version == manifest.version:
+            ready.append(beat.id)
+        elif error.startswith(manifest.version):
+            failed[beat.id] = error
+        else:
+            waiting.append(beat.id)
+    return Rollout(manifest.version, ready, failed, waiting)
+
+
+async def wait_rollout(nats: Nats, manifest: Manifest, timeout: float,
+                       progress: Callable[[Rollout], None] | None = None) -> Rollout:
+    """Until every live runner runs (or has refused) the deployed version, or `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = await rollout(nats, manifest)
+        if progress is not None:
+            progress(state)
+        if state.done or time.monotonic() > deadline:
+            return state
+        await asyncio.sleep(0.1)

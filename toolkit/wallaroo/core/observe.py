@@ -1,0 +1,76 @@
+"""Reading the cluster's state out of NATS: deployed manifests, consumer lag per partition and
+stage, runner heartbeats. Shared by `wallaroo status` (control) and the autoscaler (runtime)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wallaroo.core.names import APPS_BUCKET, MEMBERS_BUCKET, AppNames
+from wallaroo.core.wire import Heartbeat, Manifest, Part
+from wallaroo.nats import Nats
+
+Lag = tuple[int, int]  # (num_pending, num_ack_pending) of a partition's consumer
+
+
+@dataclass(frozen=True)
+class StageLag:
+    """Backlog of one stage of one app: its consumers' pending and ack-pending messages
+    added up; `missing` partitions have no consumer yet (nobody ran them)."""
+
+    app: str
+    stage: int
+    name: str
+    pending: int
+    ack_pending: int = 0
+    partitions: int = 1
+    missing: int = 0
+
+    @property
+    def lag(self) -> int:
+        """What the autoscaler drains: `num_pending + num_ack_pending`."""
+        return self.pending + self.ack_pending
+
+
+async def manifests(nats: Nats) -> list[Manifest]:
+    """Every deployed app's manifest."""
+    found = []
+    for key in await nats.kv_keys(APPS_BUCKET):
+        raw = await nats.kv_get(APPS_BUCKET, key)
+        if raw is not None:
+            found.append(Manifest.from_wire(raw))
+    return found
+
+
+async def partition_lags(nats: Nats, manifest: Manifest) -> dict[Part, Lag | None]:
+    """(stage, partition) -> its consumer's lag, None where no consumer exists."""
+    names = AppNames(manifest.slug)
+    return {
+        (st.index, p): await nats.consumer_lag(names.data_stream, AppNames.durable(st.index, p))
+        for st in manifest.stages
+        for p in range(st.partitions)
+    }
+
+
+def stage_totals(manifest: Manifest, by_part: dict[Part, Lag | None]) -> list[StageLag]:
+    """Per stage, the partition lags of `partition_lags` added up."""
+    rows = []
+    for st in manifest.stages:
+        lags = [by_part[(st.index, p)] for p in range(st.partitions)]
+        present = [lag for lag in lags if lag is not None]
+        rows.append(StageLag(manifest.slug, st.index, st.name, sum(p for p, _ in present),
+                             sum(a for _, a in present), st.partitions, len(lags) - len(present)))
+    return rows
+
+
+async def stage_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:
+    return stage_totals(manifest, await partition_lags(nats, manifest))
+
+
+async def runner_heartbeats(nats: Nats) -> list[Heartbeat]:
+    """What each live runner last reported (apps, progress, errors), oldest runner first."""
+    beats = []
+    for key in await nats.kv_keys(MEMBERS_BUCKET):
+        raw = await nats.kv_get(MEMBERS_BUCKET, key)
+        if raw is not None:
+            beats.append(Heartbeat.from_wire(raw))
+    return sorted(beats, key=lambda b: b.started)

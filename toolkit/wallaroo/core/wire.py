@@ -1,0 +1,376 @@
+"""Every message that crosses a process, as a frozen dataclass with `to_wire()` / `from_wire()`.
+
+Both sides write and read through these classes only: the CLI and the runners, one runner and
+another. Bytes that do not parse raise `WireError`, one typed error, whatever was wrong with them
+(bad JSON or msgpack, a missing field, a field of the wrong type).
+
+| message | written by | read by | where |
+|---|---|---|---|
+| Manifest | deploy | runners, CLI | KV `WL_APPS` |
+| CommitRecord | partition owner | the next owner, checkpoints | changelog subject |
+| DeadLetter | partition owner | `wallaroo dlq` | dead-letter stream |
+| ReplayBatch | `wallaroo dlq replay` | the stage's owner | data subject |
+| Heartbeat | runner | leader, status, autoscaler | KV `WL_MEMBERS` |
+| Assignment | leader | runners, status | KV `WL_ASSIGN` |
+| Holder | lease / leader holder | runners, status | KV `WL_LEASES`, `WL_LEADER` |
+| RunnersWish | `wallaroo scale`, autoscaler | the local pool (`wallaroo dev`) | KV `WL_CONTROL` |
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
+
+import msgpack
+
+from wallaroo.core.errors import WireError
+from wallaroo.nats.protocol import Out
+
+T = TypeVar("T")
+Part = tuple[int, int]  # (stage index, partition)
+COMMIT_FORMAT = 1
+MANIFEST_FORMAT = 1
+
+
+def _parse(what: str, data: bytes, build: Callable[[Any], T]) -> T:
+    """`build(decoded)`, where any failure to parse or build is a WireError naming `what`."""
+    try:
+        return build(data)
+    except WireError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, UnicodeDecodeError,
+            msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as err:
+        raise WireError(what, f"{type(err).__name__}: {err}") from err
+
+
+def _json(data: bytes) -> Any:
+    return json.loads(data)
+
+
+def _msgpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def _pack(body: Any) -> bytes:
+    return bytes(msgpack.packb(body, use_bin_type=True))
+
+
+def _str_map(d: Any, cast: Callable[[Any], T]) -> dict[str, T]:
+    if not isinstance(d, dict):
+        msg = f"expected a map, got {type(d).__name__}"
+        raise TypeError(msg)
+    return {str(k): cast(v) for k, v in d.items()}
+
+
+def part_key(part: Part) -> str:
+    """The one spelling of a (stage, partition) as a map key on the wire: "stage.partition"."""
+    return f"{part[0]}.{part[1]}"
+
+
+def parse_part_key(key: str) -> Part:
+    stage, part = key.split(".")
+    return int(stage), int(part)
+
+
+# --- deploy -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    index: int
+    name: str
+    partitions: int
+    source: str | None
+    target: int | None
+    sinks: list[str]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    slug: str
+    version: str
+    python: str
+    cloudpickle: str
+    partitions: int
+    stages: list[StageInfo]
+    sinks: list[str]
+    by_value_modules: list[str]
+    created: float
+    signature: str = ""
+    format: int = MANIFEST_FORMAT
+    requirements: list[str] = field(default_factory=list)
+
+    def to_wire(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Manifest:
+        def build(raw: bytes) -> Manifest:
+            d = _json(raw)
+            d["stages"] = [StageInfo(**s) for s in d["stages"]]
+            return cls(**d)
+
+        return _parse("manifest", data, build)
+
+    @property
+    def artifact_name(self) -> str:
+        return f"{self.slug}/{self.version}"
+
+
+# --- the commit protocol ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """One per processed input batch, appended to the partition changelog: everything needed
+    to recover without re-running user code (input range, per-producer watermarks, the state
+    slots it changed, every output with its deterministic message id)."""
+
+    commit_no: int
+    first_seq: int
+    last_seq: int
+    watermarks: dict[str, int]
+    states: dict[str, bytes]
+    outs: list[Out]
+
+    def to_wire(self) -> bytes:
+        return _pack({
+            "v": COMMIT_FORMAT, "n": self.commit_no, "in": [self.first_seq, self.last_seq],
+            "wm": self.watermarks, "st": self.states,
+            "out": [[o.subject, o.msg_id, o.payload] for o in self.outs],
+        })
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> CommitRecord:
+        return _parse("commit record", data, cls._build)
+
+    @classmethod
+    def _build(cls, data: bytes) -> CommitRecord:
+        d = _msgpack(data)
+        if d.get("v") != COMMIT_FORMAT:
+            msg = f"changelog record format {d.get('v')!r} is not {COMMIT_FORMAT}; upgrade the runner"
+            raise ValueError(msg)
+        return cls(
+            commit_no=int(d["n"]), first_seq=int(d["in"][0]), last_seq=int(d["in"][1]),
+            watermarks=_str_map(d["wm"], int), states=_str_map(d["st"], bytes),
+            outs=[Out(s, bytes(p), m) for s, m, p in d["out"]],
+        )
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that failed for good: where (stage, step), why, and the record itself. The
+    engine fills what it knows; the partition owner adds where it ran (`placed`)."""
+
+    stage: str
+    step: str
+    reason: str
+    error: str
+    traceback: str
+    attempts: int
+    key: str | None
+    payload: bytes
+    rid: tuple[int, int]  # (input message seq, record index in it)
+    app: str = ""
+    version: str = ""
+    ts: float = 0.0
+    stage_index: int = -1
+    partition: int = -1
+    seq: int = 0  # its sequence in the dead-letter stream, once read from there
+
+    def placed(self, app: str, version: str, ts: float, stage_index: int, partition: int) -> DeadLetter:
+        return DeadLetter(self.stage, self.step, self.reason, self.error, self.traceback,
+                          self.attempts, self.key, self.payload, self.rid, app, version, ts,
+                          stage_index, partition)
+
+    def to_wire(self) -> bytes:
+        body = asdict(self)
+        del body["seq"]
+        body["rid"] = list(self.rid)
+        return _pack(body)
+
+    @classmethod
+    def from_wire(cls, data: bytes, seq: int = 0) -> DeadLetter:
+        def build(raw: bytes) -> DeadLetter:
+            d = _msgpack(raw)
+            rid = d.pop("rid")
+            return cls(**d, rid=(int(rid[0]), int(rid[1])), seq=seq)
+
+        return _parse("dead letter", data, build)
+
+
+@dataclass(frozen=True)
+class ReplayBatch:
+    """Dead letters of a keyed stage re-injected by `wallaroo dlq replay`: keys and values as
+    the stage's owner pickled them (the CLI cannot unpickle app classes, so they stay bytes)."""
+
+    keys: list[str | None]
+    blobs: list[bytes]
+
+    def to_wire(self) -> bytes:
+        return _pack([self.keys, self.blobs])
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> ReplayBatch:
+        def build(raw: bytes) -> ReplayBatch:
+            keys, blobs = _msgpack(raw)
+            if len(keys) != len(blobs):
+                msg = f"{len(keys)} keys for {len(blobs)} values"
+                raise ValueError(msg)
+            return cls([None if k is None else str(k) for k in keys], [bytes(b) for b in blobs])
+
+        return _parse("replayed dead letters", data, build)
+
+
+# --- the cluster ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartitionReport:
+    commits: int
+    records: int
+    dead: int
+    restores: int
+    committed_seq: int
+    rate: float  # records/s
+    msg_rate: float  # input messages/s: what the autoscaler compares with consumer lag
+
+
+@dataclass(frozen=True)
+class SinkReport:
+    """A connector sink's deliveries on the runner running it."""
+
+    running: bool = False
+    delivered: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    last_seq: int = 0
+    pending: int = 0
+
+
+@dataclass(frozen=True)
+class AppReport:
+    version: str
+    failures: int
+    partitions: dict[Part, PartitionReport]
+    sinks: dict[str, SinkReport]
+    switching_to: str | None = None
+
+    def _body(self) -> dict[str, Any]:
+        return {"version": self.version, "failures": self.failures,
+                "partitions": {part_key(k): asdict(v) for k, v in self.partitions.items()},
+                "sinks": {k: asdict(v) for k, v in self.sinks.items()},
+                "switching_to": self.switching_to}
+
+    @classmethod
+    def _build(cls, d: Mapping[str, Any]) -> AppReport:
+        return cls(str(d["version"]), int(d["failures"]),
+                   {parse_part_key(k): PartitionReport(**v) for k, v in d["partitions"].items()},
+                   {str(k): SinkReport(**v) for k, v in d["sinks"].items()},
+                   d.get("switching_to"))
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a runner says about itself every tick; its KV entry lapsing means it is gone."""
+
+    id: str
+    pid: int
+    host: str
+    started: float
+    ts: float
+    tick_failures: int
+    apps: dict[str, AppReport]
+    errors: dict[str, str]  # app slug -> "<version>: why this runner cannot run it"
+
+    @property
+    def partitions(self) -> list[PartitionReport]:
+        return [p for a in self.apps.values() for p in a.partitions.values()]
+
+    @property
+    def msg_rate(self) -> float:
+        """Input messages/s this runner processed lately, over all its partitions."""
+        return float(sum(p.msg_rate for p in self.partitions))
+
+    def to_wire(self) -> bytes:
+        body = {"id": self.id, "pid": self.pid, "host": self.host, "started": self.started,
+                "ts": self.ts, "tick_failures": self.tick_failures,
+                "apps": {k: a._body() for k, a in self.apps.items()}, "errors": self.errors}
+        return json.dumps(body).encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Heartbeat:
+        def build(raw: bytes) -> Heartbeat:
+            d = _json(raw)
+            return cls(str(d["id"]), int(d["pid"]), str(d["host"]), float(d["started"]),
+                       float(d["ts"]), int(d["tick_failures"]),
+                       {str(k): AppReport._build(v) for k, v in d["apps"].items()},
+                       _str_map(d["errors"], str))
+
+        return _parse("heartbeat", data, build)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """The leader's word on which runner owns each (stage, partition) of one app."""
+
+    owners: dict[Part, str]
+
+    def to_wire(self) -> bytes:
+        return json.dumps({part_key(k): v for k, v in self.owners.items()}, sort_keys=True).encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Assignment:
+        def build(raw: bytes) -> Assignment:
+            return cls({parse_part_key(k): str(v) for k, v in _json(raw).items()})
+
+        return _parse("assignment", data, build)
+
+    def owned_by(self, runner_id: str) -> set[Part]:
+        return {p for p, owner in self.owners.items() if owner == runner_id}
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a lease (a partition's, a connector's) or the leadership: a runner id."""
+
+    runner_id: str
+
+    def to_wire(self) -> bytes:
+        return self.runner_id.encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Holder:
+        def build(raw: bytes) -> Holder:
+            runner_id = raw.decode("utf-8")
+            if not runner_id:
+                msg = "empty runner id"
+                raise ValueError(msg)
+            return cls(runner_id)
+
+        return _parse("lease holder", data, build)
+
+
+@dataclass(frozen=True)
+class RunnersWish:
+    """How many runners the local pool should run: from `wallaroo scale` or the autoscaler's
+    local backend, obeyed by `wallaroo dev`."""
+
+    runners: int
+
+    def to_wire(self) -> bytes:
+        return str(self.runners).encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> RunnersWish:
+        def build(raw: bytes) -> RunnersWish:
+            n = int(raw)
+            if n < 0:
+                msg = f"runner count {n} is negative"
+                raise ValueError(msg)
+            return cls(n)
+
+        return _parse("runners wish", data, build)
