@@ -46,6 +46,20 @@ def test_dev_with_input_prints_every_count_then_exits_and_stops_everything(tmp_p
     assert not (tmp_path / ".wallaroo" / "dev" / "url").exists()
 
 
+def test_dev_autoscale_runs_the_autoscaler_as_its_own_process(tmp_path: Path) -> None:
+    res = wallaroo("dev", str(WORD_COUNT / "word_count.py"), "--input",
+                   str(WORD_COUNT / "count_this.txt"), "--autoscale", "--max-runners", "2",
+                   cwd=tmp_path)
+
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 482
+    log = (tmp_path / ".wallaroo" / "dev" / "logs" / "autoscaler.log").read_text()
+    pid = int(log.split("autoscaler (pid ")[1].split(")")[0])
+    assert pid != os.getpid() and "with the local backend, 1..2 runners" in log
+    url = res.stderr.split("nats-server at ")[1].split(",")[0]
+    assert no_process_mentions(url.removeprefix("nats://")), "the autoscaler outlived dev"
+
+
 def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) -> None:
     app = str(WORD_COUNT / "word_count.py")
     dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", app], cwd=tmp_path, text=True,

@@ -163,37 +163,31 @@ def as_step(fn: object) -> StepSpec:
     raise DefinitionError(msg)
 
 
-def as_key_extractor(fn: object) -> KeyExtractorSpec:
+_S = TypeVar("_S", KeyExtractorSpec, DecoderSpec, EncoderSpec)
+
+
+def _as_spec(fn: object, kind: type[_S], decorator: str, role: str) -> _S:
+    """`fn`'s spec of `kind`; an undecorated one-argument function is taken as one too."""
     spec = spec_of(fn)
-    if isinstance(spec, KeyExtractorSpec):
+    if isinstance(spec, kind):
         return spec
     if callable(fn) and spec is None:
-        _check_arity(fn, "key_extractor", 1)
-        return KeyExtractorSpec(fn=fn)
-    msg = f"{_name(fn)} cannot key records: pass a function decorated with @wallaroo.key_extractor"
+        _check_arity(fn, decorator, 1)
+        return kind(fn=fn)
+    msg = f"{_name(fn)} cannot {role}: pass a function decorated with @wallaroo.{decorator}"
     raise DefinitionError(msg)
+
+
+def as_key_extractor(fn: object) -> KeyExtractorSpec:
+    return _as_spec(fn, KeyExtractorSpec, "key_extractor", "key records")
 
 
 def as_decoder(fn: object) -> DecoderSpec:
-    spec = spec_of(fn)
-    if isinstance(spec, DecoderSpec):
-        return spec
-    if callable(fn) and spec is None:
-        _check_arity(fn, "decoder", 1)
-        return DecoderSpec(fn=fn)
-    msg = f"{_name(fn)} cannot decode records: pass a function decorated with @wallaroo.decoder"
-    raise DefinitionError(msg)
+    return _as_spec(fn, DecoderSpec, "decoder", "decode records")
 
 
 def as_encoder(fn: object) -> EncoderSpec:
-    spec = spec_of(fn)
-    if isinstance(spec, EncoderSpec):
-        return spec
-    if callable(fn) and spec is None:
-        _check_arity(fn, "encoder", 1)
-        return EncoderSpec(fn=fn)
-    msg = f"{_name(fn)} cannot encode outputs: pass a function decorated with @wallaroo.encoder"
-    raise DefinitionError(msg)
+    return _as_spec(fn, EncoderSpec, "encoder", "encode outputs")
 
 
 def _name(fn: object) -> str:

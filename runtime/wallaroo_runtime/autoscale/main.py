@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 
 from wallaroo.nats import Nats
 from wallaroo_runtime.autoscale.backends import Backend, LocalBackend, StaticBackend
 from wallaroo_runtime.autoscale.loop import Autoscaler
 from wallaroo_runtime.autoscale.policy import Policy
 from wallaroo_runtime.process import run_until_signal
+
+log = logging.getLogger("wallaroo.autoscaler")
 
 
 def main(url: str, backend_name: str, policy: Policy, interval: float,
@@ -19,6 +23,8 @@ def main(url: str, backend_name: str, policy: Policy, interval: float,
         nats = await Nats.connect(url, name="wallaroo-autoscaler")
         try:
             backend = _backend(nats, backend_name, policy, asg_group, region)
+            log.info("autoscaler (pid %d) with the %s backend, %d..%d runners, deciding every %gs",
+                     os.getpid(), backend.name, policy.min_runners, policy.max_runners, interval)
             await Autoscaler(nats, backend, policy).run(stop, interval)
         finally:
             await nats.close()

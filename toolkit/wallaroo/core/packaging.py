@@ -89,7 +89,7 @@ def _where(exc: Exception) -> str:
 
 
 # Why: with an editable install the toolkit's own files are outside site-packages.
-_TOOLKIT_DIR = str(Path(__file__).resolve().parent) + os.sep
+_TOOLKIT_DIR = str(Path(__file__).resolve().parents[1]) + os.sep  # the whole wallaroo package
 
 
 def _is_user_file(filename: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from wallaroo.control import apps, ingest, outputs
 from wallaroo.control.status import wait_rollout
 from wallaroo.core.errors import WallarooError
+from wallaroo.core.names import AppNames
 from wallaroo.core.packaging import load_app
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster, ServiceProcess, autoscaler_command, follow_wishes
@@ -129,19 +130,13 @@ async def _finish(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: 
         cluster.check_runners()
         await asyncio.sleep(0.1)
     await idle
-    target = await nats.stream_last_seq(manifest_streams(manifest))
+    target = await nats.stream_last_seq(AppNames(manifest.slug).out_stream)
     while printer.last_seq < target:
         if printer.task.done():
             printer.task.result()  # the printer died (say, stdout closed): say why
             msg = "the output printer stopped before printing every output"
             raise WallarooError(msg)
         await asyncio.sleep(0.02)
-
-
-def manifest_streams(manifest: Manifest) -> str:
-    from wallaroo.core.names import AppNames
-
-    return AppNames(manifest.slug).out_stream
 
 
 class _Printer:
