@@ -26,12 +26,14 @@ from wallaroo.core.wire import (
     SinkReport,
 )
 from wallaroo.core.worker import PartitionWorker, WorkerConfig
+from wallaroo.functions import App
 from wallaroo.nats import Nats, unavailable
 from wallaroo.plan import Application
 from wallaroo_runtime import cluster
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
 from wallaroo_runtime.connectors import SinkStats, connector_tasks, run_leased
+from wallaroo_runtime.executor import ExecutorConfig, FunctionExecutor
 from wallaroo_runtime.process import backoff, run_until_signal
 from wallaroo_runtime.statestore import open_store
 
@@ -48,23 +50,44 @@ class AppHost:
 
     nats: Nats
     manifest: Manifest
-    app: Application
+    deployed: App
     runner_id: str
     cfg: WorkerConfig
     checkpoint_cfg: CheckpointConfig
     cluster_cfg: ClusterConfig
+    executor_cfg: ExecutorConfig
     owned: set[Part] = field(default_factory=set)
     workers: dict[Part, PartitionWorker] = field(default_factory=dict)
     tasks: dict[Part, asyncio.Task[None]] = field(default_factory=dict)
     failures: int = 0
+    executors: dict[str, FunctionExecutor] = field(default_factory=dict)
+    executor_runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     connector_stop: asyncio.Event = field(default_factory=asyncio.Event)
     connector_runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     sink_stats: dict[str, SinkStats] = field(default_factory=dict)
+
+    @property
+    def app(self) -> Application:
+        return self.deployed.built()
 
     async def start(self) -> None:
         names = AppNames(self.app.slug)
         for stream, (subject, work_queue) in names.streams().items():
             await self.nats.ensure_stream(stream, [subject], work_queue=work_queue)
+
+    def start_functions(self) -> None:
+        """Serve every function of the app (restarting a failed executor's loop)."""
+        if self.connector_stop.is_set():
+            return
+        for name, spec in self.deployed.specs.items():
+            run = self.executor_runs.get(name)
+            if run is None or run.done():
+                if run is not None and not run.cancelled() and run.exception() is not None:
+                    self.failures += 1
+                    log.error("functions of %s/%s failed: %s", self.app.slug, name, run.exception())
+                ex = self.executors[name] = FunctionExecutor(self.nats, self.app.slug, spec,
+                                                             self.runner_id, self.executor_cfg)
+                self.executor_runs[name] = asyncio.create_task(ex.run())
 
     def reconcile(self, assigned: Assignment) -> None:
         """Start workers for partitions assigned here; ask the others to finish and stop."""
@@ -133,19 +156,25 @@ class AppHost:
                     self.connector_stop))
 
     def begin_stop(self) -> None:
-        """Every worker finishes and commits its batch in hand, then releases its lease."""
+        """Every worker finishes and commits its batch in hand, then releases its lease;
+        function executors take no new calls and finish those they run."""
         self.owned = set()
         self.connector_stop.set()
         for w in self.workers.values():
             w.stop()
+        for ex in self.executors.values():
+            ex.stop.set()
+
+    def _runs(self) -> list[asyncio.Task[None]]:
+        return [*self.tasks.values(), *self.connector_runs.values(), *self.executor_runs.values()]
 
     @property
     def stopped(self) -> bool:
-        return all(t.done() for t in [*self.tasks.values(), *self.connector_runs.values()])
+        return all(t.done() for t in self._runs())
 
     async def stop(self) -> None:
         self.begin_stop()
-        running = [*self.tasks.values(), *self.connector_runs.values()]
+        running = self._runs()
         if running:
             _, pending = await asyncio.wait(running, timeout=10)
             for t in pending:
@@ -158,6 +187,7 @@ class AppHost:
             sinks={name: SinkReport(**asdict(st)) for name, st in sorted(self.sink_stats.items())
                    if st.running},
             switching_to=switching_to,
+            functions={name: ex.report() for name, ex in sorted(self.executors.items())},
         )
 
 
@@ -173,11 +203,13 @@ def _partition_report(w: PartitionWorker, now: float) -> PartitionReport:
 class Runner:
     def __init__(self, url: str, runner_id: str | None = None, cfg: WorkerConfig | None = None,
                  cluster_cfg: ClusterConfig | None = None,
-                 checkpoint_cfg: CheckpointConfig | None = None) -> None:
+                 checkpoint_cfg: CheckpointConfig | None = None,
+                 executor_cfg: ExecutorConfig | None = None) -> None:
         self.url = url
         self.runner_id = runner_id or cluster.new_runner_id()
         self.cfg = cfg or WorkerConfig()
         self.checkpoint_cfg = checkpoint_cfg or CheckpointConfig()
+        self.executor_cfg = executor_cfg or ExecutorConfig()
         self.cluster_cfg = cluster_cfg or ClusterConfig()
         self.hosts: dict[str, AppHost] = {}
         self.retiring: dict[str, list[AppHost]] = {}
@@ -276,6 +308,7 @@ class Runner:
             self.retiring.pop(slug, None)
             host.reconcile(await cluster.read_assignment(nats, slug))
             host.start_connectors()
+            host.start_functions()
 
     async def _leave(self, nats: Nats, leadership: Leadership) -> None:
         """Graceful exit: finish batches, release leases, hand over leadership and membership
@@ -312,7 +345,7 @@ class Runner:
             if artifact is None:
                 msg = f"artifact {manifest.artifact_name} is missing from {ARTIFACTS_BUCKET}"
                 raise WallarooError(msg)
-            app = load_artifact(artifact, manifest)
+            deployed = load_artifact(artifact, manifest)
         except Exception as err:  # e.g. a module the app imports is missing here: report it
             self._refuse(manifest.slug, manifest.version, f"{type(err).__name__}: {err}")
             return
@@ -322,8 +355,8 @@ class Runner:
             # new version's workers start once every older one has committed and let go.
             old.begin_stop()
             self.retiring.setdefault(manifest.slug, []).append(old)
-        host = AppHost(nats, manifest, app, self.runner_id, self.cfg, self.checkpoint_cfg,
-                       self.cluster_cfg)
+        host = AppHost(nats, manifest, deployed, self.runner_id, self.cfg, self.checkpoint_cfg,
+                       self.cluster_cfg, self.executor_cfg)
         await host.start()
         self.hosts[manifest.slug] = host
         self.errors.pop(manifest.slug, None)

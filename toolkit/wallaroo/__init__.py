@@ -18,7 +18,25 @@ from wallaroo.api import (
     state_computation_multi,
 )
 from wallaroo.connectors import FileSink, FileSource, HttpSink, NatsSink, S3Sink, S3Source
-from wallaroo.core.errors import Reject, WallarooError
+from wallaroo.core.errors import (
+    CallCancelled,
+    FunctionTimeout,
+    IdempotencyConflict,
+    Reject,
+    RemoteError,
+    RunnerLost,
+    WallarooError,
+)
+from wallaroo.functions import (
+    App,
+    CallContext,
+    Function,
+    FunctionCall,
+    Retries,
+    current_call,
+    enter,
+    method,
+)
 from wallaroo.pipeline import Pipeline, StreamSink, StreamSource, source
 from wallaroo.plan import Application, build_application
 from wallaroo.windows import (
@@ -33,14 +51,24 @@ from wallaroo.windows import (
 
 __all__ = [
     "Aggregation",
+    "App",
     "Application",
+    "CallCancelled",
+    "CallContext",
     "FileSink",
     "FileSource",
+    "Function",
+    "FunctionCall",
+    "FunctionTimeout",
     "HttpSink",
+    "IdempotencyConflict",
     "LateRecord",
     "NatsSink",
     "Pipeline",
     "Reject",
+    "RemoteError",
+    "Retries",
+    "RunnerLost",
     "S3Sink",
     "S3Source",
     "StreamSink",
@@ -50,9 +78,12 @@ __all__ = [
     "computation",
     "computation_multi",
     "count_windows",
+    "current_call",
     "decoder",
     "encoder",
+    "enter",
     "key_extractor",
+    "method",
     "milliseconds",
     "minutes",
     "range_windows",

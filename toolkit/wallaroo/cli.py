@@ -4,38 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.scale import request_runners
 from wallaroo.control.tables import render_table
+from wallaroo.core.calls import cluster_url
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import DeadLetter
 from wallaroo.nats import Nats
 
 T = TypeVar("T")
-DEFAULT_NATS = "nats://127.0.0.1:4222"
-DEV_URL_FILE = Path(".wallaroo/dev/url")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Exactly-once stream processing on NATS JetStream.")
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect the dead-letter stream.")
 app.add_typer(dlq_app, name="dlq")
-
-
-def default_nats() -> str:
-    """--nats default: $WALLAROO_NATS, else a running `wallaroo dev` here, else localhost."""
-    env = os.environ.get("WALLAROO_NATS")
-    if env:
-        return env
-    if DEV_URL_FILE.is_file():
-        return DEV_URL_FILE.read_text().strip()
-    return DEFAULT_NATS
+calls_app = typer.Typer(no_args_is_help=True, help="Show or cancel function calls by id.")
+app.add_typer(calls_app, name="calls")
+default_nats = cluster_url  # --nats default: $WALLAROO_NATS, a `wallaroo dev` here, localhost
 
 
 NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (default: $WALLAROO_NATS, "
@@ -49,8 +40,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except WallarooError as err:
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+        fail(str(err))
+
+
+def fail(text: str) -> NoReturn:
+    typer.secho(f"error: {text}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(1) from None
 
 
 async def _connect(url: str | None) -> Nats:
@@ -301,6 +296,85 @@ def runner(
     except WallarooError as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
+
+
+@app.command("run")
+def run_command(
+    app_file: AppFile,
+    nats: Annotated[str | None, typer.Option("--nats", help="deploy to this cluster (default: "
+                    "start an embedded one, as `wallaroo dev`, and stop it at the end)")] = None,
+    runners: Annotated[int, typer.Option(min=1, max=64, help="runners of the embedded "
+                       "cluster")] = 1,
+    state_dir: Annotated[Path, typer.Option(help="the embedded cluster's data and logs")] = Path(
+        ".wallaroo/run"),
+) -> None:
+    """Deploy APP and run its @app.local_entrypoint() here, against the deployed functions."""
+    from wallaroo.local.runapp import run_app
+
+    try:
+        run_app(app_file, nats, runners, state_dir)
+    except WallarooError as err:
+        fail(str(err))
+
+
+@app.command()
+def call(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    function: Annotated[str, typer.Argument(help="function name, or Class.method")],
+    args: Annotated[list[str] | None, typer.Argument(metavar="[JSON_ARG]...", help="arguments, "
+                    "each a JSON value (a bare word is a string)")] = None,
+    spawn: Annotated[bool, typer.Option("--spawn", help="print the call id and return at "
+                     "once; see `wallaroo calls show ID`")] = False,
+    timeout: Annotated[float | None, typer.Option(help="stop waiting after N seconds (the "
+                       "call goes on)")] = None,
+    nats: NatsOpt = None,
+) -> None:
+    """Call a deployed function; print its result as JSON (or its repr)."""
+    from wallaroo.control import functions as fns
+
+    try:
+        values = fns.parse_args(args or [])
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+    async def body(nc: Nats) -> str:
+        try:
+            return await fns.call(nc, app_name, function, values, spawn, timeout)
+        except TimeoutError:
+            fail(f"no result within {timeout:g}s; the call goes on")
+        except WallarooError:
+            raise
+        except Exception as exc:  # the function's own error, raised remotely: one line
+            fail(f"{function} raised {type(exc).__name__}: {exc}".splitlines()[0])
+
+    typer.echo(on_nats(nats, body))
+
+
+@calls_app.command("show")
+def calls_show(
+    call_id: Annotated[str, typer.Argument(metavar="ID")],
+    nats: NatsOpt = None,
+) -> None:
+    """A call's status, attempts, runner and value (or error and remote traceback)."""
+    from wallaroo.control import functions as fns
+
+    view = on_nats(nats, lambda nc: fns.show(nc, call_id))
+    typer.echo("\n".join(view.lines()))
+
+
+@calls_app.command("cancel")
+def calls_cancel(
+    call_id: Annotated[str, typer.Argument(metavar="ID")],
+    nats: NatsOpt = None,
+) -> None:
+    """Cancel a call: unstarted, it never runs; running, its result is discarded."""
+    from wallaroo.control import functions as fns
+
+    result = on_nats(nats, lambda nc: fns.cancel(nc, call_id))
+    if result.status == "cancelled":
+        typer.echo(f"cancelled {call_id}")
+    else:
+        fail(f"call {call_id} had already finished ({result.status}); nothing to cancel")
 
 
 @dlq_app.command("list")

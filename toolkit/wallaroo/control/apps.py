@@ -9,14 +9,14 @@ from pathlib import Path
 from wallaroo.core import observe
 from wallaroo.core.errors import NotDeployedError
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
-from wallaroo.core.packaging import build_artifact, load_app
+from wallaroo.core.packaging import build_artifact, load_deployable
 from wallaroo.core.wire import Manifest
 from wallaroo.nats import Nats
 
 
 async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None) -> Manifest:
     """Build the app, store artifact (object store) and manifest (KV), create its streams."""
-    app, _ = load_app(app_file, args)
+    app, _ = load_deployable(app_file, args)
     artifact, manifest = build_artifact(app, app_file)
     await ensure_streams(nats, manifest.slug)
     await nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact)

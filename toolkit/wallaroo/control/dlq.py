@@ -25,8 +25,9 @@ async def replay_dead_letters(nats: Nats, manifest: Manifest, seqs: set[int] | N
     stage that dead-lettered them, then remove them from the dead-letter stream. A letter
     that fails again is dead-lettered again, as a new entry. Returns how many were replayed."""
     names = AppNames(manifest.slug)
+    # Letters of no stage (a message in the calls stream that is no call) cannot go back.
     letters = [d for d in await dead_letters(nats, manifest, limit=100_000)
-               if seqs is None or d.seq in seqs]
+               if (seqs is None or d.seq in seqs) and d.stage_index >= 0]
     outs = [_replay_out(names, manifest, d) for d in letters]
     await nats.publish_all(outs)
     for d in letters:

@@ -121,13 +121,15 @@ async def rollout(nats: Nats, manifest: Manifest) -> Rollout:
 
 
 async def wait_rollout(nats: Nats, manifest: Manifest, timeout: float,
-                       progress: Callable[[Rollout], None] | None = None) -> Rollout:
-    """Until every live runner runs (or has refused) the deployed version, or `timeout`."""
+                       progress: Callable[[Rollout], None] | None = None,
+                       min_ready: int = 0) -> Rollout:
+    """Until every live runner runs (or has refused) the deployed version and at least
+    `min_ready` run it, or `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         state = await rollout(nats, manifest)
         if progress is not None:
             progress(state)
-        if state.done or time.monotonic() > deadline:
+        if (state.done and len(state.ready) >= min_ready) or time.monotonic() > deadline:
             return state
         await asyncio.sleep(0.1)

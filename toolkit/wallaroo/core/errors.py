@@ -131,3 +131,62 @@ class WireError(WallarooError, ValueError):
     def __init__(self, what: str, why: str) -> None:
         self.what, self.why = what, why
         super().__init__(f"malformed {what}: {why}")
+
+
+class FunctionError(WallarooError):
+    """Root of the errors a serverless function call raises on the caller's side. They
+    travel from runner to caller pickled: each rebuilds from its constructor's arguments."""
+
+    _args: tuple[object, ...] = ()
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return type(self), self._args
+
+
+class RemoteError(FunctionError):
+    """A remote call failed with an exception whose type cannot be rebuilt here (its class is
+    not importable in this process, or it does not pickle): its type name, message and the
+    remote traceback, as text."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        self.type_name, self.message, self.remote_traceback = type_name, message, remote_traceback
+        self._args = (type_name, message, remote_traceback)
+        super().__init__(f"{type_name}: {message}\n\nremote traceback:\n{remote_traceback}")
+
+
+class FunctionTimeout(FunctionError, TimeoutError):
+    """An attempt ran past the function's `timeout=`; retried per its `retries=` policy."""
+
+    def __init__(self, function: str, timeout: float) -> None:
+        self.function, self.timeout = function, timeout
+        self._args = (function, timeout)
+        super().__init__(f"{function} ran past its timeout of {timeout:g}s; raise timeout= on "
+                         "@app.function, or make the call shorter")
+
+
+class RunnerLost(FunctionError):  # noqa: N818 - the condition's name, as users catch it
+    """The call was delivered to runners `deliveries` times without ever finishing: runners
+    died (or lost NATS) while running it. Not retried further."""
+
+    def __init__(self, call_id: str, deliveries: int) -> None:
+        self.call_id, self.deliveries = call_id, deliveries
+        self._args = (call_id, deliveries)
+        super().__init__(f"call {call_id} was started {deliveries} times and no runner finished "
+                         "it (runners crashed or lost NATS while running it); check runner logs")
+
+
+class CallCancelled(FunctionError):  # noqa: N818 - the condition's name, as users catch it
+    def __init__(self, call_id: str) -> None:
+        self.call_id = call_id
+        self._args = (call_id,)
+        super().__init__(f"call {call_id} was cancelled")
+
+
+class IdempotencyConflict(FunctionError, ValueError):  # noqa: N818 - the name users catch
+    """An idempotency key was used again with different arguments."""
+
+    def __init__(self, function: str, key: str, call_id: str) -> None:
+        self.function, self.key, self.call_id = function, key, call_id
+        self._args = (function, key, call_id)
+        super().__init__(f"idempotency key {key!r} of {function} already names call {call_id}, "
+                         "made with other arguments; use a new key for new arguments")

@@ -10,6 +10,9 @@ ASSIGN_BUCKET = "WL_ASSIGN"  # per app: (stage, partition) -> owner runner id
 LEASES_BUCKET = "WL_LEASES"  # per (app, stage, partition): the runner running it now
 CONTROL_BUCKET = "WL_CONTROL"  # operator wishes, e.g. the local cluster's runner count
 CONNECTORS_BUCKET = "WL_CONNECTORS"  # per app and connector source: how far it has published
+RESULTS_BUCKET = "WL_RESULTS"  # call id -> its CallResult, first write wins, kept result_ttl
+IDEMPOTENCY_BUCKET = "WL_IDEMPOTENCY"  # hash of (app, function, key) -> the call it names
+BLOBS_BUCKET = "WL_BLOBS"  # object store: call arguments and results too large for a message
 LEADER_KEY = "leader"
 RUNNERS_WISH_KEY = "runners"  # in CONTROL_BUCKET: how many runners the local pool should run
 
@@ -24,6 +27,7 @@ class AppNames:
         self.log_stream = f"WL_{up}_LOG"
         self.out_stream = f"WL_{up}_OUT"
         self.dlq_stream = f"WL_{up}_DLQ"
+        self.calls_stream = f"WL_{up}_CALLS"
 
     def data(self, stage: int, part: int) -> str:
         return f"wl.{self.slug}.d.{stage}.{part}"
@@ -43,9 +47,30 @@ class AppNames:
         return f"wl.{self.slug}.out.>"
 
     @property
+    def calls_dlq(self) -> str:
+        """Dead letters of the calls stream (messages that are no call)."""
+        return f"wl.{self.slug}.dlq.calls"
+
+    @property
     def dlq_all(self) -> str:
         """Every stage's dead-letter subject."""
         return f"wl.{self.slug}.dlq.>"
+
+    def call(self, function: str) -> str:
+        """Where calls of `function` ("f", or "Cls.method") are published."""
+        return f"wl.{self.slug}.call.{function}"
+
+    def calls_of(self, function: str, methods: bool) -> str:
+        """What a function's (or a class's, with `methods`) consumer reads."""
+        return f"wl.{self.slug}.call.{function}" + (".>" if methods else "")
+
+    def done(self, call_id: str) -> str:
+        """Core NATS subject on which a call's result is announced once it is durable."""
+        return f"wl.{self.slug}.done.{call_id}"
+
+    @staticmethod
+    def function_durable(function: str) -> str:
+        return f"fn_{function}"
 
     def streams(self) -> dict[str, tuple[str, bool]]:
         """stream name -> (subject wildcard, work-queue retention?)"""
@@ -54,6 +79,7 @@ class AppNames:
             self.log_stream: (f"wl.{self.slug}.log.>", False),
             self.out_stream: (self.out_all, False),
             self.dlq_stream: (self.dlq_all, False),
+            self.calls_stream: (f"wl.{self.slug}.call.>", True),
         }
 
     @staticmethod

@@ -18,6 +18,7 @@ import cloudpickle
 
 from wallaroo.core.errors import AppLoadError, ArtifactError, VersionMismatchError, WallarooError
 from wallaroo.core.wire import Manifest, StageInfo
+from wallaroo.functions import App
 from wallaroo.plan import Application
 
 KEY_ENV = "WALLAROO_DEPLOY_KEY"
@@ -28,24 +29,37 @@ def python_minor() -> str:
 
 
 def load_app(path: Path, args: list[str] | None = None) -> tuple[Application, types.ModuleType]:
-    """Import the app file and return its Application: from `application_setup(args)` (as in
-    Wallaroo) or a module-level Application object."""
+    """Import the app file and return its stream Application (no stages for an app of
+    functions only); see `load_deployable`."""
+    deployed, module = load_deployable(path, args)
+    return deployed.built(), module
+
+
+def load_deployable(path: Path, args: list[str] | None = None) -> tuple[App, types.ModuleType]:
+    """Import the app file and return what it deploys: a module-level `wallaroo.App`
+    (functions and pipelines), or an Application from `application_setup(args)` (as in
+    Wallaroo) or a module-level one."""
     module = _import_file(path)
     setup = getattr(module, "application_setup", None)
     if callable(setup):
         app = _call_user(path, lambda: setup(list(args or [])))
-        if not isinstance(app, Application):
+        if not isinstance(app, Application | App):
             msg = (f"{path}: application_setup(args) returned {type(app).__name__}; it must "
                    "return wallaroo.build_application(name, pipeline)")
             raise AppLoadError(msg)
-        return app, module
-    apps = [v for v in vars(module).values() if isinstance(v, Application)]
+        return _deployable(app), module
+    apps = [v for v in vars(module).values() if isinstance(v, Application | App)]
     if len(apps) != 1:
         found = "none" if not apps else f"{len(apps)}"
-        msg = (f"{path}: found {found} application objects; define application_setup(args) "
-               "returning wallaroo.build_application(...), or exactly one module-level app")
+        msg = (f"{path}: found {found} app objects; define exactly one module-level "
+               "`app = wallaroo.App(name)` (functions, pipelines) or application_setup(args) "
+               "returning wallaroo.build_application(...)")
         raise AppLoadError(msg)
-    return apps[0], module
+    return _deployable(apps[0]), module
+
+
+def _deployable(app: Application | App) -> App:
+    return app if isinstance(app, App) else App.of(app)
 
 
 def _import_file(path: Path) -> types.ModuleType:
@@ -109,21 +123,25 @@ def user_modules(root: Path) -> list[types.ModuleType]:
     return found
 
 
-def build_artifact(app: Application, app_file: Path) -> tuple[bytes, Manifest]:
+def build_artifact(app: Application | App, app_file: Path) -> tuple[bytes, Manifest]:
+    """The pickled app (the app folder's modules by value) and its manifest."""
+    deployed = _deployable(app)
+    built = deployed.built()
     modules = user_modules(app_file.parent)
     for mod in modules:
         cloudpickle.register_pickle_by_value(mod)
     try:
-        artifact = cloudpickle.dumps(app, protocol=5)
+        artifact = cloudpickle.dumps(deployed, protocol=5)
     finally:
         for mod in modules:
             cloudpickle.unregister_pickle_by_value(mod)
     manifest = Manifest(
-        name=app.name, slug=app.slug, version=hashlib.sha256(artifact).hexdigest()[:16],
-        python=python_minor(), cloudpickle=cloudpickle.__version__, partitions=app.partitions,
-        stages=[_stage_info(app, s.index) for s in app.stages], sinks=[s.name for s in app.sinks],
+        name=built.name, slug=built.slug, version=hashlib.sha256(artifact).hexdigest()[:16],
+        python=python_minor(), cloudpickle=cloudpickle.__version__, partitions=built.partitions,
+        stages=[_stage_info(built, s.index) for s in built.stages],
+        sinks=[s.name for s in built.sinks],
         by_value_modules=sorted(m.__name__ for m in modules), created=time.time(),
-        signature=sign(artifact),
+        signature=sign(artifact), functions=[spec.info() for spec in deployed.specs.values()],
     )
     return artifact, manifest
 
@@ -139,7 +157,7 @@ def sign(artifact: bytes) -> str:
     return hmac.new(key.encode(), artifact, hashlib.sha256).hexdigest() if key else ""
 
 
-def load_artifact(artifact: bytes, manifest: Manifest) -> Application:
+def load_artifact(artifact: bytes, manifest: Manifest) -> App:
     """Unpickle a deployed app after checking Python version, content hash and signature."""
     if manifest.python != python_minor():
         raise VersionMismatchError(manifest.name, manifest.python, python_minor())
@@ -151,14 +169,14 @@ def load_artifact(artifact: bytes, manifest: Manifest) -> Application:
                f"{KEY_ENV}; deploy it with the same key")
         raise ArtifactError(msg)
     app = cloudpickle.loads(artifact)
-    if not isinstance(app, Application):
-        msg = f"artifact of {manifest.name} holds {type(app).__name__}, not an Application"
+    if not isinstance(app, App):
+        msg = f"artifact of {manifest.name} holds {type(app).__name__}, not a wallaroo App"
         raise ArtifactError(msg)
     register_classes(app, manifest)
     return app
 
 
-def register_classes(app: Application, manifest: Manifest) -> None:
+def register_classes(app: App, manifest: Manifest) -> None:
     """Give the app's by-value classes an importable home, so plain pickle can name them
     (fast per-record pickling) and state pickled by one version loads in the next.
 
@@ -183,8 +201,9 @@ def _home(name: str, cls: type) -> None:
     cls.__module__ = name
 
 
-def _app_classes(app: Application) -> list[type]:
-    fns: list[Any] = []
+def _app_classes(deployed: App) -> list[type]:
+    app = deployed.built()
+    fns: list[Any] = [spec.target for spec in deployed.specs.values()]
     for stage in app.stages:
         fns += [s.fn for s in stage.steps] + [s.state for s in stage.steps if s.state]
         fns += [stage.decoder.fn] if stage.decoder else []

@@ -14,6 +14,9 @@ another. Bytes that do not parse raise `WireError`, one typed error, whatever wa
 | Assignment | leader | runners, status | KV `WL_ASSIGN` |
 | Holder | lease / leader holder | runners, status | KV `WL_LEASES`, `WL_LEADER` |
 | RunnersWish | `wallaroo scale`, autoscaler | the local pool (`wallaroo dev`) | KV `WL_CONTROL` |
+| CallRequest | a caller (`.remote`, `.spawn`, `.map`) | the runner that runs it | calls stream |
+| CallResult | the runner that ran it (first write wins) | every caller of that call id | KV `WL_RESULTS` |
+| IdempotencyClaim | the first caller with a key | later callers with that key | KV `WL_IDEMPOTENCY` |
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgpack
 
@@ -88,6 +91,17 @@ class StageInfo:
 
 
 @dataclass(frozen=True)
+class FunctionInfo:
+    """A serverless function (or a class's methods) as a deployed app exposes it."""
+
+    name: str  # "square", or "Model" for a class whose methods are "Model.<method>"
+    methods: list[str]  # a class's methods; [] for a function
+    concurrency: int
+    timeout: float
+    schedule: str  # "" or how it is scheduled ("every 30s", "cron */5 * * * * UTC")
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     slug: str
@@ -102,6 +116,7 @@ class Manifest:
     signature: str = ""
     format: int = MANIFEST_FORMAT
     requirements: list[str] = field(default_factory=list)
+    functions: list[FunctionInfo] = field(default_factory=list)
 
     def to_wire(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -111,6 +126,7 @@ class Manifest:
         def build(raw: bytes) -> Manifest:
             d = _json(raw)
             d["stages"] = [StageInfo(**s) for s in d["stages"]]
+            d["functions"] = [FunctionInfo(**f) for f in d.get("functions", [])]
             return cls(**d)
 
         return _parse("manifest", data, build)
@@ -118,6 +134,14 @@ class Manifest:
     @property
     def artifact_name(self) -> str:
         return f"{self.slug}/{self.version}"
+
+    def function(self, name: str) -> FunctionInfo | None:
+        """The function `name` ("f", or "Cls.method") of this app, None if it has none."""
+        owner = name.split(".")[0]
+        for f in self.functions:
+            if f.name == owner and (f.methods == [] if owner == name else name[len(owner) + 1:] in f.methods):
+                return f
+        return None
 
 
 # --- the commit protocol ----------------------------------------------------------------------
@@ -252,25 +276,41 @@ class SinkReport:
 
 
 @dataclass(frozen=True)
+class FunctionReport:
+    """A function's calls on one runner since it loaded the version."""
+
+    done: int = 0  # finished with a value
+    failed: int = 0  # finished with an error (after its retries)
+    retried: int = 0  # attempts that failed and were tried again
+    cancelled: int = 0
+    running: int = 0  # now
+    p50_ms: float = 0.0  # latency from the call's creation to its result
+    p99_ms: float = 0.0
+
+
+@dataclass(frozen=True)
 class AppReport:
     version: str
     failures: int
     partitions: dict[Part, PartitionReport]
     sinks: dict[str, SinkReport]
     switching_to: str | None = None
+    functions: dict[str, FunctionReport] = field(default_factory=dict)
 
     def _body(self) -> dict[str, Any]:
         return {"version": self.version, "failures": self.failures,
                 "partitions": {part_key(k): asdict(v) for k, v in self.partitions.items()},
                 "sinks": {k: asdict(v) for k, v in self.sinks.items()},
-                "switching_to": self.switching_to}
+                "switching_to": self.switching_to,
+                "functions": {k: asdict(v) for k, v in self.functions.items()}}
 
     @classmethod
     def _build(cls, d: Mapping[str, Any]) -> AppReport:
         return cls(str(d["version"]), int(d["failures"]),
                    {parse_part_key(k): PartitionReport(**v) for k, v in d["partitions"].items()},
                    {str(k): SinkReport(**v) for k, v in d["sinks"].items()},
-                   d.get("switching_to"))
+                   d.get("switching_to"),
+                   {str(k): FunctionReport(**v) for k, v in d.get("functions", {}).items()})
 
 
 @dataclass(frozen=True)
@@ -374,3 +414,94 @@ class RunnersWish:
             return cls(n)
 
         return _parse("runners wish", data, build)
+
+
+# --- serverless functions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallRequest:
+    """One call of a function: its arguments pickled by the caller (cloudpickle of
+    `(args, kwargs)`), or the object-store name they were put under when large. The call id
+    is the message's Nats-Msg-Id and the key of its result: the idempotency boundary."""
+
+    call_id: str
+    app: str  # slug
+    function: str  # "f" or "Cls.method"
+    args: bytes
+    args_ref: str = ""
+    created: float = 0.0
+    # A new random id, published once: it cannot have a result yet, so the runner need not
+    # look for one first (ids that repeat: idempotency keys, stream steps, schedule ticks).
+    fresh: bool = False
+
+    def to_wire(self) -> bytes:
+        return _pack([self.call_id, self.app, self.function, self.args, self.args_ref,
+                      self.created, self.fresh])
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> CallRequest:
+        def build(raw: bytes) -> CallRequest:
+            call_id, app, function, args, ref, created, fresh = _msgpack(raw)
+            return cls(str(call_id), str(app), str(function), bytes(args), str(ref),
+                       float(created), bool(fresh))
+
+        return _parse("call request", data, build)
+
+
+CallStatus = Literal["ok", "error", "cancelled"]
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """The one recorded outcome of a call (first write wins): its value pickled, or the
+    error's type, message, remote traceback and, when it pickles, the exception itself.
+    `value_ref` names the object-store entry of a value too large for KV."""
+
+    call_id: str
+    status: CallStatus
+    value: bytes = b""
+    value_ref: str = ""
+    error_type: str = ""
+    error_message: str = ""
+    traceback: str = ""
+    error: bytes = b""  # the pickled exception ("" when it does not pickle)
+    attempts: int = 0  # runs of the body in the delivery that finished it
+    deliveries: int = 0  # deliveries of the request to runners
+    runner: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+
+    def to_wire(self) -> bytes:
+        return _pack(asdict(self))
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> CallResult:
+        def build(raw: bytes) -> CallResult:
+            d = _msgpack(raw)
+            if d.get("status") not in ("ok", "error", "cancelled"):
+                msg = f"unknown call status {d.get('status')!r}"
+                raise ValueError(msg)
+            return cls(**d)
+
+        return _parse("call result", data, build)
+
+
+@dataclass(frozen=True)
+class IdempotencyClaim:
+    """(app, function, key) -> the call it names, and a digest of the arguments it was made
+    with (the same key with other arguments is a conflict, not a duplicate)."""
+
+    call_id: str
+    digest: str
+
+    def to_wire(self) -> bytes:
+        return json.dumps([self.call_id, self.digest]).encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> IdempotencyClaim:
+        def build(raw: bytes) -> IdempotencyClaim:
+            call_id, digest = _json(raw)
+            return cls(str(call_id), str(digest))
+
+        return _parse("idempotency claim", data, build)

@@ -160,7 +160,7 @@ def _in_msg(m: Any) -> InMsg:
     headers = m.headers or {}
     seq = md.sequence
     return InMsg(m.data, headers.get(MSG_ID, ""), seq.stream, seq.consumer, md.num_delivered,
-                 md.num_pending or 0, m.ack)
+                 md.num_pending or 0, m.ack, m.in_progress)
 
 
 class Nats:
@@ -268,6 +268,29 @@ class Nats:
         that drop repeats; flushed so that a following ack of our input means it left."""
         await self.nc.publish(subject, payload, headers={MSG_ID: msg_id})
         await self.nc.flush(timeout=PUBLISH_TIMEOUT)
+
+    async def announce(self, subject: str, payload: bytes) -> None:
+        """Publish on core NATS, unflushed: for notices whose loss a listener recovers from
+        (a result announced after its durable write). Sent before anything this connection
+        sends later, e.g. the ack of the message that caused it."""
+        await self.nc.publish(subject, payload)
+
+    async def listen(self, subject: str, on_message: Callable[[bytes], None]
+                     ) -> Callable[[], Awaitable[None]]:
+        """Call `on_message(data)` for every core NATS message on `subject` until the returned
+        function is awaited. The SUB reaches the server before any later request of this
+        connection, so a read made after listen() cannot miss a notice sent after it."""
+
+        async def deliver(m: Any) -> None:
+            on_message(m.data)
+
+        sub = await self.nc.subscribe(subject, cb=deliver)
+
+        async def stop() -> None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+        return stop
 
     async def stream_for_subject(self, subject: str) -> str | None:
         """The stream that captures `subject`, or None when none does."""
@@ -408,6 +431,22 @@ class Nats:
         if start_seq is not None:
             cfg.deliver_policy = jsapi.DeliverPolicy.BY_START_SEQUENCE
             cfg.opt_start_seq = max(1, start_seq)
+        await _patiently(lambda: self.js.add_consumer(stream, config=cfg), META_PATIENCE)
+        sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+        return PullConsumer(sub, stream, durable)
+
+    async def shared_consumer(
+        self, stream: str, durable: str, subject: str, *, ack_wait: float, max_ack_pending: int,
+    ) -> PullConsumer:
+        """Bind to a durable pull consumer that several processes read together (each message
+        goes to one of them), creating it if missing. Unlike fresh_consumer it is never
+        deleted: others may hold messages from it."""
+        cfg = jsapi.ConsumerConfig(
+            durable_name=durable, filter_subject=subject, ack_policy=jsapi.AckPolicy.EXPLICIT,
+            ack_wait=ack_wait, max_ack_pending=max_ack_pending, max_deliver=-1,
+            deliver_policy=jsapi.DeliverPolicy.ALL,
+        )
+        # Creating a durable that exists with the same config is a no-op for the server.
         await _patiently(lambda: self.js.add_consumer(stream, config=cfg), META_PATIENCE)
         sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
         return PullConsumer(sub, stream, durable)

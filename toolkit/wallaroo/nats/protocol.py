@@ -24,6 +24,8 @@ class InMsg:
     deliveries: int
     pending: int
     ack: Callable[[], Awaitable[None]]
+    # Tell the server the message is still being worked on (resets its ack_wait).
+    in_progress: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,287 @@
+"""Runs one serverless function (or one class's methods) of one app version on this runner.
+
+Every runner reads the function's calls from one shared durable consumer of the app's calls
+stream (work-queue retention: each call goes to one runner at a time). For each call:
+1. a call that already has a result (a duplicate, a redelivery, a cancel) is only announced
+   again and acked;
+2. one delivered more than `max_deliveries` times (its runners kept dying) gets a RunnerLost
+   result: never JetStream's silent max_deliver drop;
+3. otherwise the body runs, in a worker thread (sync) or a task (async), never on this event
+   loop, `concurrency` at a time, each attempt bounded by `timeout`, failures retried per the
+   function's Retries, while `in_progress` keeps the message from being redelivered;
+4. the result is written with KV create (first write wins: a cancel, or a faster duplicate,
+   beats it), announced, and only then is the message acked.
+Execution is at least once; the recorded result is the one result of the call id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import pickle
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from wallaroo.core import calls
+from wallaroo.core.errors import FunctionTimeout, RunnerLost, WireError
+from wallaroo.core.names import BLOBS_BUCKET, AppNames
+from wallaroo.core.wire import CallRequest, CallResult, DeadLetter, FunctionReport
+from wallaroo.functions import CallContext, FunctionSpec, in_call, in_call_async
+from wallaroo.nats import InMsg, Nats, Out
+
+log = logging.getLogger("wallaroo.functions")
+LATENCY_SAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    ack_wait: float = 10.0  # a call whose runner went silent this long is delivered again
+    max_deliveries: int = 8  # then the call fails with RunnerLost
+    fetch_timeout: float = 0.25
+
+
+@dataclass
+class FunctionStats:
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+
+    def count(self, result: CallResult, created: float) -> None:
+        if result.status == "ok":
+            self.done += 1
+        elif result.status == "cancelled":
+            self.cancelled += 1
+        else:
+            self.failed += 1
+        self.latencies.append(max(0.0, result.finished - created))
+
+    def report(self, running: int) -> FunctionReport:
+        ordered = sorted(self.latencies)
+
+        def pct(q: float) -> float:
+            return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2) if ordered else 0.0
+
+        return FunctionReport(self.done, self.failed, self.retried, self.cancelled, running,
+                              pct(0.5), pct(0.99))
+
+
+class _Cancelled(Exception):  # noqa: N818 - control flow: a cancel was recorded meanwhile
+    def __init__(self, result: CallResult) -> None:
+        self.result = result
+
+
+class FunctionExecutor:
+    def __init__(self, nats: Nats, slug: str, spec: FunctionSpec, runner_id: str,
+                 cfg: ExecutorConfig | None = None) -> None:
+        self.nats, self.slug, self.spec, self.runner_id = nats, slug, spec, runner_id
+        self.cfg = cfg or ExecutorConfig()
+        self.client = calls.CallClient(nats)
+        self.names = AppNames(slug)
+        self.pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix=f"wl-{spec.name}")
+        self.running: set[asyncio.Task[None]] = set()
+        self.stats = FunctionStats()
+        self.stop = asyncio.Event()
+        self._instance: Any = None
+        self._entering = asyncio.Lock()
+
+    async def run(self) -> None:
+        """Serve calls until `stop` is set, then let the calls in hand finish."""
+        await self.client.setup()
+        consumer = await self.nats.shared_consumer(
+            self.names.calls_stream, AppNames.function_durable(self.spec.name),
+            self.names.calls_of(self.spec.name, self.spec.is_class),
+            ack_wait=self.cfg.ack_wait, max_ack_pending=max(64, 4 * self.spec.concurrency))
+        try:
+            while not self.stop.is_set():
+                await self._serve(consumer)
+            if self.running:
+                await asyncio.wait(self.running)
+        finally:
+            await consumer.close()
+            self.pool.shutdown(wait=False)
+
+    async def _serve(self, consumer: Any) -> None:
+        free = self.spec.concurrency - len(self.running)
+        if free <= 0:
+            await asyncio.wait(self.running, timeout=self.cfg.fetch_timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            return
+        for m in await consumer.fetch(free, self.cfg.fetch_timeout):
+            task = asyncio.create_task(self._handle(m))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    def report(self) -> FunctionReport:
+        return self.stats.report(len(self.running))
+
+    # --- one call ---------------------------------------------------------------------------
+
+    async def _handle(self, m: InMsg) -> None:
+        try:
+            req = CallRequest.from_wire(m.data)
+        except WireError as err:
+            await self._dead_letter(m, err)
+            return
+        try:
+            result = await self._outcome(req, m)
+            self.stats.count(await self.client.record(result), req.created)
+        except Exception as err:  # NATS trouble: not acked, so it is delivered again
+            log.error("call %s of %s: %s", req.call_id, req.function, err, exc_info=True)
+            return
+        await m.ack()
+
+    async def _outcome(self, req: CallRequest, m: InMsg) -> CallResult:
+        if not req.fresh or m.deliveries > 1:
+            stored = await self.client.stored(req.call_id)
+            if stored is not None:
+                return stored
+        if m.deliveries > self.cfg.max_deliveries:
+            return self._failed(req, RunnerLost(req.call_id, m.deliveries - 1), 0, m.deliveries)
+        keepalive = asyncio.create_task(self._keep_alive(m))
+        try:
+            async with self.client.watching(req.call_id) as announced:  # a cancel shows here
+                return await self._attempts(req, m.deliveries, announced)
+        finally:
+            keepalive.cancel()
+
+    async def _keep_alive(self, m: InMsg) -> None:
+        """Reset the message's ack_wait while the call runs: only a silent runner loses it."""
+        assert m.in_progress is not None
+        while True:
+            await asyncio.sleep(self.cfg.ack_wait / 3)
+            with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
+                await m.in_progress()
+
+    async def _attempts(self, req: CallRequest, delivery: int,
+                        announced: asyncio.Future[CallResult]) -> CallResult:
+        started = time.time()
+        try:
+            args, kwargs = calls.unpack_args(await self._args(req))
+        except Exception as exc:  # arguments that do not unpickle here: never retried
+            return self._failed(req, exc, 0, delivery, started)
+        attempt = 0
+        while True:
+            attempt += 1
+            ctx = CallContext(req.call_id, req.function, attempt, delivery)
+            try:
+                value = await self._attempt(ctx, args, kwargs, announced)
+            except _Cancelled as cancelled:
+                return cancelled.result
+            except Exception as exc:  # the user's code failed: retry per its policy, or fail
+                if attempt > self.spec.retries.max_retries:
+                    return self._failed(req, exc, attempt, delivery, started)
+                self.stats.retried += 1
+                log.warning("call %s of %s failed (attempt %d), retrying: %s", req.call_id,
+                            req.function, attempt, exc)
+                await asyncio.wait({announced}, timeout=self.spec.retries.delay(attempt))
+                if announced.done():
+                    return announced.result()
+                continue
+            return await self._succeeded(req, value, attempt, delivery, started)
+
+    async def _args(self, req: CallRequest) -> bytes:
+        if not req.args_ref:
+            return req.args
+        data = await self.nats.obj_get(BLOBS_BUCKET, req.args_ref)
+        if data is None:
+            msg = f"the arguments of {req.call_id} ({req.args_ref}) are gone from the object store"
+            raise LookupError(msg)
+        return data
+
+    async def _attempt(self, ctx: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       announced: asyncio.Future[CallResult]) -> Any:
+        body = await self._start(ctx, args, kwargs)
+        done, _ = await asyncio.wait({body, announced}, timeout=self.spec.timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if body in done:
+            return body.result()
+        body.cancel()  # an async body stops; a thread cannot be stopped: its result is dropped
+        if announced in done:
+            raise _Cancelled(announced.result())
+        raise FunctionTimeout(ctx.function, self.spec.timeout)
+
+    async def _start(self, ctx: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+                     ) -> asyncio.Future[Any]:
+        target = await self._target(ctx.function)
+        if asyncio.iscoroutinefunction(target):
+            return asyncio.ensure_future(in_call_async(ctx, target, *args, **kwargs))
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.pool, lambda: in_call(ctx, target, *args, **kwargs))
+
+    async def _target(self, function: str) -> Callable[..., Any]:
+        if not self.spec.is_class:
+            return self.spec.target
+        method = function.split(".", 1)[1]
+        if method not in self.spec.methods:
+            msg = f"{self.spec.name} has no method {method!r} marked @wallaroo.method()"
+            raise AttributeError(msg)
+        return getattr(await self._instance_made(), method)  # type: ignore[no-any-return]
+
+    async def _instance_made(self) -> Any:
+        """The class's one instance on this runner, its @enter methods run (in a thread)."""
+        async with self._entering:
+            if self._instance is None:
+                loop = asyncio.get_running_loop()
+                self._instance = await loop.run_in_executor(self.pool, self._enter)
+        return self._instance
+
+    def _enter(self) -> Any:
+        instance = self.spec.target()
+        for name in self.spec.enter:
+            getattr(instance, name)()
+        return instance
+
+    # --- results ------------------------------------------------------------------------------
+
+    async def _succeeded(self, req: CallRequest, value: Any, attempts: int, delivery: int,
+                         started: float) -> CallResult:
+        try:
+            data = bytes(cloudpickle.dumps(value, protocol=5))
+        except Exception as exc:  # a value that cannot travel fails the call, saying why
+            return self._failed(req, TypeError(f"the return value does not pickle: {exc}"),
+                                attempts, delivery, started)
+        ref = ""
+        if len(data) > calls.INLINE_MAX:
+            ref = f"results/{req.call_id}"
+            await self.nats.obj_put(BLOBS_BUCKET, ref, data)
+            data = b""
+        return CallResult(req.call_id, "ok", value=data, value_ref=ref, attempts=attempts,
+                          deliveries=delivery, runner=self.runner_id, started=started,
+                          finished=time.time())
+
+    def _failed(self, req: CallRequest, exc: BaseException, attempts: int, delivery: int,
+                started: float = 0.0) -> CallResult:
+        kind = type(exc)
+        return CallResult(
+            req.call_id, "error", error_type=f"{kind.__module__}.{kind.__qualname__}",
+            error_message=str(exc), traceback="".join(traceback.format_exception(exc)),
+            error=_pickled(exc), attempts=attempts, deliveries=delivery, runner=self.runner_id,
+            started=started or time.time(), finished=time.time())
+
+    async def _dead_letter(self, m: InMsg, err: WireError) -> None:
+        """A calls-stream message that is no call: kept whole in the dead-letter stream."""
+        letter = DeadLetter(f"function {self.spec.name}", "decode", "malformed_message", str(err),
+                            "", 1, None, m.data, (m.stream_seq, 0), self.slug, "", time.time())
+        out = Out(self.names.calls_dlq, letter.to_wire(), f"call-dlq:{m.stream_seq}")
+        await self.nats.publish_all([out])
+        await m.ack()
+        log.warning("dead-lettered a malformed message from the calls of %s: %s", self.spec.name, err)
+
+
+def _pickled(exc: BaseException) -> bytes:
+    try:
+        data = pickle.dumps(exc, protocol=5)
+        pickle.loads(data)  # some exceptions pickle but do not unpickle (required args)
+    except Exception:  # then the caller gets a RemoteError with the type's name and text
+        return b""
+    return data
+

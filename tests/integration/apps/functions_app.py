@@ -1,0 +1,99 @@
+"""Functions for the integration tests of the serverless half."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import wallaroo
+
+app = wallaroo.App("fntest")
+
+
+@app.function()
+def square(x: int) -> int:
+    return x * x
+
+
+@app.function(retries=wallaroo.Retries(max_retries=2, initial_delay=0.05, backoff_coefficient=1.0))
+def flaky(counter: str, fail_times: int) -> int:
+    """Fails `fail_times` times (counted in a file), then returns the attempt it succeeded on."""
+    path = Path(counter)
+    n = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(n))
+    if n <= fail_times:
+        raise ConnectionError(f"attempt {n} fails")
+    call = wallaroo.current_call()
+    assert call is not None
+    return call.attempt
+
+
+class AppSpecificError(Exception):
+    """Defined in the app: a caller that did not import the app cannot rebuild it."""
+
+
+@app.function()
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.function()
+def custom_boom() -> None:
+    raise AppSpecificError("only the runner knows this class")
+
+
+@app.function(timeout=0.5, retries=1)
+def sleepy(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@app.function()
+async def nap(seconds: float, marker: str = "") -> str:
+    await asyncio.sleep(seconds)
+    if marker:
+        Path(marker).write_text("finished")
+    return "rested"
+
+
+@app.function()
+def whoami() -> list[object]:
+    call = wallaroo.current_call()
+    assert call is not None
+    return [call.call_id, call.attempt, call.delivery, os.getpid()]
+
+
+@app.function()
+def append_id(path: str, value: int) -> int:
+    """Appends its call id to `path` (an idempotent side effect keyed by the call id)."""
+    call = wallaroo.current_call()
+    assert call is not None
+    with open(path, "a") as f:
+        f.write(call.call_id + "\n")
+    return value
+
+
+@app.function()
+def big(n: int) -> bytes:
+    return b"x" * n
+
+
+@app.cls(concurrency=2)
+class Model:
+    @wallaroo.enter()
+    def load(self) -> None:
+        self.pid = os.getpid()
+        self.calls = 0
+
+    @wallaroo.method()
+    def predict(self, x: int) -> list[int]:
+        self.calls += 1
+        return [self.pid, self.calls, x * 2]
+
+
+@app.local_entrypoint()
+def main() -> None:
+    print(square.remote(4))
+    print(list(square.map(range(10))))

@@ -1,0 +1,279 @@
+"""The caller's side of serverless function calls, over NATS: submit a call, wait for its
+result, claim idempotency keys, cancel. Used by `wallaroo.functions` (f.remote, f.spawn, f.map
+in any process) and by runners (calls made inside stream steps).
+
+A call is a CallRequest published with Nats-Msg-Id = call id into the app's calls stream; its
+result is a CallResult written once into the `WL_RESULTS` KV bucket (first write wins), then
+announced on `wl._done.<call id>`. A waiter listens there first and only then reads the bucket,
+so a result is either read or announced to it: no polling."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import pickle
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cloudpickle
+
+from wallaroo.core.errors import CallCancelled, IdempotencyConflict, RemoteError, WallarooError
+from wallaroo.core.names import BLOBS_BUCKET, IDEMPOTENCY_BUCKET, RESULTS_BUCKET, AppNames
+from wallaroo.core.wire import CallRequest, CallResult, IdempotencyClaim
+from wallaroo.nats import Nats, Out
+
+T = TypeVar("T")
+DEFAULT_NATS = "nats://127.0.0.1:4222"
+DEV_URL_FILE = Path(".wallaroo/dev/url")
+INLINE_MAX = 256 * 1024  # larger arguments and results go through the object store
+RESULT_TTL = 7 * 24 * 3600.0  # seconds a result is kept (the results bucket's max age)
+
+
+def cluster_url() -> str:
+    """Where the cluster is: $WALLAROO_NATS, else a `wallaroo dev` running in this folder,
+    else localhost. The CLI's --nats default, and Function.lookup's with nats=None."""
+    env = os.environ.get("WALLAROO_NATS")
+    if env:
+        return env
+    if DEV_URL_FILE.is_file():
+        return DEV_URL_FILE.read_text().strip()
+    return DEFAULT_NATS
+
+
+def done_subject(call_id: str) -> str:
+    return f"wl._done.{call_id}"
+
+
+def new_call_id() -> str:
+    return "fc-" + uuid.uuid4().hex
+
+
+def derived_call_id(*parts: object) -> str:
+    """A call id that the same parts always give (calls from stream steps, schedule ticks):
+    a re-run attaches to the call made the first time instead of making another."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()[:32]
+    return "fd-" + digest
+
+
+def pack_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    return bytes(cloudpickle.dumps((tuple(args), dict(kwargs)), protocol=5))
+
+
+def unpack_args(data: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args, kwargs = pickle.loads(data)
+    return tuple(args), dict(kwargs)
+
+
+class CallClient:
+    """Calls over one NATS connection. Async: run it on the connection's event loop."""
+
+    def __init__(self, nats: Nats) -> None:
+        self.nats = nats
+
+    async def setup(self) -> None:
+        await self.nats.kv_bucket(RESULTS_BUCKET, ttl=RESULT_TTL)
+        await self.nats.kv_bucket(IDEMPOTENCY_BUCKET, ttl=RESULT_TTL)
+
+    async def submit(self, slug: str, function: str, payload: bytes, *, call_id: str | None = None,
+                     idempotency_key: str | None = None, fresh: bool = False) -> str:
+        """Publish a call of `function` with pickled (args, kwargs) `payload`; its call id.
+        With `idempotency_key`, the key's call if it already has one (same arguments), so a
+        duplicate attaches to it; with `call_id`, that call (`fresh`: a new random id, which
+        spares the runner a look for an earlier result)."""
+        fresh = fresh or (call_id is None and idempotency_key is None)
+        if idempotency_key is not None:
+            call_id = await self._claim(slug, function, idempotency_key, payload)
+        call_id = call_id or new_call_id()
+        await self.nats.publish(AppNames(slug).call(function),
+                                await self._request(call_id, slug, function, payload, fresh),
+                                msg_id=call_id)
+        return call_id
+
+    async def call_many(self, slug: str, function: str, payloads: list[bytes]) -> list[CallResult]:
+        """Make fresh calls together (one wait for all the publish acks) and wait for all
+        their results: what f.map does with each chunk."""
+        ids = [new_call_id() for _ in payloads]
+        subject = AppNames(slug).call(function)
+        watches = [self.watching(i) for i in ids]
+        futures = [await w.__aenter__() for w in watches]
+        try:
+            await self.nats.publish_all([Out(subject, await self._request(i, slug, function, p, True), i)
+                                         for i, p in zip(ids, payloads, strict=True)])
+            return list(await asyncio.gather(*futures))
+        finally:
+            for w in watches:
+                await w.__aexit__()
+
+    async def _request(self, call_id: str, slug: str, function: str, payload: bytes,
+                       fresh: bool) -> bytes:
+        ref = ""
+        if len(payload) > INLINE_MAX:
+            ref = f"args/{call_id}"
+            await self.nats.obj_put(BLOBS_BUCKET, ref, payload)
+            payload = b""
+        return CallRequest(call_id, slug, function, payload, ref, time.time(), fresh).to_wire()
+
+    async def _claim(self, slug: str, function: str, key: str, payload: bytes) -> str:
+        name = hashlib.sha256(f"{slug}\x1f{function}\x1f{key}".encode()).hexdigest()
+        claim = IdempotencyClaim(new_call_id(), hashlib.sha256(payload).hexdigest())
+        if await self.nats.kv_create(IDEMPOTENCY_BUCKET, name, claim.to_wire()) is not None:
+            return claim.call_id
+        raw = await self.nats.kv_get(IDEMPOTENCY_BUCKET, name)
+        if raw is None:  # expired between our two reads: claim it again
+            return await self._claim(slug, function, key, payload)
+        held = IdempotencyClaim.from_wire(raw)
+        if held.digest != claim.digest:
+            raise IdempotencyConflict(function, key, held.call_id)
+        return held.call_id
+
+    async def wait(self, call_id: str, timeout: float | None = None) -> CallResult:
+        """The call's result; TimeoutError if it has none after `timeout` seconds (the call
+        goes on). `timeout=0` only looks."""
+        async with self.watching(call_id) as announced:
+            stored = await self.stored(call_id)
+            if stored is not None:
+                return stored
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError(call_id)
+            return await asyncio.wait_for(announced, timeout)
+
+    def watching(self, call_id: str) -> _Watch:
+        """`async with client.watching(id) as announced`: a future set when the result is
+        announced; reads of the bucket made inside the block cannot miss it."""
+        return _Watch(self, call_id)
+
+    async def stored(self, call_id: str) -> CallResult | None:
+        raw = await self.nats.kv_get(RESULTS_BUCKET, call_id)
+        return None if raw is None else CallResult.from_wire(raw)
+
+    async def record(self, result: CallResult) -> CallResult:
+        """Write `result` unless the call has one; announce and return THE result."""
+        won = await self.nats.kv_create(RESULTS_BUCKET, result.call_id, result.to_wire())
+        final = result if won is not None else await self.stored(result.call_id)
+        if final is None:  # only if the bucket lost the key between create and get
+            msg = f"result of {result.call_id} vanished from {RESULTS_BUCKET}"
+            raise WallarooError(msg)
+        await self.announce(final)
+        return final
+
+    async def announce(self, result: CallResult) -> None:
+        await self.nats.announce(done_subject(result.call_id), result.to_wire())
+
+    async def cancel(self, call_id: str) -> CallResult:
+        """Record the call as cancelled (if it has no result yet) and tell its runner."""
+        return await self.record(CallResult(call_id, "cancelled", finished=time.time()))
+
+    async def value(self, result: CallResult) -> Any:
+        """The call's return value, or its exception raised (see `unwrap`)."""
+        if result.status == "ok" and result.value_ref:
+            data = await self.nats.obj_get(BLOBS_BUCKET, result.value_ref)
+            if data is None:
+                msg = f"the result of {result.call_id} expired from the object store"
+                raise WallarooError(msg)
+            return pickle.loads(data)
+        return unwrap(result)
+
+
+class _Watch:
+    def __init__(self, client: CallClient, call_id: str) -> None:
+        self.client, self.call_id = client, call_id
+        self.stop: Callable[[], Awaitable[None]] | None = None
+
+    async def __aenter__(self) -> asyncio.Future[CallResult]:
+        future: asyncio.Future[CallResult] = asyncio.get_running_loop().create_future()
+
+        def on_result(data: bytes) -> None:
+            if not future.done():
+                future.set_result(CallResult.from_wire(data))
+
+        self.stop = await self.client.nats.listen(done_subject(self.call_id), on_result)
+        return future
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.stop is not None:
+            await self.stop()
+
+
+def unwrap(result: CallResult) -> Any:
+    """The value of an inline "ok" result; else the remote exception, rebuilt with its remote
+    traceback attached as a note, or a RemoteError when its type cannot be rebuilt here."""
+    if result.status == "ok":
+        return pickle.loads(result.value)
+    if result.status == "cancelled":
+        raise CallCancelled(result.call_id)
+    raise rebuilt(result)
+
+
+def rebuilt(result: CallResult) -> BaseException:
+    try:
+        exc = pickle.loads(result.error) if result.error else None
+    except Exception:  # the class is not importable here, or will not unpickle: say it as text
+        exc = None
+    if not isinstance(exc, BaseException):
+        return RemoteError(result.error_type, result.error_message, result.traceback)
+    exc.add_note(f"remote traceback (call {result.call_id}):\n{result.traceback}")
+    return exc
+
+
+class Portal:
+    """A CallClient on an event loop of its own thread, so plain synchronous code (a local
+    entrypoint, a script, a stream step's thread) can call functions: `portal.run(coro)`
+    blocks the calling thread only."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="wallaroo-calls",
+                                       daemon=True)
+        self.thread.start()
+        self.client: CallClient = self.run(self._connect())
+
+    async def _connect(self) -> CallClient:
+        client = CallClient(await Nats.connect(self.url, name="wallaroo-caller"))
+        await client.setup()
+        return client
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        if threading.current_thread() is self.thread:
+            coro.close()
+            msg = ("a blocking call (f.remote(), call.get()) was made on the calls thread itself; "
+                   "from async code use `await f.remote.aio(...)` instead")
+            raise WallarooError(msg)
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.submit(coro).result()
+
+    def close(self) -> None:
+        if self.loop.is_running():
+            self.run(self.client.nats.close())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+
+
+_portals: dict[str, Portal] = {}
+_portals_lock = threading.Lock()
+
+
+def portal(url: str | None = None) -> Portal:
+    """The process's connection to the cluster at `url` (default: `cluster_url()`), made on
+    first use and kept: a connection cache, like any client library's."""
+    url = url or cluster_url()
+    with _portals_lock:
+        found = _portals.get(url)
+        if found is None:
+            found = _portals[url] = Portal(url)
+        return found
+
+
+def close_portals() -> None:
+    with _portals_lock:
+        for p in _portals.values():
+            p.close()
+        _portals.clear()
