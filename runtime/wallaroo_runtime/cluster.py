@@ -22,12 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from wallaroo.core.calls import CallClient
 from wallaroo.core.names import (
     ASSIGN_BUCKET,
     LEADER_BUCKET,
     LEADER_KEY,
     LEASES_BUCKET,
     MEMBERS_BUCKET,
+    SCHEDULES_BUCKET,
 )
 from wallaroo.core.wire import Assignment, Holder, Manifest
 from wallaroo.nats import Nats
@@ -53,6 +55,8 @@ async def ensure_buckets(nats: Nats, cfg: ClusterConfig) -> None:
     await nats.kv_bucket(LEADER_BUCKET, ttl=cfg.member_ttl)
     await nats.kv_bucket(ASSIGN_BUCKET)
     await nats.kv_bucket(LEASES_BUCKET)
+    await nats.kv_bucket(SCHEDULES_BUCKET)
+    await CallClient(nats).setup()  # results and idempotency buckets, with their TTL
 
 
 async def live_members(nats: Nats) -> list[str]:

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from wallaroo.core.aio import sleep_or_stop
+from wallaroo.core.calls import CallClient
 from wallaroo.core.errors import FencedError, WallarooError
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, MEMBERS_BUCKET, AppNames, partition_key
 from wallaroo.core.packaging import load_artifact
@@ -29,7 +30,7 @@ from wallaroo.core.worker import PartitionWorker, WorkerConfig
 from wallaroo.functions import App
 from wallaroo.nats import Nats, unavailable
 from wallaroo.plan import Application
-from wallaroo_runtime import cluster
+from wallaroo_runtime import cluster, scheduler
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
 from wallaroo_runtime.connectors import SinkStats, connector_tasks, run_leased
@@ -300,15 +301,19 @@ class Runner:
             members = await cluster.live_members(nats)
             for manifest in self.manifests.values():
                 await cluster.publish_assignment(nats, manifest, members, keep_current=self.nats_troubled)
+            for slug, host in self.hosts.items():
+                await scheduler.fire_due(CallClient(nats), slug, host.deployed.specs, time.time())
         await self._sync_apps(nats)
         for slug, host in self.hosts.items():
+            # Calls need no handoff: the new version serves new ones at once, while the old
+            # one finishes those it runs.
+            host.start_functions()
             old = self.retiring.get(slug, [])
             if not all(h.stopped for h in old):
                 continue  # previous versions are still finishing their batches
             self.retiring.pop(slug, None)
             host.reconcile(await cluster.read_assignment(nats, slug))
             host.start_connectors()
-            host.start_functions()
 
     async def _leave(self, nats: Nats, leadership: Leadership) -> None:
         """Graceful exit: finish batches, release leases, hand over leadership and membership
@@ -393,6 +398,7 @@ class RunnerOptions:
     state_store: str | None = None  # file:// or s3:// URL; None: no snapshots
     snapshot_every: int = 500
     snapshot_seconds: float = 30.0
+    executor: ExecutorConfig = ExecutorConfig()
 
 
 def main(url: str, opts: RunnerOptions) -> None:
@@ -400,7 +406,7 @@ def main(url: str, opts: RunnerOptions) -> None:
     store = open_store(opts.state_store) if opts.state_store else None
     checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds)
     runner = Runner(url, opts.runner_id, WorkerConfig(), ClusterConfig(member_ttl=opts.member_ttl),
-                    checkpoint)
+                    checkpoint, opts.executor)
 
     async def body(stop: asyncio.Event) -> None:
         if store is None:

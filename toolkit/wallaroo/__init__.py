@@ -39,6 +39,7 @@ from wallaroo.functions import (
 )
 from wallaroo.pipeline import Pipeline, StreamSink, StreamSource, source
 from wallaroo.plan import Application, build_application
+from wallaroo.schedules import Cron, Period
 from wallaroo.windows import (
     Aggregation,
     LateRecord,
@@ -55,6 +56,7 @@ __all__ = [
     "Application",
     "CallCancelled",
     "CallContext",
+    "Cron",
     "FileSink",
     "FileSource",
     "Function",
@@ -64,6 +66,7 @@ __all__ = [
     "IdempotencyConflict",
     "LateRecord",
     "NatsSink",
+    "Period",
     "Pipeline",
     "Reject",
     "RemoteError",

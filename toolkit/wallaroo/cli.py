@@ -285,12 +285,19 @@ def runner(
     snapshot_every: Annotated[int, typer.Option(min=1, help="commits between snapshots")] = 500,
     snapshot_seconds: Annotated[float, typer.Option(min=0.1, help="seconds between "
                                 "snapshots")] = 30.0,
+    call_ack_wait: Annotated[float, typer.Option(min=0.5, help="seconds after which a call "
+                             "whose runner went silent is delivered to another")] = 10.0,
+    call_max_deliveries: Annotated[int, typer.Option(min=1, help="deliveries of one call "
+                                   "before it fails with RunnerLost")] = 8,
 ) -> None:
-    """Run a long-lived runner: join the cluster, run the partitions assigned to it."""
+    """Run a long-lived runner: join the cluster, run the partitions and serve the
+    functions assigned to it."""
+    from wallaroo_runtime.executor import ExecutorConfig
     from wallaroo_runtime.runner import RunnerOptions
     from wallaroo_runtime.runner import main as runner_main
 
-    opts = RunnerOptions(runner_id, member_ttl, state_store, snapshot_every, snapshot_seconds)
+    opts = RunnerOptions(runner_id, member_ttl, state_store, snapshot_every, snapshot_seconds,
+                         ExecutorConfig(call_ack_wait, call_max_deliveries))
     try:
         runner_main(nats or default_nats(), opts)
     except WallarooError as err:

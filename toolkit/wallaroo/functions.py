@@ -23,24 +23,19 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from wallaroo.core import calls
 from wallaroo.core.errors import DefinitionError, MissingArgumentsError, f_repr
 from wallaroo.core.wire import CallResult, FunctionInfo
 from wallaroo.pipeline import DEFAULT_PARTITIONS, Pipeline, slug
 from wallaroo.plan import Application, build_application
+from wallaroo.schedules import Schedule, as_schedule
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_IN_FLIGHT = 1000
 MAP_CHUNK = 100  # calls published together (one wait for their acks) by f.map
-
-
-class Schedule(Protocol):
-    """When a scheduled function runs (wallaroo.Period, wallaroo.Cron)."""
-
-    def describe(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -405,9 +400,11 @@ class App:
         policy = _retries(retries)
         _check_limits(timeout, concurrency)
 
+        when = None if schedule is None else as_schedule(schedule)
+
         def decorate(fn: Callable[..., Any]) -> Function:
-            spec = FunctionSpec(name or _fn_name(fn), fn, policy, float(timeout), concurrency, schedule)
-            _check_function(fn, schedule)
+            spec = FunctionSpec(name or _fn_name(fn), fn, policy, float(timeout), concurrency, when)
+            _check_function(fn, when)
             return Function(self.slug, self._add(spec).name, spec)
 
         return decorate
@@ -499,9 +496,6 @@ def _check_limits(timeout: float, concurrency: int) -> None:
 def _check_function(fn: Callable[..., Any], schedule: Schedule | None) -> None:
     if schedule is None:
         return
-    if not hasattr(schedule, "describe"):
-        msg = f"schedule= takes wallaroo.Period(...) or wallaroo.Cron(...), got {schedule!r}"
-        raise DefinitionError(msg)
     required = [p for p in inspect.signature(fn).parameters.values()
                 if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     if required:

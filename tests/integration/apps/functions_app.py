@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -78,6 +79,38 @@ def append_id(path: str, value: int) -> int:
 @app.function()
 def big(n: int) -> bytes:
     return b"x" * n
+
+
+@app.function()
+def length(data: bytes) -> int:
+    return len(data)
+
+
+@app.function()
+def die() -> None:
+    """Kills the runner running it: every delivery of this call loses a runner."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.function()
+def slow_append(path: str, seconds: float) -> str:
+    """Appends "<call id> <runner pid>" to `path`, works `seconds`, returns what it wrote."""
+    call = wallaroo.current_call()
+    assert call is not None
+    line = f"{call.call_id} {os.getpid()}"
+    with open(path, "a") as f:
+        f.write(line + "\n")
+    time.sleep(seconds)
+    return line
+
+
+@app.function()
+def spin(seconds: float) -> int:
+    """Busy (holding the GIL as much as Python lets it) for `seconds`."""
+    deadline, n = time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        n += 1
+    return n
 
 
 @app.cls(concurrency=2)

@@ -96,7 +96,7 @@ def test_load_app_finds_a_module_level_app(write_app: WriteApp) -> None:
 
 
 def test_a_file_without_an_app_is_refused(write_app: WriteApp) -> None:
-    with pytest.raises(AppLoadError, match="found none application objects"):
+    with pytest.raises(AppLoadError, match="found none app objects"):
         load_app(write_app("import wallaroo\n"))
 
 
@@ -150,7 +150,7 @@ def test_artifact_round_trip(write_app: WriteApp) -> None:
     assert [s.target for s in manifest.stages] == [1, None]
     assert manifest.signature == ""
     assert Manifest.from_wire(manifest.to_wire()) == manifest
-    assert sorted(testing.run(loaded, ["x y x"]).lines()) == ["x => 1", "x => 2", "y => 1"]
+    assert sorted(testing.run(loaded.built(), ["x y x"]).lines()) == ["x => 1", "x => 2", "y => 1"]
 
 
 def test_an_artifact_from_another_python_is_refused_by_name(write_app: WriteApp) -> None:

@@ -12,6 +12,7 @@ CONTROL_BUCKET = "WL_CONTROL"  # operator wishes, e.g. the local cluster's runne
 CONNECTORS_BUCKET = "WL_CONNECTORS"  # per app and connector source: how far it has published
 RESULTS_BUCKET = "WL_RESULTS"  # call id -> its CallResult, first write wins, kept result_ttl
 IDEMPOTENCY_BUCKET = "WL_IDEMPOTENCY"  # hash of (app, function, key) -> the call it names
+SCHEDULES_BUCKET = "WL_SCHEDULES"  # "<app>.<function>" -> the last tick the leader fired
 BLOBS_BUCKET = "WL_BLOBS"  # object store: call arguments and results too large for a message
 LEADER_KEY = "leader"
 RUNNERS_WISH_KEY = "runners"  # in CONTROL_BUCKET: how many runners the local pool should run
