@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 async def fetch_all(worker: PartitionWorker) -> list[object]:
-    consumer = await worker._open_consumer()
+    consumer = await worker.open_consumer()
     for _ in range(50):
         msgs = await consumer.fetch(16, 0.2)
         if msgs:

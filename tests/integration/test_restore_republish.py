@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 async def commit_one(worker: PartitionWorker) -> None:
-    consumer = await worker._open_consumer()
+    consumer = await worker.open_consumer()
     try:
         for _ in range(50):
             msgs = await consumer.fetch(16, 0.2)

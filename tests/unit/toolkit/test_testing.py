@@ -1,4 +1,7 @@
-"""wallaroo.testing: run an app in-process with the runner's semantics, no NATS."""
+"""wallaroo.testing: run an app in-process on the runners' commit loop, no NATS server."""
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -7,6 +10,7 @@ from wallaroo import testing
 from wallaroo.core import codec
 from wallaroo.core.engine import RetryPolicy
 from wallaroo.core.errors import UnknownNameError
+from wallaroo.core.packaging import load_app
 from wallaroo.plan import Application
 
 
@@ -157,3 +161,65 @@ def test_an_app_with_several_sinks_needs_the_sink_named() -> None:
     assert result.lines("one") == result.lines("two") == ["x"]
     with pytest.raises(ValueError, match="several sinks"):
         result.lines()
+
+
+# --- crashes: the same outputs with and without them ------------------------------------------
+
+WORD_COUNT = Path(__file__).resolve().parents[3] / "examples" / "word_count"
+
+
+def acceptance_lines() -> list[bytes]:
+    """The acceptance data (../shared/acceptance/word_count, copied next to the example)."""
+    return [line for line in (WORD_COUNT / "count_this.txt").read_bytes().split(b"\n") if line]
+
+
+def final_counts(lines: list[str]) -> dict[str, int]:
+    return {w: int(n) for w, n in (line.rsplit(" => ", 1) for line in lines)}
+
+
+@pytest.fixture(scope="module")
+def clean_run() -> testing.RunResult:
+    app, _ = load_app(WORD_COUNT / "word_count.py")
+    return testing.run(app, acceptance_lines())
+
+
+@pytest.mark.parametrize("crash_at", ["append", "publish", "commit"])
+@pytest.mark.parametrize("crash_after", [1, 2, 30, 75, "last", (5, 40, 90)])
+def test_word_count_gives_the_same_outputs_with_and_without_crashes(
+    clean_run: testing.RunResult, crash_after: int | str | tuple[int, ...], crash_at: testing.CrashPoint,
+) -> None:
+    app, _ = load_app(WORD_COUNT / "word_count.py")
+    points = (clean_run.commits,) if crash_after == "last" else crash_after
+    assert not isinstance(points, str)
+
+    crashed = testing.run(app, acceptance_lines(), crash_after=points, crash_at=crash_at)
+
+    assert crashed.crashes == (len(points) if isinstance(points, tuple) else 1)
+    assert crashed.lines() == clean_run.lines()
+    assert len(crashed.lines()) == 482
+    expected = json.loads((WORD_COUNT / "expected_final_counts.json").read_text())
+    assert final_counts(crashed.lines()) == expected
+    assert crashed.states == clean_run.states
+    assert crashed.commits == clean_run.commits  # no committed input ran twice
+
+
+def test_a_crash_after_every_commit_changes_nothing_dead_letters_included() -> None:
+    inputs = ["a boom b", "b a", "boom"]
+    clean = testing.run(word_count(), inputs)
+    every = range(1, clean.commits + 1)
+    points: tuple[testing.CrashPoint, ...] = ("append", "publish", "commit")
+
+    for point in points:
+        crashed = testing.run(word_count(), inputs, crash_after=every, crash_at=point)
+        assert crashed.crashes == clean.commits
+        assert crashed.lines() == clean.lines()
+        assert [(d.key, d.rid) for d in crashed.dead_letters] == [(d.key, d.rid) for d in clean.dead_letters]
+        assert len(crashed.dead_letters) == 2
+
+
+def test_a_crash_past_the_last_commit_does_not_happen_and_says_so() -> None:
+    result = testing.run(word_count(), ["a"], crash_after=50)
+
+    assert (result.commits, result.crashes, result.lines()) == (2, 0, ["a => 1"])
+    with pytest.raises(ValueError, match="counts commits from 1"):
+        testing.run(word_count(), ["a"], crash_after=0)

@@ -8,7 +8,7 @@ import logging
 import pickle
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,10 +92,12 @@ class RateMeter:
 class PartitionWorker:
     def __init__(
         self, nats: WorkerNats, app: Application, version: str, stage: Stage, part: int,
-        config: WorkerConfig, checkpoints: Checkpoints | None = None,
+        config: WorkerConfig, checkpoints: Checkpoints | None = None, *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """`checkpoints`: where snapshots go (the runner's S3/file Checkpointer); without
-        one, state is restored from the changelog alone and nothing is trimmed."""
+        one, state is restored from the changelog alone and nothing is trimmed. `sleep`
+        waits out retry backoff: wallaroo.testing passes its fake clock's."""
         self.nats, self.app, self.version, self.stage, self.part = nats, app, version, stage, part
         self.cfg = config
         self.names = AppNames(app.slug)
@@ -114,6 +116,7 @@ class PartitionWorker:
         self.nonce = secrets.token_hex(4)
         self.checkpoints = checkpoints or ChangelogOnly(nats, self.names.log_stream, self.log_subject)
         self._seconds_per_record = 0.0
+        self._sleep = sleep
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -121,22 +124,28 @@ class PartitionWorker:
 
     async def run(self) -> None:
         await self.restore()
-        consumer = await self._open_consumer()
+        consumer = await self.open_consumer()
         try:
             while not self._stop.is_set():
-                msgs = await consumer.fetch(self.cfg.fetch_batch, self.cfg.fetch_timeout)
-                if not msgs and self.checkpoints.due():
-                    # Idle: make the newest commits durable in the store too.
-                    await self.checkpoints.checkpoint(self.state, self.log_seq)
-                try:
-                    await self.handle(msgs)
-                except ResyncNeeded:
-                    log.warning("%s: delivery gap, rebuilding consumer", self.in_subject)
-                    await consumer.close()
-                    consumer = await self._open_consumer()
+                consumer = await self.poll(consumer)
         finally:
             await consumer.close()
             await self.checkpoints.close()
+
+    async def poll(self, consumer: Consumer) -> Consumer:
+        """One fetch and its commits; the consumer to fetch from next (a new one after a
+        delivery gap). run() loops on it; wallaroo.testing calls it when input is waiting."""
+        msgs = await consumer.fetch(self.cfg.fetch_batch, self.cfg.fetch_timeout)
+        if not msgs and self.checkpoints.due():
+            # Idle: make the newest commits durable in the store too.
+            await self.checkpoints.checkpoint(self.state, self.log_seq)
+        try:
+            await self.handle(msgs)
+        except ResyncNeeded:
+            log.warning("%s: delivery gap, rebuilding consumer", self.in_subject)
+            await consumer.close()
+            return await self.open_consumer()
+        return consumer
 
     # --- recovery --------------------------------------------------------------------------
 
@@ -167,7 +176,7 @@ class PartitionWorker:
         return (await self.nats.msg_exists(stream, rec.first_seq)
                 and await self.nats.msg_exists(stream, rec.last_seq))
 
-    async def _open_consumer(self) -> Consumer:
+    async def open_consumer(self) -> Consumer:
         """A fresh consumer delivers every uncommitted input in stream order: inputs at or
         below the committed seq are purged first (committed, maybe never acked)."""
         stream, durable = self.names.data_stream, AppNames.durable(self.stage.index, self.part)
@@ -302,7 +311,7 @@ class PartitionWorker:
                 log.warning("%s: %s (attempt %d)", self.in_subject, failed,
                             retrier.failures[failed.item.rid])
                 if delay:
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
 
     def _outputs(self, result: BatchResult, commit_no: int) -> list[Out]:
         outs: list[tuple[str, bytes]] = []
