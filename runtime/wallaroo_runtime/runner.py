@@ -403,6 +403,8 @@ class RunnerOptions:
 
 def main(url: str, opts: RunnerOptions) -> None:
     """Run a runner until SIGINT/SIGTERM (then finish the batches in hand and exit)."""
+    # Function handles in user code (a stream step calling f.remote) find the cluster here.
+    os.environ["WALLAROO_NATS"] = url
     store = open_store(opts.state_store) if opts.state_store else None
     checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds)
     runner = Runner(url, opts.runner_id, WorkerConfig(), ClusterConfig(member_ttl=opts.member_ttl),

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+import wallaroo
 from conftest import collect_outputs
 from wallaroo.control import apps, ingest
+from wallaroo.core import calls
 from wallaroo.local.dev import DevCluster, follow_wishes
 from wallaroo.nats import Nats
 from wallaroo_runtime.autoscale.backends import LocalBackend
@@ -70,3 +72,35 @@ def test_burst_scales_up_idle_scales_to_zero_and_a_message_wakes_it(
     scaled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scale ")]
     assert any("-> 3 runners" in s or "-> 2 runners" in s for s in scaled), scaled
     assert all(":" in s and "lag" in s or "idle" in s for s in scaled), scaled
+
+
+def test_a_function_call_wakes_a_pool_at_zero_runners(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls waiting in the calls stream are lag: the first call of an app scaled to zero
+    wakes a runner (before any runner ever made the function's consumer)."""
+    fns_app = Path(__file__).parent / "apps" / "functions_app.py"
+
+    async def body(cluster: DevCluster) -> None:
+        nats = await Nats.connect(cluster.url)
+        scaler = Autoscaler(nats, LocalBackend(nats), POLICY)
+        stop = asyncio.Event()
+        loops = [asyncio.create_task(scaler.run(stop, interval=0.2)),
+                 asyncio.create_task(follow_wishes(nats, cluster.pool, stop))]
+        try:
+            await apps.deploy(nats, fns_app)
+            assert len(cluster.runners) == 0
+            call = await asyncio.to_thread(wallaroo.Function.lookup("fntest", "square").spawn, 12)
+            took = await until(lambda: len(cluster.runners) >= 1, 30, "a runner woken by the call")
+            print(f"woken {took:.2f}s after the call")
+            assert await asyncio.to_thread(call.get, 60) == 144
+        finally:
+            stop.set()
+            await asyncio.gather(*loops)
+            await nats.close()
+
+    with DevCluster(tmp_path / "c", runners=0, member_ttl=1.0) as cluster:
+        monkeypatch.setenv("WALLAROO_NATS", cluster.url)
+        try:
+            asyncio.run(body(cluster))
+        finally:
+            calls.close_portals()

@@ -249,6 +249,10 @@ def test_the_cli_calls_shows_and_cancels(cluster: DevCluster, tmp_path: Path) ->
     assert unknown.returncode == 1 and "no function named 'cube'" in unknown.stderr
     done = cli("calls", "cancel", call_id)
     assert done.returncode == 1 and "already finished (ok)" in done.stderr
+    table = cli("status").stdout
+    header = next(line for line in table.splitlines() if line.startswith("app ") and "p99 ms" in line)
+    row = next(line for line in table.splitlines() if line.split()[:2] == ["fntest", "square"]).split()
+    assert header.split()[5] == "done" and int(row[5]) >= 2, table
 
 
 def test_wallaroo_run_deploys_runs_the_entrypoint_and_stops(tmp_path: Path) -> None:

@@ -194,13 +194,15 @@ def tail(
 
 @app.command()
 def status(nats: NatsOpt = None) -> None:
-    """Apps and stages, each partition's owner, committed seq, lag and rate, the runners, and
-    connector sinks' deliveries."""
+    """Apps and stages, each partition's owner, committed seq, lag and rate, functions (calls
+    pending, running, done, failed, retried, latency), the runners, and connector sinks."""
     from wallaroo.control import status as st
 
     s = on_nats(nats, st.gather)
     _table(st.APP_COLUMNS, s.apps, "no apps deployed")
     _table(st.PARTITION_COLUMNS, s.partitions, "no partitions")
+    if s.functions:
+        _table(st.FUNCTION_COLUMNS, s.functions, "")
     _table(st.RUNNER_COLUMNS, s.runners, "no runners")
     if s.sinks:
         _table(st.SINK_COLUMNS, s.sinks, "")

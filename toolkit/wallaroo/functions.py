@@ -17,6 +17,7 @@ makes the id a function of (app, function, k)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import queue
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -168,16 +169,17 @@ class Function:
         return calls.portal(self.url)
 
     def _remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._portal().run(self._call(calls.pack_args(args, kwargs)))
+        return self._portal().run(self._call(calls.pack_args(args, kwargs), _scoped_id()))
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
-        call = self._call(calls.pack_args(args, kwargs))
+        call = self._call(calls.pack_args(args, kwargs), _scoped_id())
         return await asyncio.wrap_future(self._portal().submit(call))
 
-    async def _call(self, payload: bytes) -> Any:
+    async def _call(self, payload: bytes, scoped_id: str | None) -> Any:
         client = self._portal().client
-        if self.idempotency_key is not None:
-            call_id = await client.submit(self.app, self.name, payload, idempotency_key=self.idempotency_key)
+        if scoped_id is not None or self.idempotency_key is not None:
+            call_id = await client.submit(self.app, self.name, payload, call_id=scoped_id,
+                                          idempotency_key=self.idempotency_key)
             return await client.value(await client.wait(call_id))
         call_id = calls.new_call_id()
         async with client.watching(call_id) as announced:  # before publishing: a fresh id
@@ -186,15 +188,16 @@ class Function:
         return await client.value(result)
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        return self._portal().run(self._spawn_in_loop(calls.pack_args(args, kwargs)))
+        return self._portal().run(self._spawn_in_loop(calls.pack_args(args, kwargs), _scoped_id()))
 
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        spawn = self._spawn_in_loop(calls.pack_args(args, kwargs))
+        spawn = self._spawn_in_loop(calls.pack_args(args, kwargs), _scoped_id())
         return await asyncio.wrap_future(self._portal().submit(spawn))
 
-    async def _spawn_in_loop(self, payload: bytes) -> FunctionCall:
+    async def _spawn_in_loop(self, payload: bytes, scoped_id: str | None) -> FunctionCall:
         client = self._portal().client
-        call_id = await client.submit(self.app, self.name, payload, idempotency_key=self.idempotency_key)
+        call_id = await client.submit(self.app, self.name, payload, call_id=scoped_id,
+                                      idempotency_key=self.idempotency_key)
         return FunctionCall(call_id, self.url)
 
     def map(self, *iterables: Iterable[Any], order_outputs: bool = True, return_exceptions: bool = False,
@@ -217,6 +220,12 @@ class Function:
         unless `ignore_exceptions`."""
         for _ in self.map(*iterables, order_outputs=False, return_exceptions=ignore_exceptions):
             pass
+
+
+def _scoped_id() -> str | None:
+    """Inside a stream step, the call's derived id (see calls.StepScope); else None."""
+    scope = calls.step_scope.get()
+    return None if scope is None else scope.next_call_id()
 
 
 def _outcome(outcome: tuple[bool, Any], return_exceptions: bool) -> Any:
@@ -246,7 +255,9 @@ class _Mapper:
             yield from self._finish_one(pending)
 
     def _start(self, chunk: list[bytes]) -> Future[list[tuple[bool, Any]]]:
-        future = self.fn._portal().submit(_call_chunk(self.fn, chunk))
+        scope = calls.step_scope.get()
+        ids = None if scope is None else [scope.next_call_id() for _ in chunk]
+        future = self.fn._portal().submit(_call_chunk(self.fn, chunk, ids))
         future.add_done_callback(self.done.put)
         return future
 
@@ -272,9 +283,10 @@ def _chunked(items: Iterator[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-async def _call_chunk(fn: Function, payloads: list[bytes]) -> list[tuple[bool, Any]]:
+async def _call_chunk(fn: Function, payloads: list[bytes], ids: list[str] | None
+                      ) -> list[tuple[bool, Any]]:
     client = fn._portal().client
-    results = await client.call_many(fn.app, fn.name, payloads)
+    results = await client.call_many(fn.app, fn.name, payloads, ids)
     return [await _settle(client, r) for r in results]
 
 
@@ -437,7 +449,8 @@ class App:
 
     def attach(self, pipeline: Pipeline, *, partitions: int = DEFAULT_PARTITIONS) -> App:
         """Run `pipeline` (a stream pipeline ending in sinks) as part of this app."""
-        self.application = build_application(self.name, pipeline, partitions=partitions)
+        built = build_application(self.name, pipeline, partitions=partitions)
+        self.application = dataclasses.replace(built, calls=True)
         return self
 
     def built(self) -> Application:

@@ -55,6 +55,9 @@ class Application:
     stages: tuple[Stage, ...]
     sinks: tuple[SinkConfig, ...]
     partitions: int
+    # Steps may call serverless functions (a pipeline attached to a wallaroo.App): they run
+    # off the runner's event loop, and their calls get ids derived from the record.
+    calls: bool = False
 
     @property
     def slug(self) -> str:

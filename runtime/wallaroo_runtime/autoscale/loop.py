@@ -65,7 +65,11 @@ class Autoscaler:
         arrived = 0
         for m in await observe.manifests(self.nats):
             lags += await observe.stage_lags(self.nats, m)
-            arrived += await self.nats.stream_last_seq(AppNames(m.slug).data_stream)
+            lags += await observe.function_lags(self.nats, m)
+            names = AppNames(m.slug)
+            arrived += await self.nats.stream_last_seq(names.data_stream)
+            if m.functions:
+                arrived += await self.nats.stream_last_seq(names.calls_stream)
         beats = await observe.runner_heartbeats(self.nats)
         rates = tuple(b.msg_rate for b in beats)
         input_rate = self._input_rate(now, arrived)

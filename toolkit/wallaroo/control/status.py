@@ -25,6 +25,8 @@ PARTITION_COLUMNS = ["app", "stage", "partition", "owner", "running on", "commit
                      "records/s"]
 RUNNER_COLUMNS = ["runner", "role", "pid", "host", "partitions", "commits", "records", "records/s",
                   "heartbeat"]
+FUNCTION_COLUMNS = ["app", "function", "schedule", "pending", "running", "done", "failed", "retried",
+                    "p50 ms", "p99 ms"]
 SINK_COLUMNS = ["app", "sink", "running on", "delivered", "skipped", "rejected", "last seq",
                 "pending"]
 PROBLEM_COLUMNS = ["runner", "app", "error"]
@@ -37,6 +39,7 @@ class Status:
     runners: list[list[str]]
     sinks: list[list[str]]
     problems: list[list[str]]
+    functions: list[list[str]]
 
 
 async def gather(nats: Nats) -> Status:
@@ -45,7 +48,9 @@ async def gather(nats: Nats) -> Status:
     leader = Holder.from_wire(raw_leader).runner_id if raw_leader else ""
     apps: list[list[str]] = []
     partitions: list[list[str]] = []
+    functions: list[list[str]] = []
     for manifest in await observe.manifests(nats):
+        functions += await _function_rows(nats, manifest, beats)
         by_part = await observe.partition_lags(nats, manifest)  # one consumer read per partition
         for lag in observe.stage_totals(manifest, by_part):
             apps.append([manifest.name, manifest.version, str(lag.stage), lag.name,
@@ -53,7 +58,22 @@ async def gather(nats: Nats) -> Status:
         partitions += await _partition_rows(nats, manifest, beats, by_part)
     problems = [[b.id, app, err] for b in beats for app, err in sorted(b.errors.items())]
     runners = [_runner_row(b, leader) for b in beats]
-    return Status(apps, partitions, runners, _sink_rows(beats), problems)
+    return Status(apps, partitions, runners, _sink_rows(beats), problems, functions)
+
+
+async def _function_rows(nats: Nats, m: Manifest, beats: list[Heartbeat]) -> list[list[str]]:
+    """Per function: calls waiting and running (from the calls stream), and what the runners
+    running its current version report: results, retries, latency (the slowest runner's)."""
+    rows = []
+    for f, lag in zip(m.functions, await observe.function_lags(nats, m), strict=True):
+        apps = [b.apps[m.slug] for b in beats if m.slug in b.apps]
+        reports = [a.functions[f.name] for a in apps if a.version == m.version and f.name in a.functions]
+        done, failed, retried = (sum(getattr(r, k) for r in reports) for k in ("done", "failed", "retried"))
+        p50 = max((r.p50_ms for r in reports), default=0.0)
+        p99 = max((r.p99_ms for r in reports), default=0.0)
+        rows.append([m.name, f.name, f.schedule or "-", str(lag.pending), str(lag.ack_pending),
+                     str(done), str(failed), str(retried), f"{p50:.1f}", f"{p99:.1f}"])
+    return rows
 
 
 def _sink_rows(beats: list[Heartbeat]) -> list[list[str]]:

@@ -18,6 +18,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +63,25 @@ def derived_call_id(*parts: object) -> str:
     return "fd-" + digest
 
 
+@dataclass
+class StepScope:
+    """Set while a stream step runs on one record (apps that call functions): calls made
+    there get ids derived from (app, stage, partition, record, step, call index), so a batch
+    run again after a crash or a retry attaches to the calls it made the first time."""
+
+    where: tuple[str, int, int]  # (app slug, stage, partition)
+    step: str
+    rid: tuple[int, int]  # (input message seq, record index)
+    made: int = 0
+
+    def next_call_id(self) -> str:
+        self.made += 1
+        return derived_call_id("step", *self.where, self.step, *self.rid, self.made)
+
+
+step_scope: ContextVar[StepScope | None] = ContextVar("wallaroo_step_scope", default=None)
+
+
 def pack_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     return bytes(cloudpickle.dumps((tuple(args), dict(kwargs)), protocol=5))
 
@@ -95,20 +116,32 @@ class CallClient:
                                 msg_id=call_id)
         return call_id
 
-    async def call_many(self, slug: str, function: str, payloads: list[bytes]) -> list[CallResult]:
-        """Make fresh calls together (one wait for all the publish acks) and wait for all
-        their results: what f.map does with each chunk."""
-        ids = [new_call_id() for _ in payloads]
+    async def call_many(self, slug: str, function: str, payloads: list[bytes],
+                        ids: list[str] | None = None) -> list[CallResult]:
+        """Make calls together (one wait for all the publish acks) and wait for all their
+        results: what f.map does with each chunk. Without `ids`, fresh ones; with them, calls
+        that may have been made before (their results are looked up first)."""
+        fresh = ids is None
+        ids = ids or [new_call_id() for _ in payloads]
         subject = AppNames(slug).call(function)
         watches = [self.watching(i) for i in ids]
         futures = [await w.__aenter__() for w in watches]
         try:
-            await self.nats.publish_all([Out(subject, await self._request(i, slug, function, p, True), i)
-                                         for i, p in zip(ids, payloads, strict=True)])
+            if not fresh:
+                await self._settle_stored(ids, futures)
+            await self.nats.publish_all([Out(subject, await self._request(i, slug, function, p, fresh), i)
+                                         for i, p, f in zip(ids, payloads, futures, strict=True)
+                                         if not f.done()])
             return list(await asyncio.gather(*futures))
         finally:
             for w in watches:
                 await w.__aexit__()
+
+    async def _settle_stored(self, ids: list[str], futures: list[asyncio.Future[CallResult]]) -> None:
+        stored = await asyncio.gather(*(self.stored(i) for i in ids))
+        for future, result in zip(futures, stored, strict=True):
+            if result is not None and not future.done():
+                future.set_result(result)
 
     async def _request(self, call_id: str, slug: str, function: str, payload: bytes,
                        fresh: bool) -> bytes:

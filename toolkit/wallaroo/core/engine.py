@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from wallaroo.api import StepSpec
-from wallaroo.core import codec
+from wallaroo.core import calls, codec
 from wallaroo.core.errors import Reject
 from wallaroo.core.wire import DeadLetter
 from wallaroo.plan import Application, Stage
@@ -140,8 +140,10 @@ class StageEngine:
     """Executes `stage` of `app` on batches of records, one step at a time over the whole
     batch: the per-record overhead is a loop iteration, not a call chain."""
 
-    def __init__(self, app: Application, stage: Stage) -> None:
+    def __init__(self, app: Application, stage: Stage, partition: int = 0) -> None:
         self.stage = stage
+        # Steps that may call functions learn which record they run on (calls.StepScope).
+        self.scope = (app.slug, stage.index, partition) if app.calls else None
         self.decode = stage.decoder.fn if stage.decoder else None
         self.steps = stage.steps
         self.route = stage.route
@@ -179,9 +181,11 @@ class StageEngine:
                 vals = _each(self.decode, vals)
             reason = "user_error"
             work: dict[str, dict[str | None, Any]] = {}
+            rids = batch.rids() if self.scope is not None else None
             for step in self.steps:
                 where = step.name
-                keys, vals, origin = self._step(step, keys, vals, origin, table,
+                fn = step.fn if rids is None else self._scoped(step, rids, origin, len(vals))
+                keys, vals, origin = self._step(step, fn, keys, vals, origin, table,
                                                 work.setdefault(step.name, {}))
             if self.route is not None:
                 where = "key_extractor"
@@ -197,14 +201,31 @@ class StageEngine:
         result.states = _dump_states(batch, work)
         return result
 
+    def _scoped(self, step: StepSpec, rids: list[RecordId], origin: list[int] | None,
+                n: int) -> Callable[..., Any]:
+        """`step.fn`, each of its `n` calls (one per value, in order) made inside the
+        StepScope of the value's input record."""
+        assert self.scope is not None
+        where, fn = self.scope, step.fn
+        order = iter([rids[origin[i]] for i in range(n)] if origin is not None else rids)
+
+        def scoped(*args: Any) -> Any:
+            token = calls.step_scope.set(calls.StepScope(where, step.name, next(order)))
+            try:
+                return fn(*args)
+            finally:
+                calls.step_scope.reset(token)
+
+        return scoped
+
     def _step(
-        self, step: StepSpec, keys: list[str | None], vals: list[Any], origin: list[int] | None,
-        table: Mapping[str, bytes], work: dict[str | None, Any],
+        self, step: StepSpec, fn: Callable[..., Any], keys: list[str | None], vals: list[Any],
+        origin: list[int] | None, table: Mapping[str, bytes], work: dict[str | None, Any],
     ) -> tuple[list[str | None], list[Any], list[int] | None]:
         if step.state is None:
-            outs = _each(step.fn, vals)
+            outs = _each(fn, vals)
         else:
-            outs = _each_with_state(step, keys, vals, table, work)
+            outs = _each_with_state(step, fn, keys, vals, table, work)
         if not step.multi:
             if not any(o is None for o in outs):
                 return keys, outs, origin
@@ -271,10 +292,10 @@ def _dump_states(batch: Batch, work: dict[str, dict[str | None, Any]]) -> dict[s
 
 
 def _each_with_state(
-    step: StepSpec, keys: list[str | None], vals: list[Any], table: Mapping[str, bytes],
-    work: dict[str | None, Any],
+    step: StepSpec, fn: Callable[..., Any], keys: list[str | None], vals: list[Any],
+    table: Mapping[str, bytes], work: dict[str | None, Any],
 ) -> list[Any]:
-    fn, with_key = step.fn, step.with_key
+    with_key = step.with_key
     outs: list[Any] = []
     append = outs.append
     try:

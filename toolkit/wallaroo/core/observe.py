@@ -66,6 +66,21 @@ async def stage_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:
     return stage_totals(manifest, await partition_lags(nats, manifest))
 
 
+async def function_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:
+    """Per function, its calls waiting (pending) and running (ack pending), as a StageLag
+    named "fn:<name>" (stage -1), so the autoscaler weighs calls like stream backlog. Counted
+    from the work-queue stream itself: before any runner made the function's consumer (scale
+    from zero), the calls are there all the same."""
+    names = AppNames(manifest.slug)
+    rows = []
+    for f in manifest.functions:
+        calls = await nats.subject_count(names.calls_stream, names.calls_of(f.name, bool(f.methods)))
+        lag = await nats.consumer_lag(names.calls_stream, AppNames.function_durable(f.name))
+        running = min(calls, lag[1]) if lag is not None else 0
+        rows.append(StageLag(manifest.slug, -1, f"fn:{f.name}", calls - running, running))
+    return rows
+
+
 async def runner_heartbeats(nats: Nats) -> list[Heartbeat]:
     """What each live runner last reported (apps, progress, errors), oldest runner first."""
     beats = []

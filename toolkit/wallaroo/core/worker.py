@@ -101,7 +101,7 @@ class PartitionWorker:
         self.nats, self.app, self.version, self.stage, self.part = nats, app, version, stage, part
         self.cfg = config
         self.names = AppNames(app.slug)
-        self.engine = StageEngine(app, stage)
+        self.engine = StageEngine(app, stage, part)
         self.producer = AppNames.producer(stage.index, part)
         self.log_subject = self.names.log(stage.index, part)
         self.in_subject = self.names.data(stage.index, part)
@@ -304,14 +304,22 @@ class PartitionWorker:
         retrier = Retrier(self.cfg.retry, self.stage.name)
         while True:
             try:
-                return self.engine.attempt(items, self.state.table, retrier.dead,
-                                           check_outputs=check_outputs)
+                return await self._attempt(items, retrier, check_outputs)
             except RecordFailed as failed:
                 delay = retrier.on_failure(failed)
                 log.warning("%s: %s (attempt %d)", self.in_subject, failed,
                             retrier.failures[failed.item.rid])
                 if delay:
                     await self._sleep(delay)
+
+    async def _attempt(self, items: Batch, retrier: Retrier, check_outputs: int | None) -> BatchResult:
+        if self.engine.scope is None:
+            return self.engine.attempt(items, self.state.table, retrier.dead, check_outputs=check_outputs)
+        # Steps that call functions block on results: off the event loop, so this runner's
+        # heartbeats, leases and its own function executors (which may serve those very
+        # calls) keep running.
+        return await asyncio.to_thread(self.engine.attempt, items, self.state.table, retrier.dead,
+                                       check_outputs=check_outputs)
 
     def _outputs(self, result: BatchResult, commit_no: int) -> list[Out]:
         outs: list[tuple[str, bytes]] = []

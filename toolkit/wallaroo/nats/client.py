@@ -226,6 +226,11 @@ class Nats:
         info = await self.js.stream_info(stream)
         return int(info.state.last_seq)
 
+    async def subject_count(self, stream: str, subject: str) -> int:
+        """How many messages of `stream` are on `subject` (wildcards allowed) now."""
+        info = await self.js.stream_info(stream, subjects_filter=subject)
+        return sum((info.state.subjects or {}).values())
+
     async def delete_stream(self, stream: str) -> None:
         with contextlib.suppress(jserr.NotFoundError):
             await self.js.delete_stream(stream)
