@@ -10,7 +10,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from wallaroo.core import codec
 from wallaroo.core.changelog import ChangelogOnly, Checkpoints, PartitionState
@@ -28,7 +28,14 @@ from wallaroo.nats.protocol import Consumer, InMsg, Out, WorkerNats
 from wallaroo.plan import Application, Stage
 
 log = logging.getLogger("wallaroo.worker")
-Fresh = tuple[InMsg, tuple[list[str | None], list[Any]]]
+
+
+class Fresh(NamedTuple):
+    """An input message not yet committed, with its records' keys and values."""
+
+    msg: InMsg
+    keys: list[str | None]
+    values: list[Any]
 
 
 @dataclass(frozen=True)
@@ -202,7 +209,7 @@ class PartitionWorker:
             if m.stream_seq <= self.state.committed_seq or _seen_producer_seq(m, seen):
                 stale.append(m)
             else:
-                fresh.append((m, self._records(m)))
+                fresh.append(Fresh(m, *self._records(m)))
         return fresh, stale
 
     def _records(self, m: InMsg) -> tuple[list[str | None], list[Any]]:
@@ -221,7 +228,7 @@ class PartitionWorker:
 
     async def _commit_batch(self, batch: list[Fresh]) -> None:
         records = Batch()
-        for m, (keys, values) in batch:
+        for m, keys, values in batch:
             records.add(m.stream_seq, keys, values)
         started = time.perf_counter()
         result = await self._execute(records)
@@ -235,7 +242,7 @@ class PartitionWorker:
                 await self._commit_batch(batch[half:])
                 return
             log.warning("%s: outputs of seq %d cannot be committed (%s); checking records one "
-                        "by one", self.in_subject, batch[0][0].stream_seq, err)
+                        "by one", self.in_subject, batch[0].msg.stream_seq, err)
             result = await self._execute(records, check_outputs=self.max_output_bytes)
             try:
                 rec, encoded = self._commit_record(batch, result)
@@ -246,19 +253,19 @@ class PartitionWorker:
                 rec, encoded = self._commit_record(batch, result)
         await self._append(rec, encoded)
         await self.nats.publish_all(rec.outs)
-        await asyncio.gather(*(m.ack() for m, _ in batch))
+        await asyncio.gather(*(f.msg.ack() for f in batch))
         self._count(result, len(batch))
         await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
 
     def _commit_record(self, batch: list[Fresh], result: BatchResult) -> tuple[CommitRecord, bytes]:
         watermarks = dict(self.state.watermarks)
-        for m, _ in batch:
-            origin = parse_internal(m.msg_id)
+        for f in batch:
+            origin = parse_internal(f.msg.msg_id)
             if origin is not None:
                 watermarks[origin[0]] = max(origin[1], watermarks.get(origin[0], 0))
         rec = CommitRecord(
-            commit_no=self.state.commit_no + 1, first_seq=batch[0][0].stream_seq,
-            last_seq=batch[-1][0].stream_seq, watermarks=watermarks, states=result.states,
+            commit_no=self.state.commit_no + 1, first_seq=batch[0].msg.stream_seq,
+            last_seq=batch[-1].msg.stream_seq, watermarks=watermarks, states=result.states,
             outs=self._outputs(result, self.state.commit_no + 1),
         )
         encoded = rec.to_wire()
@@ -356,7 +363,7 @@ def _chunks(fresh: list[Fresh], max_records: int) -> list[list[Fresh]]:
     chunks: list[list[Fresh]] = []
     size = max_records
     for entry in fresh:
-        n = len(entry[1][1])
+        n = len(entry.values)
         if size + n > max_records:
             chunks.append([])
             size = 0
