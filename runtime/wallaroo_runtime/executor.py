@@ -38,6 +38,8 @@ from wallaroo.nats import InMsg, Nats, Out
 
 log = logging.getLogger("wallaroo.functions")
 LATENCY_SAMPLES = 1000
+CANCELS_KEPT = 100_000
+CLOCK_SKEW = 5.0  # seconds of clock difference between a caller's machine and a runner's
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,29 @@ class FunctionStats:
                               pct(0.5), pct(0.99))
 
 
+@dataclass
+class Cancels:
+    """Cancels this executor heard (runners hear every cancel, as they come). A fresh call can
+    only have a result, before it first runs, if it was cancelled: so it is looked up in the
+    results bucket only if its cancel was heard, or could have been missed (made before this
+    executor listened, give or take clock skew between machines)."""
+
+    since: float = float("inf")
+    recent: deque[str] = field(default_factory=lambda: deque(maxlen=CANCELS_KEPT))
+    ids: set[str] = field(default_factory=set)
+
+    def heard(self, call_id: str) -> None:
+        if len(self.recent) == self.recent.maxlen:
+            self.ids.discard(self.recent[0])
+        self.recent.append(call_id)
+        self.ids.add(call_id)
+
+    def maybe(self, req: CallRequest) -> bool:
+        return req.call_id in self.ids or req.created < self.since + CLOCK_SKEW
+
+
 class _Cancelled(Exception):  # noqa: N818 - control flow: a cancel was recorded meanwhile
-    def __init__(self, result: CallResult) -> None:
-        self.result = result
+    pass
 
 
 class FunctionExecutor:
@@ -88,7 +110,10 @@ class FunctionExecutor:
         self.names = AppNames(slug)
         self.pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix=f"wl-{spec.name}")
         self.running: set[asyncio.Task[None]] = set()
+        self.buffered: deque[InMsg] = deque()  # fetched, waiting for a free slot
+        self.in_hand: dict[str, tuple[InMsg, asyncio.Future[None]]] = {}  # call id -> msg, cancel
         self.stats = FunctionStats()
+        self.cancels = Cancels()
         self.stop = asyncio.Event()
         self._instance: Any = None
         self._entering = asyncio.Lock()
@@ -100,25 +125,43 @@ class FunctionExecutor:
             self.names.calls_stream, AppNames.function_durable(self.spec.name),
             self.names.calls_of(self.spec.name, self.spec.is_class),
             ack_wait=self.cfg.ack_wait, max_ack_pending=max(64, 4 * self.spec.concurrency))
+        stop_listening = await self.nats.listen(calls.CANCELS, self._cancelled)
+        self.cancels.since = time.time()
+        keepalive = asyncio.create_task(self._keep_alive())
         try:
             while not self.stop.is_set():
                 await self._serve(consumer)
             if self.running:
                 await asyncio.wait(self.running)
         finally:
+            keepalive.cancel()
+            await stop_listening()
             await consumer.close()
             self.pool.shutdown(wait=False)
 
     async def _serve(self, consumer: Any) -> None:
-        free = self.spec.concurrency - len(self.running)
-        if free <= 0:
+        """Start buffered calls while slots are free; fetch more once the buffer is empty.
+        Why a buffer of up to `concurrency` calls: one pull then serves many calls, and the
+        buffer stays short enough that no buffered call outlives its ack_wait."""
+        while self.buffered and len(self.running) < self.spec.concurrency:
+            self._start_call(self.buffered.popleft())
+        if self.buffered:
             await asyncio.wait(self.running, timeout=self.cfg.fetch_timeout,
                                return_when=asyncio.FIRST_COMPLETED)
             return
-        for m in await consumer.fetch(free, self.cfg.fetch_timeout):
-            task = asyncio.create_task(self._handle(m))
-            self.running.add(task)
-            task.add_done_callback(self.running.discard)
+        self.buffered.extend(await consumer.fetch(self.spec.concurrency, self.cfg.fetch_timeout))
+
+    def _start_call(self, m: InMsg) -> None:
+        task = asyncio.create_task(self._handle(m))
+        self.running.add(task)
+        task.add_done_callback(self.running.discard)
+
+    def _cancelled(self, data: bytes) -> None:
+        call_id = data.decode("utf-8", "replace")
+        self.cancels.heard(call_id)
+        held = self.in_hand.get(call_id)
+        if held is not None and not held[1].done():
+            held[1].set_result(None)
 
     def report(self) -> FunctionReport:
         return self.stats.report(len(self.running))
@@ -140,29 +183,30 @@ class FunctionExecutor:
         await m.ack()
 
     async def _outcome(self, req: CallRequest, m: InMsg) -> CallResult:
-        if not req.fresh or m.deliveries > 1:
+        if not req.fresh or m.deliveries > 1 or self.cancels.maybe(req):
             stored = await self.client.stored(req.call_id)
             if stored is not None:
                 return stored
         if m.deliveries > self.cfg.max_deliveries:
             return self._failed(req, RunnerLost(req.call_id, m.deliveries - 1), 0, m.deliveries)
-        keepalive = asyncio.create_task(self._keep_alive(m))
+        cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.in_hand[req.call_id] = (m, cancelled)
         try:
-            async with self.client.watching(req.call_id) as announced:  # a cancel shows here
-                return await self._attempts(req, m.deliveries, announced)
+            return await self._attempts(req, m.deliveries, cancelled)
         finally:
-            keepalive.cancel()
+            self.in_hand.pop(req.call_id, None)
 
-    async def _keep_alive(self, m: InMsg) -> None:
-        """Reset the message's ack_wait while the call runs: only a silent runner loses it."""
-        assert m.in_progress is not None
+    async def _keep_alive(self) -> None:
+        """Reset the ack_wait of every call in hand: only a silent runner loses its calls."""
         while True:
             await asyncio.sleep(self.cfg.ack_wait / 3)
-            with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
-                await m.in_progress()
+            for m in [m for m, _ in self.in_hand.values()] + list(self.buffered):
+                if m.in_progress is not None:
+                    with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
+                        await m.in_progress()
 
     async def _attempts(self, req: CallRequest, delivery: int,
-                        announced: asyncio.Future[CallResult]) -> CallResult:
+                        cancelled: asyncio.Future[None]) -> CallResult:
         started = time.time()
         try:
             args, kwargs = calls.unpack_args(await self._args(req))
@@ -173,18 +217,18 @@ class FunctionExecutor:
             attempt += 1
             ctx = CallContext(req.call_id, req.function, attempt, delivery)
             try:
-                value = await self._attempt(ctx, args, kwargs, announced)
-            except _Cancelled as cancelled:
-                return cancelled.result
+                value = await self._attempt(ctx, args, kwargs, cancelled)
+            except _Cancelled:
+                return self._cancel_result(req)
             except Exception as exc:  # the user's code failed: retry per its policy, or fail
                 if attempt > self.spec.retries.max_retries:
                     return self._failed(req, exc, attempt, delivery, started)
                 self.stats.retried += 1
                 log.warning("call %s of %s failed (attempt %d), retrying: %s", req.call_id,
                             req.function, attempt, exc)
-                await asyncio.wait({announced}, timeout=self.spec.retries.delay(attempt))
-                if announced.done():
-                    return announced.result()
+                await asyncio.wait({cancelled}, timeout=self.spec.retries.delay(attempt))
+                if cancelled.done():
+                    return self._cancel_result(req)
                 continue
             return await self._succeeded(req, value, attempt, delivery, started)
 
@@ -198,16 +242,21 @@ class FunctionExecutor:
         return data
 
     async def _attempt(self, ctx: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any],
-                       announced: asyncio.Future[CallResult]) -> Any:
+                       cancelled: asyncio.Future[None]) -> Any:
         body = await self._start(ctx, args, kwargs)
-        done, _ = await asyncio.wait({body, announced}, timeout=self.spec.timeout,
+        done, _ = await asyncio.wait({body, cancelled}, timeout=self.spec.timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if body in done:
             return body.result()
         body.cancel()  # an async body stops; a thread cannot be stopped: its result is dropped
-        if announced in done:
-            raise _Cancelled(announced.result())
+        if cancelled in done:
+            raise _Cancelled
         raise FunctionTimeout(ctx.function, self.spec.timeout)
+
+    @staticmethod
+    def _cancel_result(req: CallRequest) -> CallResult:
+        """What we would record for a cancelled call; the canceller's record wins anyway."""
+        return CallResult(req.call_id, "cancelled", finished=time.time())
 
     async def _start(self, ctx: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any]
                      ) -> asyncio.Future[Any]:

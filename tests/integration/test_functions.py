@@ -209,6 +209,20 @@ def test_cancel_an_unstarted_call_never_runs_and_a_running_async_call_stops(
     assert not (tmp_path / "running").exists()
 
 
+def test_a_call_cancelled_while_it_waits_for_a_slot_never_runs(fns: ModuleType,
+                                                              tmp_path: Path) -> None:
+    blockers = [fns.queued.spawn(str(tmp_path / f"blocker{i}"), 2.0) for i in range(2)]
+    eventually(lambda: all((tmp_path / f"blocker{i}").exists() for i in range(2)),
+               "both runners busy", 15)
+    waiting = fns.queued.spawn(str(tmp_path / "waiting"), 0.0)
+    waiting.cancel()
+    with pytest.raises(wallaroo.CallCancelled):
+        waiting.get(timeout=30)
+    assert [b.get(timeout=30) for b in blockers]
+    follow_up = fns.queued.remote(str(tmp_path / "after"), 0.0)  # the slot is free again
+    assert follow_up.endswith("after") and not (tmp_path / "waiting").exists()
+
+
 def _is_running(call_id: str, fns: ModuleType) -> bool:
     url = os.environ["WALLAROO_NATS"]
     beats = on_nats(url, observe.runner_heartbeats)

@@ -181,11 +181,7 @@ class Function:
             call_id = await client.submit(self.app, self.name, payload, call_id=scoped_id,
                                           idempotency_key=self.idempotency_key)
             return await client.value(await client.wait(call_id))
-        call_id = calls.new_call_id()
-        async with client.watching(call_id) as announced:  # before publishing: a fresh id
-            await client.submit(self.app, self.name, payload, call_id=call_id, fresh=True)
-            result = await announced
-        return await client.value(result)
+        return await client.value(await client.call(self.app, self.name, payload))
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
         return self._portal().run(self._spawn_in_loop(calls.pack_args(args, kwargs), _scoped_id()))

@@ -104,6 +104,14 @@ def slow_append(path: str, seconds: float) -> str:
     return line
 
 
+@app.function(concurrency=1)
+def queued(marker: str, seconds: float) -> str:
+    """One at a time per runner: a second call waits for the first."""
+    Path(marker).write_text("ran")
+    time.sleep(seconds)
+    return marker
+
+
 @app.function()
 def spin(seconds: float) -> int:
     """Busy (holding the GIL as much as Python lets it) for `seconds`."""

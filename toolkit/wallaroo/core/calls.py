@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import pickle
 import threading
@@ -35,6 +36,7 @@ DEFAULT_NATS = "nats://127.0.0.1:4222"
 DEV_URL_FILE = Path(".wallaroo/dev/url")
 INLINE_MAX = 256 * 1024  # larger arguments and results go through the object store
 RESULT_TTL = 7 * 24 * 3600.0  # seconds a result is kept (the results bucket's max age)
+RECHECK = 5.0  # seconds between bucket reads of a long wait (see CallClient._settled)
 
 
 def cluster_url() -> str:
@@ -49,7 +51,20 @@ def cluster_url() -> str:
 
 
 def done_subject(call_id: str) -> str:
+    """Where a call's result is announced: `wl._done.fc.<client>.<n>` for a fresh call (its
+    client hears all of its own with one subscription), `wl._done.<id>` for any other."""
+    kind, _, rest = call_id.partition("-")
+    if kind == "fc" and rest.count("-") == 1:
+        return "wl._done.fc." + rest.replace("-", ".")
     return f"wl._done.{call_id}"
+
+
+def cancel_subject(call_id: str) -> str:
+    """Where a cancel is told to the runner running the call (runners listen to them all)."""
+    return f"wl._cancel.{call_id}"
+
+
+CANCELS = "wl._cancel.>"
 
 
 def new_call_id() -> str:
@@ -92,56 +107,86 @@ def unpack_args(data: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 
 class CallClient:
-    """Calls over one NATS connection. Async: run it on the connection's event loop."""
+    """Calls over one NATS connection. Async: run it on the connection's event loop.
+
+    Fresh calls get ids `fc-<client>-<n>`, announced under `wl._done.fc.<client>.<n>`: one
+    subscription per client hears all of them. A waiter for any other call (an idempotency
+    key's, a stream step's, one looked up by id) listens on that call's own subject."""
 
     def __init__(self, nats: Nats) -> None:
         self.nats = nats
+        self.nonce = uuid.uuid4().hex[:16]
+        self._made = itertools.count(1)
+        self._expected: dict[str, asyncio.Future[CallResult]] = {}
+        self._listening: Callable[[], Awaitable[None]] | None = None
 
     async def setup(self) -> None:
         await self.nats.kv_bucket(RESULTS_BUCKET, ttl=RESULT_TTL)
         await self.nats.kv_bucket(IDEMPOTENCY_BUCKET, ttl=RESULT_TTL)
 
+    def fresh_id(self) -> str:
+        return f"fc-{self.nonce}-{next(self._made)}"
+
+    async def expect(self, call_id: str) -> asyncio.Future[CallResult]:
+        """A future for the result of this client's fresh call `call_id`; ask before
+        publishing the call (a fresh id has no result until then)."""
+        if self._listening is None:
+            self._listening = await self.nats.listen(f"wl._done.fc.{self.nonce}.>", self._announced)
+        future = self._expected[call_id] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self._expected.pop(call_id, None))
+        return future
+
+    def _announced(self, data: bytes) -> None:
+        result = CallResult.from_wire(data)
+        future = self._expected.get(result.call_id)
+        if future is not None and not future.done():
+            future.set_result(result)
+
     async def submit(self, slug: str, function: str, payload: bytes, *, call_id: str | None = None,
                      idempotency_key: str | None = None, fresh: bool = False) -> str:
         """Publish a call of `function` with pickled (args, kwargs) `payload`; its call id.
         With `idempotency_key`, the key's call if it already has one (same arguments), so a
-        duplicate attaches to it; with `call_id`, that call (`fresh`: a new random id, which
-        spares the runner a look for an earlier result)."""
+        duplicate attaches to it; with `call_id`, that call (`fresh`: a new id from
+        `fresh_id`, which spares the runner a look for an earlier result)."""
         fresh = fresh or (call_id is None and idempotency_key is None)
         if idempotency_key is not None:
             call_id = await self._claim(slug, function, idempotency_key, payload)
-        call_id = call_id or new_call_id()
+        call_id = call_id or self.fresh_id()
         await self.nats.publish(AppNames(slug).call(function),
                                 await self._request(call_id, slug, function, payload, fresh),
                                 msg_id=call_id)
         return call_id
 
+    async def call(self, slug: str, function: str, payload: bytes) -> CallResult:
+        """Make a fresh call and wait for its result."""
+        call_id = self.fresh_id()
+        future = await self.expect(call_id)
+        await self.submit(slug, function, payload, call_id=call_id, fresh=True)
+        return await self._settled(call_id, future, None)
+
     async def call_many(self, slug: str, function: str, payloads: list[bytes],
                         ids: list[str] | None = None) -> list[CallResult]:
         """Make calls together (one wait for all the publish acks) and wait for all their
         results: what f.map does with each chunk. Without `ids`, fresh ones; with them, calls
-        that may have been made before (their results are looked up first)."""
-        fresh = ids is None
-        ids = ids or [new_call_id() for _ in payloads]
+        that may have been made before (a stream step run again)."""
+        if ids is not None:
+            return list(await asyncio.gather(*(self._call_again(slug, function, p, i)
+                                               for p, i in zip(payloads, ids, strict=True))))
+        ids = [self.fresh_id() for _ in payloads]
+        futures = [await self.expect(i) for i in ids]
         subject = AppNames(slug).call(function)
-        watches = [self.watching(i) for i in ids]
-        futures = [await w.__aenter__() for w in watches]
-        try:
-            if not fresh:
-                await self._settle_stored(ids, futures)
-            await self.nats.publish_all([Out(subject, await self._request(i, slug, function, p, fresh), i)
-                                         for i, p, f in zip(ids, payloads, futures, strict=True)
-                                         if not f.done()])
-            return list(await asyncio.gather(*futures))
-        finally:
-            for w in watches:
-                await w.__aexit__()
+        await self.nats.publish_all([Out(subject, await self._request(i, slug, function, p, True), i)
+                                     for i, p in zip(ids, payloads, strict=True)])
+        waits = (self._settled(i, f, None) for i, f in zip(ids, futures, strict=True))
+        return list(await asyncio.gather(*waits))
 
-    async def _settle_stored(self, ids: list[str], futures: list[asyncio.Future[CallResult]]) -> None:
-        stored = await asyncio.gather(*(self.stored(i) for i in ids))
-        for future, result in zip(futures, stored, strict=True):
-            if result is not None and not future.done():
-                future.set_result(result)
+    async def _call_again(self, slug: str, function: str, payload: bytes, call_id: str) -> CallResult:
+        async with self.watching(call_id) as announced:
+            stored = await self.stored(call_id)
+            if stored is not None:
+                return stored
+            await self.submit(slug, function, payload, call_id=call_id)
+            return await self._settled(call_id, announced, None)
 
     async def _request(self, call_id: str, slug: str, function: str, payload: bytes,
                        fresh: bool) -> bytes:
@@ -174,7 +219,24 @@ class CallClient:
                 return stored
             if timeout is not None and timeout <= 0:
                 raise TimeoutError(call_id)
-            return await asyncio.wait_for(announced, timeout)
+            return await self._settled(call_id, announced, timeout)
+
+    async def _settled(self, call_id: str, announced: asyncio.Future[CallResult],
+                       timeout: float | None) -> CallResult:
+        """The announced result. Announcements are core NATS, lost if this connection was
+        away at that moment; so a wait that lasts also reads the bucket now and then (every
+        RECHECK seconds): a safety net, never the way results normally arrive."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = RECHECK if deadline is None else min(RECHECK, deadline - time.monotonic())
+            done, _ = await asyncio.wait({announced}, timeout=max(0.0, left))
+            if done:
+                return announced.result()
+            stored = await self.stored(call_id)
+            if stored is not None:
+                return stored
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(call_id)
 
     def watching(self, call_id: str) -> _Watch:
         """`async with client.watching(id) as announced`: a future set when the result is
@@ -187,20 +249,22 @@ class CallClient:
 
     async def record(self, result: CallResult) -> CallResult:
         """Write `result` unless the call has one; announce and return THE result."""
-        won = await self.nats.kv_create(RESULTS_BUCKET, result.call_id, result.to_wire())
-        final = result if won is not None else await self.stored(result.call_id)
-        if final is None:  # only if the bucket lost the key between create and get
-            msg = f"result of {result.call_id} vanished from {RESULTS_BUCKET}"
-            raise WallarooError(msg)
-        await self.announce(final)
-        return final
-
-    async def announce(self, result: CallResult) -> None:
-        await self.nats.announce(done_subject(result.call_id), result.to_wire())
+        data = result.to_wire()
+        if await self.nats.kv_create(RESULTS_BUCKET, result.call_id, data) is None:
+            stored = await self.nats.kv_get(RESULTS_BUCKET, result.call_id)
+            if stored is None:  # only if the bucket lost the key between create and get
+                msg = f"result of {result.call_id} vanished from {RESULTS_BUCKET}"
+                raise WallarooError(msg)
+            data, result = stored, CallResult.from_wire(stored)
+        await self.nats.announce(done_subject(result.call_id), data)
+        return result
 
     async def cancel(self, call_id: str) -> CallResult:
         """Record the call as cancelled (if it has no result yet) and tell its runner."""
-        return await self.record(CallResult(call_id, "cancelled", finished=time.time()))
+        result = await self.record(CallResult(call_id, "cancelled", finished=time.time()))
+        if result.status == "cancelled":
+            await self.nats.announce(cancel_subject(call_id), call_id.encode())
+        return result
 
     async def value(self, result: CallResult) -> Any:
         """The call's return value, or its exception raised (see `unwrap`)."""
