@@ -32,7 +32,7 @@ import cloudpickle
 from wallaroo.core import calls
 from wallaroo.core.errors import FunctionTimeout, RunnerLost, WireError
 from wallaroo.core.names import BLOBS_BUCKET, AppNames
-from wallaroo.core.wire import CallRequest, CallResult, DeadLetter, FunctionReport
+from wallaroo.core.wire import CallRequest, CallResult, CancelNotice, DeadLetter, FunctionReport
 from wallaroo.functions import CallContext, FunctionSpec, in_call, in_call_async
 from wallaroo.nats import InMsg, Nats, Out
 
@@ -103,8 +103,12 @@ class _Cancelled(Exception):  # noqa: N818 - control flow: a cancel was recorded
 
 class FunctionExecutor:
     def __init__(self, nats: Nats, slug: str, spec: FunctionSpec, runner_id: str,
-                 cfg: ExecutorConfig | None = None) -> None:
+                 cfg: ExecutorConfig | None = None,
+                 on_terminate: Callable[[str], None] = lambda call_id: None) -> None:
+        """`on_terminate(call_id)`: a running sync call was cancelled with terminate=True;
+        the runner is to replace its process."""
         self.nats, self.slug, self.spec, self.runner_id = nats, slug, spec, runner_id
+        self.on_terminate = on_terminate
         self.cfg = cfg or ExecutorConfig()
         self.client = calls.CallClient(nats)
         self.names = AppNames(slug)
@@ -157,11 +161,20 @@ class FunctionExecutor:
         task.add_done_callback(self.running.discard)
 
     def _cancelled(self, data: bytes) -> None:
-        call_id = data.decode("utf-8", "replace")
-        self.cancels.heard(call_id)
-        held = self.in_hand.get(call_id)
-        if held is not None and not held[1].done():
-            held[1].set_result(None)
+        try:
+            notice = CancelNotice.from_wire(data)
+        except WireError as err:  # not from a caller of ours: nothing to cancel
+            log.warning("ignored a malformed cancel notice: %s", err)
+            return
+        self.cancels.heard(notice.call_id)
+        held = self.in_hand.get(notice.call_id)
+        if held is None or held[1].done():
+            return
+        held[1].set_result(None)
+        if notice.terminate and not asyncio.iscoroutinefunction(self.spec.target):
+            log.warning("call %s of %s cancelled with terminate: replacing this runner process, "
+                        "the only way to stop its thread", notice.call_id, self.spec.name)
+            self.on_terminate(notice.call_id)
 
     def report(self) -> FunctionReport:
         return self.stats.report(len(self.running))

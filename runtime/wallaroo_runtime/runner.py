@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from wallaroo.core.aio import sleep_or_stop
@@ -42,6 +43,7 @@ log = logging.getLogger("wallaroo.runner")
 # How many member TTLs a spell of NATS trouble may keep owners in the assignment: longer than
 # a stream or meta election (4-9 s; 3 s is the default TTL), shorter than an operator's wait.
 TROUBLE_GRACE = 10
+REPLACE_EXIT = 75  # exit code asking the supervisor for a fresh runner process (EX_TEMPFAIL)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class AppHost:
     checkpoint_cfg: CheckpointConfig
     cluster_cfg: ClusterConfig
     executor_cfg: ExecutorConfig
+    replace: Callable[[str], None]  # asks the runner to replace its process (see Runner.replace)
     owned: set[Part] = field(default_factory=set)
     workers: dict[Part, PartitionWorker] = field(default_factory=dict)
     tasks: dict[Part, asyncio.Task[None]] = field(default_factory=dict)
@@ -87,7 +90,8 @@ class AppHost:
                     self.failures += 1
                     log.error("functions of %s/%s failed: %s", self.app.slug, name, run.exception())
                 ex = self.executors[name] = FunctionExecutor(self.nats, self.app.slug, spec,
-                                                             self.runner_id, self.executor_cfg)
+                                                             self.runner_id, self.executor_cfg,
+                                                             self.replace)
                 self.executor_runs[name] = asyncio.create_task(ex.run())
 
     def reconcile(self, assigned: Assignment) -> None:
@@ -220,8 +224,19 @@ class Runner:
         self.tick_failures = 0
         self.trouble_at = -float("inf")  # monotonic time of the last failed NATS request
         self.trouble_began = -float("inf")  # ... and of the first one of that spell
+        self._stop: asyncio.Event | None = None
+        self.replacing = ""  # why this process is to be replaced, once asked
+
+    def replace(self, why: str) -> None:
+        """Leave as on SIGTERM (commit, release, hand over), then exit with REPLACE_EXIT so
+        the supervisor starts a fresh process: how a thread running a call that was cancelled
+        with terminate=True is stopped."""
+        self.replacing = why
+        if self._stop is not None:
+            self._stop.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         nats = await Nats.connect(self.url, name=f"wallaroo-runner-{self.runner_id}")
         await self._join(nats, stop)
         leadership = Leadership(nats, self.runner_id)
@@ -361,7 +376,7 @@ class Runner:
             old.begin_stop()
             self.retiring.setdefault(manifest.slug, []).append(old)
         host = AppHost(nats, manifest, deployed, self.runner_id, self.cfg, self.checkpoint_cfg,
-                       self.cluster_cfg, self.executor_cfg)
+                       self.cluster_cfg, self.executor_cfg, self.replace)
         await host.start()
         self.hosts[manifest.slug] = host
         self.errors.pop(manifest.slug, None)
@@ -420,3 +435,8 @@ def main(url: str, opts: RunnerOptions) -> None:
                 await store.close()
 
     run_until_signal(body)
+    if runner.replacing:
+        log.warning("exiting to be replaced (%s)", runner.replacing)
+        logging.shutdown()
+        # Not sys.exit: the interpreter would wait for the very thread this is meant to stop.
+        os._exit(REPLACE_EXIT)

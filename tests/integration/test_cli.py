@@ -148,3 +148,18 @@ def test_a_record_too_large_for_nats_is_named_not_a_traceback(tmp_path: Path, na
     assert res.returncode == 1
     assert "record 1 (counting from 0) is 9437184 bytes" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_dev_serves_an_apps_functions_until_ctrl_c(tmp_path: Path) -> None:
+    app = str(ROOT / "tests" / "integration" / "apps" / "functions_app.py")
+    dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", app], cwd=tmp_path, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        url_file = tmp_path / ".wallaroo" / "dev" / "url"
+        wait_until(lambda: url_file.exists() and "fntest" in status(tmp_path).stdout)
+        called = wallaroo("call", "fntest", "square", "11", cwd=tmp_path)  # finds dev's cluster
+        assert called.returncode == 0 and called.stdout.strip() == "121", called.stderr
+    finally:
+        dev.send_signal(signal.SIGINT)
+        _, err = dev.communicate(timeout=60)
+    assert dev.returncode == 0, err  # Ctrl-C is how a dev session without --input ends

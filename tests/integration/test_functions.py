@@ -359,3 +359,31 @@ def test_a_call_blocking_for_seconds_never_stalls_the_runners_heartbeat(
             assert all(seen), f"membership lapsed in {seen.count(False)} of {len(seen)} probes"
         finally:
             calls.close_portals()
+
+
+def test_cancel_with_terminate_replaces_the_runner_process_running_a_sync_call(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with DevCluster(tmp_path / "c", runners=1, member_ttl=1.0) as c:
+        monkeypatch.setenv("WALLAROO_NATS", c.url)
+        deploy(c.url, APP)
+        _, fns = load_deployable(APP)
+        try:
+            call = fns.sleeper.spawn(str(tmp_path / "woke"), 30.0)
+            eventually(lambda: _is_running(call.object_id, fns), "the call to start", 15)
+            old = c.runners[0].proc
+            assert old is not None
+            call.cancel(terminate=True)
+            with pytest.raises(wallaroo.CallCancelled):
+                call.get(timeout=30)
+
+            def replaced() -> bool:
+                c.check_runners()  # what `wallaroo dev` does: a runner asking for it is replaced
+                new = c.runners[0].proc
+                return new is not None and new.pid != old.pid and c.runners[0].alive
+
+            eventually(replaced, "a fresh runner process", 30)
+            assert old.returncode == 75  # it asked to be replaced, it did not crash
+            assert fns.square.remote(3) == 9  # the fresh process serves calls
+            assert not (tmp_path / "woke").exists()  # the thread died with its process
+        finally:
+            calls.close_portals()

@@ -374,12 +374,14 @@ def calls_show(
 @calls_app.command("cancel")
 def calls_cancel(
     call_id: Annotated[str, typer.Argument(metavar="ID")],
+    terminate: Annotated[bool, typer.Option("--terminate", help="a running sync call: replace "
+                         "the runner process running it")] = False,
     nats: NatsOpt = None,
 ) -> None:
     """Cancel a call: unstarted, it never runs; running, its result is discarded."""
     from wallaroo.control import functions as fns
 
-    result = on_nats(nats, lambda nc: fns.cancel(nc, call_id))
+    result = on_nats(nats, lambda nc: fns.cancel(nc, call_id, terminate))
     if result.status == "cancelled":
         typer.echo(f"cancelled {call_id}")
     else:

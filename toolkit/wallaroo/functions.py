@@ -333,10 +333,11 @@ class FunctionCall:
 
     def cancel(self, terminate: bool = False) -> None:
         """An unstarted call never runs; a running async call is cancelled; a running sync
-        call's result is discarded. `terminate` is accepted for Modal compatibility: a sync
-        call's thread cannot be killed, so it runs to its end (its result discarded)."""
+        call's result is discarded, and with `terminate=True` the runner process running it
+        is replaced (a thread cannot be stopped otherwise): the runner hands back its work,
+        exits, and its supervisor (`wallaroo dev`'s pool, systemd) starts a new one."""
         portal = calls.portal(self.url)
-        portal.run(portal.client.cancel(self.object_id))
+        portal.run(portal.client.cancel(self.object_id, terminate))
 
 
 def enter(_bare: object = None) -> Callable[[F], F]:

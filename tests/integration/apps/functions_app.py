@@ -104,6 +104,13 @@ def slow_append(path: str, seconds: float) -> str:
     return line
 
 
+@app.function()
+def sleeper(marker: str, seconds: float) -> None:
+    """Sleeps in its thread, then writes `marker`: only killing its process stops it."""
+    time.sleep(seconds)
+    Path(marker).write_text("woke")
+
+
 @app.function(concurrency=1)
 def queued(marker: str, seconds: float) -> str:
     """One at a time per runner: a second call waits for the first."""

@@ -87,8 +87,8 @@ async def show(nats: Nats, call_id: str) -> CallView:
     return CallView(call_id, result, value)
 
 
-async def cancel(nats: Nats, call_id: str) -> CallResult:
+async def cancel(nats: Nats, call_id: str, terminate: bool = False) -> CallResult:
     """Cancel the call; THE result of the call (a cancel, or what it had finished with)."""
     client = calls.CallClient(nats)
     await client.setup()
-    return await client.cancel(call_id)
+    return await client.cancel(call_id, terminate)

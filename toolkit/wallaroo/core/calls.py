@@ -28,7 +28,7 @@ import cloudpickle
 
 from wallaroo.core.errors import CallCancelled, IdempotencyConflict, RemoteError, WallarooError
 from wallaroo.core.names import BLOBS_BUCKET, IDEMPOTENCY_BUCKET, RESULTS_BUCKET, AppNames
-from wallaroo.core.wire import CallRequest, CallResult, IdempotencyClaim
+from wallaroo.core.wire import CallRequest, CallResult, CancelNotice, IdempotencyClaim
 from wallaroo.nats import Nats, Out
 
 T = TypeVar("T")
@@ -259,11 +259,13 @@ class CallClient:
         await self.nats.announce(done_subject(result.call_id), data)
         return result
 
-    async def cancel(self, call_id: str) -> CallResult:
-        """Record the call as cancelled (if it has no result yet) and tell its runner."""
+    async def cancel(self, call_id: str, terminate: bool = False) -> CallResult:
+        """Record the call as cancelled (if it has no result yet) and tell its runner; with
+        `terminate`, a runner running it in a thread replaces its process."""
         result = await self.record(CallResult(call_id, "cancelled", finished=time.time()))
         if result.status == "cancelled":
-            await self.nats.announce(cancel_subject(call_id), call_id.encode())
+            notice = CancelNotice(call_id, terminate)
+            await self.nats.announce(cancel_subject(call_id), notice.to_wire())
         return result
 
     async def value(self, result: CallResult) -> Any:

@@ -17,6 +17,7 @@ another. Bytes that do not parse raise `WireError`, one typed error, whatever wa
 | CallRequest | a caller (`.remote`, `.spawn`, `.map`) | the runner that runs it | calls stream |
 | CallResult | the runner that ran it (first write wins) | every caller of that call id | KV `WL_RESULTS` |
 | IdempotencyClaim | the first caller with a key | later callers with that key | KV `WL_IDEMPOTENCY` |
+| CancelNotice | `FunctionCall.cancel`, `calls cancel` | the runner running the call | `wl._cancel.<id>` |
 """
 
 from __future__ import annotations
@@ -508,3 +509,23 @@ class IdempotencyClaim:
             return cls(str(call_id), str(digest))
 
         return _parse("idempotency claim", data, build)
+
+
+@dataclass(frozen=True)
+class CancelNotice:
+    """A call was cancelled (its result is recorded already); with `terminate`, a runner
+    running it in a thread is to be replaced, so the thread stops with its process."""
+
+    call_id: str
+    terminate: bool = False
+
+    def to_wire(self) -> bytes:
+        return json.dumps([self.call_id, self.terminate]).encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> CancelNotice:
+        def build(raw: bytes) -> CancelNotice:
+            call_id, terminate = _json(raw)
+            return cls(str(call_id), bool(terminate))
+
+        return _parse("cancel notice", data, build)

@@ -20,6 +20,7 @@ from wallaroo.local.natsserver import NatsServer, Service
 from wallaroo.nats import Nats
 
 STOP_TIMEOUT = 15.0
+REPLACE_EXIT = 75  # a runner exiting with this asks for a fresh process (wallaroo_runtime.runner)
 WISH_POLL = 0.2  # seconds between reads of the runner count asked for
 DEFAULT_MEMBER_TTL = 3.0
 
@@ -150,10 +151,16 @@ class RunnerPool:
         return self.runners[index]
 
     def check(self) -> None:
-        for r in self.runners:
-            if not r.alive and r.proc is not None:
-                msg = f"runner {r.name} exited with code {r.proc.returncode}; see {r.log_file}"
-                raise WallarooError(msg)
+        """Replace runners that exited asking for it; fail on any other exit."""
+        for i, r in enumerate(self.runners):
+            if r.alive or r.proc is None:
+                continue
+            if r.proc.returncode == REPLACE_EXIT:
+                self.runners[i] = RunnerProcess(self.url, r.runner_id, self.log_dir, self.member_ttl,
+                                                self.state_store, self.extra).start()
+                continue
+            msg = f"runner {r.name} exited with code {r.proc.returncode}; see {r.log_file}"
+            raise WallarooError(msg)
 
     def stop(self) -> None:
         self.scale_to(0)
