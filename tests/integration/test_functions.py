@@ -5,6 +5,7 @@ event loop, deploys, and the CLI."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -61,6 +62,22 @@ def eventually(cond: Callable[[], bool], what: str, timeout: float = 30.0) -> No
     while not cond():
         assert time.monotonic() < deadline, f"{what} within {timeout}s"
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def own_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_file: Path = APP,
+                runners: int = 1, runner_args: tuple[str, ...] = ()
+                ) -> Iterator[tuple[DevCluster, ModuleType]]:
+    """A cluster of this test's own (it kills or replaces runners), the app deployed, and the
+    app module whose Function handles call it."""
+    with DevCluster(tmp_path / "c", runners=runners, member_ttl=1.0, runner_args=runner_args) as c:
+        monkeypatch.setenv("WALLAROO_NATS", c.url)
+        deploy(c.url, app_file)
+        _, module = load_deployable(app_file)
+        try:
+            yield c, module
+        finally:
+            calls.close_portals()
 
 
 @pytest.fixture(scope="module")
@@ -281,109 +298,79 @@ def test_wallaroo_run_deploys_runs_the_entrypoint_and_stops(tmp_path: Path) -> N
 
 def test_a_new_version_serves_new_calls_while_running_ones_finish_on_the_old(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with DevCluster(tmp_path / "c", runners=1) as c:
-        monkeypatch.setenv("WALLAROO_NATS", c.url)
-        deploy(c.url, V1)
-        _, v1 = load_deployable(V1)
-        try:
-            slow = v1.version.spawn(4.0)
-            eventually(lambda: _is_running(slow.object_id, v1), "the v1 call to start", 15)
-            deploy(c.url, V2)
-            started = time.monotonic()
-            assert v1.version.remote() == 2  # the same function, now served by version 2
-            assert time.monotonic() - started < 3.0, "new calls waited for the old version"
-            assert slow.get(timeout=30) == 1
-        finally:
-            calls.close_portals()
+    with own_cluster(tmp_path, monkeypatch, V1, runners=1) as (c, v1):
+        slow = v1.version.spawn(4.0)
+        eventually(lambda: _is_running(slow.object_id, v1), "the v1 call to start", 15)
+        deploy(c.url, V2)
+        started = time.monotonic()
+        assert v1.version.remote() == 2  # the same function, now served by version 2
+        assert time.monotonic() - started < 3.0, "new calls waited for the old version"
+        assert slow.get(timeout=30) == 1
 
 
 def test_calls_of_a_runner_that_keeps_dying_end_in_runner_lost(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Infrastructure redeliveries have their own budget: past it, a RunnerLost result,
     never JetStream's silent max_deliver drop."""
-    args = ["--call-ack-wait", "1", "--call-max-deliveries", "2"]
-    with DevCluster(tmp_path / "c", runners=3, member_ttl=1.0, runner_args=args) as c:
-        monkeypatch.setenv("WALLAROO_NATS", c.url)
-        deploy(c.url, APP)
-        _, fns = load_deployable(APP)
-        try:
-            with pytest.raises(wallaroo.RunnerLost, match="started 2 times"):
-                fns.die.remote()
-            assert sum(1 for r in c.runners if not r.alive) == 2
-        finally:
-            calls.close_portals()
+    args = ("--call-ack-wait", "1", "--call-max-deliveries", "2")
+    with own_cluster(tmp_path, monkeypatch, runners=3, runner_args=args) as (c, fns):
+        with pytest.raises(wallaroo.RunnerLost, match="started 2 times"):
+            fns.die.remote()
+        assert sum(1 for r in c.runners if not r.alive) == 2
 
 
 def test_results_survive_a_runner_sigkill_and_the_call_runs_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At-least-once execution, exactly-once result: the runner running the call is killed,
     another runs it again (delivery 2) and that one result is what every caller sees."""
-    args = ["--call-ack-wait", "1"]
-    with DevCluster(tmp_path / "c", runners=2, member_ttl=1.0, runner_args=args) as c:
-        monkeypatch.setenv("WALLAROO_NATS", c.url)
-        deploy(c.url, APP)
-        _, fns = load_deployable(APP)
+    args = ("--call-ack-wait", "1")
+    with own_cluster(tmp_path, monkeypatch, runners=2, runner_args=args) as (c, fns):
         ids = tmp_path / "ids"
-        try:
-            call = fns.slow_append.spawn(str(ids), 2.0)
-            eventually(lambda: ids.exists(), "the first run to start", 15)
-            victim = int(ids.read_text().split()[1])
-            next(r for r in c.runners if r.proc is not None and r.proc.pid == victim).kill()
-            value = call.get(timeout=60)
-            runs = ids.read_text().splitlines()
-            assert len(runs) == 2 and {r.split()[0] for r in runs} == {call.object_id}
-            assert value == runs[1]  # the second run's result, the only one recorded
-            assert wallaroo.FunctionCall.from_id(call.object_id).get(timeout=5) == value
-            result = stored(c.url, call.object_id)
-            assert result is not None and result.deliveries == 2
-        finally:
-            calls.close_portals()
+        call = fns.slow_append.spawn(str(ids), 2.0)
+        eventually(lambda: ids.exists(), "the first run to start", 15)
+        victim = int(ids.read_text().split()[1])
+        next(r for r in c.runners if r.proc is not None and r.proc.pid == victim).kill()
+        value = call.get(timeout=60)
+        runs = ids.read_text().splitlines()
+        assert len(runs) == 2 and {r.split()[0] for r in runs} == {call.object_id}
+        assert value == runs[1]  # the second run's result, the only one recorded
+        assert wallaroo.FunctionCall.from_id(call.object_id).get(timeout=5) == value
+        result = stored(c.url, call.object_id)
+        assert result is not None and result.deliveries == 2
 
 
 def test_a_call_blocking_for_seconds_never_stalls_the_runners_heartbeat(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Member TTL 1 s, a 10 s CPU-bound call: the runner stays a member throughout."""
-    with DevCluster(tmp_path / "c", runners=1, member_ttl=1.0) as c:
-        monkeypatch.setenv("WALLAROO_NATS", c.url)
-        deploy(c.url, APP)
-        _, fns = load_deployable(APP)
-        try:
-            call = fns.spin.spawn(10.0)
-            seen: list[bool] = []
-            deadline = time.monotonic() + 10.0
-            while time.monotonic() < deadline:
-                beats = on_nats(c.url, observe.runner_heartbeats)
-                seen.append(len(beats) == 1 and time.time() - beats[0].ts < 1.0)
-                time.sleep(0.2)
-            assert call.get(timeout=30) > 0
-            assert all(seen), f"membership lapsed in {seen.count(False)} of {len(seen)} probes"
-        finally:
-            calls.close_portals()
+    with own_cluster(tmp_path, monkeypatch, runners=1) as (c, fns):
+        call = fns.spin.spawn(10.0)
+        seen: list[bool] = []
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            beats = on_nats(c.url, observe.runner_heartbeats)
+            seen.append(len(beats) == 1 and time.time() - beats[0].ts < 1.0)
+            time.sleep(0.2)
+        assert call.get(timeout=30) > 0
+        assert all(seen), f"membership lapsed in {seen.count(False)} of {len(seen)} probes"
 
 
 def test_cancel_with_terminate_replaces_the_runner_process_running_a_sync_call(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with DevCluster(tmp_path / "c", runners=1, member_ttl=1.0) as c:
-        monkeypatch.setenv("WALLAROO_NATS", c.url)
-        deploy(c.url, APP)
-        _, fns = load_deployable(APP)
-        try:
-            call = fns.sleeper.spawn(str(tmp_path / "woke"), 30.0)
-            eventually(lambda: _is_running(call.object_id, fns), "the call to start", 15)
-            old = c.runners[0].proc
-            assert old is not None
-            call.cancel(terminate=True)
-            with pytest.raises(wallaroo.CallCancelled):
-                call.get(timeout=30)
+    with own_cluster(tmp_path, monkeypatch, runners=1) as (c, fns):
+        call = fns.sleeper.spawn(str(tmp_path / "woke"), 30.0)
+        eventually(lambda: _is_running(call.object_id, fns), "the call to start", 15)
+        old = c.runners[0].proc
+        assert old is not None
+        call.cancel(terminate=True)
+        with pytest.raises(wallaroo.CallCancelled):
+            call.get(timeout=30)
 
-            def replaced() -> bool:
-                c.check_runners()  # what `wallaroo dev` does: a runner asking for it is replaced
-                new = c.runners[0].proc
-                return new is not None and new.pid != old.pid and c.runners[0].alive
+        def replaced() -> bool:
+            c.check_runners()  # what `wallaroo dev` does: a runner asking for it is replaced
+            new = c.runners[0].proc
+            return new is not None and new.pid != old.pid and c.runners[0].alive
 
-            eventually(replaced, "a fresh runner process", 30)
-            assert old.returncode == 75  # it asked to be replaced, it did not crash
-            assert fns.square.remote(3) == 9  # the fresh process serves calls
-            assert not (tmp_path / "woke").exists()  # the thread died with its process
-        finally:
-            calls.close_portals()
+        eventually(replaced, "a fresh runner process", 30)
+        assert old.returncode == 75  # it asked to be replaced, it did not crash
+        assert fns.square.remote(3) == 9  # the fresh process serves calls
+        assert not (tmp_path / "woke").exists()  # the thread died with its process

@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from wallaroo.core import calls
+from wallaroo.core import calls, codec
 from wallaroo.core.errors import DefinitionError, MissingArgumentsError, f_repr
 from wallaroo.core.wire import CallResult, FunctionInfo
 from wallaroo.pipeline import DEFAULT_PARTITIONS, Pipeline, slug
@@ -243,7 +243,7 @@ class _Mapper:
 
     def run(self, payloads: Iterator[bytes]) -> Iterator[tuple[bool, Any]]:
         pending: list[Future[list[tuple[bool, Any]]]] = []
-        for chunk in _chunked(payloads, self.chunk):
+        for chunk in codec.chunked(payloads, self.chunk):
             if len(pending) >= self.max_chunks:
                 yield from self._finish_one(pending)
             pending.append(self._start(chunk))
@@ -266,17 +266,6 @@ class _Mapper:
                 future = self.done.get()
             pending.remove(future)
         return future.result()
-
-
-def _chunked(items: Iterator[T], size: int) -> Iterator[list[T]]:
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 async def _call_chunk(fn: Function, payloads: list[bytes], ids: list[str] | None

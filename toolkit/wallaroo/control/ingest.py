@@ -53,17 +53,6 @@ def fit(batch: list[bytes], limit: int, first: int = 0) -> list[bytes]:
     return fit(batch[:half], limit, first) + fit(batch[half:], limit, first + half)
 
 
-def batches(records: Iterable[bytes], size: int = SEND_BATCH) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
-    for rec in records:
-        batch.append(rec)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 async def send(
     nats: Nats, manifest: Manifest, source: str | None, records: Iterable[bytes], producer: str,
     batch_size: int = SEND_BATCH, progress: Any = None,
@@ -74,7 +63,7 @@ async def send(
     window: list[Out] = []
     sent = 0
     limit = nats.max_payload - PAYLOAD_MARGIN
-    for n, batch in enumerate(batches(records, batch_size)):
+    for n, batch in enumerate(codec.chunked(records, batch_size)):
         payloads = fit(batch, limit, sent)
         for k, payload in enumerate(payloads):
             msg_id = f"i:{producer}:{n}" if len(payloads) == 1 else f"i:{producer}:{n}.{k}"

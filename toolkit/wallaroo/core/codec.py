@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import pickle
 import zlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import cloudpickle
 import msgpack
 
+T = TypeVar("T")
 PROTOCOL = 5
 SEND_BATCH = 256  # records per message that sources publish (`wallaroo send`, connectors)
 
@@ -45,3 +46,15 @@ def pack_batch(records: Sequence[bytes | str]) -> bytes:
 def unpack_batch(data: bytes) -> list[bytes]:
     """The records of a batch, as bytes."""
     return [r.encode("utf-8") if isinstance(r, str) else r for r in msgpack.unpackb(data, raw=False)]
+
+
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of `size` (the last one shorter), consumed as they are yielded."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
