@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import urllib.request
 from collections.abc import Callable, Iterator
 from itertools import groupby
@@ -15,19 +16,39 @@ from wallaroo.control import apps, ingest
 from wallaroo.core import codec
 from wallaroo.core.names import AppNames
 from wallaroo.core.wire import Manifest
+from wallaroo.local.auth import AUTH_DIR_ENV, dev_auth, ensure_auth
 from wallaroo.local.dev import DevCluster
 from wallaroo.local.natsserver import NatsServer, free_port
 from wallaroo.nats import Nats
+from wallaroo.nats.client import CREDS_ENV
 
 RunOnRunner = Callable[..., dict[str, list[str]]]
 REGION = "us-east-1"
 BUCKET = "wallaroo-state"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _authentication(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Authentication is on in every test: one set of role keys for the session, which every
+    nats-server a test starts admits (through $WALLAROO_AUTH_DIR); tests and the processes
+    they start connect as the deployer (full rights) unless a test picks another role."""
+    keys = ensure_auth(tmp_path_factory.mktemp("auth"))
+    saved = {k: os.environ.get(k) for k in (AUTH_DIR_ENV, CREDS_ENV)}
+    os.environ[AUTH_DIR_ENV] = str(keys.folder)
+    os.environ[CREDS_ENV] = str(keys.seed("deployer"))
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A JetStream nats-server on a free loopback port, stopped after the test."""
-    with NatsServer(tmp_path / "nats") as server:
+    """A JetStream nats-server with authentication on a free loopback port, stopped after
+    the test."""
+    with NatsServer(tmp_path / "nats", auth=dev_auth(tmp_path)) as server:
         yield server
 
 

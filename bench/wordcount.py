@@ -111,7 +111,7 @@ async def _paced_send(nats: Nats, manifest: Manifest, rate: int, seconds: float,
         now = time.monotonic()
         for i in range(per_tick):
             sent[n + i] = now
-        await nats.publish_all([Out(names.data(0, 0), codec.pack_batch(batch), f"i:lat:{t}")])
+        await nats.publish_all([Out(names.source(0, 0), codec.pack_batch(batch), f"i:lat:{t}")])
         n += per_tick
 
 

@@ -30,6 +30,7 @@ from wallaroo.core.wire import (
 from wallaroo.core.worker import PartitionWorker, WorkerConfig
 from wallaroo.functions import App
 from wallaroo.nats import Nats, unavailable
+from wallaroo.nats.client import CREDS_ENV
 from wallaroo.plan import Application
 from wallaroo_runtime import cluster, scheduler
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
@@ -76,8 +77,8 @@ class AppHost:
 
     async def start(self) -> None:
         names = AppNames(self.app.slug)
-        for stream, (subject, work_queue) in names.streams().items():
-            await self.nats.ensure_stream(stream, [subject], work_queue=work_queue)
+        for stream, (subjects, work_queue) in names.streams().items():
+            await self.nats.ensure_stream(stream, subjects, work_queue=work_queue)
 
     def start_functions(self) -> None:
         """Serve every function of the app (restarting a failed executor's loop)."""
@@ -414,12 +415,15 @@ class RunnerOptions:
     snapshot_every: int = 500
     snapshot_seconds: float = 30.0
     executor: ExecutorConfig = ExecutorConfig()
+    creds: str | None = None  # the runner role's nkey seed file
 
 
 def main(url: str, opts: RunnerOptions) -> None:
     """Run a runner until SIGINT/SIGTERM (then finish the batches in hand and exit)."""
     # Function handles in user code (a stream step calling f.remote) find the cluster here.
     os.environ["WALLAROO_NATS"] = url
+    if opts.creds:
+        os.environ[CREDS_ENV] = opts.creds  # ... and connect with the runner's credentials
     store = open_store(opts.state_store) if opts.state_store else None
     checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds)
     runner = Runner(url, opts.runner_id, WorkerConfig(), ClusterConfig(member_ttl=opts.member_ttl),

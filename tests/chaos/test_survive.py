@@ -35,6 +35,7 @@ from sequence_chaos import (
 
 from wallaroo.control import apps
 from wallaroo.core.names import LEASES_BUCKET, MEMBERS_BUCKET, AppNames
+from wallaroo.local.auth import dev_auth
 from wallaroo.local.dev import DevCluster, RunnerPool
 from wallaroo.local.natsserver import NatsCluster, NatsServer
 from wallaroo.nats import Nats
@@ -196,7 +197,7 @@ def node_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: random.Rando
     this test connect to one node that does not lead the input stream (a runner takes one
     URL); the node SIGKILLed mid-stream is the input stream's leader, or the third one."""
     monkeypatch.setenv("WALLAROO_REPLICAS", "3")  # for this process and the runners it starts
-    with NatsCluster(tmp_path / "nats") as nc:
+    with NatsCluster(tmp_path / "nats", auth=dev_auth(tmp_path)) as nc:
         asyncio.run(make_streams(nc.urls[0]))
         data_leader = nc.node(str(nc.stream_leader(NAMES.data_stream)))
         home = rng.choice([n for n in nc.nodes if n is not data_leader])
@@ -271,7 +272,7 @@ def test_a_runner_started_while_a_nats_node_is_down_joins(
     while a NATS node is down waits for JetStream to elect new leaders and then joins, like
     the runners that were already running."""
     monkeypatch.setenv("WALLAROO_REPLICAS", "3")
-    with NatsCluster(tmp_path / "nats") as nc:
+    with NatsCluster(tmp_path / "nats", auth=dev_auth(tmp_path)) as nc:
         members = f"KV_{MEMBERS_BUCKET}"
         pool = RunnerPool(nc.urls[0], tmp_path / "logs", member_ttl=TTL)
         try:

@@ -19,10 +19,15 @@ WORD_COUNT = ROOT / "examples" / "word_count"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
+# As a user runs it: no cluster or credentials in the environment; `wallaroo dev` makes the
+# role keys under .wallaroo/dev/creds/ and every command run in that folder finds its own.
+USER_ENV = {k: v for k, v in os.environ.items()
+            if k not in ("WALLAROO_NATS", "WALLAROO_CREDS", "WALLAROO_AUTH_DIR")}
+
+
 def wallaroo(*args: str, cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "WALLAROO_NATS"}
-    return subprocess.run([sys.executable, "-m", "wallaroo", *args], cwd=cwd, env=env, text=True,
-                          capture_output=True, stdin=subprocess.DEVNULL, timeout=150, **kw)
+    return subprocess.run([sys.executable, "-m", "wallaroo", *args], cwd=cwd, env=USER_ENV,
+                          text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=150, **kw)
 
 
 def no_process_mentions(text: str) -> bool:
@@ -62,7 +67,8 @@ def test_dev_autoscale_runs_the_autoscaler_as_its_own_process(tmp_path: Path) ->
 
 def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) -> None:
     app = str(WORD_COUNT / "word_count.py")
-    dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", app], cwd=tmp_path, text=True,
+    dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", app], cwd=tmp_path,
+                           env=USER_ENV, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         url_file = tmp_path / ".wallaroo" / "dev" / "url"
@@ -129,22 +135,24 @@ def test_a_broken_app_file_names_the_file_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_app_lists_the_deployed_ones(tmp_path: Path, nats_server) -> None:  # type: ignore[no-untyped-def]
-    deployed = wallaroo("deploy", str(WORD_COUNT / "word_count.py"), "--nats", nats_server.url,
-                        cwd=tmp_path)
+    deployed = wallaroo("--creds", str(nats_server.auth.seed("deployer")), "deploy",
+                        str(WORD_COUNT / "word_count.py"), "--nats", nats_server.url, cwd=tmp_path)
     assert deployed.returncode == 0, deployed.stderr
-    res = wallaroo("send", "nope", "lines", "x", "--nats", nats_server.url, cwd=tmp_path)
+    res = wallaroo("--creds", str(nats_server.auth.seed("client")), "send", "nope", "lines", "x",
+                   "--nats", nats_server.url, cwd=tmp_path)
     assert res.returncode == 1
     assert "no app named 'nope'" in res.stderr and "word_count" in res.stderr
 
 
 def test_a_record_too_large_for_nats_is_named_not_a_traceback(tmp_path: Path, nats_server) -> None:  # type: ignore[no-untyped-def]
-    deployed = wallaroo("deploy", str(WORD_COUNT / "word_count.py"), "--nats", nats_server.url,
-                        "--no-wait", cwd=tmp_path)
+    deployed = wallaroo("--creds", str(nats_server.auth.seed("deployer")), "deploy",
+                        str(WORD_COUNT / "word_count.py"), "--nats", nats_server.url, "--no-wait",
+                        cwd=tmp_path)
     assert deployed.returncode == 0, deployed.stderr
     big = tmp_path / "big.txt"
     big.write_bytes(b"small line\n" + b"x" * (9 * 1024 * 1024) + b"\n")
-    res = wallaroo("send", "word_count", "lines", "--file", str(big), "--nats", nats_server.url,
-                   cwd=tmp_path)
+    res = wallaroo("--creds", str(nats_server.auth.seed("client")), "send", "word_count", "lines",
+                   "--file", str(big), "--nats", nats_server.url, cwd=tmp_path)
     assert res.returncode == 1
     assert "record 1 (counting from 0) is 9437184 bytes" in res.stderr
     assert "Traceback" not in res.stderr
@@ -152,7 +160,8 @@ def test_a_record_too_large_for_nats_is_named_not_a_traceback(tmp_path: Path, na
 
 def test_dev_serves_an_apps_functions_until_ctrl_c(tmp_path: Path) -> None:
     app = str(ROOT / "tests" / "integration" / "apps" / "functions_app.py")
-    dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", app], cwd=tmp_path, text=True,
+    dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", app], cwd=tmp_path,
+                           env=USER_ENV, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         url_file = tmp_path / ".wallaroo" / "dev" / "url"

@@ -71,7 +71,7 @@ async def ingested(nats: Nats) -> tuple[list[bytes], list[str]]:
     """Records and msg ids of every message in the data stream (a work queue: read with an
     explicit-ack consumer, as a partition would, without acking)."""
     names = AppNames(SLUG)
-    consumer = await nats.fresh_consumer(names.data_stream, "check", f"wl.{SLUG}.d.>")
+    consumer = await nats.fresh_consumer(names.data_stream, "check", f"wl.{SLUG}.in.>")
     msgs = []
     while batch := await consumer.fetch(256, 0.3):
         msgs.extend(batch)

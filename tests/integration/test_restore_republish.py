@@ -58,8 +58,8 @@ def test_an_acked_commit_is_not_published_again_after_the_dedup_window(nats_serv
     async def body() -> None:
         nats = await Nats.connect(nats_server.url)
         try:
-            for stream, (subject, work_queue) in names.streams().items():
-                await nats.ensure_stream(stream, [subject], work_queue=work_queue, dedup_window=DEDUP_WINDOW)
+            for stream, (subjects, work_queue) in names.streams().items():
+                await nats.ensure_stream(stream, subjects, work_queue=work_queue, dedup_window=DEDUP_WINDOW)
             manifest = await apps.deploy(nats, APP)  # keeps the streams made above
             first = PartitionWorker(nats, app, manifest.version, stage, 0, WorkerConfig())
             await first.restore()

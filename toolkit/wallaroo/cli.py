@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -13,10 +14,11 @@ import typer
 from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.scale import request_runners
 from wallaroo.control.tables import render_table
-from wallaroo.core.calls import cluster_url
+from wallaroo.core.calls import cluster_creds, cluster_url
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import DeadLetter
 from wallaroo.nats import Nats
+from wallaroo.nats.client import CREDS_ENV
 
 T = TypeVar("T")
 
@@ -27,6 +29,16 @@ app.add_typer(dlq_app, name="dlq")
 calls_app = typer.Typer(no_args_is_help=True, help="Show or cancel function calls by id.")
 app.add_typer(calls_app, name="calls")
 default_nats = cluster_url  # --nats default: $WALLAROO_NATS, a `wallaroo dev` here, localhost
+CREDS_HELP = ("nkey seed file to connect with (default: $WALLAROO_CREDS, else the role's file "
+              "of the `wallaroo dev` in this folder, .wallaroo/dev/creds/)")
+
+
+@app.callback()
+def _global(creds: Annotated[Path | None, typer.Option("--creds", help=CREDS_HELP,
+                             dir_okay=False)] = None) -> None:
+    """Exactly-once stream processing and serverless functions on NATS JetStream."""
+    if creds is not None:
+        os.environ[CREDS_ENV] = str(creds)  # every connection of this command uses it
 
 
 NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (default: $WALLAROO_NATS, "
@@ -48,15 +60,17 @@ def fail(text: str) -> NoReturn:
     raise typer.Exit(1) from None
 
 
-async def _connect(url: str | None) -> Nats:
-    return await Nats.connect(url or default_nats(), name="wallaroo-cli", persistent=False)
+async def _connect(url: str | None, role: str) -> Nats:
+    return await Nats.connect(url or default_nats(), name="wallaroo-cli", persistent=False,
+                              creds=cluster_creds(role))
 
 
-def on_nats(url: str | None, fn: Callable[[Nats], Awaitable[T]]) -> T:
-    """Connect, run `fn`, close: the shape of every command that talks to NATS."""
+def on_nats(url: str | None, fn: Callable[[Nats], Awaitable[T]], role: str = "client") -> T:
+    """Connect as `role` (its credentials: --creds, $WALLAROO_CREDS, or those of the
+    `wallaroo dev` in this folder), run `fn`, close: every command that talks to NATS."""
 
     async def body() -> T:
-        nc = await _connect(url)
+        nc = await _connect(url, role)
         try:
             return await fn(nc)
         finally:
@@ -118,7 +132,7 @@ def deploy(
         if wait:
             _report_rollout(await st.wait_rollout(nc, m, wait_timeout, _show_rollout))
 
-    on_nats(nats, body)
+    on_nats(nats, body, role="deployer")
 
 
 def _show_rollout(state: Any) -> None:
@@ -240,7 +254,7 @@ def scale(
         await request_runners(nc, runners)
         return manifest.name
 
-    name = on_nats(nats, body)
+    name = on_nats(nats, body, role="deployer")
     typer.echo(f"asked the local cluster running {name} for {runners} runner(s); "
                "`wallaroo status` shows them join or leave")
 
@@ -260,6 +274,9 @@ def autoscaler(
     region: Annotated[str, typer.Option(help="AWS region (aws)")] = "us-east-1",
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between decisions")] = 2.0,
     nats: NatsOpt = None,
+    creds: Annotated[Path | None, typer.Option("--creds", help="nkey seed file (the runner role "
+                     "reads lags and writes the control bucket; default: $WALLAROO_CREDS)",
+                     dir_okay=False)] = None,
 ) -> None:
     """Follow queue lag: observe lag and rates, decide a runner count, act through a backend.
     Every decision is logged with its reason."""
@@ -272,6 +289,8 @@ def autoscaler(
     if backend == "aws" and not asg_group:
         msg = "--backend aws needs --asg-group NAME"
         raise typer.BadParameter(msg)
+    if creds is not None:
+        os.environ[CREDS_ENV] = str(creds)
     autoscaler_main(nats or default_nats(), backend, policy, interval, asg_group, region)
 
 
@@ -291,6 +310,8 @@ def runner(
                              "whose runner went silent is delivered to another")] = 10.0,
     call_max_deliveries: Annotated[int, typer.Option(min=1, help="deliveries of one call "
                                    "before it fails with RunnerLost")] = 8,
+    creds: Annotated[Path | None, typer.Option("--creds", help="the runner role's nkey seed "
+                     "file (default: $WALLAROO_CREDS)", dir_okay=False)] = None,
 ) -> None:
     """Run a long-lived runner: join the cluster, run the partitions and serve the
     functions assigned to it."""
@@ -299,7 +320,8 @@ def runner(
     from wallaroo_runtime.runner import main as runner_main
 
     opts = RunnerOptions(runner_id, member_ttl, state_store, snapshot_every, snapshot_seconds,
-                         ExecutorConfig(call_ack_wait, call_max_deliveries))
+                         ExecutorConfig(call_ack_wait, call_max_deliveries),
+                         str(creds) if creds else os.environ.get(CREDS_ENV))
     try:
         runner_main(nats or default_nats(), opts)
     except WallarooError as err:
@@ -429,7 +451,7 @@ def dlq_replay(
         _report_rollout(await st.wait_rollout(nc, manifest, 60.0, _show_rollout))
         return await dlq.replay_dead_letters(nc, manifest, set(seq) if seq else None)
 
-    typer.echo(f"replayed {on_nats(nats, body)} dead letter(s)")
+    typer.echo(f"replayed {on_nats(nats, body, role='deployer')} dead letter(s)")
 
 
 def _preview(payload: bytes, width: int = 40) -> str:

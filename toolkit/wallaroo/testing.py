@@ -215,8 +215,8 @@ class _Process:
         self.sent: dict[str, int] = {}  # source -> messages sent to it
 
     async def create_streams(self) -> None:
-        for stream, (subject, work_queue) in self.names.streams().items():
-            await self.nats.ensure_stream(stream, [subject], work_queue=work_queue)
+        for stream, (subjects, work_queue) in self.names.streams().items():
+            await self.nats.ensure_stream(stream, subjects, work_queue=work_queue)
 
     async def start(self) -> None:
         """Fresh workers for every partition, each restored from its changelog."""
@@ -237,7 +237,7 @@ class _Process:
         for source, records in by_source.items():
             stage = self.app.sources[source]
             n = self.sent[source] = self.sent.get(source, 0) + 1
-            subject = self.names.data(stage.index, (n - 1) % stage.partitions)
+            subject = self.names.source(stage.index, (n - 1) % stage.partitions)
             for k, payload in enumerate(_fit(records, self.nats.max_payload - PAYLOAD_MARGIN)):
                 await self.nats.publish(subject, payload, f"i:testing.{source}:{n}.{k}")
 
@@ -252,11 +252,11 @@ class _Process:
     def _ready(self) -> Part | None:
         stream = self.names.data_stream
         return next((p for p in sorted(self.workers)
-                     if self.nats.count(stream, self.names.data(*p))), None)
+                     if self.nats.count(stream, self.workers[p][0].in_subject)), None)
 
     async def _poll(self, part: Part) -> None:
         worker, consumer = self.workers[part]
-        subject = self.names.data(*part)
+        subject = worker.in_subject
         waiting = self.nats.count(self.names.data_stream, subject)
         after = await worker.poll(consumer)
         self.workers[part] = (worker, after)

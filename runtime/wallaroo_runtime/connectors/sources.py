@@ -80,7 +80,7 @@ class Publisher:
         msg_id = source_msg_id(source_id, batch.offset)
         # By id, not round robin: a re-sent batch goes where its first copy went.
         part = partition_of(msg_id, self.partitions)
-        return Out(self.names.data(self.stage, part), pack_batch(batch.records), msg_id)
+        return Out(self.names.source(self.stage, part), pack_batch(batch.records), msg_id)
 
 
 async def run_source(

@@ -97,8 +97,8 @@ class Rig:
     async def create(cls, app: Application, *, max_payload: int = DEFAULT_MAX_PAYLOAD,
                      dedup_window: float | None = None) -> Rig:
         rig = cls(app, max_payload, dedup_window)
-        for stream, (subject, work_queue) in rig.names.streams().items():
-            await rig.nats.ensure_stream(stream, [subject], work_queue=work_queue,
+        for stream, (subjects, work_queue) in rig.names.streams().items():
+            await rig.nats.ensure_stream(stream, subjects, work_queue=work_queue,
                                          dedup_window=dedup_window)
         return rig
 
@@ -109,7 +109,7 @@ class Rig:
     async def send(self, *records: str) -> int:
         """One input message to the source stage; its stream seq."""
         self.sent += 1
-        return await self.nats.publish(self.names.data(0, 0), codec.pack_batch(list(records)),
+        return await self.nats.publish(self.names.source(0, 0), codec.pack_batch(list(records)),
                                        f"i:test:{self.sent}")
 
     def outputs(self) -> list[str]:
@@ -120,7 +120,8 @@ class Rig:
         return [DeadLetter.from_wire(m.data) for m in self.nats.messages(self.names.dlq_stream)]
 
     def waiting(self, stage: int = 0, part: int = 0) -> int:
-        return self.nats.count(self.names.data_stream, self.names.data(stage, part))
+        subject = self.names.input(stage, part, self.app.stages[stage].source is not None)
+        return self.nats.count(self.names.data_stream, subject)
 
     def stored_on(self, stage: int) -> int:
         return len(self.nats.messages(self.names.data_stream, f"wl.{self.app.slug}.d.{stage}.*"))
@@ -193,10 +194,10 @@ async def test_a_delivery_gap_rebuilds_the_consumer_from_the_committed_seq(
     await worker.restore()
     consumer = await worker.open_consumer()
     seqs = [await rig.send(record) for record in "abcd"]
-    rig.nats.drop_next_ack(rig.names.data(0, 0))  # "a" is committed but stays in the queue
+    rig.nats.drop_next_ack(rig.names.source(0, 0))  # "a" is committed but stays in the queue
     await worker.handle(await consumer.fetch(1, 0))
 
-    rig.nats.drop_next_delivery(rig.names.data(0, 0))  # "b" is lost: consumer seq 2 skipped
+    rig.nats.drop_next_delivery(rig.names.source(0, 0))  # "b" is lost: consumer seq 2 skipped
     gapped = await consumer.fetch(16, 0)
     assert [m.consumer_seq for m in gapped] == [3, 4]
     with pytest.raises(ResyncNeeded):
@@ -394,7 +395,7 @@ async def test_an_input_redelivered_after_its_ack_was_lost_is_acked_not_run_agai
     await worker.restore()
     consumer = await worker.open_consumer()
     await rig.send("a")
-    rig.nats.drop_next_ack(rig.names.data(0, 0))
+    rig.nats.drop_next_ack(rig.names.source(0, 0))
     await worker.poll(consumer)
     rig.clock.advance(CONFIG.ack_wait)
 

@@ -25,8 +25,8 @@ async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None) -> M
 
 
 async def ensure_streams(nats: Nats, slug: str) -> None:
-    for stream, (subject, work_queue) in AppNames(slug).streams().items():
-        await nats.ensure_stream(stream, [subject], work_queue=work_queue)
+    for stream, (subjects, work_queue) in AppNames(slug).streams().items():
+        await nats.ensure_stream(stream, subjects, work_queue=work_queue)
 
 
 async def manifest_of(nats: Nats, app: str) -> Manifest:

@@ -41,4 +41,5 @@ def _replay_out(names: AppNames, manifest: Manifest, letter: DeadLetter) -> Out:
         payload = codec.pack_batch([letter.payload])
     else:
         payload = ReplayBatch([letter.key], [letter.payload]).to_wire()
-    return Out(names.data(stage, part), payload, f"{REPLAY_PREFIX}{manifest.slug}:{letter.seq}")
+    subject = names.input(stage, part, manifest.stages[stage].source is not None)
+    return Out(subject, payload, f"{REPLAY_PREFIX}{manifest.slug}:{letter.seq}")

@@ -67,7 +67,7 @@ async def send(
         payloads = fit(batch, limit, sent)
         for k, payload in enumerate(payloads):
             msg_id = f"i:{producer}:{n}" if len(payloads) == 1 else f"i:{producer}:{n}.{k}"
-            window.append(Out(names.data(stage, n % parts), payload, msg_id))
+            window.append(Out(names.source(stage, n % parts), payload, msg_id))
         sent += len(batch)
         if len(window) >= SEND_WINDOW:
             await nats.publish_all(window)

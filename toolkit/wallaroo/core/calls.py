@@ -30,10 +30,12 @@ from wallaroo.core.errors import CallCancelled, IdempotencyConflict, RemoteError
 from wallaroo.core.names import BLOBS_BUCKET, IDEMPOTENCY_BUCKET, RESULTS_BUCKET, AppNames
 from wallaroo.core.wire import CallRequest, CallResult, CancelNotice, IdempotencyClaim
 from wallaroo.nats import Nats, Out
+from wallaroo.nats.client import CREDS_ENV
 
 T = TypeVar("T")
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 DEV_URL_FILE = Path(".wallaroo/dev/url")
+DEV_CREDS_DIR = Path(".wallaroo/dev/creds")
 INLINE_MAX = 256 * 1024  # larger arguments and results go through the object store
 RESULT_TTL = 7 * 24 * 3600.0  # seconds a result is kept (the results bucket's max age)
 RECHECK = 5.0  # seconds between bucket reads of a long wait (see CallClient._settled)
@@ -48,6 +50,16 @@ def cluster_url() -> str:
     if DEV_URL_FILE.is_file():
         return DEV_URL_FILE.read_text().strip()
     return DEFAULT_NATS
+
+
+def cluster_creds(role: str) -> Path | None:
+    """The credentials to connect with as `role` (runner, deployer, client): the nkey seed
+    file $WALLAROO_CREDS names, else the role's file of a `wallaroo dev` in this folder."""
+    env = os.environ.get(CREDS_ENV)
+    if env:
+        return Path(env)
+    dev = DEV_CREDS_DIR / f"{role}.nk"
+    return dev if dev.is_file() else None
 
 
 def done_subject(call_id: str) -> str:
@@ -334,7 +346,8 @@ class Portal:
         self.client: CallClient = self.run(self._connect())
 
     async def _connect(self) -> CallClient:
-        client = CallClient(await Nats.connect(self.url, name="wallaroo-caller"))
+        nats = await Nats.connect(self.url, name="wallaroo-caller", creds=cluster_creds("client"))
+        client = CallClient(nats)
         await client.setup()
         return client
 

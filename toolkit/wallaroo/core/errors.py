@@ -110,6 +110,17 @@ class NatsUnreachableError(WallarooError, ConnectionError):
         )
 
 
+class CredentialsError(WallarooError, PermissionError):
+    def __init__(self, url: str, creds: str | None, why: str) -> None:
+        self.url, self.creds = url, creds
+        used = f"the credentials in {creds}" if creds else "no credentials"
+        super().__init__(
+            f"NATS at {url} refused {used} ({why}): run the command in the folder of the "
+            "`wallaroo dev` that started it (it reads .wallaroo/dev/creds/), or pass --creds FILE "
+            "(or set WALLAROO_CREDS) to the nkey seed of a role the server knows"
+        )
+
+
 class RecordTooLargeError(WallarooError, ValueError):
     def __init__(self, index: int, size: int, limit: int) -> None:
         self.index, self.size, self.limit = index, size, limit

@@ -31,7 +31,15 @@ class AppNames:
         self.calls_stream = f"WL_{up}_CALLS"
 
     def data(self, stage: int, part: int) -> str:
+        """Input of a keyed (internal) stage: only runners publish here."""
         return f"wl.{self.slug}.d.{stage}.{part}"
+
+    def source(self, stage: int, part: int) -> str:
+        """Input of a source stage: clients publish here (their credentials allow `wl.*.in.>`)."""
+        return f"wl.{self.slug}.in.{stage}.{part}"
+
+    def input(self, stage: int, part: int, source: bool) -> str:
+        return self.source(stage, part) if source else self.data(stage, part)
 
     def log(self, stage: int, part: int) -> str:
         return f"wl.{self.slug}.log.{stage}.{part}"
@@ -73,14 +81,14 @@ class AppNames:
     def function_durable(function: str) -> str:
         return f"fn_{function}"
 
-    def streams(self) -> dict[str, tuple[str, bool]]:
-        """stream name -> (subject wildcard, work-queue retention?)"""
+    def streams(self) -> dict[str, tuple[list[str], bool]]:
+        """stream name -> (subject wildcards, work-queue retention?)"""
         return {
-            self.data_stream: (f"wl.{self.slug}.d.>", True),
-            self.log_stream: (f"wl.{self.slug}.log.>", False),
-            self.out_stream: (self.out_all, False),
-            self.dlq_stream: (self.dlq_all, False),
-            self.calls_stream: (f"wl.{self.slug}.call.>", True),
+            self.data_stream: ([f"wl.{self.slug}.in.>", f"wl.{self.slug}.d.>"], True),
+            self.log_stream: ([f"wl.{self.slug}.log.>"], False),
+            self.out_stream: ([self.out_all], False),
+            self.dlq_stream: ([self.dlq_all], False),
+            self.calls_stream: ([f"wl.{self.slug}.call.>"], True),
         }
 
     @staticmethod

@@ -111,7 +111,7 @@ class PartitionWorker:
         self.engine = StageEngine(app, stage, part)
         self.producer = AppNames.producer(stage.index, part)
         self.log_subject = self.names.log(stage.index, part)
-        self.in_subject = self.names.data(stage.index, part)
+        self.in_subject = self.names.input(stage.index, part, stage.source is not None)
         self.state = PartitionState()
         self.log_seq = 0
         self.consumer_seq = 0

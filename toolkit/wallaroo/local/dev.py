@@ -16,6 +16,7 @@ from typing import Self
 from wallaroo.control.scale import requested_runners
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.errors import WallarooError
+from wallaroo.local.auth import dev_auth
 from wallaroo.local.natsserver import NatsServer, Service
 from wallaroo.nats import Nats
 
@@ -176,14 +177,20 @@ class DevCluster(Service):
         if fresh and state_dir.exists():
             shutil.rmtree(state_dir)
         self.state_dir = state_dir
-        self.server = NatsServer(state_dir / "nats")
+        self.auth = dev_auth(state_dir)  # authentication is on: one key per role
+        self.server = NatsServer(state_dir / "nats", auth=self.auth)
         store = state_store or f"file://{(state_dir / 'state').resolve()}"
-        self.pool = RunnerPool(self.server.url, state_dir / "logs", member_ttl, store, runner_args)
+        self.pool = RunnerPool(self.server.url, state_dir / "logs", member_ttl, store,
+                               [*runner_args, "--creds", str(self.auth.seed("runner"))])
         self.initial = runners
 
     @property
     def url(self) -> str:
         return self.server.url
+
+    def creds(self, role: str) -> Path:
+        """The nkey seed file of `role` (runner, deployer, client) for this cluster."""
+        return self.auth.seed(role)
 
     @property
     def runners(self) -> list[RunnerProcess]:

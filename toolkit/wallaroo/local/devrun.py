@@ -49,7 +49,7 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    nats = await Nats.connect(cluster.url, name="wallaroo-dev")
+    nats = await Nats.connect(cluster.url, name="wallaroo-dev", creds=cluster.creds("deployer"))
     printer: _Printer | None = None
     sizer: asyncio.Task[None] | None = None
     try:
@@ -79,7 +79,8 @@ async def _size_pool(nats: Nats, cluster: DevCluster, autoscale: Sequence[str] |
     extra arguments), which writes its decisions there."""
     scaler = None
     if autoscale is not None:
-        scaler = ServiceProcess("autoscaler", autoscaler_command(cluster.url, autoscale),
+        args = [*autoscale, "--creds", str(cluster.creds("runner"))]
+        scaler = ServiceProcess("autoscaler", autoscaler_command(cluster.url, args),
                                 cluster.state_dir / "logs").start()
         _info(f"autoscaler process started; its decisions are in {scaler.log_file}")
     try:

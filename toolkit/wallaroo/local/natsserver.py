@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from wallaroo.core.errors import WallarooError
+from wallaroo.local.auth import Auth
 
 MAX_PAYLOAD = 8 * 1024 * 1024
 
@@ -85,8 +86,10 @@ class NatsServer(Service):
     def __init__(self, store_dir: Path, port: int | None = None, log_file: Path | None = None, *,
                  server_name: str | None = None, cluster_name: str | None = None,
                  cluster_port: int | None = None, routes: Sequence[str] = (),
-                 http_port: int | None = None) -> None:
+                 http_port: int | None = None, auth: Auth | None = None) -> None:
+        """`auth`: the role keys the server admits (None: anyone, for tools that need it)."""
         self.store_dir = store_dir
+        self.auth = auth
         self.port = port or free_port()
         self.log_file = log_file or store_dir / "nats-server.log"
         self.server_name = server_name
@@ -105,6 +108,8 @@ class NatsServer(Service):
             f"listen: 127.0.0.1:{self.port}\nmax_payload: {MAX_PAYLOAD}\n"
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir / 'js'))} }}\n"
         )
+        if self.auth is not None:
+            conf += self.auth.server_config()
         if self.server_name:
             conf += f"server_name: {json.dumps(self.server_name)}\n"
         if self.http_port:
@@ -172,12 +177,13 @@ class NatsCluster(Service):
     that every member follows. Create streams with replicas=size (WALLAROO_REPLICAS) so
     losing one node loses nothing."""
 
-    def __init__(self, base_dir: Path, size: int = 3, name: str = "wallaroo") -> None:
+    def __init__(self, base_dir: Path, size: int = 3, name: str = "wallaroo",
+                 auth: Auth | None = None) -> None:
         cluster_ports = [free_port() for _ in range(size)]
         routes = [f"nats-route://127.0.0.1:{p}" for p in cluster_ports]
         self.nodes = [
             NatsServer(base_dir / f"n{i}", server_name=f"n{i}", cluster_name=name,
-                       cluster_port=port, routes=[r for r in routes if r != routes[i]])
+                       cluster_port=port, routes=[r for r in routes if r != routes[i]], auth=auth)
             for i, port in enumerate(cluster_ports)
         ]
 

@@ -12,11 +12,13 @@ from pathlib import Path
 from wallaroo.control import apps
 from wallaroo.control.status import wait_rollout
 from wallaroo.core import calls
+from wallaroo.core.calls import cluster_creds
 from wallaroo.core.errors import AppLoadError, WallarooError
 from wallaroo.core.packaging import load_deployable
 from wallaroo.functions import App
 from wallaroo.local.dev import DevCluster
 from wallaroo.nats import Nats
+from wallaroo.nats.client import CREDS_ENV
 
 ROLLOUT_TIMEOUT = 60.0
 
@@ -29,29 +31,33 @@ def run_app(app_file: Path, url: str | None, runners: int, state_dir: Path) -> N
                "run with @app.local_entrypoint()")
         raise AppLoadError(msg)
     if url is not None:
-        _deploy_and_run(app_file, url, deployed)
+        _deploy_and_run(app_file, url, deployed, cluster_creds("deployer"), cluster_creds("client"))
         return
     with DevCluster(state_dir, runners) as cluster:
         _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         try:
-            _deploy_and_run(app_file, cluster.url, deployed)
+            _deploy_and_run(app_file, cluster.url, deployed, cluster.creds("deployer"),
+                            cluster.creds("client"))
         finally:
             calls.close_portals()
             _info("stopping runners and nats-server")
 
 
-def _deploy_and_run(app_file: Path, url: str, deployed: App) -> None:
+def _deploy_and_run(app_file: Path, url: str, deployed: App, deployer: Path | None,
+                    client: Path | None) -> None:
     os.environ["WALLAROO_NATS"] = url  # where the entrypoint's calls (f.remote...) go
     started = time.monotonic()
-    version = asyncio.run(_deploy(app_file, url))
+    version = asyncio.run(_deploy(app_file, url, deployer))
+    if client is not None:
+        os.environ[CREDS_ENV] = str(client)  # ... made with the client role's rights
     _info(f"deployed {deployed.name} version {version} in {time.monotonic() - started:.1f}s; "
           "running its local entrypoint")
     assert deployed.entrypoint is not None
     deployed.entrypoint()
 
 
-async def _deploy(app_file: Path, url: str) -> str:
-    nats = await Nats.connect(url, name="wallaroo-run", persistent=False)
+async def _deploy(app_file: Path, url: str, creds: Path | None) -> str:
+    nats = await Nats.connect(url, name="wallaroo-run", persistent=False, creds=creds)
     try:
         manifest = await apps.deploy(nats, app_file)
         state = await wait_rollout(nats, manifest, ROLLOUT_TIMEOUT, min_ready=1)

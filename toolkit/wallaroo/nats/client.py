@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import nats  # noqa: TID251 - this module is the owner of the nats import
@@ -22,10 +23,11 @@ import nats.errors  # noqa: TID251
 import nats.js.api as jsapi  # noqa: TID251
 import nats.js.errors as jserr  # noqa: TID251
 
-from wallaroo.core.errors import FencedError, NatsUnreachableError, WallarooError
+from wallaroo.core.errors import CredentialsError, FencedError, NatsUnreachableError, WallarooError
 from wallaroo.nats.protocol import MSG_ID, InMsg, KvEntry, Out, StoredMsg
 
 log = logging.getLogger("wallaroo.nats")
+CREDS_ENV = "WALLAROO_CREDS"  # the nkey seed file a process connects with by default
 KV_OPERATION = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
@@ -172,17 +174,32 @@ class Nats:
         self._buckets: dict[str, Any] = {}
 
     @classmethod
-    async def connect(cls, url: str, name: str = "wallaroo", *, persistent: bool = True) -> Nats:
+    async def connect(cls, url: str, name: str = "wallaroo", *, persistent: bool = True,
+                      creds: str | Path | None = None) -> Nats:
         """`persistent` (runners): reconnect forever. Otherwise (CLI commands) fail fast with
-        an error that says where NATS was looked for."""
+        an error that says where NATS was looked for. `creds`: an nkey seed file (default
+        $WALLAROO_CREDS); the server refuses connections without one it knows."""
+        seed = str(creds) if creds else os.environ.get(CREDS_ENV) or None
+        if seed is not None and not Path(seed).is_file():
+            raise CredentialsError(url, seed, "the file does not exist")
+        refused: list[str] = []
+
+        async def on_error(err: Exception) -> None:
+            if "authorization" in str(err).lower():
+                refused.append(str(err))  # said once, by the CredentialsError below
+                return
+            await _log_error(err)
+
         try:
             nc = await nats.connect(
                 servers=[url], name=name, max_reconnect_attempts=-1 if persistent else 2,
                 reconnect_time_wait=0.2, connect_timeout=2, allow_reconnect=True,
-                error_cb=_log_error, disconnected_cb=_log_disconnect,
-                reconnected_cb=_log_reconnect,
+                error_cb=on_error, disconnected_cb=_log_disconnect,
+                reconnected_cb=_log_reconnect, nkeys_seed=seed,
             )
-        except (TimeoutError, nats.errors.NoServersError, OSError) as err:
+        except (TimeoutError, nats.errors.Error, OSError) as err:
+            if refused or "authorization" in str(err).lower():
+                raise CredentialsError(url, seed, "authorization violation") from err
             raise NatsUnreachableError(url) from err
         return cls(nc)
 
