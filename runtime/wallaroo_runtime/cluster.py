@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from wallaroo.core.calls import CallClient
 from wallaroo.core.names import (
     ASSIGN_BUCKET,
+    BLOBS_BUCKET,
     LEADER_BUCKET,
     LEADER_KEY,
     LEASES_BUCKET,
@@ -57,6 +58,7 @@ async def ensure_buckets(nats: Nats, cfg: ClusterConfig) -> None:
     await nats.kv_bucket(LEASES_BUCKET)
     await nats.kv_bucket(SCHEDULES_BUCKET)
     await CallClient(nats).setup()  # results and idempotency buckets, with their TTL
+    await nats.obj_bucket(BLOBS_BUCKET)  # callers put large arguments there; they may not create it
 
 
 async def live_members(nats: Nats) -> list[str]:

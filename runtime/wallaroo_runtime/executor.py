@@ -115,6 +115,7 @@ class FunctionExecutor:
         self.pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix=f"wl-{spec.name}")
         self.running: set[asyncio.Task[None]] = set()
         self.buffered: deque[InMsg] = deque()  # fetched, waiting for a free slot
+        self.recording: set[asyncio.Task[CallResult]] = set()  # cancels being recorded
         self.in_hand: dict[str, tuple[InMsg, asyncio.Future[None]]] = {}  # call id -> msg, cancel
         self.stats = FunctionStats()
         self.cancels = Cancels()
@@ -135,8 +136,8 @@ class FunctionExecutor:
         try:
             while not self.stop.is_set():
                 await self._serve(consumer)
-            if self.running:
-                await asyncio.wait(self.running)
+            if self.running or self.recording:
+                await asyncio.wait(self.running | self.recording)
         finally:
             keepalive.cancel()
             await stop_listening()
@@ -167,6 +168,12 @@ class FunctionExecutor:
             log.warning("ignored a malformed cancel notice: %s", err)
             return
         self.cancels.heard(notice.call_id)
+        if notice.function in ("", self.spec.name) or notice.function.startswith(f"{self.spec.name}."):
+            # Callers may not write results: the cancel is recorded here (first write wins,
+            # so a call that finished first keeps its result).
+            task = asyncio.create_task(self.client.record(self._cancel_result(notice.call_id)))
+            self.recording.add(task)
+            task.add_done_callback(self.recording.discard)
         held = self.in_hand.get(notice.call_id)
         if held is None or held[1].done():
             return
@@ -232,7 +239,7 @@ class FunctionExecutor:
             try:
                 value = await self._attempt(ctx, args, kwargs, cancelled)
             except _Cancelled:
-                return self._cancel_result(req)
+                return self._cancel_result(req.call_id)
             except Exception as exc:  # the user's code failed: retry per its policy, or fail
                 if attempt > self.spec.retries.max_retries:
                     return self._failed(req, exc, attempt, delivery, started)
@@ -241,7 +248,7 @@ class FunctionExecutor:
                             req.function, attempt, exc)
                 await asyncio.wait({cancelled}, timeout=self.spec.retries.delay(attempt))
                 if cancelled.done():
-                    return self._cancel_result(req)
+                    return self._cancel_result(req.call_id)
                 continue
             return await self._succeeded(req, value, attempt, delivery, started)
 
@@ -266,10 +273,8 @@ class FunctionExecutor:
             raise _Cancelled
         raise FunctionTimeout(ctx.function, self.spec.timeout)
 
-    @staticmethod
-    def _cancel_result(req: CallRequest) -> CallResult:
-        """What we would record for a cancelled call; the canceller's record wins anyway."""
-        return CallResult(req.call_id, "cancelled", finished=time.time())
+    def _cancel_result(self, call_id: str) -> CallResult:
+        return CallResult(call_id, "cancelled", runner=self.runner_id, finished=time.time())
 
     async def _start(self, ctx: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any]
                      ) -> asyncio.Future[Any]:

@@ -194,7 +194,7 @@ class Function:
         client = self._portal().client
         call_id = await client.submit(self.app, self.name, payload, call_id=scoped_id,
                                       idempotency_key=self.idempotency_key)
-        return FunctionCall(call_id, self.url)
+        return FunctionCall(call_id, self.url, self.name)
 
     def map(self, *iterables: Iterable[Any], order_outputs: bool = True, return_exceptions: bool = False,
             max_in_flight: int = MAX_IN_FLIGHT) -> Iterator[Any]:
@@ -299,8 +299,8 @@ class FunctionCall:
     """A spawned call: `get(timeout=None)` waits for its result (TimeoutError while it keeps
     running; `timeout=0` only looks), `cancel()` stops it."""
 
-    def __init__(self, call_id: str, url: str | None = None) -> None:
-        self.object_id, self.url = call_id, url
+    def __init__(self, call_id: str, url: str | None = None, function: str = "") -> None:
+        self.object_id, self.url, self.function = call_id, url, function
         self.get = _Invoker(self._get, self._get_aio)
 
     def __repr__(self) -> str:
@@ -326,7 +326,7 @@ class FunctionCall:
         is replaced (a thread cannot be stopped otherwise): the runner hands back its work,
         exits, and its supervisor (`wallaroo dev`'s pool, systemd) starts a new one."""
         portal = calls.portal(self.url)
-        portal.run(portal.client.cancel(self.object_id, terminate))
+        portal.run(portal.client.cancel(self.object_id, terminate, self.function))
 
 
 def enter(_bare: object = None) -> Callable[[F], F]:

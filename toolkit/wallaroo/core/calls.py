@@ -39,6 +39,7 @@ DEV_CREDS_DIR = Path(".wallaroo/dev/creds")
 INLINE_MAX = 256 * 1024  # larger arguments and results go through the object store
 RESULT_TTL = 7 * 24 * 3600.0  # seconds a result is kept (the results bucket's max age)
 RECHECK = 5.0  # seconds between bucket reads of a long wait (see CallClient._settled)
+CANCEL_WAIT = 30.0  # seconds a cancel waits for a runner to record it
 
 
 def cluster_url() -> str:
@@ -271,14 +272,19 @@ class CallClient:
         await self.nats.announce(done_subject(result.call_id), data)
         return result
 
-    async def cancel(self, call_id: str, terminate: bool = False) -> CallResult:
-        """Record the call as cancelled (if it has no result yet) and tell its runner; with
-        `terminate`, a runner running it in a thread replaces its process."""
-        result = await self.record(CallResult(call_id, "cancelled", finished=time.time()))
-        if result.status == "cancelled":
-            notice = CancelNotice(call_id, terminate)
+    async def cancel(self, call_id: str, terminate: bool = False, function: str = "",
+                     timeout: float = CANCEL_WAIT) -> CallResult:
+        """Ask runners to cancel the call (callers may not write results: a runner records
+        the cancel, or the result the call had already); THE result of the call."""
+        notice = CancelNotice(call_id, terminate, function)
+        async with self.watching(call_id) as announced:
             await self.nats.announce(cancel_subject(call_id), notice.to_wire())
-        return result
+            try:
+                return await self._settled(call_id, announced, timeout)
+            except TimeoutError:
+                msg = (f"no runner recorded the cancel of {call_id} within {timeout:g}s: is any "
+                       "runner serving its app?")
+                raise WallarooError(msg) from None
 
     async def value(self, result: CallResult) -> Any:
         """The call's return value, or its exception raised (see `unwrap`)."""

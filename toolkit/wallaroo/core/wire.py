@@ -513,19 +513,21 @@ class IdempotencyClaim:
 
 @dataclass(frozen=True)
 class CancelNotice:
-    """A call was cancelled (its result is recorded already); with `terminate`, a runner
-    running it in a thread is to be replaced, so the thread stops with its process."""
+    """Cancel a call. Runners serving `function` ("": whichever function it is) record the
+    cancel as the call's result (callers may not write results); the runner running it stops
+    it, and with `terminate` replaces its process if it runs in a thread."""
 
     call_id: str
     terminate: bool = False
+    function: str = ""
 
     def to_wire(self) -> bytes:
-        return json.dumps([self.call_id, self.terminate]).encode()
+        return json.dumps([self.call_id, self.terminate, self.function]).encode()
 
     @classmethod
     def from_wire(cls, data: bytes) -> CancelNotice:
         def build(raw: bytes) -> CancelNotice:
-            call_id, terminate = _json(raw)
-            return cls(str(call_id), bool(terminate))
+            call_id, terminate, function = _json(raw)
+            return cls(str(call_id), bool(terminate), str(function))
 
         return _parse("cancel notice", data, build)

@@ -610,6 +610,10 @@ class Nats:
             return None
         return bytes(res.data) if res.data is not None else None
 
+    async def obj_bucket(self, bucket: str) -> None:
+        """Make sure the object store `bucket` exists."""
+        await self._obj(bucket)
+
     async def _obj(self, bucket: str) -> Any:
         try:
             return await self.js.object_store(bucket)
