@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wallaroo.core.calls import CallClient
+from wallaroo.core.calls import RESULT_TTL, CallClient
 from wallaroo.core.names import (
     ASSIGN_BUCKET,
     BLOBS_BUCKET,
@@ -58,7 +58,8 @@ async def ensure_buckets(nats: Nats, cfg: ClusterConfig) -> None:
     await nats.kv_bucket(LEASES_BUCKET)
     await nats.kv_bucket(SCHEDULES_BUCKET)
     await CallClient(nats).setup()  # results and idempotency buckets, with their TTL
-    await nats.obj_bucket(BLOBS_BUCKET)  # callers put large arguments there; they may not create it
+    # Callers put large arguments there (they may not create it); kept as long as results.
+    await nats.obj_bucket(BLOBS_BUCKET, ttl=RESULT_TTL)
 
 
 async def live_members(nats: Nats) -> list[str]:

@@ -19,10 +19,11 @@ import asyncio
 import contextlib
 import logging
 import pickle
+import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,26 @@ class Cancels:
         return req.call_id in self.ids or req.created < self.since + CLOCK_SKEW
 
 
+class BodyLoop:
+    """An event loop on a thread of its own for async function bodies: user code (which may
+    block, async or not) never runs on the runner's loop, which beats, leases and commits."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+            threading.Thread(target=self.loop.run_forever, name=self.name, daemon=True).start()
+        # Cancelling the returned future cancels the task on the body loop.
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+
+
 class _Cancelled(Exception):  # noqa: N818 - control flow: a cancel was recorded meanwhile
     pass
 
@@ -112,7 +133,8 @@ class FunctionExecutor:
         self.cfg = cfg or ExecutorConfig()
         self.client = calls.CallClient(nats)
         self.names = AppNames(slug)
-        self.pool = ThreadPoolExecutor(spec.concurrency, thread_name_prefix=f"wl-{spec.name}")
+        self.pool = self._new_pool()
+        self.bodies = BodyLoop(f"wl-{spec.name}-async")  # async bodies: off the runner's loop
         self.running: set[asyncio.Task[None]] = set()
         self.buffered: deque[InMsg] = deque()  # fetched, waiting for a free slot
         self.recording: set[asyncio.Task[CallResult]] = set()  # cancels being recorded
@@ -139,10 +161,16 @@ class FunctionExecutor:
             if self.running or self.recording:
                 await asyncio.wait(self.running | self.recording)
         finally:
+            # Left early (cancelled, or NATS failed): calls in hand are not acked, so they are
+            # delivered again; none may record a failure of this executor as their result.
+            for task in self.running:
+                task.cancel()
+            await asyncio.gather(*self.running, return_exceptions=True)
             keepalive.cancel()
             await stop_listening()
             await consumer.close()
             self.pool.shutdown(wait=False)
+            self.bodies.close()
 
     async def _serve(self, consumer: Any) -> None:
         """Start buffered calls while slots are free; fetch more once the buffer is empty.
@@ -178,7 +206,7 @@ class FunctionExecutor:
         if held is None or held[1].done():
             return
         held[1].set_result(None)
-        if notice.terminate and not asyncio.iscoroutinefunction(self.spec.target):
+        if notice.terminate and not self._is_async(notice.call_id):
             log.warning("call %s of %s cancelled with terminate: replacing this runner process, "
                         "the only way to stop its thread", notice.call_id, self.spec.name)
             self.on_terminate(notice.call_id)
@@ -228,9 +256,10 @@ class FunctionExecutor:
     async def _attempts(self, req: CallRequest, delivery: int,
                         cancelled: asyncio.Future[None]) -> CallResult:
         started = time.time()
+        payload = await self._args(req)  # NATS trouble here: not the call's fault, not recorded
         try:
-            args, kwargs = calls.unpack_args(await self._args(req))
-        except Exception as exc:  # arguments that do not unpickle here: never retried
+            args, kwargs = calls.unpack_args(payload)
+        except Exception as exc:  # any unpickling error: arguments this runner cannot rebuild
             return self._failed(req, exc, 0, delivery, started)
         attempt = 0
         while True:
@@ -269,6 +298,8 @@ class FunctionExecutor:
         if body in done:
             return body.result()
         body.cancel()  # an async body stops; a thread cannot be stopped: its result is dropped
+        if not asyncio.iscoroutinefunction(await self._target(ctx.function)):
+            self._abandon_pool()
         if cancelled in done:
             raise _Cancelled
         raise FunctionTimeout(ctx.function, self.spec.timeout)
@@ -280,9 +311,27 @@ class FunctionExecutor:
                      ) -> asyncio.Future[Any]:
         target = await self._target(ctx.function)
         if asyncio.iscoroutinefunction(target):
-            return asyncio.ensure_future(in_call_async(ctx, target, *args, **kwargs))
+            return self.bodies.run(in_call_async(ctx, target, *args, **kwargs))
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self.pool, lambda: in_call(ctx, target, *args, **kwargs))
+
+    def _new_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(self.spec.concurrency, thread_name_prefix=f"wl-{self.spec.name}")
+
+    def _abandon_pool(self) -> None:
+        """A sync attempt timed out or was cancelled, and its thread runs on: new calls get a
+        fresh pool, so that thread never holds a slot they wait for. The old pool's threads
+        end when their calls return (their results are dropped)."""
+        old, self.pool = self.pool, self._new_pool()
+        old.shutdown(wait=False)
+
+    def _is_async(self, call_id: str) -> bool:
+        held = self.in_hand.get(call_id)
+        function = CallRequest.from_wire(held[0].data).function if held else self.spec.name
+        target = self.spec.target
+        if self.spec.is_class and "." in function:
+            target = getattr(self.spec.target, function.split(".", 1)[1], target)
+        return asyncio.iscoroutinefunction(target)
 
     async def _target(self, function: str) -> Callable[..., Any]:
         if not self.spec.is_class:

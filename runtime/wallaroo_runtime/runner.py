@@ -14,9 +14,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from wallaroo.core.aio import sleep_or_stop
-from wallaroo.core.calls import CallClient
+from wallaroo.core.calls import CallClient, forbid_blocking_calls
 from wallaroo.core.errors import FencedError, WallarooError
-from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, MEMBERS_BUCKET, AppNames, partition_key
+from wallaroo.core.names import (
+    APPS_BUCKET,
+    ARTIFACTS_BUCKET,
+    MEMBERS_BUCKET,
+    REPLACE_EXIT,
+    AppNames,
+    partition_key,
+)
 from wallaroo.core.packaging import load_artifact
 from wallaroo.core.wire import (
     AppReport,
@@ -28,7 +35,7 @@ from wallaroo.core.wire import (
     SinkReport,
 )
 from wallaroo.core.worker import PartitionWorker, WorkerConfig
-from wallaroo.functions import App
+from wallaroo.functions import App, FunctionSpec
 from wallaroo.nats import Nats, unavailable
 from wallaroo.nats.client import CREDS_ENV
 from wallaroo.plan import Application
@@ -44,7 +51,6 @@ log = logging.getLogger("wallaroo.runner")
 # How many member TTLs a spell of NATS trouble may keep owners in the assignment: longer than
 # a stream or meta election (4-9 s; 3 s is the default TTL), shorter than an operator's wait.
 TROUBLE_GRACE = 10
-REPLACE_EXIT = 75  # exit code asking the supervisor for a fresh runner process (EX_TEMPFAIL)
 
 
 @dataclass
@@ -175,6 +181,12 @@ class AppHost:
         return [*self.tasks.values(), *self.connector_runs.values(), *self.executor_runs.values()]
 
     @property
+    def partitions_released(self) -> bool:
+        """Its partition workers and connectors have committed and let go: what the next
+        version waits for (not for its running calls, which need no handoff)."""
+        return all(t.done() for t in [*self.tasks.values(), *self.connector_runs.values()])
+
+    @property
     def stopped(self) -> bool:
         return all(t.done() for t in self._runs())
 
@@ -226,6 +238,7 @@ class Runner:
         self.trouble_at = -float("inf")  # monotonic time of the last failed NATS request
         self.trouble_began = -float("inf")  # ... and of the first one of that spell
         self._stop: asyncio.Event | None = None
+        self._scheduling: asyncio.Task[None] | None = None
         self.replacing = ""  # why this process is to be replaced, once asked
 
     def replace(self, why: str) -> None:
@@ -317,19 +330,35 @@ class Runner:
             members = await cluster.live_members(nats)
             for manifest in self.manifests.values():
                 await cluster.publish_assignment(nats, manifest, members, keep_current=self.nats_troubled)
-            for slug, host in self.hosts.items():
-                await scheduler.fire_due(CallClient(nats), slug, host.deployed.specs, time.time())
+            self._fire_schedules(nats)
         await self._sync_apps(nats)
         for slug, host in self.hosts.items():
             # Calls need no handoff: the new version serves new ones at once, while the old
             # one finishes those it runs.
             host.start_functions()
             old = self.retiring.get(slug, [])
-            if not all(h.stopped for h in old):
+            if not all(h.partitions_released for h in old):
                 continue  # previous versions are still finishing their batches
-            self.retiring.pop(slug, None)
+            self.retiring[slug] = [h for h in old if not h.stopped]  # long calls finish there
             host.reconcile(await cluster.read_assignment(nats, slug))
             host.start_connectors()
+
+    def _fire_schedules(self, nats: Nats) -> None:
+        """Fire due schedule ticks in a task of its own: a publish waiting out a stream's
+        election must not hold up the tick that renews this leader's lease."""
+        if self._scheduling is not None and not self._scheduling.done():
+            return
+        specs = {slug: h.deployed.specs for slug, h in self.hosts.items()}
+        self._scheduling = asyncio.create_task(self._fire(nats, specs))
+
+    async def _fire(self, nats: Nats, specs: dict[str, dict[str, FunctionSpec]]) -> None:
+        client = CallClient(nats)
+        for slug, app_specs in specs.items():
+            try:
+                await scheduler.fire_due(client, slug, app_specs, time.time())
+            except Exception as err:  # the next tick fires what is still due, with the same ids
+                self._troubled(err)
+                log.warning("firing schedules of %s failed: %s", slug, err)
 
     async def _leave(self, nats: Nats, leadership: Leadership) -> None:
         """Graceful exit: finish batches, release leases, hand over leadership and membership
@@ -391,7 +420,7 @@ class Runner:
     def _report(self, slug: str, host: AppHost, now: float) -> AppReport:
         """A version counts as running once the previous one has stopped: `wallaroo deploy`
         waits for that, so what follows a deploy (say, a replay) meets the new code."""
-        running = [h for h in self.retiring.get(slug, []) if not h.stopped]
+        running = [h for h in self.retiring.get(slug, []) if not h.partitions_released]
         if running:
             return running[0].report(now, switching_to=host.manifest.version)
         return host.report(now)
@@ -430,6 +459,7 @@ def main(url: str, opts: RunnerOptions) -> None:
                     checkpoint, opts.executor)
 
     async def body(stop: asyncio.Event) -> None:
+        forbid_blocking_calls()  # this thread runs the loop that beats, leases and commits
         if store is None:
             log.warning("no --state-store: no snapshots, changelogs of stateful stages keep growing")
         try:
@@ -441,6 +471,7 @@ def main(url: str, opts: RunnerOptions) -> None:
     run_until_signal(body)
     if runner.replacing:
         log.warning("exiting to be replaced (%s)", runner.replacing)
-        logging.shutdown()
-        # Not sys.exit: the interpreter would wait for the very thread this is meant to stop.
-        os._exit(REPLACE_EXIT)
+    logging.shutdown()
+    # The runner has left (batches committed, leases released). Not sys.exit: the interpreter
+    # would wait for threads still running user calls (their calls go to other runners).
+    os._exit(REPLACE_EXIT if runner.replacing else 0)

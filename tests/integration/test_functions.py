@@ -113,13 +113,17 @@ def test_remote_map_and_spawn_return_the_results(fns: ModuleType, cluster: DevCl
     assert wallaroo.FunctionCall.from_id(call.object_id).get(timeout=5) == 49
 
 
-def test_aio_variants(fns: ModuleType) -> None:
-    async def body() -> tuple[int, int]:
+def test_aio_variants(fns: ModuleType, tmp_path: Path) -> None:
+    async def body() -> tuple[int, int, list[int], list[int]]:
         value = await fns.square.remote.aio(6)
         call = await fns.square.spawn.aio(8)
-        return value, await call.get.aio(timeout=30)
+        mapped = [x async for x in fns.square.map.aio(range(5))]
+        starmapped = [x async for x in fns.square.starmap.aio([(2,), (3,)])]
+        await fns.append_id.for_each.aio([str(tmp_path / "ids")] * 3, range(3))
+        return value, await call.get.aio(timeout=30), mapped, starmapped
 
-    assert asyncio.run(body()) == (36, 64)
+    assert asyncio.run(body()) == (36, 64, [0, 1, 4, 9, 16], [4, 9])
+    assert len((tmp_path / "ids").read_text().splitlines()) == 3
 
 
 def test_lookup_finds_deployed_functions_and_names_missing_ones(fns: ModuleType) -> None:
@@ -273,7 +277,10 @@ def test_the_cli_calls_shows_and_cancels(cluster: DevCluster, tmp_path: Path) ->
     eventually(lambda: "value: 9" in cli("calls", "show", call_id).stdout, "the spawned call")
     failed = cli("call", "fntest", "boom", "no")
     assert failed.returncode == 1 and "boom raised ValueError: no" in failed.stderr
-    assert "Traceback" not in failed.stderr
+    assert "Traceback" not in failed.stderr and "calls show fc-" in failed.stderr
+    timed_out = cli("call", "fntest", "sleepy", "3")
+    assert timed_out.returncode == 1 and "sleepy raised FunctionTimeout" in timed_out.stderr
+    assert "Traceback" not in timed_out.stderr
     bad = cli("call", "fntest", "square", "{oops")
     assert bad.returncode == 2 and "not JSON" in bad.stderr
     unknown = cli("call", "fntest", "cube", "2")
@@ -374,3 +381,14 @@ def test_cancel_with_terminate_replaces_the_runner_process_running_a_sync_call(
         assert old.returncode == 75  # it asked to be replaced, it did not crash
         assert fns.square.remote(3) == 9  # the fresh process serves calls
         assert not (tmp_path / "woke").exists()  # the thread died with its process
+
+
+def test_a_timed_out_sync_call_does_not_keep_its_slot(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its thread cannot be stopped and runs on; the next call must still start at once."""
+    with own_cluster(tmp_path, monkeypatch, runners=1) as (_, fns):
+        with pytest.raises(wallaroo.FunctionTimeout):
+            fns.single_slot.remote(3.0)
+        started = time.monotonic()
+        assert fns.single_slot.remote(0.1) == 0.1
+        assert time.monotonic() - started < 2.0

@@ -371,12 +371,11 @@ def call(
     async def body(nc: Nats) -> str:
         try:
             return await fns.call(nc, app_name, function, values, spawn, timeout)
+        except fns.RemoteFailure as failure:  # the function's own error, raised remotely
+            fail(f"{function} raised {failure}; `wallaroo calls show {failure.call_id}` has the "
+                 "traceback")
         except TimeoutError:
-            fail(f"no result within {timeout:g}s; the call goes on")
-        except WallarooError:
-            raise
-        except Exception as exc:  # the function's own error, raised remotely: one line
-            fail(f"{function} raised {type(exc).__name__}: {exc}".splitlines()[0])
+            fail(f"no result within {timeout}s; the call goes on")
 
     typer.echo(on_nats(nats, body))
 

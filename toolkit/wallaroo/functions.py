@@ -20,7 +20,7 @@ import asyncio
 import dataclasses
 import inspect
 import queue
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -142,6 +142,9 @@ class Function:
         self.idempotency_key = idempotency_key
         self.remote = _Invoker(self._remote, self._remote_aio)
         self.spawn = _Invoker(self._spawn, self._spawn_aio)
+        self.map = _Invoker(self._map, _aio_iter(self._map))
+        self.starmap = _Invoker(self._starmap, _aio_iter(self._starmap))
+        self.for_each = _Invoker(self._for_each, _aio_call(self._for_each))
 
     def __repr__(self) -> str:
         return f"<wallaroo.Function {self.app}.{self.name}>"
@@ -196,14 +199,14 @@ class Function:
                                       idempotency_key=self.idempotency_key)
         return FunctionCall(call_id, self.url, self.name)
 
-    def map(self, *iterables: Iterable[Any], order_outputs: bool = True, return_exceptions: bool = False,
-            max_in_flight: int = MAX_IN_FLIGHT) -> Iterator[Any]:
+    def _map(self, *iterables: Iterable[Any], order_outputs: bool = True, return_exceptions: bool = False,
+             max_in_flight: int = MAX_IN_FLIGHT) -> Iterator[Any]:
         """Call the function on every item (zipped like the builtin map), at most
         `max_in_flight` calls outstanding, so a huge iterable is consumed as results come."""
-        return self.starmap(zip(*iterables, strict=False), order_outputs=order_outputs,
-                            return_exceptions=return_exceptions, max_in_flight=max_in_flight)
+        return self._starmap(zip(*iterables, strict=False), order_outputs=order_outputs,
+                             return_exceptions=return_exceptions, max_in_flight=max_in_flight)
 
-    def starmap(self, argsets: Iterable[Iterable[Any]], *, order_outputs: bool = True,
+    def _starmap(self, argsets: Iterable[Iterable[Any]], *, order_outputs: bool = True,
                 return_exceptions: bool = False, max_in_flight: int = MAX_IN_FLIGHT,
                 kwargs: dict[str, Any] | None = None) -> Iterator[Any]:
         """`f(*args)` for every `args` in `argsets`; see `map`."""
@@ -211,11 +214,30 @@ class Function:
         outcomes = _Mapper(self, max_in_flight, order_outputs).run(payloads)
         return (_outcome(o, return_exceptions) for o in outcomes)
 
-    def for_each(self, *iterables: Iterable[Any], ignore_exceptions: bool = False) -> None:
+    def _for_each(self, *iterables: Iterable[Any], ignore_exceptions: bool = False) -> None:
         """Call the function on every item for its side effects; the first error is raised
         unless `ignore_exceptions`."""
-        for _ in self.map(*iterables, order_outputs=False, return_exceptions=ignore_exceptions):
+        for _ in self._map(*iterables, order_outputs=False, return_exceptions=ignore_exceptions):
             pass
+
+
+def _aio_iter(sync: Callable[..., Iterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    """`async for x in f.map.aio(...)`: the map runs in a thread, feeding this loop."""
+
+    async def run(*args: Any, **kwargs: Any) -> AsyncIterator[T]:
+        items = sync(*args, **kwargs)
+        done = object()
+        while (item := await asyncio.to_thread(next, items, done)) is not done:
+            yield item  # type: ignore[misc]
+
+    return run
+
+
+def _aio_call(sync: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    async def run(*args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(sync, *args, **kwargs)
+
+    return run
 
 
 def _scoped_id() -> str | None:
@@ -254,16 +276,13 @@ class _Mapper:
         scope = calls.step_scope.get()
         ids = None if scope is None else [scope.next_call_id() for _ in chunk]
         future = self.fn._portal().submit(_call_chunk(self.fn, chunk, ids))
-        future.add_done_callback(self.done.put)
+        if not self.ordered:  # ordered maps take chunks in order: nothing to tell them
+            future.add_done_callback(self.done.put)
         return future
 
     def _finish_one(self, pending: list[Future[list[tuple[bool, Any]]]]) -> list[tuple[bool, Any]]:
-        if self.ordered:
-            future = pending.pop(0)
-        else:
-            future = self.done.get()
-            while future not in pending:  # finished earlier, already yielded in order
-                future = self.done.get()
+        future = pending.pop(0) if self.ordered else self.done.get()
+        if not self.ordered:
             pending.remove(future)
         return future.result()
 

@@ -111,6 +111,13 @@ def sleeper(marker: str, seconds: float) -> None:
     Path(marker).write_text("woke")
 
 
+@app.function(concurrency=1, timeout=0.5)
+def single_slot(seconds: float) -> float:
+    """One slot per runner and a short timeout: a timed-out thread must not keep the slot."""
+    time.sleep(seconds)
+    return seconds
+
+
 @app.function(concurrency=1)
 def queued(marker: str, seconds: float) -> str:
     """One at a time per runner: a second call waits for the first."""

@@ -38,10 +38,19 @@ def shown(value: Any) -> str:
         return repr(value)
 
 
+class RemoteFailure(WallarooError):
+    """The called function failed (its exception, as one line) or was cancelled."""
+
+    def __init__(self, call_id: str, result: CallResult) -> None:
+        self.call_id = call_id
+        text = f"{result.error_type.rsplit('.', 1)[-1]}: {result.error_message}"
+        super().__init__(text.splitlines()[0] if result.status == "error" else "cancelled")
+
+
 async def call(nats: Nats, app: str, function: str, args: list[Any], spawn: bool,
                timeout: float | None) -> str:
-    """Call `function` of the deployed `app`; the call id if `spawn`, else its result shown
-    (a remote exception is raised)."""
+    """Call `function` of the deployed `app`; the call id if `spawn`, else its result shown.
+    RemoteFailure if the function failed; TimeoutError if it ran past `timeout`."""
     manifest = await apps.manifest_of(nats, app)
     if manifest.function(function) is None:
         known = [f.name for f in manifest.functions if not f.methods]
@@ -52,7 +61,10 @@ async def call(nats: Nats, app: str, function: str, args: list[Any], spawn: bool
     call_id = await client.submit(manifest.slug, function, calls.pack_args(tuple(args), {}))
     if spawn:
         return call_id
-    return shown(await client.value(await client.wait(call_id, timeout)))
+    result = await client.wait(call_id, timeout)
+    if result.status != "ok":
+        raise RemoteFailure(call_id, result)
+    return shown(await client.value(result))
 
 
 @dataclass(frozen=True)

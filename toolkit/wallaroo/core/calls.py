@@ -111,7 +111,9 @@ step_scope: ContextVar[StepScope | None] = ContextVar("wallaroo_step_scope", def
 
 
 def pack_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    return bytes(cloudpickle.dumps((tuple(args), dict(kwargs)), protocol=5))
+    """The call's arguments pickled; keyword arguments in name order, so that `f(a=1, b=2)`
+    and `f(b=2, a=1)` are the same arguments to an idempotency key."""
+    return bytes(cloudpickle.dumps((tuple(args), dict(sorted(kwargs.items()))), protocol=5))
 
 
 def unpack_args(data: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -363,6 +365,12 @@ class Portal:
             msg = ("a blocking call (f.remote(), call.get()) was made on the calls thread itself; "
                    "from async code use `await f.remote.aio(...)` instead")
             raise WallarooError(msg)
+        if getattr(_thread_rules, "no_blocking", False):
+            coro.close()
+            msg = ("a function was called from a stream step running on the runner's event loop "
+                   "(it would stall, or deadlock if this runner must serve the call): attach the "
+                   "pipeline to a wallaroo.App (`app.attach(pipeline)`), whose steps run off it")
+            raise WallarooError(msg)
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -373,6 +381,14 @@ class Portal:
             self.run(self.client.nats.close())
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
+
+
+_thread_rules = threading.local()
+
+
+def forbid_blocking_calls() -> None:
+    """Refuse blocking function calls made from this thread (a runner's event loop thread)."""
+    _thread_rules.no_blocking = True
 
 
 _portals: dict[str, Portal] = {}

@@ -204,13 +204,17 @@ class StageEngine:
     def _scoped(self, step: StepSpec, rids: list[RecordId], origin: list[int] | None,
                 n: int) -> Callable[..., Any]:
         """`step.fn`, each of its `n` calls (one per value, in order) made inside the
-        StepScope of the value's input record."""
+        StepScope of the value's input record. Values a fan-out made from one record share
+        that record's scope, so their calls are numbered on (never the same id twice)."""
         assert self.scope is not None
         where, fn = self.scope, step.fn
         order = iter([rids[origin[i]] for i in range(n)] if origin is not None else rids)
+        scopes: dict[RecordId, calls.StepScope] = {}
 
         def scoped(*args: Any) -> Any:
-            token = calls.step_scope.set(calls.StepScope(where, step.name, next(order)))
+            rid = next(order)
+            scope = scopes.get(rid) or scopes.setdefault(rid, calls.StepScope(where, step.name, rid))
+            token = calls.step_scope.set(scope)
             try:
                 return fn(*args)
             finally:

@@ -165,8 +165,9 @@ class RemoteError(FunctionError):
         super().__init__(f"{type_name}: {message}\n\nremote traceback:\n{remote_traceback}")
 
 
-class FunctionTimeout(FunctionError, TimeoutError):
-    """An attempt ran past the function's `timeout=`; retried per its `retries=` policy."""
+class FunctionTimeout(FunctionError):
+    """An attempt ran past the function's `timeout=`; retried per its `retries=` policy.
+    Not a TimeoutError: that is what `get(timeout=)` raises while the call goes on."""
 
     def __init__(self, function: str, timeout: float) -> None:
         self.function, self.timeout = function, timeout

@@ -15,6 +15,9 @@ IDEMPOTENCY_BUCKET = "WL_IDEMPOTENCY"  # hash of (app, function, key) -> the cal
 SCHEDULES_BUCKET = "WL_SCHEDULES"  # "<app>.<function>" -> the last tick the leader fired
 BLOBS_BUCKET = "WL_BLOBS"  # object store: call arguments and results too large for a message
 LEADER_KEY = "leader"
+# A runner exiting with this code asks its supervisor (the dev pool, systemd) for a fresh
+# process: how a thread running a call cancelled with terminate=True is stopped.
+REPLACE_EXIT = 75
 RUNNERS_WISH_KEY = "runners"  # in CONTROL_BUCKET: how many runners the local pool should run
 
 
@@ -72,10 +75,6 @@ class AppNames:
     def calls_of(self, function: str, methods: bool) -> str:
         """What a function's (or a class's, with `methods`) consumer reads."""
         return f"wl.{self.slug}.call.{function}" + (".>" if methods else "")
-
-    def done(self, call_id: str) -> str:
-        """Core NATS subject on which a call's result is announced once it is durable."""
-        return f"wl.{self.slug}.done.{call_id}"
 
     @staticmethod
     def function_durable(function: str) -> str:

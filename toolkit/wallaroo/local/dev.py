@@ -16,12 +16,12 @@ from typing import Self
 from wallaroo.control.scale import requested_runners
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.errors import WallarooError
+from wallaroo.core.names import REPLACE_EXIT
 from wallaroo.local.auth import dev_auth
 from wallaroo.local.natsserver import NatsServer, Service
 from wallaroo.nats import Nats
 
 STOP_TIMEOUT = 15.0
-REPLACE_EXIT = 75  # a runner exiting with this asks for a fresh process (wallaroo_runtime.runner)
 WISH_POLL = 0.2  # seconds between reads of the runner count asked for
 DEFAULT_MEMBER_TTL = 3.0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from wallaroo.nats import Nats
 from wallaroo.nats.client import CREDS_ENV
 
 ROLLOUT_TIMEOUT = 60.0
+WATCH_EVERY = 0.5  # seconds between checks of the embedded cluster's runners
 
 
 def run_app(app_file: Path, url: str | None, runners: int, state_dir: Path) -> None:
@@ -35,12 +37,26 @@ def run_app(app_file: Path, url: str | None, runners: int, state_dir: Path) -> N
         return
     with DevCluster(state_dir, runners) as cluster:
         _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
+        watching = threading.Event()
+        threading.Thread(target=_watch, args=(cluster, watching), daemon=True).start()
         try:
             _deploy_and_run(app_file, cluster.url, deployed, cluster.creds("deployer"),
                             cluster.creds("client"))
         finally:
+            watching.set()
             calls.close_portals()
             _info("stopping runners and nats-server")
+
+
+def _watch(cluster: DevCluster, done: threading.Event) -> None:
+    """Replace runners that ask for it (a call cancelled with terminate=True) while the
+    entrypoint runs; say once if one died."""
+    while not done.wait(WATCH_EVERY):
+        try:
+            cluster.check_runners()
+        except WallarooError as err:
+            _info(f"{err}")
+            return
 
 
 def _deploy_and_run(app_file: Path, url: str, deployed: App, deployer: Path | None,

@@ -610,14 +610,15 @@ class Nats:
             return None
         return bytes(res.data) if res.data is not None else None
 
-    async def obj_bucket(self, bucket: str) -> None:
-        """Make sure the object store `bucket` exists."""
-        await self._obj(bucket)
+    async def obj_bucket(self, bucket: str, ttl: float | None = None) -> None:
+        """Make sure the object store `bucket` exists; with `ttl`, objects go after that
+        many seconds."""
+        await self._obj(bucket, ttl)
 
-    async def _obj(self, bucket: str) -> Any:
+    async def _obj(self, bucket: str, ttl: float | None = None) -> Any:
         try:
             return await self.js.object_store(bucket)
         except (jserr.BucketNotFoundError, jserr.NotFoundError):
-            cfg = jsapi.ObjectStoreConfig(bucket=bucket, replicas=replicas())
+            cfg = jsapi.ObjectStoreConfig(bucket=bucket, replicas=replicas(), ttl=ttl)
             return await self.js.create_object_store(bucket=bucket, config=cfg)
 
