@@ -51,6 +51,21 @@ log = logging.getLogger("wallaroo.runner")
 # How many member TTLs a spell of NATS trouble may keep owners in the assignment: longer than
 # a stream or meta election (4-9 s; 3 s is the default TTL), shorter than an operator's wait.
 TROUBLE_GRACE = 10
+# How long status shows a worker's failure that was not followed by a commit: far longer than
+# the restart backoff's cap (a crash loop never drops out), short enough that a single failure
+# of an idle partition does not hang around.
+TROUBLE_SHOWN = 60.0
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """A partition whose worker failed: how often, the last error, when (monotonic), and the
+    worker that failed (a worker started after it that commits shows the partition recovered)."""
+
+    failures: int
+    error: str
+    at: float
+    worker: PartitionWorker
 
 
 @dataclass
@@ -76,6 +91,7 @@ class AppHost:
     connector_stop: asyncio.Event = field(default_factory=asyncio.Event)
     connector_runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     sink_stats: dict[str, SinkStats] = field(default_factory=dict)
+    troubles: dict[Part, Trouble] = field(default_factory=dict)
 
     @property
     def app(self) -> Application:
@@ -140,10 +156,19 @@ class AppHost:
                 if not await lease.held():
                     return
             except Exception as err:  # a worker restarts from its changelog after any failure
-                self.failures += 1
-                log.error("worker %s/%d/%d failed (%d failures so far): %s",
-                          self.app.slug, *part, self.failures, err, exc_info=True)
+                self._worker_failed(part, worker, err)
             await asyncio.sleep(next(delays))
+
+    def _worker_failed(self, part: Part, worker: PartitionWorker, err: Exception) -> None:
+        """Count and remember the failure: the heartbeat reports a partition whose worker
+        keeps failing, so a crash loop shows in `wallaroo status` instead of only in a log."""
+        self.failures += 1
+        before = self.troubles.get(part)
+        failures = 1 + (before.failures if before else 0)
+        self.troubles[part] = Trouble(failures, f"{type(err).__name__}: {err}", time.monotonic(),
+                                      worker)
+        log.error("worker %s/%d/%d failed (%d failures so far): %s",
+                  self.app.slug, *part, failures, err, exc_info=True)
 
     def _worker(self, part: Part) -> PartitionWorker:
         stage = self.app.stages[part[0]]
@@ -206,7 +231,16 @@ class AppHost:
                    if st.running},
             switching_to=switching_to,
             functions={name: ex.report() for name, ex in sorted(self.executors.items())},
+            errors={part: f"worker failed {t.failures} time(s), last: {t.error}"
+                    for part, t in sorted(self.troubles.items()) if self._still_failing(part, t)},
         )
+
+    def _still_failing(self, part: Part, trouble: Trouble) -> bool:
+        """Owned here, failed lately, and no worker started since the failure has committed."""
+        now = self.workers.get(part)
+        recovered = now is not None and now is not trouble.worker and now.progress.commits > 0
+        recent = time.monotonic() - trouble.at < TROUBLE_SHOWN
+        return part in self.owned and recent and not recovered
 
 
 def _partition_report(w: PartitionWorker, now: float) -> PartitionReport:
@@ -215,7 +249,7 @@ def _partition_report(w: PartitionWorker, now: float) -> PartitionReport:
     return PartitionReport(commits=w.progress.commits, records=w.progress.records,
                            dead=w.progress.dead, restores=w.progress.restores,
                            committed_seq=w.state.committed_seq, rate=round(meter.records, 1),
-                           msg_rate=round(meter.messages, 2))
+                           msg_rate=round(meter.messages, 2), malformed=w.progress.malformed)
 
 
 class Runner:

@@ -416,7 +416,8 @@ def dlq_list(
     tracebacks: Annotated[bool, typer.Option("--tracebacks", help="show full tracebacks")] = False,
     nats: NatsOpt = None,
 ) -> None:
-    """List dead letters: records that failed in decoding or user code after retries."""
+    """List dead letters: records that failed in decoding or user code after retries, and
+    input messages that did not decode at all (malformed_message: kept whole, not replayable)."""
 
     async def body(nc: Nats) -> list[DeadLetter]:
         return await dlq.dead_letters(nc, await apps.manifest_of(nc, app_name), limit)
@@ -426,11 +427,13 @@ def dlq_list(
         typer.echo(f"no dead letters for {app_name}")
         return
     rows = [[str(d.seq), d.step, d.reason, str(d.attempts), d.key or "", _preview(d.payload),
-             d.error] for d in letters]
-    typer.echo(render_table(["seq", "step", "reason", "attempts", "key", "record", "error"], rows))
+             _preview(d.error, 200), "yes" if d.replayable else "no"] for d in letters]
+    typer.echo(render_table(["seq", "step", "reason", "attempts", "key", "record", "error",
+                             "replay"], rows))
     if tracebacks:
         for d in letters:
-            typer.echo(f"\n--- dead letter {d.seq} ---\n{d.traceback}")
+            where = f" (from {d.subject} seq {d.rid[0]})" if d.subject else ""
+            typer.echo(f"\n--- dead letter {d.seq}{where} ---\n{d.traceback}")
 
 
 @dlq_app.command("replay")
@@ -453,8 +456,11 @@ def dlq_replay(
     typer.echo(f"replayed {on_nats(nats, body, role='deployer')} dead letter(s)")
 
 
-def _preview(payload: bytes, width: int = 40) -> str:
-    text = payload.decode("utf-8", "replace")
+def _preview(payload: bytes | str, width: int = 40) -> str:
+    """One line of at most `width` characters. Control characters are escaped: a dead letter
+    holds whatever bytes someone sent, and they must not drive the terminal."""
+    text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: width + 1])
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

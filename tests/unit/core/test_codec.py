@@ -3,6 +3,7 @@
 import pickle
 from dataclasses import dataclass
 
+import msgpack
 import pytest
 
 from wallaroo.core import codec
@@ -51,3 +52,14 @@ def test_a_lambda_inside_a_value_round_trips() -> None:
 
     assert back["n"] == 1
     assert back["f"](5) == 15
+
+
+def test_a_batch_hands_back_bytes_and_str_records_as_bytes() -> None:
+    assert codec.unpack_batch(codec.pack_batch([b"\x00\xff", "é", ""])) == [b"\x00\xff", "é".encode(), b""]
+
+
+@pytest.mark.parametrize("bad", [b"\xc1", b"\x92\xa1a", msgpack.packb(3), msgpack.packb([b"a", 1]),
+                                 msgpack.packb([[b"a"]]), msgpack.packb({"a": 1})])
+def test_bytes_that_are_no_record_batch_raise_value_or_type_error(bad: bytes) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        codec.unpack_batch(bad)

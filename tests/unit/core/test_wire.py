@@ -11,6 +11,7 @@ import pytest
 
 from wallaroo.core.errors import WallarooError, WireError
 from wallaroo.core.wire import (
+    MALFORMED,
     AppReport,
     Assignment,
     CommitRecord,
@@ -35,8 +36,9 @@ MANIFEST = Manifest(name="Word Count", slug="word_count", version="abc", python=
                     sinks=["out"], by_value_modules=["word_count"], created=1.5, signature="s")
 BEAT = Heartbeat(
     id="r0", pid=12, host="h", started=1.0, ts=2.0, tick_failures=0,
-    apps={"wc": AppReport("v1", 0, {(1, 3): PartitionReport(4, 40, 1, 1, 99, 10.5, 0.5)},
-                          {"files": SinkReport(True, 3, 0, 0, 7, 1)}, switching_to="v2")},
+    apps={"wc": AppReport("v1", 0, {(1, 3): PartitionReport(4, 40, 1, 1, 99, 10.5, 0.5, 2)},
+                          {"files": SinkReport(True, 3, 0, 0, 7, 1)}, switching_to="v2",
+                          errors={(1, 2): "worker failed 3 time(s), last: WireError: x"})},
     errors={"other": "v9: no"},
 )
 MESSAGES: list[Any] = [
@@ -45,6 +47,8 @@ MESSAGES: list[Any] = [
                  [Out("wl.wc.out.o", b"p", "s1.0:7:0")]),
     DeadLetter("count", "count", "user_error", "ValueError: x", "tb", 3, "a", b"rec", (10, 2),
                "wc", "v1", 3.0, 1, 2),
+    DeadLetter("count", "decode", MALFORMED, "ExtraData: x", "tb", 1, None, b"\xc1junk", (10, 0),
+               "wc", "v1", 3.0, 1, 2, subject="wl.wc.d.1.2"),
     ReplayBatch(["a", None], [b"x", b"y"]),
     BEAT,
     Assignment({(0, 0): "r0", (1, 3): "r1"}),
@@ -112,3 +116,34 @@ def test_partition_keys_have_one_spelling() -> None:
     assert part_key((2, 11)) == "2.11"
     assert parse_part_key("2.11") == (2, 11)
     assert json.loads(Assignment({(2, 11): "r"}).to_wire()) == {"2.11": "r"}
+
+
+def test_replayed_letters_of_another_format_name_the_fix() -> None:
+    with pytest.raises(WireError, match="replay format 2 is not 1; upgrade the runner"):
+        ReplayBatch.from_wire(msgpack.packb([2, ["a"], [b"x"]], use_bin_type=True))
+
+
+def test_replayed_letters_written_before_the_format_number_still_read() -> None:
+    legacy = msgpack.packb([["a"], [b"x"]], use_bin_type=True)
+    assert ReplayBatch.from_wire(legacy) == ReplayBatch(["a"], [b"x"])
+
+
+def test_a_record_letter_is_written_without_a_subject_and_read_with_one_or_without() -> None:
+    record = MESSAGES[2]
+    assert "subject" not in msgpack.unpackb(record.to_wire(), raw=False)  # older readers read it
+    newer = msgpack.unpackb(MESSAGES[3].to_wire(), raw=False) | {"added_later": 1}
+    assert DeadLetter.from_wire(msgpack.packb(newer, use_bin_type=True)) == MESSAGES[3]
+
+
+def test_malformed_messages_and_letters_of_no_stage_are_not_replayable() -> None:
+    assert MESSAGES[2].replayable
+    assert not MESSAGES[3].replayable  # malformed: its stage would refuse it again
+    assert not DeadLetter("function f", "decode", "user_error", "e", "", 1, None, b"", (1, 0)).replayable
+
+
+def test_a_heartbeat_from_before_malformed_counts_and_worker_errors_still_reads() -> None:
+    body = json.loads(BEAT.to_wire())
+    del body["apps"]["wc"]["partitions"]["1.3"]["malformed"]
+    del body["apps"]["wc"]["errors"]
+    app = Heartbeat.from_wire(json.dumps(body).encode()).apps["wc"]
+    assert (app.partitions[(1, 3)].malformed, app.errors) == (0, {})

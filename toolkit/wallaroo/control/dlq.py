@@ -23,11 +23,12 @@ async def dead_letters(nats: Nats, manifest: Manifest, limit: int = 1000) -> lis
 async def replay_dead_letters(nats: Nats, manifest: Manifest, seqs: set[int] | None = None) -> int:
     """Re-inject dead letters (all, or those with the given DLQ sequence numbers) into the
     stage that dead-lettered them, then remove them from the dead-letter stream. A letter
-    that fails again is dead-lettered again, as a new entry. Returns how many were replayed."""
+    that fails again is dead-lettered again, as a new entry. Returns how many were replayed.
+    Letters that are not `replayable` stay where they are: a malformed message would only be
+    refused again (and again), and a letter of no stage has nowhere to go."""
     names = AppNames(manifest.slug)
-    # Letters of no stage (a message in the calls stream that is no call) cannot go back.
     letters = [d for d in await dead_letters(nats, manifest, limit=100_000)
-               if (seqs is None or d.seq in seqs) and d.stage_index >= 0]
+               if (seqs is None or d.seq in seqs) and d.replayable]
     outs = [_replay_out(names, manifest, d) for d in letters]
     await nats.publish_all(outs)
     for d in letters:

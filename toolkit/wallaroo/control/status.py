@@ -22,7 +22,7 @@ from wallaroo.nats import Nats
 
 APP_COLUMNS = ["app", "version", "stage", "name", "partitions", "pending", "ack pending"]
 PARTITION_COLUMNS = ["app", "stage", "partition", "owner", "running on", "committed seq", "lag",
-                     "records/s"]
+                     "records/s", "malformed"]
 RUNNER_COLUMNS = ["runner", "role", "pid", "host", "partitions", "commits", "records", "records/s",
                   "heartbeat"]
 FUNCTION_COLUMNS = ["app", "function", "schedule", "pending", "running", "done", "failed", "retried",
@@ -56,9 +56,18 @@ async def gather(nats: Nats) -> Status:
             apps.append([manifest.name, manifest.version, str(lag.stage), lag.name,
                          str(lag.partitions), str(lag.pending), str(lag.ack_pending)])
         partitions += await _partition_rows(nats, manifest, beats, by_part)
-    problems = [[b.id, app, err] for b in beats for app, err in sorted(b.errors.items())]
     runners = [_runner_row(b, leader) for b in beats]
-    return Status(apps, partitions, runners, _sink_rows(beats), problems, functions)
+    return Status(apps, partitions, runners, _sink_rows(beats), _problem_rows(beats), functions)
+
+
+def _problem_rows(beats: list[Heartbeat]) -> list[list[str]]:
+    """Versions a runner cannot run, and partitions whose worker keeps failing there."""
+    rows = [[b.id, app, err] for b in beats for app, err in sorted(b.errors.items())]
+    for b in beats:
+        for slug, app in sorted(b.apps.items()):
+            rows += [[b.id, slug, f"stage {stage} partition {part}: {err}"]
+                     for (stage, part), err in sorted(app.errors.items())]
+    return rows
 
 
 async def _function_rows(nats: Nats, m: Manifest, beats: list[Heartbeat]) -> list[list[str]]:
@@ -101,7 +110,7 @@ async def _partition_rows(nats: Nats, m: Manifest, beats: list[Heartbeat],
         rep = reports.get((running, part))
         rows.append([m.name, str(part[0]), str(part[1]), owners.get(part, "-"), running,
                      str(rep.committed_seq) if rep else "-", "-" if lag is None else str(sum(lag)),
-                     str(rep.rate) if rep else "-"])
+                     str(rep.rate) if rep else "-", str(rep.malformed) if rep else "-"])
     return rows
 
 

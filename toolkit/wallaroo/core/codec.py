@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import cloudpickle
 import msgpack
@@ -44,8 +44,20 @@ def pack_batch(records: Sequence[bytes | str]) -> bytes:
 
 
 def unpack_batch(data: bytes) -> list[bytes]:
-    """The records of a batch, as bytes."""
-    return [r.encode("utf-8") if isinstance(r, str) else r for r in msgpack.unpackb(data, raw=False)]
+    """The records of a batch, as bytes (a str record as its UTF-8). Bytes that are no
+    batch (not msgpack, or not a list of bin/str) raise ValueError or TypeError."""
+    # raw=True hands str records over as their UTF-8 bytes: no re-encoding, and the one
+    # type check per record below is all the shape check a batch needs.
+    records = msgpack.unpackb(data, raw=True)
+    if type(records) is not list:
+        msg = f"a record batch is a msgpack list, not {type(records).__name__}"
+        raise TypeError(msg)
+    return [r if type(r) is bytes else _not_a_record(r) for r in records]
+
+
+def _not_a_record(value: Any) -> NoReturn:
+    msg = f"a record is msgpack bin or str, not {type(value).__name__}"
+    raise TypeError(msg)
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal, TypeVar
 
 import msgpack
@@ -36,6 +36,8 @@ T = TypeVar("T")
 Part = tuple[int, int]  # (stage index, partition)
 COMMIT_FORMAT = 1
 MANIFEST_FORMAT = 1
+REPLAY_FORMAT = 1
+MALFORMED = "malformed_message"  # the dead-letter reason of a message whose bytes do not decode
 
 
 def _parse(what: str, data: bytes, build: Callable[[Any], T]) -> T:
@@ -59,6 +61,13 @@ def _msgpack(data: bytes) -> Any:
 
 def _pack(body: Any) -> bytes:
     return bytes(msgpack.packb(body, use_bin_type=True))
+
+
+def _known(cls: type[Any], d: Mapping[str, Any]) -> dict[str, Any]:
+    """`d` without the fields `cls` does not know: a newer writer's additions, which an
+    older reader (a CLI behind its cluster) skips instead of refusing the whole message."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
 
 
 def _str_map(d: Any, cast: Callable[[Any], T]) -> dict[str, T]:
@@ -205,23 +214,32 @@ class DeadLetter:
     stage_index: int = -1
     partition: int = -1
     seq: int = 0  # its sequence in the dead-letter stream, once read from there
+    subject: str = ""  # where a malformed message arrived ("" for a record's letter)
 
     def placed(self, app: str, version: str, ts: float, stage_index: int, partition: int) -> DeadLetter:
-        return DeadLetter(self.stage, self.step, self.reason, self.error, self.traceback,
-                          self.attempts, self.key, self.payload, self.rid, app, version, ts,
-                          stage_index, partition)
+        return replace(self, app=app, version=version, ts=ts, stage_index=stage_index,
+                       partition=partition, seq=0)
+
+    @property
+    def replayable(self) -> bool:
+        """Can `wallaroo dlq replay` send it back? Not a letter of no stage (a calls-stream
+        message), nor a malformed message: the stage would refuse the same bytes again."""
+        return self.stage_index >= 0 and self.reason != MALFORMED
 
     def to_wire(self) -> bytes:
         body = asdict(self)
         del body["seq"]
+        if not self.subject:
+            del body["subject"]  # so that readers older than the field read record letters
         body["rid"] = list(self.rid)
         return _pack(body)
 
     @classmethod
     def from_wire(cls, data: bytes, seq: int = 0) -> DeadLetter:
         def build(raw: bytes) -> DeadLetter:
-            d = _msgpack(raw)
+            d = _known(cls, _msgpack(raw))
             rid = d.pop("rid")
+            d.pop("seq", None)
             return cls(**d, rid=(int(rid[0]), int(rid[1])), seq=seq)
 
         return _parse("dead letter", data, build)
@@ -236,12 +254,18 @@ class ReplayBatch:
     blobs: list[bytes]
 
     def to_wire(self) -> bytes:
-        return _pack([self.keys, self.blobs])
+        return _pack([REPLAY_FORMAT, self.keys, self.blobs])
 
     @classmethod
     def from_wire(cls, data: bytes) -> ReplayBatch:
         def build(raw: bytes) -> ReplayBatch:
-            keys, blobs = _msgpack(raw)
+            body = _msgpack(raw)
+            if len(body) == 2:  # written before the format number (the same layout)
+                body = [REPLAY_FORMAT, *body]
+            version, keys, blobs = body
+            if version != REPLAY_FORMAT:
+                msg = f"replay format {version!r} is not {REPLAY_FORMAT}; upgrade the runner"
+                raise ValueError(msg)
             if len(keys) != len(blobs):
                 msg = f"{len(keys)} keys for {len(blobs)} values"
                 raise ValueError(msg)
@@ -262,6 +286,7 @@ class PartitionReport:
     committed_seq: int
     rate: float  # records/s
     msg_rate: float  # input messages/s: what the autoscaler compares with consumer lag
+    malformed: int = 0  # input messages dead-lettered whole: their bytes did not decode
 
 
 @dataclass(frozen=True)
@@ -297,21 +322,26 @@ class AppReport:
     sinks: dict[str, SinkReport]
     switching_to: str | None = None
     functions: dict[str, FunctionReport] = field(default_factory=dict)
+    # Partitions whose worker keeps failing (the runner restarts it): the last error.
+    errors: dict[Part, str] = field(default_factory=dict)
 
     def _body(self) -> dict[str, Any]:
         return {"version": self.version, "failures": self.failures,
                 "partitions": {part_key(k): asdict(v) for k, v in self.partitions.items()},
                 "sinks": {k: asdict(v) for k, v in self.sinks.items()},
                 "switching_to": self.switching_to,
-                "functions": {k: asdict(v) for k, v in self.functions.items()}}
+                "functions": {k: asdict(v) for k, v in self.functions.items()},
+                "errors": {part_key(k): v for k, v in self.errors.items()}}
 
     @classmethod
     def _build(cls, d: Mapping[str, Any]) -> AppReport:
         return cls(str(d["version"]), int(d["failures"]),
-                   {parse_part_key(k): PartitionReport(**v) for k, v in d["partitions"].items()},
+                   {parse_part_key(k): PartitionReport(**_known(PartitionReport, v))
+                    for k, v in d["partitions"].items()},
                    {str(k): SinkReport(**v) for k, v in d["sinks"].items()},
                    d.get("switching_to"),
-                   {str(k): FunctionReport(**v) for k, v in d.get("functions", {}).items()})
+                   {str(k): FunctionReport(**v) for k, v in d.get("functions", {}).items()},
+                   {parse_part_key(k): v for k, v in _str_map(d.get("errors", {}), str).items()})
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import logging
 import pickle
 import secrets
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from wallaroo.core import codec
@@ -23,7 +24,7 @@ from wallaroo.core.engine import (
     StageEngine,
 )
 from wallaroo.core.names import REPLAY_PREFIX, AppNames, internal_msg_id, parse_internal
-from wallaroo.core.wire import CommitRecord, DeadLetter, ReplayBatch
+from wallaroo.core.wire import MALFORMED, CommitRecord, DeadLetter, ReplayBatch
 from wallaroo.nats.protocol import Consumer, InMsg, Out, WorkerNats
 from wallaroo.plan import Application, Stage
 
@@ -31,11 +32,13 @@ log = logging.getLogger("wallaroo.worker")
 
 
 class Fresh(NamedTuple):
-    """An input message not yet committed, with its records' keys and values."""
+    """An input message not yet committed, with its records' keys and values; or, when its
+    bytes did not decode, no records and the dead letter that keeps it whole."""
 
     msg: InMsg
     keys: list[str | None]
     values: list[Any]
+    malformed: DeadLetter | None = None
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,9 @@ class Progress:
     commits: int = 0
     messages: int = 0
     records: int = 0
-    dead: int = 0
+    dead: int = 0  # dead letters, malformed messages included
     restores: int = 0
+    malformed: int = 0  # input messages dead-lettered whole: their bytes did not decode
 
 
 @dataclass
@@ -209,29 +213,44 @@ class PartitionWorker:
             if m.stream_seq <= self.state.committed_seq or _seen_producer_seq(m, seen):
                 stale.append(m)
             else:
-                fresh.append(Fresh(m, *self._records(m)))
+                fresh.append(self._decode(m))
         return fresh, stale
+
+    def _decode(self, m: InMsg) -> Fresh:
+        """The message's records, or its dead letter: a message that does not decode is
+        committed as a dead letter and acked like any other, so it never stalls the partition."""
+        try:
+            return Fresh(m, *self._records(m))
+        except Exception as err:  # unpickling can raise anything: it is this message's fault
+            return Fresh(m, [], [], self._malformed(m, err))
 
     def _records(self, m: InMsg) -> tuple[list[str | None], list[Any]]:
         """Keys and values of an input message: raw records for a source stage (the decoder
         runs in the engine), (keys, values) pickled by the upstream stage otherwise."""
         if self.stage.source is not None:
             raws = codec.unpack_batch(m.data)
-            return [None] * len(raws), list(raws)
+            return [None] * len(raws), raws
         if m.msg_id.startswith(REPLAY_PREFIX):
             # A replayed dead letter: its value was pickled by a runner (`wallaroo dlq replay`
             # cannot unpickle app classes), so it travels as bytes.
             replay = ReplayBatch.from_wire(m.data)
             return replay.keys, [codec.loads(b) for b in replay.blobs]
-        keys, values = codec.loads(m.data)
-        return keys, values
+        return _columns(codec.loads(m.data))
+
+    def _malformed(self, m: InMsg, err: Exception) -> DeadLetter:
+        log.warning("%s: message seq %d does not decode, dead-lettered whole: %s: %s",
+                    self.in_subject, m.stream_seq, type(err).__name__, err)
+        return DeadLetter(self.stage.name, "decode", MALFORMED, f"{type(err).__name__}: {err}",
+                          "".join(traceback.format_exception(err)), 1, None, bytes(m.data),
+                          (m.stream_seq, 0), subject=self.in_subject)
 
     async def _commit_batch(self, batch: list[Fresh]) -> None:
         records = Batch()
-        for m, keys, values in batch:
+        for m, keys, values, _ in batch:
             records.add(m.stream_seq, keys, values)
+        malformed = [f.malformed for f in batch if f.malformed is not None]
         started = time.perf_counter()
-        result = await self._execute(records)
+        result = _with_letters(await self._execute(records), malformed)
         self._seconds_per_record = (time.perf_counter() - started) / max(1, len(records))
         try:
             rec, encoded = self._commit_record(batch, result)
@@ -243,18 +262,19 @@ class PartitionWorker:
                 return
             log.warning("%s: outputs of seq %d cannot be committed (%s); checking records one "
                         "by one", self.in_subject, batch[0].msg.stream_seq, err)
-            result = await self._execute(records, check_outputs=self.max_output_bytes)
+            result = _with_letters(await self._execute(records, check_outputs=self.max_output_bytes),
+                                   malformed)
             try:
                 rec, encoded = self._commit_record(batch, result)
             except _TooBig as too_big:
                 # Still too big all together (many outputs, a huge state, big dead letters):
                 # the message's records go to the dead-letter stream, so the partition flows.
-                result = self._all_dead(records, str(too_big))
+                result = self._all_dead(records, malformed, str(too_big))
                 rec, encoded = self._commit_record(batch, result)
         await self._append(rec, encoded)
         await self.nats.publish_all(rec.outs)
         await asyncio.gather(*(f.msg.ack() for f in batch))
-        self._count(result, len(batch))
+        self._count(result, len(batch), len(malformed))
         await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
 
     def _commit_record(self, batch: list[Fresh], result: BatchResult) -> tuple[CommitRecord, bytes]:
@@ -281,12 +301,14 @@ class PartitionWorker:
         )
         self.state.apply(rec)
 
-    def _all_dead(self, records: Batch, why: str) -> BatchResult:
-        """Every record of `records` dead-lettered (payload cut to fit), state untouched."""
-        limit = self.max_output_bytes // max(1, len(records))
+    def _all_dead(self, records: Batch, malformed: list[DeadLetter], why: str) -> BatchResult:
+        """Every record of `records` dead-lettered, and the malformed messages' letters, each
+        payload cut to fit; state untouched."""
+        limit = self.max_output_bytes // max(1, len(records) + len(malformed))
         dead = [DeadLetter(self.stage.name, "commit", "commit_too_large", why, "", 1, item.key,
                            _cut(item.value, limit), item.rid)
                 for item in records.items()]
+        dead += [_cut_letter(d, limit) for d in malformed]
         return BatchResult(dead=dead, records_in=len(records))
 
     @property
@@ -301,11 +323,12 @@ class PartitionWorker:
         fits = int(self.cfg.target_commit_seconds / self._seconds_per_record)
         return max(1, min(self.cfg.max_records, fits))
 
-    def _count(self, result: BatchResult, messages: int) -> None:
+    def _count(self, result: BatchResult, messages: int, malformed: int) -> None:
         self.progress.commits += 1
         self.progress.messages += messages
         self.progress.records += result.records_in
         self.progress.dead += len(result.dead)
+        self.progress.malformed += malformed
 
     async def _execute(self, items: Batch, check_outputs: int | None = None) -> BatchResult:
         retrier = Retrier(self.cfg.retry, self.stage.name)
@@ -361,10 +384,10 @@ def _chunks(fresh: list[Fresh], max_records: int) -> list[list[Fresh]]:
     """Group input messages into commits of at most `max_records` records (at least one
     message each), so a commit record stays well under the NATS max payload."""
     chunks: list[list[Fresh]] = []
-    size = max_records
+    size = 0
     for entry in fresh:
-        n = len(entry.values)
-        if size + n > max_records:
+        n = len(entry.values)  # 0 for a malformed message: it rides along with any commit
+        if not chunks or size + n > max_records:
             chunks.append([])
             size = 0
         chunks[-1].append(entry)
@@ -375,3 +398,30 @@ def _chunks(fresh: list[Fresh], max_records: int) -> list[list[Fresh]]:
 def _cut(value: Any, limit: int) -> bytes:
     data = value if isinstance(value, bytes) else codec.dumps(value)
     return data[:limit]
+
+
+def _cut_letter(letter: DeadLetter, limit: int) -> DeadLetter:
+    """A malformed message's letter in at most about `limit` bytes: its payload's start."""
+    if len(letter.payload) + len(letter.error) + len(letter.traceback) <= limit:
+        return letter
+    keep = limit // 2
+    error = f"{letter.error[:keep]} (a message of {len(letter.payload)} bytes, cut to {keep})"
+    return replace(letter, payload=letter.payload[:keep], error=error, traceback="")
+
+
+def _with_letters(result: BatchResult, malformed: list[DeadLetter]) -> BatchResult:
+    """`result` with the malformed messages' letters: committed with it, so exactly once."""
+    result.dead += malformed
+    return result
+
+
+def _columns(body: Any) -> tuple[list[str | None], list[Any]]:
+    """(keys, values) as an upstream stage pickled them; anything else is no input batch."""
+    if type(body) is not tuple or len(body) != 2:
+        msg = f"an internal batch is a (keys, values) pair, not {type(body).__name__}"
+        raise TypeError(msg)
+    keys, values = body
+    if type(keys) is not list or type(values) is not list or len(keys) != len(values):
+        msg = "an internal batch's keys and values are two lists of one length"
+        raise TypeError(msg)
+    return keys, values
