@@ -298,7 +298,8 @@ def test_wallaroo_run_deploys_runs_the_entrypoint_and_stops(tmp_path: Path) -> N
     res = subprocess.run([sys.executable, "-m", "wallaroo", "run", str(APP)], env=env, text=True,
                          capture_output=True, stdin=subprocess.DEVNULL, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == ["16", str([x * x for x in range(10)])]
+    assert res.stdout.splitlines() == ["16", str([x * x for x in range(10)]),
+                                       "caught AppSpecificError: only the runner knows this class"]
     url = res.stderr.split("nats-server at ")[1].split(",")[0].removeprefix("nats://")
     assert subprocess.run(["pgrep", "-f", url], capture_output=True).returncode == 1
 

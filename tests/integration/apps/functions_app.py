@@ -152,3 +152,7 @@ class Model:
 def main() -> None:
     print(square.remote(4))
     print(list(square.map(range(10))))
+    try:
+        custom_boom.remote()
+    except AppSpecificError as err:  # the app's own class, rebuilt in `wallaroo run`
+        print(f"caught {type(err).__name__}: {err}")

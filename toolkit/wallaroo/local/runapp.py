@@ -15,7 +15,8 @@ from wallaroo.control.status import wait_rollout
 from wallaroo.core import calls
 from wallaroo.core.calls import cluster_creds
 from wallaroo.core.errors import AppLoadError, WallarooError
-from wallaroo.core.packaging import load_deployable
+from wallaroo.core.packaging import load_deployable, register_classes
+from wallaroo.core.wire import Manifest
 from wallaroo.functions import App
 from wallaroo.local.dev import DevCluster
 from wallaroo.nats import Nats
@@ -63,16 +64,19 @@ def _deploy_and_run(app_file: Path, url: str, deployed: App, deployer: Path | No
                     client: Path | None) -> None:
     os.environ["WALLAROO_NATS"] = url  # where the entrypoint's calls (f.remote...) go
     started = time.monotonic()
-    version = asyncio.run(_deploy(app_file, url, deployer))
+    manifest = asyncio.run(_deploy(app_file, url, deployer))
     if client is not None:
         os.environ[CREDS_ENV] = str(client)  # ... made with the client role's rights
-    _info(f"deployed {deployed.name} version {version} in {time.monotonic() - started:.1f}s; "
-          "running its local entrypoint")
+    # The app's classes get the importable homes the runners gave them, so an exception
+    # class of the app raised remotely is rebuilt here as itself (not as a RemoteError).
+    register_classes(deployed, manifest)
+    _info(f"deployed {deployed.name} version {manifest.version} in "
+          f"{time.monotonic() - started:.1f}s; running its local entrypoint")
     assert deployed.entrypoint is not None
     deployed.entrypoint()
 
 
-async def _deploy(app_file: Path, url: str, creds: Path | None) -> str:
+async def _deploy(app_file: Path, url: str, creds: Path | None) -> Manifest:
     nats = await Nats.connect(url, name="wallaroo-run", persistent=False, creds=creds)
     try:
         manifest = await apps.deploy(nats, app_file)
@@ -81,7 +85,7 @@ async def _deploy(app_file: Path, url: str, creds: Path | None) -> str:
             why = "; ".join(f"{r}: {e}" for r, e in state.failed.items()) or "no runner took it"
             msg = f"runners did not take {manifest.name} {manifest.version}: {why}"
             raise WallarooError(msg)
-        return manifest.version
+        return manifest
     finally:
         await nats.close()
 
