@@ -14,11 +14,11 @@ import typer
 from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.scale import request_runners
 from wallaroo.control.tables import render_table
-from wallaroo.core.calls import cluster_creds, cluster_url
+from wallaroo.core.calls import cluster_creds, cluster_tls_ca, cluster_url
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import DeadLetter
 from wallaroo.nats import Nats
-from wallaroo.nats.client import CREDS_ENV
+from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
 
 T = TypeVar("T")
 
@@ -31,14 +31,23 @@ app.add_typer(calls_app, name="calls")
 default_nats = cluster_url  # --nats default: $WALLAROO_NATS, a `wallaroo dev` here, localhost
 CREDS_HELP = ("nkey seed file to connect with (default: $WALLAROO_CREDS, else the role's file "
               "of the `wallaroo dev` in this folder, .wallaroo/dev/creds/)")
+TLS_CA_HELP = ("CA to verify a tls:// server with (default: $WALLAROO_TLS_CA, else the CA of the "
+               "`wallaroo dev --tls` in this folder, .wallaroo/dev/tls/ca.pem)")
+TlsCaOpt = Annotated[Path | None, typer.Option("--tls-ca", help=TLS_CA_HELP, dir_okay=False)]
 
 
 @app.callback()
 def _global(creds: Annotated[Path | None, typer.Option("--creds", help=CREDS_HELP,
-                             dir_okay=False)] = None) -> None:
+                             dir_okay=False)] = None, tls_ca: TlsCaOpt = None) -> None:
     """Exactly-once stream processing and serverless functions on NATS JetStream."""
     if creds is not None:
         os.environ[CREDS_ENV] = str(creds)  # every connection of this command uses it
+    _use_tls_ca(tls_ca)
+
+
+def _use_tls_ca(tls_ca: Path | None) -> None:
+    if tls_ca is not None:
+        os.environ[TLS_CA_ENV] = str(tls_ca)  # every connection of this command verifies with it
 
 
 NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (default: $WALLAROO_NATS, "
@@ -62,7 +71,7 @@ def fail(text: str) -> NoReturn:
 
 async def _connect(url: str | None, role: str) -> Nats:
     return await Nats.connect(url or default_nats(), name="wallaroo-cli", persistent=False,
-                              creds=cluster_creds(role))
+                              creds=cluster_creds(role), tls_ca=cluster_tls_ca())
 
 
 def on_nats(url: str | None, fn: Callable[[Nats], Awaitable[T]], role: str = "client") -> T:
@@ -95,6 +104,8 @@ def dev(
     max_runners: Annotated[int, typer.Option(min=1, help="with --autoscale")] = 4,
     idle_to_zero: Annotated[float | None, typer.Option(help="with --autoscale and "
                             "--min-runners 0")] = None,
+    tls: Annotated[bool, typer.Option("--tls", help="nats-server speaks TLS only, with a CA "
+                   "made for it (STATE_DIR/tls/ca.pem), which commands run here verify")] = False,
 ) -> None:
     """Run APP on a local cluster (embedded nats-server + runners), printing every output."""
     from wallaroo.local.devrun import run_dev
@@ -106,7 +117,7 @@ def dev(
                        "--interval", "0.5"]
         scaler_args += ["--idle-to-zero", str(idle_to_zero)] if idle_to_zero is not None else []
     try:
-        code = run_dev(app_file, input, runners, source, state_dir, timeout, scaler_args)
+        code = run_dev(app_file, input, runners, source, state_dir, timeout, scaler_args, tls)
     except WallarooError as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         raise typer.Exit(1) from None
@@ -277,6 +288,7 @@ def autoscaler(
     creds: Annotated[Path | None, typer.Option("--creds", help="nkey seed file (the runner role "
                      "reads lags and writes the control bucket; default: $WALLAROO_CREDS)",
                      dir_okay=False)] = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
     """Follow queue lag: observe lag and rates, decide a runner count, act through a backend.
     Every decision is logged with its reason."""
@@ -291,6 +303,7 @@ def autoscaler(
         raise typer.BadParameter(msg)
     if creds is not None:
         os.environ[CREDS_ENV] = str(creds)
+    _use_tls_ca(tls_ca)
     autoscaler_main(nats or default_nats(), backend, policy, interval, asg_group, region)
 
 
@@ -312,6 +325,7 @@ def runner(
                                    "before it fails with RunnerLost")] = 8,
     creds: Annotated[Path | None, typer.Option("--creds", help="the runner role's nkey seed "
                      "file (default: $WALLAROO_CREDS)", dir_okay=False)] = None,
+    tls_ca: TlsCaOpt = None,
 ) -> None:
     """Run a long-lived runner: join the cluster, run the partitions and serve the
     functions assigned to it."""
@@ -322,6 +336,7 @@ def runner(
     opts = RunnerOptions(runner_id, member_ttl, state_store, snapshot_every, snapshot_seconds,
                          ExecutorConfig(call_ack_wait, call_max_deliveries),
                          str(creds) if creds else os.environ.get(CREDS_ENV))
+    _use_tls_ca(tls_ca)  # the runner's connections verify the server with it
     try:
         runner_main(nats or default_nats(), opts)
     except WallarooError as err:
@@ -338,12 +353,13 @@ def run_command(
                        "cluster")] = 1,
     state_dir: Annotated[Path, typer.Option(help="the embedded cluster's data and logs")] = Path(
         ".wallaroo/run"),
+    tls: Annotated[bool, typer.Option("--tls", help="the embedded cluster speaks TLS only")] = False,
 ) -> None:
     """Deploy APP and run its @app.local_entrypoint() here, against the deployed functions."""
     from wallaroo.local.runapp import run_app
 
     try:
-        run_app(app_file, nats, runners, state_dir)
+        run_app(app_file, nats, runners, state_dir, tls)
     except WallarooError as err:
         fail(str(err))
 

@@ -30,12 +30,13 @@ from wallaroo.core.errors import CallCancelled, IdempotencyConflict, RemoteError
 from wallaroo.core.names import BLOBS_BUCKET, IDEMPOTENCY_BUCKET, RESULTS_BUCKET, AppNames
 from wallaroo.core.wire import CallRequest, CallResult, CancelNotice, IdempotencyClaim
 from wallaroo.nats import Nats, Out
-from wallaroo.nats.client import CREDS_ENV
+from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
 
 T = TypeVar("T")
 DEFAULT_NATS = "nats://127.0.0.1:4222"
 DEV_URL_FILE = Path(".wallaroo/dev/url")
 DEV_CREDS_DIR = Path(".wallaroo/dev/creds")
+DEV_TLS_CA = Path(".wallaroo/dev/tls/ca.pem")
 INLINE_MAX = 256 * 1024  # larger arguments and results go through the object store
 RESULT_TTL = 7 * 24 * 3600.0  # seconds a result is kept (the results bucket's max age)
 RECHECK = 5.0  # seconds between bucket reads of a long wait (see CallClient._settled)
@@ -61,6 +62,15 @@ def cluster_creds(role: str) -> Path | None:
         return Path(env)
     dev = DEV_CREDS_DIR / f"{role}.nk"
     return dev if dev.is_file() else None
+
+
+def cluster_tls_ca() -> Path | None:
+    """The CA to verify a tls:// cluster with: $WALLAROO_TLS_CA, else the CA of a
+    `wallaroo dev --tls` in this folder (None: the system's CAs)."""
+    env = os.environ.get(TLS_CA_ENV)
+    if env:
+        return Path(env)
+    return DEV_TLS_CA if DEV_TLS_CA.is_file() else None
 
 
 def done_subject(call_id: str) -> str:
@@ -354,7 +364,8 @@ class Portal:
         self.client: CallClient = self.run(self._connect())
 
     async def _connect(self) -> CallClient:
-        nats = await Nats.connect(self.url, name="wallaroo-caller", creds=cluster_creds("client"))
+        nats = await Nats.connect(self.url, name="wallaroo-caller", creds=cluster_creds("client"),
+                                  tls_ca=cluster_tls_ca())
         client = CallClient(nats)
         await client.setup()
         return client

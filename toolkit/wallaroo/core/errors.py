@@ -121,6 +121,19 @@ class CredentialsError(WallarooError, PermissionError):
         )
 
 
+class TlsError(WallarooError, ConnectionError):
+    """The server's certificate did not verify (or a TLS server was asked in plain text)."""
+
+    def __init__(self, url: str, ca: str | None, why: str) -> None:
+        self.url, self.ca = url, ca
+        used = f"the CA in {ca}" if ca else "the system's CAs"
+        fix = ("connect to its tls:// URL" if url.startswith("nats://") else
+               "run the command in the folder of the `wallaroo dev --tls` that started it (it "
+               "reads .wallaroo/dev/tls/ca.pem), or pass --tls-ca FILE (or set WALLAROO_TLS_CA) "
+               "to the CA that signed the server's certificate")
+        super().__init__(f"NATS at {url}: TLS failed with {used} ({why}): {fix}")
+
+
 class RecordTooLargeError(WallarooError, ValueError):
     def __init__(self, index: int, size: int, limit: int) -> None:
         self.index, self.size, self.limit = index, size, limit

@@ -19,6 +19,7 @@ from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import REPLACE_EXIT
 from wallaroo.local.auth import dev_auth
 from wallaroo.local.natsserver import NatsServer, Service
+from wallaroo.local.tls import dev_tls
 from wallaroo.nats import Nats
 
 STOP_TIMEOUT = 15.0
@@ -172,16 +173,19 @@ class DevCluster(Service):
 
     def __init__(self, state_dir: Path, runners: int = 1, fresh: bool = True,
                  member_ttl: float = DEFAULT_MEMBER_TTL, state_store: str | None = None,
-                 runner_args: Sequence[str] = ()) -> None:
-        """Snapshots go to `state_store` (default: file://STATE_DIR/state)."""
+                 runner_args: Sequence[str] = (), tls: bool = False) -> None:
+        """Snapshots go to `state_store` (default: file://STATE_DIR/state). `tls`: the client
+        port speaks TLS only, with a certificate of a CA made here (STATE_DIR/tls/ca.pem)."""
         if fresh and state_dir.exists():
             shutil.rmtree(state_dir)
         self.state_dir = state_dir
         self.auth = dev_auth(state_dir)  # authentication is on: one key per role
-        self.server = NatsServer(state_dir / "nats", auth=self.auth)
+        self.tls = dev_tls(state_dir) if tls else None
+        self.server = NatsServer(state_dir / "nats", auth=self.auth, tls=self.tls)
         store = state_store or f"file://{(state_dir / 'state').resolve()}"
         self.pool = RunnerPool(self.server.url, state_dir / "logs", member_ttl, store,
-                               [*runner_args, "--creds", str(self.auth.seed("runner"))])
+                               [*runner_args, "--creds", str(self.auth.seed("runner")),
+                                *self.tls_args()])
         self.initial = runners
 
     @property
@@ -191,6 +195,15 @@ class DevCluster(Service):
     def creds(self, role: str) -> Path:
         """The nkey seed file of `role` (runner, deployer, client) for this cluster."""
         return self.auth.seed(role)
+
+    @property
+    def tls_ca(self) -> Path | None:
+        """The CA file clients verify this cluster with (None: no TLS)."""
+        return self.tls.ca.resolve() if self.tls else None
+
+    def tls_args(self) -> list[str]:
+        """`--tls-ca FILE` for the `wallaroo` processes started on this cluster."""
+        return ["--tls-ca", str(self.tls_ca)] if self.tls_ca else []
 
     @property
     def runners(self) -> list[RunnerProcess]:

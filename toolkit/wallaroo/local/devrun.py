@@ -21,14 +21,16 @@ from wallaroo.nats import Nats
 
 
 def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
-            state_dir: Path, timeout: float, autoscale: Sequence[str] | None = None) -> int:
+            state_dir: Path, timeout: float, autoscale: Sequence[str] | None = None,
+            tls: bool = False) -> int:
     """`autoscale`: arguments for a `wallaroo autoscaler --backend local` process, which then
-    sizes the runner pool; None: the pool keeps `runners` (or what `wallaroo scale` asks)."""
+    sizes the runner pool; None: the pool keeps `runners` (or what `wallaroo scale` asks).
+    `tls`: nats-server speaks TLS only, with a CA made under STATE_DIR/tls (see DevCluster)."""
     app, _ = load_app(app_file)  # fail on a broken app before starting anything
     if input_file is not None and source is None and len(app.sources) != 1:
         msg = f"{app.name} has several sources ({', '.join(app.sources)}): pass --source NAME"
         raise WallarooError(msg)
-    cluster = DevCluster(state_dir, runners)
+    cluster = DevCluster(state_dir, runners, tls=tls)
     with cluster:
         url_file = state_dir / "url"
         url_file.write_text(cluster.url)
@@ -49,7 +51,8 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    nats = await Nats.connect(cluster.url, name="wallaroo-dev", creds=cluster.creds("deployer"))
+    nats = await Nats.connect(cluster.url, name="wallaroo-dev", creds=cluster.creds("deployer"),
+                              tls_ca=cluster.tls_ca)
     printer: _Printer | None = None
     sizer: asyncio.Task[None] | None = None
     try:
@@ -79,7 +82,7 @@ async def _size_pool(nats: Nats, cluster: DevCluster, autoscale: Sequence[str] |
     extra arguments), which writes its decisions there."""
     scaler = None
     if autoscale is not None:
-        args = [*autoscale, "--creds", str(cluster.creds("runner"))]
+        args = [*autoscale, "--creds", str(cluster.creds("runner")), *cluster.tls_args()]
         scaler = ServiceProcess("autoscaler", autoscaler_command(cluster.url, args),
                                 cluster.state_dir / "logs").start()
         _info(f"autoscaler process started; its decisions are in {scaler.log_file}")

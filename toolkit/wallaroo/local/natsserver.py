@@ -17,6 +17,7 @@ from typing import Any, Self
 
 from wallaroo.core.errors import WallarooError
 from wallaroo.local.auth import Auth
+from wallaroo.local.tls import Tls
 
 MAX_PAYLOAD = 8 * 1024 * 1024
 
@@ -86,10 +87,13 @@ class NatsServer(Service):
     def __init__(self, store_dir: Path, port: int | None = None, log_file: Path | None = None, *,
                  server_name: str | None = None, cluster_name: str | None = None,
                  cluster_port: int | None = None, routes: Sequence[str] = (),
-                 http_port: int | None = None, auth: Auth | None = None) -> None:
-        """`auth`: the role keys the server admits (None: anyone, for tools that need it)."""
+                 http_port: int | None = None, auth: Auth | None = None,
+                 tls: Tls | None = None) -> None:
+        """`auth`: the role keys the server admits (None: anyone, for tools that need it).
+        `tls`: the certificate the client port serves; clients must then speak TLS (the
+        route and monitoring ports stay plain: they listen on loopback only)."""
         self.store_dir = store_dir
-        self.auth = auth
+        self.auth, self.tls = auth, tls
         self.port = port or free_port()
         self.log_file = log_file or store_dir / "nats-server.log"
         self.server_name = server_name
@@ -101,7 +105,7 @@ class NatsServer(Service):
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://127.0.0.1:{self.port}"
 
     def config(self) -> str:
         conf = (
@@ -110,6 +114,8 @@ class NatsServer(Service):
         )
         if self.auth is not None:
             conf += self.auth.server_config()
+        if self.tls is not None:
+            conf += self.tls.server_config()
         if self.server_name:
             conf += f"server_name: {json.dumps(self.server_name)}\n"
         if self.http_port:
@@ -178,12 +184,14 @@ class NatsCluster(Service):
     losing one node loses nothing."""
 
     def __init__(self, base_dir: Path, size: int = 3, name: str = "wallaroo",
-                 auth: Auth | None = None) -> None:
+                 auth: Auth | None = None, tls: Tls | None = None) -> None:
+        """`tls`: every member's client port serves it; routes stay plain (loopback)."""
         cluster_ports = [free_port() for _ in range(size)]
         routes = [f"nats-route://127.0.0.1:{p}" for p in cluster_ports]
         self.nodes = [
             NatsServer(base_dir / f"n{i}", server_name=f"n{i}", cluster_name=name,
-                       cluster_port=port, routes=[r for r in routes if r != routes[i]], auth=auth)
+                       cluster_port=port, routes=[r for r in routes if r != routes[i]], auth=auth,
+                       tls=tls)
             for i, port in enumerate(cluster_ports)
         ]
 

@@ -13,36 +13,39 @@ from pathlib import Path
 from wallaroo.control import apps
 from wallaroo.control.status import wait_rollout
 from wallaroo.core import calls
-from wallaroo.core.calls import cluster_creds
+from wallaroo.core.calls import cluster_creds, cluster_tls_ca
 from wallaroo.core.errors import AppLoadError, WallarooError
 from wallaroo.core.packaging import load_deployable, register_classes
 from wallaroo.core.wire import Manifest
 from wallaroo.functions import App
 from wallaroo.local.dev import DevCluster
 from wallaroo.nats import Nats
-from wallaroo.nats.client import CREDS_ENV
+from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
 
 ROLLOUT_TIMEOUT = 60.0
 WATCH_EVERY = 0.5  # seconds between checks of the embedded cluster's runners
 
 
-def run_app(app_file: Path, url: str | None, runners: int, state_dir: Path) -> None:
-    """Deploy and run the entrypoint; its exceptions propagate (the CLI shows them)."""
+def run_app(app_file: Path, url: str | None, runners: int, state_dir: Path,
+            tls: bool = False) -> None:
+    """Deploy and run the entrypoint; its exceptions propagate (the CLI shows them). `tls`:
+    the embedded cluster speaks TLS only (see DevCluster)."""
     deployed, _ = load_deployable(app_file)  # fail on a broken app before starting anything
     if deployed.entrypoint is None:
         msg = (f"{app_file}: app {deployed.name!r} has no entrypoint: decorate the function to "
                "run with @app.local_entrypoint()")
         raise AppLoadError(msg)
     if url is not None:
-        _deploy_and_run(app_file, url, deployed, cluster_creds("deployer"), cluster_creds("client"))
+        _deploy_and_run(app_file, url, deployed, cluster_creds("deployer"), cluster_creds("client"),
+                        cluster_tls_ca())
         return
-    with DevCluster(state_dir, runners) as cluster:
+    with DevCluster(state_dir, runners, tls=tls) as cluster:
         _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         watching = threading.Event()
         threading.Thread(target=_watch, args=(cluster, watching), daemon=True).start()
         try:
             _deploy_and_run(app_file, cluster.url, deployed, cluster.creds("deployer"),
-                            cluster.creds("client"))
+                            cluster.creds("client"), cluster.tls_ca)
         finally:
             watching.set()
             calls.close_portals()
@@ -61,10 +64,12 @@ def _watch(cluster: DevCluster, done: threading.Event) -> None:
 
 
 def _deploy_and_run(app_file: Path, url: str, deployed: App, deployer: Path | None,
-                    client: Path | None) -> None:
+                    client: Path | None, tls_ca: Path | None) -> None:
     os.environ["WALLAROO_NATS"] = url  # where the entrypoint's calls (f.remote...) go
+    if tls_ca is not None:
+        os.environ[TLS_CA_ENV] = str(tls_ca)  # ... verifying the server with this CA
     started = time.monotonic()
-    manifest = asyncio.run(_deploy(app_file, url, deployer))
+    manifest = asyncio.run(_deploy(app_file, url, deployer, tls_ca))
     if client is not None:
         os.environ[CREDS_ENV] = str(client)  # ... made with the client role's rights
     # The app's classes get the importable homes the runners gave them, so an exception
@@ -76,8 +81,9 @@ def _deploy_and_run(app_file: Path, url: str, deployed: App, deployer: Path | No
     deployed.entrypoint()
 
 
-async def _deploy(app_file: Path, url: str, creds: Path | None) -> Manifest:
-    nats = await Nats.connect(url, name="wallaroo-run", persistent=False, creds=creds)
+async def _deploy(app_file: Path, url: str, creds: Path | None, tls_ca: Path | None) -> Manifest:
+    nats = await Nats.connect(url, name="wallaroo-run", persistent=False, creds=creds,
+                              tls_ca=tls_ca)
     try:
         manifest = await apps.deploy(nats, app_file)
         state = await wait_rollout(nats, manifest, ROLLOUT_TIMEOUT, min_ready=1)

@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,11 +24,18 @@ import nats.errors  # noqa: TID251
 import nats.js.api as jsapi  # noqa: TID251
 import nats.js.errors as jserr  # noqa: TID251
 
-from wallaroo.core.errors import CredentialsError, FencedError, NatsUnreachableError, WallarooError
+from wallaroo.core.errors import (
+    CredentialsError,
+    FencedError,
+    NatsUnreachableError,
+    TlsError,
+    WallarooError,
+)
 from wallaroo.nats.protocol import MSG_ID, InMsg, KvEntry, Out, StoredMsg
 
 log = logging.getLogger("wallaroo.nats")
 CREDS_ENV = "WALLAROO_CREDS"  # the nkey seed file a process connects with by default
+TLS_CA_ENV = "WALLAROO_TLS_CA"  # the CA a process verifies tls:// servers with by default
 KV_OPERATION = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
@@ -101,6 +109,45 @@ def _direct_more(status: str, headers: dict[Any, str], stream: str) -> bool:
 
 
 # Why callbacks: nats-py's defaults print full tracebacks to stderr on every connection error.
+async def _unless(failed: asyncio.Event, connecting: Awaitable[T]) -> T | None:
+    """`connecting`'s result, or None once `failed` is set first. A certificate that does not
+    verify will not verify on the next attempt either, and nats-py's retry after a failed TLS
+    handshake can hang: the first such failure ends the connect (runners included)."""
+    task = asyncio.ensure_future(connecting)
+    waiter = asyncio.create_task(failed.wait())
+    try:
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+    if not failed.is_set() or (task.done() and not task.cancelled() and task.exception() is None):
+        return task.result()
+    await asyncio.wait([task], timeout=5)
+    if task.done() and not task.cancelled():
+        task.exception()  # how it ended is no news: TLS failed, which the caller says
+    return None
+
+
+def _tls_context(url: str, ca: str | None) -> ssl.SSLContext | None:
+    """For a tls:// URL: a context that verifies the server against `ca` (else the system's
+    CAs) and checks its host name. None for nats://, whose server must not ask for TLS."""
+    if not url.startswith("tls://"):
+        return None
+    if ca is not None and not Path(ca).is_file():
+        raise TlsError(url, ca, "the file does not exist")
+    try:
+        return ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as err:
+        raise TlsError(url, ca, f"not a PEM certificate: {_ssl_reason(err)}") from err
+
+
+def _ssl_reason(err: BaseException) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {err.verify_message}"
+    return str(getattr(err, "reason", None) or err)
+
+
 async def _log_error(err: Exception) -> None:
     log.warning("nats: %s: %s", type(err).__name__, err)
 
@@ -175,32 +222,44 @@ class Nats:
 
     @classmethod
     async def connect(cls, url: str, name: str = "wallaroo", *, persistent: bool = True,
-                      creds: str | Path | None = None) -> Nats:
+                      creds: str | Path | None = None, tls_ca: str | Path | None = None) -> Nats:
         """`persistent` (runners): reconnect forever. Otherwise (CLI commands) fail fast with
         an error that says where NATS was looked for. `creds`: an nkey seed file (default
-        $WALLAROO_CREDS); the server refuses connections without one it knows."""
+        $WALLAROO_CREDS); the server refuses connections without one it knows. `tls_ca`: the
+        CA a tls:// server's certificate must chain to (default $WALLAROO_TLS_CA, else the
+        system's CAs); the host name is checked too."""
         seed = str(creds) if creds else os.environ.get(CREDS_ENV) or None
         if seed is not None and not Path(seed).is_file():
             raise CredentialsError(url, seed, "the file does not exist")
+        ca = str(tls_ca) if tls_ca else os.environ.get(TLS_CA_ENV) or None
+        tls = _tls_context(url, ca)
         refused: list[str] = []
+        untrusted: list[str] = []
+        tls_failed = asyncio.Event()
 
         async def on_error(err: Exception) -> None:
             if "authorization" in str(err).lower():
                 refused.append(str(err))  # said once, by the CredentialsError below
                 return
+            if isinstance(err, ssl.SSLError) and not tls_failed.is_set():
+                untrusted.append(_ssl_reason(err))  # said once, by the TlsError below
+                tls_failed.set()
+                return
             await _log_error(err)
 
         try:
-            nc = await nats.connect(
+            nc = await _unless(tls_failed, nats.connect(
                 servers=[url], name=name, max_reconnect_attempts=-1 if persistent else 2,
                 reconnect_time_wait=0.2, connect_timeout=2, allow_reconnect=True,
                 error_cb=on_error, disconnected_cb=_log_disconnect,
-                reconnected_cb=_log_reconnect, nkeys_seed=seed,
-            )
+                reconnected_cb=_log_reconnect, nkeys_seed=seed, tls=tls,
+            ))
         except (TimeoutError, nats.errors.Error, OSError) as err:
             if refused or "authorization" in str(err).lower():
                 raise CredentialsError(url, seed, "authorization violation") from err
             raise NatsUnreachableError(url) from err
+        if nc is None:
+            raise TlsError(url, ca if tls else None, untrusted[-1])
         return cls(nc)
 
     @property
