@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from wallaroo.local.dev import DevCluster
 from wallaroo.local.natsserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,8 +20,10 @@ WORD_COUNT = ROOT / "examples" / "word_count"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-def wallaroo(*args: str, cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "WALLAROO_NATS"}
+def wallaroo(*args: str, cwd: Path, env: dict[str, str] | None = None,
+             **kw: object) -> subprocess.CompletedProcess[str]:
+    if env is None:
+        env = {k: v for k, v in os.environ.items() if k != "WALLAROO_NATS"}
     return subprocess.run([sys.executable, "-m", "wallaroo", *args], cwd=cwd, env=env, text=True,
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=150, **kw)
 
@@ -30,10 +33,18 @@ def no_process_mentions(text: str) -> bool:
 
 
 def test_dev_with_input_prints_every_count_then_exits_and_stops_everything(tmp_path: Path) -> None:
+    # Out of the box: no deploy key anywhere, dev makes its own and signs with it.
     res = wallaroo("dev", str(WORD_COUNT / "word_count.py"), "--input",
-                   str(WORD_COUNT / "count_this.txt"), "--runners", "2", cwd=tmp_path)
+                   str(WORD_COUNT / "count_this.txt"), "--runners", "2", cwd=tmp_path,
+                   env=without("WALLAROO_DEPLOY_KEY"))
 
     assert res.returncode == 0, res.stderr
+    keys = tmp_path / ".wallaroo" / "dev" / "keys"
+    assert {p.name: p.stat().st_mode & 0o777 for p in keys.iterdir()} == {
+        "deploy.key": 0o600, "deploy.pub": 0o644, "state.key": 0o600}
+    dev_key = wallaroo("keys", "fingerprint", str(keys / "deploy.pub"), cwd=tmp_path).stdout.strip()
+    log = (tmp_path / ".wallaroo" / "dev" / "logs" / "r0.log").read_text()
+    assert f"running deploys signed by {dev_key}\n" in log
     lines = res.stdout.splitlines()
     assert len(lines) == 482
     last = {}
@@ -73,6 +84,9 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
         assert sorted(tail.stdout.splitlines()) == ["hello => 1", "hello => 2", "world => 1"]
         table = status(tmp_path).stdout
         assert "word_count" in table and "count word" in table and "r0" in table
+        # In dev's folder, deploy signs with dev's key without being told.
+        again = wallaroo("deploy", app, cwd=tmp_path, env=without("WALLAROO_DEPLOY_KEY"))
+        assert again.returncode == 0 and "unsigned" not in again.stderr, again.stderr
         scaled = wallaroo("scale", "word_count", "--runners", "2", cwd=tmp_path)
         assert scaled.returncode == 0, scaled.stderr
         wait_until(lambda: "r1" in status(tmp_path).stdout)
@@ -163,3 +177,87 @@ def test_dev_serves_an_apps_functions_until_ctrl_c(tmp_path: Path) -> None:
         dev.send_signal(signal.SIGINT)
         _, err = dev.communicate(timeout=60)
     assert dev.returncode == 0, err  # Ctrl-C is how a dev session without --input ends
+
+
+def test_keys_generate_writes_a_pair_and_never_overwrites_it(tmp_path: Path) -> None:
+    made = wallaroo("keys", "generate", "--dir", "k", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    private, public = tmp_path / "k" / "deploy.key", tmp_path / "k" / "deploy.pub"
+    assert private.stat().st_mode & 0o777 == 0o600
+    fp = wallaroo("keys", "fingerprint", str(public), cwd=tmp_path).stdout.strip()
+    assert fp.startswith("ed25519:") and f"public key {fp}" in made.stdout
+    assert wallaroo("keys", "fingerprint", str(private), cwd=tmp_path).stdout.strip() == fp
+
+    again = wallaroo("keys", "generate", "--dir", "k", cwd=tmp_path)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    state = wallaroo("keys", "state", "--dir", "k", cwd=tmp_path)
+    assert state.returncode == 0 and (tmp_path / "k" / "state.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_runner_without_a_trusted_key_does_not_start(tmp_path: Path) -> None:
+    env_less = wallaroo("runner", "--nats", f"nats://127.0.0.1:{free_port()}", cwd=tmp_path,
+                        env=without("WALLAROO_TRUSTED_KEYS"))
+    assert env_less.returncode == 1
+    assert "no trusted deploy key: pass --trust PUBKEY_FILE" in env_less.stderr
+    assert "Traceback" not in env_less.stderr
+    assert wallaroo("keys", "generate", cwd=tmp_path).returncode == 0
+    private = wallaroo("runner", "--trust", "deploy.key", cwd=tmp_path)
+    assert private.returncode == 1
+    assert "is a private key: a runner holding it could sign code" in private.stderr
+
+
+def test_deploy_signed_with_another_key_exits_1_naming_each_runner_and_the_keys(tmp_path: Path) -> None:
+    """Runners trust the cluster's key and conftest's deployer key; a deploy signed with a
+    third key is refused by each of them, they keep running the version they ran, and
+    status shows both that version (running) and the refused one (deployed)."""
+    assert wallaroo("keys", "generate", "--dir", "foreign", cwd=tmp_path).returncode == 0
+    variant = tmp_path / "variant" / "word_count.py"  # another file, so another version
+    variant.parent.mkdir()
+    variant.write_text((WORD_COUNT / "word_count.py").read_text())
+    with DevCluster(tmp_path / "c", runners=2) as cluster:
+        url = ["--nats", cluster.url]
+        first = wallaroo("deploy", str(WORD_COUNT / "word_count.py"), *url, cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        # Both runners run it (deploy does not wait for runners that have not joined yet).
+        wait_until(lambda: f"{version_of(first.stdout)} (2)" in wallaroo("status", *url, cwd=tmp_path).stdout)
+        refused = wallaroo("deploy", str(variant), *url, "--key", "foreign/deploy.key", cwd=tmp_path)
+        table = wallaroo("status", *url, cwd=tmp_path).stdout
+
+    assert refused.returncode == 1, refused.stderr
+    old, new = (version_of(res.stdout) for res in (first, refused))
+    fp = wallaroo("keys", "fingerprint", "foreign/deploy.pub", cwd=tmp_path).stdout.strip()
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, refused.stderr
+    for runner, line in zip(["r0", "r1"], errors, strict=True):
+        assert line.startswith(f"error: runner {runner} refused {new}: SignatureError: word_count "
+                               f"version {new} is signed with key {fp}, but this runner trusts ed25519:")
+    header, _, row = table.splitlines()[:3]
+    assert header.split()[:3] == ["app", "deployed", "running"]
+    assert row.split()[:4] == ["word_count", new, old, "(2)"]
+
+
+def test_deploy_exits_1_when_the_rollout_times_out(tmp_path: Path) -> None:
+    # A membership that outlives the stopped runner for the whole wait.
+    with DevCluster(tmp_path / "c", runners=1, member_ttl=15.0) as cluster:
+        url = ["--nats", cluster.url]
+        first = wallaroo("deploy", str(WORD_COUNT / "word_count.py"), *url, cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        wait_until(lambda: f"{version_of(first.stdout)} (1)" in wallaroo("status", *url, cwd=tmp_path).stdout)
+        runner = cluster.runners[0]
+        runner.signal(signal.SIGSTOP)  # alive (its membership has not lapsed) but never switches
+        try:
+            res = wallaroo("deploy", str(ROOT / "tests" / "integration" / "apps" / "flaky.py"), *url,
+                           "--wait-timeout", "1", cwd=tmp_path)
+        finally:
+            runner.signal(signal.SIGCONT)
+
+    assert res.returncode == 1
+    assert f"error: rollout timed out: runner(s) r0 still not running {version_of(res.stdout)}" in res.stderr
+
+
+def version_of(deploy_stdout: str) -> str:
+    return deploy_stdout.split(" version ")[1].split()[0]
+
+
+def without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names and k != "WALLAROO_NATS"}

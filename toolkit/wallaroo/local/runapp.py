@@ -29,34 +29,34 @@ def run_app(app_file: Path, url: str | None, runners: int, state_dir: Path) -> N
                "run with @app.local_entrypoint()")
         raise AppLoadError(msg)
     if url is not None:
-        _deploy_and_run(app_file, url, deployed)
+        _deploy_and_run(app_file, url, deployed, None)  # signed with the deployer's key
         return
     with DevCluster(state_dir, runners) as cluster:
         _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         try:
-            _deploy_and_run(app_file, cluster.url, deployed)
+            _deploy_and_run(app_file, cluster.url, deployed, cluster.deploy_key)
         finally:
             calls.close_portals()
             _info("stopping runners and nats-server")
 
 
-def _deploy_and_run(app_file: Path, url: str, deployed: App) -> None:
+def _deploy_and_run(app_file: Path, url: str, deployed: App, key: Path | None) -> None:
     os.environ["WALLAROO_NATS"] = url  # where the entrypoint's calls (f.remote...) go
     started = time.monotonic()
-    version = asyncio.run(_deploy(app_file, url))
+    version = asyncio.run(_deploy(app_file, url, key))
     _info(f"deployed {deployed.name} version {version} in {time.monotonic() - started:.1f}s; "
           "running its local entrypoint")
     assert deployed.entrypoint is not None
     deployed.entrypoint()
 
 
-async def _deploy(app_file: Path, url: str) -> str:
+async def _deploy(app_file: Path, url: str, key: Path | None) -> str:
     nats = await Nats.connect(url, name="wallaroo-run", persistent=False)
     try:
-        manifest = await apps.deploy(nats, app_file)
+        manifest = await apps.deploy(nats, app_file, key=key)
         state = await wait_rollout(nats, manifest, ROLLOUT_TIMEOUT, min_ready=1)
         if state.failed or not state.ready:
-            why = "; ".join(f"{r}: {e}" for r, e in state.failed.items()) or "no runner took it"
+            why = "; ".join(state.problems()) or "no runner took it"
             msg = f"runners did not take {manifest.name} {manifest.version}: {why}"
             raise WallarooError(msg)
         return manifest.version
