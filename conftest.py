@@ -14,6 +14,7 @@ import pytest
 
 from wallaroo.control import apps, ingest
 from wallaroo.core import codec
+from wallaroo.core.keys import DEPLOY_KEY_ENV, generate_pair
 from wallaroo.core.names import AppNames
 from wallaroo.core.wire import Manifest
 from wallaroo.local.auth import AUTH_DIR_ENV, dev_auth, ensure_auth
@@ -42,6 +43,22 @@ def _authentication(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="session", autouse=True)
+def deployer_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One deploy key for the run, set as $WALLAROO_DEPLOY_KEY as a deployer would: deploys
+    from tests (`apps.deploy`, `wallaroo deploy`) are signed with it, and every DevCluster's
+    runners trust it next to the cluster's own key. Tests of unsigned or foreign-signed
+    deploys make their own keys, or unset it."""
+    private, _ = generate_pair(tmp_path_factory.mktemp("deployer"))
+    before = os.environ.get(DEPLOY_KEY_ENV)
+    os.environ[DEPLOY_KEY_ENV] = str(private)
+    yield private
+    if before is None:
+        os.environ.pop(DEPLOY_KEY_ENV, None)
+    else:
+        os.environ[DEPLOY_KEY_ENV] = before
 
 
 @pytest.fixture

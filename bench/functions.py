@@ -78,10 +78,10 @@ def baselines(fn: Callable[[int], int], calls_n: int, items: int, chunksize: int
     return found
 
 
-async def deploy(url: str) -> None:
+async def deploy(url: str, key: Path) -> None:
     nats = await Nats.connect(url)
     try:
-        manifest = await apps.deploy(nats, APP)
+        manifest = await apps.deploy(nats, APP, key=key)
         state = await wait_rollout(nats, manifest, 60, min_ready=1)
         if state.failed or not state.ready:
             raise RuntimeError(f"the runner did not take {manifest.name}: {state.failed}")
@@ -94,7 +94,7 @@ def deployed(state_dir: Path) -> Iterator[None]:
     """A one-runner dev cluster running the app, where this process's calls go."""
     with DevCluster(state_dir, runners=1) as cluster:
         progress(f"cluster at {cluster.url}, runner log {state_dir / 'logs' / 'r0.log'}")
-        asyncio.run(deploy(cluster.url))
+        asyncio.run(deploy(cluster.url, cluster.deploy_key))
         os.environ["WALLAROO_NATS"] = cluster.url
         try:
             yield

@@ -51,7 +51,7 @@ async def measure(cluster: DevCluster, keys: int) -> float:
     nats = await Nats.connect(cluster.url)
     stop = asyncio.Event()
     try:
-        m = await apps.deploy(nats, APP)
+        m = await apps.deploy(nats, APP, key=cluster.deploy_key)
         await ingest.send(nats, m, "in", [f"k{i}".encode() for i in range(keys)], "load")
         await apps.wait_idle(nats, m, timeout=300)
         owner = await holder(nats, m.slug)

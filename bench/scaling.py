@@ -40,10 +40,10 @@ async def spread_over(nats: Nats, slug: str, n: int, timeout: float = 60) -> Non
     raise TimeoutError(f"partitions not spread over {n} runners")
 
 
-async def throughput(url: str, runners: int, lines: list[bytes], words: int) -> float:
+async def throughput(url: str, key: Path, runners: int, lines: list[bytes], words: int) -> float:
     nats = await Nats.connect(url)
     try:
-        m = await apps.deploy(nats, APP)
+        m = await apps.deploy(nats, APP, key=key)
         await spread_over(nats, m.slug, runners)
         await apps.wait_idle(nats, m, timeout=60)
         start = time.perf_counter()
@@ -63,7 +63,7 @@ async def reaction(url: str, cluster: DevCluster, lines: list[bytes]) -> float:
     loop = asyncio.create_task(scaler.run(stop, interval=0.25))
     pool = asyncio.create_task(follow_wishes(nats, cluster.pool, stop))  # as `wallaroo dev` does
     try:
-        m = await apps.deploy(nats, APP)
+        m = await apps.deploy(nats, APP, key=cluster.deploy_key)
         await apps.wait_idle(nats, m, timeout=60)
         sender = asyncio.create_task(ingest.send(nats, m, "lines", lines, "burst"))
         lag_at = await _first(lambda: _has_lag(nats, m))
@@ -105,7 +105,7 @@ def main() -> None:
     rates = {}
     for n in (1, 2):
         with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=n) as c:
-            rates[n] = asyncio.run(throughput(c.url, n, lines, args.words))
+            rates[n] = asyncio.run(throughput(c.url, c.deploy_key, n, lines, args.words))
         print(f"{n} runner(s): {rates[n]:12,.0f} records/s")
     print(f"ratio 2 runners / 1 runner: {rates[2] / rates[1]:.2f}  (2 cores, nats-server shares them)")
     with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=1) as c:

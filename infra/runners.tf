@@ -1,17 +1,21 @@
 locals {
-  runner_env_file = "/etc/wallaroo/runner.env"
+  # Runners hold the deployer's public key only: they verify deploys, they cannot sign them.
+  deploy_public_key_file = "/etc/wallaroo/deploy.pub"
+  state_key_file         = "/etc/wallaroo/state.key"
 
   runner_user_data = templatefile("${local.templates}/cloud-init/runner.yaml", {
     install_script = base64encode(local.install_script)
     runner_unit = base64encode(templatefile("${local.templates}/wallaroo-runner.service", {
-      venv        = local.venv
-      nats_url    = local.runner_nats_url
-      state_store = local.state_store_url
-      replicas    = local.replicas
-      region      = var.region
-      env_file    = local.runner_env_file
+      venv           = local.venv
+      nats_url       = local.runner_nats_url
+      state_store    = local.state_store_url
+      replicas       = local.replicas
+      region         = var.region
+      trusted_keys   = local.deploy_public_key_file
+      state_key_file = local.state_key_file
     }))
-    runner_env = base64encode("WALLAROO_DEPLOY_KEY=${var.deploy_key}\n")
+    deploy_public_key = base64encode(var.deploy_public_key)
+    state_key         = base64encode("${var.state_key}\n")
   })
 }
 

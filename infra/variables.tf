@@ -60,8 +60,9 @@ variable "operator_cidrs" {
   }
 
   validation {
-    # NATS has no auth or TLS here yet: whoever reaches 4222 can deploy code onto the runners
-    # (only the deploy key's signature stops them). Never open it to the whole internet.
+    # NATS has no auth or TLS here yet: whoever reaches 4222 can write manifests (only the
+    # deploy signature stops their code running) and read or change any stream. Never open it
+    # to the whole internet.
     condition     = alltrue([for c in var.operator_cidrs : !endswith(c, "/0")])
     error_message = "operator_cidrs must not contain 0.0.0.0/0: NATS has no TLS or auth yet."
   }
@@ -109,16 +110,30 @@ variable "extra_pip_packages" {
   }
 }
 
-variable "deploy_key" {
+variable "deploy_public_key" {
   type        = string
-  description = "HMAC key runners verify app artifacts with (WALLAROO_DEPLOY_KEY); deploy with the same key. E.g. `openssl rand -base64 32`."
-  sensitive   = true
-  # Required: NATS has no auth yet, so the signature is what stops anyone who reaches NATS
-  # from running code on the runners.
+  description = "The deployer's ed25519 public key (deploy.pub from `wallaroo keys generate`): runners run only deploys signed by its private key, which never leaves the deployer. Several PEM blocks trust several keys (rotation)."
+  # Required: the signature is what stops anyone who can write a manifest from running code
+  # on the runners. Public, so it may travel in user data; sensitive only so that a private
+  # key pasted here by mistake stays out of plans (a failed validation still prints it).
+  sensitive = true
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9+/=_.:-]{32,}$", var.deploy_key))
-    error_message = "deploy_key must be at least 32 characters of letters, digits and + / = _ . : - (e.g. `openssl rand -base64 32`)."
+    # One or more ed25519 SubjectPublicKeyInfo PEM blocks: "MCowBQYDK2VwAyEA" is the DER
+    # prefix of every ed25519 public key; a private key never matches.
+    condition     = can(regex("^(\\s*-----BEGIN PUBLIC KEY-----\\s+MCowBQYDK2VwAyEA[A-Za-z0-9+/]{43}=\\s+-----END PUBLIC KEY-----)+\\s*$", var.deploy_public_key))
+    error_message = "deploy_public_key must be one or more ed25519 public keys in PEM (deploy.pub from `wallaroo keys generate`), never the private key."
+  }
+}
+
+variable "state_key" {
+  type        = string
+  description = "Secret runners MAC their S3 snapshots and segments with (WALLAROO_STATE_KEY): a snapshot changed by anyone without it is refused. E.g. `openssl rand -hex 32`. Keep it: replacing it makes runners refuse every snapshot written before."
+  sensitive   = true
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9+/=_.:-]{32,}$", var.state_key))
+    error_message = "state_key must be at least 32 characters of letters, digits and + / = _ . : - (e.g. `openssl rand -hex 32`)."
   }
 }
 

@@ -37,6 +37,7 @@ class CheckpointConfig:
     every: int = 500  # commits
     seconds: float = 30.0
     retry_after: float = 5.0  # after a failed snapshot (e.g. S3 down)
+    state_key: bytes | None = None  # MACs snapshots and segments (runners share it)
 
 
 @dataclass
@@ -99,7 +100,7 @@ class Checkpointer:
     async def _write(self, s: snap.Snapshot, records: list[bytes]) -> None:
         assert self.cfg.store is not None
         try:
-            await snap.write(self.cfg.store, s, records)
+            await snap.write(self.cfg.store, s, records, self.cfg.state_key)
             await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
             await self._trim(s.log_seq)
         except Exception as err:  # any failure: keep the changelog, say so, try again later
@@ -156,7 +157,7 @@ class Checkpointer:
         assert self.cfg.store is not None
         try:
             return await snap.segments_after(self.cfg.store, self.slug, self.stage, self.part,
-                                             commit_no)
+                                             commit_no, self.cfg.state_key)
         except snap.CorruptSnapshotError as err:
             log.warning("%s: stored segments unusable (%s); using the changelog", self.log_subject,
                         err)
@@ -165,7 +166,8 @@ class Checkpointer:
     async def _latest(self) -> snap.Snapshot | None:
         if self.cfg.store is None:
             return None
-        return await snap.latest_valid(self.cfg.store, self.slug, self.stage, self.part)
+        return await snap.latest_valid(self.cfg.store, self.slug, self.stage, self.part,
+                                       self.cfg.state_key)
 
     def _from_store_alone(self, state: PartitionState) -> PartitionState:
         log.warning("%s: changelog is empty; restoring from the state store alone", self.log_subject)

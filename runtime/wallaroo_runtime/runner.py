@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.calls import CallClient, forbid_blocking_calls
 from wallaroo.core.errors import FencedError, WallarooError
+from wallaroo.core.keys import DEPLOY_KEY_ENV, Trust
 from wallaroo.core.names import (
     APPS_BUCKET,
     ARTIFACTS_BUCKET,
@@ -24,7 +25,7 @@ from wallaroo.core.names import (
     AppNames,
     partition_key,
 )
-from wallaroo.core.packaging import load_artifact
+from wallaroo.core.packaging import load_artifact, verify_artifact
 from wallaroo.core.wire import (
     AppReport,
     Assignment,
@@ -225,7 +226,7 @@ class AppHost:
 
     def report(self, now: float, switching_to: str | None = None) -> AppReport:
         return AppReport(
-            version=self.manifest.version, failures=self.failures,
+            version=self.manifest.version, deploy_id=self.manifest.deploy_id, failures=self.failures,
             partitions={part: _partition_report(w, now) for part, w in sorted(self.workers.items())},
             sinks={name: SinkReport(**asdict(st)) for name, st in sorted(self.sink_stats.items())
                    if st.running},
@@ -256,8 +257,9 @@ class Runner:
     def __init__(self, url: str, runner_id: str | None = None, cfg: WorkerConfig | None = None,
                  cluster_cfg: ClusterConfig | None = None,
                  checkpoint_cfg: CheckpointConfig | None = None,
-                 executor_cfg: ExecutorConfig | None = None) -> None:
+                 executor_cfg: ExecutorConfig | None = None, trust: Trust | None = None) -> None:
         self.url = url
+        self.trust = trust or Trust()  # no key: every deploy is refused
         self.runner_id = runner_id or cluster.new_runner_id()
         self.cfg = cfg or WorkerConfig()
         self.checkpoint_cfg = checkpoint_cfg or CheckpointConfig()
@@ -265,8 +267,10 @@ class Runner:
         self.cluster_cfg = cluster_cfg or ClusterConfig()
         self.hosts: dict[str, AppHost] = {}
         self.retiring: dict[str, list[AppHost]] = {}
-        self.manifests: dict[str, Manifest] = {}
+        self.manifests: dict[str, Manifest] = {}  # the signed ones, by slug
+        self.seen: dict[str, bytes] = {}  # the manifest last read, by slug
         self.errors: dict[str, str] = {}
+        self.refused: dict[str, str] = {}  # slug -> deploy id of the deploy errors[slug] is about
         self.started = time.time()
         self.tick_failures = 0
         self.trouble_at = -float("inf")  # monotonic time of the last failed NATS request
@@ -407,32 +411,26 @@ class Runner:
     async def _sync_apps(self, nats: Nats) -> None:
         for slug in await nats.kv_keys(APPS_BUCKET):
             raw = await nats.kv_get(APPS_BUCKET, slug)
-            if raw is None:
-                continue
+            if raw is None or self.seen.get(slug) == raw:
+                continue  # gone, or nothing new since the last look (refused ones included)
+            self.seen[slug] = raw
             try:
                 manifest = Manifest.from_wire(raw)
             except (ValueError, TypeError, KeyError) as err:
-                self._refuse(slug, "?", f"unreadable manifest: {err}")
-                continue
-            self.manifests[slug] = manifest  # assigned by the leader even if it cannot load it
-            host = self.hosts.get(slug)
-            if host is not None and host.manifest.version == manifest.version:
-                continue
-            if self.errors.get(slug, "").startswith(manifest.version):
+                self._refuse(slug, "?", "?", f"unreadable manifest: {err}")
                 continue
             await self._switch(nats, manifest)
 
     async def _switch(self, nats: Nats, manifest: Manifest) -> None:
         """Start a newly deployed version; the old one finishes its batches first."""
         try:
-            artifact = await nats.obj_get(ARTIFACTS_BUCKET, manifest.artifact_name)
-            if artifact is None:
-                msg = f"artifact {manifest.artifact_name} is missing from {ARTIFACTS_BUCKET}"
-                raise WallarooError(msg)
-            deployed = load_artifact(artifact, manifest)
-        except Exception as err:  # e.g. a module the app imports is missing here: report it
-            self._refuse(manifest.slug, manifest.version, f"{type(err).__name__}: {err}")
+            deployed = await self._load(nats, manifest)
+        except Exception as err:  # unsigned, foreign-signed, another Python...: report it
+            self._refuse(manifest.slug, manifest.version, manifest.deploy_id,
+                         f"{type(err).__name__}: {err}")
             return
+        if deployed is None:
+            return  # the version running here, deployed again
         old = self.hosts.pop(manifest.slug, None)
         if old is not None:
             # Switch between batches without stalling this loop (and so the heartbeat): the
@@ -443,13 +441,42 @@ class Runner:
                        self.cluster_cfg, self.executor_cfg, self.replace)
         await host.start()
         self.hosts[manifest.slug] = host
-        self.errors.pop(manifest.slug, None)
+        self._clear_refusal(manifest.slug)
         log.info("loaded %s version %s", manifest.name, manifest.version)
 
-    def _refuse(self, slug: str, version: str, why: str) -> None:
-        """Remember (and report in the heartbeat) why this version cannot run here."""
+    async def _load(self, nats: Nats, manifest: Manifest) -> App | None:
+        """The deployed app, once a trusted key's signature checks out; None for a deploy of
+        the version already running here (only its signature is checked)."""
+        artifact = await nats.obj_get(ARTIFACTS_BUCKET, manifest.artifact_name)
+        if artifact is None:
+            msg = f"artifact {manifest.artifact_name} is missing from {ARTIFACTS_BUCKET}"
+            raise WallarooError(msg)
+        verify_artifact(artifact, manifest, self.trust)
+        # Only a signed manifest steers the leader's assignment; it does even where it cannot
+        # load (say, a module it imports is missing here).
+        self.manifests[manifest.slug] = manifest
+        if self._same_version(manifest):
+            return None
+        return load_artifact(artifact, manifest, self.trust)
+
+    def _same_version(self, manifest: Manifest) -> bool:
+        """Adopt a signed re-deploy of the version running here (same code: no switch)."""
+        host = self.hosts.get(manifest.slug)
+        if host is None or host.manifest.version != manifest.version:
+            return False
+        host.manifest = manifest
+        self._clear_refusal(manifest.slug)  # e.g. a refused deploy undone by this one
+        return True
+
+    def _refuse(self, slug: str, version: str, deploy_id: str, why: str) -> None:
+        """Remember (and report in the heartbeat) why this deploy cannot run here."""
         self.errors[slug] = f"{version}: {why}"
+        self.refused[slug] = deploy_id
         log.error("cannot run %s %s: %s", slug, version, why)
+
+    def _clear_refusal(self, slug: str) -> None:
+        self.errors.pop(slug, None)
+        self.refused.pop(slug, None)
 
     def _report(self, slug: str, host: AppHost, now: float) -> AppReport:
         """A version counts as running once the previous one has stopped: `wallaroo deploy`
@@ -465,7 +492,7 @@ class Runner:
             id=self.runner_id, pid=os.getpid(), host=socket.gethostname(), started=self.started,
             ts=now, tick_failures=self.tick_failures,
             apps={slug: self._report(slug, h, now) for slug, h in self.hosts.items()},
-            errors=dict(self.errors),
+            errors=dict(self.errors), refused=dict(self.refused),
         )
         await nats.kv_put(MEMBERS_BUCKET, self.runner_id, beat.to_wire())
 
@@ -479,6 +506,8 @@ class RunnerOptions:
     snapshot_seconds: float = 30.0
     executor: ExecutorConfig = ExecutorConfig()
     creds: str | None = None  # the runner role's nkey seed file
+    trust: Trust = field(default_factory=Trust)  # whose deploys this runner runs
+    state_key: bytes | None = None  # MACs snapshots and segments; None: checksums only
 
 
 def main(url: str, opts: RunnerOptions) -> None:
@@ -488,14 +517,14 @@ def main(url: str, opts: RunnerOptions) -> None:
     if opts.creds:
         os.environ[CREDS_ENV] = opts.creds  # ... and connect with the runner's credentials
     store = open_store(opts.state_store) if opts.state_store else None
-    checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds)
+    checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds,
+                                  state_key=opts.state_key)
     runner = Runner(url, opts.runner_id, WorkerConfig(), ClusterConfig(member_ttl=opts.member_ttl),
-                    checkpoint, opts.executor)
+                    checkpoint, opts.executor, opts.trust)
 
     async def body(stop: asyncio.Event) -> None:
         forbid_blocking_calls()  # this thread runs the loop that beats, leases and commits
-        if store is None:
-            log.warning("no --state-store: no snapshots, changelogs of stateful stages keep growing")
+        _warn_about_keys(opts, store is not None)
         try:
             await runner.run(stop)
         finally:
@@ -509,3 +538,20 @@ def main(url: str, opts: RunnerOptions) -> None:
     # The runner has left (batches committed, leases released). Not sys.exit: the interpreter
     # would wait for threads still running user calls (their calls go to other runners).
     os._exit(REPLACE_EXIT if runner.replacing else 0)
+
+
+def _warn_about_keys(opts: RunnerOptions, has_store: bool) -> None:
+    """Say once, at start, what this runner does not protect against."""
+    if not has_store:
+        log.warning("no --state-store: no snapshots, changelogs of stateful stages keep growing")
+    elif opts.state_key is None:
+        log.warning("no --state-key: snapshots are checked by checksum only, so whoever can "
+                    "write the state store can change the state runners restore")
+    if not opts.trust.check:
+        log.warning("--allow-unsigned: this runner runs any deploy, signed or not; whoever can "
+                    "write to NATS can run code here")
+    else:
+        log.info("running deploys signed by %s", opts.trust.expected)
+    if os.environ.get(DEPLOY_KEY_ENV):
+        log.warning("%s is set but runners do not use it (they verify with --trust public keys); "
+                    "remove it: a runner holding the private key could sign code", DEPLOY_KEY_ENV)

@@ -8,13 +8,18 @@ JetStream changelog after that.
 
 Both are sealed in one envelope: a msgpack map of kind, format version, the msgpack body, and
 the body's sha256, so a flipped bit, a cut-off file or a newer format is caught on reading
-instead of restoring wrong state. Keys zero-pad commit numbers: a store's sorted listing is
-commit order.
+instead of restoring wrong state. With a state key (runners hold it, `--state-key`) the
+envelope also carries an HMAC-SHA256 of kind, version and body: the checksum catches accidents,
+the MAC catches a change made by someone who can write the store but is no runner (anyone can
+recompute a checksum). A runner with a key refuses what carries no MAC or a wrong one, as it
+refuses a corrupt file: the snapshot before it is used. Keys zero-pad commit numbers: a store's
+sorted listing is commit order.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import re
 from dataclasses import dataclass, field
@@ -74,19 +79,20 @@ class Snapshot:
 # --- encoding -----------------------------------------------------------------------------
 
 
-def encode(snapshot: Snapshot) -> bytes:
-    """The snapshot's bytes, sealed with format version and checksum."""
+def encode(snapshot: Snapshot, state_key: bytes | None = None) -> bytes:
+    """The snapshot's bytes, sealed with format version, checksum and (with a state key) MAC."""
     s = snapshot
     return _seal(SNAPSHOT_KIND, {
         "slug": s.slug, "stage": s.stage, "partition": s.partition, "commit_no": s.commit_no,
         "log_seq": s.log_seq, "committed_seq": s.committed_seq, "watermarks": s.watermarks,
         "table": s.table, "created": s.created,
-    })
+    }, state_key)
 
 
-def decode(data: bytes, where: str = "snapshot") -> Snapshot:
-    """The snapshot `encode` made; CorruptSnapshotError (naming `where`) if it is not one."""
-    body = _unseal(SNAPSHOT_KIND, data, where)
+def decode(data: bytes, where: str = "snapshot", state_key: bytes | None = None) -> Snapshot:
+    """The snapshot `encode` made; CorruptSnapshotError (naming `where`) if it is not one, or,
+    with a state key, if its MAC is missing or wrong."""
+    body = _unseal(SNAPSHOT_KIND, data, where, state_key)
     try:
         return Snapshot(**{name: body[name] for name in _SNAPSHOT_FIELDS})
     except (KeyError, TypeError) as e:
@@ -97,27 +103,46 @@ _SNAPSHOT_FIELDS = ("slug", "stage", "partition", "commit_no", "log_seq", "commi
                     "watermarks", "table", "created")
 
 
-def encode_segment(records: list[bytes]) -> bytes:
+def encode_segment(records: list[bytes], state_key: bytes | None = None) -> bytes:
     """Encoded commit records, in commit order, sealed like a snapshot."""
-    return _seal(SEGMENT_KIND, list(records))
+    return _seal(SEGMENT_KIND, list(records), state_key)
 
 
-def decode_segment(data: bytes, where: str = "segment") -> list[bytes]:
+def decode_segment(data: bytes, where: str = "segment", state_key: bytes | None = None) -> list[bytes]:
     """The encoded commit records `encode_segment` sealed."""
-    body = _unseal(SEGMENT_KIND, data, where)
+    body = _unseal(SEGMENT_KIND, data, where, state_key)
     if not isinstance(body, list) or not all(isinstance(r, bytes) for r in body):
         raise CorruptSnapshotError(where, "does not hold a list of commit records")
     return body
 
 
-def _seal(kind: str, body: Any) -> bytes:
+def _seal(kind: str, body: Any, state_key: bytes | None) -> bytes:
     packed = bytes(msgpack.packb(body, use_bin_type=True))
-    envelope = {"kind": kind, "v": FORMAT_VERSION, "sha256": hashlib.sha256(packed).digest(),
-                "body": packed}
+    envelope: dict[str, Any] = {"kind": kind, "v": FORMAT_VERSION,
+                                "sha256": hashlib.sha256(packed).digest(), "body": packed}
+    if state_key is not None:
+        envelope["mac"] = _mac(state_key, kind, FORMAT_VERSION, packed)
     return bytes(msgpack.packb(envelope, use_bin_type=True))
 
 
-def _unseal(kind: str, data: bytes, where: str) -> Any:
+def _mac(key: bytes, kind: str, version: int, body: bytes) -> bytes:
+    # Kind and version inside the MAC: a segment's sealed body cannot pass for a snapshot's.
+    return hmac.new(key, f"{kind}\0{version}\0".encode() + body, hashlib.sha256).digest()
+
+
+def _check_mac(outer: dict[str, Any], kind: str, where: str, state_key: bytes | None) -> None:
+    if state_key is None:
+        return  # no key: checksum only (the runner warned about it when it started)
+    mac = outer.get("mac")
+    if not isinstance(mac, bytes):
+        raise CorruptSnapshotError(where, "carries no MAC, and this runner has a state key: it "
+                                          "was written without one, or the MAC was stripped")
+    if not hmac.compare_digest(mac, _mac(state_key, kind, FORMAT_VERSION, outer["body"])):
+        raise CorruptSnapshotError(where, "fails its MAC check: it was changed after writing, "
+                                          "or written with another state key")
+
+
+def _unseal(kind: str, data: bytes, where: str, state_key: bytes | None) -> Any:
     outer = _unpack(data, where)
     if not isinstance(outer, dict) or outer.get("kind") != kind:
         found = outer.get("kind") if isinstance(outer, dict) else type(outer).__name__
@@ -128,6 +153,7 @@ def _unseal(kind: str, data: bytes, where: str) -> Any:
     body = outer.get("body")
     if not isinstance(body, bytes) or hashlib.sha256(body).digest() != outer.get("sha256"):
         raise CorruptSnapshotError(where, "fails its sha256 checksum: the bytes changed after writing")
+    _check_mac(outer, kind, where, state_key)
     return _unpack(body, where)
 
 
@@ -193,10 +219,11 @@ async def _segments(store: StateStore, slug: str, stage: int, part: int) -> list
 # --- store operations ---------------------------------------------------------------------
 
 
-async def write(store: StateStore, snapshot: Snapshot, segment_records: list[bytes]) -> None:
+async def write(store: StateStore, snapshot: Snapshot, segment_records: list[bytes],
+                state_key: bytes | None = None) -> None:
     """Store the changelog segment ending at the snapshot's commit, then the snapshot: a reader
     that finds the snapshot also finds every commit it covers. `segment_records` are encoded
-    commit records in order; empty writes the snapshot alone."""
+    commit records in order; empty writes the snapshot alone. Both are MACed with `state_key`."""
     s = snapshot
     if segment_records:
         first, last = _commit_range(segment_records)
@@ -204,8 +231,8 @@ async def write(store: StateStore, snapshot: Snapshot, segment_records: list[byt
             msg = f"segment ends at commit {last}, but the snapshot is of commit {s.commit_no}"
             raise ValueError(msg)
         await store.put(segment_key(s.slug, s.stage, s.partition, first, last),
-                        encode_segment(segment_records))
-    await store.put(snapshot_key(s.slug, s.stage, s.partition, s.commit_no), encode(s))
+                        encode_segment(segment_records, state_key))
+    await store.put(snapshot_key(s.slug, s.stage, s.partition, s.commit_no), encode(s, state_key))
 
 
 def _commit_range(records: list[bytes]) -> tuple[int, int]:
@@ -216,16 +243,17 @@ def _commit_range(records: list[bytes]) -> tuple[int, int]:
     return numbers[0], numbers[-1]
 
 
-async def latest_valid(store: StateStore, slug: str, stage: int, part: int) -> Snapshot | None:
-    """The newest snapshot of the partition that decodes; a corrupt one is logged and the one
-    before it tried. None when there is none."""
+async def latest_valid(store: StateStore, slug: str, stage: int, part: int,
+                       state_key: bytes | None = None) -> Snapshot | None:
+    """The newest snapshot of the partition that decodes (and, with a state key, carries its
+    MAC); a corrupt one is logged and the one before it tried. None when there is none."""
     for commit_no, key in reversed(await _snapshots(store, slug, stage, part)):
         data = await store.get(key)
         if data is None:  # pruned between listing and reading
             continue
         where = f"snapshot {key}"
         try:
-            snap = decode(data, where)
+            snap = decode(data, where, state_key)
             _check_identity(snap, where, (slug, stage, part, commit_no))
         except CorruptSnapshotError as e:
             log.warning("%s; trying the snapshot before it", e)
@@ -242,9 +270,10 @@ def _check_identity(snap: Snapshot, where: str, expected: tuple[str, int, int, i
 
 
 async def segments_after(store: StateStore, slug: str, stage: int, part: int,
-                         commit_no: int) -> list[bytes]:
+                         commit_no: int, state_key: bytes | None = None) -> list[bytes]:
     """Encoded commit records numbered above `commit_no`, consecutive and in order, from the
-    stored segments. CorruptSnapshotError if a segment is corrupt or commits are missing."""
+    stored segments. CorruptSnapshotError if a segment is corrupt (or fails its MAC) or
+    commits are missing."""
     out: list[bytes] = []
     current = commit_no
     for _first, last, key in await _segments(store, slug, stage, part):
@@ -253,7 +282,7 @@ async def segments_after(store: StateStore, slug: str, stage: int, part: int,
         where, data = f"segment {key}", await store.get(key)
         if data is None:
             raise CorruptSnapshotError(where, "was listed but is gone")
-        current = _append_after(out, decode_segment(data, where), current, where)
+        current = _append_after(out, decode_segment(data, where, state_key), current, where)
     return out
 
 

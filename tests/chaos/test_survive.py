@@ -36,7 +36,7 @@ from sequence_chaos import (
 from wallaroo.control import apps
 from wallaroo.core.names import LEASES_BUCKET, MEMBERS_BUCKET, AppNames
 from wallaroo.local.auth import dev_auth
-from wallaroo.local.dev import DevCluster, RunnerPool
+from wallaroo.local.dev import DevCluster, DevKeys, RunnerPool
 from wallaroo.local.natsserver import NatsCluster, NatsServer
 from wallaroo.nats import Nats
 
@@ -223,7 +223,7 @@ def node_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: random.Rando
             took = await progress(s, timeout=45, sent=sent)
             print(f"progress again {took:.2f}s after the node loss")
 
-        pool = RunnerPool(home.url, tmp_path / "logs", member_ttl=TTL)
+        pool = RunnerPool(home.url, tmp_path / "logs", member_ttl=TTL, extra=runner_keys(tmp_path))
         try:
             asyncio.run(join_one_by_one(pool, home.url, 2))
             lines = asyncio.run(run_scenario(home.url, chaos, spread=2))
@@ -231,6 +231,11 @@ def node_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: random.Rando
         finally:
             pool.stop()
     return lines
+
+
+def runner_keys(tmp_path: Path) -> list[str]:
+    """--trust and --state-key for runners started without a DevCluster (which passes them)."""
+    return DevKeys.ensure(tmp_path / "keys").runner_args()
 
 
 async def _routes_lost(home: NatsServer, dead: NatsServer) -> bool:
@@ -274,7 +279,7 @@ def test_a_runner_started_while_a_nats_node_is_down_joins(
     monkeypatch.setenv("WALLAROO_REPLICAS", "3")
     with NatsCluster(tmp_path / "nats", auth=dev_auth(tmp_path)) as nc:
         members = f"KV_{MEMBERS_BUCKET}"
-        pool = RunnerPool(nc.urls[0], tmp_path / "logs", member_ttl=TTL)
+        pool = RunnerPool(nc.urls[0], tmp_path / "logs", member_ttl=TTL, extra=runner_keys(tmp_path))
         try:
             asyncio.run(join_one_by_one(pool, nc.urls[0], 1))  # it creates the buckets
             victim = nc.node(str(nc.stream_leader(members)))

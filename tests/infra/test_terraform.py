@@ -20,6 +20,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -31,6 +32,7 @@ import pytest
 import yaml
 
 from conftest import Moto
+from wallaroo.core.keys import generate_pair
 
 pytestmark = [pytest.mark.infra]
 
@@ -41,9 +43,20 @@ MIRROR = Path(os.environ.get("WALLAROO_TF_MIRROR", "/opt/tf-plugins"))
 PROVIDER = "registry.terraform.io/hashicorp/aws"
 NATS_PORTS = {4222, 6222, 8222}
 WORLD = {"0.0.0.0/0", "::/0"}
-DEPLOY_KEY = "k3y+" * 10
+STATE_KEY = "st4te+" * 8
 AMI = "ami-0123456789abcdef0"
 BUCKET = "wallaroo-test-state"
+
+
+@cache
+def deploy_keys() -> tuple[str, str]:
+    """(deploy.key, deploy.pub) contents, as `wallaroo keys generate` writes them."""
+    private, public = generate_pair(Path(tempfile.mkdtemp()))
+    return private.read_text(), public.read_text()
+
+
+def public_key() -> str:
+    return deploy_keys()[1]
 
 
 # --- parsing infra/*.tf -----------------------------------------------------------------------
@@ -286,7 +299,11 @@ def test_every_variable_is_typed_and_described() -> None:
         assert body.get("type"), f"variable {name} has no type"
         assert body.get("description"), f"variable {name} has no description"
     assert "default" not in variables["ami_id"], "ami_id must be required (no AMI lookups)"
-    assert variables["deploy_key"]["sensitive"] is True and "default" not in variables["deploy_key"]
+    assert "deploy_key" not in variables, "runners hold the deploy PUBLIC key only"
+    public = variables["deploy_public_key"]
+    # Sensitive though public: a private key pasted there by mistake stays out of plans.
+    assert "default" not in public and public["sensitive"] is True
+    assert variables["state_key"]["sensitive"] is True and "default" not in variables["state_key"]
     assert variables["wallaroo_package"]["default"] == "wallaroo[aws]"
     assert variables["nats_nodes"]["default"] == 3 and blocks(variables["nats_nodes"], "validation")
 
@@ -332,9 +349,11 @@ def python_user_data(expect: Expect) -> tuple[str, list[str]]:
                      pip_packages=f"'{expect.package}'")
     unit = render(TEMPLATES / "wallaroo-runner.service", venv=expect.venv,
                   nats_url=f"nats://{expect.ips[0]}:4222", state_store=expect.store, replicas=3,
-                  region=expect.region, env_file="/etc/wallaroo/runner.env")
+                  region=expect.region, trusted_keys="/etc/wallaroo/deploy.pub",
+                  state_key_file="/etc/wallaroo/state.key")
     runner = render(TEMPLATES / "cloud-init/runner.yaml", install_script=b64(install),
-                    runner_unit=b64(unit), runner_env=b64(f"WALLAROO_DEPLOY_KEY={DEPLOY_KEY}\n"))
+                    runner_unit=b64(unit), deploy_public_key=b64(public_key()),
+                    state_key=b64(f"{STATE_KEY}\n"))
     nats = []
     for i, ip in enumerate(expect.ips):
         conf = render(TEMPLATES / "nats-server.conf", server_name=f"wallaroo-nats-{i}", private_ip=ip,
@@ -391,10 +410,17 @@ def check_runner(user_data: str, expect: Expect) -> dict[str, tuple[str, str]]:
     assert env["WALLAROO_REPLICAS"] == "3" and env["AWS_DEFAULT_REGION"] == expect.region
     assert s["Service.KillSignal"] == ["SIGTERM"] and s["Service.Restart"] == ["always"]
     assert s["Install.WantedBy"] == ["multi-user.target"]
-    # The key only in a root-only file the unit reads.
-    (env_file,) = s["Service.EnvironmentFile"]
-    assert files[env_file] == ("0600", f"WALLAROO_DEPLOY_KEY={DEPLOY_KEY}\n")
-    assert DEPLOY_KEY not in unit
+    # The deployer's public key, readable; no private key anywhere on a runner.
+    trusted = env["WALLAROO_TRUSTED_KEYS"]
+    assert files[trusted] == ("0644", public_key())
+    assert not any("PRIVATE KEY" in content for _, content in files.values())
+    assert "WALLAROO_DEPLOY_KEY" not in user_data + "".join(c for _, c in files.values())
+    # The state key only in a root-only file, handed to the runner as a systemd credential.
+    (credential,) = s["Service.LoadCredential"]
+    name, _, state_file = credential.partition(":")
+    assert files[state_file] == ("0600", f"{STATE_KEY}\n")
+    assert env["WALLAROO_STATE_KEY"] == f"%d/{name}"
+    assert STATE_KEY not in unit
     assert ["systemctl", "enable", "--now", "wallaroo-runner.service"] in config["runcmd"]
     _, install = files["/usr/local/sbin/install-wallaroo"]
     assert f"{expect.venv}/bin/pip install --retries 10 {shlex.quote(expect.package)}" in install
@@ -527,8 +553,8 @@ class Terraform:
 
 
 def tf_vars(**overrides: str) -> list[str]:
-    values = {"ami_id": AMI, "deploy_key": DEPLOY_KEY, "state_bucket_name": BUCKET,
-              "operator_cidrs": '["203.0.113.7/32"]'} | overrides
+    values = {"ami_id": AMI, "deploy_public_key": public_key(), "state_key": STATE_KEY,
+              "state_bucket_name": BUCKET, "operator_cidrs": '["203.0.113.7/32"]'} | overrides
     return [f"-var={k}={v}" for k, v in values.items()]
 
 
@@ -651,11 +677,17 @@ def test_terraform_refuses_unsafe_or_inconsistent_variables(terraform: Terraform
         assert res.returncode != 0, res.stdout
         return " ".join(res.stderr.split())  # terraform wraps long messages
 
-    errors = refused(nats_nodes="4", operator_cidrs='["0.0.0.0/0"]', deploy_key="short")
+    errors = refused(nats_nodes="4", operator_cidrs='["0.0.0.0/0"]', state_key="short",
+                     deploy_public_key=deploy_keys()[0])  # the private key, by mistake
     for message in ("nats_nodes must be an odd whole number", "operator_cidrs must not contain 0.0.0.0/0",
-                    "deploy_key must be at least 32 characters"):
+                    "state_key must be at least 32 characters",
+                    "deploy_public_key must be one or more ed25519 public keys"):
         assert message in errors, errors
-    assert DEPLOY_KEY not in errors
+    # While keys rotate, runners trust the old and the new one.
+    rotating = public_key() + generate_pair(Path(tempfile.mkdtemp()))[1].read_text()
+    trusted = console(terraform, "var.deploy_public_key", *tf_vars(deploy_public_key=rotating))
+    assert trusted == rotating
     errors = refused(runners_min="3", runners_max="2", autoscaler_idle_to_zero="60")
     assert "runners_max must be >= runners_min" in errors, errors
     assert "autoscaler_idle_to_zero needs runners_min = 0" in errors, errors
+    assert STATE_KEY not in errors  # a valid secret is not echoed (terraform prints refused ones)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from wallaroo.local.dev import DevCluster
 from wallaroo.local.natsserver import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,13 +22,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 # As a user runs it: no cluster or credentials in the environment; `wallaroo dev` makes the
 # role keys under .wallaroo/dev/creds/ and every command run in that folder finds its own.
-USER_ENV = {k: v for k, v in os.environ.items()
+def user_env() -> dict[str, str]:
+    """Read when called: conftest's session fixtures (the deploy key) set the environment
+    after this module is imported."""
+    return {k: v for k, v in os.environ.items()
             if k not in ("WALLAROO_NATS", "WALLAROO_CREDS", "WALLAROO_AUTH_DIR")}
 
 
-def wallaroo(*args: str, cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "wallaroo", *args], cwd=cwd, env=USER_ENV,
-                          text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=150, **kw)
+def wallaroo(*args: str, cwd: Path, env: dict[str, str] | None = None, creds: Path | None = None,
+             **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run the command as a user would (user_env()), with `creds` when the cluster is not a
+    `wallaroo dev` in `cwd`."""
+    env = dict(user_env() if env is None else env)
+    if creds is not None:
+        env["WALLAROO_CREDS"] = str(creds)
+    return subprocess.run([sys.executable, "-m", "wallaroo", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=150, **kw)
 
 
 def no_process_mentions(text: str) -> bool:
@@ -35,10 +45,18 @@ def no_process_mentions(text: str) -> bool:
 
 
 def test_dev_with_input_prints_every_count_then_exits_and_stops_everything(tmp_path: Path) -> None:
+    # Out of the box: no deploy key anywhere, dev makes its own and signs with it.
     res = wallaroo("dev", str(WORD_COUNT / "word_count.py"), "--input",
-                   str(WORD_COUNT / "count_this.txt"), "--runners", "2", cwd=tmp_path)
+                   str(WORD_COUNT / "count_this.txt"), "--runners", "2", cwd=tmp_path,
+                   env=without("WALLAROO_DEPLOY_KEY"))
 
     assert res.returncode == 0, res.stderr
+    keys = tmp_path / ".wallaroo" / "dev" / "keys"
+    assert {p.name: p.stat().st_mode & 0o777 for p in keys.iterdir()} == {
+        "deploy.key": 0o600, "deploy.pub": 0o644, "state.key": 0o600}
+    dev_key = wallaroo("keys", "fingerprint", str(keys / "deploy.pub"), cwd=tmp_path).stdout.strip()
+    log = (tmp_path / ".wallaroo" / "dev" / "logs" / "r0.log").read_text()
+    assert f"running deploys signed by {dev_key}\n" in log
     lines = res.stdout.splitlines()
     assert len(lines) == 482
     last = {}
@@ -68,7 +86,7 @@ def test_dev_autoscale_runs_the_autoscaler_as_its_own_process(tmp_path: Path) ->
 def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) -> None:
     app = str(WORD_COUNT / "word_count.py")
     dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", app], cwd=tmp_path,
-                           env=USER_ENV, text=True,
+                           env=user_env(), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         url_file = tmp_path / ".wallaroo" / "dev" / "url"
@@ -79,6 +97,9 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
         assert sorted(tail.stdout.splitlines()) == ["hello => 1", "hello => 2", "world => 1"]
         table = status(tmp_path).stdout
         assert "word_count" in table and "count word" in table and "r0" in table
+        # In dev's folder, deploy signs with dev's key without being told.
+        again = wallaroo("deploy", app, cwd=tmp_path, env=without("WALLAROO_DEPLOY_KEY"))
+        assert again.returncode == 0 and "unsigned" not in again.stderr, again.stderr
         scaled = wallaroo("scale", "word_count", "--runners", "2", cwd=tmp_path)
         assert scaled.returncode == 0, scaled.stderr
         wait_until(lambda: "r1" in status(tmp_path).stdout)
@@ -161,7 +182,7 @@ def test_a_record_too_large_for_nats_is_named_not_a_traceback(tmp_path: Path, na
 def test_dev_serves_an_apps_functions_until_ctrl_c(tmp_path: Path) -> None:
     app = str(ROOT / "tests" / "integration" / "apps" / "functions_app.py")
     dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", app], cwd=tmp_path,
-                           env=USER_ENV, text=True,
+                           env=user_env(), text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         url_file = tmp_path / ".wallaroo" / "dev" / "url"
@@ -172,3 +193,94 @@ def test_dev_serves_an_apps_functions_until_ctrl_c(tmp_path: Path) -> None:
         dev.send_signal(signal.SIGINT)
         _, err = dev.communicate(timeout=60)
     assert dev.returncode == 0, err  # Ctrl-C is how a dev session without --input ends
+
+
+def test_keys_generate_writes_a_pair_and_never_overwrites_it(tmp_path: Path) -> None:
+    made = wallaroo("keys", "generate", "--dir", "k", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    private, public = tmp_path / "k" / "deploy.key", tmp_path / "k" / "deploy.pub"
+    assert private.stat().st_mode & 0o777 == 0o600
+    fp = wallaroo("keys", "fingerprint", str(public), cwd=tmp_path).stdout.strip()
+    assert fp.startswith("ed25519:") and f"public key {fp}" in made.stdout
+    assert wallaroo("keys", "fingerprint", str(private), cwd=tmp_path).stdout.strip() == fp
+
+    again = wallaroo("keys", "generate", "--dir", "k", cwd=tmp_path)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    state = wallaroo("keys", "state", "--dir", "k", cwd=tmp_path)
+    assert state.returncode == 0 and (tmp_path / "k" / "state.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_runner_without_a_trusted_key_does_not_start(tmp_path: Path) -> None:
+    env_less = wallaroo("runner", "--nats", f"nats://127.0.0.1:{free_port()}", cwd=tmp_path,
+                        env=without("WALLAROO_TRUSTED_KEYS"))
+    assert env_less.returncode == 1
+    assert "no trusted deploy key: pass --trust PUBKEY_FILE" in env_less.stderr
+    assert "Traceback" not in env_less.stderr
+    assert wallaroo("keys", "generate", cwd=tmp_path).returncode == 0
+    private = wallaroo("runner", "--trust", "deploy.key", cwd=tmp_path)
+    assert private.returncode == 1
+    assert "is a private key: a runner holding it could sign code" in private.stderr
+
+
+def test_deploy_signed_with_another_key_exits_1_naming_each_runner_and_the_keys(tmp_path: Path) -> None:
+    """Runners trust the cluster's key and conftest's deployer key; a deploy signed with a
+    third key is refused by each of them, they keep running the version they ran, and
+    status shows both that version (running) and the refused one (deployed)."""
+    assert wallaroo("keys", "generate", "--dir", "foreign", cwd=tmp_path).returncode == 0
+    variant = tmp_path / "variant" / "word_count.py"  # another file, so another version
+    variant.parent.mkdir()
+    variant.write_text((WORD_COUNT / "word_count.py").read_text())
+    with DevCluster(tmp_path / "c", runners=2) as cluster:
+        url = ["--nats", cluster.url]
+        first = wallaroo("deploy", str(WORD_COUNT / "word_count.py"), *url, cwd=tmp_path,
+                         creds=cluster.creds("deployer"))
+        assert first.returncode == 0, first.stderr
+        # Both runners run it (deploy does not wait for runners that have not joined yet).
+        wait_until(lambda: f"{version_of(first.stdout)} (2)" in status_of(cluster, tmp_path))
+        refused = wallaroo("deploy", str(variant), *url, "--key", "foreign/deploy.key", cwd=tmp_path,
+                           creds=cluster.creds("deployer"))
+        table = wallaroo("status", *url, cwd=tmp_path, creds=cluster.creds("deployer")).stdout
+
+    assert refused.returncode == 1, refused.stderr
+    old, new = (version_of(res.stdout) for res in (first, refused))
+    fp = wallaroo("keys", "fingerprint", "foreign/deploy.pub", cwd=tmp_path).stdout.strip()
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, refused.stderr
+    for runner, line in zip(["r0", "r1"], errors, strict=True):
+        assert line.startswith(f"error: runner {runner} refused {new}: SignatureError: word_count "
+                               f"version {new} is signed with key {fp}, but this runner trusts ed25519:")
+    header, _, row = table.splitlines()[:3]
+    assert header.split()[:3] == ["app", "deployed", "running"]
+    assert row.split()[:4] == ["word_count", new, old, "(2)"]
+
+
+def test_deploy_exits_1_when_the_rollout_times_out(tmp_path: Path) -> None:
+    # A membership that outlives the stopped runner for the whole wait.
+    with DevCluster(tmp_path / "c", runners=1, member_ttl=15.0) as cluster:
+        url = ["--nats", cluster.url]
+        first = wallaroo("deploy", str(WORD_COUNT / "word_count.py"), *url, cwd=tmp_path,
+                         creds=cluster.creds("deployer"))
+        assert first.returncode == 0, first.stderr
+        wait_until(lambda: f"{version_of(first.stdout)} (1)" in status_of(cluster, tmp_path))
+        runner = cluster.runners[0]
+        runner.signal(signal.SIGSTOP)  # alive (its membership has not lapsed) but never switches
+        try:
+            res = wallaroo("deploy", str(ROOT / "tests" / "integration" / "apps" / "flaky.py"), *url,
+                           "--wait-timeout", "1", cwd=tmp_path, creds=cluster.creds("deployer"))
+        finally:
+            runner.signal(signal.SIGCONT)
+
+    assert res.returncode == 1
+    assert f"error: rollout timed out: runner(s) r0 still not running {version_of(res.stdout)}" in res.stderr
+
+
+def status_of(cluster: DevCluster, cwd: Path) -> str:
+    return wallaroo("status", "--nats", cluster.url, cwd=cwd, creds=cluster.creds("client")).stdout
+
+
+def version_of(deploy_stdout: str) -> str:
+    return deploy_stdout.split(" version ")[1].split()[0]
+
+
+def without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in user_env().items() if k not in names}

@@ -11,7 +11,7 @@ import pytest
 
 from wallaroo.core.names import MEMBERS_BUCKET
 from wallaroo.local.auth import dev_auth
-from wallaroo.local.dev import RunnerProcess
+from wallaroo.local.dev import DevKeys, RunnerProcess
 from wallaroo.local.natsserver import NatsServer
 from wallaroo.nats import Nats
 
@@ -31,7 +31,8 @@ async def joined(url: str, runner_id: str, timeout: float = 30.0) -> None:
 
 def test_a_runner_stopped_while_nats_is_gone_exits_cleanly(tmp_path: Path) -> None:
     server = NatsServer(tmp_path / "nats", auth=dev_auth(tmp_path)).start()
-    runner = RunnerProcess(server.url, "r0", tmp_path / "logs", member_ttl=1.0).start()
+    keys = DevKeys.ensure(tmp_path / "keys").runner_args()  # a runner with no trusted key never starts
+    runner = RunnerProcess(server.url, "r0", tmp_path / "logs", member_ttl=1.0, extra=keys).start()
     try:
         asyncio.run(joined(server.url, "r0"))
         server.stop()

@@ -1,14 +1,17 @@
-"""Snapshots on a real cluster: the owner writes checksummed snapshots to the state store and
-trims its changelog; a SIGKILLed runner restores from snapshot + changelog tail; with the
-changelog gone entirely, from the store alone. The whole output stays exactly-once."""
+"""Snapshots on a real cluster: the owner writes checksummed, MACed snapshots to the state
+store and trims its changelog; a SIGKILLed runner restores from snapshot + changelog tail; with
+the changelog gone entirely, from the store alone; a forged snapshot (checksum recomputed, so
+only the MAC catches it) is refused for the one before it. The whole output stays exactly-once."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from collections import Counter
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from conftest import collect_outputs
@@ -116,3 +119,63 @@ async def snapshots_current(nats: Nats, store: Path, m: Manifest, timeout: float
 async def _snapshot_commit(store: FileStore, slug: str, stage: int, part: int) -> int:
     latest = await snapshot.latest_valid(store, slug, stage, part)
     return latest.commit_no if latest else 0
+
+
+def test_a_forged_snapshot_is_refused_by_its_mac_and_the_one_before_used(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    sent: list[bytes] = []
+    store = tmp_path / "store"
+
+    async def rounds(cluster: DevCluster, sizes: list[int], deploy: bool = False) -> list[str]:
+        """Per round: send, wait until processed and snapshotted. Deployed once only: a
+        version switch restarts the workers, and a stateless one snapshots only what it
+        commits after that."""
+        nats = await Nats.connect(cluster.url)
+        try:
+            m = await (apps.deploy(nats, APP) if deploy else apps.manifest_of(nats, "word_count"))
+            for n in sizes:
+                sent.extend(batch := lines(rng, n))
+                await ingest.send(nats, m, "lines", batch, f"t{len(sent)}", batch_size=5)
+                await apps.wait_idle(nats, m, timeout=60)
+                await snapshots_current(nats, store, m)
+            return (await collect_outputs(nats, m))["counts"]
+        finally:
+            await nats.close()
+
+    runner_args = ["--snapshot-every", str(EVERY), "--snapshot-seconds", "0.5"]
+    with DevCluster(tmp_path / "c", member_ttl=1.0, state_store=f"file://{store}",
+                    runner_args=runner_args) as cluster:
+        asyncio.run(rounds(cluster, [150, 150], deploy=True))  # two current snapshots each
+        cluster.scale_to(0)  # stopped: nothing writes the store while it is forged
+        forged = forge_newest_snapshot(store / "snapshots" / "word_count" / "1")
+        cluster.scale_to(1)  # a new runner restores every partition
+        outputs = asyncio.run(rounds(cluster, [100]))
+        logs = "".join(p.read_text() for p in (tmp_path / "c" / "logs").glob("r*.log"))
+
+    assert f"{forged.relative_to(store)} fails its MAC check" in logs
+    got, want = Counter(outputs), expected(sent)
+    assert got == want, f"missing {list(want - got)[:5]}, extra {list(got - want)[:5]}"
+
+
+def forge_newest_snapshot(stage_dir: Path) -> Path:
+    """Roll one key's state in a partition's newest snapshot back to what its snapshot before
+    held, and recompute the checksum: what someone who can write the store but holds no state
+    key can do. Restored, it would repeat that word's counts. Returns the file forged."""
+    for part in sorted(stage_dir.iterdir()):
+        snaps = sorted(part.glob("*.snap"))
+        if len(snaps) < 2:
+            continue
+        older, newest = snaps[-2:]
+        old_table = msgpack.unpackb(msgpack.unpackb(older.read_bytes())["body"])["table"]
+        envelope = msgpack.unpackb(newest.read_bytes())
+        body = msgpack.unpackb(envelope["body"])
+        changed = [k for k, v in body["table"].items() if old_table.get(k, v) != v]
+        if not changed:
+            continue
+        body["table"][changed[0]] = old_table[changed[0]]
+        envelope["body"] = msgpack.packb(body, use_bin_type=True)
+        envelope["sha256"] = hashlib.sha256(envelope["body"]).digest()
+        assert "mac" in envelope, "runners of a DevCluster MAC their snapshots"
+        newest.write_bytes(msgpack.packb(envelope, use_bin_type=True))
+        return newest
+    raise AssertionError("no key changed between a partition's last two snapshots")

@@ -14,6 +14,7 @@ import typer
 from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.scale import request_runners
 from wallaroo.control.tables import render_table
+from wallaroo.core import keys
 from wallaroo.core.calls import cluster_creds, cluster_tls_ca, cluster_url
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import DeadLetter
@@ -28,6 +29,9 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Inspect the dead-letter stream
 app.add_typer(dlq_app, name="dlq")
 calls_app = typer.Typer(no_args_is_help=True, help="Show or cancel function calls by id.")
 app.add_typer(calls_app, name="calls")
+keys_app = typer.Typer(no_args_is_help=True, help="Make the keys deploys are signed with and "
+                       "runners check snapshots with.")
+app.add_typer(keys_app, name="keys")
 default_nats = cluster_url  # --nats default: $WALLAROO_NATS, a `wallaroo dev` here, localhost
 CREDS_HELP = ("nkey seed file to connect with (default: $WALLAROO_CREDS, else the role's file "
               "of the `wallaroo dev` in this folder, .wallaroo/dev/creds/)")
@@ -130,20 +134,28 @@ def deploy(
     nats: NatsOpt = None,
     wait: Annotated[bool, typer.Option(help="wait until every live runner runs it")] = True,
     wait_timeout: Annotated[float, typer.Option(help="seconds to wait for the rollout")] = 60.0,
+    key: Annotated[Path | None, typer.Option("--key", envvar="WALLAROO_DEPLOY_KEY", metavar="FILE",
+                   help="ed25519 private key to sign with (`wallaroo keys generate`; default: "
+                   "the key of a `wallaroo dev` running in this folder)")] = None,
 ) -> None:
-    """Package APP (cloudpickle + manifest) and ship it to the runners through NATS; runners
-    switch between batches, keeping state."""
+    """Package APP (cloudpickle + manifest), sign it and ship it to the runners through NATS;
+    runners switch between batches, keeping state. Exits 1 when a runner refuses it or the
+    rollout times out."""
 
     from wallaroo.control import status as st
 
-    async def body(nc: Nats) -> None:
-        m = await apps.deploy(nc, app_file)
+    async def body(nc: Nats) -> bool:
+        m = await apps.deploy(nc, app_file, key=key)
         typer.echo(f"deployed {m.name} version {m.version} ({len(m.stages)} stages, "
                    f"{sum(s.partitions for s in m.stages)} partitions)")
-        if wait:
-            _report_rollout(await st.wait_rollout(nc, m, wait_timeout, _show_rollout))
+        if not m.signature:
+            typer.secho("warning: unsigned (no --key, $WALLAROO_DEPLOY_KEY or dev cluster key): "
+                        "only runners started with --allow-unsigned run it", err=True,
+                        fg=typer.colors.YELLOW)
+        return not wait or _report_rollout(await st.wait_rollout(nc, m, wait_timeout, _show_rollout))
 
-    on_nats(nats, body, role="deployer")
+    if not on_nats(nats, body, role="deployer"):
+        raise typer.Exit(1)
 
 
 def _show_rollout(state: Any) -> None:
@@ -152,13 +164,12 @@ def _show_rollout(state: Any) -> None:
                nl=False)
 
 
-def _report_rollout(state: Any) -> None:
+def _report_rollout(state: Any) -> bool:
+    """Print a line per refusing runner and one for a timeout; True when all went well."""
     typer.echo("", err=True)
-    for runner_id, why in state.failed.items():
-        typer.secho(f"runner {runner_id} refused it: {why}", err=True, fg=typer.colors.RED)
-    if state.waiting:
-        typer.secho(f"still switching: {', '.join(state.waiting)}", err=True,
-                    fg=typer.colors.YELLOW)
+    for line in state.problems():
+        typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
+    return bool(state.ok)
 
 
 @app.command()
@@ -326,18 +337,29 @@ def runner(
     creds: Annotated[Path | None, typer.Option("--creds", help="the runner role's nkey seed "
                      "file (default: $WALLAROO_CREDS)", dir_okay=False)] = None,
     tls_ca: TlsCaOpt = None,
+    trust: Annotated[list[Path] | None, typer.Option("--trust", metavar="PUBKEY_FILE", help="run "
+                     "deploys signed by this public key; repeatable (default: "
+                     "$WALLAROO_TRUSTED_KEYS, paths separated by os.pathsep)")] = None,
+    allow_unsigned: Annotated[bool, typer.Option("--allow-unsigned", help="run every deploy, "
+                              "signed or not: whoever can write to NATS runs code here")] = False,
+    state_key: Annotated[Path | None, typer.Option("--state-key", envvar="WALLAROO_STATE_KEY",
+                         metavar="FILE", help="MAC snapshots and segments with this key "
+                         "(`wallaroo keys state`); every runner needs the same one")] = None,
 ) -> None:
     """Run a long-lived runner: join the cluster, run the partitions and serve the
-    functions assigned to it."""
+    functions assigned to it. It runs only deploys signed by a key it trusts (--trust)."""
     from wallaroo_runtime.executor import ExecutorConfig
     from wallaroo_runtime.runner import RunnerOptions
     from wallaroo_runtime.runner import main as runner_main
 
-    opts = RunnerOptions(runner_id, member_ttl, state_store, snapshot_every, snapshot_seconds,
-                         ExecutorConfig(call_ack_wait, call_max_deliveries),
-                         str(creds) if creds else os.environ.get(CREDS_ENV))
     _use_tls_ca(tls_ca)  # the runner's connections verify the server with it
     try:
+        opts = RunnerOptions(
+            runner_id, member_ttl, state_store, snapshot_every, snapshot_seconds,
+            executor=ExecutorConfig(call_ack_wait, call_max_deliveries),
+            creds=str(creds) if creds else os.environ.get(CREDS_ENV),
+            trust=keys.runner_trust(trust or [], allow_unsigned),
+            state_key=keys.load_state_key(state_key) if state_key else None)
         runner_main(nats or default_nats(), opts)
     except WallarooError as err:
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
@@ -470,6 +492,47 @@ def dlq_replay(
         return await dlq.replay_dead_letters(nc, manifest, set(seq) if seq else None)
 
     typer.echo(f"replayed {on_nats(nats, body, role='deployer')} dead letter(s)")
+
+
+KeysDir = Annotated[Path, typer.Option("--dir", file_okay=False, help="where to write them")]
+
+
+@keys_app.command("generate")
+def keys_generate(folder: KeysDir = Path(".")) -> None:
+    """Write an ed25519 key pair: deploy.key (private, mode 0600) signs deploys, deploy.pub
+    goes to every runner (--trust)."""
+    try:
+        private, public = keys.generate_pair(folder)
+    except WallarooError as err:
+        fail(str(err))
+    fp = keys.load_signing_key(private).fingerprint
+    typer.echo(f"{private}: private key {fp}; sign deploys with it (wallaroo deploy --key, or "
+               f"$WALLAROO_DEPLOY_KEY) and keep it off the runners")
+    typer.echo(f"{public}: public key {fp}; give it to every runner (wallaroo runner --trust, or "
+               f"$WALLAROO_TRUSTED_KEYS)")
+
+
+@keys_app.command("state")
+def keys_state(folder: KeysDir = Path(".")) -> None:
+    """Write a state key (state.key, mode 0600): runners MAC snapshots and segments with it
+    (--state-key). Every runner of a cluster needs the same one, and nobody else."""
+    try:
+        path = keys.generate_state_key(folder / "state.key")
+    except WallarooError as err:
+        fail(str(err))
+    typer.echo(f"{path}: state key; give it to every runner (wallaroo runner --state-key, or "
+               f"$WALLAROO_STATE_KEY)")
+
+
+@keys_app.command("fingerprint")
+def keys_fingerprint(
+    key_file: Annotated[Path, typer.Argument(metavar="FILE", help="a .key or .pub file")],
+) -> None:
+    """Print the fingerprint of a key file: what a runner's refusal names."""
+    try:
+        typer.echo("\n".join(keys.fingerprints(key_file)))
+    except WallarooError as err:
+        fail(str(err))
 
 
 def _preview(payload: bytes | str, width: int = 40) -> str:

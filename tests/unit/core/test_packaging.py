@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from wallaroo import testing
-from wallaroo.core.errors import AppLoadError, ArtifactError, VersionMismatchError
+from wallaroo.core.errors import AppLoadError, ArtifactError, SignatureError, VersionMismatchError
+from wallaroo.core.keys import DEPLOY_KEY_ENV, SigningKey, Trust, generate_pair, load_signing_key
 from wallaroo.core.packaging import (
-    KEY_ENV,
     build_artifact,
     load_app,
     load_artifact,
     python_minor,
+    sign,
 )
 from wallaroo.core.wire import Manifest
 
@@ -66,7 +67,7 @@ WriteApp = Callable[[str], Path]
 def write_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WriteApp]:
     """Writes an app file; the modules load_app imports are forgotten after the test."""
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(DEPLOY_KEY_ENV, raising=False)
     names: list[str] = []
 
     def write(source: str) -> Path:
@@ -136,58 +137,121 @@ def test_an_error_in_application_setup_names_its_line(write_app: WriteApp) -> No
         load_app(path)
 
 
-def test_artifact_round_trip(write_app: WriteApp) -> None:
+@pytest.fixture
+def key(tmp_path: Path) -> SigningKey:
+    return load_signing_key(generate_pair(tmp_path / "keys")[0])
+
+
+@pytest.fixture
+def trust(key: SigningKey) -> Trust:
+    return Trust({key.fingerprint: key.public})
+
+
+def test_artifact_round_trip(write_app: WriteApp, key: SigningKey, trust: Trust) -> None:
     path = write_app(WITH_SETUP)
     app, _ = load_app(path)
 
-    artifact, manifest = build_artifact(app, path)
-    loaded = load_artifact(artifact, manifest)
+    artifact, manifest = build_artifact(app, path, key)
+    loaded = load_artifact(artifact, manifest, trust)
 
     assert (manifest.name, manifest.slug, manifest.python) == (
         "word count", "word_count", python_minor())
     assert manifest.by_value_modules == ["wl_test_app_0"]
     assert manifest.sinks == ["counts"]
     assert [s.target for s in manifest.stages] == [1, None]
-    assert manifest.signature == ""
+    assert manifest.signature.startswith(key.fingerprint + ":")
     assert Manifest.from_wire(manifest.to_wire()) == manifest
     assert sorted(testing.run(loaded.built(), ["x y x"]).lines()) == ["x => 1", "x => 2", "y => 1"]
 
 
-def test_an_artifact_from_another_python_is_refused_by_name(write_app: WriteApp) -> None:
+def test_an_artifact_from_another_python_is_refused_by_name(
+        write_app: WriteApp, key: SigningKey, trust: Trust) -> None:
     path = write_app(WITH_SETUP)
     artifact, manifest = build_artifact(load_app(path)[0], path)
-    other = dataclasses.replace(manifest, python="3.99")
+    other = sign(artifact, dataclasses.replace(manifest, python="3.99"), key)
 
     with pytest.raises(VersionMismatchError) as err:
-        load_artifact(artifact, other)
+        load_artifact(artifact, other, trust)
 
     assert "Python 3.99" in str(err.value)
     assert f"Python {python_minor()}" in str(err.value)
     assert (err.value.built_with, err.value.running) == ("3.99", python_minor())
 
 
-def test_a_tampered_artifact_is_refused(write_app: WriteApp) -> None:
+def test_a_tampered_artifact_is_refused(write_app: WriteApp, key: SigningKey, trust: Trust) -> None:
     path = write_app(WITH_SETUP)
-    artifact, manifest = build_artifact(load_app(path)[0], path)
+    artifact, manifest = build_artifact(load_app(path)[0], path, key)
     tampered = artifact[:-1] + bytes([artifact[-1] ^ 1])
 
+    with pytest.raises(SignatureError, match="does not verify"):
+        load_artifact(tampered, manifest, trust)
+    # Without signatures, the content hash still catches it.
     with pytest.raises(ArtifactError, match="content hash"):
-        load_artifact(tampered, manifest)
+        load_artifact(tampered, manifest, Trust.anyone())
 
 
-def test_with_a_deploy_key_only_artifacts_signed_with_it_load(
-    write_app: WriteApp, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_manifest_changed_after_signing_is_refused(
+        write_app: WriteApp, key: SigningKey, trust: Trust) -> None:
     path = write_app(WITH_SETUP)
-    app, _ = load_app(path)
-    unsigned = build_artifact(app, path)
-    monkeypatch.setenv(KEY_ENV, "key-a")
-    signed = build_artifact(app, path)
+    artifact, manifest = build_artifact(load_app(path)[0], path, key)
 
-    assert signed[1].signature != ""
-    assert load_artifact(*signed).name == app.name
-    with pytest.raises(ArtifactError, match="not signed"):
-        load_artifact(*unsigned)
-    monkeypatch.setenv(KEY_ENV, "key-b")
-    with pytest.raises(ArtifactError, match="not signed with this runner's"):
-        load_artifact(*signed)
+    with pytest.raises(SignatureError, match=f"signature by {key.fingerprint} that does not verify"):
+        load_artifact(artifact, dataclasses.replace(manifest, partitions=1), trust)
+
+
+def test_an_unsigned_artifact_is_refused_naming_the_trusted_keys(
+        write_app: WriteApp, trust: Trust) -> None:
+    path = write_app(WITH_SETUP)
+    unsigned = build_artifact(load_app(path)[0], path)
+
+    with pytest.raises(SignatureError) as err:
+        load_artifact(*unsigned, trust)
+
+    assert unsigned[1].signature == ""
+    assert "is unsigned" in str(err.value) and trust.expected in str(err.value)
+    assert (err.value.expected, err.value.found) == (trust.expected, None)
+
+
+def test_an_artifact_signed_with_another_key_is_refused_naming_both(
+        write_app: WriteApp, tmp_path: Path, trust: Trust) -> None:
+    path = write_app(WITH_SETUP)
+    foreign = load_signing_key(generate_pair(tmp_path / "other")[0])
+    signed = build_artifact(load_app(path)[0], path, foreign)
+
+    with pytest.raises(SignatureError) as err:
+        load_artifact(*signed, trust)
+
+    assert f"is signed with key {foreign.fingerprint}, but this runner trusts {trust.expected}" in str(
+        err.value)
+    assert err.value.found == foreign.fingerprint != trust.expected
+
+
+def test_any_of_several_trusted_keys_may_sign(
+        write_app: WriteApp, tmp_path: Path, key: SigningKey, trust: Trust) -> None:
+    path = write_app(WITH_SETUP)
+    new = load_signing_key(generate_pair(tmp_path / "new")[0])
+    both = Trust({**trust.keys, new.fingerprint: new.public})
+
+    assert load_artifact(*build_artifact(load_app(path)[0], path, new), both).name == "word count"
+    assert load_artifact(*build_artifact(load_app(path)[0], path, key), both).name == "word count"
+
+
+def test_an_old_hmac_signature_is_refused_with_how_to_fix(
+        write_app: WriteApp, trust: Trust) -> None:
+    path = write_app(WITH_SETUP)
+    artifact, manifest = build_artifact(load_app(path)[0], path)
+    old = dataclasses.replace(manifest, signature="ab" * 32)  # what an HMAC-SHA256 hexdigest looks like
+
+    with pytest.raises(SignatureError, match="old-style HMAC"):
+        load_artifact(artifact, old, trust)
+
+
+def test_a_runner_trusting_no_key_refuses_everything_unless_it_allows_unsigned(
+        write_app: WriteApp, key: SigningKey) -> None:
+    path = write_app(WITH_SETUP)
+    signed = build_artifact(load_app(path)[0], path, key)
+    unsigned = build_artifact(load_app(path)[0], path)
+
+    with pytest.raises(SignatureError, match="trusts no deploy key"):
+        load_artifact(*signed, Trust())
+    assert load_artifact(*unsigned, Trust.anyone()).name == "word count"

@@ -38,8 +38,9 @@ BEAT = Heartbeat(
     id="r0", pid=12, host="h", started=1.0, ts=2.0, tick_failures=0,
     apps={"wc": AppReport("v1", 0, {(1, 3): PartitionReport(4, 40, 1, 1, 99, 10.5, 0.5, 2)},
                           {"files": SinkReport(True, 3, 0, 0, 7, 1)}, switching_to="v2",
-                          errors={(1, 2): "worker failed 3 time(s), last: WireError: x"})},
-    errors={"other": "v9: no"},
+                          errors={(1, 2): "worker failed 3 time(s), last: WireError: x"},
+                          deploy_id="v1@1.5")},
+    errors={"other": "v9: no"}, refused={"other": "v9@1.5"},
 )
 MESSAGES: list[Any] = [
     MANIFEST,

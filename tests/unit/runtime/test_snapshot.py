@@ -4,8 +4,11 @@ and a partition's newest valid snapshot plus the segments after it rebuild its s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -94,6 +97,82 @@ def test_a_wrong_version_names_both_versions() -> None:
 def test_a_segment_is_not_a_snapshot() -> None:
     with pytest.raises(CorruptSnapshotError, match="is not a wallaroo-snapshot"):
         snap.decode(snap.encode_segment([rec(1)]))
+
+
+KEY = b"k" * 32
+OTHER_KEY = b"o" * 32
+
+
+def reseal(data: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
+    """`data` with its body changed by `change` and the checksum recomputed, as someone who can
+    write the store but holds no state key would do it."""
+    envelope = msgpack.unpackb(data)
+    body = msgpack.unpackb(envelope["body"])
+    change(body)
+    envelope["body"] = msgpack.packb(body, use_bin_type=True)
+    envelope["sha256"] = hashlib.sha256(envelope["body"]).digest()
+    return bytes(msgpack.packb(envelope, use_bin_type=True))
+
+
+def test_with_a_state_key_a_resealed_snapshot_is_refused_by_its_mac() -> None:
+    original = make(7, a=b"mine")
+    forged = reseal(snap.encode(original, KEY), lambda b: b["table"].update(a=b"yours"))
+
+    assert snap.decode(forged).table == {"a": b"yours"}  # the checksum alone is fooled
+    with pytest.raises(CorruptSnapshotError, match="fails its MAC check"):
+        snap.decode(forged, "snapshot s/7.snap", KEY)
+    assert snap.decode(snap.encode(original, KEY), state_key=KEY) == original
+
+
+def test_with_a_state_key_a_snapshot_without_a_mac_or_with_another_key_is_refused() -> None:
+    with pytest.raises(CorruptSnapshotError, match="carries no MAC"):
+        snap.decode(snap.encode(make(7)), state_key=KEY)
+    with pytest.raises(CorruptSnapshotError, match="fails its MAC check"):
+        snap.decode(snap.encode(make(7), OTHER_KEY), state_key=KEY)
+
+
+def test_a_segment_mac_does_not_pass_for_a_snapshot() -> None:
+    """The MAC covers the kind: a sealed segment body relabelled as a snapshot fails it."""
+    envelope = msgpack.unpackb(snap.encode_segment([rec(1)], KEY))
+    envelope["kind"] = snap.SNAPSHOT_KIND
+
+    with pytest.raises(CorruptSnapshotError, match="fails its MAC check"):
+        snap.decode(msgpack.packb(envelope), state_key=KEY)
+
+
+def test_segments_carry_a_mac_too() -> None:
+    forged = reseal(snap.encode_segment([rec(1), rec(2)], KEY), lambda b: b.pop())
+
+    assert snap.decode_segment(forged) == [rec(1)]
+    with pytest.raises(CorruptSnapshotError, match="fails its MAC check"):
+        snap.decode_segment(forged, state_key=KEY)
+
+
+def test_latest_valid_skips_a_forged_snapshot_for_the_one_before(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = FileStore(tmp_path)
+    for n in (3, 6):
+        asyncio.run(snap.write(store, make(n), [], KEY))
+    newest = tmp_path / snap.snapshot_key(APP, STAGE, PART, 6)
+    newest.write_bytes(reseal(newest.read_bytes(), lambda b: b.update(committed_seq=10**6)))
+
+    with caplog.at_level(logging.WARNING, logger="wallaroo_runtime.snapshot"):
+        found = asyncio.run(snap.latest_valid(store, APP, STAGE, PART, KEY))
+
+    assert found == make(3)
+    assert "000000000006.snap fails its MAC check" in caplog.text
+    # Without the key only the checksum is checked, and the forgery would be restored.
+    assert asyncio.run(snap.latest_valid(store, APP, STAGE, PART)).committed_seq == 10**6  # type: ignore[union-attr]
+
+
+def test_segments_after_refuses_a_forged_segment(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(snap.write(store, make(3), [rec(1), rec(2), rec(3)], KEY))
+    seg = tmp_path / snap.segment_key(APP, STAGE, PART, 1, 3)
+    seg.write_bytes(reseal(seg.read_bytes(), lambda b: b.__setitem__(1, rec(2)[:-1] + b"\x00")))
+
+    with pytest.raises(CorruptSnapshotError, match="000000000001-000000000003.seg fails its MAC"):
+        asyncio.run(snap.segments_after(store, APP, STAGE, PART, 0, KEY))
 
 
 def test_state_round_trip() -> None:

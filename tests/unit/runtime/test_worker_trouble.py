@@ -50,7 +50,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 def host() -> AppHost:
     """An AppHost owning PART; only what its report reads is real."""
-    manifest = cast(Any, SimpleNamespace(version="v1"))
+    manifest = cast(Any, SimpleNamespace(version="v1", deploy_id="v1@1.0"))
     h = AppHost(cast(Any, None), manifest, App("trouble"), "r0", WorkerConfig(),
                 CheckpointConfig(), ClusterConfig(), ExecutorConfig(), lambda _: None)
     h.owned = {PART}

@@ -8,16 +8,21 @@ from pathlib import Path
 
 from wallaroo.core import observe
 from wallaroo.core.errors import NotDeployedError
+from wallaroo.core.keys import deployer_key
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
 from wallaroo.core.packaging import build_artifact, load_deployable
 from wallaroo.core.wire import Manifest
 from wallaroo.nats import Nats
 
 
-async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None) -> Manifest:
-    """Build the app, store artifact (object store) and manifest (KV), create its streams."""
+async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None,
+                 key: Path | None = None) -> Manifest:
+    """Build the app, sign it with the private key in `key` (default: `keys.deployer_key`,
+    unsigned when there is none), store artifact (object store) and manifest (KV), create
+    its streams."""
+    signer = deployer_key(key)  # a bad key file fails before anything is built
     app, _ = load_deployable(app_file, args)
-    artifact, manifest = build_artifact(app, app_file)
+    artifact, manifest = build_artifact(app, app_file, signer)
     await ensure_streams(nats, manifest.slug)
     await nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact)
     await nats.kv_put(APPS_BUCKET, manifest.slug, manifest.to_wire())

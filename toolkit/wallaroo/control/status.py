@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +21,10 @@ from wallaroo.core.observe import Lag
 from wallaroo.core.wire import Assignment, Heartbeat, Holder, Manifest, Part
 from wallaroo.nats import Nats
 
-APP_COLUMNS = ["app", "version", "stage", "name", "partitions", "pending", "ack pending"]
+# "deployed": the manifest's version; "running": what runners report they run (a refused or
+# unfinished deploy leaves them on another one; the runners' errors say why).
+APP_COLUMNS = ["app", "deployed", "running", "stage", "name", "partitions", "pending",
+               "ack pending"]
 PARTITION_COLUMNS = ["app", "stage", "partition", "owner", "running on", "committed seq", "lag",
                      "records/s", "malformed"]
 RUNNER_COLUMNS = ["runner", "role", "pid", "host", "partitions", "commits", "records", "records/s",
@@ -52,8 +56,9 @@ async def gather(nats: Nats) -> Status:
     for manifest in await observe.manifests(nats):
         functions += await _function_rows(nats, manifest, beats)
         by_part = await observe.partition_lags(nats, manifest)  # one consumer read per partition
+        running = running_versions(manifest.slug, beats)
         for lag in observe.stage_totals(manifest, by_part):
-            apps.append([manifest.name, manifest.version, str(lag.stage), lag.name,
+            apps.append([manifest.name, manifest.version, running, str(lag.stage), lag.name,
                          str(lag.partitions), str(lag.pending), str(lag.ack_pending)])
         partitions += await _partition_rows(nats, manifest, beats, by_part)
     runners = [_runner_row(b, leader) for b in beats]
@@ -68,6 +73,13 @@ def _problem_rows(beats: list[Heartbeat]) -> list[list[str]]:
             rows += [[b.id, slug, f"stage {stage} partition {part}: {err}"]
                      for (stage, part), err in sorted(app.errors.items())]
     return rows
+
+
+def running_versions(slug: str, beats: list[Heartbeat]) -> str:
+    """The versions of app `slug` that live runners run, with how many run each:
+    `abc (2), def (1)`; `-` when none does."""
+    counts = Counter(b.apps[slug].version for b in beats if slug in b.apps)
+    return ", ".join(f"{v} ({n})" for v, n in sorted(counts.items())) or "-"
 
 
 async def _function_rows(nats: Nats, m: Manifest, beats: list[Heartbeat]) -> list[list[str]]:
@@ -125,7 +137,7 @@ def _runner_row(b: Heartbeat, leader: str) -> list[str]:
 @dataclass(frozen=True)
 class Rollout:
     version: str
-    ready: list[str]  # runners running the version
+    ready: list[str]  # runners running the version, from this very deploy
     failed: dict[str, str]  # runner -> why it cannot run it
     waiting: list[str]  # runners still on another version
 
@@ -133,17 +145,34 @@ class Rollout:
     def done(self) -> bool:
         return not self.waiting
 
+    @property
+    def ok(self) -> bool:
+        return not self.waiting and not self.failed
+
+    def problems(self) -> list[str]:
+        """One line per runner that refused the version (naming it and why), one for the
+        runners still not on it when the wait ended."""
+        lines = [f"runner {r} refused {self.version}: {why.removeprefix(self.version + ': ')}"
+                 for r, why in sorted(self.failed.items())]
+        if self.waiting:
+            lines.append(f"rollout timed out: runner(s) {', '.join(sorted(self.waiting))} "
+                         f"still not running {self.version}")
+        return lines
+
 
 async def rollout(nats: Nats, manifest: Manifest) -> Rollout:
     """Where the live runners are with `manifest`'s version."""
     ready, waiting, failed = [], [], {}
     for beat in await observe.runner_heartbeats(nats):
-        error = beat.errors.get(manifest.slug, "")
         app = beat.apps.get(manifest.slug)
-        if app is not None and app.version == manifest.version:
+        # The refusal first: a runner refuses a re-deploy of the version it runs (say,
+        # signed with another key) and keeps running it. Only a refusal of this very deploy
+        # counts: an older deploy of the same version may have been refused for another reason.
+        if beat.refused.get(manifest.slug) == manifest.deploy_id:
+            failed[beat.id] = beat.errors.get(manifest.slug, "refused")
+        elif app is not None and app.version == manifest.version and app.deploy_id in (
+                "", manifest.deploy_id):  # "": a runner from before deploy ids
             ready.append(beat.id)
-        elif error.startswith(manifest.version):
-            failed[beat.id] = error
         else:
             waiting.append(beat.id)
     return Rollout(manifest.version, ready, failed, waiting)

@@ -74,6 +74,23 @@ class ArtifactError(WallarooError):
     """A deployed artifact is missing, corrupt, or its manifest does not match it."""
 
 
+class SignatureError(ArtifactError):
+    """A deploy is unsigned, signed by a key this runner does not trust, or its signature does
+    not verify. `expected`: the fingerprints trusted; `found`: the signer's, when it has one."""
+
+    def __init__(self, what: str, expected: str, found: str | None, problem: str) -> None:
+        self.what, self.expected, self.found = what, expected, found
+        super().__init__(f"{what} {problem}")
+
+
+class KeyFileError(WallarooError, ValueError):
+    """A key file (deploy key, trusted public key, state key) is missing or not a key."""
+
+    def __init__(self, path: object, problem: str) -> None:
+        self.path = path
+        super().__init__(f"key file {path}: {problem}")
+
+
 class FencedError(WallarooError):
     """Another owner appended to a partition changelog: this runner no longer owns it."""
 

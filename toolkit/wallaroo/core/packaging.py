@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import hmac
 import importlib.util
 import os
 import sys
@@ -17,11 +17,13 @@ from typing import Any
 import cloudpickle
 
 from wallaroo.core.errors import AppLoadError, ArtifactError, VersionMismatchError, WallarooError
+from wallaroo.core.keys import SigningKey, Trust
 from wallaroo.core.wire import Manifest, StageInfo
 from wallaroo.functions import App
 from wallaroo.plan import Application
 
-KEY_ENV = "WALLAROO_DEPLOY_KEY"
+# Bumped if what is signed ever changes: an old signature then fails instead of meaning something else.
+SIGNED_PREFIX = b"wallaroo-deploy-v1\0"
 
 
 def python_minor() -> str:
@@ -123,8 +125,10 @@ def user_modules(root: Path) -> list[types.ModuleType]:
     return found
 
 
-def build_artifact(app: Application | App, app_file: Path) -> tuple[bytes, Manifest]:
-    """The pickled app (the app folder's modules by value) and its manifest."""
+def build_artifact(app: Application | App, app_file: Path,
+                   key: SigningKey | None = None) -> tuple[bytes, Manifest]:
+    """The pickled app (the app folder's modules by value) and its manifest, signed with
+    `key` (unsigned without one)."""
     deployed = _deployable(app)
     built = deployed.built()
     modules = user_modules(app_file.parent)
@@ -141,9 +145,9 @@ def build_artifact(app: Application | App, app_file: Path) -> tuple[bytes, Manif
         stages=[_stage_info(built, s.index) for s in built.stages],
         sinks=[s.name for s in built.sinks],
         by_value_modules=sorted(m.__name__ for m in modules), created=time.time(),
-        signature=sign(artifact), functions=[spec.info() for spec in deployed.specs.values()],
+        functions=[spec.info() for spec in deployed.specs.values()],
     )
-    return artifact, manifest
+    return artifact, sign(artifact, manifest, key) if key is not None else manifest
 
 
 def _stage_info(app: Application, index: int) -> StageInfo:
@@ -152,22 +156,33 @@ def _stage_info(app: Application, index: int) -> StageInfo:
                      [app.sinks[i].name for i in s.sinks])
 
 
-def sign(artifact: bytes) -> str:
-    key = os.environ.get(KEY_ENV, "")
-    return hmac.new(key.encode(), artifact, hashlib.sha256).hexdigest() if key else ""
+def signed_payload(artifact: bytes, manifest: Manifest) -> bytes:
+    """What a deploy signature covers: the artifact's full sha256 (the version is only 64 bits
+    of it) and the whole manifest, which says how the code runs (partitions, stages, functions)."""
+    return SIGNED_PREFIX + hashlib.sha256(artifact).digest() + manifest.unsigned_wire()
 
 
-def load_artifact(artifact: bytes, manifest: Manifest) -> App:
-    """Unpickle a deployed app after checking Python version, content hash and signature."""
+def sign(artifact: bytes, manifest: Manifest, key: SigningKey) -> Manifest:
+    """`manifest` with `key`'s signature of it and `artifact`."""
+    return dataclasses.replace(manifest, signature=key.sign(signed_payload(artifact, manifest)))
+
+
+def verify_artifact(artifact: bytes, manifest: Manifest, trust: Trust) -> None:
+    """Raise unless a key `trust` holds signed `manifest` and `artifact`, and the artifact
+    matches the manifest's version (its content hash)."""
+    what = f"{manifest.name} version {manifest.version}"
+    trust.verify(signed_payload(artifact, manifest), manifest.signature, what)
+    if hashlib.sha256(artifact).hexdigest()[:16] != manifest.version:
+        msg = f"artifact of {what} does not match its content hash"
+        raise ArtifactError(msg)
+
+
+def load_artifact(artifact: bytes, manifest: Manifest, trust: Trust) -> App:
+    """Unpickle a deployed app after checking its signature (first: nothing else is looked at
+    in a deploy no trusted key signed), content hash and Python version."""
+    verify_artifact(artifact, manifest, trust)
     if manifest.python != python_minor():
         raise VersionMismatchError(manifest.name, manifest.python, python_minor())
-    if hashlib.sha256(artifact).hexdigest()[:16] != manifest.version:
-        msg = f"artifact of {manifest.name} {manifest.version} does not match its content hash"
-        raise ArtifactError(msg)
-    if os.environ.get(KEY_ENV) and not hmac.compare_digest(sign(artifact), manifest.signature):
-        msg = (f"artifact of {manifest.name} {manifest.version} is not signed with this runner's "
-               f"{KEY_ENV}; deploy it with the same key")
-        raise ArtifactError(msg)
     app = cloudpickle.loads(artifact)
     if not isinstance(app, App):
         msg = f"artifact of {manifest.name} holds {type(app).__name__}, not a wallaroo App"

@@ -142,6 +142,17 @@ class Manifest:
         return _parse("manifest", data, build)
 
     @property
+    def deploy_id(self) -> str:
+        """One deploy of this version: a version deployed again (say, signed with another
+        key) is another deploy, and a runner's refusal names the one it refused."""
+        return f"{self.version}@{self.created!r}"
+
+    def unsigned_wire(self) -> bytes:
+        """The manifest as the deployer signs it (with its artifact's sha256): all of it but
+        the signature."""
+        return replace(self, signature="").to_wire()
+
+    @property
     def artifact_name(self) -> str:
         return f"{self.slug}/{self.version}"
 
@@ -324,9 +335,10 @@ class AppReport:
     functions: dict[str, FunctionReport] = field(default_factory=dict)
     # Partitions whose worker keeps failing (the runner restarts it): the last error.
     errors: dict[Part, str] = field(default_factory=dict)
+    deploy_id: str = ""  # Manifest.deploy_id of what runs: which deploy of `version`
 
     def _body(self) -> dict[str, Any]:
-        return {"version": self.version, "failures": self.failures,
+        return {"version": self.version, "deploy_id": self.deploy_id, "failures": self.failures,
                 "partitions": {part_key(k): asdict(v) for k, v in self.partitions.items()},
                 "sinks": {k: asdict(v) for k, v in self.sinks.items()},
                 "switching_to": self.switching_to,
@@ -341,7 +353,8 @@ class AppReport:
                    {str(k): SinkReport(**v) for k, v in d["sinks"].items()},
                    d.get("switching_to"),
                    {str(k): FunctionReport(**v) for k, v in d.get("functions", {}).items()},
-                   {parse_part_key(k): v for k, v in _str_map(d.get("errors", {}), str).items()})
+                   {parse_part_key(k): v for k, v in _str_map(d.get("errors", {}), str).items()},
+                   str(d.get("deploy_id", "")))
 
 
 @dataclass(frozen=True)
@@ -356,6 +369,8 @@ class Heartbeat:
     tick_failures: int
     apps: dict[str, AppReport]
     errors: dict[str, str]  # app slug -> "<version>: why this runner cannot run it"
+    # app slug -> Manifest.deploy_id of the deploy refused: which deploy an error is about
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def partitions(self) -> list[PartitionReport]:
@@ -369,7 +384,8 @@ class Heartbeat:
     def to_wire(self) -> bytes:
         body = {"id": self.id, "pid": self.pid, "host": self.host, "started": self.started,
                 "ts": self.ts, "tick_failures": self.tick_failures,
-                "apps": {k: a._body() for k, a in self.apps.items()}, "errors": self.errors}
+                "apps": {k: a._body() for k, a in self.apps.items()}, "errors": self.errors,
+                "refused": self.refused}
         return json.dumps(body).encode()
 
     @classmethod
@@ -379,7 +395,7 @@ class Heartbeat:
             return cls(str(d["id"]), int(d["pid"]), str(d["host"]), float(d["started"]),
                        float(d["ts"]), int(d["tick_failures"]),
                        {str(k): AppReport._build(v) for k, v in d["apps"].items()},
-                       _str_map(d["errors"], str))
+                       _str_map(d["errors"], str), _str_map(d.get("refused", {}), str))
 
         return _parse("heartbeat", data, build)
 

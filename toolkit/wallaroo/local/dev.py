@@ -1,5 +1,7 @@
 """The local cluster: an embedded nats-server, a pool of runner subprocesses sized by the
-control bucket, and the autoscaler process that may write it."""
+control bucket, and the autoscaler process that may write it. Signed like a real one: it makes
+a deploy key pair and a state key under its state dir, and its runners trust only that key
+(and the deployer's own, $WALLAROO_DEPLOY_KEY, when set)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,20 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 from wallaroo.control.scale import requested_runners
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.errors import WallarooError
+from wallaroo.core.keys import (
+    DEPLOY_KEY_ENV,
+    generate_pair,
+    generate_state_key,
+    load_signing_key,
+    write_public_key,
+)
 from wallaroo.core.names import REPLACE_EXIT
 from wallaroo.local.auth import dev_auth
 from wallaroo.local.natsserver import NatsServer, Service
@@ -40,6 +50,40 @@ def autoscaler_command(url: str, extra: Sequence[str] = ()) -> list[str]:
             *extra]
 
 
+@dataclass(frozen=True)
+class DevKeys:
+    """A local cluster's keys, kept in one folder (`.wallaroo/dev/keys/` for `wallaroo dev`,
+    where `wallaroo deploy` run in the same folder finds the private key)."""
+
+    deploy_key: Path  # the private key the cluster's own deploys are signed with
+    trusted: tuple[Path, ...]  # public keys its runners trust
+    state_key: Path
+
+    @classmethod
+    def ensure(cls, folder: Path) -> DevKeys:
+        """The keys in `folder`, made where missing."""
+        private, public = folder / "deploy.key", folder / "deploy.pub"
+        if not private.is_file():
+            generate_pair(folder)
+        state = folder / "state.key"
+        if not state.is_file():
+            generate_state_key(state)
+        return cls(private, (public, *_deployers_key(folder)), state)
+
+    def runner_args(self) -> list[str]:
+        trust = [arg for path in self.trusted for arg in ("--trust", str(path))]
+        return [*trust, "--state-key", str(self.state_key)]
+
+
+def _deployers_key(folder: Path) -> list[Path]:
+    """The public half of $WALLAROO_DEPLOY_KEY, if set: so the user's own `wallaroo deploy`
+    (which signs with it) runs on the local cluster too."""
+    env = os.environ.get(DEPLOY_KEY_ENV)
+    if not env:
+        return []
+    return [write_public_key(folder / "deployer.pub", load_signing_key(Path(env)).public)]
+
+
 class ServiceProcess:
     """A `wallaroo` subprocess (runner, autoscaler); its log goes to `log_dir/<name>.log`."""
 
@@ -56,7 +100,8 @@ class ServiceProcess:
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=os.environ.copy(),
+                # Runners hold public keys only, local ones too: the private key stays here.
+                env={k: v for k, v in os.environ.items() if k != DEPLOY_KEY_ENV},
                 process_group=0,  # Ctrl-C reaches `wallaroo dev`, which stops them in order
             )
         return self
@@ -174,18 +219,21 @@ class DevCluster(Service):
     def __init__(self, state_dir: Path, runners: int = 1, fresh: bool = True,
                  member_ttl: float = DEFAULT_MEMBER_TTL, state_store: str | None = None,
                  runner_args: Sequence[str] = (), tls: bool = False) -> None:
-        """Snapshots go to `state_store` (default: file://STATE_DIR/state). `tls`: the client
-        port speaks TLS only, with a certificate of a CA made here (STATE_DIR/tls/ca.pem)."""
+        """Snapshots go to `state_store` (default: file://STATE_DIR/state); keys are in
+        STATE_DIR/keys. `tls`: the client port speaks TLS only, with a certificate of a CA
+        made here (STATE_DIR/tls/ca.pem)."""
         if fresh and state_dir.exists():
             shutil.rmtree(state_dir)
         self.state_dir = state_dir
         self.auth = dev_auth(state_dir)  # authentication is on: one key per role
+        # Absolute, like the store URL: what runners trust must not hang on their working dir.
+        self.keys = DevKeys.ensure((state_dir / "keys").resolve())
         self.tls = dev_tls(state_dir) if tls else None
         self.server = NatsServer(state_dir / "nats", auth=self.auth, tls=self.tls)
         store = state_store or f"file://{(state_dir / 'state').resolve()}"
         self.pool = RunnerPool(self.server.url, state_dir / "logs", member_ttl, store,
-                               [*runner_args, "--creds", str(self.auth.seed("runner")),
-                                *self.tls_args()])
+                               [*self.keys.runner_args(), *runner_args,
+                                "--creds", str(self.auth.seed("runner")), *self.tls_args()])
         self.initial = runners
 
     @property
@@ -204,6 +252,11 @@ class DevCluster(Service):
     def tls_args(self) -> list[str]:
         """`--tls-ca FILE` for the `wallaroo` processes started on this cluster."""
         return ["--tls-ca", str(self.tls_ca)] if self.tls_ca else []
+
+    @property
+    def deploy_key(self) -> Path:
+        """The private key this cluster's runners trust: sign deploys to it with this."""
+        return self.keys.deploy_key
 
     @property
     def runners(self) -> list[RunnerProcess]:

@@ -56,8 +56,10 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
     printer: _Printer | None = None
     sizer: asyncio.Task[None] | None = None
     try:
-        manifest = await apps.deploy(nats, app_file)
-        await wait_rollout(nats, manifest, timeout=60)
+        manifest = await apps.deploy(nats, app_file, key=cluster.deploy_key)
+        rollout = await wait_rollout(nats, manifest, timeout=60)
+        if not rollout.ok:
+            raise WallarooError("; ".join(rollout.problems()))
         _info(f"deployed {manifest.name} version {manifest.version}")
         printer = _Printer(nats, manifest)
         sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))

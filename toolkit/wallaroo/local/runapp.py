@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from wallaroo.control import apps
@@ -36,16 +37,17 @@ def run_app(app_file: Path, url: str | None, runners: int, state_dir: Path,
                "run with @app.local_entrypoint()")
         raise AppLoadError(msg)
     if url is not None:
-        _deploy_and_run(app_file, url, deployed, cluster_creds("deployer"), cluster_creds("client"),
-                        cluster_tls_ca())
+        _deploy_and_run(app_file, url, deployed, Access(None, cluster_creds("deployer"),
+                                                        cluster_creds("client"), cluster_tls_ca()))
         return
     with DevCluster(state_dir, runners, tls=tls) as cluster:
         _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         watching = threading.Event()
         threading.Thread(target=_watch, args=(cluster, watching), daemon=True).start()
         try:
-            _deploy_and_run(app_file, cluster.url, deployed, cluster.creds("deployer"),
-                            cluster.creds("client"), cluster.tls_ca)
+            _deploy_and_run(app_file, cluster.url, deployed,
+                            Access(cluster.deploy_key, cluster.creds("deployer"),
+                                   cluster.creds("client"), cluster.tls_ca))
         finally:
             watching.set()
             calls.close_portals()
@@ -63,15 +65,26 @@ def _watch(cluster: DevCluster, done: threading.Event) -> None:
             return
 
 
-def _deploy_and_run(app_file: Path, url: str, deployed: App, deployer: Path | None,
-                    client: Path | None, tls_ca: Path | None) -> None:
+@dataclass(frozen=True)
+class Access:
+    """How `wallaroo run` reaches a cluster: the deploy key it signs with (None: the
+    deployer's own, see keys.deployer_key), the deployer's and the client's credentials, the
+    CA its TLS certificate is checked against."""
+
+    deploy_key: Path | None
+    deployer: Path | None
+    client: Path | None
+    tls_ca: Path | None
+
+
+def _deploy_and_run(app_file: Path, url: str, deployed: App, access: Access) -> None:
     os.environ["WALLAROO_NATS"] = url  # where the entrypoint's calls (f.remote...) go
-    if tls_ca is not None:
-        os.environ[TLS_CA_ENV] = str(tls_ca)  # ... verifying the server with this CA
+    if access.tls_ca is not None:
+        os.environ[TLS_CA_ENV] = str(access.tls_ca)  # ... verifying the server with this CA
     started = time.monotonic()
-    manifest = asyncio.run(_deploy(app_file, url, deployer, tls_ca))
-    if client is not None:
-        os.environ[CREDS_ENV] = str(client)  # ... made with the client role's rights
+    manifest = asyncio.run(_deploy(app_file, url, access))
+    if access.client is not None:
+        os.environ[CREDS_ENV] = str(access.client)  # ... made with the client role's rights
     # The app's classes get the importable homes the runners gave them, so an exception
     # class of the app raised remotely is rebuilt here as itself (not as a RemoteError).
     register_classes(deployed, manifest)
@@ -81,14 +94,14 @@ def _deploy_and_run(app_file: Path, url: str, deployed: App, deployer: Path | No
     deployed.entrypoint()
 
 
-async def _deploy(app_file: Path, url: str, creds: Path | None, tls_ca: Path | None) -> Manifest:
-    nats = await Nats.connect(url, name="wallaroo-run", persistent=False, creds=creds,
-                              tls_ca=tls_ca)
+async def _deploy(app_file: Path, url: str, access: Access) -> Manifest:
+    nats = await Nats.connect(url, name="wallaroo-run", persistent=False, creds=access.deployer,
+                              tls_ca=access.tls_ca)
     try:
-        manifest = await apps.deploy(nats, app_file)
+        manifest = await apps.deploy(nats, app_file, key=access.deploy_key)
         state = await wait_rollout(nats, manifest, ROLLOUT_TIMEOUT, min_ready=1)
         if state.failed or not state.ready:
-            why = "; ".join(f"{r}: {e}" for r, e in state.failed.items()) or "no runner took it"
+            why = "; ".join(state.problems()) or "no runner took it"
             msg = f"runners did not take {manifest.name} {manifest.version}: {why}"
             raise WallarooError(msg)
         return manifest
