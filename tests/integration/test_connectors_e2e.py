@@ -71,11 +71,14 @@ def test_file_in_file_out_survives_a_sigkill(tmp_path: Path, monkeypatch: pytest
         wait_for_lines(sink, 2_000, 60)
         killed = rng.randrange(2)
         cluster.runners[killed].kill()
+        left = len(words) - len(lines_of(sink))  # may be 0: a fast run delivers all first
         wait_for_lines(sink, len(words), 120)
         got = Counter(lines_of(sink))  # a duplicate would show as a missing or an extra line
         row = asyncio.run(sink_status_caught_up(cluster.url))
         assert row[:3] == ["file_word_count", "counts", cluster.runners[1 - killed].runner_id]
-        assert int(row[3]) > 0 and row[5] == "0"  # delivered some, rejected none
+        # the survivor delivered what was left, if anything was (it may also redo lines the
+        # killed runner wrote but never committed: the file is cut back to its commit first)
+        assert (int(row[3]) > 0 or left == 0) and row[5] == "0", (row, left)
 
     assert got == expected, (f"missing {list(expected - got)[:5]}, "
                              f"extra {list(got - expected)[:5]}")

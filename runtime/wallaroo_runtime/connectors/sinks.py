@@ -107,6 +107,9 @@ async def run_sink(nats: Nats, slug: str, name: str, cfg: ConnectorSink, stop: a
     try:
         start = await delivery.open(nats, names, durable)
         log.info("sink %s/%s starts at output seq %d", slug, name, start)
+        # What status shows until the first message: where this sink stands (a runner that
+        # took over after everything was delivered has handled all there is).
+        stats.last_seq = max(stats.last_seq, start - 1)
         consumer = await nats.fresh_consumer(names.out_stream, durable, names.out(name), start,
                                              ack_wait=ACK_WAIT, max_ack_pending=FETCH)
         stats.running = True
