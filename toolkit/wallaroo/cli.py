@@ -123,8 +123,7 @@ def dev(
     try:
         code = run_dev(app_file, input, runners, source, state_dir, timeout, scaler_args, tls)
     except WallarooError as err:
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+        fail(str(err))
     raise typer.Exit(code)
 
 
@@ -362,8 +361,7 @@ def runner(
             state_key=keys.load_state_key(state_key) if state_key else None)
         runner_main(nats or default_nats(), opts)
     except WallarooError as err:
-        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
-        raise typer.Exit(1) from None
+        fail(str(err))
 
 
 @app.command("run")

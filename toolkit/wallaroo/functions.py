@@ -303,15 +303,12 @@ async def _settle(client: calls.CallClient, result: CallResult) -> tuple[bool, A
 
 async def _check_deployed(client: calls.CallClient, app: str, name: str) -> None:
     from wallaroo.core import observe
-    from wallaroo.core.errors import NotDeployedError, UnknownNameError
+    from wallaroo.core.errors import NotDeployedError
 
     manifests = {m.slug: m for m in await observe.manifests(client.nats)}
     if app not in manifests:
         raise NotDeployedError(app, sorted(manifests))
-    if manifests[app].function(name) is None:
-        known = [f"{f.name}.{m}" for f in manifests[app].functions for m in f.methods]
-        known += [f.name for f in manifests[app].functions if not f.methods]
-        raise UnknownNameError(kind="function", name=name, known=sorted(known))
+    manifests[app].require_function(name)
 
 
 class FunctionCall:

@@ -9,7 +9,7 @@ from typing import Any
 
 from wallaroo.control import apps
 from wallaroo.core import calls
-from wallaroo.core.errors import UnknownNameError, WallarooError
+from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import CallResult
 from wallaroo.nats import Nats
 
@@ -52,10 +52,7 @@ async def call(nats: Nats, app: str, function: str, args: list[Any], spawn: bool
     """Call `function` of the deployed `app`; the call id if `spawn`, else its result shown.
     RemoteFailure if the function failed; TimeoutError if it ran past `timeout`."""
     manifest = await apps.manifest_of(nats, app)
-    if manifest.function(function) is None:
-        known = [f.name for f in manifest.functions if not f.methods]
-        known += [f"{f.name}.{m}" for f in manifest.functions for m in f.methods]
-        raise UnknownNameError(kind="function", name=function, known=sorted(known))
+    manifest.require_function(function)
     client = calls.CallClient(nats)
     await client.setup()
     call_id = await client.submit(manifest.slug, function, calls.pack_args(tuple(args), {}))

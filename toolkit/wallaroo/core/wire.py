@@ -29,7 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import msgpack
 
-from wallaroo.core.errors import WireError
+from wallaroo.core.errors import UnknownNameError, WireError
 from wallaroo.nats.protocol import Out
 
 T = TypeVar("T")
@@ -155,6 +155,15 @@ class Manifest:
     @property
     def artifact_name(self) -> str:
         return f"{self.slug}/{self.version}"
+
+    def require_function(self, name: str) -> FunctionInfo:
+        """The function `name`, or UnknownNameError listing the ones the app has."""
+        found = self.function(name)
+        if found is None:
+            known = [f"{f.name}.{m}" for f in self.functions for m in f.methods]
+            known += [f.name for f in self.functions if not f.methods]
+            raise UnknownNameError(kind="function", name=name, known=sorted(known))
+        return found
 
     def function(self, name: str) -> FunctionInfo | None:
         """The function `name` ("f", or "Cls.method") of this app, None if it has none."""

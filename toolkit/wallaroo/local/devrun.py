@@ -34,13 +34,13 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
     with cluster:
         url_file = state_dir / "url"
         url_file.write_text(cluster.url)
-        _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
+        info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         try:
             finished = asyncio.run(_session(cluster, app_file, input_file, source, timeout,
                                             autoscale))
         finally:
             url_file.unlink(missing_ok=True)
-            _info("stopping runners and nats-server")
+            info("stopping runners and nats-server")
     return 0 if finished or input_file is None else 130
 
 
@@ -60,7 +60,7 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
         rollout = await wait_rollout(nats, manifest, timeout=60)
         if not rollout.ok:
             raise WallarooError("; ".join(rollout.problems()))
-        _info(f"deployed {manifest.name} version {manifest.version}")
+        info(f"deployed {manifest.name} version {manifest.version}")
         printer = _Printer(nats, manifest)
         sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))
         if input_file is None:
@@ -87,7 +87,7 @@ async def _size_pool(nats: Nats, cluster: DevCluster, autoscale: Sequence[str] |
         args = [*autoscale, "--creds", str(cluster.creds("runner")), *cluster.tls_args()]
         scaler = ServiceProcess("autoscaler", autoscaler_command(cluster.url, args),
                                 cluster.state_dir / "logs").start()
-        _info(f"autoscaler process started; its decisions are in {scaler.log_file}")
+        info(f"autoscaler process started; its decisions are in {scaler.log_file}")
     try:
         await follow_wishes(nats, cluster.pool, stop, on_change=_scaling)
     finally:
@@ -96,7 +96,7 @@ async def _size_pool(nats: Nats, cluster: DevCluster, autoscale: Sequence[str] |
 
 
 def _scaling(n: int) -> None:
-    _info(f"scaling to {n} runner(s)")
+    info(f"scaling to {n} runner(s)")
 
 
 async def _forever() -> bool:
@@ -122,9 +122,9 @@ async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _P
                 input_file: Path, source: str | None, timeout: float) -> bool:
     sent = await ingest.send(nats, manifest, source, ingest.file_lines(input_file),
                           ingest.file_producer_id(input_file))
-    _info(f"sent {sent} records from {input_file}")
+    info(f"sent {sent} records from {input_file}")
     await _finish(nats, cluster, manifest, printer, timeout)
-    _info(f"done: {printer.count} outputs")
+    info(f"done: {printer.count} outputs")
     return True
 
 
@@ -170,6 +170,7 @@ class _Printer:
             self.last_seq = seq
 
 
-def _info(text: str) -> None:
+def info(text: str) -> None:
+    """A line for the person at the terminal: on stderr, stdout keeps the outputs."""
     sys.stderr.write(f"wallaroo: {text}\n")
     sys.stderr.flush()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from wallaroo.core.packaging import load_deployable, register_classes
 from wallaroo.core.wire import Manifest
 from wallaroo.functions import App
 from wallaroo.local.dev import DevCluster
+from wallaroo.local.devrun import info as _info
 from wallaroo.nats import Nats
 from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
 
@@ -107,8 +107,3 @@ async def _deploy(app_file: Path, url: str, access: Access) -> Manifest:
         return manifest
     finally:
         await nats.close()
-
-
-def _info(text: str) -> None:
-    sys.stderr.write(f"wallaroo: {text}\n")
-    sys.stderr.flush()
