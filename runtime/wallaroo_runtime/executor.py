@@ -138,7 +138,8 @@ class FunctionExecutor:
         self.running: set[asyncio.Task[None]] = set()
         self.buffered: deque[InMsg] = deque()  # fetched, waiting for a free slot
         self.recording: set[asyncio.Task[CallResult]] = set()  # cancels being recorded
-        self.in_hand: dict[str, tuple[InMsg, asyncio.Future[None]]] = {}  # call id -> msg, cancel
+        # call id -> its message, its cancel signal, and the function it calls
+        self.in_hand: dict[str, tuple[InMsg, asyncio.Future[None], str]] = {}
         self.stats = FunctionStats()
         self.cancels = Cancels()
         self.stop = asyncio.Event()
@@ -238,7 +239,7 @@ class FunctionExecutor:
         if m.deliveries > self.cfg.max_deliveries:
             return self._failed(req, RunnerLost(req.call_id, m.deliveries - 1), 0, m.deliveries)
         cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.in_hand[req.call_id] = (m, cancelled)
+        self.in_hand[req.call_id] = (m, cancelled, req.function)
         try:
             return await self._attempts(req, m.deliveries, cancelled)
         finally:
@@ -248,7 +249,7 @@ class FunctionExecutor:
         """Reset the ack_wait of every call in hand: only a silent runner loses its calls."""
         while True:
             await asyncio.sleep(self.cfg.ack_wait / 3)
-            for m in [m for m, _ in self.in_hand.values()] + list(self.buffered):
+            for m in [held[0] for held in self.in_hand.values()] + list(self.buffered):
                 if m.in_progress is not None:
                     with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
                         await m.in_progress()
@@ -327,7 +328,7 @@ class FunctionExecutor:
 
     def _is_async(self, call_id: str) -> bool:
         held = self.in_hand.get(call_id)
-        function = CallRequest.from_wire(held[0].data).function if held else self.spec.name
+        function = held[2] if held else self.spec.name
         target = self.spec.target
         if self.spec.is_class and "." in function:
             target = getattr(self.spec.target, function.split(".", 1)[1], target)
