@@ -360,7 +360,9 @@ class Runner:
             await self._tick(nats, leadership)
         except Exception as err:  # a control loop survives a bad tick, and says so
             self._troubled(err)
-            log.error("runner tick failed (%d so far): %s", self.tick_failures, err, exc_info=True)
+            # NATS being away is no bug: one line; anything else with its traceback
+            log.error("runner tick failed (%d so far): %s", self.tick_failures, err,
+                      exc_info=not unavailable(err))
 
     async def _tick(self, nats: Nats, leadership: Leadership) -> None:
         # Leadership first: nothing an app does may hold up the assignment.
