@@ -28,10 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import cloudpickle
-
 from wallaroo.core import calls
-from wallaroo.core.errors import FunctionTimeout, RunnerLost, WireError
+from wallaroo.core.errors import FunctionTimeout, NotJsonError, RunnerLost, WireError
 from wallaroo.core.names import BLOBS_BUCKET, AppNames
 from wallaroo.core.wire import CallRequest, CallResult, CancelNotice, DeadLetter, FunctionReport
 from wallaroo.functions import CallContext, FunctionSpec, in_call, in_call_async
@@ -259,8 +257,8 @@ class FunctionExecutor:
         started = time.time()
         payload = await self._args(req)  # NATS trouble here: not the call's fault, not recorded
         try:
-            args, kwargs = calls.unpack_args(payload)
-        except Exception as exc:  # any unpickling error: arguments this runner cannot rebuild
+            args, kwargs = calls.unpack_args(payload, self.spec.serializer, req.function)
+        except Exception as exc:  # refused, or any decoding error: arguments it cannot rebuild
             return self._failed(req, exc, 0, delivery, started)
         attempt = 0
         while True:
@@ -362,7 +360,9 @@ class FunctionExecutor:
     async def _succeeded(self, req: CallRequest, value: Any, attempts: int, delivery: int,
                          started: float) -> CallResult:
         try:
-            data = bytes(cloudpickle.dumps(value, protocol=5))
+            data = calls.pack_value(value, self.spec.serializer, req.function)
+        except NotJsonError as exc:
+            return self._failed(req, exc, attempts, delivery, started)
         except Exception as exc:  # a value that cannot travel fails the call, saying why
             return self._failed(req, TypeError(f"the return value does not pickle: {exc}"),
                                 attempts, delivery, started)

@@ -33,7 +33,7 @@ async def fire_due(client: calls.CallClient, slug: str, specs: dict[str, Functio
         last = int(raw) if raw else None
         for tick in spec.schedule.due(last, now):
             call_id = tick_call_id(slug, spec.name, tick)
-            await client.submit(slug, spec.name, calls.pack_args((), {}), call_id=call_id)
+            await client.submit(slug, spec.name, calls.pack_args((), {}, spec.serializer), call_id=call_id)
             await client.nats.kv_put(SCHEDULES_BUCKET, key, str(tick).encode())
             log.info("fired %s/%s for tick %d (%s): call %s", slug, spec.name, tick,
                      spec.schedule.describe(), call_id)

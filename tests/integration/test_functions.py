@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ import wallaroo
 from wallaroo.control import apps
 from wallaroo.control.status import wait_rollout
 from wallaroo.core import calls, observe
+from wallaroo.core.errors import NotJsonError
 from wallaroo.core.packaging import load_deployable
 from wallaroo.core.wire import CallResult
 from wallaroo.local.dev import DevCluster
@@ -198,6 +200,44 @@ def test_large_arguments_and_results_go_through_the_object_store(fns: ModuleType
     result = stored(cluster.url, call.object_id)
     assert result is not None and result.value_ref and not result.value  # not inline in KV
     assert fns.length.remote(b"y" * 3_000_000) == 3_000_000
+
+
+class _Planted:
+    """Unpickling it writes a file (a stand-in for any code a pickle can run)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.write_text, (self.path, "ran"))
+
+
+def test_a_json_function_takes_json_and_refuses_pickled_arguments_unread(
+        fns: ModuleType, cluster: DevCluster, tmp_path: Path) -> None:
+    assert fns.tally.remote({"a": 1, "b": 2}, bonus=4) == {"a": 1, "b": 2, "total": 7}
+    assert list(fns.tally.map([{"x": 1}, {"y": 2}])) == [{"x": 1, "total": 1}, {"y": 2, "total": 2}]
+    with pytest.raises(NotJsonError, match=r"an argument of fntest\.tally is not JSON"):
+        fns.tally.remote({"a": {1, 2}})
+    assert wallaroo.Function.lookup("fntest", "tally").serializer == "json"
+
+    async def hostile_call(function: str, marker: Path) -> CallResult:
+        nats = await Nats.connect(cluster.url, creds=cluster.creds("client"))
+        try:
+            payload = pickle.dumps(((_Planted(marker),), {}))
+            return await calls.CallClient(nats).call("fntest", function, payload)
+        finally:
+            await nats.close()
+
+    # The threat: with the client role's right to call, a pickle runs on a runner.
+    ran = tmp_path / "square-ran"
+    asyncio.run(hostile_call("square", ran))
+    assert ran.read_text() == "ran"
+    # A serializer="json" function refuses the same bytes without unpickling them.
+    refused = tmp_path / "tally-ran"
+    result = asyncio.run(hostile_call("tally", refused))
+    assert result.status == "error" and result.error_type.endswith("PickledArgumentsRefused")
+    assert "takes JSON arguments only" in result.error_message
+    assert not refused.exists()
 
 
 def test_idempotency_key_runs_once_attaches_and_refuses_other_arguments(fns: ModuleType,

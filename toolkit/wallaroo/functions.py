@@ -112,6 +112,9 @@ class FunctionSpec:
     schedule: Schedule | None = None
     methods: tuple[str, ...] = ()  # a class's @wallaroo.method()s
     enter: tuple[str, ...] = ()  # a class's @wallaroo.enter() methods, run once per runner
+    # "json": arguments and results are JSON, and pickled arguments are refused unread, so a
+    # caller with the right to call it cannot make a runner unpickle (run) its bytes.
+    serializer: calls.Serializer = "pickle"
 
     @property
     def is_class(self) -> bool:
@@ -119,7 +122,7 @@ class FunctionSpec:
 
     def info(self) -> FunctionInfo:
         return FunctionInfo(self.name, list(self.methods), self.concurrency, self.timeout,
-                            self.schedule.describe() if self.schedule else "")
+                            self.schedule.describe() if self.schedule else "", self.serializer)
 
 
 class _Invoker(Generic[T]):
@@ -137,9 +140,11 @@ class Function:
     `starmap`, `for_each` (each with `.aio`). Calling it directly runs it here, locally."""
 
     def __init__(self, app: str, name: str, spec: FunctionSpec | None = None, *,
-                 url: str | None = None, idempotency_key: str | None = None) -> None:
+                 url: str | None = None, idempotency_key: str | None = None,
+                 serializer: calls.Serializer | None = None) -> None:
         self.app, self.name, self.spec, self.url = slug(app), name, spec, url
         self.idempotency_key = idempotency_key
+        self.serializer: calls.Serializer = serializer or (spec.serializer if spec else "pickle")
         self.remote = _Invoker(self._remote, self._remote_aio)
         self.spawn = _Invoker(self._spawn, self._spawn_aio)
         self.map = _Invoker(self._map, _aio_iter(self._map))
@@ -160,22 +165,27 @@ class Function:
         """The function `name` ("f" or "Cls.method") of the deployed app `app`, from any
         process; `nats=None` finds the cluster as the CLI does."""
         fn = cls(app, name, url=nats)
-        fn._portal().run(_check_deployed(fn._portal().client, fn.app, name))
+        info = fn._portal().run(_check_deployed(fn._portal().client, fn.app, name))
+        fn.serializer = "json" if info.serializer == "json" else "pickle"
         return fn
 
     def with_options(self, *, idempotency_key: str | None = None) -> Function:
         """The same function, its calls named by `idempotency_key`: the first call runs, a
         duplicate gets (or waits for) its result; other arguments raise IdempotencyConflict."""
-        return Function(self.app, self.name, self.spec, url=self.url, idempotency_key=idempotency_key)
+        return Function(self.app, self.name, self.spec, url=self.url, idempotency_key=idempotency_key,
+                        serializer=self.serializer)
 
     def _portal(self) -> calls.Portal:
         return calls.portal(self.url)
 
+    def _pack(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+        return calls.pack_args(args, kwargs, self.serializer, f"{self.app}.{self.name}")
+
     def _remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._portal().run(self._call(calls.pack_args(args, kwargs), _scoped_id()))
+        return self._portal().run(self._call(self._pack(args, kwargs), _scoped_id()))
 
     async def _remote_aio(self, *args: Any, **kwargs: Any) -> Any:
-        call = self._call(calls.pack_args(args, kwargs), _scoped_id())
+        call = self._call(self._pack(args, kwargs), _scoped_id())
         return await asyncio.wrap_future(self._portal().submit(call))
 
     async def _call(self, payload: bytes, scoped_id: str | None) -> Any:
@@ -187,10 +197,10 @@ class Function:
         return await client.value(await client.call(self.app, self.name, payload))
 
     def _spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        return self._portal().run(self._spawn_in_loop(calls.pack_args(args, kwargs), _scoped_id()))
+        return self._portal().run(self._spawn_in_loop(self._pack(args, kwargs), _scoped_id()))
 
     async def _spawn_aio(self, *args: Any, **kwargs: Any) -> FunctionCall:
-        spawn = self._spawn_in_loop(calls.pack_args(args, kwargs), _scoped_id())
+        spawn = self._spawn_in_loop(self._pack(args, kwargs), _scoped_id())
         return await asyncio.wrap_future(self._portal().submit(spawn))
 
     async def _spawn_in_loop(self, payload: bytes, scoped_id: str | None) -> FunctionCall:
@@ -210,7 +220,7 @@ class Function:
                 return_exceptions: bool = False, max_in_flight: int = MAX_IN_FLIGHT,
                 kwargs: dict[str, Any] | None = None) -> Iterator[Any]:
         """`f(*args)` for every `args` in `argsets`; see `map`."""
-        payloads = (calls.pack_args(tuple(a), kwargs or {}) for a in argsets)
+        payloads = (self._pack(tuple(a), kwargs or {}) for a in argsets)
         outcomes = _Mapper(self, max_in_flight, order_outputs).run(payloads)
         return (_outcome(o, return_exceptions) for o in outcomes)
 
@@ -301,14 +311,14 @@ async def _settle(client: calls.CallClient, result: CallResult) -> tuple[bool, A
         return False, exc
 
 
-async def _check_deployed(client: calls.CallClient, app: str, name: str) -> None:
+async def _check_deployed(client: calls.CallClient, app: str, name: str) -> FunctionInfo:
     from wallaroo.core import observe
     from wallaroo.core.errors import NotDeployedError
 
     manifests = {m.slug: m for m in await observe.manifests(client.nats)}
     if app not in manifests:
         raise NotDeployedError(app, sorted(manifests))
-    manifests[app].require_function(name)
+    return manifests[app].require_function(name)
 
 
 class FunctionCall:
@@ -392,15 +402,21 @@ class _Instance:
 @dataclass(eq=False)
 class App:
     """Functions, classes and pipelines deployed together under one name. Register on it
-    with `@app.function()`, `@app.cls()`, `@app.local_entrypoint()`, `app.attach(pipeline)`."""
+    with `@app.function()`, `@app.cls()`, `@app.local_entrypoint()`, `app.attach(pipeline)`.
+
+    `serializer` is its functions' default: "pickle" (any Python value; whoever may call
+    them may run code on runners) or "json" (JSON values only; pickled arguments are refused
+    unread, so callers you do not trust cannot)."""
 
     name: str
     specs: dict[str, FunctionSpec] = field(default_factory=dict)
     entrypoint: Callable[..., Any] | None = None
     application: Application | None = None
+    serializer: calls.Serializer = "pickle"
 
     def __post_init__(self) -> None:
         slug(self.name)  # a name with no letter or digit fails here
+        _check_serializer(self.serializer)
 
     @property
     def slug(self) -> str:
@@ -408,33 +424,38 @@ class App:
 
     def function(self, _bare: object = None, *, retries: Retries | int = 0, timeout: float = 300.0,
                  concurrency: int = 8, schedule: Schedule | None = None, name: str | None = None,
+                 serializer: calls.Serializer | None = None,
                  ) -> Callable[[Callable[..., Any]], Function]:
-        """Deploy the decorated function with this app; it becomes a `Function`."""
+        """Deploy the decorated function with this app; it becomes a `Function`.
+        `serializer` ("pickle" or "json") overrides the app's."""
         _reject_bare(_bare, "app.function")
         policy = _retries(retries)
         _check_limits(timeout, concurrency)
-
+        codec = _check_serializer(serializer or self.serializer)
         when = None if schedule is None else as_schedule(schedule)
 
         def decorate(fn: Callable[..., Any]) -> Function:
-            spec = FunctionSpec(name or _fn_name(fn), fn, policy, float(timeout), concurrency, when)
+            spec = FunctionSpec(name or _fn_name(fn), fn, policy, float(timeout), concurrency, when,
+                                serializer=codec)
             _check_function(fn, when)
             return Function(self.slug, self._add(spec).name, spec)
 
         return decorate
 
     def cls(self, _bare: object = None, *, retries: Retries | int = 0, timeout: float = 300.0,
-            concurrency: int = 8) -> Callable[[type], Cls]:
+            concurrency: int = 8, serializer: calls.Serializer | None = None,
+            ) -> Callable[[type], Cls]:
         """Deploy the decorated class: one instance per runner process, its @wallaroo.enter()
         methods run once before its first call, its @wallaroo.method()s callable remotely."""
         _reject_bare(_bare, "app.cls")
         policy = _retries(retries)
         _check_limits(timeout, concurrency)
+        codec = _check_serializer(serializer or self.serializer)
 
         def decorate(cls: type) -> Cls:
             methods, enters = _marked(cls)
             spec = FunctionSpec(cls.__name__, cls, policy, float(timeout), concurrency,
-                                methods=methods, enter=enters)
+                                methods=methods, enter=enters, serializer=codec)
             return Cls(self, self._add(spec))
 
         return decorate
@@ -506,6 +527,14 @@ def _check_limits(timeout: float, concurrency: int) -> None:
     if not isinstance(concurrency, int) or concurrency < 1:
         msg = f"concurrency={concurrency!r} must be a whole number >= 1"
         raise DefinitionError(msg)
+
+
+def _check_serializer(serializer: object) -> calls.Serializer:
+    if serializer not in calls.SERIALIZERS:
+        msg = (f"serializer={serializer!r}: use 'pickle' (any Python value; callers can run code "
+               "on runners) or 'json' (JSON values only; safe for callers you do not trust)")
+        raise DefinitionError(msg)
+    return serializer
 
 
 def _check_function(fn: Callable[..., Any], schedule: Schedule | None) -> None:

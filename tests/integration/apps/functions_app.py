@@ -156,3 +156,9 @@ def main() -> None:
         custom_boom.remote()
     except AppSpecificError as err:  # the app's own class, rebuilt in `wallaroo run`
         print(f"caught {type(err).__name__}: {err}")
+
+
+@app.function(serializer="json")
+def tally(counts: dict[str, int], bonus: int = 0) -> dict[str, int]:
+    """JSON in, JSON out: callers that may call it cannot make runners unpickle anything."""
+    return {**counts, "total": sum(counts.values()) + bonus}

@@ -55,7 +55,9 @@ async def call(nats: Nats, app: str, function: str, args: list[Any], spawn: bool
     manifest.require_function(function)
     client = calls.CallClient(nats)
     await client.setup()
-    call_id = await client.submit(manifest.slug, function, calls.pack_args(tuple(args), {}))
+    # Always JSON: the runner decodes it without unpickling, whatever the function's serializer.
+    payload = calls.pack_args(tuple(args), {}, "json", function)
+    call_id = await client.submit(manifest.slug, function, payload)
     if spawn:
         return call_id
     result = await client.wait(call_id, timeout)

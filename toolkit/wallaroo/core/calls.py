@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import json
 import os
 import pickle
 import threading
@@ -22,11 +23,18 @@ from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import cloudpickle
 
-from wallaroo.core.errors import CallCancelled, IdempotencyConflict, RemoteError, WallarooError
+from wallaroo.core.errors import (
+    CallCancelled,
+    IdempotencyConflict,
+    NotJsonError,
+    PickledArgumentsRefused,
+    RemoteError,
+    WallarooError,
+)
 from wallaroo.core.names import BLOBS_BUCKET, IDEMPOTENCY_BUCKET, RESULTS_BUCKET, AppNames
 from wallaroo.core.wire import CallRequest, CallResult, CancelNotice, IdempotencyClaim
 from wallaroo.nats import Nats, Out
@@ -120,15 +128,60 @@ class StepScope:
 step_scope: ContextVar[StepScope | None] = ContextVar("wallaroo_step_scope", default=None)
 
 
-def pack_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """The call's arguments pickled; keyword arguments in name order, so that `f(a=1, b=2)`
-    and `f(b=2, a=1)` are the same arguments to an idempotency key."""
-    return bytes(cloudpickle.dumps((tuple(args), dict(sorted(kwargs.items()))), protocol=5))
+Serializer = Literal["pickle", "json"]
+SERIALIZERS: tuple[Serializer, ...] = ("pickle", "json")
+# Marks JSON arguments and values. Pickles (protocol 2+) start with b"\x80", so a payload
+# says what it is, and a runner never needs to try unpickling to find out.
+JSON_MARK = b"json:"
 
 
-def unpack_args(data: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def pack_args(args: tuple[Any, ...], kwargs: dict[str, Any], serializer: Serializer = "pickle",
+              function: str = "the function") -> bytes:
+    """The call's arguments, pickled or as JSON (`{"args": [...], "kwargs": {...}}` after
+    JSON_MARK); keyword arguments in name order, so that `f(a=1, b=2)` and `f(b=2, a=1)` are
+    the same arguments to an idempotency key."""
+    ordered = dict(sorted(kwargs.items()))
+    if serializer == "json":
+        return _json_bytes({"args": list(args), "kwargs": ordered}, function, "an argument")
+    return bytes(cloudpickle.dumps((tuple(args), ordered), protocol=5))
+
+
+def unpack_args(data: bytes, serializer: Serializer = "pickle", function: str = "the function"
+                ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments `pack_args` made. JSON ones are always accepted; pickled ones only by a
+    function that takes pickles: a serializer="json" function refuses them unread."""
+    if data.startswith(JSON_MARK):
+        body = json.loads(data[len(JSON_MARK):])
+        if not (isinstance(body, dict) and isinstance(body.get("args"), list)
+                and isinstance(body.get("kwargs", {}), dict)):
+            msg = 'JSON arguments must be {"args": [...], "kwargs": {...}}'
+            raise ValueError(msg)
+        return tuple(body["args"]), dict(body.get("kwargs", {}))
+    if serializer == "json":
+        raise PickledArgumentsRefused(function)
     args, kwargs = pickle.loads(data)
     return tuple(args), dict(kwargs)
+
+
+def pack_value(value: Any, serializer: Serializer = "pickle", function: str = "the function") -> bytes:
+    """A call's return value as the function's serializer writes it."""
+    if serializer == "json":
+        return _json_bytes(value, function, "the return value")
+    return bytes(cloudpickle.dumps(value, protocol=5))
+
+
+def unpack_value(data: bytes) -> Any:
+    """A value `pack_value` made (runners write results; callers trust them)."""
+    if data.startswith(JSON_MARK):
+        return json.loads(data[len(JSON_MARK):])
+    return pickle.loads(data)
+
+
+def _json_bytes(value: Any, function: str, what: str) -> bytes:
+    try:
+        return JSON_MARK + json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as err:
+        raise NotJsonError(function, what, str(err)) from None
 
 
 class CallClient:
@@ -305,7 +358,7 @@ class CallClient:
             if data is None:
                 msg = f"the result of {result.call_id} expired from the object store"
                 raise WallarooError(msg)
-            return pickle.loads(data)
+            return unpack_value(data)
         return unwrap(result)
 
 
@@ -333,7 +386,7 @@ def unwrap(result: CallResult) -> Any:
     """The value of an inline "ok" result; else the remote exception, rebuilt with its remote
     traceback attached as a note, or a RemoteError when its type cannot be rebuilt here."""
     if result.status == "ok":
-        return pickle.loads(result.value)
+        return unpack_value(result.value)
     if result.status == "cancelled":
         raise CallCancelled(result.call_id)
     raise rebuilt(result)

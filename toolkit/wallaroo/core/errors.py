@@ -232,3 +232,26 @@ class IdempotencyConflict(FunctionError, ValueError):  # noqa: N818 - the name u
         self._args = (function, key, call_id)
         super().__init__(f"idempotency key {key!r} of {function} already names call {call_id}, "
                          "made with other arguments; use a new key for new arguments")
+
+
+class PickledArgumentsRefused(FunctionError, TypeError):  # noqa: N818 - the name users catch
+    """A function declared `serializer="json"` was sent pickled arguments. They are refused
+    unread: unpickling them would run whatever code the caller put in them."""
+
+    def __init__(self, function: str) -> None:
+        self.function = function
+        self._args = (function,)
+        super().__init__(f"{function} takes JSON arguments only (serializer='json'), and this "
+                         "call's arguments were pickled; they were not unpickled. Call it through "
+                         "its Function handle (`.remote`), `wallaroo call`, or send JSON arguments")
+
+
+class NotJsonError(FunctionError, TypeError):
+    """A value of a `serializer="json"` function (an argument or its result) is no JSON value."""
+
+    def __init__(self, function: str, what: str, problem: str) -> None:
+        self.function, self.what, self.problem = function, what, problem
+        self._args = (function, what, problem)
+        super().__init__(f"{what} of {function} is not JSON ({problem}); a serializer='json' "
+                         "function takes and returns only JSON values: dict, list, str, int, "
+                         "float, bool, None")

@@ -109,6 +109,7 @@ class FunctionInfo:
     concurrency: int
     timeout: float
     schedule: str  # "" or how it is scheduled ("every 30s", "cron */5 * * * * UTC")
+    serializer: str = "pickle"  # how it takes arguments and returns values: pickle or json
 
 
 @dataclass(frozen=True)
