@@ -25,6 +25,9 @@ class StepSpec:
     fn: Callable[..., Any]
     state: Callable[[], Any] | None = None
     with_key: bool = False  # fn(data, state, key): windows, whose output names the key
+    # flush(state, key) -> outputs: what the step still holds for a key when input ends (a
+    # job's end): windows emit their open windows, as Flink does on its final watermark.
+    flush: Callable[[Any, str | None], list[Any]] | None = None
 
     @property
     def multi(self) -> bool:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from wallaroo.api import DecoderSpec, KeyExtractorSpec, StepSpec
 from wallaroo.core.errors import PipelineError
+from wallaroo.core.names import AppNames, source_sender
 from wallaroo.pipeline import (
     DEFAULT_PARTITIONS,
     Collect,
@@ -69,6 +70,22 @@ class Application:
 
     def sink_index(self, name: str) -> int:
         return [s.name for s in self.sinks].index(name)
+
+    @property
+    def is_job(self) -> bool:
+        """Are all its sources bounded (read what exists, then end)? Then it is a job: it
+        finishes once every record is processed."""
+        configs = [s.source_config for s in self.stages if s.source is not None]
+        return bool(configs) and all(getattr(c, "bounded", False) for c in configs)
+
+    def senders_of(self, stage: Stage) -> frozenset[str]:
+        """Who sends `stage` its end of input: its source, or every partition of each stage
+        routing into it."""
+        if stage.source is not None:
+            return frozenset({source_sender(stage.source)})
+        return frozenset(AppNames.producer(s.index, p) for s in self.stages
+                         if s.route is not None and s.route.target == stage.index
+                         for p in range(s.partitions))
 
 
 @dataclass(eq=False)

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from wallaroo.core import codec
 from wallaroo.core.engine import RetryPolicy
 from wallaroo.core.errors import UnknownNameError
-from wallaroo.core.names import AppNames
+from wallaroo.core.names import AppNames, eoi_msg_id, source_sender
 from wallaroo.core.wire import DeadLetter, Part
 from wallaroo.core.worker import PartitionWorker, WorkerConfig
 from wallaroo.nats.memory import MemoryNats
@@ -100,6 +100,7 @@ def run(
     retry: RetryPolicy | None = None,
     crash_after: int | Iterable[int] = (),
     crash_at: CrashPoint = "append",
+    end_of_input: bool = False,
 ) -> RunResult:
     """Feed `inputs` to `app` and return what reached its sinks.
 
@@ -110,9 +111,13 @@ def run(
 
     `crash_after`: crash after the Nth commit (counted over all partitions), for each N given;
     `crash_at`: "append" (the commit is in the changelog, nothing published or acked),
-    "publish" (outputs published, inputs not acked) or "commit" (complete)."""
+    "publish" (outputs published, inputs not acked) or "commit" (complete).
+
+    `end_of_input`: then every source ends, as a job's bounded sources do: what steps hold
+    back (open windows) is emitted."""
     return asyncio.run(run_async(app, inputs, batch_size=batch_size, retry=retry,
-                                 crash_after=crash_after, crash_at=crash_at))
+                                 crash_after=crash_after, crash_at=crash_at,
+                                 end_of_input=end_of_input))
 
 
 async def run_async(
@@ -123,6 +128,7 @@ async def run_async(
     retry: RetryPolicy | None = None,
     crash_after: int | Iterable[int] = (),
     crash_at: CrashPoint = "append",
+    end_of_input: bool = False,
 ) -> RunResult:
     """`run`, for a caller already inside an event loop."""
     feed = _feed(app, inputs)
@@ -135,6 +141,9 @@ async def run_async(
     await process.start()
     for chunk in _chunks(feed, batch_size):
         await process.send(chunk)
+        await process.drain()
+    if end_of_input:
+        await process.end_input()
         await process.drain()
     while crashes.idle_crash_due():  # crashes after the last commit: restore once more
         await process.start()
@@ -240,6 +249,13 @@ class _Process:
             subject = self.names.source(stage.index, (n - 1) % stage.partitions)
             for k, payload in enumerate(_fit(records, self.nats.max_payload - PAYLOAD_MARGIN)):
                 await self.nats.publish(subject, payload, f"i:testing.{source}:{n}.{k}")
+
+    async def end_input(self) -> None:
+        """Every source ends: an end-of-input message on each partition of its stage."""
+        for source, stage in self.app.sources.items():
+            for part in range(stage.partitions):
+                await self.nats.publish(self.names.source(stage.index, part), b"",
+                                        eoi_msg_id(source_sender(source), stage.index, part))
 
     async def drain(self) -> None:
         """Poll the first partition (upstream first) with input waiting, until none has."""

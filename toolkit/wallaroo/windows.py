@@ -75,9 +75,10 @@ def _aggregation(agg: object) -> Aggregation:
     return inst
 
 
-def _window_step(name: str, fn: Callable[..., Any], state: Callable[[], Any]) -> Callable[..., Any]:
+def _window_step(name: str, fn: Callable[..., Any], state: Callable[[], Any],
+                 flush: Callable[[Any, str | None], list[Any]]) -> Callable[..., Any]:
     return _attach(fn, StepSpec(kind="state_computation_multi", name=name, fn=fn, state=state,
-                                with_key=True))
+                                with_key=True, flush=flush))
 
 
 # --- count windows ---------------------------------------------------------------------------
@@ -107,8 +108,15 @@ class CountWindows:
             out, st.acc, st.count = inst.output(key, st.acc), None, 0
             return [out]
 
+        def flush(st: _Counted, key: Any) -> list[Any]:
+            """End of input: the partial window is emitted (it would wait forever)."""
+            if not st.count:
+                return []
+            out, st.acc, st.count = inst.output(key, st.acc), None, 0
+            return [] if out is None else [out]
+
         return _window_step(name or f"count_windows({size}) over {type(inst).__name__}",
-                            count_window, _Counted)
+                            count_window, _Counted, flush)
 
 
 def count_windows(size: int) -> CountWindows:
@@ -160,8 +168,11 @@ class RangeWindows:
         def range_window(record: Any, st: _Panes, key: str) -> list[Any]:
             return windows.step(record, st, key)
 
+        def flush(st: _Panes, key: str | None) -> list[Any]:
+            return windows.flush(st, key)
+
         label = f"range_windows({self.length:g}s/{pane:g}s) over {type(inst).__name__}"
-        return _window_step(name or label, range_window, _Panes)
+        return _window_step(name or label, range_window, _Panes, flush)
 
     def _geometry(self) -> tuple[float, int]:
         """(pane seconds, panes per window): windows slide by whole panes."""
@@ -196,10 +207,17 @@ class _RangeLogic:
         st.newest = max(st.newest, t)
         return self._emit_closed(st, key)
 
-    def _emit_closed(self, st: _Panes, key: str) -> list[Any]:
+    def flush(self, st: _Panes, key: Any) -> list[Any]:
+        """End of input: the watermark jumps past every pane, so every window that holds one
+        is emitted, oldest first."""
+        if not st.panes or st.next_window is None:
+            return []
+        return self._emit_closed(st, key, watermark=(max(st.panes) + self.per_window + 1) * self.pane)
+
+    def _emit_closed(self, st: _Panes, key: Any, watermark: float | None = None) -> list[Any]:
         """Every window that ends at or before the watermark, oldest first."""
         assert st.next_window is not None
-        watermark, outs = st.newest - self.delay, []
+        watermark, outs = st.newest - self.delay if watermark is None else watermark, []
         first_open = self._first_open(watermark)
         while st.next_window < first_open:
             start = st.next_window

@@ -142,3 +142,39 @@ def test_a_record_late_for_some_sliding_windows_counts_in_the_open_ones_only() -
     # t=5 alone in the 6 windows ending by 75; t=58 missed [0,60) and [10,70), emitted at
     # t=75, and counts in [20,80) .. [50,110) with t=75; then t=75 alone in [60,120), [70,130)
     assert result.lines() == ["k 1 over 1"] * 6 + ["k 6 over 2"] * 4 + ["k 2 over 1"] * 2
+
+
+# --- end of input (a job's bounded sources) ----------------------------------------------------
+
+
+def test_at_end_of_input_count_windows_emit_their_partial_window() -> None:
+    app = app_with(wl.count_windows(3).over(Sum))
+    inputs = ["a,1", "b,10", "a,2", "a,3", "b,20", "a,4", "c,100"]
+    streaming = testing.run(app, inputs).lines()
+    assert streaming == ["a 6 over 3"]  # endless input: the rest waits
+    ended = testing.run(app, inputs, end_of_input=True).lines()
+    assert ended[:1] == streaming
+    assert sorted(ended[1:]) == ["a 4 over 1", "b 30 over 2", "c 100 over 1"]
+
+
+def test_at_end_of_input_every_open_range_window_is_emitted_once() -> None:
+    app = app_with(wl.range_windows(wl.seconds(10)).with_slide(wl.seconds(5))
+                   .with_timestamp(at).over(Sum))
+    inputs = ["a,1,1", "a,2,7", "a,4,12", "b,8,3"]
+    ended = testing.run(app, inputs, end_of_input=True).lines()
+    # Windows [-5,5) [0,10) [5,15) [10,20) for a; [-5,5) [0,10) for b: all open at the end.
+    assert sorted(ended) == sorted(["a 1 over 1", "a 3 over 2", "a 6 over 2", "a 4 over 1",
+                                    "b 8 over 1", "b 8 over 1"])
+
+
+def test_the_end_of_input_flush_survives_crashes_exactly_once() -> None:
+    app = app_with(wl.count_windows(4).over(Sum))
+    inputs = [f"{k},{i}" for i in range(30) for k in "abcde"]
+    expected = sorted(testing.run(app, inputs, batch_size=7, end_of_input=True).lines())
+    commits = testing.run(app, inputs, batch_size=7, end_of_input=True).commits
+    assert len(expected) == 5 * 8  # 7 full windows and one partial per key
+    for crash in (commits - 2, commits - 1, commits):
+        for point in ("append", "publish", "commit"):
+            run = testing.run(app, inputs, batch_size=7, end_of_input=True, crash_after=crash,
+                              crash_at=point)  # type: ignore[arg-type]
+            assert sorted(run.lines()) == expected, (crash, point)

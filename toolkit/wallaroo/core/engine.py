@@ -201,6 +201,47 @@ class StageEngine:
         result.states = _dump_states(batch, work)
         return result
 
+    @property
+    def holds_back(self) -> bool:
+        """Does a step keep records back until more arrive (windows)? Then end of input flushes."""
+        return any(step.flush is not None for step in self.steps)
+
+    def end_of_input(self, table: Mapping[str, bytes]) -> BatchResult:
+        """Input has ended (a job's): every step that holds records back lets them go, for each
+        key it holds state for, and what it lets go runs through the rest of the stage (as
+        Flink's final watermark). A key whose flush fails is dead-lettered; the others go on."""
+        result = BatchResult()
+        for j, step in enumerate(self.steps):
+            if step.flush is not None:
+                prefix = state_slot_of(step.name, None)
+                view = {**table, **result.states}
+                for slot in sorted(k for k in view if k.startswith(prefix)):
+                    self._flush_key(j, slot[len(prefix):] or None, view, result)
+        return result
+
+    def _flush_key(self, j: int, key: str | None, view: Mapping[str, bytes], result: BatchResult) -> None:
+        step, work = self.steps[j], {}
+        try:
+            state = work[key] = codec.loads(view[state_slot(step, key)])
+            assert step.flush is not None
+            vals = list(step.flush(state, key))
+            keys: list[str | None] = [key] * len(vals)
+            out = {step.name: work}
+            for later in self.steps[j + 1:]:
+                keys, vals, _ = self._step(later, later.fn, keys, vals, None, view,
+                                           out.setdefault(later.name, {}))
+            if self.route is not None:
+                self._route(vals, result.routed)
+            self._encode(vals, result)
+            result.states.update({state_slot_of(name, k): codec.dumps(obj)
+                                  for name, objs in out.items() for k, obj in objs.items()})
+        except Exception as exc:  # user code at end of input: this key's letter, not a stall
+            err = exc.exc if isinstance(exc, _StepFailed) else exc
+            result.dead.append(DeadLetter(self.stage.name, step.name, "user_error",
+                                          f"{type(err).__name__}: {err}",
+                                          "".join(traceback.format_exception(err)), 1, key, b"",
+                                          (0, 0)))
+
     def _scoped(self, step: StepSpec, rids: list[RecordId], origin: list[int] | None,
                 n: int) -> Callable[..., Any]:
         """`step.fn`, each of its `n` calls (one per value, in order) made inside the

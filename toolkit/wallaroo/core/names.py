@@ -110,6 +110,29 @@ def sink_token(name: str) -> str:
 
 REPLAY_PREFIX = "r:"  # message ids of dead letters re-injected by `wallaroo dlq replay`
 
+# End of input (a job's bounded sources): an empty message on every partition of a stage
+# from each of its senders (a source, or every partition of the stage routing to it). A
+# partition that heard from all its senders flushes what it holds back (windows) in a
+# commit marked ENDED, then tells the stage after it. Received ends are kept as watermarks
+# "eoi:<sender>" in the commit records, so a restore knows them.
+EOI_PREFIX = "eoi:"
+ENDED = "eoi!"  # watermark of a partition that flushed at end of input
+
+
+def eoi_msg_id(sender: str, stage: int, part: int) -> str:
+    return f"{EOI_PREFIX}{sender}>{stage}.{part}"
+
+
+def eoi_sender(msg_id: str) -> str | None:
+    """Who sent this end-of-input message, None if it is none."""
+    if not msg_id.startswith(EOI_PREFIX):
+        return None
+    return msg_id[len(EOI_PREFIX):].rpartition(">")[0] or None
+
+
+def source_sender(source: str) -> str:
+    return f"src.{source}"
+
 
 def internal_msg_id(producer: str, commit_no: int, k: int) -> str:
     return f"{producer}:{commit_no}:{k}"

@@ -23,7 +23,17 @@ from wallaroo.core.engine import (
     RetryPolicy,
     StageEngine,
 )
-from wallaroo.core.names import REPLAY_PREFIX, AppNames, internal_msg_id, parse_internal
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.names import (
+    ENDED,
+    EOI_PREFIX,
+    REPLAY_PREFIX,
+    AppNames,
+    eoi_msg_id,
+    eoi_sender,
+    internal_msg_id,
+    parse_internal,
+)
 from wallaroo.core.wire import MALFORMED, CommitRecord, DeadLetter, ReplayBatch
 from wallaroo.nats.protocol import Consumer, InMsg, Out, WorkerNats
 from wallaroo.plan import Application, Stage
@@ -39,6 +49,7 @@ class Fresh(NamedTuple):
     keys: list[str | None]
     values: list[Any]
     malformed: DeadLetter | None = None
+    ended: str = ""  # an end-of-input message: its sender
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,10 @@ class _TooBig(Exception):  # noqa: N818 - control flow inside _commit_batch
 # What pickle raises for a value it cannot serialize.
 UNSERIALIZABLE: tuple[type[Exception], ...] = (pickle.PicklingError, TypeError, AttributeError)
 PAYLOAD_MARGIN = 4096  # headers and framing on top of the commit record
+
+
+class FlushTooLargeError(WallarooError):
+    """The end-of-input flush of a partition does not fit in one commit record."""
 
 
 class ResyncNeeded(Exception):  # noqa: N818 - control flow, caught by the worker loop
@@ -173,7 +188,7 @@ class PartitionWorker:
         last_rec = self.state.last
         if last_rec is not None and await self._unacked(last_rec):
             # Its inputs were never acked, so its outputs may not all have been published.
-            await self.nats.publish_all(last_rec.outs)
+            await self._publish(last_rec.outs)
         self.progress.restores += 1
         log.info("%s: restored %d commits (snapshot: commit %s), %d state slots, committed seq %d "
                  "in %.3fs", self.log_subject, self.state.commit_no, self.checkpoints.restored_from,
@@ -219,6 +234,9 @@ class PartitionWorker:
     def _decode(self, m: InMsg) -> Fresh:
         """The message's records, or its dead letter: a message that does not decode is
         committed as a dead letter and acked like any other, so it never stalls the partition."""
+        sender = eoi_sender(m.msg_id)
+        if sender is not None:
+            return Fresh(m, [], [], ended=sender)
         try:
             return Fresh(m, *self._records(m))
         except Exception as err:  # unpickling can raise anything: it is this message's fault
@@ -246,14 +264,16 @@ class PartitionWorker:
 
     async def _commit_batch(self, batch: list[Fresh]) -> None:
         records = Batch()
-        for m, keys, values, _ in batch:
-            records.add(m.stream_seq, keys, values)
+        for f in batch:
+            records.add(f.msg.stream_seq, f.keys, f.values)
         malformed = [f.malformed for f in batch if f.malformed is not None]
         started = time.perf_counter()
         result = _with_letters(await self._execute(records), malformed)
         self._seconds_per_record = (time.perf_counter() - started) / max(1, len(records))
+        ends, flushed = await self._end_of_input(batch, result)
+        _merge(result, flushed)
         try:
-            rec, encoded = self._commit_record(batch, result)
+            rec, encoded = self._commit_record(batch, result, ends)
         except UNSERIALIZABLE + (_TooBig,) as err:
             if len(batch) > 1:  # commit fewer input messages at a time
                 half = len(batch) // 2
@@ -264,35 +284,85 @@ class PartitionWorker:
                         "by one", self.in_subject, batch[0].msg.stream_seq, err)
             result = _with_letters(await self._execute(records, check_outputs=self.max_output_bytes),
                                    malformed)
+            _merge(result, flushed)
             try:
-                rec, encoded = self._commit_record(batch, result)
+                rec, encoded = self._commit_record(batch, result, ends)
             except _TooBig as too_big:
                 # Still too big all together (many outputs, a huge state, big dead letters):
                 # the message's records go to the dead-letter stream, so the partition flows.
+                if ENDED in ends:  # a known limit: the flush at end of input is one commit
+                    msg = (f"{self.in_subject}: what the stage holds at end of input does not fit "
+                           f"in one commit ({too_big}); deploy the job with more partitions")
+                    raise FlushTooLargeError(msg) from None
                 result = self._all_dead(records, malformed, str(too_big))
-                rec, encoded = self._commit_record(batch, result)
+                rec, encoded = self._commit_record(batch, result, ends)
         await self._append(rec, encoded)
-        await self.nats.publish_all(rec.outs)
+        await self._publish(rec.outs)
         await asyncio.gather(*(f.msg.ack() for f in batch))
         self._count(result, len(batch), len(malformed))
         await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
 
-    def _commit_record(self, batch: list[Fresh], result: BatchResult) -> tuple[CommitRecord, bytes]:
+    def _commit_record(self, batch: list[Fresh], result: BatchResult, ends: dict[str, int]
+                       ) -> tuple[CommitRecord, bytes]:
         watermarks = dict(self.state.watermarks)
         for f in batch:
             origin = parse_internal(f.msg.msg_id)
             if origin is not None:
                 watermarks[origin[0]] = max(origin[1], watermarks.get(origin[0], 0))
+        watermarks.update(ends)
+        outs = self._outputs(result, self.state.commit_no + 1)
+        if ENDED in ends:
+            outs += self._end_messages()
         rec = CommitRecord(
             commit_no=self.state.commit_no + 1, first_seq=batch[0].msg.stream_seq,
             last_seq=batch[-1].msg.stream_seq, watermarks=watermarks, states=result.states,
-            outs=self._outputs(result, self.state.commit_no + 1),
+            outs=outs,
         )
         encoded = rec.to_wire()
         if len(encoded) > self.nats.max_payload - PAYLOAD_MARGIN:
             msg = f"commit record of {len(encoded)} bytes exceeds the NATS max payload"
             raise _TooBig(msg)
         return rec, encoded
+
+    async def _end_of_input(self, batch: list[Fresh], result: BatchResult
+                            ) -> tuple[dict[str, int], BatchResult]:
+        """The ends this batch brings (watermarks "eoi:<sender>"), and ENDED once every sender
+        of this stage has ended; then also what the stage held back (windows), flushed after
+        the batch's own records, to commit with them."""
+        ends = {f"{EOI_PREFIX}{f.ended}": 1 for f in batch if f.ended}
+        heard = {k[len(EOI_PREFIX):] for k in (*self.state.watermarks, *ends) if k.startswith(EOI_PREFIX)}
+        expected = self.app.senders_of(self.stage)
+        if ENDED in self.state.watermarks or not ends or not expected <= heard:
+            return ends, BatchResult()
+        flushed = BatchResult()
+        if self.engine.holds_back:
+            table = {**self.state.table, **result.states}
+            flushed = await self._off_loop(self.engine.end_of_input, table)
+        log.info("%s: end of input from all %d senders: flushed", self.in_subject, len(expected))
+        return {**ends, ENDED: 1}, flushed
+
+    def _end_messages(self) -> list[Out]:
+        """End of input for every partition of the next stage (none for a last stage: its
+        ENDED commit is what a job's progress reads)."""
+        route = self.stage.route
+        if route is None:
+            return []
+        parts = self.app.stages[route.target].partitions
+        return [Out(self.names.data(route.target, p), b"", eoi_msg_id(self.producer, route.target, p))
+                for p in range(parts)]
+
+    async def _publish(self, outs: list[Out]) -> None:
+        """A commit's outputs, ends of input last and only once the rest is stored: the next
+        stage must never see an end before the records it follows."""
+        data = [o for o in outs if not o.msg_id.startswith(EOI_PREFIX)]
+        await self.nats.publish_all(data)
+        if len(data) < len(outs):
+            await self.nats.publish_all([o for o in outs if o.msg_id.startswith(EOI_PREFIX)])
+
+    async def _off_loop(self, fn: Callable[..., BatchResult], *args: Any) -> BatchResult:
+        if self.engine.scope is None:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
 
     async def _append(self, rec: CommitRecord, encoded: bytes) -> None:
         self.log_seq = await self.nats.append_fenced(
@@ -407,6 +477,18 @@ def _cut_letter(letter: DeadLetter, limit: int) -> DeadLetter:
     keep = limit // 2
     error = f"{letter.error[:keep]} (a message of {len(letter.payload)} bytes, cut to {keep})"
     return replace(letter, payload=letter.payload[:keep], error=error, traceback="")
+
+
+def _merge(result: BatchResult, more: BatchResult) -> None:
+    """`more`'s outputs after `result`'s (same partitions and sinks), its states over them."""
+    for part, (keys, values) in more.routed.items():
+        into = result.routed.setdefault(part, ([], []))
+        into[0].extend(keys)
+        into[1].extend(values)
+    for sink, outs in more.sink_out.items():
+        result.sink_out.setdefault(sink, []).extend(outs)
+    result.states.update(more.states)
+    result.dead += more.dead
 
 
 def _with_letters(result: BatchResult, malformed: list[DeadLetter]) -> BatchResult:
