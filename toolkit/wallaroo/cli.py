@@ -13,7 +13,7 @@ import typer
 
 from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.scale import request_runners
-from wallaroo.control.tables import render_table
+from wallaroo.control.tables import preview, render_table
 from wallaroo.core import keys
 from wallaroo.core.calls import cluster_creds, cluster_tls_ca, cluster_url
 from wallaroo.core.errors import WallarooError
@@ -371,17 +371,28 @@ def run_command(
                     "start an embedded one, as `wallaroo dev`, and stop it at the end)")] = None,
     runners: Annotated[int, typer.Option(min=1, max=64, help="runners of the embedded "
                        "cluster")] = 1,
-    state_dir: Annotated[Path, typer.Option(help="the embedded cluster's data and logs")] = Path(
-        ".wallaroo/run"),
+    state_dir: Annotated[Path, typer.Option(help="the embedded cluster's data and logs (a "
+                         "job resumes from them)")] = Path(".wallaroo/run"),
     tls: Annotated[bool, typer.Option("--tls", help="the embedded cluster speaks TLS only")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="a job: start over instead of resuming "
+                     "from the state of an earlier run")] = False,
+    timeout: Annotated[float | None, typer.Option(min=0.1, help="a job: give up after N "
+                       "seconds")] = None,
 ) -> None:
-    """Deploy APP and run its @app.local_entrypoint() here, against the deployed functions."""
+    """Run a job (an app whose sources are all bounded) to its end, with progress and a
+    summary; exit 0 when done, 1 if records were dead-lettered, 2 if it could not run. Or
+    deploy APP and run its @app.local_entrypoint() here, against the deployed functions."""
+    from wallaroo.local import runjob
     from wallaroo.local.runapp import run_app
 
     try:
+        if runjob.is_job_file(app_file):
+            job = runjob.JobRun(app_file, nats, runners, state_dir, fresh, tls, timeout)
+            raise typer.Exit(runjob.run_job(job))
         run_app(app_file, nats, runners, state_dir, tls)
-    except WallarooError as err:
-        fail(str(err))
+    except (WallarooError, TimeoutError) as err:
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(runjob.FAILED) from None
 
 
 @app.command()
@@ -462,8 +473,8 @@ def dlq_list(
     if not letters:
         typer.echo(f"no dead letters for {app_name}")
         return
-    rows = [[str(d.seq), d.step, d.reason, str(d.attempts), d.key or "", _preview(d.payload),
-             _preview(d.error, 200), "yes" if d.replayable else "no"] for d in letters]
+    rows = [[str(d.seq), d.step, d.reason, str(d.attempts), d.key or "", preview(d.payload),
+             preview(d.error, 200), "yes" if d.replayable else "no"] for d in letters]
     typer.echo(render_table(["seq", "step", "reason", "attempts", "key", "record", "error",
                              "replay"], rows))
     if tracebacks:
@@ -531,14 +542,6 @@ def keys_fingerprint(
         typer.echo("\n".join(keys.fingerprints(key_file)))
     except WallarooError as err:
         fail(str(err))
-
-
-def _preview(payload: bytes | str, width: int = 40) -> str:
-    """One line of at most `width` characters. Control characters are escaped: a dead letter
-    holds whatever bytes someone sent, and they must not drive the terminal."""
-    text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: width + 1])
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def main() -> None:

@@ -85,6 +85,11 @@ class FileSource(StreamSource):
     source that stays down longer than the data stream's dedup window (5 minutes) may re-send
     the one window it had in flight.
 
+    `bounded=True` makes it a job's input: the file is read up to the size it had when the
+    source first started (an unterminated last line included), then the source ends; an app
+    whose sources are all bounded is a job (`wallaroo run`), which finishes once every record
+    is processed, its open windows emitted.
+
     `path` is read on the machine of the runner that runs the source: give an absolute path,
     on a filesystem every runner shares when they run on several machines (under `wallaroo
     dev` they all run on yours).
@@ -94,15 +99,16 @@ class FileSource(StreamSource):
     path: str
     poll: float
     settle: float
+    bounded: bool
 
     def __init__(
         self, path: str | os.PathLike[str], decoder: Callable[[bytes], Any] = utf8_decoder, *,
-        partitions: int = 1, poll: float = 0.25, settle: float = 1.0,
+        partitions: int = 1, poll: float = 0.25, settle: float = 1.0, bounded: bool = False,
     ) -> None:
         _set(self, decoder=decoder, partitions=partitions,
              path=_need_text(self, "path", os.fspath(path)),
              poll=_need_positive(self, "poll", poll),
-             settle=_need_positive(self, "settle", settle))
+             settle=_need_positive(self, "settle", settle), bounded=bool(bounded))
 
 
 @dataclass(frozen=True, init=False)
@@ -117,6 +123,9 @@ class S3Source(StreamSource):
     `i:s3-<hash of source name, bucket, key>:<byte offset of the batch's first line>` and the
     (key, offset) progress lives in NATS KV, so a restart re-sends only duplicates.
 
+    `bounded=True` makes it a job's input: the objects under the prefix when the source first
+    starts (up to the last key then) are read, then the source ends.
+
     Credentials come from botocore's usual chain; `endpoint_url` points at MinIO or moto.
     """
 
@@ -125,16 +134,19 @@ class S3Source(StreamSource):
     prefix: str
     endpoint_url: str | None
     poll: float
+    bounded: bool
 
     def __init__(
         self, bucket: str, prefix: str = "", decoder: Callable[[bytes], Any] = utf8_decoder, *,
         endpoint_url: str | None = None, partitions: int = 1, poll: float = 5.0,
+        bounded: bool = False,
     ) -> None:
         if not isinstance(prefix, str):
             raise ConnectorConfigError(self, "prefix", prefix, "a string")
         _set(self, decoder=decoder, partitions=partitions,
              bucket=_need_text(self, "bucket", bucket), prefix=prefix,
-             endpoint_url=endpoint_url, poll=_need_positive(self, "poll", poll))
+             endpoint_url=endpoint_url, poll=_need_positive(self, "poll", poll),
+             bounded=bool(bounded))
 
 
 # --- sinks ------------------------------------------------------------------------------------

@@ -8,11 +8,10 @@ what a sink delivers for one output message. No IO here, so all of it is unit-te
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from wallaroo.core.names import parse_internal
+from wallaroo.core.names import connector_token, parse_internal
 
 
 @dataclass(frozen=True)
@@ -85,12 +84,7 @@ def source_msg_id(source_id: str, offset: int) -> str:
     return f"i:{source_id}:{offset}"
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def safe_token(name: str) -> str:
-    """`name` as a NATS KV key part, durable name or S3 key part (ASCII letters, digits, -, _)."""
-    return _UNSAFE.sub("_", name) or "_"
+safe_token = connector_token  # the one spelling, shared with the CLI's readers
 
 
 def s3_object_key(seq: int, msg_id: str) -> str:

@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
-from wallaroo.core.names import CONNECTORS_BUCKET
+from wallaroo.core.names import CONNECTORS_BUCKET, source_progress_key
 from wallaroo.nats import Nats
 from wallaroo_runtime.connectors.framing import safe_token
 
@@ -23,6 +23,11 @@ class SourceProgress:
     acked: int = 0  # every record before this byte offset of `unit` is in the stream
     upto: int = 0  # > acked: the window [acked, upto) may be partly published
     done: bool = False  # S3: `unit` was read to its end
+    # Bounded sources (jobs): where the input ends, fixed when the source first starts (a
+    # file's size; the last S3 key), and whether its end of input was sent.
+    end: int = -1
+    last_unit: str = ""
+    ended: bool = False
 
     @property
     def in_flight(self) -> bool:
@@ -63,9 +68,7 @@ class KvProgress:
         await self.nats.kv_put(self.bucket, key, value)
 
 
-def source_key(slug: str, source: str) -> str:
-    """The progress key of a connector source (and its lease key in WL_LEASES)."""
-    return f"{slug}.src.{safe_token(source)}"
+source_key = source_progress_key  # its lease key in WL_LEASES too
 
 
 def sink_key(slug: str, sink: str) -> str:

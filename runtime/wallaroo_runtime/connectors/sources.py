@@ -13,13 +13,13 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from wallaroo.connectors import ConnectorSource, FileSource, S3Source
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.codec import SEND_BATCH, pack_batch, partition_of
 from wallaroo.core.errors import WallarooError
-from wallaroo.core.names import AppNames
+from wallaroo.core.names import AppNames, eoi_msg_id, source_sender
 from wallaroo.nats import Nats, Out
 from wallaroo_runtime.connectors.framing import (
     LineBatch,
@@ -63,6 +63,16 @@ class Publisher:
         await self.store.save(self.key, progress.to_json())
         self.progress = progress
 
+    async def end(self, name: str) -> None:
+        """A bounded source read all its input: an end-of-input message on every partition of
+        its stage (ids fixed, so sending them again is harmless), then recorded as ended."""
+        sender = source_sender(name)
+        await self.nats.publish_all([
+            Out(self.names.source(self.stage, p), b"", eoi_msg_id(sender, self.stage, p))
+            for p in range(self.partitions)])
+        await self.save(replace(self.progress, ended=True))
+        log.info("source %s ended: all its input is in the stream", name)
+
     async def send(self, source_id: str, data: bytes, pos: int, end: int, *, base: int) -> None:
         """Publish the records of data[pos:end] (data[0] is at unit offset `base`): record the
         window, publish it, wait for every JetStream ack, record its end."""
@@ -93,6 +103,9 @@ async def run_source(
     progress = SourceProgress.from_json(raw) if raw else SourceProgress()
     pub = Publisher(nats, AppNames(slug), stage, partitions, progress_store, key, progress)
     log.info("source %s/%s starts at %s", slug, name, progress)
+    if progress.ended:  # a job's source that sent all its input: nothing more, ever
+        await stop.wait()
+        return
     if isinstance(cfg, FileSource):
         await _run_file(pub, name, cfg, stop)
     else:
@@ -119,9 +132,23 @@ class _Tail:
 
 async def _run_file(pub: Publisher, name: str, cfg: FileSource, stop: asyncio.Event) -> None:
     tail = _Tail(cfg.settle)
+    if cfg.bounded and pub.progress.end < 0:
+        await pub.save(replace(pub.progress, end=await _bounded_size(cfg.path)))
     while not stop.is_set():
-        if not await file_step(pub, name, cfg, tail):
-            await sleep_or_stop(stop, cfg.poll)
+        if await file_step(pub, name, cfg, tail):
+            continue
+        if cfg.bounded and pub.progress.acked >= pub.progress.end:
+            await pub.end(name)
+            await stop.wait()
+            return
+        await sleep_or_stop(stop, cfg.poll)
+
+
+async def _bounded_size(path: str) -> int:
+    size = await asyncio.to_thread(_size, path)
+    if size is None:
+        log.warning("bounded source file %s does not exist: the job reads nothing from it", path)
+    return size or 0
 
 
 async def file_step(pub: Publisher, name: str, cfg: FileSource, tail: _Tail) -> bool:
@@ -130,6 +157,13 @@ async def file_step(pub: Publisher, name: str, cfg: FileSource, tail: _Tail) -> 
     p = pub.progress
     if size is None:
         return False
+    if cfg.bounded and size < p.acked:
+        log.warning("%s shrank to %d bytes while a job read it (read to %d): its input ends there",
+                    cfg.path, size, p.acked)
+        await pub.save(replace(p, end=p.acked, upto=p.acked))
+        return False
+    if cfg.bounded:
+        size = min(size, p.end)
     if size < max(p.acked, p.upto):
         log.warning("%s shrank to %d bytes (was read to %d): reading it again from the start",
                     cfg.path, size, p.acked)
@@ -141,7 +175,8 @@ async def file_step(pub: Publisher, name: str, cfg: FileSource, tail: _Tail) -> 
         await pub.send(source_id, data, 0, len(data), base=p.acked)
         return True
     data = await asyncio.to_thread(_read_at, cfg.path, p.acked, min(size - p.acked, READ_CHUNK))
-    final = p.acked + len(data) == size and tail.settled(size, time.monotonic())
+    # A bounded file's end is its end: its unterminated last line is complete without waiting.
+    final = p.acked + len(data) == size and (cfg.bounded or tail.settled(size, time.monotonic()))
     end = window_end(data, 0, WINDOW_RECORDS, final=final)
     if end == 0 and len(data) >= READ_CHUNK:
         raise LineTooLongError(cfg.path, p.acked, READ_CHUNK)
@@ -176,11 +211,18 @@ def open_s3(bucket: str, prefix: str, endpoint_url: str | None) -> S3Store:
 async def _run_s3(pub: Publisher, name: str, cfg: S3Source, stop: asyncio.Event) -> None:
     store = open_s3(cfg.bucket, "", cfg.endpoint_url)
     try:
+        if cfg.bounded and pub.progress.end < 0:  # the input: the keys there now
+            keys = await store.list(cfg.prefix)
+            await pub.save(replace(pub.progress, end=len(keys), last_unit=max(keys, default="")))
         while not stop.is_set():
             for key in await _pending_keys(store, cfg, pub.progress):
                 if stop.is_set():
                     return
                 await object_step(pub, store, name, cfg, key, stop)
+            if cfg.bounded and not stop.is_set():
+                await pub.end(name)
+                await stop.wait()
+                return
             await sleep_or_stop(stop, cfg.poll)
     finally:
         await store.close()
@@ -190,6 +232,8 @@ async def _pending_keys(store: S3Store, cfg: S3Source, p: SourceProgress) -> lis
     """Keys under the prefix still to read, in order: after the current one, or it if unfinished."""
     keys = []
     for key in await store.list(cfg.prefix):
+        if cfg.bounded and key > p.last_unit:
+            continue  # written after the job started: not its input
         if key > p.unit or (key == p.unit and not p.done):
             keys.append(key)
     return [k for k in keys if _readable(cfg, k)]
@@ -211,10 +255,10 @@ async def object_step(pub: Publisher, store: S3Store, name: str, cfg: S3Source, 
     data = await store.get(key)
     if data is None:
         log.warning("s3://%s/%s vanished before it was read", cfg.bucket, key)
-        await pub.save(SourceProgress(unit=key, done=True))
+        await pub.save(replace(pub.progress, unit=key, acked=0, upto=0, done=True))
         return
-    if pub.progress.unit != key:
-        pub.progress = SourceProgress(unit=key)  # recorded with its first window
+    if pub.progress.unit != key:  # recorded with its first window
+        pub.progress = replace(pub.progress, unit=key, acked=0, upto=0, done=False)
     source_id = s3_source_id(name, cfg.bucket, key)
     if pub.progress.in_flight:
         await pub.send(source_id, data, pub.progress.acked, pub.progress.upto, base=0)
@@ -222,6 +266,6 @@ async def object_step(pub: Publisher, store: S3Store, name: str, cfg: S3Source, 
         pos = pub.progress.acked
         end = window_end(data, pos, WINDOW_RECORDS, final=True)
         if end == pos:  # only empty lines (or nothing) left
-            await pub.save(SourceProgress(unit=key, acked=len(data), upto=len(data), done=True))
+            await pub.save(replace(pub.progress, unit=key, acked=len(data), upto=len(data), done=True))
             return
         await pub.send(source_id, data, pos, end, base=0)

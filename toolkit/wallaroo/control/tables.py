@@ -11,3 +11,11 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def preview(payload: bytes | str, width: int = 40) -> str:
+    """One line of at most `width` characters. Control characters are escaped: a dead letter
+    holds whatever bytes someone sent, and they must not drive the terminal."""
+    text = payload if isinstance(payload, str) else payload.decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[: width + 1])
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 APPS_BUCKET = "WL_APPS"
 ARTIFACTS_BUCKET = "WL_ARTIFACTS"
 MEMBERS_BUCKET = "WL_MEMBERS"  # runner heartbeats; entries lapse after the member TTL
@@ -102,6 +104,16 @@ class AppNames:
 
 def partition_key(slug: str, stage: int, part: int) -> str:
     return f"{slug}.{stage}.{part}"
+
+
+def connector_token(name: str) -> str:
+    """`name` as a NATS KV key part, durable name or S3 key part (ASCII letters, digits, -, _)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
+
+
+def source_progress_key(slug: str, source: str) -> str:
+    """Where a connector source keeps its progress (WL_CONNECTORS), and its lease key."""
+    return f"{slug}.src.{connector_token(source)}"
 
 
 def sink_token(name: str) -> str:

@@ -33,12 +33,13 @@ def run_app(app_file: Path, url: str | None, runners: int, state_dir: Path,
     the embedded cluster speaks TLS only (see DevCluster)."""
     deployed, _ = load_deployable(app_file)  # fail on a broken app before starting anything
     if deployed.entrypoint is None:
-        msg = (f"{app_file}: app {deployed.name!r} has no entrypoint: decorate the function to "
-               "run with @app.local_entrypoint()")
+        msg = (f"{app_file}: app {deployed.name!r} is no job (not all its sources are bounded) "
+               "and has no entrypoint: give its FileSource/S3Source bounded=True, or decorate "
+               "the function to run with @app.local_entrypoint() (`wallaroo dev` runs an "
+               "endless app)")
         raise AppLoadError(msg)
     if url is not None:
-        _deploy_and_run(app_file, url, deployed, Access(None, cluster_creds("deployer"),
-                                                        cluster_creds("client"), cluster_tls_ca()))
+        _deploy_and_run(app_file, url, deployed, cluster_access(None))
         return
     with DevCluster(state_dir, runners, tls=tls) as cluster:
         _info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
@@ -75,6 +76,12 @@ class Access:
     deployer: Path | None
     client: Path | None
     tls_ca: Path | None
+
+
+def cluster_access(deploy_key: Path | None) -> Access:
+    """How to reach the cluster the CLI finds (--creds, $WALLAROO_CREDS, a `wallaroo dev`
+    in this folder; --tls-ca ...)."""
+    return Access(deploy_key, cluster_creds("deployer"), cluster_creds("client"), cluster_tls_ca())
 
 
 def _deploy_and_run(app_file: Path, url: str, deployed: App, access: Access) -> None:

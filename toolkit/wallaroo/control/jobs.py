@@ -1,0 +1,128 @@
+"""Where a job stands (an app whose sources are all bounded), read from NATS: how much of its
+input its sources have read, which partitions have flushed at end of input, whether its
+connector sinks delivered everything, how many records were dead-lettered. A job is finished
+when every source ended, every partition of every stage committed its end-of-input flush, and
+every connector sink delivered the last output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from wallaroo.connectors import ConnectorSink
+from wallaroo.core import observe
+from wallaroo.core.names import CONNECTORS_BUCKET, ENDED, AppNames, source_progress_key
+from wallaroo.core.wire import CommitRecord, Heartbeat
+from wallaroo.nats import Nats
+from wallaroo.plan import Application
+
+REPORT_WAIT = 5.0  # seconds a finished job waits for the runners' last counts
+
+
+@dataclass(frozen=True)
+class SourceState:
+    name: str
+    read: int  # bytes (files) or objects (S3) read
+    total: int  # of that many; -1 while the source has not fixed its end yet
+    ended: bool
+
+
+@dataclass(frozen=True)
+class JobState:
+    sources: list[SourceState]
+    parts_ended: int
+    parts: int
+    records: int  # records the first stages processed (as runners report them)
+    rate: float  # records/s, lately
+    dead: int  # dead letters
+    sinks_behind: list[str]  # connector sinks with outputs still to deliver
+
+    @property
+    def finished(self) -> bool:
+        return (all(s.ended for s in self.sources) and self.parts_ended == self.parts
+                and not self.sinks_behind)
+
+    @property
+    def read(self) -> int:
+        return sum(s.read for s in self.sources)
+
+    @property
+    def total(self) -> int | None:
+        """Input size in all; None until every source fixed its end."""
+        if any(s.total < 0 for s in self.sources):
+            return None
+        return sum(s.total for s in self.sources)
+
+
+async def job_state(nats: Nats, app: Application, slug: str) -> JobState:
+    beats = await observe.runner_heartbeats(nats)
+    names = AppNames(slug)
+    first = {st.index for st in app.stages if st.source is not None}
+    reports = [(part, r) for b in beats if slug in b.apps for part, r in b.apps[slug].partitions.items()]
+    return JobState(
+        sources=[await _source(nats, slug, st.source) for st in app.stages if st.source is not None],
+        parts_ended=sum([await _ended(nats, names, st.index, p)
+                         for st in app.stages for p in range(st.partitions)]),
+        parts=sum(st.partitions for st in app.stages),
+        records=sum(r.records for part, r in reports if part[0] in first),
+        rate=sum(r.rate for part, r in reports if part[0] in first),
+        dead=await nats.subject_count(names.dlq_stream, names.dlq_all),
+        sinks_behind=[s.name for s in app.sinks if isinstance(s, ConnectorSink)
+                      and not await _delivered(nats, names, s.name, beats)],
+    )
+
+
+async def _source(nats: Nats, slug: str, name: str) -> SourceState:
+    raw = await nats.kv_get(CONNECTORS_BUCKET, source_progress_key(slug, name))
+    if raw is None:
+        return SourceState(name, 0, -1, False)
+    p = json.loads(raw)
+    end, ended = int(p.get("end", -1)), bool(p.get("ended"))
+    if p.get("last_unit"):  # S3: progress in objects, known only at the end
+        return SourceState(name, end if ended else 0, end, ended)
+    return SourceState(name, int(p.get("acked", 0)), end, ended)
+
+
+async def _ended(nats: Nats, names: AppNames, stage: int, part: int) -> bool:
+    last = await nats.last_on_subject(names.log_stream, names.log(stage, part))
+    return last is not None and ENDED in CommitRecord.from_wire(last.data).watermarks
+
+
+async def _delivered(nats: Nats, names: AppNames, sink: str, beats: list[Heartbeat]) -> bool:
+    last = await nats.last_on_subject(names.out_stream, names.out(sink))
+    if last is None:
+        return True
+    done = [r.last_seq for b in beats for app in b.apps.values() for n, r in app.sinks.items()
+            if n == sink and r.running]
+    return bool(done) and max(done) >= last.seq
+
+
+async def follow(nats: Nats, app: Application, slug: str, on_state: Callable[[JobState], None],
+                 poll: float = 0.25, timeout: float | None = None) -> JobState:
+    """Call `on_state` with the job's state every `poll` seconds until it finished; its last
+    state. TimeoutError after `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        state = await job_state(nats, app, slug)
+        on_state(state)
+        if state.finished:
+            return await _counted(nats, app, slug, poll)
+        if deadline is not None and time.monotonic() > deadline:
+            msg = f"job {app.name} did not finish within {timeout:g}s"
+            raise TimeoutError(msg)
+        await asyncio.sleep(poll)
+
+
+async def _counted(nats: Nats, app: Application, slug: str, poll: float) -> JobState:
+    """The finished job's state once every runner reported after the end (runners report
+    their counts each tick), or after REPORT_WAIT seconds."""
+    finished, give_up = time.time(), time.monotonic() + REPORT_WAIT
+    while time.monotonic() < give_up:
+        beats = [b for b in await observe.runner_heartbeats(nats) if slug in b.apps]
+        if all(b.ts > finished for b in beats):
+            break
+        await asyncio.sleep(poll)
+    return await job_state(nats, app, slug)

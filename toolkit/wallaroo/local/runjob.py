@@ -1,0 +1,175 @@
+"""`wallaroo run JOB.py`: run a job (an app whose sources are all bounded) to completion, on an
+embedded cluster (as `wallaroo dev`) or on a running one, with progress and a summary.
+
+The embedded cluster keeps its state under `--state-dir` between runs: run the same command
+again after a crash and the job resumes from its commits (sources from their recorded
+offsets, partitions from their changelogs), never processing a committed record twice.
+`--fresh` starts over."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from wallaroo.connectors import FileSink, FileSource
+from wallaroo.control import dlq, jobs
+from wallaroo.control.status import wait_rollout
+from wallaroo.control.tables import preview
+from wallaroo.core.errors import AppLoadError, WallarooError
+from wallaroo.core.packaging import load_deployable
+from wallaroo.core.wire import Manifest
+from wallaroo.local.dev import DevCluster
+from wallaroo.local.devrun import info
+from wallaroo.local.runapp import ROLLOUT_TIMEOUT, Access, cluster_access
+from wallaroo.nats import Nats
+from wallaroo.plan import Application
+
+SHOWN_LETTERS = 10  # dead letters the summary shows
+PLAIN_EVERY = 5.0  # seconds between progress lines when stderr is no terminal
+DONE, DEAD_LETTERED, FAILED = 0, 1, 2  # exit codes
+
+
+@dataclass(frozen=True)
+class JobRun:
+    app_file: Path
+    url: str | None
+    runners: int
+    state_dir: Path
+    fresh: bool = False
+    tls: bool = False
+    timeout: float | None = None
+
+
+def is_job_file(app_file: Path) -> bool:
+    deployed, _ = load_deployable(app_file)
+    return deployed.entrypoint is None and deployed.built().is_job
+
+
+def run_job(run: JobRun) -> int:
+    """Run the job to its end; the exit code (0: done, 1: records were dead-lettered)."""
+    deployed, _ = load_deployable(run.app_file)
+    application = deployed.built()
+    _check_inputs(run, application)
+    if run.url is not None:
+        return _deploy_and_follow(run, run.url, application, cluster_access(None))
+    with DevCluster(run.state_dir, run.runners, fresh=run.fresh, tls=run.tls) as cluster:
+        info(f"nats-server at {cluster.url}, {run.runners} runner(s), state and logs in "
+             f"{run.state_dir}")
+        access = Access(cluster.deploy_key, cluster.creds("deployer"), cluster.creds("client"),
+                        cluster.tls_ca)
+        try:
+            return _deploy_and_follow(run, cluster.url, application, access)
+        finally:
+            info("stopping runners and nats-server")
+
+
+def _check_inputs(run: JobRun, app: Application) -> None:
+    """A bounded file that is missing is a mistake in the command, not an empty job; and a
+    fresh start must not append to the output files of an earlier run."""
+    for st in app.stages:
+        cfg = st.source_config
+        if isinstance(cfg, FileSource) and not Path(cfg.path).is_file():
+            msg = (f"{run.app_file}: source {st.source!r} reads {cfg.path}, which is no file; give "
+                   "FileSource an existing path (absolute, or relative to where you run this)")
+            raise AppLoadError(msg)
+    for sink in app.sinks:
+        if run.fresh and isinstance(sink, FileSink) and Path(f"{sink.path}.commit").exists():
+            msg = (f"--fresh starts job {app.name} over, but its sink {sink.name!r} holds the "
+                   f"output of an earlier run: delete {sink.path} and {sink.path}.commit first")
+            raise WallarooError(msg)
+
+
+def _deploy_and_follow(run: JobRun, url: str, app: Application, access: Access) -> int:
+    async def body() -> int:
+        nats = await Nats.connect(url, name="wallaroo-run", persistent=False,
+                                  creds=access.deployer, tls_ca=access.tls_ca)
+        try:
+            manifest = await _deploy(nats, run.app_file, access)
+            return await _follow(nats, app, manifest, run)
+        finally:
+            await nats.close()
+
+    return asyncio.run(body())
+
+
+async def _deploy(nats: Nats, app_file: Path, access: Access) -> Manifest:
+    from wallaroo.control import apps
+
+    manifest = await apps.deploy(nats, app_file, key=access.deploy_key)
+    state = await wait_rollout(nats, manifest, ROLLOUT_TIMEOUT, min_ready=1)
+    if state.failed or not state.ready:
+        why = "; ".join(state.problems()) or "no runner took it"
+        msg = f"runners did not take {manifest.name} {manifest.version}: {why}"
+        raise WallarooError(msg)
+    info(f"job {manifest.name} version {manifest.version} deployed; running it to the end")
+    return manifest
+
+
+async def _follow(nats: Nats, app: Application, manifest: Manifest, run: JobRun) -> int:
+    started = time.monotonic()
+    with JobView(sys.stderr.isatty()) as view:
+        final = await jobs.follow(nats, app, manifest.slug, view.update, timeout=run.timeout)
+    info(f"job {manifest.name} done in {time.monotonic() - started:.1f}s: {final.records:,} "
+         f"record(s) processed in this run, {final.read:,} byte(s) of input in all, "
+         f"{final.parts} partition(s) flushed")
+    if not final.dead:
+        return DONE
+    letters = await dlq.dead_letters(nats, manifest, limit=SHOWN_LETTERS)
+    info(f"{final.dead} dead letter(s); " + (
+        f"`wallaroo dlq list {manifest.slug}` lists them" if run.url else
+        f"the first {len(letters)} (the embedded cluster stops now; its state stays in "
+        f"{run.state_dir}):"))
+    if run.url is None:
+        for d in letters:
+            info(f"  {d.step}: {d.reason}: {preview(d.error, 120)} (record {preview(d.payload)})")
+    return DEAD_LETTERED
+
+
+class JobView:
+    """Progress of a job: a rich bar on a terminal (input read of its total, records/s,
+    ETA), else a plain line every PLAIN_EVERY seconds."""
+
+    def __init__(self, tty: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self.tty, self.clock, self.last_line = tty, clock, -PLAIN_EVERY
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def __enter__(self) -> JobView:
+        if self.tty:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                TextColumn("{task.fields[records]} records, {task.fields[rate]}/s"),
+                                TimeRemainingColumn(), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task("reading", total=None, records=0, rate=0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, state: jobs.JobState) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=state.read, total=state.total,
+                            records=state.records, rate=f"{state.rate:,.0f}",
+                            description="flushing" if state.total == state.read else "reading")
+            return
+        now = self.clock()
+        if state.finished or now - self.last_line >= PLAIN_EVERY:
+            self.last_line = now
+            info(plain_line(state))
+
+
+def plain_line(state: jobs.JobState) -> str:
+    total = state.total
+    read = f"{state.read:,} of {total:,} bytes" if total is not None else f"{state.read:,} bytes"
+    pct = f" ({100 * state.read / total:.0f}%)" if total else ""
+    return (f"read {read}{pct}; {state.records:,} records, {state.rate:,.0f}/s; "
+            f"{state.parts_ended}/{state.parts} partitions ended; {state.dead} dead-lettered")
+
