@@ -382,6 +382,8 @@ class Runner:
             self.retiring[slug] = [h for h in old if not h.stopped]  # long calls finish there
             host.reconcile(await cluster.read_assignment(nats, slug))
             host.start_connectors()
+        for slug in [s for s in self.retiring if s not in self.hosts]:  # removed apps
+            self.retiring[slug] = [h for h in self.retiring[slug] if not h.stopped]
 
     def _fire_schedules(self, nats: Nats) -> None:
         """Fire due schedule ticks in a task of its own: a publish waiting out a stream's
@@ -411,7 +413,10 @@ class Runner:
         await nats.close()
 
     async def _sync_apps(self, nats: Nats) -> None:
-        for slug in await nats.kv_keys(APPS_BUCKET):
+        listed = await nats.kv_keys(APPS_BUCKET)
+        for slug in [s for s in self.hosts if s not in listed]:
+            self._remove(slug)
+        for slug in listed:
             raw = await nats.kv_get(APPS_BUCKET, slug)
             if raw is None or self.seen.get(slug) == raw:
                 continue  # gone, or nothing new since the last look (refused ones included)
@@ -422,6 +427,16 @@ class Runner:
                 self._refuse(slug, "?", "?", f"unreadable manifest: {err}")
                 continue
             await self._switch(nats, manifest)
+
+    def _remove(self, slug: str) -> None:
+        """The app's manifest is gone (`wallaroo jobs cancel`): its workers commit what they
+        hold and stop, as for a new version, but nothing replaces them."""
+        host = self.hosts.pop(slug)
+        host.begin_stop()
+        self.retiring.setdefault(slug, []).append(host)
+        self.manifests.pop(slug, None)
+        self.seen.pop(slug, None)
+        log.info("app %s was removed from the cluster: stopping it", slug)
 
     async def _switch(self, nats: Nats, manifest: Manifest) -> None:
         """Start a newly deployed version; the old one finishes its batches first."""

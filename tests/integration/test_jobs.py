@@ -4,13 +4,21 @@ through its exit code, and a rerun resumes instead of starting over."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from wallaroo.control import apps
+from wallaroo.core.wire import Manifest
+from wallaroo.local.dev import DevCluster
+from wallaroo.nats import Nats
 
 HERE = Path(__file__).parent
 JOB = HERE / "apps" / "word_job.py"
@@ -77,3 +85,58 @@ def test_a_missing_input_file_is_an_error_naming_it(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "nowhere.txt, which is no file" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def cli(*args: str, cluster: DevCluster, role: str = "client") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WALLAROO_NATS", "WALLAROO_AUTH_DIR")}
+    env["WALLAROO_CREDS"] = str(cluster.creds(role))
+    return subprocess.run([sys.executable, "-m", "wallaroo", *args, "--nats", cluster.url], env=env,
+                          text=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
+
+
+def deploy_job(cluster: DevCluster, tmp_path: Path, **env: str) -> Manifest:
+    async def body() -> Manifest:
+        nats = await Nats.connect(cluster.url)
+        try:
+            return await apps.deploy(nats, JOB)
+        finally:
+            await nats.close()
+
+    saved = dict(os.environ)
+    os.environ.update(JOB_INPUT=str(tmp_path / "words.txt"), JOB_OUTPUT=str(tmp_path / "out.txt"),
+                      **env)
+    try:
+        return asyncio.run(body())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def eventually(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"{what} within {timeout}s"
+        time.sleep(0.1)
+
+
+def test_jobs_lists_jobs_and_cancel_stops_one_that_a_rerun_resumes(tmp_path: Path) -> None:
+    expected = words_file(tmp_path / "words.txt", 40)
+    with DevCluster(tmp_path / "c", runners=1) as cluster:
+        deploy_job(cluster, tmp_path, JOB_SLOW="0.2", JOB_MODE="running")
+        eventually(lambda: "slow_job" in cli("jobs", cluster=cluster).stdout, "the job listed")
+        listing = cli("jobs", cluster=cluster).stdout
+        assert "running" in listing and "of" in listing  # input read of its total
+        assert cli("jobs", "cancel", "word_job", cluster=cluster).returncode != 0  # not deployed
+        done = cli("jobs", "cancel", "slow_job", cluster=cluster, role="deployer")
+        assert done.returncode == 0 and "cancelled slow_job" in done.stdout
+        assert "no jobs deployed" in cli("jobs", cluster=cluster).stdout
+        # Runners stop it: its output stops growing short of the whole.
+        eventually(lambda: "slow_job" not in cli("status", cluster=cluster).stdout, "runners stop it")
+        stopped = (tmp_path / "out.txt").read_text().count("\n")
+        assert stopped < sum(expected.values())
+        # Deployed again (what `wallaroo run --nats` does), it resumes and finishes exactly once.
+        deploy_job(cluster, tmp_path, JOB_SLOW="0.01", JOB_MODE="running")
+        eventually(lambda: "finished" in cli("jobs", cluster=cluster).stdout, "the job finishes")
+    lines = (tmp_path / "out.txt").read_text().splitlines()
+    assert collections.Counter(lines) == collections.Counter(
+        f"{w} => {n}" for w, c in expected.items() for n in range(1, c + 1))

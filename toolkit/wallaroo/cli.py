@@ -29,6 +29,8 @@ dlq_app = typer.Typer(no_args_is_help=True, help="Inspect the dead-letter stream
 app.add_typer(dlq_app, name="dlq")
 calls_app = typer.Typer(no_args_is_help=True, help="Show or cancel function calls by id.")
 app.add_typer(calls_app, name="calls")
+jobs_app = typer.Typer(help="List jobs (apps whose sources are all bounded) or cancel one.")
+app.add_typer(jobs_app, name="jobs")
 keys_app = typer.Typer(no_args_is_help=True, help="Make the keys deploys are signed with and "
                        "runners check snapshots with.")
 app.add_typer(keys_app, name="keys")
@@ -454,6 +456,29 @@ def calls_cancel(
         typer.echo(f"cancelled {call_id}")
     else:
         fail(f"call {call_id} had already finished ({result.status}); nothing to cancel")
+
+
+@jobs_app.callback(invoke_without_command=True)
+def jobs_list(ctx: typer.Context, nats: NatsOpt = None) -> None:
+    """Every deployed job: its state, input read, partitions ended, dead letters."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from wallaroo.control import jobs
+
+    found = on_nats(nats, jobs.jobs)
+    rows = [[m.name, m.version, "finished" if j.finished else "running", j.read_text(),
+             f"{j.parts_ended}/{j.parts}", f"{j.records:,}", str(j.dead)] for m, j in found]
+    _table(["job", "version", "state", "input read", "partitions ended", "records",
+            "dead letters"], rows, "no jobs deployed")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(name: Annotated[str, typer.Argument(metavar="NAME")], nats: NatsOpt = None) -> None:
+    """Stop a job on every runner. Its streams and state stay: `wallaroo run` resumes it."""
+    from wallaroo.control import jobs
+
+    manifest = on_nats(nats, lambda nc: jobs.cancel(nc, name), role="deployer")
+    typer.echo(f"cancelled {manifest.name} (version {manifest.version}); runners stop it")
 
 
 @dlq_app.command("list")

@@ -58,3 +58,18 @@ pipeline = (wl.source("lines", wl.FileSource(os.environ["JOB_INPUT"], decoder=li
             .to(split).key_by(word).to(step)
             .to_sink(wl.FileSink("counts", os.environ["JOB_OUTPUT"])))
 app = wl.build_application("word_job", pipeline, partitions=4)
+
+if os.environ.get("JOB_SLOW"):  # a job slow enough to still run when a test looks at it
+    import time
+
+    delay = float(os.environ["JOB_SLOW"])  # read here: runners do not have the variable
+
+    @wl.computation(name="slowly")
+    def slowly(text: str) -> str:
+        time.sleep(delay)
+        return text
+
+    pipeline = (wl.source("lines", wl.FileSource(os.environ["JOB_INPUT"], decoder=line, bounded=True))
+                .to(slowly).to(split).key_by(word).to(step)
+                .to_sink(wl.FileSink("counts", os.environ["JOB_OUTPUT"])))
+    app = wl.build_application("slow_job", pipeline, partitions=4)

@@ -12,12 +12,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wallaroo.connectors import ConnectorSink
+from wallaroo.control import apps
 from wallaroo.core import observe
-from wallaroo.core.names import CONNECTORS_BUCKET, ENDED, AppNames, source_progress_key
-from wallaroo.core.wire import CommitRecord, Heartbeat
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.names import APPS_BUCKET, CONNECTORS_BUCKET, ENDED, AppNames, source_progress_key
+from wallaroo.core.wire import CommitRecord, Heartbeat, Manifest
 from wallaroo.nats import Nats
-from wallaroo.plan import Application
 
 REPORT_WAIT = 5.0  # seconds a finished job waits for the runners' last counts
 
@@ -49,6 +49,13 @@ class JobState:
     def read(self) -> int:
         return sum(s.read for s in self.sources)
 
+    def read_text(self) -> str:
+        """"1,024 of 4,096 bytes (25%)", or "1,024 bytes" while the total is unknown."""
+        total = self.total
+        if total is None:
+            return f"{self.read:,} bytes"
+        return f"{self.read:,} of {total:,} bytes" + (f" ({100 * self.read / total:.0f}%)" if total else "")
+
     @property
     def total(self) -> int | None:
         """Input size in all; None until every source fixed its end."""
@@ -57,22 +64,38 @@ class JobState:
         return sum(s.total for s in self.sources)
 
 
-async def job_state(nats: Nats, app: Application, slug: str) -> JobState:
+async def job_state(nats: Nats, manifest: Manifest) -> JobState:
+    slug, stages = manifest.slug, manifest.stages
     beats = await observe.runner_heartbeats(nats)
     names = AppNames(slug)
-    first = {st.index for st in app.stages if st.source is not None}
+    first = {st.index for st in stages if st.source is not None}
     reports = [(part, r) for b in beats if slug in b.apps for part, r in b.apps[slug].partitions.items()]
     return JobState(
-        sources=[await _source(nats, slug, st.source) for st in app.stages if st.source is not None],
+        sources=[await _source(nats, slug, st.source) for st in stages if st.source is not None],
         parts_ended=sum([await _ended(nats, names, st.index, p)
-                         for st in app.stages for p in range(st.partitions)]),
-        parts=sum(st.partitions for st in app.stages),
+                         for st in stages for p in range(st.partitions)]),
+        parts=sum(st.partitions for st in stages),
         records=sum(r.records for part, r in reports if part[0] in first),
         rate=sum(r.rate for part, r in reports if part[0] in first),
         dead=await nats.subject_count(names.dlq_stream, names.dlq_all),
-        sinks_behind=[s.name for s in app.sinks if isinstance(s, ConnectorSink)
-                      and not await _delivered(nats, names, s.name, beats)],
+        sinks_behind=[s for s in manifest.delivered_sinks if not await _delivered(nats, names, s, beats)],
     )
+
+
+async def jobs(nats: Nats) -> list[tuple[Manifest, JobState]]:
+    """Every deployed job, with where it stands."""
+    return [(m, await job_state(nats, m)) for m in await observe.manifests(nats) if m.job]
+
+
+async def cancel(nats: Nats, name: str) -> Manifest:
+    """Stop the job `name` on every runner (its manifest is removed; runners stop an app whose
+    manifest is gone). Its streams and state stay: `wallaroo run` resumes it."""
+    manifest = await apps.manifest_of(nats, name)
+    if not manifest.job:
+        msg = f"{manifest.name} is no job (not all its sources are bounded); nothing to cancel"
+        raise WallarooError(msg)
+    await nats.kv_delete(APPS_BUCKET, manifest.slug)
+    return manifest
 
 
 async def _source(nats: Nats, slug: str, name: str) -> SourceState:
@@ -100,29 +123,29 @@ async def _delivered(nats: Nats, names: AppNames, sink: str, beats: list[Heartbe
     return bool(done) and max(done) >= last.seq
 
 
-async def follow(nats: Nats, app: Application, slug: str, on_state: Callable[[JobState], None],
+async def follow(nats: Nats, manifest: Manifest, on_state: Callable[[JobState], None],
                  poll: float = 0.25, timeout: float | None = None) -> JobState:
     """Call `on_state` with the job's state every `poll` seconds until it finished; its last
     state. TimeoutError after `timeout` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        state = await job_state(nats, app, slug)
+        state = await job_state(nats, manifest)
         on_state(state)
         if state.finished:
-            return await _counted(nats, app, slug, poll)
+            return await _counted(nats, manifest, poll)
         if deadline is not None and time.monotonic() > deadline:
-            msg = f"job {app.name} did not finish within {timeout:g}s"
+            msg = f"job {manifest.name} did not finish within {timeout:g}s"
             raise TimeoutError(msg)
         await asyncio.sleep(poll)
 
 
-async def _counted(nats: Nats, app: Application, slug: str, poll: float) -> JobState:
+async def _counted(nats: Nats, manifest: Manifest, poll: float) -> JobState:
     """The finished job's state once every runner reported after the end (runners report
     their counts each tick), or after REPORT_WAIT seconds."""
     finished, give_up = time.time(), time.monotonic() + REPORT_WAIT
     while time.monotonic() < give_up:
-        beats = [b for b in await observe.runner_heartbeats(nats) if slug in b.apps]
+        beats = [b for b in await observe.runner_heartbeats(nats) if manifest.slug in b.apps]
         if all(b.ts > finished for b in beats):
             break
         await asyncio.sleep(poll)
-    return await job_state(nats, app, slug)
+    return await job_state(nats, manifest)

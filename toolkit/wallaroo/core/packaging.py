@@ -16,6 +16,7 @@ from typing import Any
 
 import cloudpickle
 
+from wallaroo.connectors import ConnectorSink
 from wallaroo.core.errors import AppLoadError, ArtifactError, VersionMismatchError, WallarooError
 from wallaroo.core.keys import SigningKey, Trust
 from wallaroo.core.wire import Manifest, StageInfo
@@ -146,6 +147,7 @@ def build_artifact(app: Application | App, app_file: Path,
         sinks=[s.name for s in built.sinks],
         by_value_modules=sorted(m.__name__ for m in modules), created=time.time(),
         functions=[spec.info() for spec in deployed.specs.values()],
+        job=built.is_job, delivered_sinks=[s.name for s in built.sinks if isinstance(s, ConnectorSink)],
     )
     return artifact, sign(artifact, manifest, key) if key is not None else manifest
 

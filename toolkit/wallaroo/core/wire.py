@@ -128,6 +128,8 @@ class Manifest:
     format: int = MANIFEST_FORMAT
     requirements: list[str] = field(default_factory=list)
     functions: list[FunctionInfo] = field(default_factory=list)
+    job: bool = False  # every source is bounded: the app runs to an end (`wallaroo run`)
+    delivered_sinks: list[str] = field(default_factory=list)  # connector sinks, run by runners
 
     def to_wire(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -58,14 +58,14 @@ def run_job(run: JobRun) -> int:
     application = deployed.built()
     _check_inputs(run, application)
     if run.url is not None:
-        return _deploy_and_follow(run, run.url, application, cluster_access(None))
+        return _deploy_and_follow(run, run.url, cluster_access(None))
     with DevCluster(run.state_dir, run.runners, fresh=run.fresh, tls=run.tls) as cluster:
         info(f"nats-server at {cluster.url}, {run.runners} runner(s), state and logs in "
              f"{run.state_dir}")
         access = Access(cluster.deploy_key, cluster.creds("deployer"), cluster.creds("client"),
                         cluster.tls_ca)
         try:
-            return _deploy_and_follow(run, cluster.url, application, access)
+            return _deploy_and_follow(run, cluster.url, access)
         finally:
             info("stopping runners and nats-server")
 
@@ -86,13 +86,13 @@ def _check_inputs(run: JobRun, app: Application) -> None:
             raise WallarooError(msg)
 
 
-def _deploy_and_follow(run: JobRun, url: str, app: Application, access: Access) -> int:
+def _deploy_and_follow(run: JobRun, url: str, access: Access) -> int:
     async def body() -> int:
         nats = await Nats.connect(url, name="wallaroo-run", persistent=False,
                                   creds=access.deployer, tls_ca=access.tls_ca)
         try:
             manifest = await _deploy(nats, run.app_file, access)
-            return await _follow(nats, app, manifest, run)
+            return await _follow(nats, manifest, run)
         finally:
             await nats.close()
 
@@ -112,10 +112,10 @@ async def _deploy(nats: Nats, app_file: Path, access: Access) -> Manifest:
     return manifest
 
 
-async def _follow(nats: Nats, app: Application, manifest: Manifest, run: JobRun) -> int:
+async def _follow(nats: Nats, manifest: Manifest, run: JobRun) -> int:
     started = time.monotonic()
     with JobView(sys.stderr.isatty()) as view:
-        final = await jobs.follow(nats, app, manifest.slug, view.update, timeout=run.timeout)
+        final = await jobs.follow(nats, manifest, view.update, timeout=run.timeout)
     info(f"job {manifest.name} done in {time.monotonic() - started:.1f}s: {final.records:,} "
          f"record(s) processed in this run, {final.read:,} byte(s) of input in all, "
          f"{final.parts} partition(s) flushed")
@@ -167,9 +167,5 @@ class JobView:
 
 
 def plain_line(state: jobs.JobState) -> str:
-    total = state.total
-    read = f"{state.read:,} of {total:,} bytes" if total is not None else f"{state.read:,} bytes"
-    pct = f" ({100 * state.read / total:.0f}%)" if total else ""
-    return (f"read {read}{pct}; {state.records:,} records, {state.rate:,.0f}/s; "
+    return (f"read {state.read_text()}; {state.records:,} records, {state.rate:,.0f}/s; "
             f"{state.parts_ended}/{state.parts} partitions ended; {state.dead} dead-lettered")
-
