@@ -62,6 +62,7 @@ def test_secrets_are_made_once_as_secure_strings_and_kept_by_a_rerun(moto: Moto,
     assert first["autoscaler/creds.nk"] == first["runner/creds.nk"]  # the runner role
     assert first["runner/ca.pem"] == first["operator/ca.pem"] == first["nats/ca.pem"]
     # The operator's own files, private.
+    assert mode(tmp_path / "operator") == 0o700
     for name in ("deployer.nk", "client.nk", "ca.pem"):
         path = tmp_path / "operator" / name
         assert mode(path) == 0o600 and path.read_text() == first[f"operator/{name}"]

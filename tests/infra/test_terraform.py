@@ -462,7 +462,10 @@ def check_no_secret(user_data: str) -> None:
 def check_secrets_unit(unit: str, command: list[str], region: str) -> None:
     s = unit_settings(unit)
     assert s["Service.Type"] == ["oneshot"] and s["Service.RemainAfterExit"] == ["yes"]
-    assert shlex.split(s["Service.ExecStart"][0]) == command
+    # Retried until it works: the services that Require it wait meanwhile.
+    assert shlex.split(s["Service.ExecStart"][0]) == [
+        "/bin/sh", "-c", f"until {shlex.join(command)}; do sleep 10; done"]
+    assert s["Service.TimeoutStartSec"] == ["infinity"]
     assert f"AWS_DEFAULT_REGION={region}" in s["Service.Environment"]
     assert "DynamicUser" not in unit  # root: it writes the root-only folder
 

@@ -558,8 +558,8 @@ def infra_secrets(
 ) -> None:
     """Put the cluster's credentials, CA and keys under /wallaroo/NAME/ in SSM (SecureString),
     before `terraform apply`. A rerun keeps what is there, but for --rotate and deploy.pub."""
-    from wallaroo.local.secrets import OPERATOR_FILES, ssm_path
     from wallaroo.local.secrets import plan as secrets_plan
+    from wallaroo.local.secrets import ssm_path, write_operator_files
     from wallaroo_runtime import ssm
 
     try:
@@ -570,12 +570,10 @@ def infra_secrets(
         ssm.put_secrets(path, plan.changed(), region, endpoint_url, overwrite=True)
     except (WallarooError, ValueError) as err:
         fail(str(err))
-    out.mkdir(parents=True, exist_ok=True)
-    for param, file in OPERATOR_FILES.items():
-        keys.replace_file(out / file, plan.values[param].encode(), 0o600)
+    written = write_operator_files(plan.values, out)
     rows = [[f"{path}/{n}", plan.status[n]] for n in sorted(plan.values)]
     _table(["parameter", "status"], rows, "no parameter")
-    typer.echo(f"{out}: deployer.nk, client.nk, ca.pem (connect with --creds and --tls-ca)")
+    typer.echo(f"{', '.join(map(str, written))}: yours (connect with --creds and --tls-ca)")
 
 
 @infra_app.command("fetch")

@@ -17,11 +17,14 @@ members and clients trust (it is trusted nowhere else).
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+from wallaroo.core.keys import replace_file
 from wallaroo.local.auth import ROLES, authorization_config, new_seed, public_key
 from wallaroo.local.tls import cert_pem, key_pem, new_ca
 
@@ -50,6 +53,15 @@ class Plan:
     def changed(self) -> dict[str, str]:
         """The parameters to write: every one not kept as it was."""
         return {n: v for n, v in self.values.items() if self.status[n] != "kept"}
+
+
+def write_operator_files(values: Mapping[str, str], out: Path) -> list[Path]:
+    """The operator's credentials and CA into `out` (0700), each file 0600, replaced whole."""
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    for param, file in OPERATOR_FILES.items():
+        replace_file(out / file, values[param].encode(), 0o600)
+    return [out / file for file in OPERATOR_FILES.values()]
 
 
 def ssm_path(name: str, reader: str = "") -> str:
