@@ -9,7 +9,9 @@ locals {
     for i in range(var.nats_nodes) :
     cidrhost(local.subnet_cidrs[i % length(local.azs)], 10 + floor(i / length(local.azs)))
   ]
-  nats_urls = [for ip in local.nats_ips : "nats://${ip}:4222"]
+  # tls://: clients must verify the node's certificate (cluster CA, IP SAN) before they talk.
+  nats_urls  = [for ip in local.nats_ips : "tls://${ip}:${local.nats_ports.client}"]
+  nats_ports = { client = 4222, cluster = 6222, http = 8222 }
 
   # Runners take one URL (see README "Limits"); the client learns the other nodes from it.
   runner_nats_url = local.nats_urls[0]
@@ -26,6 +28,13 @@ locals {
   replicas = 3
 
   templates = "${path.module}/../templates"
+
+  # Secrets reach the VMs through SSM Parameter Store (`wallaroo infra secrets` puts them
+  # there), one path per reader: <ssm_path>/runner, /nats, /autoscaler, /operator. Terraform
+  # knows the paths only, never the values, so none is in user data or the terraform state.
+  ssm_path = "/wallaroo/${var.name}"
+  # Where a VM's secrets land at boot (root-only, 0700): wallaroo-secrets.service writes them.
+  secrets_dir = "/etc/wallaroo"
 
   install_script = templatefile("${local.templates}/cloud-init/install-wallaroo.sh", {
     venv         = local.venv

@@ -1,5 +1,7 @@
 locals {
-  nats_cluster_name = var.name
+  nats_cluster_name      = var.name
+  nats_secrets_dir       = "${local.secrets_dir}/nats"
+  autoscaler_secrets_dir = "${local.secrets_dir}/autoscaler"
 
   nats_user_data = [
     for i, ip in local.nats_ips : templatefile("${local.templates}/cloud-init/nats.yaml", {
@@ -8,14 +10,31 @@ locals {
       nats_conf = base64encode(templatefile("${local.templates}/nats-server.conf", {
         server_name  = "${var.name}-nats-${i}"
         private_ip   = ip
+        client_port  = local.nats_ports.client
+        cluster_port = local.nats_ports.cluster
+        http_port    = local.nats_ports.http
         store_dir    = "/var/lib/nats/jetstream"
         cluster_name = local.nats_cluster_name
         # The other members only: a node that lists itself wastes a route attempt.
-        routes = jsonencode([for j, peer in local.nats_ips : "nats-route://${peer}:6222" if j != i])
+        routes = jsonencode([for j, peer in local.nats_ips : "nats-route://${peer}:${local.nats_ports.cluster}" if j != i])
       }))
       nats_unit = base64encode(templatefile("${local.templates}/nats-server.service", {
-        venv   = local.venv
-        config = "/etc/nats/nats-server.conf"
+        venv        = local.venv
+        config      = "/etc/nats/nats-server.conf"
+        secrets_dir = local.nats_secrets_dir
+      }))
+      secrets_script = base64encode(templatefile("${local.templates}/cloud-init/nats-secrets.sh", {
+        venv           = local.venv
+        ssm_path       = local.ssm_path
+        region         = var.region
+        private_ip     = ip
+        secrets_dir    = local.nats_secrets_dir
+        autoscaler     = i == 0
+        autoscaler_dir = local.autoscaler_secrets_dir
+      }))
+      secrets_unit = base64encode(templatefile("${local.templates}/wallaroo-secrets.service", {
+        region  = var.region
+        command = "/usr/local/sbin/wallaroo-nats-secrets"
       }))
       autoscaler_unit = base64encode(templatefile("${local.templates}/wallaroo-autoscaler.service", {
         venv           = local.venv
@@ -27,7 +46,8 @@ locals {
         down_window    = var.autoscaler_down_window
         idle_to_zero   = var.autoscaler_idle_to_zero == null ? "" : " --idle-to-zero ${var.autoscaler_idle_to_zero}"
         # Its own node's address: nats-server listens on the private IP, not on loopback.
-        nats_url = "nats://${ip}:4222"
+        nats_url    = local.nats_urls[i]
+        secrets_dir = local.autoscaler_secrets_dir
       }))
     })
   ]
@@ -43,8 +63,9 @@ resource "aws_instance" "nats" {
   associate_public_ip_address = true
   vpc_security_group_ids      = [aws_security_group.nats.id]
   key_name                    = var.ssh_key_name
-  # Only node 0 runs the autoscaler, so only node 0 may resize the runner group.
-  iam_instance_profile = count.index == 0 ? aws_iam_instance_profile.autoscaler.name : null
+  # Only node 0 runs the autoscaler, so only node 0 may resize the runner group (and read the
+  # autoscaler's secrets); every node may read the nats secrets.
+  iam_instance_profile = count.index == 0 ? aws_iam_instance_profile.autoscaler.name : aws_iam_instance_profile.nats.name
   user_data            = local.nats_user_data[count.index]
 
   # The JetStream store lives on the root volume: durability against losing a VM comes from
@@ -68,7 +89,11 @@ resource "aws_instance" "nats" {
     ignore_changes = [ami, user_data]
   }
 
-  # At boot the node installs packages (needs the internet route) and node 0 starts the
-  # autoscaler (needs its permissions in place).
-  depends_on = [aws_route.internet, aws_route_table_association.main, aws_iam_role_policy.autoscaler]
+  # At boot the node installs packages (needs the internet route), reads its secrets and node 0
+  # starts the autoscaler (both need their permissions in place).
+  depends_on = [
+    aws_route.internet, aws_route_table_association.main, aws_iam_role_policy.autoscaler,
+    aws_iam_role_policy.nats_secrets, aws_iam_role_policy.autoscaler_nats_secrets,
+    aws_iam_role_policy.autoscaler_secrets,
+  ]
 }

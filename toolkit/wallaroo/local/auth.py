@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,14 +54,29 @@ class Auth:
         return self.folder / f"{role}.nk"
 
     def public_key(self, role: str) -> str:
-        seed = self.seed(role).read_bytes().strip()
-        return str(nkeys.from_seed(seed).public_key.decode())
+        return public_key(self.seed(role).read_bytes())
 
     def server_config(self) -> str:
         """The `authorization` block of nats-server.conf: each role's key and permissions;
         no user without a key (anonymous connections are refused)."""
-        users = [{"nkey": self.public_key(r), "permissions": PERMISSIONS[r]} for r in ROLES]
-        return f"authorization {{ users: {json.dumps(users)} }}\n"
+        return authorization_config({r: self.public_key(r) for r in ROLES})
+
+
+def new_seed() -> bytes:
+    """A fresh user nkey seed, as the `<role>.nk` files hold it (without the newline)."""
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+
+
+def public_key(seed: bytes) -> str:
+    """The public key (`U...`) of an nkey seed: what the server config names."""
+    return str(nkeys.from_seed(seed.strip()).public_key.decode())
+
+
+def authorization_config(public_keys: Mapping[str, str]) -> str:
+    """The `authorization` block of nats-server.conf for {role: public key}: built from public
+    keys only, so whoever renders it (an operator for infra/) needs no seed at hand."""
+    users = [{"nkey": public_keys[r], "permissions": PERMISSIONS[r]} for r in ROLES]
+    return f"authorization {{ users: {json.dumps(users)} }}\n"
 
 
 def ensure_auth(folder: Path) -> Auth:
@@ -70,7 +86,7 @@ def ensure_auth(folder: Path) -> Auth:
     for role in ROLES:
         path = folder / f"{role}.nk"
         if not path.exists():
-            _write_private(path, nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+            _write_private(path, new_seed())
     return Auth(folder)
 
 

@@ -13,6 +13,7 @@ import datetime
 import ipaddress
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from wallaroo.core.errors import WallarooError
+from wallaroo.core.keys import replace_file
 
 HOSTS = ("localhost",)
 IPS = ("127.0.0.1", "::1")
@@ -68,36 +72,86 @@ def dev_tls(state_dir: Path) -> Tls:
 
 
 def _make(tls: Tls) -> None:
+    ca, ca_key = new_ca("wallaroo dev CA")
+    cert, key = issue(ca, ca_key, "localhost", hosts=HOSTS, ips=IPS)
+    replace_file(tls.key, key_pem(key), 0o600)
+    replace_file(tls.cert, cert_pem(cert), 0o644)
+    replace_file(tls.ca, cert_pem(ca), 0o644)  # last: its presence says the set is whole
+
+
+def new_ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed CA that may sign leaf certificates only (path length 0)."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "wallaroo dev CA")])
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca = (
-        _builder(ca_name, ca_name, ca_key.public_key(), now)
+        _builder(name, name, key.public_key(), now)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_usage(cert_sign=True), critical=True)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
                        critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+    return ca, key
+
+
+def issue(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, common_name: str, *,
+          hosts: Sequence[str] = (), ips: Sequence[str] = (),
+          client: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new key and a certificate for it, signed by `ca`, valid for `hosts` and `ips`; with
+    `client`, also usable as a client certificate (a NATS route dials its peer with it)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName(h) for h in HOSTS]
-    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in IPS]
-    server = (
-        _builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]), ca_name,
-                 key.public_key(), now)
+    names: list[x509.GeneralName] = [x509.DNSName(h) for h in hosts]
+    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+    cert = (
+        _builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]), ca.subject,
+                 key.public_key(), datetime.datetime.now(datetime.UTC))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                        critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    pem = serialization.Encoding.PEM
-    _write(tls.key, key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()), 0o600)
-    _write(tls.cert, server.public_bytes(pem), 0o644)
-    _write(tls.ca, ca.public_bytes(pem), 0o644)  # last: its presence says the set is whole
+    return cert, key
+
+
+def write_node_cert(ca_dir: Path, ips: Sequence[str], out: Path) -> tuple[Path, Path]:
+    """`out/server.pem` and `out/server-key.pem` (0600) for a NATS node at `ips`, signed by the
+    CA in `ca_dir` (`ca.pem`, `ca-key.pem`, as `wallaroo infra fetch` writes them): the
+    certificate the node serves clients with and presents to its route peers."""
+    try:
+        ca, ca_key = load_ca((ca_dir / "ca.pem").read_bytes(), (ca_dir / "ca-key.pem").read_bytes())
+    except (OSError, ValueError) as err:
+        msg = (f"cannot load the cluster CA from {ca_dir} (ca.pem, ca-key.pem): {err}; "
+               "`wallaroo infra fetch` writes them")
+        raise WallarooError(msg) from None
+    cert, key = issue(ca, ca_key, ips[0], ips=ips, client=True)
+    out.mkdir(parents=True, exist_ok=True)
+    replace_file(out / "server-key.pem", key_pem(key), 0o600)
+    replace_file(out / "server.pem", cert_pem(cert), 0o644)
+    return out / "server.pem", out / "server-key.pem"
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def load_ca(cert: bytes, key: bytes) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA certificate and its key from PEM; a ValueError when they are not a pair."""
+    ca = x509.load_pem_x509_certificate(cert)
+    ca_key = serialization.load_pem_private_key(key, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or ca_key.public_key() != ca.public_key():
+        msg = "the CA key is not the key of the CA certificate"
+        raise ValueError(msg)
+    return ca, ca_key
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey,
@@ -130,13 +184,3 @@ def _usable(tls: Tls) -> bool:
     same_key = key.public_key() == cert.public_key()
     return same_key and min(ca.not_valid_after_utc, cert.not_valid_after_utc) > soon
 
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    """Replace `path` whole, created with `mode` (a key is never readable by others, even
-    for a moment)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
