@@ -104,16 +104,16 @@ def test_s3_parts_are_put_once_and_a_replay_puts_nothing(nats_server: NatsServer
         try:
             await app_streams(nats, SLUG)
             await s3.put("part-other_app-s1p0-000000000001-0.txt", b"not ours\n")
-            await publish_outputs(nats, SLUG, "parts", outputs(0, 5))
-            first = await deliver_all(nats, cfg, 5)
-            assert first.delivered == 5
+            await publish_outputs(nats, SLUG, "parts", [*outputs(0, 5), []])
+            first = await deliver_all(nats, cfg, 6)
+            assert first.delivered == 6  # the empty one gives no part
             want = expected_parts(5)
             assert await s3.list("") == sorted([*want, "part-other_app-s1p0-000000000001-0.txt"])
             assert {k: await s3.get(k) for k in want} == want
 
             await forget_progress(nats)
-            again = await deliver_all(nats, cfg, 5)
-            assert (again.skipped, again.delivered) == (5, 0)
+            again = await deliver_all(nats, cfg, 6)
+            assert (again.skipped, again.delivered) == (5, 1)
         finally:
             await s3.close()
             await nats.close()

@@ -259,7 +259,8 @@ class NatsSink(StreamSink):
 @dataclass(frozen=True, init=False)
 class PartsSink(StreamSink):
     """Writes a job's output as part files a reader can trust: one part per output message
-    (the outputs of one commit of one partition, one per line), named
+    (the outputs of one commit of one partition, one per line; none for a commit without
+    outputs), named
 
         <target>/part-<app>-s<stage>p<partition>-<commit no, 12 digits>-<k><suffix>
 
