@@ -17,7 +17,15 @@ from wallaroo.api import (
     state_computation,
     state_computation_multi,
 )
-from wallaroo.connectors import FileSink, FileSource, HttpSink, NatsSink, S3Sink, S3Source
+from wallaroo.connectors import (
+    FileSink,
+    FileSource,
+    HttpSink,
+    NatsSink,
+    PartsSink,
+    S3Sink,
+    S3Source,
+)
 from wallaroo.core.errors import (
     CallCancelled,
     FunctionTimeout,
@@ -68,6 +76,7 @@ __all__ = [
     "IdempotencyConflict",
     "LateRecord",
     "NatsSink",
+    "PartsSink",
     "NotJsonError",
     "Period",
     "PickledArgumentsRefused",

@@ -17,6 +17,7 @@ Guarantees, in one place (each class says its own):
 | FileSource, S3Source | each line enters the app once (deterministic ids, resumable progress) |
 | FileSink | each output written once, in output-stream order (commit offset sidecar) |
 | S3Sink | one object per output message at a deterministic key (a replay rewrites it) |
+| PartsSink | a job's part files: each committed once, whole, at a name from (job, partition, batch) |
 | HttpSink | each output message POSTed with `Idempotency-Key: <app>:<msg id>` |
 | NatsSink | exactly once into a JetStream stream (`Nats-Msg-Id`); at least once on core NATS |
 
@@ -255,5 +256,53 @@ class NatsSink(StreamSink):
         _set(self, name=name, encoder=encoder, subject=subject)
 
 
+@dataclass(frozen=True, init=False)
+class PartsSink(StreamSink):
+    """Writes a job's output as part files a reader can trust: one part per output message
+    (the outputs of one commit of one partition, one per line; none for a commit without
+    outputs), named
+
+        <target>/part-<app>-s<stage>p<partition>-<commit no, 12 digits>-<k><suffix>
+
+    `target` is a local directory (absolute, on a filesystem every runner shares) or an
+    `s3://bucket/prefix` URL (`endpoint_url` points at MinIO or moto).
+
+    Guarantee: every part appears once, whole, and never changes. A local part is written
+    under `<target>/_staging/`, fsynced, then renamed to its name (atomic); on S3 it is one
+    PUT (atomic). The name comes from the output's message id alone, so a redelivery or a
+    replay of a committed batch (even after the output stream's dedup window) finds its part
+    there and writes nothing. Readers skip names starting with `_` or `.` (as Hadoop's and
+    Spark's `_temporary`): `_staging/` holds only unfinished writes, cleared when the sink
+    starts. A target holds the output of one run of a job: clear it before running the job
+    again from scratch (`wallaroo run --fresh` refuses a local target that holds parts).
+    """
+
+    _: KW_ONLY  # own fields after the inherited ones, without defaults
+    target: str
+    suffix: str
+    endpoint_url: str | None
+
+    def __init__(
+        self, name: str, target: str | os.PathLike[str],
+        encoder: Callable[[Any], bytes | str] = text_encoder, *, suffix: str = ".txt",
+        endpoint_url: str | None = None,
+    ) -> None:
+        target = _need_text(self, "target", os.fspath(target))
+        if target.startswith("s3://") and not urlsplit(target).netloc:
+            raise ConnectorConfigError(self, "target", target, "s3://bucket/prefix or a directory")
+        if not isinstance(suffix, str) or "/" in suffix or "\\" in suffix:
+            raise ConnectorConfigError(self, "suffix", suffix, "a file name ending such as '.txt'")
+        _set(self, name=name, encoder=encoder, target=target.rstrip("/") or "/", suffix=suffix,
+             endpoint_url=endpoint_url)
+
+    @property
+    def s3(self) -> tuple[str, str] | None:
+        """(bucket, prefix) of an s3:// target; None for a local directory."""
+        if not self.target.startswith("s3://"):
+            return None
+        parts = urlsplit(self.target)
+        return parts.netloc, parts.path.strip("/")
+
+
 ConnectorSource = FileSource | S3Source
-ConnectorSink = FileSink | S3Sink | HttpSink | NatsSink
+ConnectorSink = FileSink | S3Sink | HttpSink | NatsSink | PartsSink

@@ -8,6 +8,7 @@ what a sink delivers for one output message. No IO here, so all of it is unit-te
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -92,6 +93,33 @@ def s3_object_key(seq: int, msg_id: str) -> str:
     the msg id makes the name self-describing. Why not the id alone: keys in stream order let
     readers follow the prefix by listing."""
     return f"{seq:012d}-{safe_token(msg_id) if msg_id else 'none'}.out"
+
+
+_OUTPUT_ID = re.compile(r"s(\d+)\.(\d+):(\d+):(\d+)")
+PARTS_STAGING = "_staging"  # below a PartsSink's target; readers skip names starting with _
+
+
+def part_name(slug: str, seq: int, msg_id: str, suffix: str) -> str:
+    """The PartsSink's file for one output message: `part-<app>-s<stage>p<partition>-<commit
+    no>-<k><suffix>`, the commit number 12 digits so a partition's parts sort in commit order.
+    Why from the msg id alone, never the stream seq: a partition re-publishing a commit after
+    the dedup window gives it a new seq, but it must land on the same part. Only an output no
+    partition made (there are none today) falls back to its seq.
+
+    >>> part_name("word_job", 9, "s1.3:42:0", ".txt")
+    'part-word_job-s1p3-000000000042-0.txt'
+    """
+    m = _OUTPUT_ID.fullmatch(msg_id)
+    if m is None:
+        return f"part-{slug}-seq{seq:012d}{suffix}"
+    stage, part, commit, k = m.groups()
+    return f"part-{slug}-s{stage}p{part}-{int(commit):012d}-{k}{suffix}"
+
+
+def is_part_of(slug: str, name: str) -> bool:
+    """Is `name` a part (or a staged part, `<part>.<random>`) of app `slug`? Slugs have no
+    `-`, so another app's parts never match."""
+    return name.startswith(f"part-{slug}-")
 
 
 def content(outputs: Sequence[bytes]) -> bytes:

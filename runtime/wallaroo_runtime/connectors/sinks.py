@@ -5,7 +5,7 @@ A sink reads with its own durable consumer (`sink_<name>`), one message at a tim
 order. On every start the consumer is recreated at the first message not yet delivered (the
 FileSink's sidecar, else the consumer's ack floor), so what a crashed sink held comes back at
 once and in order. Delivery is idempotent per message (file commit offset, deterministic S3
-key, Idempotency-Key, Nats-Msg-Id), so a redelivered message is never written twice.
+key, part name, Idempotency-Key, Nats-Msg-Id), so a redelivered message is never written twice.
 
 The only module that imports aiohttp (ruff's banned-api holds the line)."""
 
@@ -21,7 +21,7 @@ from typing import Protocol
 
 import aiohttp  # noqa: TID251 - this module owns the HTTP client import
 
-from wallaroo.connectors import ConnectorSink, FileSink, HttpSink, NatsSink, S3Sink
+from wallaroo.connectors import ConnectorSink, FileSink, HttpSink, NatsSink, PartsSink, S3Sink
 from wallaroo.core import codec
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import CONNECTORS_BUCKET, AppNames
@@ -32,8 +32,10 @@ from wallaroo_runtime.connectors.framing import (
     external_id,
     is_replayed,
     note_delivered,
+    part_name,
     s3_object_key,
 )
+from wallaroo_runtime.connectors.parts import LocalParts, PartStore, S3Parts
 from wallaroo_runtime.connectors.progress import sink_durable
 from wallaroo_runtime.connectors.sources import open_s3
 
@@ -144,6 +146,8 @@ def delivery_for(slug: str, name: str, cfg: ConnectorSink) -> Delivery:
         return S3Delivery(cfg)
     if isinstance(cfg, HttpSink):
         return HttpDelivery(slug, name, cfg)
+    if isinstance(cfg, PartsSink):
+        return PartsDelivery(slug, cfg)
     return NatsDelivery(slug, cfg)
 
 
@@ -252,6 +256,44 @@ class S3Delivery(_Watermarked):
         await self.store.put(s3_object_key(out.seq, out.msg_id), content(out.outputs))
         self.noted(out)
         return True
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+# --- parts ------------------------------------------------------------------------------------
+
+
+class PartsDelivery:
+    """One part per output message, named from its msg id; a part already there is skipped
+    (see PartsSink and parts.py)."""
+
+    def __init__(self, slug: str, cfg: PartsSink) -> None:
+        self.slug, self.suffix = slug, cfg.suffix
+        s3 = cfg.s3
+        self.store: PartStore = (S3Parts(*s3, cfg.endpoint_url) if s3 is not None
+                                 else LocalParts(Path(cfg.target)))
+        self.parts: set[str] = set()  # the app's parts in the target (listed, then written)
+
+    async def open(self, nats: Nats, names: AppNames, durable: str) -> int:
+        self.parts = await self.store.existing(self.slug)
+        return await _resume_at_ack_floor(nats, names, durable)
+
+    def delivered(self, out: OutputMsg) -> bool:
+        return self._name(out) in self.parts
+
+    async def deliver(self, out: OutputMsg) -> bool:
+        if not out.outputs:
+            # A commit without outputs for this sink (a job's end-of-input commit has one):
+            # no empty part for readers to step over.
+            return True
+        name = self._name(out)
+        await self.store.write(name, content(out.outputs))
+        self.parts.add(name)
+        return True
+
+    def _name(self, out: OutputMsg) -> str:
+        return part_name(self.slug, out.seq, out.msg_id, self.suffix)
 
     async def close(self) -> None:
         await self.store.close()

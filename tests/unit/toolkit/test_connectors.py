@@ -52,6 +52,9 @@ def test_the_plan_keeps_each_source_config() -> None:
     (lambda: wl.HttpSink("out", "http://host/x", timeout=-1), "timeout"),
     (lambda: wl.NatsSink("out", "ext.*"), "subject"),
     (lambda: wl.NatsSink("out", "wl.app.out.x"), "subject"),
+    (lambda: wl.PartsSink("out", ""), "target"),
+    (lambda: wl.PartsSink("out", "s3:///prefix"), "target"),
+    (lambda: wl.PartsSink("out", "/data", suffix="a/b"), "suffix"),
 ])
 def test_bad_values_fail_when_the_config_is_made(make: Any, field: str) -> None:
     with pytest.raises(ConnectorConfigError, match=f"{field} must be") as info:
@@ -64,3 +67,12 @@ def test_configs_are_frozen_and_compare_by_value() -> None:
     assert sink.prefix == "archive" and sink == wl.S3Sink("out", "bucket", "archive")
     with pytest.raises(AttributeError):
         sink.bucket = "other"  # type: ignore[misc]
+
+
+def test_a_parts_sink_target_is_a_directory_or_an_s3_prefix() -> None:
+    local = wl.PartsSink("out", "/data/job/")
+    assert local.target == "/data/job" and local.s3 is None and local.suffix == ".txt"
+    remote = wl.PartsSink("out", "s3://bucket/jobs/words/", suffix=".csv")
+    assert remote.s3 == ("bucket", "jobs/words") and remote.suffix == ".csv"
+    assert wl.PartsSink("out", "s3://bucket").s3 == ("bucket", "")
+    assert pickle.loads(pickle.dumps(remote)) == remote

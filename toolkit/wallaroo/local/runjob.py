@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from wallaroo.connectors import FileSink, FileSource
+from wallaroo.connectors import FileSink, FileSource, PartsSink
 from wallaroo.control import dlq, jobs
 from wallaroo.control.status import wait_rollout
 from wallaroo.control.tables import preview
@@ -29,6 +29,7 @@ from wallaroo.local.dev import DevCluster
 from wallaroo.local.devrun import info
 from wallaroo.local.runapp import ROLLOUT_TIMEOUT, Access, cluster_access
 from wallaroo.nats import Nats
+from wallaroo.pipeline import SinkConfig
 from wallaroo.plan import Application
 
 SHOWN_LETTERS = 10  # dead letters the summary shows
@@ -80,10 +81,25 @@ def _check_inputs(run: JobRun, app: Application) -> None:
                    "FileSource an existing path (absolute, or relative to where you run this)")
             raise AppLoadError(msg)
     for sink in app.sinks:
-        if run.fresh and isinstance(sink, FileSink) and Path(f"{sink.path}.commit").exists():
+        earlier = _earlier_output(sink, app.slug) if run.fresh else None
+        if earlier is not None:
             msg = (f"--fresh starts job {app.name} over, but its sink {sink.name!r} holds the "
-                   f"output of an earlier run: delete {sink.path} and {sink.path}.commit first")
+                   f"output of an earlier run: delete {earlier} first")
             raise WallarooError(msg)
+
+
+def _earlier_output(sink: SinkConfig, slug: str) -> str | None:
+    """What to delete before a fresh run, if the sink holds an earlier run's output. Parts
+    too: a fresh run cuts its batches anew, so an earlier part's name may then stand for other
+    records, and the part there would be kept in place of the new one. Only a local target
+    is looked at (the CLI has no S3 client; PartsSink says to clear the target)."""
+    if isinstance(sink, FileSink) and Path(f"{sink.path}.commit").exists():
+        return f"{sink.path} and {sink.path}.commit"
+    if isinstance(sink, PartsSink) and sink.s3 is None:
+        target = Path(sink.target)
+        if target.is_dir() and any(target.glob(f"part-{slug}-*")):
+            return f"{target}/part-{slug}-*"
+    return None
 
 
 def _deploy_and_follow(run: JobRun, url: str, access: Access) -> int:
