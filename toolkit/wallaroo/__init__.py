@@ -17,6 +17,7 @@ from wallaroo.api import (
     state_computation,
     state_computation_multi,
 )
+from wallaroo.batches import batch_computation, state_batch_computation
 from wallaroo.connectors import (
     FileSink,
     FileSource,
@@ -93,6 +94,7 @@ __all__ = [
     "build_application",
     "computation",
     "computation_multi",
+    "batch_computation",
     "count_windows",
     "current_call",
     "decoder",
@@ -106,6 +108,7 @@ __all__ = [
     "seconds",
     "source",
     "spec_of",
+    "state_batch_computation",
     "state_computation",
     "state_computation_multi",
 ]

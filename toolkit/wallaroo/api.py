@@ -28,6 +28,10 @@ class StepSpec:
     # flush(state, key) -> outputs: what the step still holds for a key when input ends (a
     # job's end): windows emit their open windows, as Flink does on its final watermark.
     flush: Callable[[Any, str | None], list[Any]] | None = None
+    # Micro-batches: expire(state, key, now) -> outputs of a batch whose time is up, and
+    # deadline(state) -> when the key's buffered batch is due (None: nothing waits).
+    expire: Callable[[Any, str | None, float], list[Any]] | None = None
+    deadline: Callable[[Any], float | None] | None = None
 
     @property
     def multi(self) -> bool:

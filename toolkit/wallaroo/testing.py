@@ -35,7 +35,22 @@ from wallaroo.nats.memory import MemoryNats
 from wallaroo.nats.protocol import Consumer, Out
 from wallaroo.plan import Application
 
-Inputs = Sequence[bytes | str] | Mapping[str, Sequence[bytes | str]] | Sequence[tuple[str, bytes | str]]
+
+@dataclass(frozen=True)
+class Advance:
+    """In a list of inputs: the fake clock moves `seconds` on, then idle partitions fire the
+    micro-batches that became due (their `max_wait` passed)."""
+
+    seconds: float
+
+
+def advance(seconds: float) -> Advance:
+    """`testing.run(app, ["a", "b", testing.advance(5), "c"])`: 5 s pass after "b"."""
+    return Advance(float(seconds))
+
+
+Inputs = (Sequence[bytes | str | Advance] | Mapping[str, Sequence[bytes | str]]
+          | Sequence[tuple[str, bytes | str] | Advance])
 CrashPoint = Literal["append", "publish", "commit"]
 VERSION = "testing"
 PAYLOAD_MARGIN = 1024  # as `wallaroo send`: headers and framing on top of a batch
@@ -139,9 +154,14 @@ async def run_async(
     process = _Process(app, nats, retry or RetryPolicy(), clock)
     await process.create_streams()
     await process.start()
-    for chunk in _chunks(feed, batch_size):
-        await process.send(chunk)
-        await process.drain()
+    for segment in _segments(feed):
+        if isinstance(segment, Advance):
+            clock.advance(segment.seconds)
+            await process.idle()
+        else:
+            for chunk in _chunks(segment, batch_size):
+                await process.send(chunk)
+                await process.drain()
     if end_of_input:
         await process.end_input()
         await process.drain()
@@ -233,7 +253,7 @@ class _Process:
         for stage in self.app.stages:
             for part in range(stage.partitions):
                 worker = PartitionWorker(self.nats, self.app, VERSION, stage, part, self.cfg,
-                                         sleep=self.clock.sleep)
+                                         sleep=self.clock.sleep, clock=self.clock.time)
                 await worker.restore()
                 self.workers[(stage.index, part)] = (worker, await worker.open_consumer())
 
@@ -256,6 +276,17 @@ class _Process:
             for part in range(stage.partitions):
                 await self.nats.publish(self.names.source(stage.index, part), b"",
                                         eoi_msg_id(source_sender(source), stage.index, part))
+
+    async def idle(self) -> None:
+        """Every partition polls once with no input (it may publish a micro-batch timer), then
+        what that brought is processed."""
+        for part in sorted(self.workers):
+            worker, consumer = self.workers[part]
+            try:
+                self.workers[part] = (worker, await worker.poll(consumer))
+            except _Crash:
+                await self.start()
+        await self.drain()
 
     async def drain(self) -> None:
         """Poll the first partition (upstream first) with input waiting, until none has."""
@@ -299,24 +330,47 @@ def _fit(records: list[bytes], limit: int) -> list[bytes]:
     return _fit(records[:half], limit) + _fit(records[half:], limit)
 
 
-def _feed(app: Application, inputs: Inputs) -> list[tuple[str, bytes]]:
+Fed = list[tuple[str, bytes] | Advance]
+
+
+def _feed(app: Application, inputs: Inputs) -> Fed:
     sources = list(app.sources)
+    records = [x for x in inputs if not isinstance(x, Advance)]
     if isinstance(inputs, Mapping):
-        pairs: Iterable[tuple[str, Any]] = [(s, r) for s, recs in inputs.items() for r in recs]
-    elif inputs and all(isinstance(x, tuple) for x in inputs):
-        pairs = inputs  # type: ignore[assignment]
+        pairs: Iterable[Any] = [(s, r) for s, recs in inputs.items() for r in recs]
+    elif records and all(isinstance(x, tuple) for x in records):
+        pairs = inputs
     elif len(sources) == 1:
-        pairs = [(sources[0], r) for r in inputs]
+        pairs = [x if isinstance(x, Advance) else (sources[0], x) for x in inputs]
     else:
         msg = (f"the app has several sources ({', '.join(sources)}): pass a dict "
                "{source: records} or (source, record) pairs")
         raise ValueError(msg)
-    out = []
-    for source, rec in pairs:
+    out: Fed = []
+    for item in pairs:
+        if isinstance(item, Advance):
+            out.append(item)
+            continue
+        source, rec = item
         if source not in app.sources:
             raise UnknownNameError(kind="source", name=source, known=sources)
         out.append((source, rec.encode("utf-8") if isinstance(rec, str) else bytes(rec)))
     return out
+
+
+def _segments(fed: Fed) -> Iterable[list[tuple[str, bytes]] | Advance]:
+    """Runs of records between clock advances, and the advances."""
+    run: list[tuple[str, bytes]] = []
+    for item in fed:
+        if isinstance(item, Advance):
+            if run:
+                yield run
+            run = []
+            yield item
+        else:
+            run.append(item)
+    if run:
+        yield run
 
 
 def _chunks(items: list[tuple[str, bytes]], size: int) -> Iterable[list[tuple[str, bytes]]]:

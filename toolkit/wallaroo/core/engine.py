@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -17,6 +18,9 @@ from wallaroo.core.wire import DeadLetter
 from wallaroo.plan import Application, Stage
 
 log = logging.getLogger("wallaroo.core.engine")
+# When the input being processed was stored (JetStream's time of its newest message): what
+# micro-batch steps stamp a batch's first record with, for its max_wait.
+batch_time: ContextVar[float] = ContextVar("wallaroo_batch_time", default=0.0)
 PARTITION_CACHE = 100_000
 RecordId = tuple[int, int]  # (input message sequence, index of the record in that message)
 
@@ -91,6 +95,8 @@ class BatchResult:
     states: dict[str, bytes] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     records_in: int = 0
+    # state slot -> when its micro-batch is due (None: nothing waits), for the slots changed
+    deadlines: dict[str, float | None] = field(default_factory=dict)
 
 
 class RecordFailed(Exception):  # noqa: N818 - a signal between engine and caller
@@ -155,6 +161,7 @@ class StageEngine:
     def attempt(
         self, batch: Batch | Sequence[Item], table: Mapping[str, bytes],
         skip: Mapping[RecordId, DeadLetter], *, check_outputs: int | None = None,
+        now: float = 0.0,
     ) -> BatchResult:
         """Process `batch` against committed state `table` (left untouched: changed state
         comes back in `states`). Raises RecordFailed naming the first failing record; records
@@ -167,7 +174,11 @@ class StageEngine:
         dead: list[DeadLetter] = []
         if skip:
             batch, dead = batch.without(skip)
-        result = self._run(batch, table, check_outputs)
+        token = batch_time.set(now)
+        try:
+            result = self._run(batch, table, check_outputs)
+        finally:
+            batch_time.reset(token)
         result.dead, result.records_in = dead, total
         return result
 
@@ -199,32 +210,69 @@ class StageEngine:
             index = origin[failed.index] if origin is not None else failed.index
             raise RecordFailed(batch.item(index), where, reason, failed.exc) from failed.exc
         result.states = _dump_states(batch, work)
+        result.deadlines = self._deadlines(work)
         return result
+
+    def _deadlines(self, work: Mapping[str, Mapping[str | None, Any]]) -> dict[str, float | None]:
+        found: dict[str, float | None] = {}
+        for step in self.steps:
+            if step.deadline is not None:
+                for key, obj in work.get(step.name, {}).items():
+                    found[state_slot(step, key)] = step.deadline(obj)
+        return found
+
+    def deadlines_in(self, table: Mapping[str, bytes]) -> dict[str, float]:
+        """When each buffered micro-batch in committed state `table` is due (a restore's view)."""
+        found: dict[str, float] = {}
+        for step in self.steps:
+            if step.deadline is None:
+                continue
+            prefix = state_slot_of(step.name, None)
+            for slot in (k for k in table if k.startswith(prefix)):
+                due = step.deadline(codec.loads(table[slot]))
+                if due is not None:
+                    found[slot] = due
+        return found
 
     @property
     def holds_back(self) -> bool:
-        """Does a step keep records back until more arrive (windows)? Then end of input flushes."""
+        """Does a step keep records back until more arrive (windows, micro-batches)? Then end
+        of input flushes them."""
         return any(step.flush is not None for step in self.steps)
 
     def end_of_input(self, table: Mapping[str, bytes]) -> BatchResult:
         """Input has ended (a job's): every step that holds records back lets them go, for each
         key it holds state for, and what it lets go runs through the rest of the stage (as
         Flink's final watermark). A key whose flush fails is dead-lettered; the others go on."""
+        return self.release(table, None)
+
+    def release(self, table: Mapping[str, bytes], now: float | None) -> BatchResult:
+        """`end_of_input` when `now` is None; else the micro-batches due at `now` fire."""
         result = BatchResult()
         for j, step in enumerate(self.steps):
-            if step.flush is not None:
-                prefix = state_slot_of(step.name, None)
-                view = {**table, **result.states}
-                for slot in sorted(k for k in view if k.startswith(prefix)):
-                    self._flush_key(j, slot[len(prefix):] or None, view, result)
+            if step.flush is None or (now is not None and step.expire is None):
+                continue
+            prefix = state_slot_of(step.name, None)
+            view = {**table, **result.states}
+            for slot in sorted(k for k in view if k.startswith(prefix)):
+                self._flush_key(j, slot[len(prefix):] or None, view, result, now)
         return result
 
-    def _flush_key(self, j: int, key: str | None, view: Mapping[str, bytes], result: BatchResult) -> None:
+    def _let_go(self, step: StepSpec, state: Any, key: str | None, now: float | None) -> list[Any]:
+        if now is None:
+            assert step.flush is not None
+            return list(step.flush(state, key))
+        assert step.expire is not None
+        return list(step.expire(state, key, now))
+
+    def _flush_key(self, j: int, key: str | None, view: Mapping[str, bytes], result: BatchResult,
+                   now: float | None = None) -> None:
         step, work = self.steps[j], {}
         try:
             state = work[key] = codec.loads(view[state_slot(step, key)])
-            assert step.flush is not None
-            vals = list(step.flush(state, key))
+            vals = self._let_go(step, state, key, now)
+            if not vals and now is not None:
+                return  # nothing due for this key: its state is unchanged
             keys: list[str | None] = [key] * len(vals)
             out = {step.name: work}
             for later in self.steps[j + 1:]:
@@ -235,12 +283,13 @@ class StageEngine:
             self._encode(vals, result)
             result.states.update({state_slot_of(name, k): codec.dumps(obj)
                                   for name, objs in out.items() for k, obj in objs.items()})
+            result.deadlines.update(self._deadlines(out))
         except Exception as exc:  # user code at end of input: this key's letter, not a stall
             err = exc.exc if isinstance(exc, _StepFailed) else exc
             result.dead.append(DeadLetter(self.stage.name, step.name, "user_error",
                                           f"{type(err).__name__}: {err}",
-                                          "".join(traceback.format_exception(err)), 1, key, b"",
-                                          (0, 0)))
+                                          "".join(traceback.format_exception(err)), 1, key,
+                                          view.get(state_slot(step, key), b""), (0, 0)))
 
     def _scoped(self, step: StepSpec, rids: list[RecordId], origin: list[int] | None,
                 n: int) -> Callable[..., Any]:

@@ -142,6 +142,15 @@ def eoi_sender(msg_id: str) -> str | None:
     return msg_id[len(EOI_PREFIX):].rpartition(">")[0] or None
 
 
+# Micro-batch timers: a partition whose buffered batch is due publishes this into its own
+# input; the batch fires when the message is processed (so a replay fires it at the same point).
+TICK_PREFIX = "tick:"
+
+
+def tick_msg_id(producer: str, due: float) -> str:
+    return f"{TICK_PREFIX}{producer}:{due!r}"
+
+
 def source_sender(source: str) -> str:
     return f"src.{source}"
 

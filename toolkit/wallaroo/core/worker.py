@@ -28,11 +28,13 @@ from wallaroo.core.names import (
     ENDED,
     EOI_PREFIX,
     REPLAY_PREFIX,
+    TICK_PREFIX,
     AppNames,
     eoi_msg_id,
     eoi_sender,
     internal_msg_id,
     parse_internal,
+    tick_msg_id,
 )
 from wallaroo.core.wire import MALFORMED, CommitRecord, DeadLetter, ReplayBatch
 from wallaroo.nats.protocol import Consumer, InMsg, Out, WorkerNats
@@ -50,6 +52,7 @@ class Fresh(NamedTuple):
     values: list[Any]
     malformed: DeadLetter | None = None
     ended: str = ""  # an end-of-input message: its sender
+    tick: float | None = None  # a micro-batch timer message: the time it stands for
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class PartitionWorker:
         self, nats: WorkerNats, app: Application, version: str, stage: Stage, part: int,
         config: WorkerConfig, checkpoints: Checkpoints | None = None, *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`checkpoints`: where snapshots go (the runner's S3/file Checkpointer); without
         one, state is restored from the changelog alone and nothing is trimmed. `sleep`
@@ -142,7 +146,9 @@ class PartitionWorker:
         self.nonce = secrets.token_hex(4)
         self.checkpoints = checkpoints or ChangelogOnly(nats, self.names.log_stream, self.log_subject)
         self._seconds_per_record = 0.0
-        self._sleep = sleep
+        self._sleep, self._clock = sleep, clock
+        self.deadlines: dict[str, float] = {}  # state slot -> when its micro-batch is due
+        self._ticked: float | None = None  # the due time of the timer message published last
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -162,6 +168,8 @@ class PartitionWorker:
         """One fetch and its commits; the consumer to fetch from next (a new one after a
         delivery gap). run() loops on it; wallaroo.testing calls it when input is waiting."""
         msgs = await consumer.fetch(self.cfg.fetch_batch, self.cfg.fetch_timeout)
+        if not msgs:
+            await self._tick_if_due()
         if not msgs and self.checkpoints.due():
             # Idle: make the newest commits durable in the store too.
             await self.checkpoints.checkpoint(self.state, self.log_seq)
@@ -189,6 +197,8 @@ class PartitionWorker:
         if last_rec is not None and await self._unacked(last_rec):
             # Its inputs were never acked, so its outputs may not all have been published.
             await self._publish(last_rec.outs)
+        self.deadlines = self.engine.deadlines_in(self.state.table)
+        self._ticked = None
         self.progress.restores += 1
         log.info("%s: restored %d commits (snapshot: commit %s), %d state slots, committed seq %d "
                  "in %.3fs", self.log_subject, self.state.commit_no, self.checkpoints.restored_from,
@@ -237,6 +247,11 @@ class PartitionWorker:
         sender = eoi_sender(m.msg_id)
         if sender is not None:
             return Fresh(m, [], [], ended=sender)
+        if m.msg_id.startswith(TICK_PREFIX):
+            try:
+                return Fresh(m, [], [], tick=float(m.data))
+            except ValueError as err:
+                return Fresh(m, [], [], self._malformed(m, err))
         try:
             return Fresh(m, *self._records(m))
         except Exception as err:  # unpickling can raise anything: it is this message's fault
@@ -268,8 +283,10 @@ class PartitionWorker:
             records.add(f.msg.stream_seq, f.keys, f.values)
         malformed = [f.malformed for f in batch if f.malformed is not None]
         started = time.perf_counter()
-        result = _with_letters(await self._execute(records), malformed)
+        now = max(f.msg.timestamp for f in batch)
+        result = _with_letters(await self._execute(records, now=now), malformed)
         self._seconds_per_record = (time.perf_counter() - started) / max(1, len(records))
+        _merge(result, await self._timers(batch, result))
         ends, flushed = await self._end_of_input(batch, result)
         _merge(result, flushed)
         try:
@@ -282,8 +299,9 @@ class PartitionWorker:
                 return
             log.warning("%s: outputs of seq %d cannot be committed (%s); checking records one "
                         "by one", self.in_subject, batch[0].msg.stream_seq, err)
-            result = _with_letters(await self._execute(records, check_outputs=self.max_output_bytes),
-                                   malformed)
+            result = _with_letters(await self._execute(records, check_outputs=self.max_output_bytes,
+                                                       now=now), malformed)
+            _merge(result, await self._timers(batch, result))
             _merge(result, flushed)
             try:
                 rec, encoded = self._commit_record(batch, result, ends)
@@ -297,6 +315,7 @@ class PartitionWorker:
                 result = self._all_dead(records, malformed, str(too_big))
                 rec, encoded = self._commit_record(batch, result, ends)
         await self._append(rec, encoded)
+        self._note_deadlines(result.deadlines)
         await self._publish(rec.outs)
         await asyncio.gather(*(f.msg.ack() for f in batch))
         self._count(result, len(batch), len(malformed))
@@ -340,6 +359,34 @@ class PartitionWorker:
             flushed = await self._off_loop(self.engine.end_of_input, table)
         log.info("%s: end of input from all %d senders: flushed", self.in_subject, len(expected))
         return {**ends, ENDED: 1}, flushed
+
+    async def _timers(self, batch: list[Fresh], result: BatchResult) -> BatchResult:
+        """The micro-batches due at the latest timer message of `batch`, fired after the
+        batch's records (none without a timer message)."""
+        ticks = [f.tick for f in batch if f.tick is not None]
+        if not ticks:
+            return BatchResult()
+        table = {**self.state.table, **result.states}
+        return await self._off_loop(self.engine.release, table, max(ticks))
+
+    def _note_deadlines(self, changed: dict[str, float | None]) -> None:
+        for slot, due in changed.items():
+            if due is None:
+                self.deadlines.pop(slot, None)
+            else:
+                self.deadlines[slot] = due
+
+    async def _tick_if_due(self) -> None:
+        """Idle with a micro-batch due: a timer message into this partition's own input (its
+        id names the due time, so a second copy is dropped as a duplicate)."""
+        if not self.deadlines:
+            return
+        due = min(self.deadlines.values())
+        if due > self._clock() or self._ticked == due:
+            return
+        self._ticked = due
+        await self.nats.publish_all([Out(self.in_subject, repr(due).encode(),
+                                         tick_msg_id(self.producer, due))])
 
     def _end_messages(self) -> list[Out]:
         """End of input for every partition of the next stage (none for a last stage: its
@@ -400,11 +447,12 @@ class PartitionWorker:
         self.progress.dead += len(result.dead)
         self.progress.malformed += malformed
 
-    async def _execute(self, items: Batch, check_outputs: int | None = None) -> BatchResult:
+    async def _execute(self, items: Batch, check_outputs: int | None = None, now: float = 0.0
+                       ) -> BatchResult:
         retrier = Retrier(self.cfg.retry, self.stage.name)
         while True:
             try:
-                return await self._attempt(items, retrier, check_outputs)
+                return await self._attempt(items, retrier, check_outputs, now)
             except RecordFailed as failed:
                 delay = retrier.on_failure(failed)
                 log.warning("%s: %s (attempt %d)", self.in_subject, failed,
@@ -412,14 +460,16 @@ class PartitionWorker:
                 if delay:
                     await self._sleep(delay)
 
-    async def _attempt(self, items: Batch, retrier: Retrier, check_outputs: int | None) -> BatchResult:
+    async def _attempt(self, items: Batch, retrier: Retrier, check_outputs: int | None,
+                       now: float) -> BatchResult:
         if self.engine.scope is None:
-            return self.engine.attempt(items, self.state.table, retrier.dead, check_outputs=check_outputs)
+            return self.engine.attempt(items, self.state.table, retrier.dead,
+                                       check_outputs=check_outputs, now=now)
         # Steps that call functions block on results: off the event loop, so this runner's
         # heartbeats, leases and its own function executors (which may serve those very
         # calls) keep running.
         return await asyncio.to_thread(self.engine.attempt, items, self.state.table, retrier.dead,
-                                       check_outputs=check_outputs)
+                                       check_outputs=check_outputs, now=now)
 
     def _outputs(self, result: BatchResult, commit_no: int) -> list[Out]:
         outs: list[tuple[str, bytes]] = []
@@ -488,6 +538,7 @@ def _merge(result: BatchResult, more: BatchResult) -> None:
     for sink, outs in more.sink_out.items():
         result.sink_out.setdefault(sink, []).extend(outs)
     result.states.update(more.states)
+    result.deadlines.update(more.deadlines)
     result.dead += more.dead
 
 

@@ -208,8 +208,10 @@ def _in_msg(m: Any) -> InMsg:
     md = m.metadata
     headers = m.headers or {}
     seq = md.sequence
+    stamp = md.timestamp  # a datetime in nats-py
     return InMsg(m.data, headers.get(MSG_ID, ""), seq.stream, seq.consumer, md.num_delivered,
-                 md.num_pending or 0, m.ack, m.in_progress)
+                 md.num_pending or 0, m.ack, m.in_progress,
+                 stamp.timestamp() if stamp is not None else 0.0)
 
 
 class Nats:

@@ -80,6 +80,7 @@ class _Stream:
     # subject -> its seqs, in order (a dict: ordered, and O(1) removal)
     by_subject: dict[str, dict[int, None]] = field(default_factory=dict)
     ids: dict[str, tuple[int, float]] = field(default_factory=dict)  # msg id -> (seq, stored at)
+    stored_at: dict[int, float] = field(default_factory=dict)  # seq -> when (the clock's time)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def captures(self, subject: str) -> bool:
@@ -98,6 +99,7 @@ class _Stream:
         self.last_seq += 1
         seq = self.last_seq
         self.msgs[seq] = StoredMsg(seq, subject, data, msg_id)
+        self.stored_at[seq] = now
         self.by_subject.setdefault(subject, {})[seq] = None
         if msg_id:
             self.ids[msg_id] = (seq, now)
@@ -108,6 +110,7 @@ class _Stream:
 
     def remove(self, seq: int) -> None:
         msg = self.msgs.pop(seq, None)
+        self.stored_at.pop(seq, None)
         if msg is not None:
             del self.by_subject[msg.subject][seq]
 
@@ -185,7 +188,8 @@ class MemoryConsumer:
             return  # lost on its way: the consumer seq moved on, the message stays pending
         m = self._stream.msgs[seq]
         out.append(InMsg(m.data, m.msg_id, seq, self.consumer_seq, count, pending,
-                         functools.partial(self._ack, seq)))
+                         functools.partial(self._ack, seq),
+                         timestamp=self._stream.stored_at.get(seq, 0.0)))
 
     async def _ack(self, seq: int) -> None:
         if not self.live or seq not in self.pending:

@@ -26,6 +26,7 @@ class InMsg:
     ack: Callable[[], Awaitable[None]]
     # Tell the server the message is still being worked on (resets its ack_wait).
     in_progress: Callable[[], Awaitable[None]] | None = None
+    timestamp: float = 0.0  # when JetStream stored it (seconds since the epoch)
 
 
 @dataclass(frozen=True)
