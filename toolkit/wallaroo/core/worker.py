@@ -478,7 +478,8 @@ class PartitionWorker:
             assert route is not None
             outs.append((self.names.data(route.target, part), codec.dumps(columns)))
         for sink, payloads in sorted(result.sink_out.items()):
-            outs.append((self.names.out(self.app.sinks[sink].name), codec.pack_batch(payloads)))
+            if payloads:  # a commit that emitted nothing (windows filling) stores no message
+                outs.append((self.names.out(self.app.sinks[sink].name), codec.pack_batch(payloads)))
         for dead in result.dead:
             outs.append((self.names.dlq(self.stage.index), self._dead_letter(dead)))
         return [Out(s, p, internal_msg_id(self.producer, commit_no, k)) for k, (s, p) in enumerate(outs)]
