@@ -5,8 +5,9 @@
 Each log file is a bounded source: the job reads what the files hold when it starts, counts
 ERROR lines per service in one-hour windows of event time (the log's own timestamps), emits
 every window (the last ones at end of input, as the job ends), and stops. Output lines:
-"<service> <hour> <errors> errors of <lines> lines", in errors_per_hour.txt. Killed halfway,
-the same command resumes where its commits stopped; `--fresh` starts over.
+"<service> <hour> <errors> errors of <lines> lines", in part files under errors_per_hour/
+(`cat errors_per_hour/part-*`; a part is there whole or not at all). Killed halfway, the same
+command resumes where its commits stopped; `--fresh` starts over (clear errors_per_hour/ first).
 
 Files are next to this one, or in $LOG_JOB_DIR when set (where its test puts them)."""
 
@@ -75,5 +76,5 @@ def merged() -> wl.Pipeline:
 
 hourly = wl.range_windows(wl.minutes(60)).with_timestamp(at).with_delay(wl.minutes(5)).over(Errors)
 pipeline = (merged().key_by(service).to(hourly)
-            .to_sink(wl.FileSink("errors", DATA / "errors_per_hour.txt")))
+            .to_sink(wl.PartsSink("errors", DATA / "errors_per_hour")))
 app = wl.build_application("log_job", pipeline, partitions=4)

@@ -59,5 +59,7 @@ def test_wallaroo_run(tmp_path: Path) -> None:
                          cwd=tmp_path, env=env, text=True, capture_output=True,
                          stdin=subprocess.DEVNULL, timeout=240)
     assert res.returncode == 0, res.stderr
-    got = collections.Counter((tmp_path / "errors_per_hour.txt").read_text().splitlines())
+    parts = sorted((tmp_path / "errors_per_hour").glob("part-*"))
+    got = collections.Counter(line for part in parts for line in part.read_text().splitlines())
     assert got == expected(tmp_path)
+    assert not list((tmp_path / "errors_per_hour" / "_staging").glob("*"))
