@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import BUCKET, REGION, Moto
 from wallaroo.control import apps
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster
 from wallaroo.nats import Nats
+from wallaroo_runtime.statestore import S3Store
 
 HERE = Path(__file__).parent
 JOB = HERE / "apps" / "word_job.py"
@@ -140,3 +142,23 @@ def test_jobs_lists_jobs_and_cancel_stops_one_that_a_rerun_resumes(tmp_path: Pat
     lines = (tmp_path / "out.txt").read_text().splitlines()
     assert collections.Counter(lines) == collections.Counter(
         f"{w} => {n}" for w, c in expected.items() for n in range(1, c + 1))
+
+
+def test_an_s3_job_reads_the_objects_there_at_its_start_and_ends(tmp_path: Path, moto: Moto) -> None:
+    async def put(objects: dict[str, bytes]) -> None:
+        store = S3Store(BUCKET, "", endpoint_url=moto.url, region=REGION)
+        try:
+            for key, data in objects.items():
+                await store.put(key, data)
+        finally:
+            await store.close()
+
+    asyncio.run(put({"in/1.txt": b"red green\nred\n", "in/2.txt": b"blue red", "other/x.txt": b"no"}))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WALLAROO_NATS", "WALLAROO_CREDS", "WALLAROO_AUTH_DIR")}
+    env.update(S3_JOB_BUCKET=BUCKET, S3_JOB_ENDPOINT=moto.url, JOB_OUTPUT=str(tmp_path / "out.txt"))
+    res = subprocess.run([sys.executable, "-m", "wallaroo", "run", str(HERE / "apps" / "s3_job.py")],
+                         cwd=tmp_path, env=env, text=True, capture_output=True,
+                         stdin=subprocess.DEVNULL, timeout=240)
+    assert res.returncode == 0, res.stderr
+    assert sorted((tmp_path / "out.txt").read_text().splitlines()) == ["blue 1", "green 1", "red 3"]
