@@ -98,3 +98,26 @@ async def leader(nats: Nats) -> str | None:
 async def finish(nats: Nats, manifest: Manifest) -> list[str]:
     await apps.wait_idle(nats, manifest, timeout=180)
     return (await collect_outputs(nats, manifest))["counts"]
+
+
+def survivors(folder: Path) -> list[str]:
+    """Processes working in `folder` or naming it on their command line (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if (cwd.startswith(str(folder)) or str(folder) in cmd) and int(proc.name) != os.getpid():
+            found.append(f"{proc.name}: {cmd[:120]}")
+    return found
+
+
+def wait_until_none_survive(folder: Path, timeout: float = 20.0) -> None:
+    """After a SIGKILL of `wallaroo run`/`dev`: its runners and nats-server (process groups of
+    their own) must die with it, as on a machine that crashed."""
+    deadline = time.monotonic() + timeout
+    while found := survivors(folder):
+        assert time.monotonic() < deadline, f"outlived their parent: {found}"
+        time.sleep(0.05)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from chaos_support import wait_until_none_survive
 
 from wallaroo_runtime.connectors.framing import PARTS_STAGING
 
@@ -31,7 +32,7 @@ def start(tmp_path: Path) -> subprocess.Popen[str]:
            if k not in ("WALLAROO_NATS", "WALLAROO_CREDS", "WALLAROO_AUTH_DIR")}
     env.update(JOB_INPUT=str(tmp_path / "words.txt"), JOB_OUTPUT=str(tmp_path / "out"),
                JOB_PAD=str(PAD))
-    # Its own process group: one killpg takes the CLI, the runners and nats-server at once.
+    # Its own process group, killed whole; its runners and nats-server die with it.
     return subprocess.Popen([sys.executable, "-m", "wallaroo", "run", str(JOB)], cwd=tmp_path,
                             env=env, text=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
@@ -55,6 +56,7 @@ def kill_in_a_commit(proc: subprocess.Popen[str], target: Path, parts_first: int
         time.sleep(0.001)  # the window between stage and rename is short: look often
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    wait_until_none_survive(target.parent)
     return names(target / PARTS_STAGING)
 
 

@@ -1,5 +1,5 @@
-"""A job killed whole, as a machine crash would (SIGKILL of `wallaroo run`, its runners and
-its nats-server together), then run again with the same command: it resumes from the
+"""A job killed whole, as a machine crash would (SIGKILL of `wallaroo run`; its runners and
+its nats-server die with it), then run again with the same command: it resumes from the
 commits, and its whole output, as a multiset of "word => n" lines, holds every expected line
 exactly once. Killed a second time during the resumed run too."""
 
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from chaos_support import wait_until_none_survive
 
 JOB = Path(__file__).parents[1] / "integration" / "apps" / "word_job.py"
 LINES = 40_000  # 200k words: several seconds of work, so the kills land mid-job
@@ -50,6 +51,7 @@ def kill_when(proc: subprocess.Popen[str], tmp_path: Path, at_least: int) -> Non
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    wait_until_none_survive(tmp_path)
 
 
 def test_a_job_killed_whole_twice_resumes_with_each_output_exactly_once(tmp_path: Path) -> None:

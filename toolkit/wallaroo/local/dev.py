@@ -28,6 +28,7 @@ from wallaroo.core.keys import (
 )
 from wallaroo.core.names import REPLACE_EXIT
 from wallaroo.local.auth import dev_auth
+from wallaroo.local.children import die_with_parent
 from wallaroo.local.natsserver import NatsServer, Service
 from wallaroo.local.tls import dev_tls
 from wallaroo.nats import Nats
@@ -103,6 +104,7 @@ class ServiceProcess:
                 # Runners hold public keys only, local ones too: the private key stays here.
                 env={k: v for k, v in os.environ.items() if k != DEPLOY_KEY_ENV},
                 process_group=0,  # Ctrl-C reaches `wallaroo dev`, which stops them in order
+                preexec_fn=die_with_parent(),  # dies with us (see children.py)
             )
         return self
 

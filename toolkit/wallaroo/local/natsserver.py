@@ -17,6 +17,7 @@ from typing import Any, Self
 
 from wallaroo.core.errors import WallarooError
 from wallaroo.local.auth import Auth
+from wallaroo.local.children import die_with_parent
 from wallaroo.local.tls import Tls
 
 MAX_PAYLOAD = 8 * 1024 * 1024
@@ -134,6 +135,7 @@ class NatsServer(Service):
             self.proc = subprocess.Popen(
                 [str(server_binary()), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, process_group=0,  # stopped last, by its owner
+                preexec_fn=die_with_parent(),  # dies with us (see children.py)
             )
         wait_for_port(self.port, timeout, self.proc)
         return self
