@@ -250,7 +250,8 @@ def _partition_report(w: PartitionWorker, now: float) -> PartitionReport:
     return PartitionReport(commits=w.progress.commits, records=w.progress.records,
                            dead=w.progress.dead, restores=w.progress.restores,
                            committed_seq=w.state.committed_seq, rate=round(meter.records, 1),
-                           msg_rate=round(meter.messages, 2), malformed=w.progress.malformed)
+                           msg_rate=round(meter.messages, 2), malformed=w.progress.malformed,
+                           busy_for=round(w.busy_for(), 1))
 
 
 class Runner:
