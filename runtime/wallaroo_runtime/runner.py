@@ -511,6 +511,7 @@ class RunnerOptions:
     creds: str | None = None  # the runner role's nkey seed file
     trust: Trust = field(default_factory=Trust)  # whose deploys this runner runs
     state_key: bytes | None = None  # MACs snapshots and segments; None: checksums only
+    ack_wait: float = WorkerConfig.ack_wait  # stage inputs of a silent runner come back after this
 
 
 def main(url: str, opts: RunnerOptions) -> None:
@@ -522,7 +523,8 @@ def main(url: str, opts: RunnerOptions) -> None:
     store = open_store(opts.state_store) if opts.state_store else None
     checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds,
                                   state_key=opts.state_key)
-    runner = Runner(url, opts.runner_id, WorkerConfig(), ClusterConfig(member_ttl=opts.member_ttl),
+    runner = Runner(url, opts.runner_id, WorkerConfig(ack_wait=opts.ack_wait),
+                    ClusterConfig(member_ttl=opts.member_ttl),
                     checkpoint, opts.executor, opts.trust)
 
     async def body(stop: asyncio.Event) -> None:
