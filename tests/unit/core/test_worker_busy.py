@@ -6,6 +6,7 @@ so "slow" takes no fixed time."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -13,10 +14,11 @@ from collections.abc import Callable
 import pytest
 
 import wallaroo as wl
-from wallaroo.core import codec
+from wallaroo.core import calls, codec
 from wallaroo.core.names import AppNames
 from wallaroo.core.worker import PartitionWorker, WorkerConfig
 from wallaroo.nats.memory import MemoryConsumer, MemoryNats
+from wallaroo.plan import Application
 
 GATE = threading.Event()  # the step waits here: the test decides when its record is done
 RAN_ON: list[int] = []  # the thread each record ran on
@@ -49,12 +51,13 @@ async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> 
         await asyncio.sleep(0.01)
 
 
-async def setup(ack_wait: float = 60.0) -> tuple[MemoryNats, PartitionWorker, MemoryConsumer]:
+async def setup(ack_wait: float = 60.0, app: Application = APP
+                ) -> tuple[MemoryNats, PartitionWorker, MemoryConsumer]:
     nats = MemoryNats()  # the real clock: ack_wait runs out for real
     for stream, (subjects, work_queue) in NAMES.streams().items():
         await nats.ensure_stream(stream, subjects, work_queue=work_queue)
     cfg = WorkerConfig(fetch_timeout=0.0, ack_wait=ack_wait)
-    worker = PartitionWorker(nats, APP, "v1", APP.stages[0], 0, cfg)
+    worker = PartitionWorker(nats, app, "v1", app.stages[0], 0, cfg)
     await worker.restore()
     consumer = await worker.open_consumer()
     assert isinstance(consumer, MemoryConsumer)
@@ -117,3 +120,25 @@ def test_busy_for_is_zero_again_after_a_step_failed() -> None:
         worker.close()
 
     asyncio.run(body())
+
+
+@wl.computation(name="may it call")
+def may_it_call(s: str) -> str:
+    return f"{s}: {'refused' if calls.blocking_calls_forbidden() else 'allowed'}"
+
+
+def test_only_steps_of_a_pipeline_attached_to_an_app_may_call_functions() -> None:
+    """Attached (app.calls): calls get ids derived from the record, so exactly once per
+    record. Not attached: the step's thread refuses calls, as the runner's loop thread does."""
+    loose = wl.build_application("busy", wl.source("in", wl.StreamSource()).to(may_it_call)
+                                 .to_sink(wl.StreamSink("out")))
+
+    async def body(app: Application) -> list[bytes]:
+        nats, worker, consumer = await setup(app=app)
+        await nats.publish(NAMES.source(0, 0), codec.pack_batch([b"x"]), "i:t:1")
+        await worker.poll(consumer)
+        worker.close()
+        return outputs(nats)
+
+    assert asyncio.run(body(loose)) == [b"x: refused"]
+    assert asyncio.run(body(dataclasses.replace(loose, calls=True))) == [b"x: allowed"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from wallaroo.core import codec
+from wallaroo.core.calls import forbid_blocking_calls
 from wallaroo.core.changelog import ChangelogOnly, Checkpoints, PartitionState
 from wallaroo.core.engine import (
     Batch,
@@ -397,7 +398,10 @@ class PartitionWorker:
         Steps that call functions block on results there too, while this runner's own
         executors (which may serve those very calls) keep running on the loop."""
         if self._user_thread is None:
-            self._user_thread = ThreadPoolExecutor(1, thread_name_prefix=f"wallaroo {self.in_subject}")
+            # A step of a pipeline not attached to an App gets no call ids derived from its
+            # records, so its thread refuses function calls (as the event loop's does).
+            refuse = forbid_blocking_calls if self.engine.scope is None else None
+            self._user_thread = ThreadPoolExecutor(1, f"wallaroo {self.in_subject}", refuse)
         # Like asyncio.to_thread: the caller's context variables travel with the call.
         call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         self._busy_since = time.monotonic()
