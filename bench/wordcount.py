@@ -54,8 +54,8 @@ def plain_loop(lines: list[bytes]) -> float:
     return out / (time.perf_counter() - start)
 
 
-async def throughput(url: str, key: Path, lines: list[bytes], words: int) -> float:
-    nats = await Nats.connect(url)
+async def throughput(url: str, key: Path, creds: Path, lines: list[bytes], words: int) -> float:
+    nats = await Nats.connect(url, creds=creds)
     try:
         manifest = await apps.deploy(nats, APP, key=key)
         await apps.wait_idle(nats, manifest, timeout=60)  # workers up, consumers created
@@ -77,9 +77,10 @@ def _progress(total_words: int):  # type: ignore[no-untyped-def]
     return show
 
 
-async def latency(url: str, key: Path, rate: int, seconds: float) -> tuple[float, float, int]:
+async def latency(url: str, key: Path, creds: Path, rate: int, seconds: float
+                  ) -> tuple[float, float, int]:
     """Each record is one unique word `w<i>`; its output `w<i> => 1` tells when it arrived."""
-    nats = await Nats.connect(url)
+    nats = await Nats.connect(url, creds=creds)
     try:
         manifest = await apps.deploy(nats, APP, key=key)
         await apps.wait_idle(nats, manifest, timeout=60)  # steady state: workers up
@@ -133,13 +134,14 @@ def main() -> None:
     lines = make_lines(args.words)
     base = plain_loop(lines)
     with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=1) as cluster:
-        rate = asyncio.run(throughput(cluster.url, cluster.deploy_key, lines, args.words))
+        rate = asyncio.run(throughput(cluster.url, cluster.deploy_key, cluster.creds("deployer"),
+                                      lines, args.words))
     print(f"plain python loop : {base:12,.0f} records/s")
     print(f"wallaroo (1 runner, exactly-once, file JetStream): {rate:12,.0f} records/s")
     print(f"ratio             : {rate / base:.3f}  (aim >= 0.25)")
     with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=1) as cluster:
-        p50, p99, n = asyncio.run(latency(cluster.url, cluster.deploy_key, args.rate,
-                                          args.latency_seconds))
+        p50, p99, n = asyncio.run(latency(cluster.url, cluster.deploy_key, cluster.creds("deployer"),
+                                          args.rate, args.latency_seconds))
     print(f"latency at {args.rate:,} records/s over {n:,} records: "
           f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
 

@@ -250,7 +250,8 @@ def _partition_report(w: PartitionWorker, now: float) -> PartitionReport:
     return PartitionReport(commits=w.progress.commits, records=w.progress.records,
                            dead=w.progress.dead, restores=w.progress.restores,
                            committed_seq=w.state.committed_seq, rate=round(meter.records, 1),
-                           msg_rate=round(meter.messages, 2), malformed=w.progress.malformed)
+                           msg_rate=round(meter.messages, 2), malformed=w.progress.malformed,
+                           busy_for=round(w.busy_for(), 1))
 
 
 class Runner:
@@ -525,6 +526,7 @@ class RunnerOptions:
     creds: str | None = None  # the runner role's nkey seed file
     trust: Trust = field(default_factory=Trust)  # whose deploys this runner runs
     state_key: bytes | None = None  # MACs snapshots and segments; None: checksums only
+    ack_wait: float = WorkerConfig.ack_wait  # stage inputs of a silent runner come back after this
 
 
 def main(url: str, opts: RunnerOptions) -> None:
@@ -536,7 +538,8 @@ def main(url: str, opts: RunnerOptions) -> None:
     store = open_store(opts.state_store) if opts.state_store else None
     checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds,
                                   state_key=opts.state_key)
-    runner = Runner(url, opts.runner_id, WorkerConfig(), ClusterConfig(member_ttl=opts.member_ttl),
+    runner = Runner(url, opts.runner_id, WorkerConfig(ack_wait=opts.ack_wait),
+                    ClusterConfig(member_ttl=opts.member_ttl),
                     checkpoint, opts.executor, opts.trust)
 
     async def body(stop: asyncio.Event) -> None:

@@ -336,6 +336,8 @@ def runner(
                                 "snapshots")] = 30.0,
     call_ack_wait: Annotated[float, typer.Option(min=0.5, help="seconds after which a call "
                              "whose runner went silent is delivered to another")] = 10.0,
+    ack_wait: Annotated[float, typer.Option(min=0.5, help="seconds after which stage inputs "
+                        "a silent runner fetched are delivered again")] = 60.0,
     call_max_deliveries: Annotated[int, typer.Option(min=1, help="deliveries of one call "
                                    "before it fails with RunnerLost")] = 8,
     creds: Annotated[Path | None, typer.Option("--creds", help="the runner role's nkey seed "
@@ -363,7 +365,7 @@ def runner(
             executor=ExecutorConfig(call_ack_wait, call_max_deliveries),
             creds=str(creds) if creds else os.environ.get(CREDS_ENV),
             trust=keys.runner_trust(trust or [], allow_unsigned),
-            state_key=keys.load_state_key(state_key) if state_key else None)
+            state_key=keys.load_state_key(state_key) if state_key else None, ack_wait=ack_wait)
         runner_main(nats or default_nats(), opts)
     except WallarooError as err:
         fail(str(err))

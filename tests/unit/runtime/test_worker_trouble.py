@@ -1,16 +1,18 @@
 """A partition whose worker keeps failing shows in the runner's heartbeat, and so in `wallaroo
 status` problems, until a worker started after the failure commits (or the failure is old);
-malformed input counts show per partition. A clock is injected by patching time.monotonic."""
+malformed input counts show per partition, and so does a batch running user code for long.
+A clock is injected by patching time.monotonic."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
 import wallaroo as wl
-from wallaroo.control.status import PARTITION_COLUMNS, _problem_rows
+from wallaroo.control.status import BUSY_SHOWN, PARTITION_COLUMNS, _busy, _problem_rows
 from wallaroo.core.wire import Heartbeat
 from wallaroo.core.worker import PartitionWorker, WorkerConfig
 from wallaroo.functions import App
@@ -109,3 +111,19 @@ def test_status_lists_failing_partitions_and_malformed_counts(clock: Clock) -> N
                     ["r0", "trouble", "stage 0 partition 1: worker failed 1 time(s), last: "
                                       "RuntimeError: restore failed"]]
     assert beat.apps["trouble"].partitions[PART].malformed == 2 and "malformed" in PARTITION_COLUMNS
+
+
+def test_a_batch_running_user_code_for_long_shows_in_the_report_and_as_a_problem(clock: Clock) -> None:
+    h = host()
+    h.workers[PART] = w = worker()
+    h.workers[(0, 0)] = worker()  # idle
+    w._busy_since = time.monotonic() - 12.3  # its batch's user code started 12.3 s ago
+    beat = Heartbeat("r0", 1, "h", 0.0, 0.0, 0, {"trouble": h.report(0.0)}, {})
+
+    parts = Heartbeat.from_wire(beat.to_wire()).apps["trouble"].partitions
+    assert parts[PART].busy_for >= 12.3 and parts[(0, 0)].busy_for == 0.0
+    assert _problem_rows([beat]) == [["r0", "trouble", "stage 0 partition 1: one batch running "
+                                                       "for 12s"]]
+    assert (_busy(12.3), _busy(0.0), "busy" in PARTITION_COLUMNS) == ("12s", "-", True)
+    w._busy_since = time.monotonic() - BUSY_SHOWN / 2  # a step this slow is not a problem yet
+    assert _problem_rows([Heartbeat("r0", 1, "h", 0.0, 0.0, 0, {"trouble": h.report(0.0)}, {})]) == []

@@ -26,7 +26,7 @@ from wallaroo.nats import Nats
 APP_COLUMNS = ["app", "deployed", "running", "stage", "name", "partitions", "pending",
                "ack pending"]
 PARTITION_COLUMNS = ["app", "stage", "partition", "owner", "running on", "committed seq", "lag",
-                     "records/s", "malformed"]
+                     "records/s", "malformed", "busy"]
 RUNNER_COLUMNS = ["runner", "role", "pid", "host", "partitions", "commits", "records", "records/s",
                   "heartbeat"]
 FUNCTION_COLUMNS = ["app", "function", "schedule", "pending", "running", "done", "failed", "retried",
@@ -34,6 +34,9 @@ FUNCTION_COLUMNS = ["app", "function", "schedule", "pending", "running", "done",
 SINK_COLUMNS = ["app", "sink", "running on", "delivered", "skipped", "rejected", "last seq",
                 "pending"]
 PROBLEM_COLUMNS = ["runner", "app", "error"]
+# A batch whose user code runs longer than this is a problem row: a slow (or stuck) step is
+# why its partition's lag grows, and nothing else would say so.
+BUSY_SHOWN = 5.0
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,17 @@ async def gather(nats: Nats) -> Status:
 
 
 def _problem_rows(beats: list[Heartbeat]) -> list[list[str]]:
-    """Versions a runner cannot run, and partitions whose worker keeps failing there."""
+    """Versions a runner cannot run, partitions whose worker keeps failing there, and
+    partitions whose batch in hand has been running user code for more than BUSY_SHOWN."""
     rows = [[b.id, app, err] for b in beats for app, err in sorted(b.errors.items())]
     for b in beats:
         for slug, app in sorted(b.apps.items()):
             rows += [[b.id, slug, f"stage {stage} partition {part}: {err}"]
                      for (stage, part), err in sorted(app.errors.items())]
+            rows += [[b.id, slug, f"stage {stage} partition {part}: one batch running for "
+                                  f"{rep.busy_for:.0f}s"]
+                     for (stage, part), rep in sorted(app.partitions.items())
+                     if rep.busy_for > BUSY_SHOWN]
     return rows
 
 
@@ -122,8 +130,14 @@ async def _partition_rows(nats: Nats, m: Manifest, beats: list[Heartbeat],
         rep = reports.get((running, part))
         rows.append([m.name, str(part[0]), str(part[1]), owners.get(part, "-"), running,
                      str(rep.committed_seq) if rep else "-", "-" if lag is None else str(sum(lag)),
-                     str(rep.rate) if rep else "-", str(rep.malformed) if rep else "-"])
+                     str(rep.rate) if rep else "-", str(rep.malformed) if rep else "-",
+                     _busy(rep.busy_for if rep else 0.0)])
     return rows
+
+
+def _busy(seconds: float) -> str:
+    """How long the batch in hand has run user code, once that is long enough to notice."""
+    return f"{seconds:.0f}s" if seconds >= 1.0 else "-"
 
 
 def _runner_row(b: Heartbeat, leader: str) -> list[str]:

@@ -429,11 +429,12 @@ class Portal:
             msg = ("a blocking call (f.remote(), call.get()) was made on the calls thread itself; "
                    "from async code use `await f.remote.aio(...)` instead")
             raise WallarooError(msg)
-        if getattr(_thread_rules, "no_blocking", False):
+        if blocking_calls_forbidden():
             coro.close()
-            msg = ("a function was called from a stream step running on the runner's event loop "
-                   "(it would stall, or deadlock if this runner must serve the call): attach the "
-                   "pipeline to a wallaroo.App (`app.attach(pipeline)`), whose steps run off it")
+            msg = ("a function was called from a stream step of a pipeline not attached to a "
+                   "wallaroo.App (its calls would not be exactly once per record), or from the "
+                   "runner's event loop (it would stall): attach the pipeline to a wallaroo.App "
+                   "(`app.attach(pipeline)`)")
             raise WallarooError(msg)
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
@@ -453,6 +454,11 @@ _thread_rules = threading.local()
 def forbid_blocking_calls() -> None:
     """Refuse blocking function calls made from this thread (a runner's event loop thread)."""
     _thread_rules.no_blocking = True
+
+
+def blocking_calls_forbidden() -> bool:
+    """Does this thread refuse blocking function calls (see forbid_blocking_calls)?"""
+    return bool(getattr(_thread_rules, "no_blocking", False))
 
 
 _portals: dict[str, Portal] = {}

@@ -310,6 +310,7 @@ class PartitionReport:
     rate: float  # records/s
     msg_rate: float  # input messages/s: what the autoscaler compares with consumer lag
     malformed: int = 0  # input messages dead-lettered whole: their bytes did not decode
+    busy_for: float = 0.0  # seconds the user code of the batch in hand has run; 0: none runs
 
 
 @dataclass(frozen=True)

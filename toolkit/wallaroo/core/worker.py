@@ -4,16 +4,21 @@ publish -> ack, one input batch at a time (DESIGN.md section 5)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import logging
 import pickle
 import secrets
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from wallaroo.core import codec
+from wallaroo.core.calls import forbid_blocking_calls
 from wallaroo.core.changelog import ChangelogOnly, Checkpoints, PartitionState
 from wallaroo.core.engine import (
     Batch,
@@ -60,9 +65,11 @@ class WorkerConfig:
     fetch_batch: int = 16
     fetch_timeout: float = 0.25
     max_records: int = 8192
-    # Why: a commit runs user code without yielding to the event loop; keeping each one short
-    # keeps heartbeats (and so membership) alive even when user code is slow.
+    # Why: a commit's outputs wait for its slowest record; short commits keep latency low and
+    # commit records small. (User code runs off the event loop: heartbeats never wait on it.)
     target_commit_seconds: float = 0.2
+    # Inputs in hand are kept alive every ack_wait/3 however long their user code runs, so only
+    # a silent runner's inputs are delivered again.
     ack_wait: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
@@ -149,10 +156,23 @@ class PartitionWorker:
         self._sleep, self._clock = sleep, clock
         self.deadlines: dict[str, float] = {}  # state slot -> when its micro-batch is due
         self._ticked: float | None = None  # the due time of the timer message published last
+        # User code runs here, one call at a time: off the event loop (heartbeats, leases and
+        # function executors never wait on a slow step), and always on the same thread, so a
+        # state table or a step's thread-local client is never touched by two threads.
+        self._user_thread: ThreadPoolExecutor | None = None
+        self._busy_since: float | None = None  # monotonic start of the user code running now
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
         self._stop.set()
+
+    def busy_for(self, now: float | None = None) -> float:
+        """Seconds the user code of the batch in hand has been running (0 when none runs):
+        what `wallaroo status` shows of a slow step."""
+        since = self._busy_since
+        if since is None:
+            return 0.0
+        return max(0.0, (time.monotonic() if now is None else now) - since)
 
     async def run(self) -> None:
         await self.restore()
@@ -163,6 +183,13 @@ class PartitionWorker:
         finally:
             await consumer.close()
             await self.checkpoints.close()
+            self.close()
+
+    def close(self) -> None:
+        """Let the user-code thread go (a batch still running there finishes unheard)."""
+        if self._user_thread is not None:
+            self._user_thread.shutdown(wait=False, cancel_futures=True)
+            self._user_thread = None
 
     async def poll(self, consumer: Consumer) -> Consumer:
         """One fetch and its commits; the consumer to fetch from next (a new one after a
@@ -224,8 +251,15 @@ class PartitionWorker:
 
     async def handle(self, msgs: Sequence[InMsg]) -> None:
         fresh, stale = self._triage(msgs)
-        for chunk in _chunks(fresh, self._record_budget()):
-            await self._commit_batch(chunk)
+        # A step that runs for minutes must not have its inputs delivered again: a redelivery
+        # would be skipped as committed, but it costs a fetch and shows as lag meanwhile.
+        alive = KeepAlive([f.msg for f in fresh], self.cfg.ack_wait / 3) if fresh else None
+        try:
+            for chunk in _chunks(fresh, self._record_budget()):
+                await self._commit_batch(chunk)
+        finally:
+            if alive is not None:
+                alive.stop()
         await asyncio.gather(*(m.ack() for m in stale))
 
     def _triage(self, msgs: Sequence[InMsg]) -> tuple[list[Fresh], list[InMsg]]:
@@ -406,10 +440,22 @@ class PartitionWorker:
         if len(data) < len(outs):
             await self.nats.publish_all([o for o in outs if o.msg_id.startswith(EOI_PREFIX)])
 
-    async def _off_loop(self, fn: Callable[..., BatchResult], *args: Any) -> BatchResult:
-        if self.engine.scope is None:
-            return fn(*args)
-        return await asyncio.to_thread(fn, *args)
+    async def _off_loop(self, fn: Callable[..., BatchResult], *args: Any, **kwargs: Any) -> BatchResult:
+        """`fn(*args, **kwargs)` (user code) on this worker's thread, timed for busy_for.
+        Steps that call functions block on results there too, while this runner's own
+        executors (which may serve those very calls) keep running on the loop."""
+        if self._user_thread is None:
+            # A step of a pipeline not attached to an App gets no call ids derived from its
+            # records, so its thread refuses function calls (as the event loop's does).
+            refuse = forbid_blocking_calls if self.engine.scope is None else None
+            self._user_thread = ThreadPoolExecutor(1, f"wallaroo {self.in_subject}", refuse)
+        # Like asyncio.to_thread: the caller's context variables travel with the call.
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        self._busy_since = time.monotonic()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._user_thread, call)
+        finally:
+            self._busy_since = None
 
     async def _append(self, rec: CommitRecord, encoded: bytes) -> None:
         self.log_seq = await self.nats.append_fenced(
@@ -462,14 +508,8 @@ class PartitionWorker:
 
     async def _attempt(self, items: Batch, retrier: Retrier, check_outputs: int | None,
                        now: float) -> BatchResult:
-        if self.engine.scope is None:
-            return self.engine.attempt(items, self.state.table, retrier.dead,
-                                       check_outputs=check_outputs, now=now)
-        # Steps that call functions block on results: off the event loop, so this runner's
-        # heartbeats, leases and its own function executors (which may serve those very
-        # calls) keep running.
-        return await asyncio.to_thread(self.engine.attempt, items, self.state.table, retrier.dead,
-                                       check_outputs=check_outputs, now=now)
+        return await self._off_loop(self.engine.attempt, items, self.state.table, retrier.dead,
+                                    check_outputs=check_outputs, now=now)
 
     def _outputs(self, result: BatchResult, commit_no: int) -> list[Out]:
         outs: list[tuple[str, bytes]] = []
@@ -487,6 +527,32 @@ class PartitionWorker:
     def _dead_letter(self, dead: DeadLetter) -> bytes:
         return dead.placed(self.app.name, self.version, time.time(), self.stage.index,
                            self.part).to_wire()
+
+
+class KeepAlive:
+    """Until stopped, reset the ack_wait of `msgs` every `every` seconds (an acked message
+    ignores it). A timer, not a task, while nothing is due: most batches end long before."""
+
+    def __init__(self, msgs: list[InMsg], every: float) -> None:
+        self.msgs, self.every = msgs, every
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(every, self._due)
+        self._sending: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        self._timer.cancel()  # a beat being sent goes on: harmless for acked messages
+
+    def _due(self) -> None:
+        if self._sending is None or self._sending.done():
+            self._sending = self._loop.create_task(_in_progress(self.msgs))
+        self._timer = self._loop.call_later(self.every, self._due)
+
+
+async def _in_progress(msgs: list[InMsg]) -> None:
+    for m in msgs:
+        if m.in_progress is not None:
+            with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
+                await m.in_progress()
 
 
 def _seen_producer_seq(m: InMsg, seen: dict[str, int]) -> bool:

@@ -188,8 +188,14 @@ class MemoryConsumer:
             return  # lost on its way: the consumer seq moved on, the message stays pending
         m = self._stream.msgs[seq]
         out.append(InMsg(m.data, m.msg_id, seq, self.consumer_seq, count, pending,
-                         functools.partial(self._ack, seq),
+                         functools.partial(self._ack, seq), functools.partial(self._progress, seq),
                          timestamp=self._stream.stored_at.get(seq, 0.0)))
+
+    async def _progress(self, seq: int) -> None:
+        """Like JetStream's in-progress ack: the message's ack_wait starts again."""
+        delivery = self.pending.get(seq)
+        if self.live and delivery is not None:
+            delivery.deadline = self._nats.clock() + self.ack_wait
 
     async def _ack(self, seq: int) -> None:
         if not self.live or seq not in self.pending:
