@@ -93,6 +93,7 @@ async def deploy(url: str, key: Path) -> None:
 def deployed(state_dir: Path) -> Iterator[None]:
     """A one-runner dev cluster running the app, where this process's calls go."""
     with DevCluster(state_dir, runners=1) as cluster:
+        os.environ["WALLAROO_CREDS"] = str(cluster.creds("deployer"))  # authentication is on
         progress(f"cluster at {cluster.url}, runner log {state_dir / 'logs' / 'r0.log'}")
         asyncio.run(deploy(cluster.url, cluster.deploy_key))
         os.environ["WALLAROO_NATS"] = cluster.url

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import tempfile
 import time
@@ -85,6 +86,7 @@ def restore_times(cluster: DevCluster) -> list[str]:
 def run(keys: int, ttl: float, args: list[str]) -> tuple[float, list[str]]:
     with tempfile.TemporaryDirectory() as tmp, DevCluster(
             Path(tmp) / "c", runners=2, member_ttl=ttl, runner_args=args) as cluster:
+        os.environ["WALLAROO_CREDS"] = str(cluster.creds("deployer"))  # authentication is on
         took = asyncio.run(measure(cluster, keys))
         return took, restore_times(cluster)
 

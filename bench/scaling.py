@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -105,10 +106,12 @@ def main() -> None:
     rates = {}
     for n in (1, 2):
         with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=n) as c:
+            os.environ["WALLAROO_CREDS"] = str(c.creds("deployer"))  # authentication is on
             rates[n] = asyncio.run(throughput(c.url, c.deploy_key, n, lines, args.words))
         print(f"{n} runner(s): {rates[n]:12,.0f} records/s")
     print(f"ratio 2 runners / 1 runner: {rates[2] / rates[1]:.2f}  (2 cores, nats-server shares them)")
     with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=1) as c:
+        os.environ["WALLAROO_CREDS"] = str(c.creds("deployer"))
         took = asyncio.run(reaction(c.url, c, lines))
     print(f"autoscaler: lag appears -> new runner committing: {took:.2f} s")
 
