@@ -16,7 +16,7 @@ from connector_support import app_streams, cancel, eventually
 
 from conftest import BUCKET, REGION, Moto
 from wallaroo.connectors import FileSource, S3Source
-from wallaroo.core.names import AppNames
+from wallaroo.core.names import EOI_PREFIX, AppNames, eoi_msg_id, source_sender
 from wallaroo.local.natsserver import NatsServer
 from wallaroo.nats import Nats
 from wallaroo_runtime.connectors import KvProgress, SourceProgress, run_source, sources
@@ -77,7 +77,9 @@ async def ingested(nats: Nats) -> tuple[list[bytes], list[str]]:
         msgs.extend(batch)
     await consumer.close()
     msgs.sort(key=lambda m: m.stream_seq)
-    records = [r for m in msgs for r in msgpack.unpackb(m.data, raw=False)]
+    # An end-of-input message (a bounded source's last) carries no records.
+    records = [r for m in msgs if not m.msg_id.startswith(EOI_PREFIX)
+               for r in msgpack.unpackb(m.data, raw=False)]
     return records, [m.msg_id for m in msgs]
 
 
@@ -200,3 +202,41 @@ async def _object_done(nats: Nats, key: str) -> bool:
     raw = await KvProgress(nats).load(source_key(SLUG, "objs"))
     p = SourceProgress.from_json(raw) if raw else SourceProgress()
     return p.unit == key and p.done
+
+
+def test_a_glob_is_read_file_by_file_once_across_a_kill_and_then_ends(nats_server: NatsServer,
+                                                                      tmp_path: Path) -> None:
+    for i in range(3):
+        write(tmp_path / f"part-{i}.txt", lines(100 * i, 100 * i + 70))  # 3 windows each
+    cfg = FileSource(str(tmp_path / "part-*.txt"), bounded=True, poll=0.02)
+
+    async def body() -> None:
+        nats = await Nats.connect(nats_server.url)
+        try:
+            await app_streams(nats, SLUG)
+            stop = asyncio.Event()
+            # Saves: the glob (1), the first file (2-4), done with it (5), the second file (6...)
+            hanging = ScriptedProgress(nats, hang_at=6)
+            task = start(nats, cfg, stop, hanging)
+            await asyncio.wait_for(hanging.hanging.wait(), 10)
+            await cancel(task)
+            assert (await acked(nats, "lines")).unit == "1"
+            write(tmp_path / "part-3.txt", lines(900, 910))  # after the start: not its input
+            task = start(nats, cfg, stop, KvProgress(nats))
+            await eventually(lambda: _ended(nats), "the glob read and ended")
+            stop.set()
+            await asyncio.wait_for(task, 5)
+            records, ids = await ingested(nats)
+            assert Counter(records) == Counter([r for i in range(3) for r in lines(100 * i, 100 * i + 70)])
+            data_ids = [i for i in ids if not i.startswith("eoi:")]
+            assert len(set(data_ids)) == len(data_ids)
+            assert sorted(i for i in ids if i.startswith("eoi:")) == [
+                eoi_msg_id(source_sender("lines"), 0, p) for p in range(2)]
+        finally:
+            await nats.close()
+
+    asyncio.run(body())
+
+
+async def _ended(nats: Nats) -> bool:
+    return (await acked(nats, "lines")).ended

@@ -162,3 +162,18 @@ def test_an_s3_job_reads_the_objects_there_at_its_start_and_ends(tmp_path: Path,
                          stdin=subprocess.DEVNULL, timeout=240)
     assert res.returncode == 0, res.stderr
     assert sorted((tmp_path / "out.txt").read_text().splitlines()) == ["blue 1", "green 1", "red 3"]
+
+
+def test_a_glob_of_files_is_one_bounded_input(tmp_path: Path) -> None:
+    expected: collections.Counter[str] = collections.Counter()
+    for i in range(3):
+        expected += words_file(tmp_path / f"words-{i}.txt", 200 + i)
+    (tmp_path / "other.txt").write_text("not matched\n")
+    res = run_job(tmp_path, input_file=tmp_path / "words-*.txt")
+    assert res.returncode == 0, res.stderr
+    totals = dict(line.split() for line in (tmp_path / "out.txt").read_text().splitlines())
+    assert {w: int(n) for w, n in totals.items()} == dict(expected)
+    size = sum((tmp_path / f"words-{i}.txt").stat().st_size for i in range(3))
+    assert f"{size:,} byte(s) of input in all" in res.stderr
+    nothing = run_job(tmp_path, "--fresh", input_file=tmp_path / "nomatch-*.txt")
+    assert nothing.returncode == 2 and "matches no file" in nothing.stderr

@@ -87,7 +87,9 @@ class FileSource(StreamSource):
     the one window it had in flight.
 
     `bounded=True` makes it a job's input: the file is read up to the size it had when the
-    source first started (an unterminated last line included), then the source ends; an app
+    source first started (an unterminated last line included), then the source ends. `path`
+    may then be a glob (`logs/*.log`): the files matching it at the start, in name order, each
+    up to its size then. An app
     whose sources are all bounded is a job (`wallaroo run`), which finishes once every record
     is processed, its open windows emitted.
 
@@ -110,6 +112,14 @@ class FileSource(StreamSource):
              path=_need_text(self, "path", os.fspath(path)),
              poll=_need_positive(self, "poll", poll),
              settle=_need_positive(self, "settle", settle), bounded=bool(bounded))
+        if self.is_glob and not self.bounded:
+            raise ConnectorConfigError(self, "path", self.path, "a file path (a glob is read as "
+                                       "a job's input: pass bounded=True)")
+
+    @property
+    def is_glob(self) -> bool:
+        """A pattern (`logs/*.log`): the files matching it when the job started, in name order."""
+        return any(c in self.path for c in "*?[")
 
 
 @dataclass(frozen=True, init=False)

@@ -8,7 +8,7 @@ stream drops) instead of a differently cut window whose ids would hide new lines
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 from wallaroo.core.names import CONNECTORS_BUCKET, source_progress_key
@@ -28,6 +28,11 @@ class SourceProgress:
     end: int = -1
     last_unit: str = ""
     ended: bool = False
+    # A glob of files (a job's): the files and their sizes when it first started; `unit` is
+    # the index of the file being read, `acked` the bytes of the files read before it. Each
+    # file keeps its own progress under "<key>.<index>".
+    files: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
 
     @property
     def in_flight(self) -> bool:

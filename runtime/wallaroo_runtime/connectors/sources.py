@@ -10,6 +10,7 @@ window in flight, batch for batch, and the stream's dedup window drops the repea
 from __future__ import annotations
 
 import asyncio
+import glob as globlib
 import logging
 import os
 import time
@@ -106,7 +107,9 @@ async def run_source(
     if progress.ended:  # a job's source that sent all its input: nothing more, ever
         await stop.wait()
         return
-    if isinstance(cfg, FileSource):
+    if isinstance(cfg, FileSource) and cfg.is_glob:
+        await _run_glob(pub, name, cfg, stop)
+    elif isinstance(cfg, FileSource):
         await _run_file(pub, name, cfg, stop)
     else:
         await _run_s3(pub, name, cfg, stop)
@@ -131,17 +134,69 @@ class _Tail:
 
 
 async def _run_file(pub: Publisher, name: str, cfg: FileSource, stop: asyncio.Event) -> None:
+    if cfg.bounded:
+        if await _read_bounded(pub, name, cfg, stop):
+            await pub.end(name)
+            await stop.wait()
+        return
     tail = _Tail(cfg.settle)
-    if cfg.bounded and pub.progress.end < 0:
+    while not stop.is_set():
+        if not await file_step(pub, name, cfg, tail):
+            await sleep_or_stop(stop, cfg.poll)
+
+
+async def _read_bounded(pub: Publisher, name: str, cfg: FileSource, stop: asyncio.Event) -> bool:
+    """Publish the file up to the size it had when first started; False if `stop` came first."""
+    if pub.progress.end < 0:
         await pub.save(replace(pub.progress, end=await _bounded_size(cfg.path)))
+    tail = _Tail(cfg.settle)
     while not stop.is_set():
         if await file_step(pub, name, cfg, tail):
             continue
-        if cfg.bounded and pub.progress.acked >= pub.progress.end:
-            await pub.end(name)
-            await stop.wait()
+        if pub.progress.acked >= pub.progress.end:
+            return True
+        await sleep_or_stop(stop, cfg.poll)  # the file is gone: it may come back
+    return False
+
+
+async def _run_glob(pub: Publisher, name: str, cfg: FileSource, stop: asyncio.Event) -> None:
+    """A job's glob of files: the files matching when it first started, in name order, each
+    read as a bounded file (with its own progress), then the end of input."""
+    if pub.progress.end < 0:
+        files = await asyncio.to_thread(_matching, cfg.path)
+        await pub.save(replace(pub.progress, files=[f for f, _ in files], sizes=[n for _, n in files],
+                               end=sum(n for _, n in files), unit="0", acked=0))
+    for i in range(int(pub.progress.unit or 0), len(pub.progress.files)):
+        one = await _file_publisher(pub, i)
+        if not await _read_bounded(one, name, _file_of(cfg, pub.progress.files[i]), stop):
             return
-        await sleep_or_stop(stop, cfg.poll)
+        done = pub.progress.acked + pub.progress.sizes[i]
+        await pub.save(replace(pub.progress, unit=str(i + 1), acked=done, upto=done))
+    await pub.end(name)
+    await stop.wait()
+
+
+def _matching(pattern: str) -> list[tuple[str, int]]:
+    found = []
+    for path in sorted(globlib.glob(pattern)):
+        size = _size(path)
+        if size is not None and os.path.isfile(path):
+            found.append((path, size))
+    if not found:
+        log.warning("bounded source %s matches no file: the job reads nothing from it", pattern)
+    return found
+
+
+async def _file_publisher(pub: Publisher, index: int) -> Publisher:
+    key = f"{pub.key}.{index}"
+    raw = await pub.store.load(key)
+    progress = SourceProgress.from_json(raw) if raw else SourceProgress(end=pub.progress.sizes[index])
+    return Publisher(pub.nats, pub.names, pub.stage, pub.partitions, pub.store, key, progress)
+
+
+def _file_of(cfg: FileSource, path: str) -> FileSource:
+    return FileSource(path, cfg.decoder, partitions=cfg.partitions, poll=cfg.poll, settle=cfg.settle,
+                      bounded=True)
 
 
 async def _bounded_size(path: str) -> int:

@@ -106,7 +106,11 @@ async def _source(nats: Nats, slug: str, name: str) -> SourceState:
     end, ended = int(p.get("end", -1)), bool(p.get("ended"))
     if p.get("last_unit"):  # S3: progress in objects, known only at the end
         return SourceState(name, end if ended else 0, end, ended)
-    return SourceState(name, int(p.get("acked", 0)), end, ended)
+    read = int(p.get("acked", 0))
+    if p.get("files") and not ended:  # a glob: the files before, and the one being read
+        current = await nats.kv_get(CONNECTORS_BUCKET, f"{source_progress_key(slug, name)}.{p['unit']}")
+        read += int(json.loads(current).get("acked", 0)) if current else 0
+    return SourceState(name, read, end, ended)
 
 
 async def _ended(nats: Nats, names: AppNames, stage: int, part: int) -> bool:

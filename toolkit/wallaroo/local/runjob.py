@@ -9,6 +9,7 @@ offsets, partitions from their changelogs), never processing a committed record 
 from __future__ import annotations
 
 import asyncio
+import glob
 import sys
 import time
 from collections.abc import Callable
@@ -76,7 +77,11 @@ def _check_inputs(run: JobRun, app: Application) -> None:
     fresh start must not append to the output files of an earlier run."""
     for st in app.stages:
         cfg = st.source_config
-        if isinstance(cfg, FileSource) and not Path(cfg.path).is_file():
+        if isinstance(cfg, FileSource) and cfg.is_glob and not glob.glob(cfg.path):
+            msg = (f"{run.app_file}: source {st.source!r} reads {cfg.path}, which matches no file; "
+                   "give FileSource a pattern that matches the job's input")
+            raise AppLoadError(msg)
+        if isinstance(cfg, FileSource) and not cfg.is_glob and not Path(cfg.path).is_file():
             msg = (f"{run.app_file}: source {st.source!r} reads {cfg.path}, which is no file; give "
                    "FileSource an existing path (absolute, or relative to where you run this)")
             raise AppLoadError(msg)
