@@ -23,6 +23,14 @@ async def eventually(cond: Callable[[], Awaitable[bool]], what: str, timeout: fl
         await asyncio.sleep(0.02)
 
 
+def async_(cond: Callable[[], object]) -> Callable[[], Awaitable[bool]]:
+    """A plain condition as `eventually` takes it."""
+    async def check() -> bool:
+        return bool(cond())
+
+    return check
+
+
 async def app_streams(nats: Nats, slug: str) -> AppNames:
     await apps.ensure_streams(nats, slug)
     return AppNames(slug)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from connector_support import app_streams, cancel, eventually, publish_outputs, stored
+from connector_support import app_streams, async_, cancel, eventually, publish_outputs, stored
 
 from conftest import BUCKET, REGION, Moto
 from wallaroo.connectors import FileSink, HttpSink, NatsSink, S3Sink
@@ -104,12 +104,6 @@ def test_the_file_sink_steps_skip_what_was_committed(nats_server: NatsServer, tm
 
     asyncio.run(body())
 
-
-def async_(cond: Any) -> Any:
-    async def check() -> bool:
-        return bool(cond())
-
-    return check
 
 
 # --- HTTP -------------------------------------------------------------------------------------

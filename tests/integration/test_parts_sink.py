@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
-from connector_support import app_streams, cancel, eventually, publish_outputs
+from connector_support import app_streams, async_, cancel, eventually, publish_outputs
 
 from conftest import BUCKET, REGION, Moto
 from wallaroo.connectors import PartsSink
@@ -87,12 +86,6 @@ def test_local_parts_are_written_once_and_a_replay_writes_nothing(
 
     asyncio.run(body())
 
-
-def async_(cond: Any) -> Any:
-    async def check() -> bool:
-        return bool(cond())
-
-    return check
 
 
 def test_s3_parts_are_put_once_and_a_replay_puts_nothing(nats_server: NatsServer, moto: Moto) -> None:

@@ -8,33 +8,15 @@ from __future__ import annotations
 
 import os
 
+from job_steps import running_count, split, word
+
 import wallaroo as wl
 
 PAD = " " + "." * int(os.environ["JOB_PAD"]) if os.environ.get("JOB_PAD") else ""
 
 
-@wl.computation_multi(name="split")
-def split(text: str) -> list[str]:
-    return text.split()
-
-
-@wl.key_extractor
-def word(w: str) -> str:
-    return w
-
-
-class Seen:
-    n = 0
-
-
-@wl.state_computation(name="running count", state=Seen)
-def running(w: str, seen: Seen) -> str:
-    seen.n += 1
-    return f"{w} => {seen.n}{PAD}"
-
-
 pipeline = (wl.source("lines", wl.FileSource(os.environ["JOB_INPUT"], bounded=True))
-            .to(split).key_by(word).to(running)
+            .to(split).key_by(word).to(running_count(PAD))
             .to_sink(wl.PartsSink("counts", os.environ["JOB_OUTPUT"],
                                   endpoint_url=os.environ.get("JOB_S3_ENDPOINT"))))
 app = wl.build_application("parts_job", pipeline, partitions=4)

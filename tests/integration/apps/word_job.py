@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from job_steps import running_count, split, totals, word
+
 import wallaroo as wl
 
 
@@ -19,41 +21,7 @@ def line(data: bytes) -> str:
     return text
 
 
-@wl.computation_multi(name="split")
-def split(text: str) -> list[str]:
-    return text.split()
-
-
-@wl.key_extractor
-def word(w: str) -> str:
-    return w
-
-
-class Seen:
-    n = 0
-
-
-@wl.state_computation(name="running count", state=Seen)
-def running(w: str, seen: Seen) -> str:
-    seen.n += 1
-    return f"{w} => {seen.n}"
-
-
-class Total(wl.Aggregation):
-    def initial_accumulator(self) -> int:
-        return 0
-
-    def update(self, record: str, total: int) -> int:
-        return total + 1
-
-    def combine(self, a: int, b: int) -> int:
-        return a + b
-
-    def output(self, key: str, total: int) -> str:
-        return f"{key} {total}"
-
-
-step = running if os.environ.get("JOB_MODE") == "running" else wl.count_windows(10**9).over(Total)
+step = running_count() if os.environ.get("JOB_MODE") == "running" else totals()
 pipeline = (wl.source("lines", wl.FileSource(os.environ["JOB_INPUT"], decoder=line, bounded=True))
             .to(split).key_by(word).to(step)
             .to_sink(wl.FileSink("counts", os.environ["JOB_OUTPUT"])))

@@ -102,15 +102,25 @@ def _deploy_and_run(app_file: Path, url: str, deployed: App, access: Access) -> 
 
 
 async def _deploy(app_file: Path, url: str, access: Access) -> Manifest:
-    nats = await Nats.connect(url, name="wallaroo-run", persistent=False, creds=access.deployer,
-                              tls_ca=access.tls_ca)
+    nats = await connect(url, access)
     try:
-        manifest = await apps.deploy(nats, app_file, key=access.deploy_key)
-        state = await wait_rollout(nats, manifest, ROLLOUT_TIMEOUT, min_ready=1)
-        if state.failed or not state.ready:
-            why = "; ".join(state.problems()) or "no runner took it"
-            msg = f"runners did not take {manifest.name} {manifest.version}: {why}"
-            raise WallarooError(msg)
-        return manifest
+        return await deploy_and_wait(nats, app_file, access)
     finally:
         await nats.close()
+
+
+async def connect(url: str, access: Access) -> Nats:
+    """`wallaroo run`'s connection, as the deployer."""
+    return await Nats.connect(url, name="wallaroo-run", persistent=False, creds=access.deployer,
+                              tls_ca=access.tls_ca)
+
+
+async def deploy_and_wait(nats: Nats, app_file: Path, access: Access) -> Manifest:
+    """Deploy the app and wait until a runner runs it; WallarooError naming why if none does."""
+    manifest = await apps.deploy(nats, app_file, key=access.deploy_key)
+    state = await wait_rollout(nats, manifest, ROLLOUT_TIMEOUT, min_ready=1)
+    if state.failed or not state.ready:
+        why = "; ".join(state.problems()) or "no runner took it"
+        msg = f"runners did not take {manifest.name} {manifest.version}: {why}"
+        raise WallarooError(msg)
+    return manifest

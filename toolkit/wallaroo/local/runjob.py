@@ -21,14 +21,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from wallaroo.connectors import FileSink, FileSource, PartsSink
 from wallaroo.control import dlq, jobs
-from wallaroo.control.status import wait_rollout
 from wallaroo.control.tables import preview
 from wallaroo.core.errors import AppLoadError, WallarooError
 from wallaroo.core.packaging import load_deployable
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster
 from wallaroo.local.devrun import info
-from wallaroo.local.runapp import ROLLOUT_TIMEOUT, Access, cluster_access
+from wallaroo.local.runapp import Access, cluster_access, connect, deploy_and_wait
 from wallaroo.nats import Nats
 from wallaroo.pipeline import SinkConfig
 from wallaroo.plan import Application
@@ -109,28 +108,15 @@ def _earlier_output(sink: SinkConfig, slug: str) -> str | None:
 
 def _deploy_and_follow(run: JobRun, url: str, access: Access) -> int:
     async def body() -> int:
-        nats = await Nats.connect(url, name="wallaroo-run", persistent=False,
-                                  creds=access.deployer, tls_ca=access.tls_ca)
+        nats = await connect(url, access)
         try:
-            manifest = await _deploy(nats, run.app_file, access)
+            manifest = await deploy_and_wait(nats, run.app_file, access)
+            info(f"job {manifest.name} version {manifest.version} deployed; running it to the end")
             return await _follow(nats, manifest, run)
         finally:
             await nats.close()
 
     return asyncio.run(body())
-
-
-async def _deploy(nats: Nats, app_file: Path, access: Access) -> Manifest:
-    from wallaroo.control import apps
-
-    manifest = await apps.deploy(nats, app_file, key=access.deploy_key)
-    state = await wait_rollout(nats, manifest, ROLLOUT_TIMEOUT, min_ready=1)
-    if state.failed or not state.ready:
-        why = "; ".join(state.problems()) or "no runner took it"
-        msg = f"runners did not take {manifest.name} {manifest.version}: {why}"
-        raise WallarooError(msg)
-    info(f"job {manifest.name} version {manifest.version} deployed; running it to the end")
-    return manifest
 
 
 async def _follow(nats: Nats, manifest: Manifest, run: JobRun) -> int:
