@@ -270,6 +270,7 @@ class Runner:
         self.retiring: dict[str, list[AppHost]] = {}
         self.manifests: dict[str, Manifest] = {}  # the signed ones, by slug
         self.seen: dict[str, bytes] = {}  # the manifest last read, by slug
+        self.unlisted: set[str] = set()  # apps run here but missing from the last listing
         self.errors: dict[str, str] = {}
         self.refused: dict[str, str] = {}  # slug -> deploy id of the deploy errors[slug] is about
         self.started = time.time()
@@ -415,8 +416,12 @@ class Runner:
 
     async def _sync_apps(self, nats: Nats) -> None:
         listed = await nats.kv_keys(APPS_BUCKET)
-        for slug in [s for s in self.hosts if s not in listed]:
+        # Gone from two listings in a row: one listing from a replica that lags must not stop
+        # every app (they would only be loaded again on the next tick).
+        gone = [s for s in self.hosts if s not in listed]
+        for slug in [s for s in gone if s in self.unlisted]:
             self._remove(slug)
+        self.unlisted = {s for s in gone if s in self.hosts}  # missing once: look again
         for slug in listed:
             raw = await nats.kv_get(APPS_BUCKET, slug)
             if raw is None or self.seen.get(slug) == raw:

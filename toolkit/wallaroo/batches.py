@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from wallaroo.api import StepSpec, _attach, _check_arity
-from wallaroo.core.engine import batch_time
+from wallaroo.core.engine import BatchFailed, batch_time
 from wallaroo.core.errors import DefinitionError, MissingArgumentsError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,12 +69,21 @@ class _BatchLogic:
             outs = self.fn(records, buf.user)
         return _as_list(self.fn, outs)
 
+    def let_go(self, buf: Buffer) -> list[Any]:
+        """Fire at a timer or at end of input: on failure the engine dead-letters the batch's
+        records (they are out of the buffer), so a poison batch never stays buffered."""
+        records = list(buf.records)
+        try:
+            return self.fire(buf)
+        except Exception as exc:
+            raise BatchFailed(records, exc) from exc
+
     def flush(self, buf: Buffer, key: Any) -> list[Any]:
-        return self.fire(buf) if buf.records else []
+        return self.let_go(buf) if buf.records else []
 
     def expire(self, buf: Buffer, key: Any, now: float) -> list[Any]:
         due = self.deadline(buf)
-        return self.fire(buf) if due is not None and due <= now else []
+        return self.let_go(buf) if due is not None and due <= now else []
 
     def deadline(self, buf: Buffer) -> float | None:
         if not buf.records or self.max_wait is None:

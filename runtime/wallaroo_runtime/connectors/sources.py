@@ -212,7 +212,7 @@ async def file_step(pub: Publisher, name: str, cfg: FileSource, tail: _Tail) -> 
     p = pub.progress
     if size is None:
         return False
-    if cfg.bounded and size < p.acked:
+    if cfg.bounded and size < max(p.acked, p.upto):
         log.warning("%s shrank to %d bytes while a job read it (read to %d): its input ends there",
                     cfg.path, size, p.acked)
         await pub.save(replace(p, end=p.acked, upto=p.acked))

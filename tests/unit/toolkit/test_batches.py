@@ -9,6 +9,7 @@ import pytest
 
 import wallaroo as wl
 from wallaroo import testing
+from wallaroo.core import codec
 from wallaroo.core.errors import DefinitionError, MissingArgumentsError
 
 
@@ -90,3 +91,44 @@ def test_the_decorated_function_stays_plain_and_mistakes_say_the_fix() -> None:
         wl.batch_computation(join)  # type: ignore[arg-type, call-arg]
     with pytest.raises(DefinitionError, match="needs state="):
         wl.state_batch_computation(name="b", state=None, max_size=5)  # type: ignore[arg-type]
+
+
+@wl.batch_computation(name="sink only", max_size=10, max_wait=1.0)
+def sink_only(records: list[str]) -> None:
+    """Fires for its side effect alone: returns nothing."""
+
+
+def test_a_timer_batch_that_returns_nothing_still_empties_its_buffer() -> None:
+    inputs = ["a", "b", testing.advance(2), "c", testing.advance(2)]
+    result = testing.run(app_with(sink_only), inputs)
+    assert result.lines() == []
+    states = [v for table in result.states.values() for v in table.values()]
+    assert states and all(codec.loads(v).records == [] for v in states)
+
+
+@wl.batch_computation(name="poison", max_size=10, max_wait=1.0)
+def poison(records: list[str]) -> list[str]:
+    if "bad" in records:
+        raise ValueError("a bad record in the batch")
+    return ["+".join(records)]
+
+
+def test_a_timer_batch_that_fails_is_dead_lettered_whole_and_leaves_the_buffer() -> None:
+    inputs = ["a", "bad", testing.advance(2), "c", testing.advance(2)]
+    result = testing.run(app_with(poison), inputs)
+    assert result.lines() == ["c"]
+    (letter,) = result.dead_letters
+    assert codec.loads(letter.payload) == ["a", "bad"] and "a bad record" in letter.error
+
+
+@wl.batch_computation(name="by time", max_size=100, max_wait=2.0)
+def by_time(records: list[str]) -> list[str]:
+    return ["+".join(records)]
+
+
+def test_records_that_keep_coming_do_not_hold_a_due_batch_back() -> None:
+    inputs: list[object] = []
+    for i in range(9):  # one every 0.5 s; the batch of t0 is due at 2.0
+        inputs += [f"t{i}", testing.advance(0.5)]
+    got = testing.run(app_with(by_time), inputs).lines()  # type: ignore[arg-type]
+    assert got == ["t0+t1+t2+t3", "t4+t5+t6+t7"]  # t8 waits for its own max_wait

@@ -114,16 +114,22 @@ async def _source(nats: Nats, slug: str, name: str) -> SourceState:
 
 
 async def _ended(nats: Nats, names: AppNames, stage: int, part: int) -> bool:
+    """Has the partition committed its end-of-input flush and published what it emitted? Its
+    inputs are acked only after every output of the commit is stored, and an acked input
+    leaves the work queue."""
     last = await nats.last_on_subject(names.log_stream, names.log(stage, part))
-    return last is not None and ENDED in CommitRecord.from_wire(last.data).watermarks
+    if last is None:
+        return False
+    rec = CommitRecord.from_wire(last.data)
+    return ENDED in rec.watermarks and not await nats.msg_exists(names.data_stream, rec.last_seq)
 
 
 async def _delivered(nats: Nats, names: AppNames, sink: str, beats: list[Heartbeat]) -> bool:
     last = await nats.last_on_subject(names.out_stream, names.out(sink))
     if last is None:
         return True
-    done = [r.last_seq for b in beats for app in b.apps.values() for n, r in app.sinks.items()
-            if n == sink and r.running]
+    done = [r.last_seq for b in beats if names.slug in b.apps
+            for n, r in b.apps[names.slug].sinks.items() if n == sink and r.running]
     return bool(done) and max(done) >= last.seq
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -246,16 +246,23 @@ class StageEngine:
         Flink's final watermark). A key whose flush fails is dead-lettered; the others go on."""
         return self.release(table, None)
 
-    def release(self, table: Mapping[str, bytes], now: float | None) -> BatchResult:
-        """`end_of_input` when `now` is None; else the micro-batches due at `now` fire."""
+    def release(self, table: Mapping[str, bytes], now: float | None,
+                due: Collection[str] | None = None) -> BatchResult:
+        """`end_of_input` when `now` is None; else the micro-batches due at `now` fire (of the
+        slots in `due` when given: the caller knows which are, so no other state is read)."""
         result = BatchResult()
-        for j, step in enumerate(self.steps):
-            if step.flush is None or (now is not None and step.expire is None):
-                continue
-            prefix = state_slot_of(step.name, None)
-            view = {**table, **result.states}
-            for slot in sorted(k for k in view if k.startswith(prefix)):
-                self._flush_key(j, slot[len(prefix):] or None, view, result, now)
+        token = batch_time.set(now or 0.0)  # what a later batch step stamps its first record with
+        try:
+            for j, step in enumerate(self.steps):
+                if step.flush is None or (now is not None and step.expire is None):
+                    continue
+                prefix = state_slot_of(step.name, None)
+                view = {**table, **result.states}
+                slots = view if due is None or now is None else [d for d in due if d in view]
+                for slot in sorted(k for k in slots if k.startswith(prefix)):
+                    self._flush_key(j, slot[len(prefix):] or None, view, result, now)
+        finally:
+            batch_time.reset(token)
         return result
 
     def _let_go(self, step: StepSpec, state: Any, key: str | None, now: float | None) -> list[Any]:
@@ -268,11 +275,11 @@ class StageEngine:
     def _flush_key(self, j: int, key: str | None, view: Mapping[str, bytes], result: BatchResult,
                    now: float | None = None) -> None:
         step, work = self.steps[j], {}
+        state = work[key] = codec.loads(view[state_slot(step, key)])
+        if now is not None and not _due(step, state, now):
+            return  # nothing due for this key: its state is unchanged
         try:
-            state = work[key] = codec.loads(view[state_slot(step, key)])
             vals = self._let_go(step, state, key, now)
-            if not vals and now is not None:
-                return  # nothing due for this key: its state is unchanged
             keys: list[str | None] = [key] * len(vals)
             out = {step.name: work}
             for later in self.steps[j + 1:]:
@@ -285,11 +292,24 @@ class StageEngine:
                                   for name, objs in out.items() for k, obj in objs.items()})
             result.deadlines.update(self._deadlines(out))
         except Exception as exc:  # user code at end of input: this key's letter, not a stall
-            err = exc.exc if isinstance(exc, _StepFailed) else exc
-            result.dead.append(DeadLetter(self.stage.name, step.name, "user_error",
-                                          f"{type(err).__name__}: {err}",
-                                          "".join(traceback.format_exception(err)), 1, key,
-                                          view.get(state_slot(step, key), b""), (0, 0)))
+            self._release_failed(step, key, state, exc, view, result)
+
+    def _release_failed(self, step: StepSpec, key: str | None, state: Any, exc: Exception,
+                        view: Mapping[str, bytes], result: BatchResult) -> None:
+        """A key whose release failed: dead-lettered. A micro-batch that failed lets go of its
+        records (they are the letter's payload, so `dlq replay` can send them again); what
+        else a step held stays (the letter carries it)."""
+        err = exc.exc if isinstance(exc, _StepFailed) else exc
+        payload = view.get(state_slot(step, key), b"")
+        if isinstance(err, BatchFailed):
+            payload, err = codec.dumps(err.records), err.error
+        if step.deadline is not None:  # its buffer was emptied: it must not fire again
+            result.states[state_slot(step, key)] = codec.dumps(state)
+            result.deadlines[state_slot(step, key)] = None
+        result.dead.append(DeadLetter(self.stage.name, step.name, "user_error",
+                                      f"{type(err).__name__}: {err}",
+                                      "".join(traceback.format_exception(err)), 1, key, payload,
+                                      (0, 0)))
 
     def _scoped(self, step: StepSpec, rids: list[RecordId], origin: list[int] | None,
                 n: int) -> Callable[..., Any]:
@@ -363,6 +383,23 @@ class StageEngine:
             self._partition.clear()
         p = self._partition[key] = codec.partition_of(key, self.target_partitions)
         return p
+
+
+def _due(step: StepSpec, state: Any, now: float) -> bool:
+    """Does the step's batch for this key fire at `now`? Decided here, not by what firing
+    returns: a batch function may return nothing and still have run."""
+    if step.deadline is None:
+        return False
+    due = step.deadline(state)
+    return due is not None and due <= now
+
+
+class BatchFailed(Exception):  # noqa: N818 - a signal from a batch step to the engine
+    """A micro-batch function raised on `records` (taken out of the buffer already)."""
+
+    def __init__(self, records: list[Any], error: BaseException) -> None:
+        self.records, self.error = records, error
+        super().__init__(f"a batch of {len(records)} record(s) failed: {error}")
 
 
 def _check_size(value: Any, limit: int) -> None:

@@ -155,6 +155,7 @@ class PartitionWorker:
         self._seconds_per_record = 0.0
         self._sleep, self._clock = sleep, clock
         self.deadlines: dict[str, float] = {}  # state slot -> when its micro-batch is due
+        self._next_due: float | None = None  # the earliest of them
         self._ticked: float | None = None  # the due time of the timer message published last
         # User code runs here, one call at a time: off the event loop (heartbeats, leases and
         # function executors never wait on a slow step), and always on the same thread, so a
@@ -195,8 +196,8 @@ class PartitionWorker:
         """One fetch and its commits; the consumer to fetch from next (a new one after a
         delivery gap). run() loops on it; wallaroo.testing calls it when input is waiting."""
         msgs = await consumer.fetch(self.cfg.fetch_batch, self.cfg.fetch_timeout)
-        if not msgs:
-            await self._tick_if_due()
+        # Every poll, not only idle ones: a steady trickle must not hold a due batch back.
+        await self._tick_if_due()
         if not msgs and self.checkpoints.due():
             # Idle: make the newest commits durable in the store too.
             await self.checkpoints.checkpoint(self.state, self.log_seq)
@@ -225,6 +226,7 @@ class PartitionWorker:
             # Its inputs were never acked, so its outputs may not all have been published.
             await self._publish(last_rec.outs)
         self.deadlines = self.engine.deadlines_in(self.state.table)
+        self._next_due = min(self.deadlines.values(), default=None)
         self._ticked = None
         self.progress.restores += 1
         log.info("%s: restored %d commits (snapshot: commit %s), %d state slots, committed seq %d "
@@ -251,6 +253,8 @@ class PartitionWorker:
 
     async def handle(self, msgs: Sequence[InMsg]) -> None:
         fresh, stale = self._triage(msgs)
+        # Committed already: acked first, so a long commit below does not see them redelivered.
+        await asyncio.gather(*(m.ack() for m in stale))
         # A step that runs for minutes must not have its inputs delivered again: a redelivery
         # would be skipped as committed, but it costs a fetch and shows as lag meanwhile.
         alive = KeepAlive([f.msg for f in fresh], self.cfg.ack_wait / 3) if fresh else None
@@ -260,7 +264,6 @@ class PartitionWorker:
         finally:
             if alive is not None:
                 alive.stop()
-        await asyncio.gather(*(m.ack() for m in stale))
 
     def _triage(self, msgs: Sequence[InMsg]) -> tuple[list[Fresh], list[InMsg]]:
         fresh, stale = [], []
@@ -339,7 +342,7 @@ class PartitionWorker:
             _merge(result, flushed)
             try:
                 rec, encoded = self._commit_record(batch, result, ends)
-            except _TooBig as too_big:
+            except UNSERIALIZABLE + (_TooBig,) as too_big:  # a release's outputs, unchecked
                 # Still too big all together (many outputs, a huge state, big dead letters):
                 # the message's records go to the dead-letter stream, so the partition flows.
                 if ENDED in ends:  # a known limit: the flush at end of input is one commit
@@ -400,8 +403,11 @@ class PartitionWorker:
         ticks = [f.tick for f in batch if f.tick is not None]
         if not ticks:
             return BatchResult()
+        now = max(ticks)
+        known = {**self.deadlines, **result.deadlines}
+        due = [slot for slot, at in known.items() if at is not None and at <= now]
         table = {**self.state.table, **result.states}
-        return await self._off_loop(self.engine.release, table, max(ticks))
+        return await self._off_loop(self.engine.release, table, now, due)
 
     def _note_deadlines(self, changed: dict[str, float | None]) -> None:
         for slot, due in changed.items():
@@ -409,18 +415,18 @@ class PartitionWorker:
                 self.deadlines.pop(slot, None)
             else:
                 self.deadlines[slot] = due
+        if changed:
+            self._next_due = min(self.deadlines.values(), default=None)
 
     async def _tick_if_due(self) -> None:
-        """Idle with a micro-batch due: a timer message into this partition's own input (its
-        id names the due time, so a second copy is dropped as a duplicate)."""
-        if not self.deadlines:
+        """A micro-batch due: a timer message into this partition's own input (its id names
+        the due time, so a second copy is dropped as a duplicate)."""
+        due = self._next_due
+        if due is None or due > self._clock() or self._ticked == due:
             return
-        due = min(self.deadlines.values())
-        if due > self._clock() or self._ticked == due:
-            return
-        self._ticked = due
         await self.nats.publish_all([Out(self.in_subject, repr(due).encode(),
                                          tick_msg_id(self.producer, due))])
+        self._ticked = due
 
     def _end_messages(self) -> list[Out]:
         """End of input for every partition of the next stage (none for a last stage: its

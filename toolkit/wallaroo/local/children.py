@@ -25,11 +25,13 @@ def die_with_parent() -> Callable[[], None] | None:
     """A `preexec_fn` for subprocess.Popen, or None where it does not apply."""
     if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
         return None
-    return functools.partial(_ask_for_sigkill, os.getpid())
+    # Looked up here, in the parent: the child, between fork and exec, only calls it.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return functools.partial(_ask_for_sigkill, prctl, os.getpid())
 
 
-def _ask_for_sigkill(parent: int) -> None:
+def _ask_for_sigkill(prctl: Callable[..., int], parent: int) -> None:
     """In the child, between fork and exec."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the request: too late to be told
         os.kill(os.getpid(), signal.SIGKILL)
