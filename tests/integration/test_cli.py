@@ -284,3 +284,16 @@ def version_of(deploy_stdout: str) -> str:
 
 def without(*names: str) -> dict[str, str]:
     return {k: v for k, v in user_env().items() if k not in names}
+
+
+def test_dev_input_with_dead_letters_shows_them_and_exits_1(tmp_path: Path) -> None:
+    (tmp_path / "numbers.txt").write_text("1\n2\nbad\x1b[2J\n13\n4\n")
+    env = {**user_env(), "FLAKY_CALLS": str(tmp_path / "calls.log")}
+    res = wallaroo("dev", str(Path(__file__).parent / "apps" / "flaky.py"), "--input",
+                   str(tmp_path / "numbers.txt"),
+                   cwd=tmp_path, env=env)
+    assert res.returncode == 1, res.stderr
+    assert sorted(res.stdout.splitlines()) == ["even 2 2", "even 4 6", "odd 1 1"]
+    assert "done: 3 outputs, 2 dead letter(s)" in res.stderr
+    assert "decode_error" in res.stderr and "13 is unlucky" in res.stderr
+    assert "\x1b" not in res.stderr  # the record's control characters are escaped

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from wallaroo.control.tables import preview
 from wallaroo.core import codec
 from wallaroo.core.names import REPLAY_PREFIX, AppNames
 from wallaroo.core.wire import DeadLetter, Manifest, ReplayBatch
@@ -18,6 +19,18 @@ async def dead_letters(nats: Nats, manifest: Manifest, limit: int = 1000) -> lis
         if len(out) >= limit:
             break
     return out
+
+
+async def count(nats: Nats, manifest: Manifest) -> int:
+    names = AppNames(manifest.slug)
+    return await nats.subject_count(names.dlq_stream, names.dlq_all)
+
+
+async def first_lines(nats: Nats, manifest: Manifest, limit: int = 10) -> list[str]:
+    """The first `limit` dead letters, a line each (step, reason, error, record; control
+    characters escaped): what `wallaroo dev --input` and `wallaroo run` show at the end."""
+    return [f"  {d.step}: {d.reason}: {preview(d.error, 120)} (record {preview(d.payload)})"
+            for d in await dead_letters(nats, manifest, limit)]
 
 
 async def replay_dead_letters(nats: Nats, manifest: Manifest, seqs: set[int] | None = None) -> int:

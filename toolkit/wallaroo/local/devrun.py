@@ -10,7 +10,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from wallaroo.control import apps, ingest, outputs
+from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.status import wait_rollout
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import AppNames
@@ -18,6 +18,8 @@ from wallaroo.core.packaging import load_app
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster, ServiceProcess, autoscaler_command, follow_wishes
 from wallaroo.nats import Nats
+
+INTERRUPTED = 130  # exit code of a `dev --input` stopped by Ctrl-C/SIGTERM before its end
 
 
 def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
@@ -36,17 +38,19 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
         url_file.write_text(cluster.url)
         info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         try:
-            finished = asyncio.run(_session(cluster, app_file, input_file, source, timeout,
-                                            autoscale))
+            code = asyncio.run(_session(cluster, app_file, input_file, source, timeout,
+                                        autoscale))
         finally:
             url_file.unlink(missing_ok=True)
             info("stopping runners and nats-server")
-    return 0 if finished or input_file is None else 130
+    return 0 if input_file is None else INTERRUPTED if code is None else code
 
 
 async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
-                   source: str | None, timeout: float, autoscale: Sequence[str] | None) -> bool:
-    """True once all input is processed and printed; False if interrupted (Ctrl-C/SIGTERM)."""
+                   source: str | None, timeout: float, autoscale: Sequence[str] | None
+                   ) -> int | None:
+    """The exit code once all input is processed and printed (1 if records were
+    dead-lettered); None if interrupted (Ctrl-C/SIGTERM)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -65,7 +69,7 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
         sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))
         if input_file is None:
             await _until(stop, cluster, _forever())
-            return False
+            return None
         return await _until(stop, cluster, _feed(nats, cluster, manifest, printer, input_file,
                                                  source, timeout))
     finally:
@@ -99,13 +103,14 @@ def _scaling(n: int) -> None:
     info(f"scaling to {n} runner(s)")
 
 
-async def _forever() -> bool:
+async def _forever() -> int | None:
     await asyncio.Event().wait()
-    return False
+    return None
 
 
-async def _until(stop: asyncio.Event, cluster: DevCluster, work: Coroutine[Any, Any, bool]) -> bool:
-    """Run `work` until it ends or `stop` is set, failing fast if a runner dies."""
+async def _until(stop: asyncio.Event, cluster: DevCluster, work: Coroutine[Any, Any, int | None]
+                 ) -> int | None:
+    """Run `work` until it ends or `stop` is set (then None), failing fast if a runner dies."""
     task = asyncio.create_task(work)
     while not task.done() and not stop.is_set():
         cluster.check_runners()
@@ -114,18 +119,25 @@ async def _until(stop: asyncio.Event, cluster: DevCluster, work: Coroutine[Any, 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        return False
+        return None
     return task.result()
 
 
 async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
-                input_file: Path, source: str | None, timeout: float) -> bool:
+                input_file: Path, source: str | None, timeout: float) -> int:
     sent = await ingest.send(nats, manifest, source, ingest.file_lines(input_file),
                           ingest.file_producer_id(input_file))
     info(f"sent {sent} records from {input_file}")
     await _finish(nats, cluster, manifest, printer, timeout)
-    info(f"done: {printer.count} outputs")
-    return True
+    dead = await dlq.count(nats, manifest)
+    info(f"done: {printer.count} outputs, {dead} dead letter(s)")
+    if not dead:
+        return 0
+    # Shown here: the cluster stops when dev returns, and `dlq list` with it.
+    info(f"the first dead letters (`wallaroo dlq list {manifest.slug}` while a dev runs):")
+    for line in await dlq.first_lines(nats, manifest):
+        info(line)
+    return 1
 
 
 async def _finish(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,

@@ -21,7 +21,6 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from wallaroo.connectors import FileSink, FileSource, PartsSink
 from wallaroo.control import dlq, jobs
-from wallaroo.control.tables import preview
 from wallaroo.core.errors import AppLoadError, WallarooError
 from wallaroo.core.packaging import load_deployable
 from wallaroo.core.wire import Manifest
@@ -128,14 +127,14 @@ async def _follow(nats: Nats, manifest: Manifest, run: JobRun) -> int:
          f"{final.parts} partition(s) flushed")
     if not final.dead:
         return DONE
-    letters = await dlq.dead_letters(nats, manifest, limit=SHOWN_LETTERS)
+    letters = await dlq.first_lines(nats, manifest, limit=SHOWN_LETTERS)
     info(f"{final.dead} dead letter(s); " + (
         f"`wallaroo dlq list {manifest.slug}` lists them" if run.url else
         f"the first {len(letters)} (the embedded cluster stops now; its state stays in "
         f"{run.state_dir}):"))
     if run.url is None:
-        for d in letters:
-            info(f"  {d.step}: {d.reason}: {preview(d.error, 120)} (record {preview(d.payload)})")
+        for line in letters:
+            info(line)
     return DEAD_LETTERED
 
 
