@@ -100,6 +100,8 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
         # In dev's folder, deploy signs with dev's key without being told.
         again = wallaroo("deploy", app, cwd=tmp_path, env=without("WALLAROO_DEPLOY_KEY"))
         assert again.returncode == 0 and "unsigned" not in again.stderr, again.stderr
+        # Not a terminal: progress comes as plain lines, never carriage returns.
+        assert "rollout: 1/1 runner(s)" in again.stderr and "\r" not in again.stderr
         scaled = wallaroo("scale", "word_count", "--runners", "2", cwd=tmp_path)
         assert scaled.returncode == 0, scaled.stderr
         wait_until(lambda: "r1" in status(tmp_path).stdout)

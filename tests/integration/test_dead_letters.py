@@ -70,6 +70,8 @@ def test_replay_after_deploying_a_fix_processes_the_dead_letter_once(
         assert runner.invoke(cli, ["send", "flaky", "numbers", "1", "13", "3"], env=env).exit_code == 0
         _wait_for_letters(runner, env, 1)
         assert runner.invoke(cli, ["deploy", str(fixed)], env=env).exit_code == 0
+        unknown = runner.invoke(cli, ["dlq", "replay", "flaky", "--seq", "99"], env=env)
+        assert unknown.exit_code == 1 and "no dead letter with seq 99" in unknown.output
         replayed = runner.invoke(cli, ["dlq", "replay", "flaky"], env=env)
         assert "replayed 1 dead letter(s)" in replayed.output, replayed.output
         out = runner.invoke(cli, ["tail", "flaky", "sums", "--count", "3", "--timeout", "30"], env=env)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -162,15 +163,25 @@ def deploy(
         raise typer.Exit(1)
 
 
+_shown: list[str] = []  # the rollout line printed last (plain output repeats no line)
+
+
 def _show_rollout(state: Any) -> None:
+    """Rollout progress: one line rewritten in place on a terminal, else a line per change
+    (a log must not fill with carriage returns)."""
     total = len(state.ready) + len(state.failed) + len(state.waiting)
-    typer.echo(f"\rrollout: {len(state.ready)}/{total} runner(s) on {state.version}", err=True,
-               nl=False)
+    line = f"rollout: {len(state.ready)}/{total} runner(s) on {state.version}"
+    if sys.stderr.isatty():
+        typer.echo(f"\r{line}", err=True, nl=False)
+    elif _shown[-1:] != [line]:
+        typer.echo(line, err=True)
+    _shown[:] = [line]
 
 
 def _report_rollout(state: Any) -> bool:
     """Print a line per refusing runner and one for a timeout; True when all went well."""
-    typer.echo("", err=True)
+    if sys.stderr.isatty():
+        typer.echo("", err=True)  # ends the line rewritten in place
     for line in state.problems():
         typer.secho(f"error: {line}", err=True, fg=typer.colors.RED)
     return bool(state.ok)

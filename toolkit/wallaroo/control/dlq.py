@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from wallaroo.control.tables import preview
 from wallaroo.core import codec
+from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import REPLAY_PREFIX, AppNames
 from wallaroo.core.wire import DeadLetter, Manifest, ReplayBatch
 from wallaroo.nats import Nats, Out
+
+
+class UnknownDeadLetterError(WallarooError, LookupError):
+    """`dlq replay --seq N` named a dead letter that is not there."""
 
 
 async def dead_letters(nats: Nats, manifest: Manifest, limit: int = 1000) -> list[DeadLetter]:
@@ -40,8 +45,13 @@ async def replay_dead_letters(nats: Nats, manifest: Manifest, seqs: set[int] | N
     Letters that are not `replayable` stay where they are: a malformed message would only be
     refused again (and again), and a letter of no stage has nowhere to go."""
     names = AppNames(manifest.slug)
-    letters = [d for d in await dead_letters(nats, manifest, limit=100_000)
-               if (seqs is None or d.seq in seqs) and d.replayable]
+    every = await dead_letters(nats, manifest, limit=100_000)
+    unknown = sorted((seqs or set()) - {d.seq for d in every})
+    if unknown:
+        msg = (f"{manifest.name} has no dead letter with seq {', '.join(map(str, unknown))}: "
+               f"`wallaroo dlq list {manifest.slug}` shows the seq of each")
+        raise UnknownDeadLetterError(msg)
+    letters = [d for d in every if (seqs is None or d.seq in seqs) and d.replayable]
     outs = [_replay_out(names, manifest, d) for d in letters]
     await nats.publish_all(outs)
     for d in letters:
