@@ -95,6 +95,13 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
         assert sent.returncode == 0, sent.stderr
         tail = wallaroo("tail", "word_count", "counts", "--count", "3", cwd=tmp_path)
         assert sorted(tail.stdout.splitlines()) == ["hello => 1", "hello => 2", "world => 1"]
+        assert tail.returncode == 0
+        # The same file twice: the second send says that nothing in it was new.
+        (tmp_path / "more.txt").write_text("a b\nc\n")
+        first = wallaroo("send", "word_count", "lines", "--file", "more.txt", cwd=tmp_path)
+        assert "sent 2 record(s) to word_count/lines\n" in first.stderr, first.stderr
+        second = wallaroo("send", "word_count", "lines", "--file", "more.txt", cwd=tmp_path)
+        assert "sent 2 record(s) to word_count/lines; 0 new, 2 sent before" in second.stderr
         table = status(tmp_path).stdout
         assert "word_count" in table and "count word" in table and "r0" in table
         # In dev's folder, deploy signs with dev's key without being told.
@@ -109,7 +116,8 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
         dev.send_signal(signal.SIGINT)
         out, err = dev.communicate(timeout=60)
     assert dev.returncode == 0, err
-    assert sorted(out.splitlines()) == ["hello => 1", "hello => 2", "world => 1"]
+    assert sorted(out.splitlines()) == ["a => 1", "b => 1", "c => 1", "hello => 1", "hello => 2",
+                                        "world => 1"]
     assert "Traceback" not in err
 
 

@@ -203,7 +203,7 @@ def send(
         msg = "give either --file F or VALUE... (not both, not neither)"
         raise typer.BadParameter(msg)
 
-    async def body(nc: Nats) -> int:
+    async def body(nc: Nats) -> ingest.Sent:
         manifest = await apps.manifest_of(nc, app_name)
         if file is not None:
             records = ingest.file_lines(file)
@@ -213,7 +213,11 @@ def send(
             pid = producer or ingest.fresh_producer_id()
         return await ingest.send(nc, manifest, source, records, pid)
 
-    typer.echo(f"sent {on_nats(nats, body)} record(s) to {app_name}/{source}", err=True)
+    sent = on_nats(nats, body)
+    typer.echo(f"sent {sent.records} record(s) to {app_name}/{source}" + (
+        "" if sent.new == sent.records else
+        f"; {sent.new} new, {sent.records - sent.new} sent before (the same producer id: "
+        "dropped as duplicates)"), err=True)
 
 
 @app.command()

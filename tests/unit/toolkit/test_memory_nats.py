@@ -67,6 +67,14 @@ async def test_a_msg_id_is_stored_once_within_the_window_and_anew_after_it() -> 
 
 
 @sync
+async def test_publish_all_says_which_ids_the_stream_had_already() -> None:
+    nats, _ = await streams()
+    assert await nats.publish_all([Out("d.0.0", b"a", "x"), Out("d.0.0", b"b", "y")]) == set()
+    assert await nats.publish_all([Out("d.0.0", b"a", "x"), Out("d.0.0", b"c", "z")]) == {"x"}
+    assert nats.count(DATA, "d.0.0") == 3
+
+
+@sync
 async def test_deliveries_are_numbered_and_unacked_ones_come_back_after_ack_wait_first() -> None:
     nats, clock = await streams()
     for k in range(3):

@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from wallaroo.core import codec
 from wallaroo.core.codec import SEND_BATCH
@@ -53,31 +53,44 @@ def fit(batch: list[bytes], limit: int, first: int = 0) -> list[bytes]:
     return fit(batch[:half], limit, first) + fit(batch[half:], limit, first + half)
 
 
+class Sent(NamedTuple):
+    records: int
+    new: int  # the others were in the stream already (the same producer id sent them)
+
+
 async def send(
     nats: Nats, manifest: Manifest, source: str | None, records: Iterable[bytes], producer: str,
     batch_size: int = SEND_BATCH, progress: Any = None,
-) -> int:
-    """Publish records to a source in batches with ids `i:<producer>:<n>`; returns the count."""
+) -> Sent:
+    """Publish records to a source in batches with ids `i:<producer>:<n>`: how many were
+    sent, and how many of them were new (not dropped as duplicates of an earlier send)."""
     stage, parts = source_stage(manifest, source)
     names = AppNames(manifest.slug)
     window: list[Out] = []
-    sent = 0
+    sizes: dict[str, int] = {}  # msg id -> records it carries
+    sent = new = 0
     limit = nats.max_payload - PAYLOAD_MARGIN
     for n, batch in enumerate(codec.chunked(records, batch_size)):
         payloads = fit(batch, limit, sent)
         for k, payload in enumerate(payloads):
             msg_id = f"i:{producer}:{n}" if len(payloads) == 1 else f"i:{producer}:{n}.{k}"
             window.append(Out(names.source(stage, n % parts), payload, msg_id))
+            sizes[msg_id] = len(codec.unpack_batch(payload)) if len(payloads) > 1 else len(batch)
         sent += len(batch)
         if len(window) >= SEND_WINDOW:
-            await nats.publish_all(window)
+            new += _new(await nats.publish_all(window), window, sizes)
             window = []
             if progress:
                 progress(sent)
-    await nats.publish_all(window)
+    new += _new(await nats.publish_all(window), window, sizes)
     if progress:
         progress(sent)
-    return sent
+    return Sent(sent, new)
+
+
+def _new(dropped: set[str], window: list[Out], sizes: dict[str, int]) -> int:
+    """Records in the window's messages that the stream stored (it dropped `dropped`)."""
+    return sum(n for o in window if (n := sizes.pop(o.msg_id)) and o.msg_id not in dropped)
 
 
 def file_lines(path: Path) -> Iterator[bytes]:

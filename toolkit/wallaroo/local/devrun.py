@@ -127,7 +127,7 @@ async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _P
                 input_file: Path, source: str | None, timeout: float) -> int:
     sent = await ingest.send(nats, manifest, source, ingest.file_lines(input_file),
                           ingest.file_producer_id(input_file))
-    info(f"sent {sent} records from {input_file}")
+    info(f"sent {sent.records} records from {input_file}")
     await _finish(nats, cluster, manifest, printer, timeout)
     dead = await dlq.count(nats, manifest)
     info(f"done: {printer.count} outputs, {dead} dead letter(s)")

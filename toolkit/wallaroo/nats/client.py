@@ -382,21 +382,23 @@ class Nats:
         except jserr.NotFoundError:
             return None
 
-    async def publish_all(self, outs: Sequence[Out]) -> None:
-        """Publish every message and wait for every JetStream ack. Retries reuse the same
-        Nats-Msg-Id, so a message stored once is never stored twice."""
-        pending = list(outs)
+    async def publish_all(self, outs: Sequence[Out]) -> set[str]:
+        """Publish every message and wait for every JetStream ack; the ids JetStream had
+        already (duplicates it dropped). Retries reuse the same Nats-Msg-Id, so a message
+        stored once is never stored twice (a retried one may then count as a duplicate)."""
+        pending, dropped = list(outs), set[str]()
         for delay in _backoff():
             if not pending:
-                return
-            pending = await self._publish_round(pending)
+                return dropped
+            pending = await self._publish_round(pending, dropped)
             if pending:
                 await asyncio.sleep(delay)
         if pending:
             msg = f"{len(pending)} message(s) not acknowledged by JetStream (first: {pending[0].subject})"
             raise TimeoutError(msg)
+        return dropped
 
-    async def _publish_round(self, outs: Sequence[Out]) -> list[Out]:
+    async def _publish_round(self, outs: Sequence[Out], dropped: set[str]) -> list[Out]:
         futures = [
             await self.js.publish_async(o.subject, o.payload, headers={MSG_ID: o.msg_id})
             for o in outs
@@ -410,6 +412,8 @@ class Nats:
                 failed.append(out)
             elif isinstance(res, BaseException):
                 raise res
+            elif getattr(res, "duplicate", False):
+                dropped.add(out.msg_id)
         return failed
 
     # --- reading ---------------------------------------------------------------------------

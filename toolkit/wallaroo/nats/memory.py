@@ -307,16 +307,20 @@ class MemoryNats:
         if len(payload) > limit:
             raise MaxPayloadError(subject, len(payload), limit)
 
-    async def publish_all(self, outs: Sequence[Out]) -> None:
+    async def publish_all(self, outs: Sequence[Out]) -> set[str]:
         fault = self.publish_faults.pop(0) if self.publish_faults else None
+        dropped = set()
         for i, o in enumerate(outs):
             if fault is not None and i >= fault.stored:
                 raise fault.error
+            if o.msg_id and self._capturing(o.subject).duplicate_of(o.msg_id, self.clock()) is not None:
+                dropped.add(o.msg_id)
             await self.publish(o.subject, o.payload, o.msg_id)
         if fault is not None:
             raise fault.error  # all stored, but the answer was lost
         if self.after_publish is not None:
             self.after_publish(outs)
+        return dropped
 
     async def append_fenced(
         self, stream: str, subject: str, payload: bytes, msg_id: str, last_seq: int

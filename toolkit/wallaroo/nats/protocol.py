@@ -76,8 +76,9 @@ class WorkerNats(Protocol):
         """Append only if `subject`'s last message is still `last_seq`, else FencedError."""
         ...
 
-    async def publish_all(self, outs: Sequence[Out]) -> None:
-        """Publish every message (deduplicated by its id) and wait for every ack."""
+    async def publish_all(self, outs: Sequence[Out]) -> set[str]:
+        """Publish every message (deduplicated by its id) and wait for every ack; the ids the
+        stream had already (duplicates it dropped)."""
         ...
 
     async def last_on_subject(self, stream: str, subject: str) -> StoredMsg | None: ...
