@@ -291,7 +291,10 @@ class Runner:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        nats = await Nats.connect(self.url, name=f"wallaroo-runner-{self.runner_id}")
+        nats = await self._connect(stop)
+        if nats is None:
+            log.info("runner %s stopped before it could reach NATS at %s", self.runner_id, self.url)
+            return
         await self._join(nats, stop)
         leadership = Leadership(nats, self.runner_id)
         log.info("runner %s (pid %d) joined %s", self.runner_id, os.getpid(), self.url)
@@ -305,6 +308,18 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
             await self._leave(nats, leadership)
+
+    async def _connect(self, stop: asyncio.Event) -> Nats | None:
+        """The connection, or None if `stop` came first: a runner told to stop while NATS is
+        unreachable (its first connect retries forever) exits at once."""
+        connecting = asyncio.create_task(Nats.connect(self.url, name=f"wallaroo-runner-{self.runner_id}"))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if connecting.done():
+            return connecting.result()
+        connecting.cancel()  # not awaited: nats-py's connect may take its time to give up
+        return None
 
     async def _pause(self, stop: asyncio.Event) -> None:
         await sleep_or_stop(stop, self.cluster_cfg.tick)

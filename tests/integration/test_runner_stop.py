@@ -12,7 +12,7 @@ import pytest
 from wallaroo.core.names import MEMBERS_BUCKET
 from wallaroo.local.auth import dev_auth
 from wallaroo.local.dev import DevKeys, RunnerProcess
-from wallaroo.local.natsserver import NatsServer
+from wallaroo.local.natsserver import NatsServer, free_port
 from wallaroo.nats import Nats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -45,3 +45,19 @@ def test_a_runner_stopped_while_nats_is_gone_exits_cleanly(tmp_path: Path) -> No
     log = runner.log_file.read_text()
     assert code == 0, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_a_runner_that_never_reached_nats_stops_at_once_on_sigterm(tmp_path: Path) -> None:
+    keys = DevKeys.ensure(tmp_path / "keys").runner_args()
+    dead = f"nats://127.0.0.1:{free_port()}"  # nothing listens there: its connect retries forever
+    runner = RunnerProcess(dead, "r0", tmp_path / "logs", extra=keys).start()
+    try:
+        deadline = time.monotonic() + 30
+        while "Connect call failed" not in runner.log_file.read_text():  # it is retrying
+            assert time.monotonic() < deadline, runner.log_file.read_text()[-2000:]
+            time.sleep(0.05)
+        assert runner.proc is not None
+        runner.proc.terminate()
+        runner.proc.wait(timeout=10)  # it used to ignore SIGTERM here for good
+    finally:
+        runner.kill()
