@@ -45,6 +45,9 @@ def no_process_mentions(text: str) -> bool:
 
 
 def test_dev_with_input_prints_every_count_then_exits_and_stops_everything(tmp_path: Path) -> None:
+    # The url file of a dev that was killed (nothing listens there any more) is stale: replaced.
+    (tmp_path / ".wallaroo" / "dev").mkdir(parents=True)
+    (tmp_path / ".wallaroo" / "dev" / "url").write_text(f"nats://127.0.0.1:{free_port()}")
     # Out of the box: no deploy key anywhere, dev makes its own and signs with it.
     res = wallaroo("dev", str(WORD_COUNT / "word_count.py"), "--input",
                    str(WORD_COUNT / "count_this.txt"), "--runners", "2", cwd=tmp_path,
@@ -93,6 +96,10 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
         wait_until(lambda: url_file.exists() and "word_count" in status(tmp_path).stdout)
         sent = wallaroo("send", "word_count", "lines", "hello hello world", cwd=tmp_path)
         assert sent.returncode == 0, sent.stderr
+        # A second dev here would wipe the running one's store: it is refused, naming why.
+        second = wallaroo("dev", app, "--input", str(WORD_COUNT / "count_this.txt"), cwd=tmp_path)
+        assert second.returncode == 1 and "already running in .wallaroo/dev" in second.stderr
+        assert "Traceback" not in second.stderr
         tail = wallaroo("tail", "word_count", "counts", "--count", "3", cwd=tmp_path)
         assert sorted(tail.stdout.splitlines()) == ["hello => 1", "hello => 2", "world => 1"]
         assert tail.returncode == 0

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.status import wait_rollout
@@ -17,6 +18,7 @@ from wallaroo.core.names import AppNames
 from wallaroo.core.packaging import load_app
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster, ServiceProcess, autoscaler_command, follow_wishes
+from wallaroo.local.natsserver import listening
 from wallaroo.nats import Nats
 
 INTERRUPTED = 130  # exit code of a `dev --input` stopped by Ctrl-C/SIGTERM before its end
@@ -32,6 +34,7 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
     if input_file is not None and source is None and len(app.sources) != 1:
         msg = f"{app.name} has several sources ({', '.join(app.sources)}): pass --source NAME"
         raise WallarooError(msg)
+    _refuse_a_second_dev(state_dir)
     cluster = DevCluster(state_dir, runners, tls=tls)
     with cluster:
         url_file = state_dir / "url"
@@ -44,6 +47,20 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
             url_file.unlink(missing_ok=True)
             info("stopping runners and nats-server")
     return 0 if input_file is None else INTERRUPTED if code is None else code
+
+
+def _refuse_a_second_dev(state_dir: Path) -> None:
+    """A dev starts afresh in its folder: one still running there would lose its JetStream
+    store and state under it. A url file whose server is gone (a dev killed) is stale."""
+    url_file = state_dir / "url"
+    if not url_file.is_file():
+        return
+    url = url_file.read_text().strip()
+    port = urlsplit(url).port
+    if port is not None and listening(port):
+        msg = (f"a wallaroo dev is already running in {state_dir} (nats-server at {url}): stop it "
+               "(Ctrl-C in its terminal), or give this one another --state-dir")
+        raise WallarooError(msg)
 
 
 async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
