@@ -263,8 +263,8 @@ def test_nats_sink_publishes_each_message_once_with_its_msg_id(nats_server: Nats
             await cancel(task)
             task = start(nats, "core", NatsSink("core", "ext.core"), stop)
             await eventually(async_(lambda: len(got) >= 5), "5 messages")
-            stop.set()
-            await asyncio.wait_for(task, 5)
+            # Stopped as abruptly as the first: what is checked is what reached the subject.
+            await cancel(task)
             await sub.unsubscribe()
             assert got == [(f"{SLUG}:{i}", b"m%da\nm%db\n" % (n, n)) for n, i in enumerate(ids)]
         finally:
