@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections import ChainMap
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -257,7 +258,8 @@ class StageEngine:
                 if step.flush is None or (now is not None and step.expire is None):
                     continue
                 prefix = state_slot_of(step.name, None)
-                view = {**table, **result.states}
+                # Read only (ChainMap is typed for writes too): no copy of the whole table.
+                view = ChainMap(result.states, table)  # type: ignore[arg-type]
                 slots = view if due is None or now is None else [d for d in due if d in view]
                 for slot in sorted(k for k in slots if k.startswith(prefix)):
                     self._flush_key(j, slot[len(prefix):] or None, view, result, now)

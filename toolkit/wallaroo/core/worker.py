@@ -12,6 +12,7 @@ import pickle
 import secrets
 import time
 import traceback
+from collections import ChainMap
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -392,7 +393,7 @@ class PartitionWorker:
             return ends, BatchResult()
         flushed = BatchResult()
         if self.engine.holds_back:
-            table = {**self.state.table, **result.states}
+            table = ChainMap(result.states, self.state.table)
             flushed = await self._off_loop(self.engine.end_of_input, table)
         log.info("%s: end of input from all %d senders: flushed", self.in_subject, len(expected))
         return {**ends, ENDED: 1}, flushed
@@ -406,16 +407,21 @@ class PartitionWorker:
         now = max(ticks)
         known = {**self.deadlines, **result.deadlines}
         due = [slot for slot, at in known.items() if at is not None and at <= now]
-        table = {**self.state.table, **result.states}
+        table = ChainMap(result.states, self.state.table)
         return await self._off_loop(self.engine.release, table, now, due)
 
     def _note_deadlines(self, changed: dict[str, float | None]) -> None:
+        """Keep the earliest deadline without scanning them all on every commit: only when
+        the slot that held it fired or moved later."""
+        stale = False
         for slot, due in changed.items():
-            if due is None:
-                self.deadlines.pop(slot, None)
-            else:
+            before = self.deadlines.pop(slot, None) if due is None else self.deadlines.get(slot)
+            if due is not None:
                 self.deadlines[slot] = due
-        if changed:
+                if self._next_due is None or due < self._next_due:
+                    self._next_due = due
+            stale = stale or (before is not None and before == self._next_due and due != before)
+        if stale:
             self._next_due = min(self.deadlines.values(), default=None)
 
     async def _tick_if_due(self) -> None:
