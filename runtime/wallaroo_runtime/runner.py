@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.calls import CallClient, forbid_blocking_calls
@@ -29,6 +29,7 @@ from wallaroo.core.packaging import load_artifact, verify_artifact
 from wallaroo.core.wire import (
     AppReport,
     Assignment,
+    FunctionReport,
     Heartbeat,
     Manifest,
     Part,
@@ -242,6 +243,18 @@ class AppHost:
         recovered = now is not None and now is not trouble.worker and now.progress.commits > 0
         recent = time.monotonic() - trouble.at < TROUBLE_SHOWN
         return part in self.owned and recent and not recovered
+
+
+def _count_calls_of_old_versions(report: AppReport, others: list[AppHost]) -> AppReport:
+    """Calls still running on a retiring version count as running: a long call outlives
+    the deploy that replaced its code, and status must not show it as gone."""
+    functions = dict(report.functions)
+    for other in others:
+        for name, ex in other.executors.items():
+            if ex.running:
+                now = functions.get(name, FunctionReport())
+                functions[name] = replace(now, running=now.running + len(ex.running))
+    return replace(report, functions=functions)
 
 
 def _partition_report(w: PartitionWorker, now: float) -> PartitionReport:
@@ -519,10 +532,14 @@ class Runner:
     def _report(self, slug: str, host: AppHost, now: float) -> AppReport:
         """A version counts as running once the previous one has stopped: `wallaroo deploy`
         waits for that, so what follows a deploy (say, a replay) meets the new code."""
-        running = [h for h in self.retiring.get(slug, []) if not h.partitions_released]
+        retiring = self.retiring.get(slug, [])
+        running = [h for h in retiring if not h.partitions_released]
         if running:
-            return running[0].report(now, switching_to=host.manifest.version)
-        return host.report(now)
+            report = running[0].report(now, switching_to=host.manifest.version)
+        else:
+            report = host.report(now)
+        return _count_calls_of_old_versions(report, [h for h in [*retiring, host]
+                                                     if h is not (running or [host])[0]])
 
     async def _heartbeat(self, nats: Nats) -> None:
         now = time.time()

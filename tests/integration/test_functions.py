@@ -347,13 +347,16 @@ def test_wallaroo_run_deploys_runs_the_entrypoint_and_stops(tmp_path: Path) -> N
 def test_a_new_version_serves_new_calls_while_running_ones_finish_on_the_old(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with own_cluster(tmp_path, monkeypatch, V1, runners=1) as (c, v1):
-        slow = v1.version.spawn(4.0)
-        eventually(lambda: _is_running(slow.object_id, v1), "the v1 call to start", 15)
+        gate = tmp_path / "gate"
+        held = v1.version.spawn(str(gate))  # version 1 holds this call until the gate opens
+        eventually(lambda: _is_running(held.object_id, v1), "the v1 call to start", 15)
         deploy(c.url, V2)
-        started = time.monotonic()
-        assert v1.version.remote() == 2  # the same function, now served by version 2
-        assert time.monotonic() - started < 3.0, "new calls waited for the old version"
-        assert slow.get(timeout=30) == 1
+        # answered while the v1 call is still held: new calls do not wait for the old version
+        assert v1.version.remote() == 2
+        assert stored(c.url, held.object_id) is None, "the v1 call ended before its gate opened"
+        eventually(lambda: _is_running(held.object_id, v1), "status to count the v1 call", 15)
+        gate.touch()
+        assert held.get(timeout=30) == 1
 
 
 def test_calls_of_a_runner_that_keeps_dying_end_in_runner_lost(
@@ -428,8 +431,8 @@ def test_a_timed_out_sync_call_does_not_keep_its_slot(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Its thread cannot be stopped and runs on; the next call must still start at once."""
     with own_cluster(tmp_path, monkeypatch, runners=1) as (_, fns):
+        gate = tmp_path / "gate"
         with pytest.raises(wallaroo.FunctionTimeout):
-            fns.single_slot.remote(3.0)
-        started = time.monotonic()
-        assert fns.single_slot.remote(0.1) == 0.1
-        assert time.monotonic() - started < 2.0
+            fns.single_slot.remote(str(gate))  # its thread waits on for the closed gate
+        assert fns.single_slot.remote("") == ""  # served while that thread still runs
+        gate.touch()

@@ -112,10 +112,13 @@ def sleeper(marker: str, seconds: float) -> None:
 
 
 @app.function(concurrency=1, timeout=0.5)
-def single_slot(seconds: float) -> float:
-    """One slot per runner and a short timeout: a timed-out thread must not keep the slot."""
-    time.sleep(seconds)
-    return seconds
+def single_slot(gate: str) -> str:
+    """One slot per runner and a short timeout: a timed-out thread must not keep the slot.
+    Given a gate path it waits (at most 60 s) for that file, so it outlives its timeout."""
+    deadline = time.monotonic() + 60
+    while gate and not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return gate
 
 
 @app.function(concurrency=1)
