@@ -36,6 +36,9 @@ class CheckpointConfig:
     store: StateStore | None = None
     every: int = 500  # commits
     seconds: float = 30.0
+    # Why a byte bound too: commit records carry their outputs, so 500 of them held for the
+    # next segment would grow the runner with the data volume instead of its state.
+    max_pending_bytes: int = 32 << 20
     retry_after: float = 5.0  # after a failed snapshot (e.g. S3 down)
     state_key: bytes | None = None  # MACs snapshots and segments (runners share it)
 
@@ -53,6 +56,7 @@ class Checkpointer:
     log_subject: str
     stateful: bool
     pending: list[bytes] = field(default_factory=list)  # commit records since the snapshot
+    pending_bytes: int = 0
     last_at: float = field(default_factory=time.monotonic)
     failures: int = 0
     writing: asyncio.Task[None] | None = None
@@ -63,8 +67,13 @@ class Checkpointer:
         self._draw_threshold()
 
     def due(self) -> bool:
-        return len(self.pending) >= self.threshold or (
-            bool(self.pending) and time.monotonic() - self.last_at >= self.cfg.seconds)
+        return (len(self.pending) >= self.threshold or self.pending_bytes >= self.cfg.max_pending_bytes
+                or (bool(self.pending) and time.monotonic() - self.last_at >= self.cfg.seconds))
+
+    def _hold(self, records: list[bytes]) -> None:
+        """`records` are what the next segment must cover (all of it: earlier ones first)."""
+        self.pending = records
+        self.pending_bytes = sum(map(len, records))
 
     def _draw_threshold(self) -> None:
         # Why jitter: partitions under even load would all snapshot in the same instant,
@@ -75,6 +84,7 @@ class Checkpointer:
         if self.stateful and self.cfg.store is None:
             return  # nothing to snapshot to: the changelog is kept whole
         self.pending.append(encoded)
+        self.pending_bytes += len(encoded)
         if self.due():
             await self.checkpoint(state, log_seq)
 
@@ -82,17 +92,20 @@ class Checkpointer:
         """Snapshot (when a store is configured), then trim the changelog. The store write runs
         in the background, so a slow or unavailable S3 never stalls the partition."""
         if self.stateful and self.cfg.store is None:
-            self.pending, self.last_at = [], time.monotonic()  # no store: keep the changelog
+            self._hold([])  # no store: the changelog is kept whole
+            self.last_at = time.monotonic()
             return
         if self.cfg.store is None:
             await self._trim(log_seq)
-            self.pending, self.last_at = [], time.monotonic()
+            self._hold([])
+            self.last_at = time.monotonic()
             return
         if self.writing is not None and not self.writing.done():
             return
         # Stateless stages too: their commit numbers must survive a lost changelog.
         s = snap.Snapshot.of(self.slug, self.stage, self.part, state, log_seq, time.time())
-        records, self.pending = self.pending, []
+        records = self.pending
+        self._hold([])
         self.last_at = time.monotonic()
         self._draw_threshold()
         self.writing = asyncio.create_task(self._write(s, records))
@@ -105,7 +118,7 @@ class Checkpointer:
             await self._trim(s.log_seq)
         except Exception as err:  # any failure: keep the changelog, say so, try again later
             self.failures += 1
-            self.pending = records + self.pending  # the next segment must cover them again
+            self._hold(records + self.pending)  # the next segment must cover them again
             self.last_at = time.monotonic() - self.cfg.seconds + self.cfg.retry_after
             log.warning("%s: snapshot failed (%d so far), changelog kept: %s",
                         self.log_subject, self.failures, err)
@@ -128,7 +141,7 @@ class Checkpointer:
         base = await self._latest()
         state = base.to_state() if base is not None else PartitionState()
         self.restored_from = None if base is None else base.commit_no
-        self.pending = []
+        self._hold([])
         if base is not None:
             for data in await self._segments_after(state.commit_no):
                 self._apply(state, CommitRecord.from_wire(data), data)
@@ -152,6 +165,7 @@ class Checkpointer:
             raise RestoreGapError(msg)
         state.apply(rec)
         self.pending.append(data)
+        self.pending_bytes += len(data)
 
     async def _segments_after(self, commit_no: int) -> list[bytes]:
         assert self.cfg.store is not None

@@ -49,7 +49,7 @@ from wallaroo.functions import (
     method,
 )
 from wallaroo.pipeline import Pipeline, StreamSink, StreamSource, source
-from wallaroo.plan import Application, build_application
+from wallaroo.plan import Application, Retention, build_application
 from wallaroo.schedules import Cron, Period
 from wallaroo.windows import (
     Aggregation,
@@ -84,6 +84,7 @@ __all__ = [
     "Pipeline",
     "Reject",
     "RemoteError",
+    "Retention",
     "Retries",
     "RunnerLost",
     "S3Sink",

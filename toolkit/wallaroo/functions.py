@@ -30,7 +30,7 @@ from wallaroo.core import calls, codec
 from wallaroo.core.errors import DefinitionError, MissingArgumentsError, f_repr
 from wallaroo.core.wire import CallResult, FunctionInfo
 from wallaroo.pipeline import DEFAULT_PARTITIONS, Pipeline, slug
-from wallaroo.plan import Application, build_application
+from wallaroo.plan import Application, Retention, build_application
 from wallaroo.schedules import Schedule, as_schedule
 
 T = TypeVar("T")
@@ -470,9 +470,10 @@ class App:
 
         return decorate
 
-    def attach(self, pipeline: Pipeline, *, partitions: int = DEFAULT_PARTITIONS) -> App:
+    def attach(self, pipeline: Pipeline, *, partitions: int = DEFAULT_PARTITIONS,
+               retention: Retention | None = None) -> App:
         """Run `pipeline` (a stream pipeline ending in sinks) as part of this app."""
-        built = build_application(self.name, pipeline, partitions=partitions)
+        built = build_application(self.name, pipeline, partitions=partitions, retention=retention)
         self.application = dataclasses.replace(built, calls=True)
         return self
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from wallaroo.api import DecoderSpec, KeyExtractorSpec, StepSpec
 from wallaroo.core.errors import PipelineError
@@ -48,6 +48,31 @@ class Stage:
         return any(s.stateful for s in self.steps)
 
 
+DAY = 86_400.0
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much of an app's output and dead-letter streams JetStream keeps. Past either
+    limit the oldest messages go (Kafka's retention.ms and retention.bytes); None: no limit.
+    Why limits by default: an endless stream must not fill the disk and memory of
+    nats-server. A sink that falls further behind than this loses what was dropped (it logs
+    the gap), so size it for the longest sink outage you want to ride out."""
+
+    output_max_age: float | None = 7 * DAY
+    output_max_bytes: int | None = GIB
+    dead_letter_max_age: float | None = 30 * DAY
+    dead_letter_max_bytes: int | None = GIB
+
+    def __post_init__(self) -> None:
+        for what, value in vars(self).items():
+            if value is not None and (not isinstance(value, int | float) or value <= 0):
+                msg = (f"Retention({what}={value!r}): a limit is a positive number "
+                       "(seconds or bytes), or None for no limit")
+                raise PipelineError(msg)
+
+
 @dataclass(frozen=True)
 class Application:
     """A built app: what `wallaroo deploy` ships and a runner runs."""
@@ -59,6 +84,7 @@ class Application:
     # Steps may call serverless functions (a pipeline attached to a wallaroo.App): they run
     # off the runner's event loop, and their calls get ids derived from the record.
     calls: bool = False
+    retention: Retention = field(default_factory=Retention)
 
     @property
     def slug(self) -> str:
@@ -159,10 +185,12 @@ class _Planner:
 
 
 def build_application(
-    name: str, pipeline: Pipeline, *, partitions: int = DEFAULT_PARTITIONS
+    name: str, pipeline: Pipeline, *, partitions: int = DEFAULT_PARTITIONS,
+    retention: Retention | None = None,
 ) -> Application:
     """Freeze `pipeline` into an Application named `name`. Keyed stages get `partitions`
-    partitions, fixed for the app's life (keys map to them with a stable hash)."""
+    partitions, fixed for the app's life (keys map to them with a stable hash). `retention`
+    bounds its output and dead-letter streams (default: `Retention()`)."""
     slug(name)
     if not isinstance(pipeline, Pipeline):
         msg = f"build_application({name!r}, ...) takes a pipeline, got {pipeline!r}"
@@ -174,9 +202,13 @@ def build_application(
     if partitions < 1:
         msg = f"app {name!r}: partitions must be >= 1, got {partitions}"
         raise PipelineError(msg)
+    if retention is not None and not isinstance(retention, Retention):
+        msg = f"app {name!r}: retention= takes a wallaroo.Retention(...), got {retention!r}"
+        raise PipelineError(msg)
     planner = _Planner(partitions)
     planner.ends(pipeline)
-    return _freeze(name, planner.builders, partitions)
+    app = _freeze(name, planner.builders, partitions)
+    return app if retention is None else replace(app, retention=retention)
 
 
 def _freeze(name: str, builders: list[_StageBuilder], partitions: int) -> Application:

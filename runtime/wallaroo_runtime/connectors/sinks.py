@@ -109,6 +109,7 @@ async def run_sink(nats: Nats, slug: str, name: str, cfg: ConnectorSink, stop: a
     try:
         start = await delivery.open(nats, names, durable)
         log.info("sink %s/%s starts at output seq %d", slug, name, start)
+        await _warn_if_dropped(nats, names, name, start)
         # What status shows until the first message: where this sink stands (a runner that
         # took over after everything was delivered has handled all there is).
         stats.last_seq = max(stats.last_seq, start - 1)
@@ -124,6 +125,17 @@ async def run_sink(nats: Nats, slug: str, name: str, cfg: ConnectorSink, stop: a
     finally:
         stats.running = False
         await delivery.close()
+
+
+async def _warn_if_dropped(nats: Nats, names: AppNames, name: str, start: int) -> None:
+    """Outputs the app's retention dropped before this sink delivered them are lost to it:
+    said once, loudly, with the way to keep more."""
+    first = await nats.stream_first_seq(names.out_stream)
+    if start < first:
+        log.error("sink %s/%s: outputs from seq %d to %d were dropped by the app's retention "
+                  "limits before this sink delivered them; raise wallaroo.Retention"
+                  "(output_max_age=..., output_max_bytes=...) to ride out longer sink outages",
+                  names.slug, name, start, first - 1)
 
 
 async def handle(delivery: Delivery, m: InMsg, stats: SinkStats) -> None:

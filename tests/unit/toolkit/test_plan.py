@@ -197,3 +197,26 @@ def test_one_pipeline_object_cannot_be_used_twice() -> None:
 
     with pytest.raises(PipelineError, match="used twice"):
         wl.build_application("app", pipeline)
+
+
+def test_retention_defaults_bound_outputs_and_an_app_may_set_its_own() -> None:
+    pipe = wl.source("in", wl.StreamSource()).to(upper).to_sink(wl.StreamSink("out"))
+    default = wl.build_application("a", pipe)
+    assert default.retention.output_max_bytes == 1 << 30
+    assert default.retention.output_max_age == 7 * 86_400
+    kept = wl.Retention(output_max_age=60, dead_letter_max_bytes=None)
+    pipe = wl.source("in", wl.StreamSource()).to(upper).to_sink(wl.StreamSink("out"))
+    assert wl.build_application("a", pipe, retention=kept).retention == kept
+
+
+@pytest.mark.parametrize("bad", [{"output_max_bytes": 0}, {"output_max_age": -1.0},
+                                 {"dead_letter_max_bytes": "1G"}])
+def test_a_retention_limit_is_positive_or_none(bad: dict[str, object]) -> None:
+    with pytest.raises(PipelineError, match=f"Retention\\({next(iter(bad))}=.*positive number"):
+        wl.Retention(**bad)  # type: ignore[arg-type]
+
+
+def test_retention_takes_a_retention_object() -> None:
+    pipe = wl.source("in", wl.StreamSource()).to(upper).to_sink(wl.StreamSink("out"))
+    with pytest.raises(PipelineError, match="retention= takes a wallaroo.Retention"):
+        wl.build_application("a", pipe, retention=3600)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
 from wallaroo.core.packaging import build_artifact, load_deployable
 from wallaroo.core.wire import Manifest
 from wallaroo.nats import Nats
+from wallaroo.plan import Retention
 
 
 async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None,
@@ -23,15 +24,23 @@ async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None,
     signer = deployer_key(key)  # a bad key file fails before anything is built
     app, _ = load_deployable(app_file, args)
     artifact, manifest = build_artifact(app, app_file, signer)
-    await ensure_streams(nats, manifest.slug)
+    await ensure_streams(nats, manifest.slug, app.built().retention)
     await nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact)
     await nats.kv_put(APPS_BUCKET, manifest.slug, manifest.to_wire())
     return manifest
 
 
-async def ensure_streams(nats: Nats, slug: str) -> None:
-    for stream, (subjects, work_queue) in AppNames(slug).streams().items():
-        await nats.ensure_stream(stream, subjects, work_queue=work_queue)
+async def ensure_streams(nats: Nats, slug: str, retention: Retention | None = None) -> None:
+    """Create the app's streams, and set the retention limits of its output and dead-letter
+    streams (a redeploy with other limits changes them)."""
+    kept = retention or Retention()
+    names = AppNames(slug)
+    limits = {names.out_stream: (kept.output_max_age, kept.output_max_bytes),
+              names.dlq_stream: (kept.dead_letter_max_age, kept.dead_letter_max_bytes)}
+    for stream, (subjects, work_queue) in names.streams().items():
+        max_age, max_bytes = limits.get(stream, (None, None))
+        await nats.ensure_stream(stream, subjects, work_queue=work_queue, max_age=max_age,
+                                 max_bytes=max_bytes)
 
 
 async def manifest_of(nats: Nats, app: str) -> Manifest:

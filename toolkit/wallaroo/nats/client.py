@@ -16,6 +16,7 @@ import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -288,21 +289,33 @@ class Nats:
     async def ensure_stream(
         self, name: str, subjects: list[str], *, work_queue: bool = False,
         dedup_window: float = 300.0, max_msg_size: int = -1,
+        max_age: float | None = None, max_bytes: int | None = None,
     ) -> None:
+        """Create the stream, or bring an existing one's age and size limits to these (a
+        redeploy may change them; the rest of a stream's config is fixed at creation)."""
         cfg = jsapi.StreamConfig(
             name=name, subjects=subjects, storage=jsapi.StorageType.FILE,
             retention=jsapi.RetentionPolicy.WORK_QUEUE if work_queue else jsapi.RetentionPolicy.LIMITS,
             duplicate_window=dedup_window, max_msg_size=max_msg_size, allow_direct=True,
-            num_replicas=replicas(),
+            num_replicas=replicas(), max_age=max_age or 0, max_bytes=max_bytes or -1,
         )
         try:
-            await self.js.stream_info(name)
+            info = await self.js.stream_info(name)
         except jserr.NotFoundError:
             await self.js.add_stream(cfg)
+            return
+        now = info.config
+        if (now.max_age or 0) != cfg.max_age or (now.max_bytes or -1) != cfg.max_bytes:
+            await self.js.update_stream(replace(now, max_age=cfg.max_age, max_bytes=cfg.max_bytes))
 
     async def stream_last_seq(self, stream: str) -> int:
         info = await self.js.stream_info(stream)
         return int(info.state.last_seq)
+
+    async def stream_first_seq(self, stream: str) -> int:
+        """The oldest sequence still stored (retention limits drop the ones before)."""
+        info = await self.js.stream_info(stream)
+        return int(info.state.first_seq)
 
     async def subject_count(self, stream: str, subject: str) -> int:
         """How many messages of `stream` are on `subject` (wildcards allowed) now."""
