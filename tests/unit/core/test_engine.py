@@ -317,3 +317,39 @@ def test_a_state_that_cannot_be_pickled_fails_the_record_that_made_it() -> None:
     with pytest.raises(RecordFailed) as err:
         engine(wl.build_application("s", pipeline), 1).attempt(keyed("a"), {}, {})
     assert (err.value.step, err.value.reason) == ("locked", "state_error")
+
+
+def test_a_state_that_does_not_load_fails_the_first_record_of_its_key() -> None:
+    app = word_count()
+    eng = engine(app, 1)
+    table = {state_slot(app.stages[1].steps[0], "b"): b"not a pickle"}
+
+    with pytest.raises(RecordFailed) as err:
+        eng.attempt(keyed("a", "b", "a", "b"), table, {})
+
+    assert (err.value.step, err.value.item.rid) == ("count", (2, 0))
+
+
+@wl.computation_multi(name="pieces")
+def pieces(line):
+    """Lists with a None inside, a tuple, and no list at all (None)."""
+    return None if line == "-" else ((line, None, line.upper()) if "," in line else [line])
+
+
+def test_fan_out_drops_none_keeps_order_and_traces_each_output_to_its_record() -> None:
+    app = wl.build_application("p", wl.source("in", wl.StreamSource()).to(pieces).to(keep_short)
+                               .to_sink(wl.StreamSink("out")))
+    eng = engine(app)
+    items = [Item((n, 0), None, raw) for n, raw in enumerate([b"x", b"-", b"a,b", b"yy"], 1)]
+
+    assert eng.attempt(items[:3], {}, {}).sink_out == {0: [b"x", b"a,b", b"A,B"]}
+    with pytest.raises(RecordFailed) as err:  # "yy" is too long: its record, 4, answers
+        eng.attempt(items, {}, {})
+    assert err.value.item.rid == (4, 0)
+
+
+@wl.computation(name="keep short")
+def keep_short(s):
+    if s == "yy":
+        raise ValueError("too long")
+    return s

@@ -10,7 +10,9 @@ from collections import ChainMap
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from itertools import chain, repeat
+from operator import is_
+from typing import Any, NamedTuple, cast
 
 from wallaroo.api import StepSpec
 from wallaroo.core import calls, codec
@@ -131,16 +133,21 @@ class _StepFailed(Exception):  # noqa: N818 - internal signal, becomes RecordFai
         self.index, self.exc = index, exc
 
 
-def _each(fn: Callable[[Any], Any], values: list[Any]) -> list[Any]:
-    """[fn(v) for v in values], but a failure says which value failed."""
+def _each(fn: Callable[..., Any], values: list[Any], *more: list[Any]) -> list[Any]:
+    """[fn(v, *m) for v, *m in zip(values, *more)], but a failure says which value failed.
+    Why extend(map(...)): the loop runs in C, and the outputs made before a failure stay in
+    the list, so its length is the failing value's index."""
     outs: list[Any] = []
-    append = outs.append
     try:
-        for v in values:
-            append(fn(v))
+        outs.extend(map(fn, values, *more))
     except Exception as exc:
         raise _StepFailed(len(outs), exc) from exc
     return outs
+
+
+def _has_none(values: list[Any]) -> bool:
+    """Is any value None? (By identity: `None in values` would call user __eq__.)"""
+    return any(map(is_, values, repeat(None)))
 
 
 class StageEngine:
@@ -343,7 +350,7 @@ class StageEngine:
         else:
             outs = _each_with_state(step, fn, keys, vals, table, work)
         if not step.multi:
-            if not any(o is None for o in outs):
+            if not _has_none(outs):
                 return keys, outs, origin
             kept = [i for i, o in enumerate(outs) if o is not None]
             src = [origin[i] for i in kept] if origin is not None else kept
@@ -360,24 +367,29 @@ class StageEngine:
     def _encode(self, values: list[Any], result: BatchResult) -> None:
         for i, enc in self.encoders:
             outs = _each(enc, values)
-            if not all(type(o) is bytes or type(o) is str for o in outs):
+            if not set(map(type, outs)) <= _TEXT:
                 _each(_as_bytes, outs)  # raises for the first output of the wrong type
             result.sink_out.setdefault(i, []).extend(outs)
 
     def _route(self, values: list[Any], routed: dict[int, tuple[list[str], list[Any]]]) -> None:
         keys = _each(self.extract, values) if self.extract else [""] * len(values)
-        if not all(type(k) is str for k in keys):
+        if not set(map(type, keys)) <= _STR:
             keys = _each(_as_key, keys)
-        part = self._partition
-        for k, v in zip(keys, values, strict=True):
-            p = part.get(k)
-            if p is None:
-                p = self._new_partition(k)
-            dest = routed.get(p)
-            if dest is None:
-                dest = routed[p] = ([], [])
+        cached: list[int | None] = list(map(self._partition.get, keys))
+        parts = cast(list[int], cached)
+        if _has_none(cached):
+            parts = [self._new_partition(k) if p is None else p
+                     for k, p in zip(keys, cached, strict=True)]
+        columns: list[tuple[list[str], list[Any]]] = [([], []) for _ in range(self.target_partitions)]
+        for p, k, v in zip(parts, keys, values, strict=True):
+            dest = columns[p]
             dest[0].append(k)
             dest[1].append(v)
+        for p, (ks, vs) in enumerate(columns):
+            if ks:
+                into = routed.setdefault(p, ([], []))
+                into[0].extend(ks)
+                into[1].extend(vs)
 
     def _new_partition(self, key: str) -> int:
         # Why a cache: crc32 of an encoded key costs more than a dict hit, and hot keys repeat.
@@ -428,23 +440,27 @@ def _each_with_state(
     step: StepSpec, fn: Callable[..., Any], keys: list[str | None], vals: list[Any],
     table: Mapping[str, bytes], work: dict[str | None, Any],
 ) -> list[Any]:
-    with_key = step.with_key
-    outs: list[Any] = []
-    append = outs.append
-    try:
-        for k, v in zip(keys, vals, strict=True):
-            state = work.get(k)
-            if state is None:
-                state = work[k] = _load_state(step, k, table)
-            append(fn(v, state, k) if with_key else fn(v, state))
-    except Exception as exc:
-        raise _StepFailed(len(outs), exc) from exc
-    return outs
+    # Every key's state in hand first (the first record of a key answers for its load), so
+    # the step then runs over the batch in one C-level map.
+    for k in set(keys).difference(work):
+        try:
+            work[k] = _load_state(step, k, table)
+        except Exception as exc:
+            raise _StepFailed(keys.index(k), exc) from exc
+    states = list(map(work.__getitem__, keys))
+    return _each(fn, vals, states, keys) if step.with_key else _each(fn, vals, states)
 
 
 def _fan_out(
     step: StepSpec, keys: list[str | None], outs: list[Any], origin: list[int] | None
 ) -> tuple[list[str | None], list[Any], list[int]]:
+    if set(map(type, outs)) <= _SEQUENCES:  # the usual case, flattened in C
+        counts = list(map(len, outs))
+        flat = list(chain.from_iterable(outs))
+        if not _has_none(flat):
+            made_from = origin if origin is not None else range(len(outs))
+            return (list(chain.from_iterable(map(repeat, keys, counts))), flat,
+                    list(chain.from_iterable(map(repeat, made_from, counts))))
     new_keys: list[str | None] = []
     new_vals: list[Any] = []
     new_origin: list[int] = []
@@ -461,6 +477,9 @@ def _fan_out(
                 new_vals.append(x)
                 new_origin.append(src)
     return new_keys, new_vals, new_origin
+
+
+_STR, _TEXT, _SEQUENCES = frozenset({str}), frozenset({str, bytes}), frozenset({list, tuple})
 
 
 def _load_state(step: StepSpec, key: str | None, table: Mapping[str, bytes]) -> Any:
