@@ -38,7 +38,7 @@ class CheckpointConfig:
     seconds: float = 30.0
     # Why a byte bound too: commit records carry their outputs, so 500 of them held for the
     # next segment would grow the runner with the data volume instead of its state.
-    max_pending_bytes: int = 32 << 20
+    max_pending_bytes: int = 4 << 20
     retry_after: float = 5.0  # after a failed snapshot (e.g. S3 down)
     state_key: bytes | None = None  # MACs snapshots and segments (runners share it)
 
