@@ -14,8 +14,9 @@ import pytest
 import wallaroo
 from conftest import collect_outputs
 from wallaroo.control import apps, ingest
-from wallaroo.core import calls
+from wallaroo.core import calls, observe
 from wallaroo.local.dev import DevCluster, follow_wishes
+from wallaroo.local.natsserver import NatsServer
 from wallaroo.nats import Nats
 from wallaroo_runtime.autoscale.backends import LocalBackend
 from wallaroo_runtime.autoscale.loop import Autoscaler
@@ -104,3 +105,21 @@ def test_a_function_call_wakes_a_pool_at_zero_runners(tmp_path: Path,
             asyncio.run(body(cluster))
         finally:
             calls.close_portals()
+
+
+def test_a_backlog_no_runner_consumes_yet_counts_as_lag(nats_server: NatsServer) -> None:
+    """Before any runner made a partition's consumer (runners slow to start, or none), the
+    backlog is read from the stream itself: never taken for idleness, and never idle for
+    `wallaroo send --wait`."""
+    async def body() -> list[observe.StageLag]:
+        nats = await Nats.connect(nats_server.url)
+        try:
+            m = await apps.deploy(nats, APP)
+            await ingest.send(nats, m, "in", [f"r{i}".encode() for i in range(30)], "early",
+                              batch_size=10)
+            return await observe.stage_lags(nats, m)
+        finally:
+            await nats.close()
+
+    [lag] = asyncio.run(body())
+    assert (lag.pending, lag.ack_pending, lag.missing) == (3, 0, 1)  # 3 messages of 10 records

@@ -56,7 +56,9 @@ def test_a_file_sink_writes_each_output_once_in_order(nats_server: NatsServer, t
             stop = asyncio.Event()
             # 1. Killed once it delivered the 6 messages there are.
             task = start(nats, "counts", cfg, stop)
-            await eventually(async_(lambda: len(written()) >= 12), "6 messages written")
+            # (its commit, not its lines: the lines are appended before the commit is written)
+            await eventually(async_(lambda: getattr(sidecar.load(path), "seq", 0) == 6),
+                             "6 messages written and committed")
             await cancel(task)
             await publish_outputs(nats, SLUG, "counts", outputs(6, 10), first_commit=7)
             # 2. A crash between the two steps of the next message: appended (and half of

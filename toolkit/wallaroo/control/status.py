@@ -60,7 +60,8 @@ async def gather(nats: Nats) -> Status:
         functions += await _function_rows(nats, manifest, beats)
         by_part = await observe.partition_lags(nats, manifest)  # one consumer read per partition
         running = running_versions(manifest.slug, beats)
-        for lag in observe.stage_totals(manifest, by_part):
+        waiting = await observe.unconsumed(nats, manifest, by_part)
+        for lag in observe.stage_totals(manifest, by_part, waiting):
             apps.append([manifest.name, manifest.version, running, str(lag.stage), lag.name,
                          str(lag.partitions), str(lag.pending), str(lag.ack_pending)])
         partitions += await _partition_rows(nats, manifest, beats, by_part)

@@ -51,19 +51,34 @@ async def partition_lags(nats: Nats, manifest: Manifest) -> dict[Part, Lag | Non
     }
 
 
-def stage_totals(manifest: Manifest, by_part: dict[Part, Lag | None]) -> list[StageLag]:
-    """Per stage, the partition lags of `partition_lags` added up."""
+async def unconsumed(nats: Nats, manifest: Manifest, by_part: dict[Part, Lag | None]
+                     ) -> dict[Part, int]:
+    """Messages waiting on the partitions no consumer reads yet (a fresh deploy whose runners
+    have not started them): counted from the work-queue stream itself, as function_lags does,
+    so a backlog there is never taken for idleness (the autoscaler would scale it to zero)."""
+    names = AppNames(manifest.slug)
+    sources = {st.index: st.source is not None for st in manifest.stages}
+    return {(stage, p): await nats.subject_count(names.data_stream, names.input(stage, p, sources[stage]))
+            for (stage, p), lag in by_part.items() if lag is None}
+
+
+def stage_totals(manifest: Manifest, by_part: dict[Part, Lag | None],
+                 waiting: dict[Part, int] | None = None) -> list[StageLag]:
+    """Per stage, the partition lags of `partition_lags` added up, with the messages
+    `waiting` (from `unconsumed`) on partitions that have no consumer."""
     rows = []
     for st in manifest.stages:
         lags = [by_part[(st.index, p)] for p in range(st.partitions)]
         present = [lag for lag in lags if lag is not None]
-        rows.append(StageLag(manifest.slug, st.index, st.name, sum(p for p, _ in present),
+        queued = sum((waiting or {}).get((st.index, p), 0) for p in range(st.partitions))
+        rows.append(StageLag(manifest.slug, st.index, st.name, sum(p for p, _ in present) + queued,
                              sum(a for _, a in present), st.partitions, len(lags) - len(present)))
     return rows
 
 
 async def stage_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:
-    return stage_totals(manifest, await partition_lags(nats, manifest))
+    by_part = await partition_lags(nats, manifest)
+    return stage_totals(manifest, by_part, await unconsumed(nats, manifest, by_part))
 
 
 async def function_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:

@@ -309,17 +309,17 @@ class Nats:
             await self.js.update_stream(replace(now, max_age=cfg.max_age, max_bytes=cfg.max_bytes))
 
     async def stream_last_seq(self, stream: str) -> int:
-        info = await self.js.stream_info(stream)
+        info = await _patiently(lambda: self.js.stream_info(stream))
         return int(info.state.last_seq)
 
     async def stream_first_seq(self, stream: str) -> int:
         """The oldest sequence still stored (retention limits drop the ones before)."""
-        info = await self.js.stream_info(stream)
+        info = await _patiently(lambda: self.js.stream_info(stream))
         return int(info.state.first_seq)
 
     async def subject_count(self, stream: str, subject: str) -> int:
         """How many messages of `stream` are on `subject` (wildcards allowed) now."""
-        info = await self.js.stream_info(stream, subjects_filter=subject)
+        info = await _patiently(lambda: self.js.stream_info(stream, subjects_filter=subject))
         return sum((info.state.subjects or {}).values())
 
     async def delete_stream(self, stream: str) -> None:
@@ -555,7 +555,7 @@ class Nats:
         """The stream sequence below which a durable consumer has every message acked, or
         None if the consumer does not exist."""
         try:
-            info = await self.js.consumer_info(stream, durable)
+            info = await _patiently(lambda: self.js.consumer_info(stream, durable))
         except jserr.NotFoundError:
             return None
         return int(info.ack_floor.stream_seq) if info.ack_floor else 0
@@ -575,7 +575,7 @@ class Nats:
     async def consumer_lag(self, stream: str, durable: str) -> tuple[int, int] | None:
         """(num_pending, num_ack_pending) of a durable consumer, or None if it does not exist."""
         try:
-            info = await self.js.consumer_info(stream, durable)
+            info = await _patiently(lambda: self.js.consumer_info(stream, durable))
         except jserr.NotFoundError:
             return None
         return int(info.num_pending or 0), int(info.num_ack_pending or 0)
