@@ -189,14 +189,20 @@ class _Printer:
             await self.task
 
     async def run(self) -> None:
-        prefix = len(self.manifest.sinks) > 1
+        named = len(self.manifest.sinks) > 1
+        out = sys.stdout.buffer
         async for seq, sink, outs in outputs.tail(self.nats, self.manifest, None):
-            for out in outs:
-                line = out.decode("utf-8", "replace").removesuffix("\n")
-                sys.stdout.write(f"{sink}: {line}\n" if prefix else f"{line}\n")
-            sys.stdout.flush()
+            out.write(_lines(outs, f"{sink}: ".encode() if named else b""))
+            out.flush()
             self.count += len(outs)
             self.last_seq = seq
+
+
+def _lines(outs: list[bytes], prefix: bytes) -> bytes:
+    """One output per line (an encoder's own newline is not doubled), as bytes in one write:
+    why not a decode and a write per output: at 100k outputs/s that took a core."""
+    ended = [o if o.endswith(b"\n") else o + b"\n" for o in outs]
+    return b"".join(prefix + o for o in ended) if prefix else b"".join(ended)
 
 
 def info(text: str) -> None:
