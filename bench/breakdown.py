@@ -71,7 +71,7 @@ class Pipeline:
             first = self.first.attempt(batch, {}, {})
             if keep:
                 self.results.append((0, first))
-                self.routed.append({p: codec.dumps(cols) for p, cols in first.routed.items()})
+                self.routed.append({p: codec.dumps_columns(*cols) for p, cols in first.routed.items()})
             for p, (keys, values) in first.routed.items():
                 downstream = Batch()
                 downstream.add(n, list(keys), values)
@@ -83,15 +83,15 @@ class Pipeline:
     def serialize(self) -> None:
         for routed in self.routed:
             for blob in routed.values():
-                codec.loads(blob)
+                codec.loads_columns(blob)
         for (_, result) in self.results:
             if result.routed:
-                {p: codec.dumps(cols) for p, cols in result.routed.items()}
+                {p: codec.dumps_columns(*cols) for p, cols in result.routed.items()}
 
     def records(self) -> list[CommitRecord]:
         names, recs = AppNames(self.app.slug), []
         for n, (stage, result) in enumerate(self.results, start=1):
-            outs = [Out(names.data(1, p), codec.dumps(cols), internal_msg_id(f"s{stage}.0", n, p))
+            outs = [Out(names.data(1, p), codec.dumps_columns(*cols), internal_msg_id(f"s{stage}.0", n, p))
                     for p, cols in sorted(result.routed.items())]
             outs += [Out(names.out("counts"), codec.pack_batch(o), internal_msg_id(f"s{stage}.0", n, 99))
                      for o in result.sink_out.values() if o]

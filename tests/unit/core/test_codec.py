@@ -1,5 +1,6 @@
 """wallaroo.core.codec: values and state round-trip, including what plain pickle cannot name."""
 
+import enum
 import pickle
 from dataclasses import dataclass
 
@@ -63,3 +64,28 @@ def test_a_batch_hands_back_bytes_and_str_records_as_bytes() -> None:
 def test_bytes_that_are_no_record_batch_raise_value_or_type_error(bad: bytes) -> None:
     with pytest.raises((ValueError, TypeError)):
         codec.unpack_batch(bad)
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(("keys", "values"), [
+    (["a", "b"], ["a", "b"]),  # routed on the value itself: the keys travel once
+    (["a", "b"], [1, 2.5]),
+    (["a", "b", "c"], [b"\xff", None, True]),
+    (["k"], [2**70]),  # too big for msgpack: pickled
+    (["k", "j"], [("a", 1), {"x": [1]}]),  # containers: pickled (msgpack would turn tuples into lists)
+    (["red"], [Colour.RED]),  # a str subclass equal to its key stays what it is
+    ([], []),
+])
+def test_routed_columns_round_trip_with_their_types(keys: list[str], values: list[object]) -> None:
+    back_keys, back_values = codec.loads_columns(codec.dumps_columns(keys, values))
+    assert (back_keys, back_values) == (keys, values)
+    assert [type(v) for v in back_values] == [type(v) for v in values]
+
+
+def test_plain_columns_are_msgpack_and_a_pickle_still_reads() -> None:
+    words = ["apple", "pear"]
+    assert codec.dumps_columns(words, list(words)).startswith(codec.COLUMNS_TAG)
+    assert codec.loads_columns(codec.dumps((["k"], ["v"]))) == (["k"], ["v"])

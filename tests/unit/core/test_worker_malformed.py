@@ -192,7 +192,11 @@ async def test_a_message_too_big_for_its_letter_is_cut_to_fit_not_stalled() -> N
     codec.dumps("ab"),  # a pickle of the wrong shape (a str of two is no (keys, values))
     codec.dumps((["a", "b"], ["a"])),
     GARBAGE,
-], ids=["unimportable", "truncated", "a str", "keys and values of two lengths", "random bytes"])
+    codec.dumps_columns(["a"], ["a"])[:-1],  # msgpack columns, truncated
+    codec.COLUMNS_TAG + msgpack.packb(["a", "b", "c"]),  # msgpack columns of the wrong shape
+    codec.COLUMNS_TAG + msgpack.packb([["a", "b"], ["a"]]),
+], ids=["unimportable", "truncated", "a str", "keys and values of two lengths", "random bytes",
+        "msgpack truncated", "msgpack of three", "msgpack of two lengths"])
 @sync
 async def test_an_internal_message_that_does_not_unpickle_to_a_batch_is_dead_lettered(bad: bytes) -> None:
     rig = await Rig.create(counting(), stage=1)

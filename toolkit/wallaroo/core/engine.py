@@ -377,7 +377,7 @@ class StageEngine:
             keys = _each(_as_key, keys)
         cached: list[int | None] = list(map(self._partition.get, keys))
         parts = cast(list[int], cached)
-        if _has_none(cached):
+        if None in cached:  # ints and Nones only: no user __eq__ runs
             parts = [self._new_partition(k) if p is None else p
                      for k, p in zip(keys, cached, strict=True)]
         columns: list[tuple[list[str], list[Any]]] = [([], []) for _ in range(self.target_partitions)]

@@ -306,7 +306,7 @@ class PartitionWorker:
             # cannot unpickle app classes), so it travels as bytes.
             replay = ReplayBatch.from_wire(m.data)
             return replay.keys, [codec.loads(b) for b in replay.blobs]
-        return _columns(codec.loads(m.data))
+        return _columns(codec.loads_columns(m.data))
 
     def _malformed(self, m: InMsg, err: Exception) -> DeadLetter:
         log.warning("%s: message seq %d does not decode, dead-lettered whole: %s: %s",
@@ -528,7 +528,7 @@ class PartitionWorker:
         route = self.stage.route
         for part, columns in sorted(result.routed.items()):
             assert route is not None
-            outs.append((self.names.data(route.target, part), codec.dumps(columns)))
+            outs.append((self.names.data(route.target, part), codec.dumps_columns(*columns)))
         for sink, payloads in sorted(result.sink_out.items()):
             if payloads:  # a commit that emitted nothing (windows filling) stores no message
                 outs.append((self.names.out(self.app.sinks[sink].name), codec.pack_batch(payloads)))
