@@ -9,7 +9,6 @@ import contextlib
 import logging
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -51,7 +50,6 @@ from wallaroo_runtime.process import backoff, run_until_signal
 from wallaroo_runtime.statestore import open_store
 
 log = logging.getLogger("wallaroo.runner")
-SWITCH_INTERVAL = 0.05  # seconds: see main()
 # How many member TTLs a spell of NATS trouble may keep owners in the assignment: longer than
 # a stream or meta election (4-9 s; 3 s is the default TTL), shorter than an operator's wait.
 TROUBLE_GRACE = 10
@@ -570,12 +568,6 @@ class RunnerOptions:
 
 def main(url: str, opts: RunnerOptions) -> None:
     """Run a runner until SIGINT/SIGTERM (then finish the batches in hand and exit)."""
-    # Why: user code runs on worker threads, the event loop on this one, and CPython makes a
-    # thread holding the GIL hand it over every 5 ms by default. While a step is CPU-bound
-    # those hand-overs cost more than they bring (word count, one runner: +10-15% records/s at
-    # 50 ms). The loop still gets the GIL at least every 50 ms (heartbeats are in seconds), and
-    # at once whenever a step blocks on I/O or finishes its batch.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     # Function handles in user code (a stream step calling f.remote) find the cluster here.
     os.environ["WALLAROO_NATS"] = url
     if opts.creds:

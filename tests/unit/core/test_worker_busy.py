@@ -1,7 +1,7 @@
 """Long-running steps: user code runs on the worker's own thread, off the event loop, so the
 loop (heartbeats, leases) keeps running; the inputs in hand are kept alive past ack_wait; the
 worker says how long its batch has been running. The step blocks on an Event the test opens,
-so "slow" takes no fixed time."""
+so "slow" takes no fixed time. Batches measured to be short run on the loop (last test)."""
 
 from __future__ import annotations
 
@@ -142,3 +142,31 @@ def test_only_steps_of_a_pipeline_attached_to_an_app_may_call_functions() -> Non
 
     assert asyncio.run(body(loose)) == [b"x: refused"]
     assert asyncio.run(body(dataclasses.replace(loose, calls=True))) == [b"x: allowed"]
+
+
+@wl.computation(name="maybe slow")
+def maybe_slow(s: str) -> str:
+    RAN_ON.append(threading.get_ident())
+    if s.startswith("nap "):
+        time.sleep(float(s.split()[1]))  # a step that suddenly blocks, as on a slow service
+    return s
+
+
+SOMETIMES_SLOW = wl.build_application("busy", wl.source("in", wl.StreamSource()).to(maybe_slow)
+                                      .to_sink(wl.StreamSink("out")))
+
+
+def test_short_batches_run_inline_until_one_runs_long_then_always_on_the_thread() -> None:
+    """The first batch goes to the thread (nothing is known of the step yet); batches its
+    measurements say are short run on the loop; one that ran far longer than predicted
+    (the step may block again) sends the partition's user code to its thread for good."""
+    async def body() -> list[int]:
+        nats, worker, consumer = await setup(app=SOMETIMES_SLOW)
+        loop_thread = threading.get_ident()
+        for n, record in enumerate([b"first", b"short", b"nap 0.6", b"after"], start=1):
+            await nats.publish(NAMES.source(0, 0), codec.pack_batch([record]), f"i:t:{n}")
+            await worker.poll(consumer)
+        worker.close()
+        return [0 if ran == loop_thread else 1 for ran in RAN_ON]
+
+    assert asyncio.run(body()) == [1, 0, 0, 1]  # thread, loop, loop (0.6 s: too long), thread
