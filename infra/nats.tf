@@ -19,9 +19,10 @@ locals {
         routes = jsonencode([for j, peer in local.nats_ips : "nats-route://${peer}:${local.nats_ports.cluster}" if j != i])
       }))
       nats_unit = base64encode(templatefile("${local.templates}/nats-server.service", {
-        venv        = local.venv
-        config      = "/etc/nats/nats-server.conf"
-        secrets_dir = local.nats_secrets_dir
+        venv         = local.venv
+        config       = "/etc/nats/nats-server.conf"
+        secrets_dir  = local.nats_secrets_dir
+        memory_limit = var.nats_memory_limit
       }))
       secrets_script = base64encode(templatefile("${local.templates}/cloud-init/nats-secrets.sh", {
         venv           = local.venv

@@ -129,6 +129,17 @@ variable "nats_instance_type" {
   default     = "t3.large"
 }
 
+variable "nats_memory_limit" {
+  type        = string
+  description = "GOMEMLIMIT of each NATS server (Go's soft memory limit, e.g. 6GiB): about three quarters of the instance's memory (t3.large: 8 GiB)."
+  default     = "6GiB"
+
+  validation {
+    condition     = can(regex("^[1-9][0-9]*(MiB|GiB)$", var.nats_memory_limit))
+    error_message = "nats_memory_limit is a whole number of MiB or GiB, e.g. 6GiB."
+  }
+}
+
 variable "nats_volume_gb" {
   type        = number
   description = "Root volume size of each NATS server in GiB; JetStream's file store lives on it."

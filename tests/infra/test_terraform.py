@@ -396,7 +396,8 @@ def nats_conf(server_name: str, ip: str, routes: list[str], store_dir: str = "/v
 def _python_nats(expect: Expect, i: int, ip: str, install: str) -> str:
     conf = nats_conf(f"wallaroo-nats-{i}", ip, [f"nats-route://{p}:6222" for p in expect.ips if p != ip])
     nats_unit = render(TEMPLATES / "nats-server.service", venv=expect.venv,
-                       config="/etc/nats/nats-server.conf", secrets_dir="/etc/wallaroo/nats")
+                       config="/etc/nats/nats-server.conf", secrets_dir="/etc/wallaroo/nats",
+                       memory_limit="6GiB")
     script = render(TEMPLATES / "cloud-init/nats-secrets.sh", venv=expect.venv,
                     ssm_path="/wallaroo/wallaroo", region=expect.region, private_ip=ip,
                     secrets_dir="/etc/wallaroo/nats", autoscaler=i == 0,
@@ -507,7 +508,7 @@ def check_nats_unit(unit: str, expect: Expect) -> None:
         n: f"/etc/wallaroo/nats/{n}" for n in ("auth.conf", "ca.pem", "server.pem", "server-key.pem")}
     env = dict(e.split("=", 1) for e in s["Service.Environment"])
     assert env == {"NATS_TLS_CA": "%d/ca.pem", "NATS_TLS_CERT": "%d/server.pem",
-                   "NATS_TLS_KEY": "%d/server-key.pem"}
+                   "NATS_TLS_KEY": "%d/server-key.pem", "GOMEMLIMIT": "6GiB"}
     assert s["Service.DynamicUser"] == ["yes"] and "wallaroo-secrets.service" in s["Unit.Requires"][0]
 
 
@@ -825,6 +826,7 @@ def test_terraform_refuses_unsafe_or_inconsistent_variables(terraform: Terraform
     # /8 is the widest accepted.
     cidrs = console(terraform, "var.operator_cidrs", *tf_vars(operator_cidrs='["10.0.0.0/8"]'))
     assert cidrs == ["10.0.0.0/8"]
+    assert "nats_memory_limit is a whole number of MiB or GiB" in refused(nats_memory_limit="6G")
     errors = refused(runners_min="3", runners_max="2", autoscaler_idle_to_zero="60")
     assert "runners_max must be >= runners_min" in errors, errors
     assert "autoscaler_idle_to_zero needs runners_min = 0" in errors, errors

@@ -1,6 +1,7 @@
-"""Retention of an app's output and dead-letter streams on a real nats-server: a deploy sets
-the app's limits (a redeploy changes them), JetStream drops the oldest outputs past them, and
-a sink that starts behind what was dropped says so and delivers what is left."""
+"""Bounded storage and memory on a real nats-server: a deploy sets the app's retention limits
+on its output and dead-letter streams (a redeploy changes them), JetStream drops the oldest
+outputs past them, a sink that starts behind what was dropped says so and delivers what is
+left; the embedded server runs with a soft memory limit."""
 
 from __future__ import annotations
 
@@ -100,3 +101,18 @@ def test_outputs_past_the_limit_are_dropped_oldest_first_and_a_late_sink_says_so
     assert delivered == [f"{n:04d}" for n in range(first - 1, 200)] and len(delivered) == kept
     assert f"outputs from seq 1 to {first - 1} were dropped" in caplog.text
     assert "wallaroo.Retention(output_max_age" in caplog.text
+
+
+def test_the_embedded_nats_server_runs_with_a_soft_memory_limit(
+        nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Go's GOMEMLIMIT keeps a busy JetStream's heap from doubling with the volume; a limit
+    of the user's own wins."""
+    assert nats_server.proc is not None
+    assert b"GOMEMLIMIT=128MiB" in environ(nats_server.proc.pid)
+    monkeypatch.setenv("GOMEMLIMIT", "1GiB")
+    with NatsServer(tmp_path / "own") as own:
+        assert own.proc is not None and b"GOMEMLIMIT=1GiB" in environ(own.proc.pid)
+
+
+def environ(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,10 @@ from wallaroo.local.children import die_with_parent
 from wallaroo.local.tls import Tls
 
 MAX_PAYLOAD = 8 * 1024 * 1024
+# Go's soft memory limit for the embedded server (a GOMEMLIMIT of your own wins). Why: Go lets
+# its heap grow to twice what is live before collecting, so on a long stream nats-server grew
+# with the volume (2x the memory for 5x the words); at this limit it stays flat.
+MEMORY_LIMIT = "128MiB"
 
 
 def server_binary() -> Path:
@@ -143,6 +148,7 @@ class NatsServer(Service):
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(server_binary()), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, "GOMEMLIMIT": os.environ.get("GOMEMLIMIT", MEMORY_LIMIT)},
                 stdin=subprocess.DEVNULL, process_group=0,  # stopped last, by its owner
                 preexec_fn=die_with_parent(),  # dies with us (see children.py)
             )
