@@ -157,6 +157,7 @@ class FunctionExecutor:
         try:
             while not self.stop.is_set():
                 await self._serve(consumer)
+            await self._hand_back_buffered()
             if self.running or self.recording:
                 await asyncio.wait(self.running | self.recording)
         finally:
@@ -182,6 +183,15 @@ class FunctionExecutor:
                                return_when=asyncio.FIRST_COMPLETED)
             return
         self.buffered.extend(await consumer.fetch(self.spec.concurrency, self.cfg.fetch_timeout))
+
+    async def _hand_back_buffered(self) -> None:
+        """Calls fetched but not started when this executor stops (a new version took over
+        while a pull was out) go back to the server at once, for the new version's executor:
+        held here, they would wait out their ack_wait."""
+        buffered, self.buffered = list(self.buffered), deque()
+        for m in buffered:
+            if m.nak is not None:
+                await m.nak()
 
     def _start_call(self, m: InMsg) -> None:
         task = asyncio.create_task(self._handle(m))

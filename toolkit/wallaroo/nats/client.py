@@ -212,7 +212,7 @@ def _in_msg(m: Any) -> InMsg:
     stamp = md.timestamp  # a datetime in nats-py
     return InMsg(m.data, headers.get(MSG_ID, ""), seq.stream, seq.consumer, md.num_delivered,
                  md.num_pending or 0, m.ack, m.in_progress,
-                 stamp.timestamp() if stamp is not None else 0.0)
+                 stamp.timestamp() if stamp is not None else 0.0, m.nak)
 
 
 class Nats:

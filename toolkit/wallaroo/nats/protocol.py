@@ -27,6 +27,8 @@ class InMsg:
     # Tell the server the message is still being worked on (resets its ack_wait).
     in_progress: Callable[[], Awaitable[None]] | None = None
     timestamp: float = 0.0  # when JetStream stored it (seconds since the epoch)
+    # Hand it back unprocessed: the server delivers it again at once (to any consumer's reader).
+    nak: Callable[[], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)
