@@ -455,8 +455,10 @@ def _fan_out(
     step: StepSpec, keys: list[str | None], outs: list[Any], origin: list[int] | None
 ) -> tuple[list[str | None], list[Any], list[int]]:
     if set(map(type, outs)) <= _SEQUENCES:  # the usual case, flattened in C
-        counts = list(map(len, outs))
         flat = list(chain.from_iterable(outs))
+        if not flat:  # windows filling: nothing comes out of this batch yet
+            return [], [], []
+        counts = list(map(len, outs))
         if not _has_none(flat):
             made_from = origin if origin is not None else range(len(outs))
             return (list(chain.from_iterable(map(repeat, keys, counts))), flat,
