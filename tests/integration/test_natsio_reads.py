@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats.js.api as jsapi  # noqa: TID251 - a bucket made the old way (no direct reads)
 import pytest
@@ -134,3 +135,33 @@ def test_while_nats_fails_the_leader_moves_partitions_to_joiners_only(nats_serve
         assert await owners(nats) == {"r1", "r3"}
 
     on_nats(nats_server, body)
+
+
+def test_a_core_publish_cancelled_mid_flush_leaves_the_connection_working(
+        nats_server: NatsServer) -> None:
+    """A sink stopped while its publish waits for the server's PONG: the connection it
+    shares with the runner's partitions must go on reading (nats-py's read loop died on the
+    late PONG of a cancelled flush)."""
+    async def body() -> list[bytes]:
+        nats = await Nats.connect(nats_server.url)
+        try:
+            for _ in range(20):  # each try cancels one publish at its flush
+                task = asyncio.create_task(nats.core_publish("ext.x", b"x", "id"))
+                while not nats.nc._pongs:  # noqa: SLF001 - the flush is waiting for its PONG
+                    await asyncio.sleep(0)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            got: list[bytes] = []
+
+            async def received(m: Any) -> None:
+                got.append(m.data)
+
+            sub = await nats.nc.subscribe("ext.y", cb=received)
+            await nats.core_publish("ext.y", b"after", "id2")
+            await asyncio.wait_for(nats.nc.flush(), 5)
+            await sub.unsubscribe()
+            return got
+        finally:
+            await nats.close()
+
+    assert asyncio.run(body()) == [b"after"]

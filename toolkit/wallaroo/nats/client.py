@@ -363,7 +363,10 @@ class Nats:
         """Publish on core NATS (no stream listens) with the id as a header for subscribers
         that drop repeats; flushed so that a following ack of our input means it left."""
         await self.nc.publish(subject, payload, headers={MSG_ID: msg_id})
-        await self.nc.flush(timeout=PUBLISH_TIMEOUT)
+        # Shielded: nats-py's flush cancelled while it waits for its PONG leaves a cancelled
+        # future behind, and the PONG then raises in the connection's read loop, which stops
+        # reading for good (a sink stopped mid-publish broke the runner's connection).
+        await asyncio.shield(self.nc.flush(timeout=PUBLISH_TIMEOUT))
 
     async def announce(self, subject: str, payload: bytes) -> None:
         """Publish on core NATS, unflushed: for notices whose loss a listener recovers from
