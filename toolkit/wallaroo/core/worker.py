@@ -161,8 +161,9 @@ class PartitionWorker:
         self._next_due: float | None = None  # the earliest of them
         self._ticked: float | None = None  # the due time of the timer message published last
         # User code runs here, one call at a time: off the event loop (heartbeats, leases and
-        # function executors never wait on a slow step), and always on the same thread, so a
-        # state table or a step's thread-local client is never touched by two threads.
+        # function executors never wait on a slow step). Batches measured to be short run on
+        # the loop instead (_runs_inline); either way one batch at a time, so a state table is
+        # never touched by two threads at once (a thread-local client may exist on both).
         self._user_thread: ThreadPoolExecutor | None = None
         self._busy_since: float | None = None  # monotonic start of the user code running now
         self._slow = False  # a batch ran longer than SLOW_SECONDS: never inline again
