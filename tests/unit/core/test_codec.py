@@ -75,6 +75,8 @@ class Colour(enum.StrEnum):
     (["a", "b"], [1, 2.5]),
     (["a", "b", "c"], [b"\xff", None, True]),
     (["k"], [2**70]),  # too big for msgpack: pickled
+    (["\udcff"], ["\udcff"]),  # a key from undecodable bytes (surrogateescape): pickled
+    (["k"], ["\ud800x"]),
     (["k", "j"], [("a", 1), {"x": [1]}]),  # containers: pickled (msgpack would turn tuples into lists)
     (["red"], [Colour.RED]),  # a str subclass equal to its key stays what it is
     ([], []),

@@ -43,15 +43,16 @@ _STR = frozenset({str})
 
 def dumps_columns(keys: list[str], values: list[Any]) -> bytes:
     types = set(map(type, values))
-    # The values are the keys (a word count's words): == is C-fast on the same objects; the
-    # type check keeps a str subclass (a StrEnum equal to its key) from coming back a str.
-    if types <= _STR and keys == values:
-        return COLUMNS_TAG + bytes(msgpack.packb([keys, None]))
     if types <= _PLAIN:
+        # The values are the keys (a word count's words): == is C-fast on the same objects;
+        # the type check keeps a str subclass (a StrEnum equal to its key) from coming back a str.
+        same = types <= _STR and keys == values
         try:
-            return COLUMNS_TAG + bytes(msgpack.packb([keys, values], use_bin_type=True))
-        except OverflowError:
-            return dumps((keys, values))  # an int too big for msgpack: pickle carries any
+            return COLUMNS_TAG + bytes(msgpack.packb([keys, None if same else values],
+                                                     use_bin_type=True))
+        except (OverflowError, UnicodeEncodeError):
+            # an int past 64 bits, a str with lone surrogates (from undecodable bytes)
+            return dumps((keys, values))
     return dumps((keys, values))
 
 
