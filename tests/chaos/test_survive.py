@@ -226,7 +226,9 @@ def node_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: random.Rando
         pool = RunnerPool(home.url, tmp_path / "logs", member_ttl=TTL, extra=runner_keys(tmp_path))
         try:
             asyncio.run(join_one_by_one(pool, home.url, 2))
-            lines = asyncio.run(run_scenario(home.url, chaos, spread=2))
+            # Why 10 s of input: on three replicating nodes and two cores the first window
+            # can take 4-5 s to come out, and the node must die while input still arrives.
+            lines = asyncio.run(run_scenario(home.url, chaos, spread=2, seconds=10.0))
             pool.check()
         finally:
             pool.stop()
