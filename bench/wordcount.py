@@ -123,7 +123,7 @@ def proc_status_kib(pid: int, field: str) -> int | None:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError):
-        pass
+        return None  # the process has exited
     return None
 
 

@@ -75,6 +75,11 @@ class Checkpointer:
         self.pending = records
         self.pending_bytes = sum(map(len, records))
 
+    def _keep(self, record: bytes) -> None:
+        """One more commit record for the next segment (its size kept, not summed anew)."""
+        self.pending.append(record)
+        self.pending_bytes += len(record)
+
     def _draw_threshold(self) -> None:
         # Why jitter: partitions under even load would all snapshot in the same instant,
         # and their encoding, which holds the event loop, would add up to one long stall.
@@ -83,8 +88,7 @@ class Checkpointer:
     async def after_commit(self, encoded: bytes, state: PartitionState, log_seq: int) -> None:
         if self.stateful and self.cfg.store is None:
             return  # nothing to snapshot to: the changelog is kept whole
-        self.pending.append(encoded)
-        self.pending_bytes += len(encoded)
+        self._keep(encoded)
         if self.due():
             await self.checkpoint(state, log_seq)
 
@@ -164,8 +168,7 @@ class Checkpointer:
                    "commits are missing")
             raise RestoreGapError(msg)
         state.apply(rec)
-        self.pending.append(data)
-        self.pending_bytes += len(data)
+        self._keep(data)
 
     async def _segments_after(self, commit_no: int) -> list[bytes]:
         assert self.cfg.store is not None

@@ -535,13 +535,10 @@ class Runner:
         """A version counts as running once the previous one has stopped: `wallaroo deploy`
         waits for that, so what follows a deploy (say, a replay) meets the new code."""
         retiring = self.retiring.get(slug, [])
-        running = [h for h in retiring if not h.partitions_released]
-        if running:
-            report = running[0].report(now, switching_to=host.manifest.version)
-        else:
-            report = host.report(now)
-        return _count_calls_of_old_versions(report, [h for h in [*retiring, host]
-                                                     if h is not (running or [host])[0]])
+        switching = next((h for h in retiring if not h.partitions_released), None)
+        shown = switching or host
+        report = shown.report(now, switching_to=host.manifest.version if switching else None)
+        return _count_calls_of_old_versions(report, [h for h in (*retiring, host) if h is not shown])
 
     async def _heartbeat(self, nats: Nats) -> None:
         now = time.time()

@@ -67,7 +67,8 @@ class Retention:
 
     def __post_init__(self) -> None:
         for what, value in vars(self).items():
-            if value is not None and (not isinstance(value, int | float) or value <= 0):
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is not None and (not number or value <= 0):
                 msg = (f"Retention({what}={value!r}): a limit is a positive number "
                        "(seconds or bytes), or None for no limit")
                 raise PipelineError(msg)

@@ -330,6 +330,17 @@ def test_a_state_that_does_not_load_fails_the_first_record_of_its_key() -> None:
     assert (err.value.step, err.value.item.rid) == ("count", (2, 0))
 
 
+def test_of_several_states_that_do_not_load_the_earliest_record_answers() -> None:
+    app = word_count()
+    eng = engine(app, 1)
+    step = app.stages[1].steps[0]
+    for keys in (["a", "y", "x", "z"], ["a", "x", "y", "z"], ["a", "z", "x", "y"]):
+        table = {state_slot(step, k): b"not a pickle" for k in ("x", "y", "z")}
+        with pytest.raises(RecordFailed) as err:
+            eng.attempt(keyed(*keys), table, {})
+        assert err.value.item.rid == (2, 0), keys
+
+
 @wl.computation_multi(name="pieces")
 def pieces(line):
     """Lists with a None inside, a tuple, and no list at all (None)."""

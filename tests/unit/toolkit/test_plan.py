@@ -210,7 +210,7 @@ def test_retention_defaults_bound_outputs_and_an_app_may_set_its_own() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"output_max_bytes": 0}, {"output_max_age": -1.0},
-                                 {"dead_letter_max_bytes": "1G"}])
+                                 {"dead_letter_max_bytes": "1G"}, {"output_max_age": True}])
 def test_a_retention_limit_is_positive_or_none(bad: dict[str, object]) -> None:
     with pytest.raises(PipelineError, match=f"Retention\\({next(iter(bad))}=.*positive number"):
         wl.Retention(**bad)  # type: ignore[arg-type]

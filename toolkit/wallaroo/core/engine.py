@@ -386,8 +386,11 @@ class StageEngine:
             dest[0].append(k)
             dest[1].append(v)
         for p, (ks, vs) in enumerate(columns):
-            if ks:
-                into = routed.setdefault(p, ([], []))
+            into = routed.get(p)
+            if into is None:
+                if ks:
+                    routed[p] = (ks, vs)
+            else:  # a release routes key after key into the same result
                 into[0].extend(ks)
                 into[1].extend(vs)
 
@@ -440,13 +443,15 @@ def _each_with_state(
     step: StepSpec, fn: Callable[..., Any], keys: list[str | None], vals: list[Any],
     table: Mapping[str, bytes], work: dict[str | None, Any],
 ) -> list[Any]:
-    # Every key's state in hand first (the first record of a key answers for its load), so
-    # the step then runs over the batch in one C-level map.
-    for k in set(keys).difference(work):
-        try:
-            work[k] = _load_state(step, k, table)
-        except Exception as exc:
-            raise _StepFailed(keys.index(k), exc) from exc
+    # Every key's state in hand first, in the order keys first appear (so a state that does
+    # not load fails the earliest record of its key), then the step runs over the batch in
+    # one C-level map.
+    for k in dict.fromkeys(keys):
+        if k not in work:
+            try:
+                work[k] = _load_state(step, k, table)
+            except Exception as exc:
+                raise _StepFailed(keys.index(k), exc) from exc
     states = list(map(work.__getitem__, keys))
     return _each(fn, vals, states, keys) if step.with_key else _each(fn, vals, states)
 

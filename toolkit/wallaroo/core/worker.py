@@ -537,7 +537,7 @@ class PartitionWorker:
                                  check_outputs=check_outputs, now=now)
         started, predicted = time.monotonic(), self._seconds_per_record * len(items)
         try:
-            if self._runs_inline(len(items)):
+            if self._runs_inline(predicted):
                 self._busy_since = started
                 try:
                     return call()
@@ -547,13 +547,13 @@ class PartitionWorker:
         finally:
             self._note_duration(time.monotonic() - started, predicted)
 
-    def _runs_inline(self, records: int) -> bool:
+    def _runs_inline(self, predicted: float) -> bool:
         """Run this batch's user code on the event loop? Only a batch this partition's own
         measurements say is short (the first always goes to the thread), of steps that call
         no functions (their calls may be served by this very loop). Why at all: handing a
         short batch to a thread costs a wake-up each way and a tug-of-war over the GIL with
-        the loop, which at a steady 20k records/s was most of the latency."""
-        predicted = self._seconds_per_record * records
+        the loop, which at a steady 20k records/s was most of the latency. (The 1.5: commits
+        are cut to INLINE_SECONDS of records, and per-record costs wobble batch to batch.)"""
         return self._may_run_inline and 0 < predicted <= INLINE_SECONDS * 1.5
 
     def _note_duration(self, seconds: float, predicted: float) -> None:

@@ -46,10 +46,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def listening(port: int) -> bool:
+def listening(port: int, timeout: float = 0.5) -> bool:
     """Does something accept connections on 127.0.0.1:`port` now?"""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -61,11 +61,9 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
         if proc is not None and proc.poll() is not None:
             msg = f"nats-server exited with code {proc.returncode} before listening on {port}"
             raise WallarooError(msg)
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
+        if listening(port, timeout=0.2):
+            return
+        time.sleep(0.02)
     msg = f"nats-server did not listen on 127.0.0.1:{port} within {timeout}s"
     raise WallarooError(msg)
 
