@@ -4,8 +4,12 @@ Every `every` commits or `seconds` seconds the owner writes a snapshot plus the 
 segment it covers (segment first), then purges the changelog below its newest record: that
 record stays, as the fence's anchor and for re-publishing its outputs after a crash. A failing
 store (S3 down) only delays the next snapshot: nothing is trimmed until one is written.
-Restore = newest valid snapshot + the changelog after it; if the changelog is gone, the
-snapshot and segments in the store alone."""
+Snapshots are incremental: a delta of the keys changed since the last snapshot, and a full one
+(compaction, encoded in a thread) when there is none yet, when the deltas since the last full
+one add up to its size, or after `max_deltas` of them. So a snapshot's cost follows the change
+rate, not the state's size, and a restore reads at most about twice the state.
+Restore = newest valid snapshot rolled forward through its deltas + the changelog after it; if
+the changelog is gone, the snapshots and segments in the store alone."""
 
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class CheckpointConfig:
     # next segment would grow the runner with the data volume instead of its state.
     max_pending_bytes: int = 4 << 20
     retry_after: float = 5.0  # after a failed snapshot (e.g. S3 down)
+    max_deltas: int = 64  # deltas after a full snapshot before the next full one, at most
     state_key: bytes | None = None  # MACs snapshots and segments (runners share it)
 
 
@@ -62,6 +67,11 @@ class Checkpointer:
     writing: asyncio.Task[None] | None = None
     threshold: int = 0
     restored_from: int | None = None  # commit number of the snapshot the last restore used
+    # The next delta's content and base: the newest value of each key changed since the
+    # newest stored snapshot, and that snapshot's commit (None: the next one must be full).
+    dirty: dict[str, bytes] = field(default_factory=dict)
+    base: int | None = None
+    chain: tuple[int, int, int] = (0, 0, 0)  # since the last full: its bytes, delta bytes, deltas
 
     def __post_init__(self) -> None:
         self._draw_threshold()
@@ -89,6 +99,8 @@ class Checkpointer:
         if self.stateful and self.cfg.store is None:
             return  # nothing to snapshot to: the changelog is kept whole
         self._keep(encoded)
+        if state.last is not None:
+            self.dirty.update(state.last.states)
         if self.due():
             await self.checkpoint(state, log_seq)
 
@@ -107,25 +119,48 @@ class Checkpointer:
         if self.writing is not None and not self.writing.done():
             return
         # Stateless stages too: their commit numbers must survive a lost changelog.
-        s = snap.Snapshot.of(self.slug, self.stage, self.part, state, log_seq, time.time())
+        changed, self.dirty = self.dirty, {}
+        s = self._snapshot(state, log_seq, changed)
         records = self.pending
         self._hold([])
         self.last_at = time.monotonic()
         self._draw_threshold()
-        self.writing = asyncio.create_task(self._write(s, records))
+        self.writing = asyncio.create_task(self._write(s, records, changed))
 
-    async def _write(self, s: snap.Snapshot, records: list[bytes]) -> None:
+    def _snapshot(self, state: PartitionState, log_seq: int, changed: dict[str, bytes]
+                  ) -> snap.Snapshot:
+        full_bytes, delta_bytes, deltas = self.chain
+        if self.base is None or delta_bytes >= full_bytes or deltas >= self.cfg.max_deltas:
+            # The table's copy is one C-level pass; the encoding runs in a thread.
+            return snap.Snapshot.of(self.slug, self.stage, self.part, state, log_seq, time.time())
+        return snap.Snapshot.delta(self.slug, self.stage, self.part, state, log_seq, time.time(),
+                                   self.base, changed)
+
+    async def _write(self, s: snap.Snapshot, records: list[bytes], changed: dict[str, bytes]) -> None:
         assert self.cfg.store is not None
         try:
-            await snap.write(self.cfg.store, s, records, self.cfg.state_key)
+            started = time.monotonic()
+            size = await snap.write(self.cfg.store, s, records, self.cfg.state_key)
+            self._written(s, size, time.monotonic() - started)
             await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
             await self._trim(s.log_seq)
         except Exception as err:  # any failure: keep the changelog, say so, try again later
             self.failures += 1
             self._hold(records + self.pending)  # the next segment must cover them again
+            self.dirty = changed | self.dirty  # and the next delta these keys (newer values win)
             self.last_at = time.monotonic() - self.cfg.seconds + self.cfg.retry_after
             log.warning("%s: snapshot failed (%d so far), changelog kept: %s",
                         self.log_subject, self.failures, err)
+
+    def _written(self, s: snap.Snapshot, size: int, took: float) -> None:
+        self.base = s.commit_no
+        full_bytes, delta_bytes, deltas = self.chain
+        self.chain = (full_bytes, delta_bytes + size, deltas + 1) if s.is_delta else (size, 0, 0)
+        # Full snapshots are rare (they follow the deltas' volume): each is worth a line.
+        log.log(logging.DEBUG if s.is_delta else logging.INFO,
+                "%s: %s snapshot of commit %d: %d keys, %d bytes, written in %.3fs",
+                self.log_subject, "delta" if s.is_delta else "full", s.commit_no, len(s.table),
+                size, took)
 
     async def _trim(self, log_seq: int) -> None:
         await self.nats.purge_subject_below(self.log_stream, self.log_subject, log_seq)
@@ -142,10 +177,14 @@ class Checkpointer:
         Commits must follow each other without a gap, or the restore fails (and is retried)
         rather than go on with state missing. `pending` is left holding the records the next
         segment must cover."""
-        base = await self._latest()
+        chain = await self._latest()
+        base = None if chain is None else chain.snapshot
         state = base.to_state() if base is not None else PartitionState()
-        self.restored_from = None if base is None else base.commit_no
+        self.restored_from = self.base = None if base is None else base.commit_no
+        if chain is not None:
+            self.chain = (chain.full_bytes, chain.delta_bytes, chain.deltas)
         self._hold([])
+        self.dirty = {}
         if base is not None:
             for data in await self._segments_after(state.commit_no):
                 self._apply(state, CommitRecord.from_wire(data), data)
@@ -169,6 +208,7 @@ class Checkpointer:
             raise RestoreGapError(msg)
         state.apply(rec)
         self._keep(data)
+        self.dirty.update(rec.states)
 
     async def _segments_after(self, commit_no: int) -> list[bytes]:
         assert self.cfg.store is not None
@@ -180,10 +220,10 @@ class Checkpointer:
                         err)
             return []
 
-    async def _latest(self) -> snap.Snapshot | None:
+    async def _latest(self) -> snap.Chain | None:
         if self.cfg.store is None:
             return None
-        return await snap.latest_valid(self.cfg.store, self.slug, self.stage, self.part,
+        return await snap.latest_chain(self.cfg.store, self.slug, self.stage, self.part,
                                        self.cfg.state_key)
 
     def _from_store_alone(self, state: PartitionState) -> PartitionState:

@@ -1,10 +1,19 @@
 """Partition snapshots and changelog segments, and where they live in a state store
 (DESIGN.md section 6).
 
-A snapshot is a partition's whole state after one commit; a segment holds the encoded commit
-records since the previous snapshot, up to and including the one it goes with. Recovery is the
-newest valid snapshot, then `segments_after` it (they cover a corrupt newer snapshot), then the
-JetStream changelog after that.
+Snapshots are incremental: a full snapshot (`.snap`) holds a partition's whole state after one
+commit; a delta (`.delta`) only the keys changed since the snapshot before it (its `base`), so
+writing one costs what changed, not the state's size. The checkpointer writes a new full
+snapshot (compaction) once the deltas since the last one add up to its size, which keeps the
+amortised cost proportional to the change rate and a restore at most about twice the state.
+A segment holds the encoded commit records since the previous snapshot (of either kind), up to
+and including the one it goes with. Recovery is the newest valid full snapshot rolled forward
+through the deltas after it, then `segments_after` that (they bridge a corrupt or missing
+delta), then the JetStream changelog after that.
+
+Tables are stored in chunks of at most CHUNK_KEYS keys, each packed on its own: packing or
+unpacking one chunk is one short call, so a big table is encoded in a thread without holding
+the interpreter for the whole table (the event loop keeps serving the other partitions).
 
 Both are sealed in one envelope: a msgpack map of kind, format version, the msgpack body, and
 the body's sha256, so a flipped bit, a cut-off file or a newer format is caught on reading
@@ -18,11 +27,14 @@ sorted listing is commit order.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import itertools
 import logging
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -33,11 +45,13 @@ from wallaroo.core.wire import CommitRecord
 from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: one table map, full snapshots only
+CHUNK_KEYS = 4096
 SNAPSHOT_KIND = "wallaroo-snapshot"
 SEGMENT_KIND = "wallaroo-segment"
 _MAX_COMMIT = 10**12 - 1  # what fits the 12-digit padding that keeps listings in commit order
-_SNAP_NAME = re.compile(r"(\d{12})\.snap")
+_SNAP_NAME = re.compile(r"(\d{12})\.(snap|delta)")
 _SEG_NAME = re.compile(r"(\d{12})-(\d{12})\.seg")
 
 
@@ -51,7 +65,8 @@ class CorruptSnapshotError(WallarooError, ValueError):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One partition's state after commit `commit_no`, which is at `log_seq` in the changelog."""
+    """One partition's state after commit `commit_no`, which is at `log_seq` in the changelog.
+    A delta (`base` set) holds in `table` only the keys changed after commit `base`."""
 
     slug: str
     stage: int
@@ -62,17 +77,31 @@ class Snapshot:
     watermarks: dict[str, int] = field(default_factory=dict)
     table: dict[str, bytes] = field(default_factory=dict)
     created: float = 0.0
+    base: int | None = None
 
     @classmethod
     def of(cls, slug: str, stage: int, part: int, state: PartitionState, log_seq: int,
            created: float) -> Snapshot:
-        """A snapshot of `state` (copied, so later commits do not change it)."""
+        """A full snapshot of `state` (copied, so later commits do not change it)."""
         return cls(slug, stage, part, state.commit_no, log_seq, state.committed_seq,
                    dict(state.watermarks), dict(state.table), created)
 
+    @classmethod
+    def delta(cls, slug: str, stage: int, part: int, state: PartitionState, log_seq: int,
+              created: float, base: int, changed: dict[str, bytes]) -> Snapshot:
+        """A delta of `state` over the snapshot of commit `base`: `changed` holds the newest
+        value of every key changed since (handed over: the caller must not change it after)."""
+        return cls(slug, stage, part, state.commit_no, log_seq, state.committed_seq,
+                   dict(state.watermarks), changed, created, base)
+
+    @property
+    def is_delta(self) -> bool:
+        return self.base is not None
+
     def to_state(self) -> PartitionState:
-        """The partition state to continue from; `last` is None (no commit record in hand)."""
-        return PartitionState(table=dict(self.table), watermarks=dict(self.watermarks),
+        """The partition state to continue from; `last` is None (no commit record in hand).
+        The table is handed over, not copied (a restored snapshot is read once)."""
+        return PartitionState(table=self.table, watermarks=dict(self.watermarks),
                               committed_seq=self.committed_seq, commit_no=self.commit_no)
 
 
@@ -85,8 +114,15 @@ def encode(snapshot: Snapshot, state_key: bytes | None = None) -> bytes:
     return _seal(SNAPSHOT_KIND, {
         "slug": s.slug, "stage": s.stage, "partition": s.partition, "commit_no": s.commit_no,
         "log_seq": s.log_seq, "committed_seq": s.committed_seq, "watermarks": s.watermarks,
-        "table": s.table, "created": s.created,
+        "table": [_pack(dict(chunk)) for chunk in _chunks(s.table)], "created": s.created,
+        "base": s.base,
     }, state_key)
+
+
+def _chunks(table: Mapping[str, bytes]) -> Iterator[Iterator[tuple[str, bytes]]]:
+    items = iter(table.items())
+    for _ in range(0, len(table), CHUNK_KEYS):
+        yield itertools.islice(items, CHUNK_KEYS)
 
 
 def decode(data: bytes, where: str = "snapshot", state_key: bytes | None = None) -> Snapshot:
@@ -94,9 +130,25 @@ def decode(data: bytes, where: str = "snapshot", state_key: bytes | None = None)
     with a state key, if its MAC is missing or wrong."""
     body = _unseal(SNAPSHOT_KIND, data, where, state_key)
     try:
-        return Snapshot(**{name: body[name] for name in _SNAPSHOT_FIELDS})
+        fields = {name: body[name] for name in _SNAPSHOT_FIELDS}
+        fields["table"] = _table(fields["table"], where)
+        return Snapshot(**fields, base=body.get("base"))
     except (KeyError, TypeError) as e:
         raise CorruptSnapshotError(where, f"has no field {e}: not written by this format") from e
+
+
+def _table(stored: Any, where: str) -> dict[str, bytes]:
+    if isinstance(stored, dict):  # format version 1: one map
+        return stored
+    if not isinstance(stored, list) or not all(isinstance(c, bytes) for c in stored):
+        raise CorruptSnapshotError(where, "holds no table chunks")
+    table: dict[str, bytes] = {}
+    for chunk in stored:
+        part = _unpack(chunk, where)
+        if not isinstance(part, dict):
+            raise CorruptSnapshotError(where, "holds a table chunk that is not a map")
+        table.update(part)
+    return table
 
 
 _SNAPSHOT_FIELDS = ("slug", "stage", "partition", "commit_no", "log_seq", "committed_seq",
@@ -116,8 +168,12 @@ def decode_segment(data: bytes, where: str = "segment", state_key: bytes | None 
     return body
 
 
+def _pack(body: Any) -> bytes:
+    return bytes(msgpack.packb(body, use_bin_type=True))
+
+
 def _seal(kind: str, body: Any, state_key: bytes | None) -> bytes:
-    packed = bytes(msgpack.packb(body, use_bin_type=True))
+    packed = _pack(body)
     envelope: dict[str, Any] = {"kind": kind, "v": FORMAT_VERSION,
                                 "sha256": hashlib.sha256(packed).digest(), "body": packed}
     if state_key is not None:
@@ -137,7 +193,7 @@ def _check_mac(outer: dict[str, Any], kind: str, where: str, state_key: bytes | 
     if not isinstance(mac, bytes):
         raise CorruptSnapshotError(where, "carries no MAC, and this runner has a state key: it "
                                           "was written without one, or the MAC was stripped")
-    if not hmac.compare_digest(mac, _mac(state_key, kind, FORMAT_VERSION, outer["body"])):
+    if not hmac.compare_digest(mac, _mac(state_key, kind, outer["v"], outer["body"])):
         raise CorruptSnapshotError(where, "fails its MAC check: it was changed after writing, "
                                           "or written with another state key")
 
@@ -147,9 +203,9 @@ def _unseal(kind: str, data: bytes, where: str, state_key: bytes | None) -> Any:
     if not isinstance(outer, dict) or outer.get("kind") != kind:
         found = outer.get("kind") if isinstance(outer, dict) else type(outer).__name__
         raise CorruptSnapshotError(where, f"is not a {kind} (found {found!r})")
-    if outer.get("v") != FORMAT_VERSION:
+    if outer.get("v") not in READABLE_VERSIONS:
         raise CorruptSnapshotError(where, f"has format version {outer.get('v')!r}, this runner reads "
-                                          f"version {FORMAT_VERSION}: upgrade the runner")
+                                          f"versions {READABLE_VERSIONS}: upgrade the runner")
     body = outer.get("body")
     if not isinstance(body, bytes) or hashlib.sha256(body).digest() != outer.get("sha256"):
         raise CorruptSnapshotError(where, "fails its sha256 checksum: the bytes changed after writing")
@@ -168,9 +224,21 @@ def _unpack(data: bytes, where: str) -> Any:
 # --- keys ---------------------------------------------------------------------------------
 
 
-def snapshot_key(slug: str, stage: int, part: int, commit_no: int) -> str:
-    """`snapshots/<slug>/<stage>/<part>/<commit_no:012d>.snap`"""
-    return f"{_folder('snapshots', slug, stage, part)}{_commit(commit_no)}.snap"
+def snapshot_key(slug: str, stage: int, part: int, commit_no: int, delta: bool = False) -> str:
+    """`snapshots/<slug>/<stage>/<part>/<commit_no:012d>.snap`, or `.delta` for a delta"""
+    return f"{_folder('snapshots', slug, stage, part)}{_commit(commit_no)}.{_SUFFIX[delta]}"
+
+
+_SUFFIX = {False: "snap", True: "delta"}
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A stored snapshot file of a partition, known from its key."""
+
+    commit_no: int
+    delta: bool
+    key: str
 
 
 def segment_key(slug: str, stage: int, part: int, first_commit: int, last_commit: int) -> str:
@@ -196,14 +264,14 @@ def _commit(n: int) -> str:
     return f"{n:012d}"
 
 
-async def _snapshots(store: StateStore, slug: str, stage: int, part: int) -> list[tuple[int, str]]:
-    """(commit_no, key) of every snapshot of a partition, oldest first."""
+async def _snapshots(store: StateStore, slug: str, stage: int, part: int) -> list[Listed]:
+    """Every snapshot (full and delta) of a partition, oldest commit first."""
     found = []
     for key in await store.list(_folder("snapshots", slug, stage, part)):
         m = _SNAP_NAME.fullmatch(key.rpartition("/")[2])
         if m:
-            found.append((int(m[1]), key))
-    return sorted(found)
+            found.append(Listed(int(m[1]), m[2] == "delta", key))
+    return sorted(found, key=lambda f: (f.commit_no, f.delta))
 
 
 async def _segments(store: StateStore, slug: str, stage: int, part: int) -> list[tuple[int, int, str]]:
@@ -220,10 +288,11 @@ async def _segments(store: StateStore, slug: str, stage: int, part: int) -> list
 
 
 async def write(store: StateStore, snapshot: Snapshot, segment_records: list[bytes],
-                state_key: bytes | None = None) -> None:
+                state_key: bytes | None = None) -> int:
     """Store the changelog segment ending at the snapshot's commit, then the snapshot: a reader
     that finds the snapshot also finds every commit it covers. `segment_records` are encoded
-    commit records in order; empty writes the snapshot alone. Both are MACed with `state_key`."""
+    commit records in order; empty writes the snapshot alone. Both are MACed with `state_key`.
+    Encoding runs in a thread, chunk by chunk. Returns the snapshot's size in bytes."""
     s = snapshot
     if segment_records:
         first, last = _commit_range(segment_records)
@@ -232,7 +301,9 @@ async def write(store: StateStore, snapshot: Snapshot, segment_records: list[byt
             raise ValueError(msg)
         await store.put(segment_key(s.slug, s.stage, s.partition, first, last),
                         encode_segment(segment_records, state_key))
-    await store.put(snapshot_key(s.slug, s.stage, s.partition, s.commit_no), encode(s, state_key))
+    data = await asyncio.to_thread(encode, s, state_key)
+    await store.put(snapshot_key(s.slug, s.stage, s.partition, s.commit_no, s.is_delta), data)
+    return len(data)
 
 
 def _commit_range(records: list[bytes]) -> tuple[int, int]:
@@ -243,30 +314,87 @@ def _commit_range(records: list[bytes]) -> tuple[int, int]:
     return numbers[0], numbers[-1]
 
 
+@dataclass(frozen=True)
+class Chain:
+    """What a restore found: the state the stored snapshots rebuild (a full snapshot rolled
+    forward through the deltas after it), and the sizes the checkpointer's compaction needs."""
+
+    snapshot: Snapshot
+    full_bytes: int
+    delta_bytes: int
+    deltas: int
+
+
 async def latest_valid(store: StateStore, slug: str, stage: int, part: int,
                        state_key: bytes | None = None) -> Snapshot | None:
-    """The newest snapshot of the partition that decodes (and, with a state key, carries its
-    MAC); a corrupt one is logged and the one before it tried. None when there is none."""
-    for commit_no, key in reversed(await _snapshots(store, slug, stage, part)):
-        data = await store.get(key)
-        if data is None:  # pruned between listing and reading
-            continue
-        where = f"snapshot {key}"
-        try:
-            snap = decode(data, where, state_key)
-            _check_identity(snap, where, (slug, stage, part, commit_no))
-        except CorruptSnapshotError as e:
-            log.warning("%s; trying the snapshot before it", e)
-            continue
-        return snap
+    """The newest state the stored snapshots rebuild (see `latest_chain`); None without one."""
+    chain = await latest_chain(store, slug, stage, part, state_key)
+    return None if chain is None else chain.snapshot
+
+
+async def latest_chain(store: StateStore, slug: str, stage: int, part: int,
+                       state_key: bytes | None = None) -> Chain | None:
+    """The newest full snapshot of the partition that decodes (and, with a state key, carries
+    its MAC), rolled forward through the deltas after it as far as they join up; a corrupt
+    full snapshot is logged and the one before it tried, a corrupt or missing delta ends the
+    roll (the stored segments bridge from there). None when there is no full snapshot."""
+    listed = await _snapshots(store, slug, stage, part)
+    for full in reversed([f for f in listed if not f.delta]):
+        read = await _read(store, full, (slug, stage, part), state_key)
+        if read is not None:
+            later = [f for f in listed if f.delta and f.commit_no > full.commit_no]
+            return await _roll(store, read, later, (slug, stage, part), state_key)
     return None
 
 
-def _check_identity(snap: Snapshot, where: str, expected: tuple[str, int, int, int]) -> None:
-    """A snapshot copied under another partition's key must not restore that partition."""
+async def _read(store: StateStore, listed: Listed, where_from: tuple[str, int, int],
+                state_key: bytes | None) -> tuple[Snapshot, int] | None:
+    """The snapshot and its size; None (logged) when it is gone, corrupt or misplaced."""
+    data = await store.get(listed.key)
+    if data is None:  # pruned between listing and reading
+        return None
+    where = f"snapshot {listed.key}"
+    try:
+        found = await asyncio.to_thread(decode, data, where, state_key)
+        _check_identity(found, where, (*where_from, listed.commit_no), listed.delta)
+    except CorruptSnapshotError as e:
+        log.warning("%s; %s", e, "ending the roll forward there" if listed.delta
+                    else "trying the snapshot before it")
+        return None
+    return found, len(data)
+
+
+async def _roll(store: StateStore, full: tuple[Snapshot, int], deltas: list[Listed],
+                where_from: tuple[str, int, int], state_key: bytes | None) -> Chain:
+    current, full_bytes = full
+    delta_bytes = applied = 0
+    for listed in deltas:
+        read = await _read(store, listed, where_from, state_key)
+        if read is None:
+            break
+        delta, size = read
+        assert delta.base is not None
+        if delta.base > current.commit_no:
+            log.warning("snapshot %s is a delta over commit %d, the roll forward reached only %d",
+                        listed.key, delta.base, current.commit_no)
+            break
+        # A delta over an earlier commit still holds the newest value of every key changed
+        # since: applied on a later state it gives the state of its own commit.
+        current.table.update(delta.table)  # in place: the full snapshot was read for this only
+        current = replace(delta, table=current.table, base=None)
+        delta_bytes, applied = delta_bytes + size, applied + 1
+    return Chain(current, full_bytes, delta_bytes, applied)
+
+
+def _check_identity(snap: Snapshot, where: str, expected: tuple[str, int, int, int],
+                    delta: bool) -> None:
+    """A snapshot copied under another partition's key must not restore that partition (nor
+    a delta pass for a full snapshot, or the other way round)."""
     found = (snap.slug, snap.stage, snap.partition, snap.commit_no)
     if found != expected:
         raise CorruptSnapshotError(where, f"holds app/stage/partition/commit {found}, not {expected}")
+    if snap.is_delta != delta:
+        raise CorruptSnapshotError(where, f"is {'not ' * delta}a delta, as its name says")
 
 
 async def segments_after(store: StateStore, slug: str, stage: int, part: int,
@@ -305,16 +433,19 @@ def _append_after(out: list[bytes], records: list[bytes], current: int, where: s
 
 
 async def prune(store: StateStore, slug: str, stage: int, part: int, keep: int = 2) -> list[str]:
-    """Delete all but the newest `keep` snapshots, and the segments that end at or before the
-    oldest one kept (recovery from it never reads them). Returns the deleted keys."""
+    """Delete all but the newest `keep` full snapshots, with the deltas up to the oldest one
+    kept and the segments that end at or before it (recovery from it never reads them).
+    Returns the deleted keys."""
     if keep < 1:
         msg = f"keep must be at least 1 (the newest snapshot), got {keep}"
         raise ValueError(msg)
-    snaps = await _snapshots(store, slug, stage, part)
-    if not snaps:
+    listed = await _snapshots(store, slug, stage, part)
+    fulls = [f for f in listed if not f.delta]
+    if not fulls:
         return []
-    oldest_kept = snaps[-keep:][0][0]
-    doomed = [key for _, key in snaps[:-keep]]
+    oldest_kept = fulls[-keep:][0].commit_no
+    doomed = [f.key for f in listed if f.commit_no < oldest_kept
+              or (f.delta and f.commit_no == oldest_kept)]
     doomed += [key for _, last, key in await _segments(store, slug, stage, part) if last <= oldest_kept]
     for key in doomed:
         await store.delete(key)

@@ -10,6 +10,7 @@ import hashlib
 import random
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -121,7 +122,7 @@ async def _snapshot_commit(store: FileStore, slug: str, stage: int, part: int) -
     return latest.commit_no if latest else 0
 
 
-def test_a_forged_snapshot_is_refused_by_its_mac_and_the_one_before_used(tmp_path: Path) -> None:
+def test_a_forged_snapshot_is_refused_by_its_mac_and_the_ones_before_used(tmp_path: Path) -> None:
     rng = random.Random(11)
     sent: list[bytes] = []
     store = tmp_path / "store"
@@ -158,24 +159,32 @@ def test_a_forged_snapshot_is_refused_by_its_mac_and_the_one_before_used(tmp_pat
 
 
 def forge_newest_snapshot(stage_dir: Path) -> Path:
-    """Roll one key's state in a partition's newest snapshot back to what its snapshot before
-    held, and recompute the checksum: what someone who can write the store but holds no state
-    key can do. Restored, it would repeat that word's counts. Returns the file forged."""
+    """Roll one key's state in a partition's newest snapshot (full or delta) back to what an
+    earlier snapshot held, and recompute the checksum: what someone who can write the store but
+    holds no state key can do. Restored, it would repeat that word's counts. Returns the file
+    forged."""
     for part in sorted(stage_dir.iterdir()):
-        snaps = sorted(part.glob("*.snap"))
-        if len(snaps) < 2:
-            continue
-        older, newest = snaps[-2:]
-        old_table = msgpack.unpackb(msgpack.unpackb(older.read_bytes())["body"])["table"]
+        *earlier, newest = sorted(part.glob("*.*"), key=lambda p: (p.stem, p.suffix == ".delta"))
         envelope = msgpack.unpackb(newest.read_bytes())
         body = msgpack.unpackb(envelope["body"])
-        changed = [k for k, v in body["table"].items() if old_table.get(k, v) != v]
-        if not changed:
+        table = table_of(body)
+        for older in reversed(earlier):
+            old_table = table_of(msgpack.unpackb(msgpack.unpackb(older.read_bytes())["body"]))
+            changed = [k for k, v in table.items() if old_table.get(k, v) != v]
+            if changed:
+                break
+        else:
             continue
-        body["table"][changed[0]] = old_table[changed[0]]
+        table[changed[0]] = old_table[changed[0]]
+        body["table"] = [msgpack.packb(table, use_bin_type=True)]
         envelope["body"] = msgpack.packb(body, use_bin_type=True)
         envelope["sha256"] = hashlib.sha256(envelope["body"]).digest()
         assert "mac" in envelope, "runners of a DevCluster MAC their snapshots"
         newest.write_bytes(msgpack.packb(envelope, use_bin_type=True))
         return newest
-    raise AssertionError("no key changed between a partition's last two snapshots")
+    raise AssertionError("no key changed between a partition's snapshots")
+
+
+def table_of(body: dict[str, Any]) -> dict[str, bytes]:
+    """A snapshot body's table: stored in msgpack chunks (format version 2)."""
+    return {k: v for chunk in body["table"] for k, v in msgpack.unpackb(chunk).items()}
