@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 def test_rollback_runs_the_earlier_version_on_the_state_the_later_one_left(tmp_path: Path) -> None:
     """v1 counts, v2 (another format) counts on, rollback to v1: the counts go on across all
-    three (keyed state kept) and the outputs after the rollback are in v1's format."""
+    three (keyed state kept) and the outputs after the rollback are in v1's format. Then a
+    rollback the runners refuse exits 1, and one more rollback undoes it."""
     with DevCluster(tmp_path / "c", runners=2) as cluster:
         def cli(*args: str, role: str = "deployer") -> tuple[int, str, str]:
             res = wallaroo(*args, "--nats", cluster.url, cwd=tmp_path, creds=cluster.creds(role))
@@ -54,6 +55,8 @@ def test_rollback_runs_the_earlier_version_on_the_state_the_later_one_left(tmp_p
         # runners do not trust: they refuse it, and rollback says so and exits 1.
         assert wallaroo("keys", "generate", "--dir", "foreign", cwd=tmp_path).returncode == 0
         code, _, refused = cli("rollback", "counter", "--key", str(tmp_path / "foreign" / "deploy.key"))
+        # ... and rolling back again undoes the refused one: the runners never left v1.
+        undo = cli("rollback", "counter")
         outputs = asyncio.run(read_outputs(cluster.url))
 
     assert sorted(outputs[:3]) == ["a => 1", "a => 2", "b => 1"]
@@ -65,6 +68,8 @@ def test_rollback_runs_the_earlier_version_on_the_state_the_later_one_left(tmp_p
     for runner in ("r0", "r1"):
         assert f"error: runner {runner} refused {v2}: SignatureError: counter version {v2} is " \
                "signed with key ed25519:" in refused
+    assert undo[0] == 0 and undo[1] == f"rolled counter back from version {v2} to {v1}\n", undo
+    assert f"rollout: 2/2 runner(s) on {v1}" in undo[2]
 
 
 def test_rollback_errors_say_what_there_is_to_go_back_to(tmp_path: Path, nats_server: NatsServer) -> None:

@@ -191,8 +191,8 @@ def _report_rollout(state: Any) -> bool:
 def rollback(
     app_name: Annotated[str, typer.Argument(metavar="APP")],
     to: Annotated[str | None, typer.Option("--to", metavar="VERSION", help="the version to go "
-                  "back to, or a unique prefix of it (`wallaroo versions APP`) [default: the "
-                  "one deployed before the current one]")] = None,
+                  "back to, or a unique prefix of it (`wallaroo versions APP`); without it, "
+                  "the one deployed before the current one")] = None,
     nats: NatsOpt = None,
     wait: Annotated[bool, typer.Option(help="wait until every live runner runs it")] = True,
     wait_timeout: Annotated[float, typer.Option(help="seconds to wait for the rollout")] = 60.0,
