@@ -188,6 +188,64 @@ def _report_rollout(state: Any) -> bool:
 
 
 @app.command()
+def rollback(
+    app_name: Annotated[str, typer.Argument(metavar="APP")],
+    to: Annotated[str | None, typer.Option("--to", metavar="VERSION", help="the version to go "
+                  "back to, or a unique prefix of it (`wallaroo versions APP`); without it, "
+                  "the one deployed before the current one")] = None,
+    nats: NatsOpt = None,
+    wait: Annotated[bool, typer.Option(help="wait until every live runner runs it")] = True,
+    wait_timeout: Annotated[float, typer.Option(help="seconds to wait for the rollout")] = 60.0,
+    key: Annotated[Path | None, typer.Option("--key", envvar="WALLAROO_DEPLOY_KEY", metavar="FILE",
+                   help="ed25519 private key to sign with, as for deploy")] = None,
+) -> None:
+    """Point APP back at an earlier deployed version (its stored artifact: no app file
+    needed), signed anew; runners switch between batches, keeping state. Exits 1 when a
+    runner refuses it or the rollout times out."""
+    from wallaroo.control import status as st
+    from wallaroo.control import versions
+
+    if to == "":
+        msg = "--to needs a version (or a prefix of one)"
+        raise typer.BadParameter(msg)
+
+    async def body(nc: Nats) -> bool:
+        before, m = await versions.rollback(nc, app_name, to, key)
+        typer.echo(f"rolled {m.name} back from version {before.version} to {m.version}")
+        if not m.signature:
+            typer.secho("warning: unsigned (no --key, $WALLAROO_DEPLOY_KEY or dev cluster key): "
+                        "only runners started with --allow-unsigned run it", err=True,
+                        fg=typer.colors.YELLOW)
+        return not wait or _report_rollout(await st.wait_rollout(nc, m, wait_timeout, _show_rollout))
+
+    if not on_nats(nats, body, role="deployer"):
+        raise typer.Exit(1)
+
+
+@app.command("versions")
+def versions_command(app_name: Annotated[str, typer.Argument(metavar="APP")],
+                     nats: NatsOpt = None) -> None:
+    """APP's deployed versions, the most recent first: when each was deployed, how often,
+    its partitions per stage, which key signed it, and which one is current (what
+    `wallaroo rollback` can go to)."""
+    from datetime import UTC, datetime
+
+    from wallaroo.control import versions
+
+    found = on_nats(nats, lambda nc: versions.deploys(nc, app_name))
+
+    def when(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    rows = [[v.manifest.version, when(v.manifest.created), when(v.first_deployed), str(v.deploys),
+             "+".join(str(s.partitions) for s in v.manifest.stages),
+             v.manifest.signature.rpartition(":")[0] or "unsigned",
+             "yes" if v.current else ""] for v in found.versions()]
+    _table(["version", "deployed", "first deployed", "deploys", "partitions", "signed by", "current"],
+           rows, "")
+
+
+@app.command()
 def send(
     app_name: Annotated[str, typer.Argument(metavar="APP")],
     source: Annotated[str, typer.Argument(help="source name")],

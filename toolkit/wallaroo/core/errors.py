@@ -118,6 +118,19 @@ class UnknownNameError(WallarooError):
         super().__init__(f"app has no {kind} named {name!r}; its {kind}s are: {', '.join(known)}")
 
 
+class RollbackError(WallarooError):
+    """`wallaroo rollback` cannot go to the version asked for (none earlier, another partition
+    layout, its artifact gone, a deploy in between)."""
+
+
+class UnknownVersionError(RollbackError):
+    def __init__(self, app: str, version: str, known: list[str]) -> None:
+        self.app, self.version, self.known = app, version, known
+        super().__init__(f"{app} has no deployed version {version!r} (or it is older than the "
+                         f"manifest history kept); its versions, newest first: {', '.join(known)}. "
+                         f"Pass one of them (or a unique prefix) to --to")
+
+
 class NatsUnreachableError(WallarooError, ConnectionError):
     def __init__(self, url: str) -> None:
         self.url = url

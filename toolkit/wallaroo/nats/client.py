@@ -649,6 +649,18 @@ class Nats:
             return None
         return KvEntry(key, bytes(e.value or b""), int(e.revision))
 
+    async def kv_history(self, bucket: str, key: str) -> list[KvEntry]:
+        """Every value `key` still holds in `bucket`'s history, oldest first (delete markers
+        left out); [] for a missing bucket. Batched direct gets, like read_subject: no
+        consumer, so no meta leader needed."""
+        if await self._kv(bucket, create=False) is None:
+            return []
+        stream = f"KV_{bucket}"
+        last = await self.stream_last_seq(stream)
+        return [KvEntry(key, m.data, m.seq)
+                async for m in self.read_subject(stream, f"$KV.{bucket}.{key}", last)
+                if m.kv_operation not in ("DEL", "PURGE")]
+
     async def kv_create(self, bucket: str, key: str, value: bytes) -> int | None:
         """Write `key` only if it does not exist; its revision, or None if it exists."""
         kv = await self._kv(bucket)
