@@ -269,6 +269,30 @@ def status(nats: NatsOpt = None) -> None:
         _table(st.PROBLEM_COLUMNS, s.problems, "")
 
 
+@app.command()
+def top(
+    nats: NatsOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit; its rates "
+                    "come from two samples --interval apart")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between samples")] = 1.0,
+) -> None:
+    """A live view of apps, stages, lag, rates and runners (Ctrl-C quits)."""
+    from wallaroo.control import top as tp
+
+    if once:
+        before, now = on_nats(nats, lambda nc: tp.two_samples(nc, interval))
+        typer.echo(tp.frame(now, before).text())
+        return
+    from rich.live import Live
+
+    async def body(nc: Nats) -> None:
+        with Live(refresh_per_second=1) as view:
+            await tp.live(nc, interval, lambda f: view.update(f.renderable()), asyncio.Event())
+
+    with contextlib.suppress(KeyboardInterrupt):
+        on_nats(nats, body)
+
+
 def _table(columns: list[str], rows: list[list[str]], empty: str) -> None:
     typer.echo(render_table(columns, rows) if rows else empty)
     typer.echo("")
