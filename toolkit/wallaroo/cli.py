@@ -64,8 +64,8 @@ NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (default: 
                                              "the running dev cluster, or nats://127.0.0.1:4222)")]
 MetricsPortOpt = Annotated[int, typer.Option(min=0, max=65535, help="serve Prometheus /metrics "
                           "on this port (0: any free port; `wallaroo status` lists it)")]
-MetricsHostOpt = Annotated[str, typer.Option(help="address /metrics listens on (a VM's private "
-                           "address to be scraped inside the VPC)")]
+MetricsHostOpt = Annotated[str, typer.Option(envvar="WALLAROO_METRICS_HOST", help="address "
+                           "/metrics listens on (a VM's private address, scraped inside the VPC)")]
 AppFile = Annotated[Path, typer.Argument(metavar="APP.py", help="the app's .py file", exists=True,
                                          dir_okay=False)]
 
