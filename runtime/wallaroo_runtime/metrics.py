@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
@@ -175,7 +175,7 @@ class _RunnerStateCollector(Collector):
         return [*_partition_families(now.partitions), *_function_families(now.functions)]
 
 
-def _partition_families(parts: list[PartitionState]) -> Iterator[Metric]:
+def _partition_families(parts: list[PartitionState]) -> list[Metric]:
     lag = GaugeMetricFamily("wallaroo_partition_lag", "Input messages of the partition not "
                             "yet delivered (as of its last fetch)", labels=PART_LABELS)
     busy = GaugeMetricFamily("wallaroo_partition_busy_seconds", "How long the batch in hand "
@@ -186,10 +186,10 @@ def _partition_families(parts: list[PartitionState]) -> Iterator[Metric]:
         busy.add_metric(labels, p.busy_seconds)
     owned = GaugeMetricFamily("wallaroo_partitions", "Partitions this runner runs now",
                               value=len(parts))
-    return iter((lag, busy, owned))
+    return [lag, busy, owned]
 
 
-def _function_families(functions: list[FunctionState]) -> Iterator[Metric]:
+def _function_families(functions: list[FunctionState]) -> list[Metric]:
     labels = ["app", "function", "version"]
     calls = CounterMetricFamily("wallaroo_function_calls", "Function calls finished here, by "
                                 "outcome", labels=[*labels, "outcome"])
@@ -203,7 +203,7 @@ def _function_families(functions: list[FunctionState]) -> Iterator[Metric]:
             calls.add_metric([*key, outcome], n)
         retries.add_metric(key, f.retried)
         running.add_metric(key, f.running)
-    return iter((calls, retries, running))
+    return [calls, retries, running]
 
 
 def _summed(functions: list[FunctionState]) -> list[FunctionState]:
