@@ -12,6 +12,9 @@ locals {
   # tls://: clients must verify the node's certificate (cluster CA, IP SAN) before they talk.
   nats_urls  = [for ip in local.nats_ips : "tls://${ip}:${local.nats_ports.client}"]
   nats_ports = { client = 4222, cluster = 6222, http = 8222 }
+  # Prometheus /metrics of the runners and of the autoscaler (on NATS node 0), scraped from
+  # inside the VPC: network.tf's two metrics rules open this port (spelled there as a number).
+  metrics_port = 9464
 
   # Runners take one URL (see README "Limits"); the client learns the other nodes from it.
   runner_nats_url = local.nats_urls[0]

@@ -49,6 +49,9 @@ locals {
         # Its own node's address: nats-server listens on the private IP, not on loopback.
         nats_url    = local.nats_urls[i]
         secrets_dir = local.autoscaler_secrets_dir
+        # /metrics on the node's private address: the security group admits it from the VPC
+        metrics_host = ip
+        metrics_port = local.metrics_port
       }))
     })
   ]

@@ -109,6 +109,24 @@ resource "aws_vpc_security_group_ingress_rule" "nats_monitoring" {
   cidr_ipv4         = aws_vpc.main.cidr_block
 }
 
+resource "aws_vpc_security_group_ingress_rule" "runner_metrics" {
+  security_group_id = aws_security_group.runner.id
+  description       = "Prometheus /metrics of the runners: inside the VPC only"
+  ip_protocol       = "tcp"
+  from_port         = 9464 # local.metrics_port
+  to_port           = 9464
+  cidr_ipv4         = aws_vpc.main.cidr_block
+}
+
+resource "aws_vpc_security_group_ingress_rule" "autoscaler_metrics" {
+  security_group_id = aws_security_group.nats.id
+  description       = "Prometheus /metrics of the autoscaler (NATS node 0): inside the VPC only"
+  ip_protocol       = "tcp"
+  from_port         = 9464 # local.metrics_port
+  to_port           = 9464
+  cidr_ipv4         = aws_vpc.main.cidr_block
+}
+
 resource "aws_vpc_security_group_ingress_rule" "nats_ssh" {
   for_each = var.ssh_key_name == null ? toset([]) : toset(var.operator_cidrs)
 

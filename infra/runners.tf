@@ -1,17 +1,24 @@
 locals {
   runner_secrets_dir = "${local.secrets_dir}/runner"
+  # WALLAROO_METRICS_HOST=<private address>, written by cloud-init at first boot
+  runner_metrics_env = "/etc/default/wallaroo-runner"
 
   # No secret in here: the runner's credentials, CA, deploy public key and state key come from
   # SSM at boot (wallaroo-secrets.service), with the runner role.
   runner_user_data = templatefile("${local.templates}/cloud-init/runner.yaml", {
     install_script = base64encode(local.install_script)
     runner_unit = base64encode(templatefile("${local.templates}/wallaroo-runner.service", {
-      venv        = local.venv
-      nats_url    = local.runner_nats_url
-      state_store = local.state_store_url
-      replicas    = local.replicas
-      region      = var.region
-      secrets_dir = local.runner_secrets_dir
+      venv         = local.venv
+      nats_url     = local.runner_nats_url
+      state_store  = local.state_store_url
+      replicas     = local.replicas
+      region       = var.region
+      secrets_dir  = local.runner_secrets_dir
+      metrics_port = local.metrics_port
+      metrics_env  = local.runner_metrics_env
+    }))
+    metrics_script = base64encode(templatefile("${local.templates}/cloud-init/metrics-address.sh", {
+      env_file = local.runner_metrics_env
     }))
     secrets_unit = base64encode(templatefile("${local.templates}/wallaroo-secrets.service", {
       region  = var.region

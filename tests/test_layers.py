@@ -31,7 +31,8 @@ OWNERS = {"nats": {"wallaroo.nats.client"},
           "boto3": {"wallaroo_runtime.autoscale.aws", "wallaroo_runtime.ssm"},
           "aiobotocore": {"wallaroo_runtime.statestore"},
           "botocore": {"wallaroo_runtime.statestore", "wallaroo_runtime.ssm"},
-          "aiohttp": {"wallaroo_runtime.connectors.sinks"}}
+          "aiohttp": {"wallaroo_runtime.connectors.sinks"},
+          "prometheus_client": {"wallaroo_runtime.metrics"}}
 
 
 def layer(module: str) -> str | None:

@@ -47,6 +47,7 @@ from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
 from wallaroo_runtime.connectors import SinkStats, connector_tasks, run_leased
 from wallaroo_runtime.executor import ExecutorConfig, FunctionExecutor
+from wallaroo_runtime.metrics import FunctionState, PartitionState, RunnerMetrics, RunnerView, serve
 from wallaroo_runtime.process import backoff, run_until_signal
 from wallaroo_runtime.statestore import open_store
 
@@ -96,6 +97,7 @@ class AppHost:
     connector_runs: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     sink_stats: dict[str, SinkStats] = field(default_factory=dict)
     troubles: dict[Part, Trouble] = field(default_factory=dict)
+    metrics: RunnerMetrics | None = None  # None: this runner exports no metrics
 
     @property
     def app(self) -> Application:
@@ -179,8 +181,9 @@ class AppHost:
         names = AppNames(self.app.slug)
         checkpoints = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
                                    part[1], names.log_stream, names.log(*part), stage.stateful)
+        observer = self.metrics.partition(self.app.slug, *part) if self.metrics else None
         return PartitionWorker(self.nats, self.app, self.manifest.version, stage, part[1],
-                               self.cfg, checkpoints)
+                               self.cfg, checkpoints, observer=observer)
 
     def start_connectors(self) -> None:
         """Start (or restart a failed) run per connector source and sink; each runs only on
@@ -239,6 +242,17 @@ class AppHost:
                     for part, t in sorted(self.troubles.items()) if self._still_failing(part, t)},
         )
 
+    def metrics_view(self) -> tuple[list[PartitionState], list[FunctionState]]:
+        """Its partitions' lag and functions' counts, for a scrape (on the metrics server's
+        thread: reads only, over copies of the dicts the loop changes)."""
+        slug, version = self.app.slug, self.manifest.version
+        parts = [PartitionState(slug, stage, part, w.pending, w.busy_for())
+                 for (stage, part), w in list(self.workers.items())]
+        functions = [FunctionState(slug, name, version, ex.stats.done, ex.stats.failed,
+                                   ex.stats.cancelled, ex.stats.retried, len(ex.running))
+                     for name, ex in list(self.executors.items())]
+        return parts, functions
+
     def _still_failing(self, part: Part, trouble: Trouble) -> bool:
         """Owned here, failed lately, and no worker started since the failure has committed."""
         now = self.workers.get(part)
@@ -295,6 +309,23 @@ class Runner:
         self._stop: asyncio.Event | None = None
         self._scheduling: asyncio.Task[None] | None = None
         self.replacing = ""  # why this process is to be replaced, once asked
+        self.metrics: RunnerMetrics | None = None
+        self.metrics_address = ""  # host:port of its /metrics, told in its heartbeat
+
+    def serve_metrics(self, host: str, port: int) -> None:
+        """Export this runner's metrics on http://host:port/metrics (port 0: any free one)
+        from now on; the address goes into the heartbeat, where `wallaroo status` shows it."""
+        self.metrics = RunnerMetrics(self.runner_id, self.metrics_view)
+        self.metrics_address = serve(self.metrics.registry, host, port).address
+
+    def metrics_view(self) -> RunnerView:
+        view = RunnerView()
+        hosts = [*self.hosts.values(), *(h for hs in list(self.retiring.values()) for h in hs)]
+        for host in hosts:
+            parts, functions = host.metrics_view()
+            view.partitions.extend(parts)
+            view.functions.extend(functions)
+        return view
 
     def replace(self, why: str) -> None:
         """Leave as on SIGTERM (commit, release, hand over), then exit with REPLACE_EXIT so
@@ -491,7 +522,7 @@ class Runner:
             old.begin_stop()
             self.retiring.setdefault(manifest.slug, []).append(old)
         host = AppHost(nats, manifest, deployed, self.runner_id, self.cfg, self.checkpoint_cfg,
-                       self.cluster_cfg, self.executor_cfg, self.replace)
+                       self.cluster_cfg, self.executor_cfg, self.replace, metrics=self.metrics)
         await host.start()
         self.hosts[manifest.slug] = host
         self._clear_refusal(manifest.slug)
@@ -546,7 +577,7 @@ class Runner:
             id=self.runner_id, pid=os.getpid(), host=socket.gethostname(), started=self.started,
             ts=now, tick_failures=self.tick_failures,
             apps={slug: self._report(slug, h, now) for slug, h in self.hosts.items()},
-            errors=dict(self.errors), refused=dict(self.refused),
+            errors=dict(self.errors), refused=dict(self.refused), metrics=self.metrics_address,
         )
         await nats.kv_put(MEMBERS_BUCKET, self.runner_id, beat.to_wire())
 
@@ -563,6 +594,8 @@ class RunnerOptions:
     trust: Trust = field(default_factory=Trust)  # whose deploys this runner runs
     state_key: bytes | None = None  # MACs snapshots and segments; None: checksums only
     ack_wait: float = WorkerConfig.ack_wait  # stage inputs of a silent runner come back after this
+    metrics_host: str = "127.0.0.1"  # where /metrics listens: a VM passes its private address
+    metrics_port: int | None = 0  # 0: any free port (status shows it); None: no metrics
 
 
 def main(url: str, opts: RunnerOptions) -> None:
@@ -583,6 +616,9 @@ def main(url: str, opts: RunnerOptions) -> None:
     runner = Runner(url, opts.runner_id, WorkerConfig(ack_wait=opts.ack_wait),
                     ClusterConfig(member_ttl=opts.member_ttl),
                     checkpoint, opts.executor, opts.trust)
+    if opts.metrics_port is not None:  # before any app loads: every worker gets its observer
+        runner.serve_metrics(opts.metrics_host, opts.metrics_port)
+        log.info("metrics on http://%s/metrics", runner.metrics_address)
 
     async def body(stop: asyncio.Event) -> None:
         forbid_blocking_calls()  # this thread runs the loop that beats, leases and commits

@@ -44,6 +44,8 @@ TEMPLATES = ROOT / "templates"
 MIRROR = Path(os.environ.get("WALLAROO_TF_MIRROR", "/opt/tf-plugins"))
 PROVIDER = "registry.terraform.io/hashicorp/aws"
 NATS_PORTS = {4222, 6222, 8222}
+METRICS_PORT = 9464  # infra/locals.tf local.metrics_port
+METRICS_ENV = "/etc/default/wallaroo-runner"  # infra/runners.tf local.runner_metrics_env
 WORLD = {"0.0.0.0/0", "::/0"}
 STATE_KEY = "st4te+" * 8
 AMI = "ami-0123456789abcdef0"
@@ -230,11 +232,25 @@ def test_each_nats_port_admits_only_its_peers() -> None:
     assert seen == NATS_PORTS
 
 
-def test_runners_accept_nothing_but_optional_ssh() -> None:
+def test_runners_accept_nothing_but_optional_ssh_and_metrics_from_the_vpc() -> None:
     for address, rule in _ingress_rules():
-        if ref(str(rule.get("security_group_id"))) == "aws_security_group.runner.id":
+        if ref(str(rule.get("security_group_id"))) != "aws_security_group.runner.id":
+            continue
+        if _ports(rule) == {METRICS_PORT}:
+            assert _sources(rule) == ["aws_vpc.main.cidr_block"], address
+        else:
             assert _ports(rule) == {22}, address
             assert "var.ssh_key_name == null" in rule["for_each"], f"{address}: SSH must be optional"
+
+
+def test_the_metrics_port_is_open_to_the_vpc_only_on_runners_and_nats_nodes() -> None:
+    """One rule per group (the autoscaler runs on NATS node 0), with the port the templates
+    are rendered with."""
+    assert named("locals")["metrics_port"] == METRICS_PORT
+    opened = {ref(str(rule["security_group_id"])): _sources(rule) for _, rule in _ingress_rules()
+              if METRICS_PORT in _ports(rule)}
+    assert opened == {"aws_security_group.runner.id": ["aws_vpc.main.cidr_block"],
+                      "aws_security_group.nats.id": ["aws_vpc.main.cidr_block"]}
 
 
 def test_operator_cidrs_refuse_prefixes_shorter_than_8() -> None:
@@ -376,12 +392,15 @@ def python_user_data(expect: Expect) -> tuple[str, list[str]]:
                      pip_packages=f"'{expect.package}'")
     unit = render(TEMPLATES / "wallaroo-runner.service", venv=expect.venv,
                   nats_url=f"tls://{expect.ips[0]}:4222", state_store=expect.store, replicas=3,
-                  region=expect.region, secrets_dir="/etc/wallaroo/runner")
+                  region=expect.region, secrets_dir="/etc/wallaroo/runner",
+                  metrics_port=METRICS_PORT, metrics_env=METRICS_ENV)
     fetch = (f"{expect.venv}/bin/wallaroo infra fetch --path /wallaroo/wallaroo/runner "
              f"--dest /etc/wallaroo/runner --region {expect.region}")
     secrets_unit = render(TEMPLATES / "wallaroo-secrets.service", region=expect.region, command=fetch)
+    metrics = render(TEMPLATES / "cloud-init/metrics-address.sh", env_file=METRICS_ENV)
     runner = render(TEMPLATES / "cloud-init/runner.yaml", install_script=b64(install),
-                    runner_unit=b64(unit), secrets_unit=b64(secrets_unit))
+                    runner_unit=b64(unit), secrets_unit=b64(secrets_unit),
+                    metrics_script=b64(metrics))
     return runner, [_python_nats(expect, i, ip, install) for i, ip in enumerate(expect.ips)]
 
 
@@ -407,7 +426,8 @@ def _python_nats(expect: Expect, i: int, ip: str, install: str) -> str:
     autoscaler = render(TEMPLATES / "wallaroo-autoscaler.service", venv=expect.venv,
                         region=expect.region, asg_group=expect.asg, min_runners=1, max_runners=8,
                         target_catchup=30, down_window=30, idle_to_zero="",
-                        nats_url=f"tls://{ip}:4222", secrets_dir="/etc/wallaroo/autoscaler")
+                        nats_url=f"tls://{ip}:4222", secrets_dir="/etc/wallaroo/autoscaler",
+                        metrics_host=ip, metrics_port=METRICS_PORT)
     return render(TEMPLATES / "cloud-init/nats.yaml", autoscaler=i == 0,
                   install_script=b64(install), nats_conf=b64(conf), nats_unit=b64(nats_unit),
                   secrets_script=b64(script), secrets_unit=b64(secrets_unit),
@@ -476,7 +496,18 @@ def check_runner(user_data: str, expect: Expect) -> dict[str, tuple[str, str]]:
     assert "python3-venv" in config["packages"]
     _, unit = files["/etc/systemd/system/wallaroo-runner.service"]
     s = unit_settings(unit)
-    assert shlex.split(s["Service.ExecStart"][0]) == [f"{expect.venv}/bin/wallaroo", "runner"]
+    assert shlex.split(s["Service.ExecStart"][0]) == [
+        f"{expect.venv}/bin/wallaroo", "runner", "--metrics-port", str(METRICS_PORT)]
+    # The VM's private address, from the file cloud-init writes before it starts the runner.
+    assert s["Service.EnvironmentFile"] == [f"-{METRICS_ENV}"]
+    _, script = files["/usr/local/sbin/wallaroo-metrics-address"]
+    assert "X-aws-ec2-metadata-token" in script and "meta-data/local-ipv4" in script
+    assert f"'WALLAROO_METRICS_HOST=%s\\n' \"$ip\" > {METRICS_ENV}" in script
+    res = subprocess.run(["sh", "-n"], input=script, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    runcmd = config["runcmd"]
+    assert runcmd.index(["/usr/local/sbin/wallaroo-metrics-address"]) < runcmd.index(
+        ["systemctl", "enable", "--now", "wallaroo-runner.service"])
     env = dict(e.split("=", 1) for e in s["Service.Environment"])
     assert env["WALLAROO_NATS"] == f"tls://{expect.ips[0]}:4222"
     assert env["WALLAROO_STATE_STORE"] == expect.store
@@ -535,6 +566,7 @@ def check_autoscaler(unit: str, ip: str, expect: Expect) -> None:
     assert opts["--creds"] == "%d/creds.nk" and opts["--tls-ca"] == "%d/ca.pem"
     assert credentials(s) == {n: f"/etc/wallaroo/autoscaler/{n}" for n in ("creds.nk", "ca.pem")}
     assert {"--min-runners", "--max-runners", "--target-catchup", "--down-window"} <= set(opts)
+    assert opts["--metrics-host"] == ip and opts["--metrics-port"] == str(METRICS_PORT)
 
 
 def check_nats(user_datas: list[str], expect: Expect) -> list[dict[str, tuple[str, str]]]:

@@ -62,6 +62,10 @@ def _use_tls_ca(tls_ca: Path | None) -> None:
 
 NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (default: $WALLAROO_NATS, "
                                              "the running dev cluster, or nats://127.0.0.1:4222)")]
+MetricsPortOpt = Annotated[int, typer.Option(min=0, max=65535, help="serve Prometheus /metrics "
+                          "on this port (0: any free port; `wallaroo status` lists it)")]
+MetricsHostOpt = Annotated[str, typer.Option(envvar="WALLAROO_METRICS_HOST", help="address "
+                           "/metrics listens on (a VM's private address, scraped inside the VPC)")]
 AppFile = Annotated[Path, typer.Argument(metavar="APP.py", help="the app's .py file", exists=True,
                                          dir_okay=False)]
 
@@ -323,6 +327,30 @@ def status(nats: NatsOpt = None) -> None:
         _table(st.PROBLEM_COLUMNS, s.problems, "")
 
 
+@app.command()
+def top(
+    nats: NatsOpt = None,
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit; its rates "
+                    "come from two samples --interval apart")] = False,
+    interval: Annotated[float, typer.Option(min=0.1, help="seconds between samples")] = 1.0,
+) -> None:
+    """A live view of apps, stages, lag, rates and runners (Ctrl-C quits)."""
+    from wallaroo.control import top as tp
+
+    if once:
+        before, now = on_nats(nats, lambda nc: tp.two_samples(nc, interval))
+        typer.echo(tp.frame(now, before).text())
+        return
+    from rich.live import Live
+
+    async def body(nc: Nats) -> None:
+        with Live(refresh_per_second=1) as view:
+            await tp.live(nc, interval, lambda f: view.update(f.renderable()), asyncio.Event())
+
+    with contextlib.suppress(KeyboardInterrupt):
+        on_nats(nats, body)
+
+
 def _table(columns: list[str], rows: list[list[str]], empty: str) -> None:
     typer.echo(render_table(columns, rows) if rows else empty)
     typer.echo("")
@@ -377,9 +405,11 @@ def autoscaler(
                      "reads lags and writes the control bucket; default: $WALLAROO_CREDS)",
                      dir_okay=False)] = None,
     tls_ca: TlsCaOpt = None,
+    metrics_port: MetricsPortOpt = 0,
+    metrics_host: MetricsHostOpt = "127.0.0.1",
 ) -> None:
     """Follow queue lag: observe lag and rates, decide a runner count, act through a backend.
-    Every decision is logged with its reason."""
+    Every decision is logged with its reason, and exported on /metrics."""
     from wallaroo_runtime.autoscale.main import main as autoscaler_main
 
     policy = _policy(min_runners, max_runners, target_catchup, idle_to_zero, down_window)
@@ -392,7 +422,11 @@ def autoscaler(
     if creds is not None:
         os.environ[CREDS_ENV] = str(creds)
     _use_tls_ca(tls_ca)
-    autoscaler_main(nats or default_nats(), backend, policy, interval, asg_group, region)
+    try:
+        autoscaler_main(nats or default_nats(), backend, policy, interval, asg_group, region,
+                        (metrics_host, metrics_port))
+    except WallarooError as err:
+        fail(str(err))
 
 
 @app.command()
@@ -424,6 +458,8 @@ def runner(
     state_key: Annotated[Path | None, typer.Option("--state-key", envvar="WALLAROO_STATE_KEY",
                          metavar="FILE", help="MAC snapshots and segments with this key "
                          "(`wallaroo keys state`); every runner needs the same one")] = None,
+    metrics_port: MetricsPortOpt = 0,
+    metrics_host: MetricsHostOpt = "127.0.0.1",
 ) -> None:
     """Run a long-lived runner: join the cluster, run the partitions and serve the
     functions assigned to it. It runs only deploys signed by a key it trusts (--trust)."""
@@ -438,7 +474,8 @@ def runner(
             executor=ExecutorConfig(call_ack_wait, call_max_deliveries),
             creds=str(creds) if creds else os.environ.get(CREDS_ENV),
             trust=keys.runner_trust(trust or [], allow_unsigned),
-            state_key=keys.load_state_key(state_key) if state_key else None, ack_wait=ack_wait)
+            state_key=keys.load_state_key(state_key) if state_key else None, ack_wait=ack_wait,
+            metrics_host=metrics_host, metrics_port=metrics_port)
         runner_main(nats or default_nats(), opts)
     except WallarooError as err:
         fail(str(err))

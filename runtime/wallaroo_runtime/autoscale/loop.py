@@ -29,6 +29,8 @@ class Autoscaler:
     history: list[tuple[float, int]] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
     failures: int = 0
+    # Told of every tick's observation and decision (the autoscaler's metrics).
+    on_tick: Callable[[Observation, Decision], None] | None = None
     _arrived: tuple[float, int] | None = None
     _idle_since: float | None = None
 
@@ -46,6 +48,8 @@ class Autoscaler:
         obs = await self.observe(now)
         decision = decide(obs, self.policy, now, self.history)
         self._remember(now, decision)
+        if self.on_tick is not None:
+            self.on_tick(obs, decision)
         if decision.desired != obs.desired:
             log.info("scale %d -> %d runners: %s", obs.desired, decision.desired, decision.reason)
             await self.backend.set_desired(decision.desired)

@@ -28,7 +28,7 @@ APP_COLUMNS = ["app", "deployed", "running", "stage", "name", "partitions", "pen
 PARTITION_COLUMNS = ["app", "stage", "partition", "owner", "running on", "committed seq", "lag",
                      "records/s", "malformed", "busy"]
 RUNNER_COLUMNS = ["runner", "role", "pid", "host", "partitions", "commits", "records", "records/s",
-                  "heartbeat"]
+                  "heartbeat", "metrics"]
 FUNCTION_COLUMNS = ["app", "function", "schedule", "pending", "running", "done", "failed", "retried",
                     "p50 ms", "p99 ms"]
 SINK_COLUMNS = ["app", "sink", "running on", "delivered", "skipped", "rejected", "last seq",
@@ -146,7 +146,12 @@ def _runner_row(b: Heartbeat, leader: str) -> list[str]:
     return [b.id, "leader" if b.id == leader else "", str(b.pid), b.host,
             str(len(parts)), str(sum(p.commits for p in parts)),
             str(sum(p.records for p in parts)), f"{sum(p.rate for p in parts):.0f}",
-            f"{time.time() - b.ts:.1f}s ago"]
+            f"{time.time() - b.ts:.1f}s ago", metrics_url(b)]
+
+
+def metrics_url(b: Heartbeat) -> str:
+    """Where Prometheus scrapes runner `b`; `-` for a runner that serves no metrics."""
+    return f"http://{b.metrics}/metrics" if b.metrics else "-"
 
 
 @dataclass(frozen=True)

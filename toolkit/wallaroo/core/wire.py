@@ -384,6 +384,8 @@ class Heartbeat:
     errors: dict[str, str]  # app slug -> "<version>: why this runner cannot run it"
     # app slug -> Manifest.deploy_id of the deploy refused: which deploy an error is about
     refused: dict[str, str] = field(default_factory=dict)
+    # host:port of the runner's Prometheus /metrics ("" when it serves none)
+    metrics: str = ""
 
     @property
     def partitions(self) -> list[PartitionReport]:
@@ -398,7 +400,7 @@ class Heartbeat:
         body = {"id": self.id, "pid": self.pid, "host": self.host, "started": self.started,
                 "ts": self.ts, "tick_failures": self.tick_failures,
                 "apps": {k: a._body() for k, a in self.apps.items()}, "errors": self.errors,
-                "refused": self.refused}
+                "refused": self.refused, "metrics": self.metrics}
         return json.dumps(body).encode()
 
     @classmethod
@@ -408,7 +410,8 @@ class Heartbeat:
             return cls(str(d["id"]), int(d["pid"]), str(d["host"]), float(d["started"]),
                        float(d["ts"]), int(d["tick_failures"]),
                        {str(k): AppReport._build(v) for k, v in d["apps"].items()},
-                       _str_map(d["errors"], str), _str_map(d.get("refused", {}), str))
+                       _str_map(d["errors"], str), _str_map(d.get("refused", {}), str),
+                       str(d.get("metrics", "")))
 
         return _parse("heartbeat", data, build)
 

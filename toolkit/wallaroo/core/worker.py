@@ -16,7 +16,7 @@ from collections import ChainMap
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from wallaroo.core import codec
 from wallaroo.core.calls import forbid_blocking_calls
@@ -106,6 +106,29 @@ class Progress:
     malformed: int = 0  # input messages dead-lettered whole: their bytes did not decode
 
 
+class CommitObserver(Protocol):
+    """Told of each commit and restore of one partition (the runtime's metrics implement it;
+    core stays free of any metrics library). Called once per commit, never per record: the
+    commit loop is the throughput-sensitive path."""
+
+    def committed(self, seconds: float, records_in: int, records_out: int, dead: int) -> None:
+        """A commit of `records_in` input records made `records_out` output records and
+        `dead` dead letters, `seconds` after its batch began to run."""
+
+    def restored(self, seconds: float) -> None:
+        """The partition's state was restored in `seconds`."""
+
+
+class _Unobserved:
+    """The observer of a worker nobody watches (wallaroo.testing, unit tests)."""
+
+    def committed(self, seconds: float, records_in: int, records_out: int, dead: int) -> None:
+        pass
+
+    def restored(self, seconds: float) -> None:
+        pass
+
+
 @dataclass
 class RateMeter:
     """Exponentially weighted records/s and input messages/s, for status and the autoscaler."""
@@ -133,11 +156,12 @@ class PartitionWorker:
         self, nats: WorkerNats, app: Application, version: str, stage: Stage, part: int,
         config: WorkerConfig, checkpoints: Checkpoints | None = None, *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, observer: CommitObserver | None = None,
     ) -> None:
         """`checkpoints`: where snapshots go (the runner's S3/file Checkpointer); without
         one, state is restored from the changelog alone and nothing is trimmed. `sleep`
-        waits out retry backoff: wallaroo.testing passes its fake clock's."""
+        waits out retry backoff: wallaroo.testing passes its fake clock's. `observer` hears
+        of every commit and restore (the runner's metrics)."""
         self.nats, self.app, self.version, self.stage, self.part = nats, app, version, stage, part
         self.cfg = config
         self.names = AppNames(app.slug)
@@ -150,6 +174,10 @@ class PartitionWorker:
         self.consumer_seq = 0
         self.progress = Progress()
         self.rate = RateMeter()
+        self.observer: CommitObserver = observer or _Unobserved()
+        # Input messages not yet delivered to this partition, as of its last fetch (JetStream
+        # says it in every message's metadata, so knowing it costs no request).
+        self.pending = 0
         self._stop = asyncio.Event()
         # Why a nonce in the commit id: two owners writing the same commit number must not
         # look like one retried write to JetStream's dedup, which would hide the fence.
@@ -201,6 +229,7 @@ class PartitionWorker:
         """One fetch and its commits; the consumer to fetch from next (a new one after a
         delivery gap). run() loops on it; wallaroo.testing calls it when input is waiting."""
         msgs = await consumer.fetch(self.cfg.fetch_batch, self.cfg.fetch_timeout)
+        self.pending = msgs[-1].pending if msgs else 0
         # Every poll, not only idle ones: a steady trickle must not hold a due batch back.
         await self._tick_if_due()
         if not msgs and self.checkpoints.due():
@@ -234,6 +263,7 @@ class PartitionWorker:
         self._next_due = min(self.deadlines.values(), default=None)
         self._ticked = None
         self.progress.restores += 1
+        self.observer.restored(time.monotonic() - started)
         log.info("%s: restored %d commits (snapshot: commit %s), %d state slots, committed seq %d "
                  "in %.3fs", self.log_subject, self.state.commit_no, self.checkpoints.restored_from,
                  len(self.state.table), self.state.committed_seq, time.monotonic() - started)
@@ -361,6 +391,8 @@ class PartitionWorker:
         await self._publish(rec.outs)
         await asyncio.gather(*(f.msg.ack() for f in batch))
         self._count(result, len(batch), len(malformed))
+        self.observer.committed(time.perf_counter() - started, result.records_in,
+                                _records_out(result), len(result.dead))
         await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
 
     def _commit_record(self, batch: list[Fresh], result: BatchResult, ends: dict[str, int]
@@ -662,6 +694,12 @@ def _merge(result: BatchResult, more: BatchResult) -> None:
     result.states.update(more.states)
     result.deadlines.update(more.deadlines)
     result.dead += more.dead
+
+
+def _records_out(result: BatchResult) -> int:
+    """Records a commit hands on: to the next stage and to sinks (dead letters apart)."""
+    routed = sum(len(values) for _, values in result.routed.values())
+    return routed + sum(len(payloads) for payloads in result.sink_out.values())
 
 
 def _with_letters(result: BatchResult, malformed: list[DeadLetter]) -> BatchResult:
