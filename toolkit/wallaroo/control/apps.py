@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from wallaroo.core import observe
-from wallaroo.core.errors import NotDeployedError
+from wallaroo.core.errors import DeployError, NotDeployedError
 from wallaroo.core.keys import deployer_key
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
 from wallaroo.core.packaging import build_artifact, load_deployable
@@ -24,10 +24,38 @@ async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None,
     signer = deployer_key(key)  # a bad key file fails before anything is built
     app, _ = load_deployable(app_file, args)
     artifact, manifest = build_artifact(app, app_file, signer)
+    await _check_partitions(nats, manifest)
     await ensure_streams(nats, manifest.slug, app.built().retention)
     await nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact)
     await nats.kv_put(APPS_BUCKET, manifest.slug, manifest.to_wire())
     return manifest
+
+
+async def _check_partitions(nats: Nats, manifest: Manifest) -> None:
+    """Refuse a redeploy that splits a stage into another partition count: the runners would
+    look for keyed state in the wrong partitions (moving state by key is not built yet)."""
+    raw = await nats.kv_get(APPS_BUCKET, manifest.slug)
+    counts = "" if raw is None else partition_changes(manifest, Manifest.from_wire(raw))
+    if counts:
+        msg = (f"{manifest.name} is deployed with other partition counts ({counts}); its keyed "
+               "state is laid out by them, and changing them on a redeploy is not supported yet. "
+               "Keep the deployed partitions (build_application(..., partitions=N)), or deploy "
+               "under a new app name")
+        raise DeployError(msg)
+
+
+def partition_changes(current: Manifest, other: Manifest) -> str:
+    """The stages `other` splits into other partition counts than `current` ("stage 1: 4
+    then, 8 now"; empty when none): keyed state is stored per (stage, partition), so with other
+    counts its keys would be looked for in the wrong partitions."""
+    now = {s.index: s.partitions for s in current.stages}
+    then = {s.index: s.partitions for s in other.stages}
+    differ = sorted(i for i in now.keys() & then.keys() if now[i] != then[i])
+    if differ:
+        return ", ".join(f"stage {i}: {then[i]} then, {now[i]} now" for i in differ)
+    return "" if current.partitions == other.partitions else \
+        f"{other.partitions} then, {current.partitions} now"
+
 
 
 async def ensure_streams(nats: Nats, slug: str, retention: Retention | None = None) -> None:

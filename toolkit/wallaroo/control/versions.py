@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wallaroo.control.apps import manifest_of
+from wallaroo.control.apps import manifest_of, partition_changes
 from wallaroo.core.errors import ArtifactError, RollbackError, UnknownVersionError
 from wallaroo.core.keys import SigningKey, Trust, deployer_key
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET
@@ -94,17 +94,12 @@ def target(found: Deploys, to: str | None) -> Manifest:
 
 
 def check_layout(current: Manifest, earlier: Manifest) -> None:
-    """Refuse a version whose stages are split into other partition counts: keyed state is
-    stored per (stage, partition), so its keys would be looked for in the wrong partitions."""
-    now = {s.index: s.partitions for s in current.stages}
-    then = {s.index: s.partitions for s in earlier.stages}
-    differ = sorted(i for i in now.keys() & then.keys() if now[i] != then[i])
-    if differ or current.partitions != earlier.partitions:
-        counts = ", ".join(f"stage {i}: {then[i]} then, {now[i]} now" for i in differ)
+    """Refuse a version whose stages are split into other partition counts."""
+    counts = partition_changes(current, earlier)
+    if counts:
         msg = (f"cannot roll {current.name} back to version {earlier.version}: it has other "
-               f"partition counts ({counts or f'{earlier.partitions} then, {current.partitions} now'}) "
-               "and the keyed state is laid out by the current ones; deploy a fixed app with "
-               "the current partitions instead")
+               f"partition counts ({counts}) and the keyed state is laid out by the current ones; "
+               "deploy a fixed app with the current partitions instead")
         raise RollbackError(msg)
 
 

@@ -118,6 +118,11 @@ class UnknownNameError(WallarooError):
         super().__init__(f"app has no {kind} named {name!r}; its {kind}s are: {', '.join(known)}")
 
 
+class DeployError(WallarooError):
+    """`wallaroo deploy` refuses the app before storing anything (e.g. other partition counts
+    than the deployed version's)."""
+
+
 class RollbackError(WallarooError):
     """`wallaroo rollback` cannot go to the version asked for (none earlier, another partition
     layout, its artifact gone, a deploy in between)."""
