@@ -142,8 +142,8 @@ async def _until(stop: asyncio.Event, cluster: DevCluster, work: Coroutine[Any, 
 
 async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
                 input_file: Path, source: str | None, timeout: float) -> int:
-    sent = await ingest.send(nats, manifest, source, ingest.file_lines(input_file),
-                          ingest.file_producer_id(input_file))
+    records = ingest.file_records(input_file, ingest.source_framing(manifest, source))
+    sent = await ingest.send(nats, manifest, source, records, ingest.file_producer_id(input_file))
     info(f"sent {sent.records} records from {input_file}")
     await _finish(nats, cluster, manifest, printer, timeout)
     dead = await dlq.count(nats, manifest)
