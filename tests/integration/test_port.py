@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from test_cli import wallaroo
+from test_cli import user_env, wallaroo
 
 from conftest import collect_outputs
 from wallaroo.control import apps
@@ -92,3 +93,32 @@ async def outputs_of(cluster: DevCluster, app: str) -> dict[str, list[str]]:
         return await collect_outputs(nats, manifest)
     finally:
         await nats.close()
+
+
+def run_framed_job(tmp_path: Path, data: Path) -> subprocess.CompletedProcess[str]:
+    env = {**user_env(), "FRAMED_INPUT": str(data), "FRAMED_OUTPUT": str(tmp_path / "out.txt")}
+    return wallaroo("run", str(APPS / "framed_job.py"), cwd=tmp_path, env=env)
+
+
+def test_run_reads_a_framed_file_through_a_bounded_file_source(tmp_path: Path) -> None:
+    values = [float(n) / 7 for n in range(-500, 500)]
+    data = tmp_path / "floats.bin"
+    data.write_bytes(b"".join(frame(struct.pack(">d", v)) for v in values))
+
+    res = run_framed_job(tmp_path, data)
+
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out.txt").read_text().splitlines() == [repr(v / 2) for v in values]
+
+
+def test_run_refuses_a_truncated_framed_file_before_starting(tmp_path: Path) -> None:
+    data = tmp_path / "floats.bin"
+    data.write_bytes(frame(struct.pack(">d", 1.0)) + b"\x00\x00")
+
+    res = run_framed_job(tmp_path, data)
+
+    assert res.returncode == 2, res.stderr  # run's exit code for a job that cannot run
+    assert len(res.stderr.splitlines()) == 1
+    assert f"error: {data}: the frame at byte 12 is truncated: it needs 4 byte(s)" in res.stderr
+    assert "nats-server at" not in res.stderr  # refused before a cluster started
+    assert not (tmp_path / "out.txt").exists()
