@@ -18,7 +18,7 @@ from wallaroo.api import (
     state_computation_multi,
 )
 from wallaroo.batches import batch_computation, state_batch_computation
-from wallaroo.builder import ApplicationBuilder, partition
+from wallaroo.builder import ApplicationBuilder, TCPSinkConfig, TCPSourceConfig, partition
 from wallaroo.connectors import (
     FileSink,
     FileSource,
@@ -93,6 +93,8 @@ __all__ = [
     "S3Source",
     "StreamSink",
     "StreamSource",
+    "TCPSinkConfig",
+    "TCPSourceConfig",
     "WallarooError",
     "build_application",
     "computation",

@@ -34,10 +34,10 @@ kept either way). `partition_keys` need not list every key: any key gets its own
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from wallaroo.api import SPEC_ATTR, StepSpec, as_key_extractor, key_extractor, spec_of
-from wallaroo.core.errors import PipelineError, f_repr
+from wallaroo.core.errors import DefinitionError, PipelineError, f_repr
 from wallaroo.pipeline import DEFAULT_PARTITIONS, Pipeline, SinkConfig, SourceConfig, slug, source
 from wallaroo.plan import Application, Retention, build_pipelines
 
@@ -45,6 +45,23 @@ from wallaroo.plan import Application, Retention, build_pipelines
 def partition(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """Wallaroo 0.5's `@wallaroo.partition`: the same as `@wallaroo.key_extractor`."""
     return key_extractor(fn)
+
+
+def TCPSourceConfig(host: object, port: object, decoder: object) -> NoReturn:  # noqa: N802
+    """Wallaroo's TCP source, not supported here: says which line to write instead."""
+    msg = ("wallaroo.TCPSourceConfig: TCP sources are not supported, records arrive through "
+           "NATS: write wallaroo.StreamSource(decoder) (fed by `wallaroo send APP SOURCE --file "
+           "F`, which splits F by the decoder's header_length/length_fmt) or "
+           "wallaroo.FileSource(path, decoder)")
+    raise DefinitionError(msg)
+
+
+def TCPSinkConfig(host: object, port: object, encoder: object) -> NoReturn:  # noqa: N802
+    """Wallaroo's TCP sink, not supported here: says which line to write instead."""
+    msg = ("wallaroo.TCPSinkConfig: TCP sinks are not supported: write "
+           "wallaroo.StreamSink(\"name\", encoder) (read with `wallaroo tail APP name`) or a "
+           "connector sink such as wallaroo.FileSink(\"name\", path, encoder)")
+    raise DefinitionError(msg)
 
 
 class ApplicationBuilder:

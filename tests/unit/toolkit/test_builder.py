@@ -169,3 +169,10 @@ def test_a_0_5_state_computation_in_a_0_6_pipeline_asks_for_state() -> None:
     start = wl.source("votes", wl.StreamSource(decode)).key_by(letter)
     with pytest.raises(DefinitionError, match=r"without state=: give it one .*ApplicationBuilder"):
         start.to(add_votes)
+
+
+def test_tcp_configs_say_which_line_to_write_instead() -> None:
+    with pytest.raises(DefinitionError, match=r"TCPSourceConfig: .* wallaroo.StreamSource\(decoder\)"):
+        wl.TCPSourceConfig("127.0.0.1", 7000, decode)
+    with pytest.raises(DefinitionError, match=r"TCPSinkConfig: .* wallaroo.StreamSink"):
+        wl.TCPSinkConfig("127.0.0.1", 5555, encode)
