@@ -51,6 +51,7 @@ def test_dev_input_refuses_a_truncated_frame_naming_it(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert f"error: {data}: the frame at byte 12 is truncated: it needs 12 byte(s)" in res.stderr
     assert "only 9 remain" in res.stderr and "Traceback" not in res.stderr
+    assert "nats-server at" not in res.stderr  # refused before a cluster started
 
 
 def test_send_file_of_letter_count_frames_into_a_0_5_app_totals_per_letter(tmp_path: Path) -> None:
