@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from connector_support import app_streams, eventually
+from connector_support import app_streams, async_, eventually
 from test_connector_sources import (  # noqa: F401 - small_windows is an autouse fixture
     ScriptedProgress,
     _done,
@@ -48,7 +48,7 @@ def framed(records: list[bytes]) -> bytes:
 
 
 def test_a_framed_file_is_ingested_frame_by_frame_once_across_a_crash(
-        nats_server: NatsServer, tmp_path: Path) -> None:
+        nats_server: NatsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "in.bin"
     first = framed(payloads(0, 100))
     rest = framed(payloads(100, 150))
@@ -64,6 +64,9 @@ def test_a_framed_file_is_ingested_frame_by_frame_once_across_a_crash(
                 await start(nats, cfg, stop, ScriptedProgress(nats, crash_at=2))
             task = start(nats, cfg, stop, KvProgress(nats))
             await eventually(lambda: _done(nats, len(first)), "the whole frames published")
+            # The file settled inside a frame: a followed file may grow, so it warns and waits.
+            await eventually(async_(lambda: "is truncated" in caplog.text), "a cut frame warned")
+            assert not task.done()
             with open(path, "ab") as f:
                 f.write(rest[7:])
             await eventually(lambda: _done(nats, len(first) + len(rest)), "the rest published")

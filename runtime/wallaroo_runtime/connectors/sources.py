@@ -133,6 +133,7 @@ class _Tail:
     size: int = -1
     since: float = 0.0
     split: tuple[int, Framing | None] | None = None  # (generation, frames or None: lines)
+    warned: int = -1  # the offset of a cut frame last warned about (once, not every poll)
 
     def settled(self, size: int, now: float) -> bool:
         if size != self.size:
@@ -247,12 +248,24 @@ async def file_step(pub: Publisher, name: str, cfg: FileSource, tail: _Tail) -> 
     if end == 0 and len(data) >= READ_CHUNK:
         raise LineTooLongError(cfg.path, p.acked, READ_CHUNK)
     if end == 0 and final and data and framing is not None:
-        need = framing.needed(data, 0) or framing.header_length
-        raise TruncatedFrameError(cfg.path, p.acked, need, len(data))
+        _cut_frame(cfg, tail, framing, data, p.acked)
     if end == 0:
         return False
     await pub.send(source_id, data, 0, end, base=p.acked, framing=framing)
     return True
+
+
+def _cut_frame(cfg: FileSource, tail: _Tail, framing: Framing, data: bytes, at: int) -> None:
+    """The file ends inside the frame at `at`: the end of a bounded file is final, an error
+    (nothing after it is dropped silently); a followed file may still grow, so it waits,
+    warning once."""
+    error = TruncatedFrameError(cfg.path, at, framing.needed(data, 0) or framing.header_length,
+                                len(data))
+    if cfg.bounded:
+        raise error
+    if tail.warned != at:
+        tail.warned = at
+        log.warning("%s; waiting for the rest of it", error)
 
 
 def _window_end(data: bytes, framing: Framing | None, *, final: bool) -> int:
