@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"wallaroo": ROOT / "toolkit" / "wallaroo",
             "wallaroo_runtime": ROOT / "runtime" / "wallaroo_runtime"}
 AUTHORING = {"wallaroo", "wallaroo.api", "wallaroo.pipeline", "wallaroo.plan", "wallaroo.windows",
-             "wallaroo.batches", "wallaroo.connectors", "wallaroo.testing", "wallaroo.functions",
-             "wallaroo.schedules"}
+             "wallaroo.batches", "wallaroo.builder", "wallaroo.connectors", "wallaroo.testing",
+             "wallaroo.functions", "wallaroo.schedules"}
 # layer -> the layers it may import. The runtime never reaches the CLI side (control, local,
 # cli); the CLI side reaches the runtime only through NATS or by starting processes.
 ALLOWED = {

@@ -18,6 +18,7 @@ from wallaroo.api import (
     state_computation_multi,
 )
 from wallaroo.batches import batch_computation, state_batch_computation
+from wallaroo.builder import ApplicationBuilder, TCPSinkConfig, TCPSourceConfig, partition
 from wallaroo.connectors import (
     FileSink,
     FileSource,
@@ -65,6 +66,7 @@ __all__ = [
     "Aggregation",
     "App",
     "Application",
+    "ApplicationBuilder",
     "CallCancelled",
     "CallContext",
     "Cron",
@@ -91,6 +93,8 @@ __all__ = [
     "S3Source",
     "StreamSink",
     "StreamSource",
+    "TCPSinkConfig",
+    "TCPSourceConfig",
     "WallarooError",
     "build_application",
     "computation",
@@ -103,6 +107,7 @@ __all__ = [
     "enter",
     "key_extractor",
     "method",
+    "partition",
     "milliseconds",
     "minutes",
     "range_windows",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from wallaroo.core.errors import ArityError, DefinitionError, MissingArgumentsError, f_repr
+from wallaroo.core.frames import Framing, framing_of
 
 F = TypeVar("F", bound=Callable[..., Any])
 SPEC_ATTR = "__wallaroo_spec__"
@@ -53,6 +54,11 @@ class DecoderSpec:
     header_length: int | None = None
     length_fmt: str | None = None
 
+    @property
+    def framing(self) -> Framing | None:
+        """How a file of this source's records is split: by these frames, or (None) lines."""
+        return framing_of(self.header_length, self.length_fmt)
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -94,6 +100,16 @@ def _attach(fn: F, spec: Spec) -> F:
     return fn
 
 
+class _Unset:
+    """No state= given: Wallaroo 0.5 passes the state class to ApplicationBuilder instead."""
+
+    def __repr__(self) -> str:
+        return "no state="
+
+
+UNSET: Any = _Unset()
+
+
 def _step_decorator(kind: StepKind, name: object, state: object = None) -> Callable[[F], F]:
     stateful = kind.startswith("state_")
     example = f'@wallaroo.{kind}(name="my step"' + (", state=MyState)" if stateful else ")")
@@ -102,6 +118,8 @@ def _step_decorator(kind: StepKind, name: object, state: object = None) -> Calla
     if not isinstance(name, str) or not name.strip():
         msg = f"@wallaroo.{kind} needs a non-empty name: `{example}`, got name={name!r}"
         raise DefinitionError(msg)
+    if state is UNSET:
+        return _later_state(kind, name)
     if stateful and not callable(state):
         msg = (f"@wallaroo.{kind}(name={name!r}) needs state=, a class (or zero-argument "
                f"factory) that makes the per-key state, got {state!r}: `{example}`")
@@ -111,6 +129,17 @@ def _step_decorator(kind: StepKind, name: object, state: object = None) -> Calla
         _check_arity(fn, kind, 2 if stateful else 1)
         factory = state if stateful and callable(state) else None
         return _attach(fn, StepSpec(kind=kind, name=name, fn=fn, state=factory))
+
+    return decorate
+
+
+def _later_state(kind: StepKind, name: str) -> Callable[[F], F]:
+    """A 0.5-style state computation: its state class comes with ApplicationBuilder's
+    to_stateful / to_state_partition; `.to()` refuses it until then (see as_step)."""
+
+    def decorate(fn: F) -> F:
+        _check_arity(fn, kind, 2)
+        return _attach(fn, StepSpec(kind=kind, name=name, fn=fn))
 
     return decorate
 
@@ -125,13 +154,14 @@ def computation_multi(name: str) -> Callable[[F], F]:
     return _step_decorator("computation_multi", name)
 
 
-def state_computation(name: str, state: Callable[[], Any]) -> Callable[[F], F]:
+def state_computation(name: str, state: Callable[[], Any] = UNSET) -> Callable[[F], F]:
     """A keyed stateful step: `fn(data, state) -> output`. One `state()` per key, made on first
-    sight and kept by the runtime; mutate it in place."""
+    sight and kept by the runtime; mutate it in place. (Without state=, as in Wallaroo 0.5, it
+    goes to `ApplicationBuilder.to_stateful` / `to_state_partition`, which name the state.)"""
     return _step_decorator("state_computation", name, state)
 
 
-def state_computation_multi(name: str, state: Callable[[], Any]) -> Callable[[F], F]:
+def state_computation_multi(name: str, state: Callable[[], Any] = UNSET) -> Callable[[F], F]:
     """A keyed stateful step that fans out: `fn(data, state) -> list of outputs`."""
     return _step_decorator("state_computation_multi", name, state)
 
@@ -152,7 +182,11 @@ def decoder(
     fn: F | None = None, *, header_length: int | None = None, length_fmt: str | None = None
 ) -> Any:
     """Marks `fn(bytes) -> data` as a source decoder. Usable bare (`@decoder`) or with Wallaroo
-    0.6's framing arguments, which are kept for porting: records arrive already framed."""
+    0.6's framing arguments: a file sent to the source (`wallaroo send --file`, `dev --input`,
+    a FileSource) is then split into length-prefixed frames, `header_length` bytes unpacked by
+    `length_fmt` (`struct`) giving the payload's length; `fn` gets the payload alone. A text
+    file is still split into lines (Wallaroo's sender framed each line of one)."""
+    framing_of(header_length, length_fmt)  # a mismatch fails here, naming the fix
 
     def decorate(f: F) -> F:
         _check_arity(f, "decoder", 1)
@@ -163,6 +197,11 @@ def decoder(
 
 def as_step(fn: object) -> StepSpec:
     spec = spec_of(fn)
+    if isinstance(spec, StepSpec) and spec.kind.startswith("state_") and spec.state is None:
+        msg = (f"{_name(fn)} is a @wallaroo.{spec.kind} without state=: give it one "
+               f"(`@wallaroo.{spec.kind}(name={spec.name!r}, state=MyState)`), or pass it to "
+               "a wallaroo.ApplicationBuilder's to_stateful / to_state_partition with its state")
+        raise DefinitionError(msg)
     if isinstance(spec, StepSpec):
         return spec
     msg = (f"{_name(fn)} is not a step: decorate it with @wallaroo.computation(name=...) "

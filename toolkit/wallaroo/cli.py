@@ -106,7 +106,9 @@ def on_nats(url: str | None, fn: Callable[[Nats], Awaitable[T]], role: str = "cl
 def dev(
     app_file: AppFile,
     input: Annotated[Path | None, typer.Option("--input", "-i", exists=True, dir_okay=False,
-                     help="send this file's non-empty lines, print all output, then exit")] = None,
+                     help="send this file's records (frames when the source's decoder declares "
+                     "header_length/length_fmt, else non-empty lines), print all output, then "
+                     "exit")] = None,
     runners: Annotated[int, typer.Option(min=1, max=64, help="runner processes")] = 1,
     source: Annotated[str | None, typer.Option(help="source to feed (if the app has several)")] = None,
     state_dir: Annotated[Path, typer.Option(help="nats-server data and logs")] = Path(".wallaroo/dev"),
@@ -255,7 +257,8 @@ def send(
     source: Annotated[str, typer.Argument(help="source name")],
     values: Annotated[list[str] | None, typer.Argument(help="records to send")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", exists=True, dir_okay=False,
-                    help="send each non-empty line of this file")] = None,
+                    help="send each record of this file: its frames when the source's decoder "
+                    "declares header_length/length_fmt, else each non-empty line")] = None,
     producer: Annotated[str | None, typer.Option(help="producer id for dedup (default: "
                         "the file's content hash, or a fresh id)")] = None,
     nats: NatsOpt = None,
@@ -268,7 +271,7 @@ def send(
     async def body(nc: Nats) -> ingest.Sent:
         manifest = await apps.manifest_of(nc, app_name)
         if file is not None:
-            records = ingest.file_lines(file)
+            records = ingest.file_records(file, ingest.source_framing(manifest, source))
             pid = producer or ingest.file_producer_id(file)
         else:
             records = iter([v.encode() for v in values or []])

@@ -72,6 +72,11 @@ def _need_positive(config: object, field: str, value: float) -> float:
 @dataclass(frozen=True, init=False)
 class FileSource(StreamSource):
     """Each non-empty line of a local file is a record (line ending removed, then `decoder`).
+    With a decoder declaring Wallaroo's framing (`@wallaroo.decoder(header_length=4,
+    length_fmt=">I")`) a binary file's records are its length-prefixed frames instead (the
+    decoder gets each payload without its header; a frame still being written waits for the
+    rest, a bounded file cut inside a frame fails naming the offset); a text file (no NUL in
+    its first 64 KiB) still splits by lines, as `wallaroo send --file` does.
 
     The source follows the file: lines appended later are picked up every `poll` seconds. A
     line counts once it ends with a newline; an unterminated last line is read once the file
@@ -124,7 +129,9 @@ class FileSource(StreamSource):
 
 @dataclass(frozen=True, init=False)
 class S3Source(StreamSource):
-    """Each non-empty line of each S3 object under `prefix` is a record, objects in key order.
+    """Each non-empty line of each S3 object under `prefix` is a record, objects in key order
+    (or each length-prefixed frame of a binary object, when `decoder` declares framing: see
+    FileSource).
 
     Every `poll` seconds the source lists the prefix again and reads objects whose keys sort
     after the last one it read, so new objects are picked up when their keys grow (dated or

@@ -192,14 +192,24 @@ def build_application(
     """Freeze `pipeline` into an Application named `name`. Keyed stages get `partitions`
     partitions, fixed for the app's life (keys map to them with a stable hash). `retention`
     bounds its output and dead-letter streams (default: `Retention()`)."""
+    return build_pipelines(name, [pipeline], partitions=partitions, retention=retention)
+
+
+def build_pipelines(
+    name: str, pipelines: list[Pipeline], *, partitions: int = DEFAULT_PARTITIONS,
+    retention: Retention | None = None,
+) -> Application:
+    """`build_application` of several independent pipelines (Wallaroo 0.5's
+    ApplicationBuilder may start several with new_pipeline), each from its own source."""
     slug(name)
-    if not isinstance(pipeline, Pipeline):
-        msg = f"build_application({name!r}, ...) takes a pipeline, got {pipeline!r}"
-        raise PipelineError(msg)
-    if not pipeline.terminated:
-        msg = (f"app {name!r}: the pipeline has no sink; end it with "
-               ".to_sink(wallaroo.StreamSink(\"out\", encoder=...))")
-        raise PipelineError(msg)
+    for pipeline in pipelines:
+        if not isinstance(pipeline, Pipeline):
+            msg = f"build_application({name!r}, ...) takes a pipeline, got {pipeline!r}"
+            raise PipelineError(msg)
+        if not pipeline.terminated:
+            msg = (f"app {name!r}: the pipeline has no sink; end it with "
+                   ".to_sink(wallaroo.StreamSink(\"out\", encoder=...))")
+            raise PipelineError(msg)
     if partitions < 1:
         msg = f"app {name!r}: partitions must be >= 1, got {partitions}"
         raise PipelineError(msg)
@@ -207,7 +217,8 @@ def build_application(
         msg = f"app {name!r}: retention= takes a wallaroo.Retention(...), got {retention!r}"
         raise PipelineError(msg)
     planner = _Planner(partitions)
-    planner.ends(pipeline)
+    for pipeline in pipelines:
+        planner.ends(pipeline)
     app = _freeze(name, planner.builders, partitions)
     return app if retention is None else replace(app, retention=retention)
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from wallaroo.core.frames import Framing, looks_like_text
 from wallaroo.core.names import connector_token, parse_internal
 
 
@@ -38,6 +39,18 @@ def window_end(data: bytes, pos: int, max_records: int, *, final: bool) -> int:
     return end
 
 
+def frames_window_end(data: bytes, pos: int, max_records: int, framing: Framing) -> int:
+    """`window_end` for length-prefixed frames: just past the last whole frame of at most
+    `max_records`. A frame cut by the end of `data` waits for the rest of it."""
+    return framing.frames(data, pos, max_records)[1]
+
+
+def split_of(framing: Framing | None, head: bytes) -> Framing | None:
+    """How a file or object starting with `head` splits: by the decoder's `framing`, or
+    (None) by lines when it declares none or the data is text, as `wallaroo send` decides."""
+    return None if framing is None or looks_like_text(head) else framing
+
+
 def _has_record(line: bytes) -> bool:
     return bool(line.rstrip(b"\r"))
 
@@ -54,12 +67,15 @@ def lines_in(data: bytes, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
         pos = stop + 1
 
 
-def batches_in(data: bytes, pos: int, end: int, *, base: int, size: int) -> list[LineBatch]:
+def batches_in(data: bytes, pos: int, end: int, *, base: int, size: int,
+               framing: Framing | None = None) -> list[LineBatch]:
     """The batches of data[pos:end], `size` records each (the last may be smaller); `base`
-    is the unit offset of data[0]. Deterministic: the same bytes give the same batches, which
+    is the unit offset of data[0]. Records are lines, or with `framing` length-prefixed
+    frames (their payloads). Deterministic: the same bytes give the same batches, which
     is what lets a restarted source re-send a window with the same ids."""
     out: list[LineBatch] = []
-    for at, record in lines_in(data, pos, end):
+    records = lines_in(data, pos, end) if framing is None else framing.frames(data[:end], pos)[0]
+    for at, record in records:
         if not out or len(out[-1].records) >= size:
             out.append(LineBatch(base + at, []))
         out[-1].records.append(record)

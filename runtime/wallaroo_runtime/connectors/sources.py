@@ -15,19 +15,23 @@ import logging
 import os
 import time
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from wallaroo.connectors import ConnectorSource, FileSource, S3Source
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.codec import SEND_BATCH, pack_batch, partition_of
 from wallaroo.core.errors import WallarooError
+from wallaroo.core.frames import TEXT_PROBE, Framing, TruncatedFrameError
 from wallaroo.core.names import AppNames, eoi_msg_id, source_sender
 from wallaroo.nats import Nats, Out
 from wallaroo_runtime.connectors.framing import (
     LineBatch,
     batches_in,
     file_source_id,
+    frames_window_end,
     s3_source_id,
     source_msg_id,
+    split_of,
     window_end,
 )
 from wallaroo_runtime.connectors.progress import ProgressStore, SourceProgress, source_key
@@ -74,16 +78,18 @@ class Publisher:
         await self.save(replace(self.progress, ended=True))
         log.info("source %s ended: all its input is in the stream", name)
 
-    async def send(self, source_id: str, data: bytes, pos: int, end: int, *, base: int) -> None:
-        """Publish the records of data[pos:end] (data[0] is at unit offset `base`): record the
-        window, publish it, wait for every JetStream ack, record its end."""
+    async def send(self, source_id: str, data: bytes, pos: int, end: int, *, base: int,
+                   framing: Framing | None = None) -> None:
+        """Publish the records (lines, or `framing`'s frames) of data[pos:end] (data[0] is at
+        unit offset `base`): record the window, publish it, wait for every JetStream ack,
+        record its end."""
         if base + pos != self.progress.acked:
             msg = f"window starts at {base + pos}, progress is at {self.progress.acked}"
             raise AssertionError(msg)
         planned = self.progress.planned(base + end)
         if planned != self.progress:  # a replayed window is recorded already
             await self.save(planned)
-        batches = batches_in(data, pos, end, base=base, size=BATCH_RECORDS)
+        batches = batches_in(data, pos, end, base=base, size=BATCH_RECORDS, framing=framing)
         await self.nats.publish_all([self._out(source_id, b) for b in batches])
         await self.save(planned.published())
 
@@ -120,11 +126,14 @@ async def run_source(
 
 @dataclass
 class _Tail:
-    """Decides when an unterminated last line is complete: the file stopped growing."""
+    """Decides when an unterminated last line is complete: the file stopped growing. Keeps
+    how the file splits (lines or frames), decided once per generation from its start."""
 
     settle: float
     size: int = -1
     since: float = 0.0
+    split: tuple[int, Framing | None] | None = None  # (generation, frames or None: lines)
+    warned: int = -1  # the offset of a cut frame last warned about (once, not every poll)
 
     def settled(self, size: int, now: float) -> bool:
         if size != self.size:
@@ -225,20 +234,59 @@ async def file_step(pub: Publisher, name: str, cfg: FileSource, tail: _Tail) -> 
         await pub.save(SourceProgress(generation=p.generation + 1))
         return True
     source_id = file_source_id(name, cfg.path, p.generation)
+    framing = await _file_split(cfg, tail, p.generation, size)
+    if framing is False:
+        return False
     if p.in_flight:
         data = await asyncio.to_thread(_read_at, cfg.path, p.acked, p.upto - p.acked)
-        await pub.send(source_id, data, 0, len(data), base=p.acked)
+        await pub.send(source_id, data, 0, len(data), base=p.acked, framing=framing)
         return True
     data = await asyncio.to_thread(_read_at, cfg.path, p.acked, min(size - p.acked, READ_CHUNK))
     # A bounded file's end is its end: its unterminated last line is complete without waiting.
     final = p.acked + len(data) == size and (cfg.bounded or tail.settled(size, time.monotonic()))
-    end = window_end(data, 0, WINDOW_RECORDS, final=final)
+    end = _window_end(data, framing, final=final)
     if end == 0 and len(data) >= READ_CHUNK:
         raise LineTooLongError(cfg.path, p.acked, READ_CHUNK)
+    if end == 0 and final and data and framing is not None:
+        _cut_frame(cfg, tail, framing, data, p.acked)
     if end == 0:
         return False
-    await pub.send(source_id, data, 0, end, base=p.acked)
+    await pub.send(source_id, data, 0, end, base=p.acked, framing=framing)
     return True
+
+
+def _cut_frame(cfg: FileSource, tail: _Tail, framing: Framing, data: bytes, at: int) -> None:
+    """The file ends inside the frame at `at`: the end of a bounded file is final, an error
+    (nothing after it is dropped silently); a followed file may still grow, so it waits,
+    warning once."""
+    error = TruncatedFrameError(cfg.path, at, framing.needed(data, 0) or framing.header_length,
+                                len(data))
+    if cfg.bounded:
+        raise error
+    if tail.warned != at:
+        tail.warned = at
+        log.warning("%s; waiting for the rest of it", error)
+
+
+def _window_end(data: bytes, framing: Framing | None, *, final: bool) -> int:
+    if framing is None:
+        return window_end(data, 0, WINDOW_RECORDS, final=final)
+    return frames_window_end(data, 0, WINDOW_RECORDS, framing)
+
+
+async def _file_split(cfg: FileSource, tail: _Tail, generation: int, size: int
+                      ) -> Framing | None | Literal[False]:
+    """How the file splits: by its decoder's frames, or (None) by lines when the decoder
+    declares no framing or the file is text; False while too little of it exists to tell."""
+    framing = cfg.decoder_spec().framing
+    if framing is None:
+        return None
+    if tail.split is None or tail.split[0] != generation:
+        if size < framing.header_length:
+            return False
+        head = await asyncio.to_thread(_read_at, cfg.path, 0, min(size, TEXT_PROBE))
+        tail.split = (generation, split_of(framing, head))
+    return tail.split[1]
 
 
 def _size(path: str) -> int | None:
@@ -315,12 +363,25 @@ async def object_step(pub: Publisher, store: S3Store, name: str, cfg: S3Source, 
     if pub.progress.unit != key:  # recorded with its first window
         pub.progress = replace(pub.progress, unit=key, acked=0, upto=0, done=False)
     source_id = s3_source_id(name, cfg.bucket, key)
+    framing = split_of(cfg.decoder_spec().framing, data[:TEXT_PROBE])
     if pub.progress.in_flight:
-        await pub.send(source_id, data, pub.progress.acked, pub.progress.upto, base=0)
+        await pub.send(source_id, data, pub.progress.acked, pub.progress.upto, base=0,
+                       framing=framing)
     while not stop.is_set():
         pos = pub.progress.acked
-        end = window_end(data, pos, WINDOW_RECORDS, final=True)
+        end = _object_window_end(data, pos, framing, f"s3://{cfg.bucket}/{key}")
         if end == pos:  # only empty lines (or nothing) left
             await pub.save(replace(pub.progress, unit=key, acked=len(data), upto=len(data), done=True))
             return
-        await pub.send(source_id, data, pos, end, base=0)
+        await pub.send(source_id, data, pos, end, base=0, framing=framing)
+
+
+def _object_window_end(data: bytes, pos: int, framing: Framing | None, where: str) -> int:
+    """The next window of a whole object; a frame cut by its end is an error."""
+    if framing is None:
+        return window_end(data, pos, WINDOW_RECORDS, final=True)
+    end = frames_window_end(data, pos, WINDOW_RECORDS, framing)
+    if end == pos < len(data):
+        need = framing.needed(data, pos) or framing.header_length
+        raise TruncatedFrameError(where, pos, need, len(data) - pos)
+    return end

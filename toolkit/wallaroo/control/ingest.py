@@ -12,6 +12,14 @@ from typing import Any, NamedTuple
 from wallaroo.core import codec
 from wallaroo.core.codec import SEND_BATCH
 from wallaroo.core.errors import RecordTooLargeError, UnknownNameError
+from wallaroo.core.frames import (
+    Framing,
+    TruncatedFrameError,
+    check_file,
+    file_frames,
+    framing_of,
+    is_text_file,
+)
 from wallaroo.core.names import AppNames
 from wallaroo.core.wire import Manifest
 from wallaroo.nats import Nats, Out
@@ -29,6 +37,28 @@ def source_stage(manifest: Manifest, source: str | None) -> tuple[int, int]:
         raise UnknownNameError(kind="source", name=str(source), known=sorted(sources))
     st = sources[source]
     return st.index, st.partitions
+
+
+def source_framing(manifest: Manifest, source: str | None) -> Framing | None:
+    """The framing the source's decoder declares (None: its records are lines)."""
+    st = manifest.stages[source_stage(manifest, source)[0]]
+    return framing_of(st.header_length, st.length_fmt)
+
+
+def file_records(path: Path, framing: Framing | None) -> Iterator[bytes]:
+    """The file's records: its frames when the source's decoder declares `framing`, else its
+    non-empty lines. A text file that is not a whole run of frames is read by lines: Wallaroo's
+    sender framed each line of a text file, so ported apps declare framing for text input too.
+    A binary file cut inside a frame fails here, before anything is sent."""
+    if framing is None:
+        return file_lines(path)
+    try:
+        check_file(path, framing)
+    except TruncatedFrameError:
+        if is_text_file(path):
+            return file_lines(path)
+        raise
+    return (payload for _, payload in file_frames(path, framing))
 
 
 def file_producer_id(path: Path) -> str:

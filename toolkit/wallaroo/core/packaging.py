@@ -154,8 +154,11 @@ def build_artifact(app: Application | App, app_file: Path,
 
 def _stage_info(app: Application, index: int) -> StageInfo:
     s = app.stages[index]
+    framing = s.decoder.framing if s.decoder is not None else None
     return StageInfo(index, s.name, s.partitions, s.source, s.route.target if s.route else None,
-                     [app.sinks[i].name for i in s.sinks])
+                     [app.sinks[i].name for i in s.sinks],
+                     framing.header_length if framing else None,
+                     framing.length_fmt if framing else None)
 
 
 def signed_payload(artifact: bytes, manifest: Manifest) -> bytes:

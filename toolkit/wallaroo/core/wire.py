@@ -98,6 +98,10 @@ class StageInfo:
     source: str | None
     target: int | None
     sinks: list[str]
+    # A source's decoder framing (Wallaroo's header_length, length_fmt): how `wallaroo send
+    # --file` splits a file into records; None: lines.
+    header_length: int | None = None
+    length_fmt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class Manifest:
     def from_wire(cls, data: bytes) -> Manifest:
         def build(raw: bytes) -> Manifest:
             d = _json(raw)
-            d["stages"] = [StageInfo(**s) for s in d["stages"]]
+            d["stages"] = [StageInfo(**_known(StageInfo, s)) for s in d["stages"]]
             d["functions"] = [FunctionInfo(**f) for f in d.get("functions", [])]
             return cls(**d)
 

@@ -20,6 +20,7 @@ from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster, ServiceProcess, autoscaler_command, follow_wishes
 from wallaroo.local.natsserver import listening
 from wallaroo.nats import Nats
+from wallaroo.plan import Stage
 
 INTERRUPTED = 130  # exit code of a `dev --input` stopped by Ctrl-C/SIGTERM before its end
 
@@ -34,6 +35,8 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
     if input_file is not None and source is None and len(app.sources) != 1:
         msg = f"{app.name} has several sources ({', '.join(app.sources)}): pass --source NAME"
         raise WallarooError(msg)
+    if input_file is not None:
+        _check_input(app.sources.get(source or next(iter(app.sources), "")), input_file)
     _refuse_a_second_dev(state_dir)
     cluster = DevCluster(state_dir, runners, tls=tls)
     with cluster:
@@ -47,6 +50,13 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
             url_file.unlink(missing_ok=True)
             info("stopping runners and nats-server")
     return 0 if input_file is None else INTERRUPTED if code is None else code
+
+
+def _check_input(stage: Stage | None, input_file: Path) -> None:
+    """A binary input cut inside a frame of the source's decoder fails before a cluster
+    starts (file_records reads the frame headers first)."""
+    if stage is not None and stage.decoder is not None:
+        ingest.file_records(input_file, stage.decoder.framing)
 
 
 def _refuse_a_second_dev(state_dir: Path) -> None:
@@ -142,8 +152,8 @@ async def _until(stop: asyncio.Event, cluster: DevCluster, work: Coroutine[Any, 
 
 async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
                 input_file: Path, source: str | None, timeout: float) -> int:
-    sent = await ingest.send(nats, manifest, source, ingest.file_lines(input_file),
-                          ingest.file_producer_id(input_file))
+    records = ingest.file_records(input_file, ingest.source_framing(manifest, source))
+    sent = await ingest.send(nats, manifest, source, records, ingest.file_producer_id(input_file))
     info(f"sent {sent.records} records from {input_file}")
     await _finish(nats, cluster, manifest, printer, timeout)
     dead = await dlq.count(nats, manifest)

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from wallaroo.connectors import FileSink, FileSource, PartsSink
 from wallaroo.control import dlq, jobs
 from wallaroo.core.errors import AppLoadError, WallarooError
+from wallaroo.core.frames import check_file, is_text_file
 from wallaroo.core.packaging import load_deployable
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster
@@ -83,12 +84,23 @@ def _check_inputs(run: JobRun, app: Application) -> None:
             msg = (f"{run.app_file}: source {st.source!r} reads {cfg.path}, which is no file; give "
                    "FileSource an existing path (absolute, or relative to where you run this)")
             raise AppLoadError(msg)
+        if isinstance(cfg, FileSource):
+            _check_frames(cfg)
     for sink in app.sinks:
         earlier = _earlier_output(sink, app.slug) if run.fresh else None
         if earlier is not None:
             msg = (f"--fresh starts job {app.name} over, but its sink {sink.name!r} holds the "
                    f"output of an earlier run: delete {earlier} first")
             raise WallarooError(msg)
+
+
+def _check_frames(cfg: FileSource) -> None:
+    """A binary input of a framed decoder cut inside a frame fails here, naming it, before
+    the job starts (its source would otherwise stop there and retry)."""
+    framing = cfg.decoder_spec().framing
+    for path in map(Path, glob.glob(cfg.path) if cfg.is_glob else [cfg.path]):
+        if framing is not None and path.is_file() and not is_text_file(path):
+            check_file(path, framing)
 
 
 def _earlier_output(sink: SinkConfig, slug: str) -> str | None:
