@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from wallaroo.local.scaffold import NEXT, Template
+
 ROOT = Path(__file__).resolve().parents[2]
 SKELETONS = ROOT / "templates" / "wallaroo_templates"
 pytestmark = pytest.mark.timeout(300)
@@ -135,3 +137,8 @@ def test_the_wheel_carries_every_skeleton_file_and_init_works_from_it(tmp_path: 
     assert res.stdout.startswith(str(tmp_path / "site"))
     assert (tmp_path / "from_wheel" / "app.py").read_text() == (
         (SKELETONS / "functions" / "app.py.tmpl").read_text().replace("{{name}}", "from_wheel"))
+
+
+def test_every_skeleton_folder_is_a_template_choice_and_back() -> None:
+    folders = {p.name for p in SKELETONS.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == {t.value for t in Template} == set(NEXT)
