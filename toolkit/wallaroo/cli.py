@@ -19,6 +19,7 @@ from wallaroo.core import keys
 from wallaroo.core.calls import cluster_creds, cluster_tls_ca, cluster_url
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import DeadLetter
+from wallaroo.local.scaffold import Template
 from wallaroo.nats import Nats
 from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
 
@@ -137,6 +138,29 @@ def dev(
     except WallarooError as err:
         fail(str(err))
     raise typer.Exit(code)
+
+
+@app.command()
+def init(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="the project: its folder (made "
+                                       "here) and its app's name")],
+    template: Annotated[Template, typer.Option("--template", "-t", help="stream (a keyed word "
+                        "count), functions (an App with functions and a local entrypoint) or "
+                        "job (a bounded FileSource job writing part files)")] = Template.stream,
+) -> None:
+    """Make ./NAME: a small project from a template (the app, sample input, a README, and a
+    test to run with pytest)."""
+    from rich.console import Console
+
+    from wallaroo.local import scaffold
+
+    try:
+        created = scaffold.create(name, template, Path())
+    except scaffold.ProjectNameError as err:
+        raise typer.BadParameter(str(err), param_hint="NAME") from None
+    except (WallarooError, OSError) as err:
+        fail(str(err))
+    Console().print(scaffold.summary(created))
 
 
 @app.command()
