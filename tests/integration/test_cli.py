@@ -165,6 +165,13 @@ def test_unreachable_nats_is_a_one_line_error(tmp_path: Path) -> None:
     assert "cannot reach NATS" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_folder_that_cannot_be_written_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    res = wallaroo("keys", "generate", "--dir", "a_file/keys", cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == ["error: [Errno 20] Not a directory: 'a_file/keys'"]
+
+
 def test_a_broken_app_file_names_the_file_and_line(tmp_path: Path) -> None:
     app = tmp_path / "broken.py"
     app.write_text("import wallaroo\n\n@wallaroo.computation\ndef f(x):\n    return x\n")

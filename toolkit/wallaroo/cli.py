@@ -686,7 +686,13 @@ def infra_node_cert(
 
 
 def main() -> None:
-    app(prog_name="wallaroo")
+    try:
+        app(prog_name="wallaroo")
+    except OSError as err:
+        # A file or folder a command could not read or write (a state dir, a key folder):
+        # the operator's to fix, and the error names it; a traceback would bury that.
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
