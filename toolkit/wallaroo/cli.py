@@ -522,7 +522,7 @@ def jobs_cancel(name: Annotated[str, typer.Argument(metavar="NAME")], nats: Nats
 @dlq_app.command("list")
 def dlq_list(
     app_name: Annotated[str, typer.Argument(metavar="APP")],
-    limit: Annotated[int, typer.Option(min=1)] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="show the oldest N")] = 100,
     tracebacks: Annotated[bool, typer.Option("--tracebacks", help="show full tracebacks")] = False,
     nats: NatsOpt = None,
 ) -> None:
