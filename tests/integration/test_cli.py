@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
         assert again.returncode == 0 and "unsigned" not in again.stderr, again.stderr
         # Not a terminal: progress comes as plain lines, never carriage returns.
         assert "rollout: 1/1 runner(s)" in again.stderr and "\r" not in again.stderr
-        scaled = wallaroo("scale", "word_count", "--runners", "2", cwd=tmp_path)
+        scaled = wallaroo("scale", "--runners", "2", cwd=tmp_path)
         assert scaled.returncode == 0, scaled.stderr
         wait_until(lambda: "r1" in status(tmp_path).stdout)
     finally:
@@ -146,6 +147,7 @@ def wait_until(cond: object, timeout: float = 30.0) -> None:
         (["send", "app", "src"], 2, "give either --file F or VALUE"),
         (["runner", "--member-ttl", "0.1"], 2, "Invalid value for '--member-ttl'"),
         (["frobnicate"], 2, "No such command"),
+        (["scale", "word_count", "--runners", "2"], 2, "unexpected extra argument(s) (word_count)"),
     ],
 )
 def test_usage_errors_say_what_to_fix_without_a_traceback(
@@ -161,6 +163,13 @@ def test_unreachable_nats_is_a_one_line_error(tmp_path: Path) -> None:
     res = wallaroo("status", "--nats", f"nats://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert res.returncode == 1
     assert "cannot reach NATS" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_folder_that_cannot_be_written_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("")
+    res = wallaroo("keys", "generate", "--dir", "a_file/keys", cwd=tmp_path)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == ["error: [Errno 20] Not a directory: 'a_file/keys'"]
 
 
 def test_a_broken_app_file_names_the_file_and_line(tmp_path: Path) -> None:
@@ -314,3 +323,50 @@ def test_dev_input_with_dead_letters_shows_them_and_exits_1(tmp_path: Path) -> N
     assert "done: 3 outputs, 2 dead letter(s)" in res.stderr
     assert "decode_error" in res.stderr and "13 is unlucky" in res.stderr
     assert "\x1b" not in res.stderr  # the record's control characters are escaped
+
+
+def test_status_shows_a_row_per_stage_and_every_partition_when_asked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """flaky has a stage of 1 partition and one of 2: two rows, not three; --partitions adds
+    the three. A command the credentials may not run is one line, not a traceback."""
+    monkeypatch.setenv("FLAKY_CALLS", str(tmp_path / "calls.log"))
+    with DevCluster(tmp_path / "c", runners=1) as cluster:
+        url = ["--nats", cluster.url]
+        deployed = wallaroo("deploy", str(FLAKY), *url, cwd=tmp_path, creds=cluster.creds("deployer"))
+        assert deployed.returncode == 0, deployed.stderr
+        sent = wallaroo("send", "flaky", "numbers", "1", "2", "13", *url, cwd=tmp_path,
+                        creds=cluster.creds("client"))
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: [r["dead letters"] for r in rows_of(status_of(cluster, tmp_path), "busy")]
+                   == ["0", "1"])
+        summary = status_of(cluster, tmp_path)
+        every = wallaroo("status", "--partitions", *url, cwd=tmp_path, creds=cluster.creds("client"))
+        denied = wallaroo("scale", "--runners", "2", *url, cwd=tmp_path, creds=cluster.creds("client"))
+
+    stages = rows_of(summary, "busy")
+    assert [(r["stage"], r["name"], r["partitions"], r["runners"], r["processed"]) for r in stages] == [
+        ("0", "numbers", "1", "r0", "3"), ("1", "running sum", "2", "r0", "3")]
+    assert rows_of(summary, "committed seq") == []
+    assert [(r["stage"], r["partition"], r["running on"]) for r in rows_of(every.stdout, "committed seq")
+            ] == [("0", "0", "r0"), ("1", "0", "r0"), ("1", "1", "r0")]
+    assert denied.returncode == 1 and "Traceback" not in denied.stderr
+    [error] = [line for line in denied.stderr.splitlines() if line.startswith("error: ")]
+    assert "NATS did not answer" in error and "--creds" in error
+
+
+FLAKY = ROOT / "tests" / "integration" / "apps" / "flaky.py"
+
+
+def rows_of(text: str, column: str) -> list[dict[str, str]]:
+    """The rows of the table in `text` whose header has `column`, as dicts (cells cut where
+    the header's names start: column names have single spaces, columns are 3 apart)."""
+    for block in text.split("\n\n"):
+        lines = block.strip("\n").splitlines()
+        if len(lines) > 1 and lines[1].startswith("─"):
+            starts = [m.start() for m in re.finditer(r"\S+(?: \S+)*", lines[0])]
+            spans = list(zip(starts, [*starts[1:], None], strict=True))
+            header = [lines[0][a:b].strip() for a, b in spans]
+            if column in header:
+                return [{h: line[a:b].strip() for h, (a, b) in zip(header, spans, strict=True)}
+                        for line in lines[2:]]
+    return []

@@ -52,7 +52,8 @@ def test_garbage_on_a_source_subject_is_dead_lettered_and_good_records_come_out(
         out = runner.invoke(cli, ["tail", "flaky", "sums", "--count", "3", "--timeout", "30"], env=env)
         listing = until(lambda: cli_out(runner, env, "dlq", "list", "flaky", "--tracebacks"),
                         lambda text: "malformed_message" in text)
-        partitions = until(lambda: status_table(cli_out(runner, env, "status"), "committed seq"),
+        partitions = until(lambda: status_table(cli_out(runner, env, "status", "--partitions"),
+                                                "committed seq"),
                            lambda rows: any(r["malformed"] == "1" for r in rows))
         replayed = cli_out(runner, env, "dlq", "replay", "flaky")
         after = cli_out(runner, env, "dlq", "list", "flaky")
@@ -93,12 +94,13 @@ def cli_out(runner: CliRunner, env: dict[str, str], *args: str) -> str:
 
 def status_table(text: str, column: str) -> list[dict[str, str]]:
     """The rows of the first table in `text` whose header has `column`, as dicts (cells
-    cut where the header's dashes put them: a cell may be empty or hold spaces)."""
+    cut where the header's names start: a cell may be empty or hold spaces)."""
     for block in text.split("\n\n"):
         lines = block.strip("\n").splitlines()
-        if len(lines) > 1 and lines[1].startswith("-"):
-            spans = [m.span() for m in re.finditer(r"-+", lines[1])]
-            spans[-1] = (spans[-1][0], 10**6)  # the last column runs to the end of its line
+        if len(lines) > 1 and lines[1].startswith("─"):
+            # Column names are words with single spaces between, columns 3 spaces apart.
+            starts = [m.start() for m in re.finditer(r"\S+(?: \S+)*", lines[0])]
+            spans = list(zip(starts, [*starts[1:], 10**6], strict=True))
 
             def cells(line: str, spans: list[tuple[int, int]] = spans) -> list[str]:
                 return [line[a:b].strip() for a, b in spans]

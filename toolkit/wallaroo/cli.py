@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -14,18 +15,18 @@ import typer
 
 from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.scale import request_runners
-from wallaroo.control.tables import preview, render_table
+from wallaroo.control.tables import preview, printable, render_table
 from wallaroo.core import keys
 from wallaroo.core.calls import cluster_creds, cluster_tls_ca, cluster_url
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import DeadLetter
 from wallaroo.local.scaffold import Template
-from wallaroo.nats import Nats
+from wallaroo.nats import Nats, nats_failure
 from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
 
 T = TypeVar("T")
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode="markdown",
                   help="Exactly-once stream processing on NATS JetStream.")
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect the dead-letter stream.")
 app.add_typer(dlq_app, name="dlq")
@@ -72,11 +73,26 @@ AppFile = Annotated[Path, typer.Argument(metavar="APP.py", help="the app's .py f
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a command body; a WallarooError becomes a one-line error and exit code 1."""
+    """Run a command body; a WallarooError or a failed NATS request becomes a one-line error
+    and exit code 1."""
     try:
         return asyncio.run(coro)
     except WallarooError as err:
         fail(str(err))
+    except Exception as err:
+        if not nats_failure(err):
+            raise
+        fail(_nats_failure_text(err))
+
+
+def _nats_failure_text(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".removesuffix(": ")
+    if isinstance(err, TimeoutError):
+        # A request a role may not make is dropped by the server: the client sees a timeout.
+        return (f"NATS did not answer ({text}): the server is overloaded or leaderless, or the "
+                "credentials in use may not do this (a deployer's are needed to deploy, scale "
+                "or replay): see --creds")
+    return f"NATS refused the request ({text})"
 
 
 def fail(text: str) -> NoReturn:
@@ -337,14 +353,19 @@ def tail(
 
 
 @app.command()
-def status(nats: NatsOpt = None) -> None:
-    """Apps and stages, each partition's owner, committed seq, lag and rate, functions (calls
+def status(
+    nats: NatsOpt = None,
+    partitions: Annotated[bool, typer.Option("--partitions", help="a row per partition too: "
+                          "its owner, committed seq, lag and rate")] = False,
+) -> None:
+    """Apps, a row per stage (runners, lag, records processed, dead letters), functions (calls
     pending, running, done, failed, retried, latency), the runners, and connector sinks."""
     from wallaroo.control import status as st
 
     s = on_nats(nats, st.gather)
     _table(st.APP_COLUMNS, s.apps, "no apps deployed")
-    _table(st.PARTITION_COLUMNS, s.partitions, "no partitions")
+    if partitions:
+        _table(st.PARTITION_COLUMNS, s.partitions, "no partitions")
     if s.functions:
         _table(st.FUNCTION_COLUMNS, s.functions, "")
     _table(st.RUNNER_COLUMNS, s.runners, "no runners")
@@ -379,7 +400,9 @@ def top(
 
 
 def _table(columns: list[str], rows: list[list[str]], empty: str) -> None:
-    typer.echo(render_table(columns, rows) if rows else empty)
+    # On a terminal the table fits its width; in a pipe or file, a line per row.
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+    typer.echo(render_table(columns, rows, width) if rows else empty)
     typer.echo("")
 
 
@@ -397,20 +420,15 @@ def _policy(min_runners: int, max_runners: int, target_catchup: float,
 
 @app.command()
 def scale(
-    app_name: Annotated[str, typer.Argument(metavar="APP")],
     runners: Annotated[int, typer.Option("--runners", min=0, help="how many runners")],
     nats: NatsOpt = None,
 ) -> None:
-    """Resize the local cluster that `wallaroo dev` runs (runners are shared by its apps)."""
+    """Resize the runner pool of the local cluster that `wallaroo dev` runs: the runners are
+    shared by every app deployed there, so there is no app to name."""
 
-    async def body(nc: Nats) -> str:
-        manifest = await apps.manifest_of(nc, app_name)
-        await request_runners(nc, runners)
-        return manifest.name
-
-    name = on_nats(nats, body, role="deployer")
-    typer.echo(f"asked the local cluster running {name} for {runners} runner(s); "
-               "`wallaroo status` shows them join or leave")
+    on_nats(nats, lambda nc: request_runners(nc, runners), role="deployer")
+    typer.echo(f"asked the local cluster for {runners} runner(s); `wallaroo status` shows them "
+               "join or leave")
 
 
 @app.command()
@@ -543,7 +561,7 @@ def run_command(
 def call(
     app_name: Annotated[str, typer.Argument(metavar="APP")],
     function: Annotated[str, typer.Argument(help="function name, or Class.method")],
-    args: Annotated[list[str] | None, typer.Argument(metavar="[JSON_ARG]...", help="arguments, "
+    args: Annotated[list[str] | None, typer.Argument(metavar="JSON_ARG", help="arguments, "
                     "each a JSON value (a bare word is a string)")] = None,
     spawn: Annotated[bool, typer.Option("--spawn", help="print the call id and return at "
                      "once; see `wallaroo calls show ID`")] = False,
@@ -626,7 +644,7 @@ def jobs_cancel(name: Annotated[str, typer.Argument(metavar="NAME")], nats: Nats
 @dlq_app.command("list")
 def dlq_list(
     app_name: Annotated[str, typer.Argument(metavar="APP")],
-    limit: Annotated[int, typer.Option(min=1)] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="show the oldest N")] = 100,
     tracebacks: Annotated[bool, typer.Option("--tracebacks", help="show full tracebacks")] = False,
     nats: NatsOpt = None,
 ) -> None:
@@ -640,14 +658,15 @@ def dlq_list(
     if not letters:
         typer.echo(f"no dead letters for {app_name}")
         return
-    rows = [[str(d.seq), d.step, d.reason, str(d.attempts), d.key or "", preview(d.payload),
-             preview(d.error, 200), "yes" if d.replayable else "no"] for d in letters]
-    typer.echo(render_table(["seq", "step", "reason", "attempts", "key", "record", "error",
-                             "replay"], rows))
+    rows = [[str(d.seq), d.step, d.reason, str(d.attempts), preview(d.key or ""),
+             preview(dlq.record_text(d)), preview(d.error, 200), "yes" if d.replayable else "no"]
+            for d in letters]
+    _table(["seq", "step", "reason", "attempts", "key", "record", "error", "replay"], rows, "")
     if tracebacks:
         for d in letters:
             where = f" (from {d.subject} seq {d.rid[0]})" if d.subject else ""
-            typer.echo(f"\n--- dead letter {d.seq}{where} ---\n{d.traceback}")
+            shown = printable(d.traceback, keep="\n")  # the error's text came from the record
+            typer.echo(f"--- dead letter {d.seq}{where} ---\n{shown}")
 
 
 @dlq_app.command("replay")
@@ -789,7 +808,13 @@ def infra_node_cert(
 
 
 def main() -> None:
-    app(prog_name="wallaroo")
+    try:
+        app(prog_name="wallaroo")
+    except OSError as err:
+        # A file or folder a command could not read or write (a state dir, a key folder):
+        # the operator's to fix, and the error names it; a traceback would bury that.
+        typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import dataclasses
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -162,6 +163,24 @@ def test_artifact_round_trip(write_app: WriteApp, key: SigningKey, trust: Trust)
     assert manifest.signature.startswith(key.fingerprint + ":")
     assert Manifest.from_wire(manifest.to_wire()) == manifest
     assert sorted(testing.run(loaded.built(), ["x y x"]).lines()) == ["x => 1", "x => 2", "y => 1"]
+
+
+def test_shipped_code_keeps_its_file_name_and_lines(write_app: WriteApp, key: SigningKey,
+                                                   trust: Trust) -> None:
+    """cloudpickle names shipped code "<dynamic-code>"; a dead letter's traceback must name
+    the user's file and line instead (and where the file is, show the line)."""
+    path = write_app(WITH_SETUP)
+    artifact, manifest = build_artifact(load_app(path)[0], path, key)
+    split = load_artifact(artifact, manifest, trust).built().stages[0].steps[0].fn
+
+    with pytest.raises(AttributeError) as err:
+        split(None)
+
+    frame = traceback.extract_tb(err.value.__traceback__)[-1]
+    line = STEPS.splitlines().index("    return line.split()") + 1
+    assert (frame.filename, frame.lineno, frame.line) == (str(path.resolve()), line,
+                                                          "return line.split()")
+    assert b"<dynamic-code>" not in artifact
 
 
 def test_an_artifact_from_another_python_is_refused_by_name(

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from wallaroo.control.status import Rollout, rollout, running_versions
+from wallaroo.control.status import PartitionView, Rollout, _stage_summary, rollout, running_versions
 from wallaroo.core.names import MEMBERS_BUCKET
-from wallaroo.core.wire import AppReport, Heartbeat, Manifest
+from wallaroo.core.observe import StageLag
+from wallaroo.core.wire import AppReport, Heartbeat, Manifest, PartitionReport
 
 V2 = Manifest("wc", "wc", "v2", "3.11", "3.1", 1, [], [], [], created=2.0)
 
@@ -102,3 +103,19 @@ def test_a_clean_rollout_has_no_problems() -> None:
     state = Rollout("v2", ready=["r0", "r1"], failed={}, waiting=[])
 
     assert state.ok and state.problems() == []
+
+
+def test_a_stage_row_adds_up_its_partitions() -> None:
+    """status's default view: one row per stage, its partitions' numbers added up; the
+    runners that run them named once; busy is the longest-running batch."""
+    def report(records: int, dead: int, busy: float) -> PartitionReport:
+        return PartitionReport(commits=1, records=records, dead=dead, restores=0, committed_seq=1,
+                               rate=10.0, msg_rate=1.0, busy_for=busy)
+
+    views = [PartitionView("wc", 1, 0, "r0", "r0", report(5, 1, 0.0), (2, 1)),
+             PartitionView("wc", 1, 1, "r1", "r1", report(7, 0, 12.0), (0, 0)),
+             PartitionView("wc", 1, 2, "r1", "r1", report(1, 2, 0.0), None),
+             PartitionView("wc", 1, 3, "-", "-", None, None)]
+    lag = StageLag("wc", 1, "count", pending=2, ack_pending=1, partitions=4, missing=2)
+
+    assert _stage_summary(views, lag) == ["r0, r1", "2", "1", "13", "30", "3", "12s"]

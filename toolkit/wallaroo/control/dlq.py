@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from wallaroo.control.peek import value_text
 from wallaroo.control.tables import preview
 from wallaroo.core import codec
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import REPLAY_PREFIX, AppNames
-from wallaroo.core.wire import DeadLetter, Manifest, ReplayBatch
+from wallaroo.core.wire import MALFORMED, DeadLetter, Manifest, ReplayBatch
 from wallaroo.nats import Nats, Out
 
 
@@ -34,8 +35,15 @@ async def count(nats: Nats, manifest: Manifest) -> int:
 async def first_lines(nats: Nats, manifest: Manifest, limit: int = 10) -> list[str]:
     """The first `limit` dead letters, a line each (step, reason, error, record; control
     characters escaped): what `wallaroo dev --input` and `wallaroo run` show at the end."""
-    return [f"  {d.step}: {d.reason}: {preview(d.error, 120)} (record {preview(d.payload)})"
+    return [f"  {d.step}: {d.reason}: {preview(d.error, 120)} (record {preview(record_text(d))})"
             for d in await dead_letters(nats, manifest, limit)]
+
+
+def record_text(letter: DeadLetter) -> str:
+    """The letter's record for a person: a value a runner pickled (a record after a key_by, a
+    step's state or micro-batch) as its repr, read without importing or running anything
+    (see control/peek.py); a raw record or a malformed message as its bytes."""
+    return value_text(letter.payload, pickled=letter.reason != MALFORMED)
 
 
 async def replay_dead_letters(nats: Nats, manifest: Manifest, seqs: set[int] | None = None) -> int:

@@ -18,13 +18,15 @@ from wallaroo.core.names import (
     partition_key,
 )
 from wallaroo.core.observe import Lag
-from wallaroo.core.wire import Assignment, Heartbeat, Holder, Manifest, Part
+from wallaroo.core.wire import Assignment, Heartbeat, Holder, Manifest, Part, PartitionReport
 from wallaroo.nats import Nats
 
 # "deployed": the manifest's version; "running": what runners report they run (a refused or
 # unfinished deploy leaves them on another one; the runners' errors say why).
-APP_COLUMNS = ["app", "deployed", "running", "stage", "name", "partitions", "pending",
-               "ack pending"]
+# A row per stage by default (an app of 3 stages of 16 partitions is 3 rows, not 48);
+# `wallaroo status --partitions` adds PARTITION_COLUMNS, a row per partition.
+APP_COLUMNS = ["app", "deployed", "running", "stage", "name", "partitions", "runners", "pending",
+               "ack pending", "processed", "records/s", "dead letters", "busy"]
 PARTITION_COLUMNS = ["app", "stage", "partition", "owner", "running on", "committed seq", "lag",
                      "records/s", "malformed", "busy"]
 RUNNER_COLUMNS = ["runner", "role", "pid", "host", "partitions", "commits", "records", "records/s",
@@ -61,12 +63,25 @@ async def gather(nats: Nats) -> Status:
         by_part = await observe.partition_lags(nats, manifest)  # one consumer read per partition
         running = running_versions(manifest.slug, beats)
         waiting = await observe.unconsumed(nats, manifest, by_part)
+        views = await _partition_views(nats, manifest, beats, by_part)
         for lag in observe.stage_totals(manifest, by_part, waiting):
             apps.append([manifest.name, manifest.version, running, str(lag.stage), lag.name,
-                         str(lag.partitions), str(lag.pending), str(lag.ack_pending)])
-        partitions += await _partition_rows(nats, manifest, beats, by_part)
+                         str(lag.partitions), *_stage_summary([v for v in views if v.stage == lag.stage],
+                                                              lag)])
+        partitions += [v.row() for v in views]
     runners = [_runner_row(b, leader) for b in beats]
     return Status(apps, partitions, runners, _sink_rows(beats), _problem_rows(beats), functions)
+
+
+def _stage_summary(views: list[PartitionView], lag: observe.StageLag) -> list[str]:
+    """The runners, pending, ack pending, processed, records/s, dead letters and busy cells
+    of a stage's row: its partitions' added up (busy: the longest-running batch)."""
+    reps = [v.report for v in views if v.report is not None]
+    runners = sorted({v.running for v in views if v.running != "-"})
+    return [", ".join(runners) or "-", str(lag.pending), str(lag.ack_pending),
+            str(sum(r.records for r in reps)), f"{sum(r.rate for r in reps):.0f}",
+            str(sum(r.dead for r in reps)),  # malformed messages included
+            _busy(max((r.busy_for for r in reps), default=0.0))]
 
 
 def _problem_rows(beats: list[Heartbeat]) -> list[list[str]]:
@@ -118,22 +133,41 @@ def _sink_rows(beats: list[Heartbeat]) -> list[list[str]]:
     return sorted(rows)
 
 
-async def _partition_rows(nats: Nats, m: Manifest, beats: list[Heartbeat],
-                         lags: dict[Part, Lag | None]) -> list[list[str]]:
+@dataclass(frozen=True)
+class PartitionView:
+    """One partition of an app: who should own it, who runs it (the lease holder) and what
+    that runner reports of it."""
+
+    app: str
+    stage: int
+    partition: int
+    owner: str
+    running: str
+    report: PartitionReport | None
+    lag: Lag | None
+
+    def row(self) -> list[str]:
+        """The cells of PARTITION_COLUMNS."""
+        rep = self.report
+        return [self.app, str(self.stage), str(self.partition), self.owner, self.running,
+                str(rep.committed_seq) if rep else "-", "-" if self.lag is None else str(sum(self.lag)),
+                str(rep.rate) if rep else "-", str(rep.malformed) if rep else "-",
+                _busy(rep.busy_for if rep else 0.0)]
+
+
+async def _partition_views(nats: Nats, m: Manifest, beats: list[Heartbeat],
+                           lags: dict[Part, Lag | None]) -> list[PartitionView]:
     raw = await nats.kv_get(ASSIGN_BUCKET, m.slug)
     owners = Assignment.from_wire(raw).owners if raw else {}
     reports = {(b.id, part): p for b in beats
                for part, p in (b.apps[m.slug].partitions.items() if m.slug in b.apps else [])}
-    rows = []
+    views = []
     for part, lag in lags.items():
         holder = await nats.kv_get(LEASES_BUCKET, partition_key(m.slug, *part))
         running = Holder.from_wire(holder).runner_id if holder else "-"
-        rep = reports.get((running, part))
-        rows.append([m.name, str(part[0]), str(part[1]), owners.get(part, "-"), running,
-                     str(rep.committed_seq) if rep else "-", "-" if lag is None else str(sum(lag)),
-                     str(rep.rate) if rep else "-", str(rep.malformed) if rep else "-",
-                     _busy(rep.busy_for if rep else 0.0)])
-    return rows
+        views.append(PartitionView(m.name, part[0], part[1], owners.get(part, "-"), running,
+                                   reports.get((running, part)), lag))
+    return views
 
 
 def _busy(seconds: float) -> str:

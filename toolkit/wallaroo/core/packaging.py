@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import io
 import os
 import sys
 import sysconfig
 import time
 import traceback
 import types
+from collections import ChainMap
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +138,7 @@ def build_artifact(app: Application | App, app_file: Path,
     for mod in modules:
         cloudpickle.register_pickle_by_value(mod)
     try:
-        artifact = cloudpickle.dumps(deployed, protocol=5)
+        artifact = _pickle_keeping_files(deployed)
     finally:
         for mod in modules:
             cloudpickle.unregister_pickle_by_value(mod)
@@ -150,6 +152,32 @@ def build_artifact(app: Application | App, app_file: Path,
         job=built.is_job, delivered_sinks=[s.name for s in built.sinks if isinstance(s, ConnectorSink)],
     )
     return artifact, sign(artifact, manifest, key) if key is not None else manifest
+
+
+def _pickle_keeping_files(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    _FilePickler(buf).dump(obj)
+    return buf.getvalue()
+
+
+class _FilePickler(cloudpickle.Pickler):  # type: ignore[misc]  # cloudpickle has no types
+    """cloudpickle, but shipped code keeps the name of its file: cloudpickle writes every
+    code object's co_filename as "<dynamic-code>" (to pickle the same code the same way from
+    any folder), so a dead letter's traceback could not say where the user's code failed.
+    The path is the deployer's: on a VM the file is not there, but its name and the line
+    are what the user needs (and `wallaroo dev` shows the line itself). It costs no
+    determinism: cloudpickle ships each by-value module's __file__ with its functions."""
+
+    _reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+    def __init__(self, file: io.BytesIO) -> None:
+        # The C pickler reads dispatch_table when it is made: set it first.
+        self.dispatch_table = ChainMap({types.CodeType: self._code}, cloudpickle.Pickler.dispatch_table)
+        super().__init__(file, protocol=5)
+
+    def _code(self, code: types.CodeType) -> Any:
+        rebuild, args = type(self)._reduce_code(code)
+        return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
 
 
 def _stage_info(app: Application, index: int) -> StageInfo:

@@ -71,6 +71,12 @@ def unavailable(err: BaseException) -> bool:
     return isinstance(err, nats.errors.Error) and not isinstance(err, jserr.APIError)
 
 
+def nats_failure(err: BaseException) -> bool:
+    """Is `err` NATS failing a request (a timeout, no responders, a refused JetStream call)
+    rather than a bug: what a command reports as one line, not a traceback."""
+    return isinstance(err, (*RETRYABLE, nats.errors.Error))
+
+
 def _backoff(patience: float = PUBLISH_PATIENCE) -> Iterator[float]:
     """Delays between tries: growing to 1 s, until `patience` seconds have passed."""
     deadline = time.monotonic() + patience
