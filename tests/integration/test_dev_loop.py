@@ -7,9 +7,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import pty
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,3 +210,35 @@ def test_dev_ends_when_a_runner_keeps_crashing(running_dev: Dev) -> None:
     assert running_dev.proc.returncode == 1, err
     assert "error: runner r0 crashed 5 times in a row" in err
     assert "see .wallaroo/dev/logs/r0.log" in err and "Traceback" not in err
+
+
+def test_dev_input_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    # stderr a terminal, stdout (the outputs) a pipe: the bar goes to the terminal only.
+    controller, terminal = pty.openpty()
+    env = {**user_env(), "TERM": "xterm", "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", str(APP), "--input",
+                             str(WORD_COUNT / "count_this.txt")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=terminal, stdin=subprocess.DEVNULL)
+    os.close(terminal)
+    shown = bytearray()
+    reader = threading.Thread(target=_drain, args=(controller, shown))  # a full pty would block
+    reader.start()
+    out, _ = proc.communicate(timeout=150)
+    reader.join(timeout=30)
+    os.close(controller)
+    screen = shown.decode(errors="replace")
+    assert proc.returncode == 0, screen
+    assert len(out.decode().splitlines()) == 482  # outputs only: no bar in them
+    assert "20/20" in screen and "20 records" in screen, screen  # M/N: all 20 lines sent
+    assert "sent 20 of 20 records;" not in screen  # no plain lines where the bar is
+
+
+def _drain(fd: int, into: bytearray) -> None:
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: every writer closed the terminal
+            return
+        if not chunk:
+            return
+        into.extend(chunk)

@@ -1,4 +1,8 @@
-"""`wallaroo dev`: deploy an app on a fresh local cluster, feed it, print its outputs."""
+"""`wallaroo dev`: deploy an app on a local cluster, feed it, print its outputs.
+
+The cluster keeps its state under STATE_DIR between sessions (JetStream store, keyed state,
+outputs, keys): stop dev and start it again and the app goes on where it was; `--fresh` starts
+empty. While it runs, a supervisor (supervise.py) restarts crashed runners."""
 
 from __future__ import annotations
 
@@ -56,8 +60,9 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
 
 
 def _refuse_a_second_dev(state_dir: Path) -> None:
-    """A dev starts afresh in its folder: one still running there would lose its JetStream
-    store and state under it. A url file whose server is gone (a dev killed) is stale."""
+    """Two devs in one folder would run two nats-servers on one JetStream store (and a
+    --fresh one would delete it under the other). A url file whose server is gone (a dev
+    killed) is stale."""
     url_file = state_dir / "url"
     if not url_file.is_file():
         return

@@ -167,7 +167,8 @@ class JobView:
                                 # the terminal tested above; stdout may carry outputs (dev)
                                 console=Console(stderr=True))
             self.bar.start()
-            self.task = self.bar.add_task("reading", total=None, records=0, rate=0)
+            first = "reading" if self.counting == "bytes" else "sending"
+            self.task = self.bar.add_task(first, total=None, records=0, rate=0)
         return self
 
     def __exit__(self, *exc: object) -> None:
