@@ -256,7 +256,11 @@ async def _finish(nats: Nats, manifest: Manifest, printer: _Printer, timeout: fl
     while not idle.done():
         await progress.refresh()
         await asyncio.wait([idle], timeout=PROGRESS_EVERY)
-    await idle
+    try:
+        await idle
+    except TimeoutError as err:  # an operational failure: one line, not a traceback
+        msg = f"{err}; raise --timeout to wait longer (runner logs: STATE_DIR/logs)"
+        raise WallarooError(msg) from None
     await progress.refresh(last=True)
     target = await nats.stream_last_seq(AppNames(manifest.slug).out_stream)
     while printer.last_seq < target:
