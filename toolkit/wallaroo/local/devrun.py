@@ -11,7 +11,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -84,24 +84,43 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     supervisor = asyncio.create_task(Supervisor(cluster, info).run(stop))
-    logging.getLogger("wallaroo.nats").addFilter(_UnlessServerGone(cluster))
-    nats = await Nats.connect(cluster.url, name="wallaroo-dev", creds=cluster.creds("deployer"),
-                              tls_ca=cluster.tls_ca)
-    printer: _Printer | None = None
-    sizer: asyncio.Task[None] | None = None
     try:
-        manifest = await _until(stop, supervisor, _deploy(nats, cluster, app_file))
-        if manifest is None:
-            return None
-        printer = await _Printer.start(nats, manifest)
-        sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))
+        with _quiet_once_gone(cluster):
+            nats = await Nats.connect(cluster.url, name="wallaroo-dev",
+                                      creds=cluster.creds("deployer"), tls_ca=cluster.tls_ca)
+            try:
+                return await _serve(cluster, nats, stop, supervisor, app_file, input_file,
+                                    source, timeout, autoscale)
+            finally:
+                await nats.close()
+    finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WallarooError):
+            await supervisor  # its error, if any, was raised by _until already
+
+
+async def _serve(cluster: DevCluster, nats: Nats, stop: asyncio.Event,
+                 supervisor: asyncio.Task[None], app_file: Path, input_file: Path | None,
+                 source: str | None, timeout: float, autoscale: Sequence[str] | None
+                 ) -> int | None:
+    """Deploy, print outputs, size the pool, and feed the input if there is one."""
+    manifest = await _until(stop, supervisor, _deploy(nats, cluster, app_file))
+    if manifest is None:
+        return None
+    printer = await _Printer.start(nats, manifest)
+    sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))
+    try:
         if input_file is None:
             return await _until(stop, supervisor, _forever())
         return await _until(stop, supervisor, _feed(nats, manifest, printer, input_file,
                                                     source, timeout))
     finally:
         stop.set()
-        await _wind_down(cluster, nats, sizer, printer, supervisor)
+        if not cluster.server.alive:
+            sizer.cancel()  # nothing would answer its reads: not waited for
+        with contextlib.suppress(asyncio.CancelledError):
+            await sizer
+        await printer.stop()
 
 
 async def _deploy(nats: Nats, cluster: DevCluster, app_file: Path) -> Manifest:
@@ -145,32 +164,26 @@ def _shape_text(shape: list[tuple[str, int]]) -> str:
     return ", ".join(f"{name} x{parts}" for name, parts in shape)
 
 
-class _UnlessServerGone(logging.Filter):
-    """Drops the NATS client's complaints once nats-server has exited: the supervisor says so
-    in one line, where the client would log every failed reconnect until dev stops."""
+@contextlib.contextmanager
+def _quiet_once_gone(cluster: DevCluster) -> Iterator[None]:
+    """Drops the NATS client's complaints once nats-server has exited: the supervisor says
+    so in one line, where the client would log every failed reconnect until dev stops."""
+    logger = logging.getLogger("wallaroo.nats")
+    quiet = _UnlessServerGone(cluster)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
+
+class _UnlessServerGone(logging.Filter):
     def __init__(self, cluster: DevCluster) -> None:
         super().__init__()
         self.cluster = cluster
 
     def filter(self, record: logging.LogRecord) -> bool:
         return self.cluster.server.alive
-
-
-async def _wind_down(cluster: DevCluster, nats: Nats, sizer: asyncio.Task[None] | None,
-                     printer: _Printer | None, supervisor: asyncio.Task[None]) -> None:
-    """Stop dev's tasks. With nats-server gone, nothing answers the sizer: it is cancelled
-    rather than waited for, and the connection closed without its goodbye."""
-    server_gone = not cluster.server.alive
-    for task in (supervisor, sizer):
-        if task is not None and (server_gone or task is supervisor):
-            task.cancel()
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError, WallarooError):
-                await task  # the supervisor's error was raised by _until already
-    if printer is not None:
-        await printer.stop()
-    await nats.close()
 
 
 async def _size_pool(nats: Nats, cluster: DevCluster, autoscale: Sequence[str] | None,
