@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import (
@@ -152,7 +152,7 @@ class JobView:
     records sent of its input's the same way (`counting="records"`)."""
 
     def __init__(self, tty: bool, clock: Callable[[], float] = time.monotonic,
-                 counting: str = "bytes") -> None:
+                 counting: Literal["bytes", "records"] = "bytes") -> None:
         self.tty, self.clock, self.last_line = tty, clock, -PLAIN_EVERY
         self.counting = counting
         self.bar: Progress | None = None
