@@ -48,7 +48,8 @@ def test_dev_keeps_state_outputs_and_keys_across_restarts_unless_fresh(tmp_path:
     assert "onto the state kept from the last dev here" in second.stderr
     assert secrets(tmp_path / ".wallaroo" / "dev") == made  # reused, not made anew
     # Not a terminal: progress as plain lines, the last one with everything processed.
-    assert "wallaroo: sent 1 of 1 records; 1 processed" in second.stderr
+    assert "wallaroo: sent 1 of 1 records; 1 processed, " in second.stderr
+    assert "; 2 outputs\n" in second.stderr
     assert "\r" not in second.stderr
 
     # A dev without input serves what the earlier ones left: `tail` shows every output.

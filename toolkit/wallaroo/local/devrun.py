@@ -272,9 +272,8 @@ async def _finish(nats: Nats, manifest: Manifest, printer: _Printer, timeout: fl
     try:
         await idle
     except TimeoutError as err:  # an operational failure: one line, not a traceback
-        msg = f"{err}; raise --timeout to wait longer (runner logs: STATE_DIR/logs)"
+        msg = f"{err}; raise --timeout to wait longer"
         raise WallarooError(msg) from None
-    await progress.refresh(last=True)
     target = await nats.stream_last_seq(AppNames(manifest.slug).out_stream)
     while printer.last_seq < target:
         if printer.task.done():
@@ -282,6 +281,7 @@ async def _finish(nats: Nats, manifest: Manifest, printer: _Printer, timeout: fl
             msg = "the output printer stopped before printing every output"
             raise WallarooError(msg)
         await asyncio.sleep(0.02)
+    await progress.refresh(last=True)  # with every output counted
 
 
 class _Progress:
