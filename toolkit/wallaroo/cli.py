@@ -139,6 +139,8 @@ def dev(
                             "--min-runners 0")] = None,
     tls: Annotated[bool, typer.Option("--tls", help="nats-server speaks TLS only, with a CA "
                    "made for it (STATE_DIR/tls/ca.pem), which commands run here verify")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="start with an empty cluster instead "
+                     "of the state, streams and outputs the last dev here left")] = False,
 ) -> None:
     """Run APP on a local cluster (embedded nats-server + runners), printing every output."""
     from wallaroo.local.devrun import run_dev
@@ -150,7 +152,8 @@ def dev(
                        "--interval", "0.5"]
         scaler_args += ["--idle-to-zero", str(idle_to_zero)] if idle_to_zero is not None else []
     try:
-        code = run_dev(app_file, input, runners, source, state_dir, timeout, scaler_args, tls)
+        code = run_dev(app_file, input, runners, source, state_dir, timeout, scaler_args, tls,
+                       fresh)
     except WallarooError as err:
         fail(str(err))
     raise typer.Exit(code)

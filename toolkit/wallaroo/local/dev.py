@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,7 @@ class ServiceProcess:
     def __init__(self, name: str, command: Sequence[str], log_dir: Path) -> None:
         self.name, self.command, self.log_dir = name, list(command), log_dir
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # time.monotonic() at start: how soon a crash came
 
     @property
     def log_file(self) -> Path:
@@ -106,6 +108,7 @@ class ServiceProcess:
                 process_group=0,  # Ctrl-C reaches `wallaroo dev`, which stops them in order
                 preexec_fn=die_with_parent(),  # dies with us (see children.py)
             )
+        self.started_at = time.monotonic()
         return self
 
     @property
@@ -201,15 +204,26 @@ class RunnerPool:
 
     def check(self) -> None:
         """Replace runners that exited asking for it; fail on any other exit."""
-        for i, r in enumerate(self.runners):
+        for r in list(self.runners):
             if r.alive or r.proc is None:
                 continue
             if r.proc.returncode == REPLACE_EXIT:
-                self.runners[i] = RunnerProcess(self.url, r.runner_id, self.log_dir, self.member_ttl,
-                                                self.state_store, self.extra).start()
+                self.replace(r)
                 continue
             msg = f"runner {r.name} exited with code {r.proc.returncode}; see {r.log_file}"
             raise WallarooError(msg)
+
+    def replace(self, old: RunnerProcess) -> RunnerProcess | None:
+        """Start a runner with `old`'s id (and log file) in its place; None if `old` left the
+        pool meanwhile (scaled away). The same id: the partitions the cluster gave `old` go
+        straight to its successor, which restores them from their changelogs."""
+        for i, r in enumerate(self.runners):
+            if r is old:
+                self.runners[i] = RunnerProcess(self.url, old.runner_id, self.log_dir,
+                                                self.member_ttl, self.state_store,
+                                                self.extra).start()
+                return self.runners[i]
+        return None
 
     def stop(self) -> None:
         self.scale_to(0)
@@ -279,6 +293,11 @@ class DevCluster(Service):
         self.pool.check()
 
     def stop(self) -> None:
+        if self.server.proc is not None and not self.server.alive:
+            # nats-server is gone: runners have nothing to commit to, so waiting for them to
+            # finish their batches would only wait out STOP_TIMEOUT.
+            for r in self.pool.runners:
+                r.kill()
         self.pool.stop()
         self.server.stop()
 

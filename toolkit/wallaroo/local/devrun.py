@@ -1,33 +1,43 @@
-"""`wallaroo dev`: deploy an app on a fresh local cluster, feed it, print its outputs."""
+"""`wallaroo dev`: deploy an app on a local cluster, feed it, print its outputs.
+
+The cluster keeps its state under STATE_DIR between sessions (JetStream store, keyed state,
+outputs, keys): stop dev and start it again and the app goes on where it was; `--fresh` starts
+empty. While it runs, a supervisor (supervise.py) restarts crashed runners."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.status import wait_rollout
-from wallaroo.core.errors import WallarooError
+from wallaroo.core import observe
+from wallaroo.core.errors import NotDeployedError, WallarooError
+from wallaroo.core.frames import Framing
 from wallaroo.core.names import AppNames
 from wallaroo.core.packaging import load_app
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster, ServiceProcess, autoscaler_command, follow_wishes
 from wallaroo.local.natsserver import listening
+from wallaroo.local.supervise import Supervisor
 from wallaroo.nats import Nats
-from wallaroo.plan import Stage
+from wallaroo.plan import Application, Stage
 
+PROGRESS_EVERY = 0.5  # seconds between looks at the runners' counts while processing
+T = TypeVar("T")
 INTERRUPTED = 130  # exit code of a `dev --input` stopped by Ctrl-C/SIGTERM before its end
 
 
 def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
             state_dir: Path, timeout: float, autoscale: Sequence[str] | None = None,
-            tls: bool = False) -> int:
+            tls: bool = False, fresh: bool = False) -> int:
     """`autoscale`: arguments for a `wallaroo autoscaler --backend local` process, which then
     sizes the runner pool; None: the pool keeps `runners` (or what `wallaroo scale` asks).
     `tls`: nats-server speaks TLS only, with a CA made under STATE_DIR/tls (see DevCluster)."""
@@ -38,7 +48,7 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
     if input_file is not None:
         _check_input(app.sources.get(source or next(iter(app.sources), "")), input_file)
     _refuse_a_second_dev(state_dir)
-    cluster = DevCluster(state_dir, runners, tls=tls)
+    cluster = DevCluster(state_dir, runners, fresh=fresh, tls=tls)
     with cluster:
         url_file = state_dir / "url"
         url_file.write_text(cluster.url)
@@ -60,8 +70,9 @@ def _check_input(stage: Stage | None, input_file: Path) -> None:
 
 
 def _refuse_a_second_dev(state_dir: Path) -> None:
-    """A dev starts afresh in its folder: one still running there would lose its JetStream
-    store and state under it. A url file whose server is gone (a dev killed) is stale."""
+    """Two devs in one folder would run two nats-servers on one JetStream store (and a
+    --fresh one would delete it under the other). A url file whose server is gone (a dev
+    killed) is stale."""
     url_file = state_dir / "url"
     if not url_file.is_file():
         return
@@ -82,30 +93,107 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    nats = await Nats.connect(cluster.url, name="wallaroo-dev", creds=cluster.creds("deployer"),
-                              tls_ca=cluster.tls_ca)
-    printer: _Printer | None = None
-    sizer: asyncio.Task[None] | None = None
+    supervisor = asyncio.create_task(Supervisor(cluster, info).run(stop))
     try:
-        manifest = await apps.deploy(nats, app_file, key=cluster.deploy_key)
-        rollout = await wait_rollout(nats, manifest, timeout=60)
-        if not rollout.ok:
-            raise WallarooError("; ".join(rollout.problems()))
-        info(f"deployed {manifest.name} version {manifest.version}")
-        printer = _Printer(nats, manifest)
-        sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))
+        with _quiet_once_gone(cluster):
+            nats = await Nats.connect(cluster.url, name="wallaroo-dev",
+                                      creds=cluster.creds("deployer"), tls_ca=cluster.tls_ca)
+            try:
+                return await _serve(cluster, nats, stop, supervisor, app_file, input_file,
+                                    source, timeout, autoscale)
+            finally:
+                await nats.close()
+    finally:
+        supervisor.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WallarooError):
+            await supervisor  # its error, if any, was raised by _until already
+
+
+async def _serve(cluster: DevCluster, nats: Nats, stop: asyncio.Event,
+                 supervisor: asyncio.Task[None], app_file: Path, input_file: Path | None,
+                 source: str | None, timeout: float, autoscale: Sequence[str] | None
+                 ) -> int | None:
+    """Deploy, print outputs, size the pool, and feed the input if there is one."""
+    manifest = await _until(stop, supervisor, _deploy(nats, cluster, app_file))
+    if manifest is None:
+        return None
+    printer = await _Printer.start(nats, manifest)
+    sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))
+    try:
         if input_file is None:
-            await _until(stop, cluster, _forever())
-            return None
-        return await _until(stop, cluster, _feed(nats, cluster, manifest, printer, input_file,
-                                                 source, timeout))
+            return await _until(stop, supervisor, _forever())
+        return await _until(stop, supervisor, _feed(nats, manifest, printer, input_file,
+                                                    source, timeout))
     finally:
         stop.set()
-        if sizer is not None:
+        if not cluster.server.alive:
+            sizer.cancel()  # nothing would answer its reads: not waited for
+        with contextlib.suppress(asyncio.CancelledError):
             await sizer
-        if printer is not None:
-            await printer.stop()
-        await nats.close()
+        await printer.stop()
+
+
+async def _deploy(nats: Nats, cluster: DevCluster, app_file: Path) -> Manifest:
+    """Deploy the app onto what the cluster kept: a new version of it switches to that state
+    as `wallaroo deploy` would; one whose stages no longer fit it is refused first."""
+    app, _ = load_app(app_file)
+    kept = await _kept_manifest(nats, app.name)
+    if kept is not None:
+        _refuse_another_shape(kept, app, cluster.state_dir)
+    manifest = await apps.deploy(nats, app_file, key=cluster.deploy_key)
+    rollout = await wait_rollout(nats, manifest, timeout=60)
+    if not rollout.ok:
+        raise WallarooError("; ".join(rollout.problems()))
+    info(f"deployed {manifest.name} version {manifest.version}"
+         + (" onto the state kept from the last dev here (--fresh starts empty)" if kept else ""))
+    return manifest
+
+
+async def _kept_manifest(nats: Nats, name: str) -> Manifest | None:
+    """The app's manifest from an earlier dev in this folder, if the cluster kept one."""
+    try:
+        return await apps.manifest_of(nats, name)
+    except NotDeployedError:
+        return None
+
+
+def _refuse_another_shape(kept: Manifest, app: Application, state_dir: Path) -> None:
+    """Keyed state lives in its stage's partitions, a key's partition fixed by the partition
+    count: an app whose stages or partitions changed would look its keys up in the wrong
+    place (and stage streams are numbered by stage)."""
+    before = [(st.name, st.partitions) for st in kept.stages]
+    now = [(st.name, st.partitions) for st in app.stages]
+    if before != now:
+        msg = (f"{app.name}'s stages changed since the state kept in {state_dir} "
+               f"({_shape_text(before)}; now {_shape_text(now)}): its keyed state would not "
+               "line up; run `wallaroo dev --fresh` to start empty")
+        raise WallarooError(msg)
+
+
+def _shape_text(shape: list[tuple[str, int]]) -> str:
+    return ", ".join(f"{name} x{parts}" for name, parts in shape)
+
+
+@contextlib.contextmanager
+def _quiet_once_gone(cluster: DevCluster) -> Iterator[None]:
+    """Drops the NATS client's complaints once nats-server has exited: the supervisor says
+    so in one line, where the client would log every failed reconnect until dev stops."""
+    logger = logging.getLogger("wallaroo.nats")
+    quiet = _UnlessServerGone(cluster)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+class _UnlessServerGone(logging.Filter):
+    def __init__(self, cluster: DevCluster) -> None:
+        super().__init__()
+        self.cluster = cluster
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.cluster.server.alive
 
 
 async def _size_pool(nats: Nats, cluster: DevCluster, autoscale: Sequence[str] | None,
@@ -135,13 +223,20 @@ async def _forever() -> int | None:
     return None
 
 
-async def _until(stop: asyncio.Event, cluster: DevCluster, work: Coroutine[Any, Any, int | None]
-                 ) -> int | None:
-    """Run `work` until it ends or `stop` is set (then None), failing fast if a runner dies."""
+async def _until(stop: asyncio.Event, supervisor: asyncio.Task[None],
+                 work: Coroutine[Any, Any, T]) -> T | None:
+    """Run `work` until it ends, or `stop` is set (then None); the supervisor's error if dev
+    cannot go on (nats-server gone, a runner crash-looping): that is the cause whatever
+    `work` then met."""
     task = asyncio.create_task(work)
-    while not task.done() and not stop.is_set():
-        cluster.check_runners()
-        await asyncio.wait([task], timeout=0.2)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([task, stopped, supervisor], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if supervisor.done() and not supervisor.cancelled():
+        task.cancel()
+        supervisor.result()  # raises its error
     if not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -150,12 +245,17 @@ async def _until(stop: asyncio.Event, cluster: DevCluster, work: Coroutine[Any, 
     return task.result()
 
 
-async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
-                input_file: Path, source: str | None, timeout: float) -> int:
-    records = ingest.file_records(input_file, ingest.source_framing(manifest, source))
-    sent = await ingest.send(nats, manifest, source, records, ingest.file_producer_id(input_file))
-    info(f"sent {sent.records} records from {input_file}")
-    await _finish(nats, cluster, manifest, printer, timeout)
+async def _feed(nats: Nats, manifest: Manifest, printer: _Printer, input_file: Path,
+                source: str | None, timeout: float) -> int:
+    framing = ingest.source_framing(manifest, source)
+    progress = _Progress(nats, manifest, printer, _count_records(input_file, framing))
+    with progress.view:
+        sent = await ingest.send(nats, manifest, source, ingest.file_records(input_file, framing),
+                                 ingest.file_producer_id(input_file), progress=progress.sent)
+        info(f"sent {sent.records} records from {input_file}"
+             + (f" ({sent.records - sent.new} sent before: skipped)" if sent.new < sent.records
+                else ""))
+        await _finish(nats, manifest, printer, timeout, progress)
     dead = await dlq.count(nats, manifest)
     info(f"done: {printer.count} outputs, {dead} dead letter(s)")
     if not dead:
@@ -167,14 +267,24 @@ async def _feed(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _P
     return 1
 
 
-async def _finish(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: _Printer,
-                  timeout: float) -> None:
-    """Wait until every input is processed and every output printed."""
+def _count_records(path: Path, framing: Framing | None) -> int:
+    """What the progress counts up to: the records ingest.file_records will send."""
+    return sum(1 for _ in ingest.file_records(path, framing))
+
+
+async def _finish(nats: Nats, manifest: Manifest, printer: _Printer, timeout: float,
+                  progress: _Progress) -> None:
+    """Wait until every input is processed and every output printed, showing progress.
+    A crashed runner does not end the wait: the supervisor restarts it."""
     idle = asyncio.create_task(apps.wait_idle(nats, manifest, timeout))
     while not idle.done():
-        cluster.check_runners()
-        await asyncio.sleep(0.1)
-    await idle
+        await progress.refresh()
+        await asyncio.wait([idle], timeout=PROGRESS_EVERY)
+    try:
+        await idle
+    except TimeoutError as err:  # an operational failure: one line, not a traceback
+        msg = f"{err}; raise --timeout to wait longer"
+        raise WallarooError(msg) from None
     target = await nats.stream_last_seq(AppNames(manifest.slug).out_stream)
     while printer.last_seq < target:
         if printer.task.done():
@@ -182,16 +292,64 @@ async def _finish(nats: Nats, cluster: DevCluster, manifest: Manifest, printer: 
             msg = "the output printer stopped before printing every output"
             raise WallarooError(msg)
         await asyncio.sleep(0.02)
+    await progress.refresh(last=True)  # with every output counted
+
+
+class _Progress:
+    """`dev --input`'s progress: records sent of the input's, records processed (as the
+    runners report them for the app's first stages) and their rate, outputs printed; shown
+    by runjob's JobView (a bar when stderr is a terminal and stdout, with the outputs, is
+    not: outputs written under a live bar would tear it; else plain lines)."""
+
+    def __init__(self, nats: Nats, manifest: Manifest, printer: _Printer, total: int) -> None:
+        from wallaroo.local.runjob import JobView  # here: runjob imports this module
+
+        self.nats, self.manifest, self.printer, self.total = nats, manifest, printer, total
+        self.view = JobView(sys.stderr.isatty() and not sys.stdout.isatty(), counting="records")
+        self.sent_records, self.processed, self.rate = 0, 0, 0.0
+
+    def sent(self, records: int) -> None:
+        self.sent_records = records
+        self.show("sending")
+
+    async def refresh(self, last: bool = False) -> None:
+        first = {st.index for st in self.manifest.stages if st.source is not None}
+        reports = [r for b in await observe.runner_heartbeats(self.nats)
+                   if self.manifest.slug in b.apps
+                   for part, r in b.apps[self.manifest.slug].partitions.items()
+                   if part[0] in first]
+        # A restarted runner counts from 0 again: the count shown never goes back. At the
+        # end (every stage idle) all that was sent was processed, reported or not yet.
+        reported = self.sent_records if last else sum(r.records for r in reports)
+        self.processed = max(self.processed, min(reported, self.sent_records))
+        self.rate = sum(r.rate for r in reports)
+        self.show("processing", last)
+
+    def show(self, doing: str, last: bool = False) -> None:
+        from wallaroo.local.runjob import Shown
+
+        self.view.show(Shown(self.sent_records, self.total, self.processed, self.rate, doing,
+                             last), self.line)
+
+    def line(self) -> str:
+        return (f"sent {self.sent_records:,} of {self.total:,} records; {self.processed:,} "
+                f"processed, {self.rate:,.0f}/s; {self.printer.count:,} outputs")
 
 
 class _Printer:
-    """Prints every output as it arrives, in a background task."""
+    """Prints every output as it arrives, in a background task, from `after` on."""
 
-    def __init__(self, nats: Nats, manifest: Manifest) -> None:
+    def __init__(self, nats: Nats, manifest: Manifest, after: int = 0) -> None:
         self.nats, self.manifest = nats, manifest
-        self.last_seq = 0
+        self.last_seq = after
         self.count = 0
         self.task = asyncio.create_task(self.run())
+
+    @classmethod
+    async def start(cls, nats: Nats, manifest: Manifest) -> _Printer:
+        """A printer of this session's outputs: those a kept state already holds were
+        printed by the dev that made them (`wallaroo tail` shows them again)."""
+        return cls(nats, manifest, await nats.stream_last_seq(AppNames(manifest.slug).out_stream))
 
     async def stop(self) -> None:
         self.task.cancel()
@@ -201,7 +359,8 @@ class _Printer:
     async def run(self) -> None:
         named = len(self.manifest.sinks) > 1
         out = sys.stdout.buffer
-        async for seq, sink, outs in outputs.tail(self.nats, self.manifest, None):
+        async for seq, sink, outs in outputs.tail(self.nats, self.manifest, None,
+                                                   self.last_seq + 1):
             out.write(_lines(outs, f"{sink}: ".encode() if named else b""))
             out.flush()
             self.count += len(outs)

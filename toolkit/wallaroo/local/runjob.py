@@ -15,9 +15,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from wallaroo.connectors import FileSink, FileSource, PartsSink
 from wallaroo.control import dlq, jobs
@@ -152,20 +160,27 @@ async def _follow(nats: Nats, manifest: Manifest, run: JobRun) -> int:
 
 class JobView:
     """Progress of a job: a rich bar on a terminal (input read of its total, records/s,
-    ETA), else a plain line every PLAIN_EVERY seconds."""
+    ETA), else a plain line every PLAIN_EVERY seconds. `wallaroo dev --input` shows its
+    records sent of its input's the same way (`counting="records"`)."""
 
-    def __init__(self, tty: bool, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, tty: bool, clock: Callable[[], float] = time.monotonic,
+                 counting: Literal["bytes", "records"] = "bytes") -> None:
         self.tty, self.clock, self.last_line = tty, clock, -PLAIN_EVERY
+        self.counting = counting
         self.bar: Progress | None = None
         self.task: Any = None
 
     def __enter__(self) -> JobView:
         if self.tty:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+            amount = DownloadColumn() if self.counting == "bytes" else MofNCompleteColumn()
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), amount,
                                 TextColumn("{task.fields[records]} records, {task.fields[rate]}/s"),
-                                TimeRemainingColumn(), transient=False)
+                                TimeRemainingColumn(), transient=False,
+                                # the terminal tested above; stdout may carry outputs (dev)
+                                console=Console(stderr=True))
             self.bar.start()
-            self.task = self.bar.add_task("reading", total=None, records=0, rate=0)
+            first = "reading" if self.counting == "bytes" else "sending"
+            self.task = self.bar.add_task(first, total=None, records=0, rate=0)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -173,15 +188,34 @@ class JobView:
             self.bar.stop()
 
     def update(self, state: jobs.JobState) -> None:
+        self.show(Shown(state.read, state.total, state.records, state.rate,
+                        "flushing" if state.total == state.read else "reading",
+                        state.finished), lambda: plain_line(state))
+
+    def show(self, shown: Shown, line: Callable[[], str]) -> None:
+        """The bar, or `line()` when a plain line is due (the last one always is)."""
         if self.bar is not None:
-            self.bar.update(self.task, completed=state.read, total=state.total,
-                            records=state.records, rate=f"{state.rate:,.0f}",
-                            description="flushing" if state.total == state.read else "reading")
+            self.bar.update(self.task, completed=shown.done, total=shown.total,
+                            records=f"{shown.records:,}", rate=f"{shown.rate:,.0f}",
+                            description=shown.description)
             return
         now = self.clock()
-        if state.finished or now - self.last_line >= PLAIN_EVERY:
+        if shown.last or now - self.last_line >= PLAIN_EVERY:
             self.last_line = now
-            info(plain_line(state))
+            info(line())
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What a JobView shows: `done` of `total` (None: not known yet) of the input, records
+    processed and their rate; `last`: the final state (its plain line is always shown)."""
+
+    done: int
+    total: int | None
+    records: int
+    rate: float
+    description: str
+    last: bool = False
 
 
 def plain_line(state: jobs.JobState) -> str:
