@@ -227,7 +227,7 @@ def test_retry_backoff_grows_then_caps() -> None:
 
 
 def test_dead_letter_after_the_last_attempt() -> None:
-    retrier = Retrier(RetryPolicy(attempts=3), "lines")
+    retrier = Retrier(RetryPolicy(attempts=3), "lines", raw=True)
 
     delays = [retrier.on_failure(failure()) for _ in range(3)]
 
@@ -364,3 +364,37 @@ def keep_short(s):
     if s == "yy":
         raise ValueError("too long")
     return s
+
+
+@wl.computation(name="to bytes")
+def to_bytes(text):
+    return text.encode()
+
+
+@wl.key_extractor
+def first_byte(b):
+    return b[:1].decode()
+
+
+@wl.computation(name="refuse")
+def refuse(b):
+    raise wl.Reject("no")
+
+
+def test_a_bytes_value_after_key_by_is_dead_lettered_pickled_so_replay_can_read_it() -> None:
+    import wallaroo.testing
+
+    app = wl.build_application("bytes_letters", wl.source("in", wl.StreamSource())
+                               .to(to_bytes).key_by(first_byte).to(refuse)
+                               .to_sink(wl.StreamSink("out")), partitions=1)
+
+    letters = wallaroo.testing.run(app, ["abc"]).dead_letters
+
+    assert [codec.loads(d.payload) for d in letters] == [b"abc"]  # not b"abc" as a pickle
+
+
+def test_a_source_record_is_dead_lettered_as_its_bytes() -> None:
+    failed = RecordFailed(Item((1, 0), "k", b"\xff"), "decode", "decode_error", ValueError("x"))
+
+    assert failed.dead_letter("lines", 1, raw=True).payload == b"\xff"
+    assert codec.loads(failed.dead_letter("s", 1).payload) == b"\xff"

@@ -112,11 +112,18 @@ class RecordFailed(Exception):  # noqa: N818 - a signal between engine and calle
         self.tb = "".join(traceback.format_exception(exc))
         super().__init__(f"step {step!r} failed on record {item.rid}: {self.error}")
 
-    def dead_letter(self, stage: str, attempts: int) -> DeadLetter:
+    def dead_letter(self, stage: str, attempts: int, raw: bool = False) -> DeadLetter:
+        """`raw`: the record is as its source sent it (a source stage's), kept as its bytes;
+        any other value is pickled, bytes too, as `dlq replay` hands it back to be unpickled."""
         item = self.item
-        payload = item.value if isinstance(item.value, bytes) else codec.dumps(item.value)
+        payload = letter_payload(item.value, raw)
         return DeadLetter(stage, self.step, self.reason, self.error, self.tb, attempts,
                           item.key, payload, item.rid)
+
+
+def letter_payload(value: Any, raw: bool) -> bytes:
+    """A dead letter's record: a source's raw bytes as they are, any other value pickled."""
+    return value if raw and isinstance(value, bytes) else codec.dumps(value)
 
 
 def state_slot(step: StepSpec, key: str | None) -> str:
@@ -532,8 +539,9 @@ class RetryPolicy:
 class Retrier:
     """Counts failures per record across attempts of one batch; pure, the caller sleeps."""
 
-    def __init__(self, policy: RetryPolicy, stage: str) -> None:
-        self.policy, self.stage = policy, stage
+    def __init__(self, policy: RetryPolicy, stage: str, raw: bool = False) -> None:
+        """`raw`: the stage reads a source (its records are dead-lettered as their bytes)."""
+        self.policy, self.stage, self.raw = policy, stage, raw
         self.failures: dict[RecordId, int] = {}
         self.dead: dict[RecordId, DeadLetter] = {}
 
@@ -542,6 +550,6 @@ class Retrier:
         rid = failed.item.rid
         n = self.failures[rid] = self.failures.get(rid, 0) + 1
         if n >= self.policy.attempts or failed.rejected:
-            self.dead[rid] = failed.dead_letter(self.stage, n)
+            self.dead[rid] = failed.dead_letter(self.stage, n, self.raw)
             return 0.0
         return float(min(self.policy.backoff * self.policy.factor ** (n - 1), self.policy.max_delay))

@@ -28,6 +28,7 @@ from wallaroo.core.engine import (
     Retrier,
     RetryPolicy,
     StageEngine,
+    letter_payload,
 )
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import (
@@ -517,7 +518,7 @@ class PartitionWorker:
         payload cut to fit; state untouched."""
         limit = self.max_output_bytes // max(1, len(records) + len(malformed))
         dead = [DeadLetter(self.stage.name, "commit", "commit_too_large", why, "", 1, item.key,
-                           _cut(item.value, limit), item.rid)
+                           _cut(item.value, limit, self.stage.source is not None), item.rid)
                 for item in records.items()]
         dead += [_cut_letter(d, limit) for d in malformed]
         return BatchResult(dead=dead, records_in=len(records))
@@ -552,7 +553,7 @@ class PartitionWorker:
 
     async def _execute(self, items: Batch, check_outputs: int | None = None, now: float = 0.0
                        ) -> BatchResult:
-        retrier = Retrier(self.cfg.retry, self.stage.name)
+        retrier = Retrier(self.cfg.retry, self.stage.name, raw=self.stage.source is not None)
         while True:
             try:
                 return await self._attempt(items, retrier, check_outputs, now)
@@ -669,9 +670,8 @@ def _chunks(fresh: list[Fresh], max_records: int) -> list[list[Fresh]]:
     return chunks
 
 
-def _cut(value: Any, limit: int) -> bytes:
-    data = value if isinstance(value, bytes) else codec.dumps(value)
-    return data[:limit]
+def _cut(value: Any, limit: int, raw: bool) -> bytes:
+    return letter_payload(value, raw)[:limit]
 
 
 def _cut_letter(letter: DeadLetter, limit: int) -> DeadLetter:
