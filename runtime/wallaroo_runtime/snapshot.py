@@ -11,9 +11,12 @@ and including the one it goes with. Recovery is the newest valid full snapshot r
 through the deltas after it, then `segments_after` that (they bridge a corrupt or missing
 delta), then the JetStream changelog after that.
 
-Tables are stored in chunks of at most CHUNK_KEYS keys, each packed on its own: packing or
-unpacking one chunk is one short call, so a big table is encoded in a thread without holding
-the interpreter for the whole table (the event loop keeps serving the other partitions).
+Tables are stored in chunks of about CHUNK_KEYS keys, each packed on its own: packing one
+chunk is one short call, so a big table is encoded in a thread without holding the
+interpreter for the whole table (the event loop keeps serving the other partitions). A full
+snapshot's chunks are buckets of keys (wallaroo.core.statetable.bucket_of), so a restore hands
+them over still encoded (a LazyTable) and a chunk is decoded when one of its keys is first
+used: recovery of a big state does not wait for every key to be decoded.
 
 Both are sealed in one envelope: a msgpack map of kind, format version, the msgpack body, and
 the body's sha256, so a flipped bit, a cut-off file or a newer format is caught on reading
@@ -28,12 +31,12 @@ sorted listing is commit order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import itertools
 import logging
 import re
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -41,7 +44,8 @@ import msgpack
 
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.errors import WallarooError
-from wallaroo.core.wire import CommitRecord
+from wallaroo.core.statetable import LazyTable, bucketed
+from wallaroo.core.wire import STR_ERRORS, CommitRecord
 from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger(__name__)
@@ -84,7 +88,7 @@ class Snapshot:
            created: float) -> Snapshot:
         """A full snapshot of `state` (copied, so later commits do not change it)."""
         return cls(slug, stage, part, state.commit_no, log_seq, state.committed_seq,
-                   dict(state.watermarks), dict(state.table), created)
+                   dict(state.watermarks), state.table.copy(), created)
 
     @classmethod
     def delta(cls, slug: str, stage: int, part: int, state: PartitionState, log_seq: int,
@@ -114,15 +118,17 @@ def encode(snapshot: Snapshot, state_key: bytes | None = None) -> bytes:
     return _seal(SNAPSHOT_KIND, {
         "slug": s.slug, "stage": s.stage, "partition": s.partition, "commit_no": s.commit_no,
         "log_seq": s.log_seq, "committed_seq": s.committed_seq, "watermarks": s.watermarks,
-        "table": [_pack(dict(chunk)) for chunk in _chunks(s.table)], "created": s.created,
-        "base": s.base,
+        "table": _packed_table(s), "created": s.created, "base": s.base,
+        "bucketed": not s.is_delta,
     }, state_key)
 
 
-def _chunks(table: Mapping[str, bytes]) -> Iterator[Iterator[tuple[str, bytes]]]:
-    items = iter(table.items())
-    for _ in range(0, len(table), CHUNK_KEYS):
-        yield itertools.islice(items, CHUNK_KEYS)
+def _packed_table(s: Snapshot) -> list[bytes]:
+    if s.is_delta:  # read whole at every restore: plain chunks
+        items = iter(s.table.items())
+        return [_pack(dict(itertools.islice(items, CHUNK_KEYS)))
+                for _ in range(0, len(s.table), CHUNK_KEYS)]
+    return [_pack(chunk) for chunk in bucketed(s.table, max(1, -(-len(s.table) // CHUNK_KEYS)))]
 
 
 def decode(data: bytes, where: str = "snapshot", state_key: bytes | None = None) -> Snapshot:
@@ -131,24 +137,30 @@ def decode(data: bytes, where: str = "snapshot", state_key: bytes | None = None)
     body = _unseal(SNAPSHOT_KIND, data, where, state_key)
     try:
         fields = {name: body[name] for name in _SNAPSHOT_FIELDS}
-        fields["table"] = _table(fields["table"], where)
+        fields["table"] = _table(fields["table"], where, bool(body.get("bucketed")))
         return Snapshot(**fields, base=body.get("base"))
     except (KeyError, TypeError) as e:
         raise CorruptSnapshotError(where, f"has no field {e}: not written by this format") from e
 
 
-def _table(stored: Any, where: str) -> dict[str, bytes]:
+def _table(stored: Any, where: str, lazy: bool) -> dict[str, bytes]:
     if isinstance(stored, dict):  # format version 1: one map
         return stored
     if not isinstance(stored, list) or not all(isinstance(c, bytes) for c in stored):
         raise CorruptSnapshotError(where, "holds no table chunks")
+    if lazy:  # the checksum (and MAC) covered every chunk: they decode when used
+        return LazyTable(stored, functools.partial(_chunk, where=where))
     table: dict[str, bytes] = {}
     for chunk in stored:
-        part = _unpack(chunk, where)
-        if not isinstance(part, dict):
-            raise CorruptSnapshotError(where, "holds a table chunk that is not a map")
-        table.update(part)
+        table.update(_chunk(chunk, where))
     return table
+
+
+def _chunk(chunk: bytes, where: str) -> dict[str, bytes]:
+    part = _unpack(chunk, where)
+    if not isinstance(part, dict):
+        raise CorruptSnapshotError(where, "holds a table chunk that is not a map")
+    return part
 
 
 _SNAPSHOT_FIELDS = ("slug", "stage", "partition", "commit_no", "log_seq", "committed_seq",
@@ -169,7 +181,7 @@ def decode_segment(data: bytes, where: str = "segment", state_key: bytes | None 
 
 
 def _pack(body: Any) -> bytes:
-    return bytes(msgpack.packb(body, use_bin_type=True))
+    return bytes(msgpack.packb(body, use_bin_type=True, unicode_errors=STR_ERRORS))
 
 
 def _seal(kind: str, body: Any, state_key: bytes | None) -> bytes:
@@ -215,7 +227,7 @@ def _unseal(kind: str, data: bytes, where: str, state_key: bytes | None) -> Any:
 
 def _unpack(data: bytes, where: str) -> Any:
     try:
-        return msgpack.unpackb(data, raw=False)
+        return msgpack.unpackb(data, raw=False, unicode_errors=STR_ERRORS)
     except (ValueError, TypeError) as e:  # msgpack's errors for cut-off or garbled input
         problem = f"is truncated or not msgpack ({str(e) or type(e).__name__})"
         raise CorruptSnapshotError(where, problem) from e

@@ -398,3 +398,29 @@ def test_a_source_record_is_dead_lettered_as_its_bytes() -> None:
 
     assert failed.dead_letter("lines", 1, raw=True).payload == b"\xff"
     assert codec.loads(failed.dead_letter("s", 1).payload) == b"\xff"
+
+
+@wl.key_extractor
+def raw_key(b):
+    return b  # bytes that need not be UTF-8: the key of hostile or binary input
+
+
+class Seen:
+    n = 0
+
+
+@wl.state_computation(name="seen", state=Seen)
+def seen(b, state):
+    state.n += 1
+    return f"{b!r} {state.n}"
+
+
+def test_a_key_of_undecodable_bytes_keeps_its_state_across_a_crash() -> None:
+    import wallaroo.testing
+
+    app = wl.build_application("raw_keys", wl.source("in", wl.StreamSource(decoder=bytes))
+                               .key_by(raw_key).to(seen).to_sink(wl.StreamSink("out")), partitions=1)
+
+    result = wallaroo.testing.run(app, [b"\xff", b"ok", b"\xff"], crash_after=[1, 2])
+
+    assert result.lines() == ["b'\\xff' 1", "b'ok' 1", "b'\\xff' 2"] and not result.dead_letters

@@ -55,12 +55,19 @@ def _json(data: bytes) -> Any:
     return json.loads(data)
 
 
+# Why surrogatepass: a key from undecodable bytes is a str with lone surrogates (engine's
+# surrogateescape), and it names keyed state: commit records and snapshots must carry it
+# rather than fail to encode (which stopped the partition on that record for good). Only
+# runners read these records back, with the same handler.
+STR_ERRORS = "surrogatepass"
+
+
 def _msgpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, unicode_errors=STR_ERRORS)
 
 
 def _pack(body: Any) -> bytes:
-    return bytes(msgpack.packb(body, use_bin_type=True))
+    return bytes(msgpack.packb(body, use_bin_type=True, unicode_errors=STR_ERRORS))
 
 
 def _known(cls: type[Any], d: Mapping[str, Any]) -> dict[str, Any]:

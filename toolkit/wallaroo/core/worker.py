@@ -43,6 +43,7 @@ from wallaroo.core.names import (
     parse_internal,
     tick_msg_id,
 )
+from wallaroo.core.statetable import slots
 from wallaroo.core.wire import MALFORMED, CommitRecord, DeadLetter, ReplayBatch
 from wallaroo.nats.protocol import Consumer, InMsg, Out, WorkerNats
 from wallaroo.plan import Application, Stage
@@ -265,9 +266,9 @@ class PartitionWorker:
         self._ticked = None
         self.progress.restores += 1
         self.observer.restored(time.monotonic() - started)
-        log.info("%s: restored %d commits (snapshot: commit %s), %d state slots, committed seq %d "
+        log.info("%s: restored %d commits (snapshot: commit %s), %s state slots, committed seq %d "
                  "in %.3fs", self.log_subject, self.state.commit_no, self.checkpoints.restored_from,
-                 len(self.state.table), self.state.committed_seq, time.monotonic() - started)
+                 slots(self.state.table), self.state.committed_seq, time.monotonic() - started)
 
     async def _unacked(self, rec: CommitRecord) -> bool:
         """Are the commit's first and last inputs both still in the work queue? Acks follow
