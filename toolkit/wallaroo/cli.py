@@ -196,20 +196,26 @@ def deploy(
     runners switch between batches, keeping state. Exits 1 when a runner refuses it or the
     rollout times out."""
 
-    from wallaroo.control import status as st
-
     async def body(nc: Nats) -> bool:
         m = await apps.deploy(nc, app_file, key=key)
         typer.echo(f"deployed {m.name} version {m.version} ({len(m.stages)} stages, "
                    f"{sum(s.partitions for s in m.stages)} partitions)")
-        if not m.signature:
-            typer.secho("warning: unsigned (no --key, $WALLAROO_DEPLOY_KEY or dev cluster key): "
-                        "only runners started with --allow-unsigned run it", err=True,
-                        fg=typer.colors.YELLOW)
-        return not wait or _report_rollout(await st.wait_rollout(nc, m, wait_timeout, _show_rollout))
+        return await _roll_out(nc, m, wait, wait_timeout)
 
     if not on_nats(nats, body, role="deployer"):
         raise typer.Exit(1)
+
+
+async def _roll_out(nc: Nats, m: Any, wait: bool, wait_timeout: float) -> bool:
+    """Warn about an unsigned version, then follow its rollout (unless not to wait): True
+    when every live runner runs it."""
+    from wallaroo.control import status as st
+
+    if not m.signature:
+        typer.secho("warning: unsigned (no --key, $WALLAROO_DEPLOY_KEY or dev cluster key): "
+                    "only runners started with --allow-unsigned run it", err=True,
+                    fg=typer.colors.YELLOW)
+    return not wait or _report_rollout(await st.wait_rollout(nc, m, wait_timeout, _show_rollout))
 
 
 _shown: list[str] = []  # the rollout line printed last (plain output repeats no line)
@@ -251,7 +257,6 @@ def rollback(
     """Point APP back at an earlier deployed version (its stored artifact: no app file
     needed), signed anew; runners switch between batches, keeping state. Exits 1 when a
     runner refuses it or the rollout times out."""
-    from wallaroo.control import status as st
     from wallaroo.control import versions
 
     if to == "":
@@ -261,11 +266,7 @@ def rollback(
     async def body(nc: Nats) -> bool:
         before, m = await versions.rollback(nc, app_name, to, key)
         typer.echo(f"rolled {m.name} back from version {before.version} to {m.version}")
-        if not m.signature:
-            typer.secho("warning: unsigned (no --key, $WALLAROO_DEPLOY_KEY or dev cluster key): "
-                        "only runners started with --allow-unsigned run it", err=True,
-                        fg=typer.colors.YELLOW)
-        return not wait or _report_rollout(await st.wait_rollout(nc, m, wait_timeout, _show_rollout))
+        return await _roll_out(nc, m, wait, wait_timeout)
 
     if not on_nats(nats, body, role="deployer"):
         raise typer.Exit(1)
