@@ -6,8 +6,9 @@ record stays, as the fence's anchor and for re-publishing its outputs after a cr
 store (S3 down) only delays the next snapshot: nothing is trimmed until one is written.
 Snapshots are incremental: a delta of the keys changed since the last snapshot, and a full one
 (compaction, encoded in a thread) when there is none yet, when the deltas since the last full
-one add up to its size, or after `max_deltas` of them. So a snapshot's cost follows the change
-rate, not the state's size, and a restore reads at most about twice the state.
+one add up to a quarter of its size, or after `max_deltas` of them. So a snapshot's cost
+follows the change rate, not the state's size, and a restore reads at most 1.25 times the
+state (and decodes the full snapshot's keys only as they are used).
 Restore = newest valid snapshot rolled forward through its deltas + the changelog after it; if
 the changelog is gone, the snapshots and segments in the store alone."""
 
@@ -29,6 +30,10 @@ from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger("wallaroo.checkpoint")
 COMMIT_EPOCH = 1_000_000
+# A full snapshot once the deltas since the last one reach 1/COMPACT_AT of its size: a
+# restore decodes its deltas whole (the full snapshot only as keys are used), so they are
+# kept small; compaction then costs at most COMPACT_AT times what the deltas did.
+COMPACT_AT = 4
 
 
 class RestoreGapError(WallarooError):
@@ -130,7 +135,8 @@ class Checkpointer:
     def _snapshot(self, state: PartitionState, log_seq: int, changed: dict[str, bytes]
                   ) -> snap.Snapshot:
         full_bytes, delta_bytes, deltas = self.chain
-        if self.base is None or delta_bytes >= full_bytes or deltas >= self.cfg.max_deltas:
+        if (self.base is None or delta_bytes * COMPACT_AT >= full_bytes
+                or deltas >= self.cfg.max_deltas):
             # The table's copy is one C-level pass; the encoding runs in a thread.
             return snap.Snapshot.of(self.slug, self.stage, self.part, state, log_seq, time.time())
         return snap.Snapshot.delta(self.slug, self.stage, self.part, state, log_seq, time.time(),

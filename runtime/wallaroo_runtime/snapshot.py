@@ -4,14 +4,15 @@
 Snapshots are incremental: a full snapshot (`.snap`) holds a partition's whole state after one
 commit; a delta (`.delta`) only the keys changed since the snapshot before it (its `base`), so
 writing one costs what changed, not the state's size. The checkpointer writes a new full
-snapshot (compaction) once the deltas since the last one add up to its size, which keeps the
-amortised cost proportional to the change rate and a restore at most about twice the state.
+snapshot (compaction) once the deltas since the last one add up to a quarter of its size,
+which keeps the amortised cost proportional to the change rate and what a restore reads at
+most 1.25 times the state.
 A segment holds the encoded commit records since the previous snapshot (of either kind), up to
 and including the one it goes with. Recovery is the newest valid full snapshot rolled forward
 through the deltas after it, then `segments_after` that (they bridge a corrupt or missing
 delta), then the JetStream changelog after that.
 
-Tables are stored in chunks of about CHUNK_KEYS keys, each packed on its own: packing one
+Tables are stored in chunks of a few thousand keys, each packed on its own: packing one
 chunk is one short call, so a big table is encoded in a thread without holding the
 interpreter for the whole table (the event loop keeps serving the other partitions). A full
 snapshot's chunks are buckets of keys (wallaroo.core.statetable.bucket_of), so a restore hands
@@ -51,7 +52,10 @@ from wallaroo_runtime.statestore import StateStore
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: one table map, full snapshots only
-CHUNK_KEYS = 4096
+CHUNK_KEYS = 4096  # per chunk of a delta (decoded whole at a restore)
+# Per bucket of a full snapshot: the first batches after a restore decode a bucket per key
+# they touch, so small buckets keep a hot set spread over the keys from decoding them all.
+BUCKET_KEYS = 512
 SNAPSHOT_KIND = "wallaroo-snapshot"
 SEGMENT_KIND = "wallaroo-segment"
 _MAX_COMMIT = 10**12 - 1  # what fits the 12-digit padding that keeps listings in commit order
@@ -128,7 +132,7 @@ def _packed_table(s: Snapshot) -> list[bytes]:
         items = iter(s.table.items())
         return [_pack(dict(itertools.islice(items, CHUNK_KEYS)))
                 for _ in range(0, len(s.table), CHUNK_KEYS)]
-    return [_pack(chunk) for chunk in bucketed(s.table, max(1, -(-len(s.table) // CHUNK_KEYS)))]
+    return [_pack(chunk) for chunk in bucketed(s.table, max(1, -(-len(s.table) // BUCKET_KEYS)))]
 
 
 def decode(data: bytes, where: str = "snapshot", state_key: bytes | None = None) -> Snapshot:
