@@ -88,12 +88,13 @@ _SHOWN = _Shown()
 
 
 # Value types of the standard library that build from their pickle without running anything
-# else: shown as themselves (a datetime as a datetime, not as its packed bytes).
+# else: shown as themselves (a datetime as a datetime, not as its packed bytes). Not
+# bytearray: `bytearray(10**12)` is a pickle of a few bytes that asks for a terabyte.
 _PLAIN_TYPES: dict[tuple[str, str], type] = {
     (t.__module__, t.__qualname__): t
     for t in (datetime.date, datetime.datetime, datetime.time, datetime.timedelta,
               datetime.timezone, decimal.Decimal, fractions.Fraction, uuid.UUID,
-              collections.OrderedDict, collections.deque, complex, bytearray, set, frozenset)
+              collections.OrderedDict, collections.deque, complex, set, frozenset)
 }
 
 
