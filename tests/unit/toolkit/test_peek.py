@@ -82,8 +82,6 @@ def test_a_value_referenced_many_times_shows_bounded() -> None:
 
 
 def test_a_tiny_pickle_asking_for_a_huge_allocation_is_not_honoured() -> None:
-    from wallaroo.control.peek import value_text
-
     # PROTO 2, GLOBAL builtins.bytearray, (10**12,) REDUCE, STOP
     bomb = b"\x80\x02cbuiltins\nbytearray\nq\x00\x8a\x06\x00\x10\xa5\xd4\xe8\x00\x85q\x01Rq\x02."
     assert value_text(bomb, pickled=True).startswith("builtins.bytearray(1000000000000")
