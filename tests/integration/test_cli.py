@@ -99,7 +99,7 @@ def test_dev_without_input_serves_send_tail_status_until_ctrl_c(tmp_path: Path) 
         assert sent.returncode == 0, sent.stderr
         # A second dev here would wipe the running one's store: it is refused, naming why.
         second = wallaroo("dev", app, "--input", str(WORD_COUNT / "count_this.txt"), cwd=tmp_path)
-        assert second.returncode == 1 and "already running in .wallaroo/dev" in second.stderr
+        assert second.returncode == 1 and f"(pid {dev.pid}) is already using .wallaroo/dev" in second.stderr
         assert "Traceback" not in second.stderr
         tail = wallaroo("tail", "word_count", "counts", "--count", "3", cwd=tmp_path)
         assert sorted(tail.stdout.splitlines()) == ["hello => 1", "hello => 2", "world => 1"]

@@ -6,6 +6,7 @@ a deploy key pair and a state key under its state dir, and its runners trust onl
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
@@ -229,6 +230,40 @@ class RunnerPool:
         self.scale_to(0)
 
 
+class StateDirBusyError(WallarooError):
+    def __init__(self, state_dir: Path, holder: str) -> None:
+        self.state_dir, self.holder = state_dir, holder
+        who = f"pid {holder}" if holder.isdigit() else "another process"
+        stop = f"Ctrl-C in its terminal, or `kill {holder}`" if holder.isdigit() else "stop it"
+        super().__init__(f"a wallaroo dev or run ({who}) is already using {state_dir}: stop it "
+                         f"({stop}), or give this one another --state-dir")
+
+
+class StateDirLock:
+    """One cluster per state folder: two nats-servers on one JetStream store corrupt it, and
+    a fresh start would delete a running cluster's store. An exclusive flock on
+    STATE_DIR.lock (beside the folder, which a fresh start deletes) holding the owner's pid;
+    the kernel drops it when its holder dies, SIGKILL included, so it is never stale."""
+
+    def __init__(self, state_dir: Path) -> None:
+        path = state_dir.with_name(state_dir.name + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip()
+            self.release()
+            raise StateDirBusyError(state_dir, holder) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the lock
+            self.fd = None
+
+
 class DevCluster(Service):
     """nats-server + a pool of runner processes, all stopped on exit."""
 
@@ -237,7 +272,9 @@ class DevCluster(Service):
                  runner_args: Sequence[str] = (), tls: bool = False) -> None:
         """Snapshots go to `state_store` (default: file://STATE_DIR/state); keys are in
         STATE_DIR/keys. `tls`: the client port speaks TLS only, with a certificate of a CA
-        made here (STATE_DIR/tls/ca.pem)."""
+        made here (STATE_DIR/tls/ca.pem). StateDirBusyError while another cluster uses
+        STATE_DIR."""
+        self.lock = StateDirLock(state_dir)  # before anything in the folder is touched
         if fresh and state_dir.exists():
             shutil.rmtree(state_dir)
         self.state_dir = state_dir
@@ -300,4 +337,5 @@ class DevCluster(Service):
                 r.kill()
         self.pool.stop()
         self.server.stop()
+        self.lock.release()
 

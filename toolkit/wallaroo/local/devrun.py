@@ -14,7 +14,6 @@ import sys
 from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from wallaroo.control import apps, dlq, ingest, outputs
 from wallaroo.control.status import wait_rollout
@@ -25,7 +24,6 @@ from wallaroo.core.names import AppNames
 from wallaroo.core.packaging import load_app
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster, ServiceProcess, autoscaler_command, follow_wishes
-from wallaroo.local.natsserver import listening
 from wallaroo.local.supervise import Supervisor
 from wallaroo.nats import Nats
 from wallaroo.plan import Application, Stage
@@ -47,7 +45,6 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
         raise WallarooError(msg)
     if input_file is not None:
         _check_input(app.sources.get(source or next(iter(app.sources), "")), input_file)
-    _refuse_a_second_dev(state_dir)
     cluster = DevCluster(state_dir, runners, fresh=fresh, tls=tls)
     with cluster:
         url_file = state_dir / "url"
@@ -67,21 +64,6 @@ def _check_input(stage: Stage | None, input_file: Path) -> None:
     starts (file_records reads the frame headers first)."""
     if stage is not None and stage.decoder is not None:
         ingest.file_records(input_file, stage.decoder.framing)
-
-
-def _refuse_a_second_dev(state_dir: Path) -> None:
-    """Two devs in one folder would run two nats-servers on one JetStream store (and a
-    --fresh one would delete it under the other). A url file whose server is gone (a dev
-    killed) is stale."""
-    url_file = state_dir / "url"
-    if not url_file.is_file():
-        return
-    url = url_file.read_text().strip()
-    port = urlsplit(url).port
-    if port is not None and listening(port):
-        msg = (f"a wallaroo dev is already running in {state_dir} (nats-server at {url}): stop it "
-               "(Ctrl-C in its terminal), or give this one another --state-dir")
-        raise WallarooError(msg)
 
 
 async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
