@@ -40,7 +40,7 @@ from wallaroo.core.wire import (
 from wallaroo.core.worker import PartitionWorker, WorkerConfig
 from wallaroo.functions import App, FunctionSpec
 from wallaroo.nats import Nats, unavailable
-from wallaroo.nats.client import CREDS_ENV
+from wallaroo.nats.protocol import CREDS_ENV
 from wallaroo.plan import Application
 from wallaroo_runtime import cluster, scheduler
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer

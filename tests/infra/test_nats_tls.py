@@ -32,7 +32,7 @@ from wallaroo.core.keys import generate_pair
 from wallaroo.local.natsserver import free_port, server_binary, wait_for_port
 from wallaroo.local.tls import cert_pem, ensure_tls, key_pem, new_ca, write_node_cert
 from wallaroo.nats import Nats
-from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
+from wallaroo.nats.protocol import CREDS_ENV, TLS_CA_ENV
 
 pytestmark = [pytest.mark.infra, pytest.mark.integration, pytest.mark.timeout(180)]
 IP = "127.0.0.1"

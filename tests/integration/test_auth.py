@@ -19,7 +19,7 @@ from wallaroo.core.names import APPS_BUCKET, MEMBERS_BUCKET, RESULTS_BUCKET, App
 from wallaroo.local.auth import ensure_auth
 from wallaroo.local.dev import DevCluster
 from wallaroo.nats import Nats
-from wallaroo.nats.client import CREDS_ENV
+from wallaroo.nats.protocol import CREDS_ENV
 
 WORD_COUNT = Path(__file__).resolve().parents[2] / "examples" / "word_count" / "word_count.py"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -23,7 +23,7 @@ from wallaroo.local.dev import DevCluster
 from wallaroo.local.natsserver import NatsServer
 from wallaroo.local.tls import ensure_tls
 from wallaroo.nats import Nats
-from wallaroo.nats.client import TLS_CA_ENV
+from wallaroo.nats.protocol import TLS_CA_ENV
 
 WORD_COUNT = Path(__file__).resolve().parents[2] / "examples" / "word_count"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -22,7 +22,7 @@ from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import DeadLetter
 from wallaroo.local.scaffold import Template
 from wallaroo.nats import Nats, nats_failure
-from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
+from wallaroo.nats.protocol import CREDS_ENV, TLS_CA_ENV
 
 T = TypeVar("T")
 

@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import cloudpickle
 
@@ -37,8 +37,10 @@ from wallaroo.core.errors import (
 )
 from wallaroo.core.names import BLOBS_BUCKET, IDEMPOTENCY_BUCKET, RESULTS_BUCKET, AppNames
 from wallaroo.core.wire import CallRequest, CallResult, CancelNotice, IdempotencyClaim
-from wallaroo.nats import Nats, Out
-from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
+from wallaroo.nats.protocol import CREDS_ENV, TLS_CA_ENV, Out
+
+if TYPE_CHECKING:
+    from wallaroo.nats import Nats
 
 T = TypeVar("T")
 DEFAULT_NATS = "nats://127.0.0.1:4222"
@@ -417,6 +419,8 @@ class Portal:
         self.client: CallClient = self.run(self._connect())
 
     async def _connect(self) -> CallClient:
+        from wallaroo.nats import Nats  # here: a module that only defines functions needs no client
+
         nats = await Nats.connect(self.url, name="wallaroo-caller", creds=cluster_creds("client"),
                                   tls_ca=cluster_tls_ca())
         client = CallClient(nats)

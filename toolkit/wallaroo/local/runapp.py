@@ -21,7 +21,7 @@ from wallaroo.functions import App
 from wallaroo.local.dev import DevCluster
 from wallaroo.local.devrun import info as _info
 from wallaroo.nats import Nats
-from wallaroo.nats.client import CREDS_ENV, TLS_CA_ENV
+from wallaroo.nats.protocol import CREDS_ENV, TLS_CA_ENV
 
 ROLLOUT_TIMEOUT = 60.0
 WATCH_EVERY = 0.5  # seconds between checks of the embedded cluster's runners

@@ -32,11 +32,9 @@ from wallaroo.core.errors import (
     TlsError,
     WallarooError,
 )
-from wallaroo.nats.protocol import MSG_ID, InMsg, KvEntry, Out, StoredMsg
+from wallaroo.nats.protocol import CREDS_ENV, MSG_ID, TLS_CA_ENV, InMsg, KvEntry, Out, StoredMsg
 
 log = logging.getLogger("wallaroo.nats")
-CREDS_ENV = "WALLAROO_CREDS"  # the nkey seed file a process connects with by default
-TLS_CA_ENV = "WALLAROO_TLS_CA"  # the CA a process verifies tls:// servers with by default
 KV_OPERATION = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+CREDS_ENV = "WALLAROO_CREDS"  # the nkey seed file a process connects with by default
+TLS_CA_ENV = "WALLAROO_TLS_CA"  # the CA a process verifies tls:// servers with by default
+
 MSG_ID = "Nats-Msg-Id"
 
 
