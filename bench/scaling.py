@@ -6,15 +6,20 @@ in the same run:
    each and the ratio. The printout says how many cores the machine has: nats-server and the
    sender (this process) run on the same cores, so on 2 cores two runners cannot reach 2x.
 2. Partitions: one runner, the same input, the keyed stage at 16, 64 and 256 partitions (the
-   source stage stays at `--source-partitions`: it is set apart, on the source): records/s,
-   and CPU time per record of the runner and of nats-server in microseconds (utime + stime
-   from /proc/<pid>/stat, read after deploy with the workers up and again once the app is
-   idle: idle polling of the partitions while the records flow counts), with the ratios
-   against 16 partitions. The one-runner row of table 1 is this table's 16-partition row.
+   source stage stays at `--source-partitions`: it is set apart, on the source): records/s
+   and CPU time per record, with the ratios against 16 partitions. The one-runner row of
+   table 1 is this table's 16-partition row.
+
+   CPU time per record (both tables), in microseconds: of the runners (summed) and of
+   nats-server from /proc/<pid>/stat (utime + stime, all threads), of the sender from
+   time.process_time(), over the timed window (so the runner's idle polling of its partitions
+   while the records flow counts too). "cores busy" is the CPU seconds of all three per second
+   of the window: well under the core count means the run was not CPU-bound, or other work on
+   a shared machine took the rest (the load average is printed at start and end).
 3. The autoscaler's reaction: from "lag appears" to "the runner it added commits" (not in
    `--quick`; `--skip-autoscaler` leaves it out).
 
-The workload is bench/apps/parallel_word_count.py (examples/word_count's functions, a
+The workload is bench/apps/parallel_word_count.py (examples/word_count's semantics, a
 partitioned source) over the lines bench/wordcount.py makes (the Bill of Rights' words, 10 a
 line, `--words` in all), exactly-once, file-backed JetStream. The partition count of an app
 is fixed at its first deploy, so each configuration runs in a fresh DevCluster with its own
@@ -22,9 +27,12 @@ app. records/s: one record = one word out, timed from the first line sent to eve
 committed (the app's work-queue data stream empty: see `drained`), after deploy and workers
 up, as bench/wordcount.py; then every output is counted (one per word, else the run fails).
 
-    python bench/scaling.py [--words 2000000] [--repeats 1] [--source-partitions 4]
+    python bench/scaling.py [--words 2000000] [--repeats 3] [--source-partitions 4]
                             [--skip-autoscaler]
     quick (a smoke run, figures meaningless): python bench/scaling.py --quick
+
+`--repeats N` runs every configuration N times, round by round, and shows the median by
+records/s (with that run's CPU figures): on a shared machine, one run can land on a busy moment.
 """
 
 from __future__ import annotations
@@ -284,7 +292,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--words", type=int, default=2_000_000, help="input size, each configuration")
     p.add_argument("--source-partitions", type=int, default=4, help="the source stage's, in all runs")
-    p.add_argument("--repeats", type=int, default=1,
+    p.add_argument("--repeats", type=int, default=3,
                    help="runs of each configuration; the median by records/s is shown")
     p.add_argument("--skip-autoscaler", action="store_true", help="no autoscaler reaction run")
     p.add_argument("--quick", action="store_true",
