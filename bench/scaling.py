@@ -239,6 +239,7 @@ async def reaction(cluster: DevCluster, lines: list[bytes], source_partitions: i
     stop = asyncio.Event()
     loop = asyncio.create_task(scaler.run(stop, interval=0.25))
     pool = asyncio.create_task(follow_wishes(nats, cluster.pool, stop))  # as `wallaroo dev` does
+    sender: asyncio.Task[ingest.Sent] | None = None
     try:
         args = ["--partitions", str(PARTITIONS[0]), "--source-partitions", str(source_partitions)]
         m = await apps.deploy(nats, APP, args, key=cluster.deploy_key)
@@ -250,6 +251,8 @@ async def reaction(cluster: DevCluster, lines: list[bytes], source_partitions: i
         await sender
         return committed_at - lag_at
     finally:
+        if sender is not None:
+            sender.cancel()  # still sending when a wait above timed out: no send after close
         stop.set()
         await loop
         await pool
@@ -273,7 +276,8 @@ def autoscaler_line(lines: list[bytes], source_partitions: int) -> str:
         try:
             took = asyncio.run(reaction(cluster, lines, source_partitions))
         except TimeoutError as e:  # e.g. an input too small to outlast a runner's start-up
-            return f"autoscaler: not measured ({e})"
+            return (f"autoscaler: not measured ({e}); a larger --words keeps the lag up while "
+                    "the added runner starts")
     return f"autoscaler: lag appears -> new runner committing: {took:.2f} s"
 
 
