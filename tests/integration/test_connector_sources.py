@@ -71,12 +71,14 @@ async def ingested(nats: Nats) -> tuple[list[bytes], list[str]]:
     """Records and msg ids of every message in the data stream (a work queue: read with an
     explicit-ack consumer, as a partition would, without acking)."""
     names = AppNames(SLUG)
-    consumer = await nats.fresh_consumer(names.data_stream, "check", f"wl.{SLUG}.in.>")
+    consumer = await nats.fresh_consumer(names.data_stream, "check", [f"wl.{SLUG}.in.>", f"wl.{SLUG}.ctl.>"])
     msgs = []
     while batch := await consumer.fetch(256, 0.3):
         msgs.extend(batch)
     await consumer.close()
     msgs.sort(key=lambda m: m.stream_seq)
+    # Ends of input travel on the control subjects, which only runners may write.
+    assert all(m.subject.startswith(f"wl.{SLUG}.ctl.") == m.msg_id.startswith(EOI_PREFIX) for m in msgs)
     # An end-of-input message (a bounded source's last) carries no records.
     records = [r for m in msgs if not m.msg_id.startswith(EOI_PREFIX)
                for r in msgpack.unpackb(m.data, raw=False)]

@@ -70,10 +70,12 @@ class Publisher:
 
     async def end(self, name: str) -> None:
         """A bounded source read all its input: an end-of-input message on every partition of
-        its stage (ids fixed, so sending them again is harmless), then recorded as ended."""
+        its stage (ids fixed, so sending them again is harmless), then recorded as ended. On
+        the control subjects: an end on the source subjects would be read as records (clients
+        write those, so an id there commands nothing)."""
         sender = source_sender(name)
         await self.nats.publish_all([
-            Out(self.names.source(self.stage, p), b"", eoi_msg_id(sender, self.stage, p))
+            Out(self.names.control(self.stage, p), b"", eoi_msg_id(sender, self.stage, p))
             for p in range(self.partitions)])
         await self.save(replace(self.progress, ended=True))
         log.info("source %s ended: all its input is in the stream", name)

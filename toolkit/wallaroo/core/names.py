@@ -46,6 +46,17 @@ class AppNames:
     def input(self, stage: int, part: int, source: bool) -> str:
         return self.source(stage, part) if source else self.data(stage, part)
 
+    def control(self, stage: int, part: int) -> str:
+        """Control input of a source stage (its end-of-input and micro-batch timer messages):
+        only runners publish here. Why apart from `source`: clients may publish anything to a
+        source subject, so a message id there is only a dedup key, never a command."""
+        return f"wl.{self.slug}.ctl.{stage}.{part}"
+
+    def commands(self, stage: int, part: int, source: bool) -> str:
+        """Where a partition honours control message ids (`eoi:`, `tick:`, producer ids): the
+        control subject of a source stage, the runner-only input of a keyed stage."""
+        return self.control(stage, part) if source else self.data(stage, part)
+
     def log(self, stage: int, part: int) -> str:
         return f"wl.{self.slug}.log.{stage}.{part}"
 
@@ -85,7 +96,8 @@ class AppNames:
     def streams(self) -> dict[str, tuple[list[str], bool]]:
         """stream name -> (subject wildcards, work-queue retention?)"""
         return {
-            self.data_stream: ([f"wl.{self.slug}.in.>", f"wl.{self.slug}.d.>"], True),
+            self.data_stream: ([f"wl.{self.slug}.in.>", f"wl.{self.slug}.d.>",
+                                f"wl.{self.slug}.ctl.>"], True),
             self.log_stream: ([f"wl.{self.slug}.log.>"], False),
             self.out_stream: ([self.out_all], False),
             self.dlq_stream: ([self.dlq_all], False),
@@ -126,7 +138,9 @@ REPLAY_PREFIX = "r:"  # message ids of dead letters re-injected by `wallaroo dlq
 # from each of its senders (a source, or every partition of the stage routing to it). A
 # partition that heard from all its senders flushes what it holds back (windows) in a
 # commit marked ENDED, then tells the stage after it. Received ends are kept as watermarks
-# "eoi:<sender>" in the commit records, so a restore knows them.
+# "eoi:<sender>" in the commit records, so a restore knows them. Control ids (these, timer
+# ticks, producer ids) mean something only on a subject clients cannot write: a source stage's
+# `control` subject, a keyed stage's `data` subject (AppNames.commands).
 EOI_PREFIX = "eoi:"
 ENDED = "eoi!"  # watermark of a partition that flushed at end of input
 
@@ -167,3 +181,10 @@ def parse_internal(msg_id: str) -> tuple[str, int] | None:
     if len(parts) != 3 or not parts[1].isdigit():
         return None
     return parts[0], int(parts[1])
+
+
+def is_control_id(msg_id: str) -> bool:
+    """Is `msg_id` one a runner gives a control message (end of input, timer tick, a stage's
+    output with its producer watermark)? Obeyed only on subjects clients cannot write."""
+    return (msg_id.startswith((EOI_PREFIX, TICK_PREFIX))
+            or parse_internal(msg_id) is not None)
