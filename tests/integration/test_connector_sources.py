@@ -16,7 +16,7 @@ from connector_support import app_streams, cancel, eventually
 
 from conftest import BUCKET, REGION, Moto
 from wallaroo.connectors import FileSource, S3Source
-from wallaroo.core.names import EOI_PREFIX, AppNames, eoi_msg_id, source_sender
+from wallaroo.core.names import EOI_PREFIX, AppNames, eoi_msg_id, source_sender, untagged
 from wallaroo.local.natsserver import NatsServer
 from wallaroo.nats import Nats
 from wallaroo_runtime.connectors import KvProgress, SourceProgress, run_source, sources
@@ -232,7 +232,7 @@ def test_a_glob_is_read_file_by_file_once_across_a_kill_and_then_ends(nats_serve
             assert Counter(records) == Counter([r for i in range(3) for r in lines(100 * i, 100 * i + 70)])
             data_ids = [i for i in ids if not i.startswith("eoi:")]
             assert len(set(data_ids)) == len(data_ids)
-            assert sorted(i for i in ids if i.startswith("eoi:")) == [
+            assert sorted(untagged(i) for i in ids if i.startswith("eoi:")) == [
                 eoi_msg_id(source_sender("lines"), 0, p) for p in range(2)]
         finally:
             await nats.close()

@@ -22,10 +22,11 @@ from conftest import collect_outputs
 from wallaroo.cli import app as cli
 from wallaroo.control import apps, dlq, ingest, jobs
 from wallaroo.core import codec
-from wallaroo.core.names import AppNames, eoi_msg_id, source_sender, tick_msg_id
+from wallaroo.core.names import AppNames, eoi_msg_id, internal_msg_id, source_sender, tick_msg_id
 from wallaroo.core.wire import MALFORMED, DeadLetter, Manifest
 from wallaroo.local.dev import DevCluster
-from wallaroo.nats import Nats
+from wallaroo.local.natsserver import NatsServer
+from wallaroo.nats import Nats, Out
 from wallaroo.pipeline import slug
 
 T = TypeVar("T")
@@ -64,17 +65,17 @@ def words_file(path: Path, lines: int) -> collections.Counter[str]:
 
 def test_a_forged_end_of_input_neither_ends_a_job_early_nor_loses_a_record(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    expected = words_file(tmp_path / "words.txt", 2000)
+    expected = words_file(tmp_path / "words.txt", 20_000)  # many fetches: an end obeyed early bites
     monkeypatch.setenv("FORGED_INPUT", str(tmp_path / "words.txt"))
     with DevCluster(tmp_path / "c", runners=1) as cluster:
         totals, dead = asyncio.run(_forged_job(cluster))
         listing = CliRunner().invoke(cli, ["dlq", "list", "forged_job"], env={"WALLAROO_NATS": cluster.url})
     assert totals == {w: n for w, n in expected.items()}  # every record exactly once, at the end
     # The forgeries, each dead-lettered whole: bytes that are no record batch, and why.
-    assert sorted(d.payload for d in dead) == [b"", b"", b"9e+18"]
+    assert sorted(d.payload for d in dead) == [b""] * 5 + [b"9e+18"]
     assert {d.reason for d in dead} == {MALFORMED}
     assert all("control message id" in d.error and ".ctl.0." in d.error for d in dead)
-    assert listing.exit_code == 0 and listing.output.count(MALFORMED) == 3, listing.output
+    assert listing.exit_code == 0 and listing.output.count(MALFORMED) == 6, listing.output
 
 
 async def _forged_job(cluster: DevCluster) -> tuple[dict[str, int], list[DeadLetter]]:
@@ -84,12 +85,17 @@ async def _forged_job(cluster: DevCluster) -> tuple[dict[str, int], list[DeadLet
         # Streams first, forgeries next, the job last: the forged ends come before any record,
         # as a runner's end of input would after the last one.
         await apps.ensure_streams(deployer, names.slug)
-        for p in range(2):
-            await forge(cluster.url, cluster.creds("client"), names.source(0, p), b"",
-                        eoi_msg_id(source_sender("lines"), 0, p))
+        await forge(cluster.url, cluster.creds("client"), names.source(0, 0), b"",
+                    eoi_msg_id(source_sender("lines"), 0, 0))
         await forge(cluster.url, cluster.creds("client"), names.source(0, 0), b"9e+18",
                     tick_msg_id(AppNames.producer(0, 0), 9e18))
+        # The ids of the source partition's first outputs to the keyed stage: JetStream drops a
+        # message whose id the stream holds, whatever its subject (runners tag theirs).
+        for commit, k in ((1, 0), (1, 1), (2, 0), (2, 1)):
+            await forge(cluster.url, cluster.creds("client"), names.source(0, 0), b"",
+                        internal_msg_id(AppNames.producer(0, 0), commit, k))
         manifest = await apps.deploy(deployer, APPS / "forged_job.py")
+        assert manifest.stages[0].partitions == 1  # a file source's stage: all forged for it
 
         async def finished() -> bool | None:
             return True if (await jobs.job_state(deployer, manifest)).finished else None
@@ -98,7 +104,8 @@ async def _forged_job(cluster: DevCluster) -> tuple[dict[str, int], list[DeadLet
         out = (await collect_outputs(deployer, manifest))["totals"]
         totals = {w: int(n) for w, n in (line.split() for line in out)}
         assert len(out) == len(totals), f"one total per word, got {out}"
-        return totals, await eventually(lambda: letters(deployer, manifest, 3), "3 dead letters")
+        # A finished job committed every input message: its dead letters are all stored.
+        return totals, await dlq.dead_letters(deployer, manifest)
     finally:
         await deployer.close()
 
@@ -143,3 +150,24 @@ async def _forged_batches(cluster: DevCluster) -> tuple[list[str], list[DeadLett
     finally:
         await client.close()
         await deployer.close()
+
+
+def test_a_data_stream_made_before_control_subjects_gains_them_on_deploy(nats_server: NatsServer) -> None:
+    async def body() -> None:
+        nc = await Nats.connect(nats_server.url)
+        try:
+            names = AppNames("older")
+            await nc.ensure_stream(names.data_stream, [f"wl.{names.slug}.in.>", f"wl.{names.slug}.d.>"],
+                                   work_queue=True)  # as an earlier version made it
+            await nc.publish_all([Out(names.source(0, 0), codec.pack_batch([b"kept"]), "i:1")])
+            await apps.ensure_streams(nc, names.slug)  # what deploy and every runner's start do
+            await nc.publish_all([Out(names.control(0, 0), b"", "eoi:x>0.0#t")])
+            consumer = await nc.fresh_consumer(names.data_stream, "check", [names.source(0, 0),
+                                                                              names.control(0, 0)])
+            got = await consumer.fetch(10, 1.0)
+            assert [(m.subject, m.msg_id) for m in got] == [(names.source(0, 0), "i:1"),
+                                                            (names.control(0, 0), "eoi:x>0.0#t")]
+        finally:
+            await nc.close()
+
+    asyncio.run(body())

@@ -57,6 +57,11 @@ class AppNames:
         control subject of a source stage, the runner-only input of a keyed stage."""
         return self.control(stage, part) if source else self.data(stage, part)
 
+    def runner_queue(self, subject: str) -> bool:
+        """Is `subject` one of the data stream's runner-only subjects (keyed stage inputs,
+        control subjects)? What runners publish there is tagged (see `tagged`)."""
+        return subject.startswith((f"wl.{self.slug}.d.", f"wl.{self.slug}.ctl."))
+
     def log(self, stage: int, part: int) -> str:
         return f"wl.{self.slug}.log.{stage}.{part}"
 
@@ -188,3 +193,22 @@ def is_control_id(msg_id: str) -> bool:
     output with its producer watermark)? Obeyed only on subjects clients cannot write."""
     return (msg_id.startswith((EOI_PREFIX, TICK_PREFIX))
             or parse_internal(msg_id) is not None)
+
+
+# JetStream drops a message whose id it holds already, whatever its subject, across the whole
+# stream; and clients may publish with any id to the source subjects of an app's data stream.
+# A client that published first with the id a runner will use would have the runner's message
+# dropped as a duplicate: a stage output lost, a job that never ends. So what runners publish
+# to the data stream's runner-only subjects carries a fresh random tag per publish: no one can
+# take its id first. Duplicates it lets through (a re-send, a republish after a restore) are
+# harmless: a partition skips a producer's commit it has seen (watermarks), and ends of input
+# and timers are idempotent. Parsers ignore the tag (it follows the last field).
+TAG_MARK = "#"
+
+
+def tagged(msg_id: str, tag: str) -> str:
+    return f"{msg_id}{TAG_MARK}{tag}"
+
+
+def untagged(msg_id: str) -> str:
+    return msg_id.partition(TAG_MARK)[0]

@@ -42,6 +42,7 @@ from wallaroo.core.names import (
     internal_msg_id,
     is_control_id,
     parse_internal,
+    tagged,
     tick_msg_id,
 )
 from wallaroo.core.wire import MALFORMED, CommitRecord, DeadLetter, ReplayBatch
@@ -489,13 +490,13 @@ class PartitionWorker:
             self._next_due = min(self.deadlines.values(), default=None)
 
     async def _tick_if_due(self) -> None:
-        """A micro-batch due: a timer message into this partition's own input (its id names
-        the due time, so a second copy is dropped as a duplicate)."""
+        """A micro-batch due: a timer message into this partition's own control input (once per
+        due time: `_ticked`; a second copy would find nothing due)."""
         due = self._next_due
         if due is None or due > self._clock() or self._ticked == due:
             return
-        await self.nats.publish_all([Out(self.ctl_subject, repr(due).encode(),
-                                         tick_msg_id(self.producer, due))])
+        tick = tagged(tick_msg_id(self.producer, due), secrets.token_hex(8))
+        await self.nats.publish_all([Out(self.ctl_subject, repr(due).encode(), tick)])
         self._ticked = due
 
     def _end_messages(self) -> list[Out]:
@@ -510,11 +511,18 @@ class PartitionWorker:
 
     async def _publish(self, outs: list[Out]) -> None:
         """A commit's outputs, ends of input last and only once the rest is stored: the next
-        stage must never see an end before the records it follows."""
+        stage must never see an end before the records it follows. Those into the data stream
+        tagged afresh (names.tagged: a client cannot have taken their ids first)."""
+        outs = self._tagged(outs)
         data = [o for o in outs if not o.msg_id.startswith(EOI_PREFIX)]
         await self.nats.publish_all(data)
         if len(data) < len(outs):
             await self.nats.publish_all([o for o in outs if o.msg_id.startswith(EOI_PREFIX)])
+
+    def _tagged(self, outs: list[Out]) -> list[Out]:
+        tag = secrets.token_hex(8)
+        return [Out(o.subject, o.payload, tagged(o.msg_id, tag)) if self.names.runner_queue(o.subject)
+                else o for o in outs]
 
     async def _off_loop(self, fn: Callable[..., BatchResult], *args: Any, **kwargs: Any) -> BatchResult:
         """`fn(*args, **kwargs)` (user code) on this worker's thread, timed for busy_for.
