@@ -67,10 +67,12 @@ async def _as_client(cluster: DevCluster, caplog: pytest.LogCaptureFixture) -> N
         assert sorted((await collect_outputs(client, manifest))["counts"]) == sorted(
             ["to => 1", "be => 1", "or => 1", "not => 1"])
         data_seq = await deployer.stream_last_seq(names.data_stream)
-        # Refused: a pickle into a keyed stage (runners unpickle those), a forged commit,
-        # output or dead letter, a manifest, a heartbeat, a function result, an ack.
+        # Refused: a pickle into a keyed stage (runners unpickle those), a forged end of input
+        # or timer (control subject), commit, output or dead letter, a manifest, a heartbeat,
+        # a function result, an ack.
         forged = codec.dumps((["k"], ["v"]))
-        for subject in (names.data(1, 0), names.log(1, 0), names.out("counts"), names.dlq(1),
+        for subject in (names.data(1, 0), names.control(0, 0), names.log(1, 0), names.out("counts"),
+                        names.dlq(1),
                         f"$KV.{APPS_BUCKET}.word_count", f"$KV.{MEMBERS_BUCKET}.r9",
                         f"$KV.{RESULTS_BUCKET}.fd-forged", "$JS.ACK.x.y.1.1.1.1.0"):
             assert await refused(client, caplog, subject, forged), subject

@@ -16,7 +16,7 @@ from connector_support import app_streams, cancel, eventually
 
 from conftest import BUCKET, REGION, Moto
 from wallaroo.connectors import FileSource, S3Source
-from wallaroo.core.names import EOI_PREFIX, AppNames, eoi_msg_id, source_sender
+from wallaroo.core.names import EOI_PREFIX, AppNames, eoi_msg_id, source_sender, untagged
 from wallaroo.local.natsserver import NatsServer
 from wallaroo.nats import Nats
 from wallaroo_runtime.connectors import KvProgress, SourceProgress, run_source, sources
@@ -71,12 +71,14 @@ async def ingested(nats: Nats) -> tuple[list[bytes], list[str]]:
     """Records and msg ids of every message in the data stream (a work queue: read with an
     explicit-ack consumer, as a partition would, without acking)."""
     names = AppNames(SLUG)
-    consumer = await nats.fresh_consumer(names.data_stream, "check", f"wl.{SLUG}.in.>")
+    consumer = await nats.fresh_consumer(names.data_stream, "check", [f"wl.{SLUG}.in.>", f"wl.{SLUG}.ctl.>"])
     msgs = []
     while batch := await consumer.fetch(256, 0.3):
         msgs.extend(batch)
     await consumer.close()
     msgs.sort(key=lambda m: m.stream_seq)
+    # Ends of input travel on the control subjects, which only runners may write.
+    assert all(m.subject.startswith(f"wl.{SLUG}.ctl.") == m.msg_id.startswith(EOI_PREFIX) for m in msgs)
     # An end-of-input message (a bounded source's last) carries no records.
     records = [r for m in msgs if not m.msg_id.startswith(EOI_PREFIX)
                for r in msgpack.unpackb(m.data, raw=False)]
@@ -230,7 +232,7 @@ def test_a_glob_is_read_file_by_file_once_across_a_kill_and_then_ends(nats_serve
             assert Counter(records) == Counter([r for i in range(3) for r in lines(100 * i, 100 * i + 70)])
             data_ids = [i for i in ids if not i.startswith("eoi:")]
             assert len(set(data_ids)) == len(data_ids)
-            assert sorted(i for i in ids if i.startswith("eoi:")) == [
+            assert sorted(untagged(i) for i in ids if i.startswith("eoi:")) == [
                 eoi_msg_id(source_sender("lines"), 0, p) for p in range(2)]
         finally:
             await nats.close()

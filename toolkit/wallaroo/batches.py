@@ -16,8 +16,9 @@ Exactly once: buffered records are keyed state, committed with the batch that br
 so a crash neither loses nor re-forms them; a batch fires inside the commit of the record (or
 the timer message) that completes it, and a committed batch is never run again. Timers are
 messages: when a buffer's time is up, its partition publishes a timer message into its own
-input, and the batch fires when that message is processed, so a replay fires it at the same
-point. Time is the time JetStream stored the records (wallaroo.testing's fake clock in tests).
+input (a source stage's control subject, which clients cannot write), and the batch fires when
+that message is processed, so a replay fires it at the same point. Time is the time JetStream
+stored the records (wallaroo.testing's fake clock in tests).
 
 A batch function that raises is retried like any step (the batch is formed anew from the same
 buffer); after the last attempt the record that completed it is dead-lettered with the error,

@@ -274,7 +274,7 @@ class _Process:
         """Every source ends: an end-of-input message on each partition of its stage."""
         for source, stage in self.app.sources.items():
             for part in range(stage.partitions):
-                await self.nats.publish(self.names.source(stage.index, part), b"",
+                await self.nats.publish(self.names.control(stage.index, part), b"",
                                         eoi_msg_id(source_sender(source), stage.index, part))
 
     async def idle(self) -> None:
@@ -299,17 +299,22 @@ class _Process:
     def _ready(self) -> Part | None:
         stream = self.names.data_stream
         return next((p for p in sorted(self.workers)
-                     if self.nats.count(stream, self.workers[p][0].in_subject)), None)
+                     if self._waiting(stream, self.workers[p][0])), None)
 
     async def _poll(self, part: Part) -> None:
         worker, consumer = self.workers[part]
-        subject = worker.in_subject
-        waiting = self.nats.count(self.names.data_stream, subject)
+        delivered = worker.consumer_seq
         after = await worker.poll(consumer)
         self.workers[part] = (worker, after)
-        if after is consumer and self.nats.count(self.names.data_stream, subject) == waiting:
-            msg = f"{subject}: {waiting} message(s) waiting, but the worker took none"
+        # Why not count the waiting messages: a poll may also publish a timer into them.
+        if after is consumer and worker.consumer_seq == delivered:
+            waiting = self._waiting(self.names.data_stream, worker)
+            msg = f"{worker.in_subject}: {waiting} message(s) waiting, but the worker took none"
             raise RuntimeError(msg)
+
+    def _waiting(self, stream: str, worker: PartitionWorker) -> int:
+        """Messages waiting for `worker`: records and its control messages (ends, timers)."""
+        return sum(self.nats.count(stream, subject) for subject in worker.subjects)
 
     def result(self, crashes: _Crashes) -> RunResult:
         outputs = {sink.name: [r for m in self.nats.messages(self.names.out_stream, self.names.out(sink.name))

@@ -13,6 +13,7 @@ import asyncio
 import glob as globlib
 import logging
 import os
+import secrets
 import time
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -22,7 +23,7 @@ from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.codec import SEND_BATCH, pack_batch, partition_of
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.frames import TEXT_PROBE, Framing, TruncatedFrameError
-from wallaroo.core.names import AppNames, eoi_msg_id, source_sender
+from wallaroo.core.names import AppNames, eoi_msg_id, source_sender, tagged
 from wallaroo.nats import Nats, Out
 from wallaroo_runtime.connectors.framing import (
     LineBatch,
@@ -70,10 +71,13 @@ class Publisher:
 
     async def end(self, name: str) -> None:
         """A bounded source read all its input: an end-of-input message on every partition of
-        its stage (ids fixed, so sending them again is harmless), then recorded as ended."""
-        sender = source_sender(name)
+        its stage (sending them again is harmless: ends are idempotent), then recorded as
+        ended. On the control subjects: an end on the source subjects would be read as records
+        (clients write those, so an id there commands nothing); tagged, so that no client can
+        have taken their ids first (names.tagged)."""
+        sender, tag = source_sender(name), secrets.token_hex(8)
         await self.nats.publish_all([
-            Out(self.names.source(self.stage, p), b"", eoi_msg_id(sender, self.stage, p))
+            Out(self.names.control(self.stage, p), b"", tagged(eoi_msg_id(sender, self.stage, p), tag))
             for p in range(self.partitions)])
         await self.save(replace(self.progress, ended=True))
         log.info("source %s ended: all its input is in the stream", name)

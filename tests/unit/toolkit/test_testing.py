@@ -213,7 +213,10 @@ def test_a_crash_after_every_commit_changes_nothing_dead_letters_included() -> N
         crashed = testing.run(word_count(), inputs, crash_after=every, crash_at=point)
         assert crashed.crashes == clean.commits
         assert crashed.lines() == clean.lines()
-        assert [(d.key, d.rid) for d in crashed.dead_letters] == [(d.key, d.rid) for d in clean.dead_letters]
+        # The same letters (not the same record ids: an output republished after a crash is
+        # a second message, skipped downstream, that takes a stream seq; see names.tagged).
+        letters = [(d.key, d.payload, d.stage) for d in crashed.dead_letters]
+        assert letters == [(d.key, d.payload, d.stage) for d in clean.dead_letters]
         assert len(crashed.dead_letters) == 2
 
 

@@ -46,6 +46,22 @@ class AppNames:
     def input(self, stage: int, part: int, source: bool) -> str:
         return self.source(stage, part) if source else self.data(stage, part)
 
+    def control(self, stage: int, part: int) -> str:
+        """Control input of a source stage (its end-of-input and micro-batch timer messages):
+        only runners publish here. Why apart from `source`: clients may publish anything to a
+        source subject, so a message id there is only a dedup key, never a command."""
+        return f"wl.{self.slug}.ctl.{stage}.{part}"
+
+    def commands(self, stage: int, part: int, source: bool) -> str:
+        """Where a partition honours control message ids (`eoi:`, `tick:`, producer ids): the
+        control subject of a source stage, the runner-only input of a keyed stage."""
+        return self.control(stage, part) if source else self.data(stage, part)
+
+    def runner_queue(self, subject: str) -> bool:
+        """Is `subject` one of the data stream's runner-only subjects (keyed stage inputs,
+        control subjects)? What runners publish there is tagged (see `tagged`)."""
+        return subject.startswith((f"wl.{self.slug}.d.", f"wl.{self.slug}.ctl."))
+
     def log(self, stage: int, part: int) -> str:
         return f"wl.{self.slug}.log.{stage}.{part}"
 
@@ -85,7 +101,8 @@ class AppNames:
     def streams(self) -> dict[str, tuple[list[str], bool]]:
         """stream name -> (subject wildcards, work-queue retention?)"""
         return {
-            self.data_stream: ([f"wl.{self.slug}.in.>", f"wl.{self.slug}.d.>"], True),
+            self.data_stream: ([f"wl.{self.slug}.in.>", f"wl.{self.slug}.d.>",
+                                f"wl.{self.slug}.ctl.>"], True),
             self.log_stream: ([f"wl.{self.slug}.log.>"], False),
             self.out_stream: ([self.out_all], False),
             self.dlq_stream: ([self.dlq_all], False),
@@ -126,7 +143,9 @@ REPLAY_PREFIX = "r:"  # message ids of dead letters re-injected by `wallaroo dlq
 # from each of its senders (a source, or every partition of the stage routing to it). A
 # partition that heard from all its senders flushes what it holds back (windows) in a
 # commit marked ENDED, then tells the stage after it. Received ends are kept as watermarks
-# "eoi:<sender>" in the commit records, so a restore knows them.
+# "eoi:<sender>" in the commit records, so a restore knows them. Control ids (these, timer
+# ticks, producer ids) mean something only on a subject clients cannot write: a source stage's
+# `control` subject, a keyed stage's `data` subject (AppNames.commands).
 EOI_PREFIX = "eoi:"
 ENDED = "eoi!"  # watermark of a partition that flushed at end of input
 
@@ -167,3 +186,29 @@ def parse_internal(msg_id: str) -> tuple[str, int] | None:
     if len(parts) != 3 or not parts[1].isdigit():
         return None
     return parts[0], int(parts[1])
+
+
+def is_control_id(msg_id: str) -> bool:
+    """Is `msg_id` one a runner gives a control message (end of input, timer tick, a stage's
+    output with its producer watermark)? Obeyed only on subjects clients cannot write."""
+    return (msg_id.startswith((EOI_PREFIX, TICK_PREFIX))
+            or parse_internal(msg_id) is not None)
+
+
+# JetStream drops a message whose id it holds already, whatever its subject, across the whole
+# stream; and clients may publish with any id to the source subjects of an app's data stream.
+# A client that published first with the id a runner will use would have the runner's message
+# dropped as a duplicate: a stage output lost, a job that never ends. So what runners publish
+# to the data stream's runner-only subjects carries a fresh random tag per publish: no one can
+# take its id first. Duplicates it lets through (a re-send, a republish after a restore) are
+# harmless: a partition skips a producer's commit it has seen (watermarks), and ends of input
+# and timers are idempotent. Parsers ignore the tag (it follows the last field).
+TAG_MARK = "#"
+
+
+def tagged(msg_id: str, tag: str) -> str:
+    return f"{msg_id}{TAG_MARK}{tag}"
+
+
+def untagged(msg_id: str) -> str:
+    return msg_id.partition(TAG_MARK)[0]

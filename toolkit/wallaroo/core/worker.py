@@ -40,7 +40,9 @@ from wallaroo.core.names import (
     eoi_msg_id,
     eoi_sender,
     internal_msg_id,
+    is_control_id,
     parse_internal,
+    tagged,
     tick_msg_id,
 )
 from wallaroo.core.statetable import slots
@@ -170,7 +172,14 @@ class PartitionWorker:
         self.engine = StageEngine(app, stage, part)
         self.producer = AppNames.producer(stage.index, part)
         self.log_subject = self.names.log(stage.index, part)
-        self.in_subject = self.names.input(stage.index, part, stage.source is not None)
+        source = stage.source is not None
+        self.in_subject = self.names.input(stage.index, part, source)
+        # Why a second subject: clients may write anything to a source stage's input, so the
+        # commands a partition obeys (end of input, timers, producer watermarks) come on a
+        # subject only runners may write. A keyed stage's input is runner-only: it is both.
+        self.ctl_subject = self.names.commands(stage.index, part, source)
+        self.subjects = tuple(dict.fromkeys((self.in_subject, self.ctl_subject)))
+        self._obeys_any_subject = not source
         self.state = PartitionState()
         self.log_seq = 0
         self.consumer_seq = 0
@@ -282,9 +291,11 @@ class PartitionWorker:
         """A fresh consumer delivers every uncommitted input in stream order: inputs at or
         below the committed seq are purged first (committed, maybe never acked)."""
         stream, durable = self.names.data_stream, AppNames.durable(self.stage.index, self.part)
-        await self.nats.purge_subject_below(stream, self.in_subject, self.state.committed_seq + 1)
+        for subject in self.subjects:
+            await self.nats.purge_subject_below(stream, subject, self.state.committed_seq + 1)
         self.consumer_seq = 0
-        return await self.nats.fresh_consumer(stream, durable, self.in_subject, ack_wait=self.cfg.ack_wait)
+        subjects = self.subjects if len(self.subjects) > 1 else self.in_subject
+        return await self.nats.fresh_consumer(stream, durable, subjects, ack_wait=self.cfg.ack_wait)
 
     # --- the commit loop -------------------------------------------------------------------
 
@@ -309,23 +320,30 @@ class PartitionWorker:
             if m.consumer_seq != self.consumer_seq + 1:
                 raise ResyncNeeded
             self.consumer_seq = m.consumer_seq
-            if m.stream_seq <= self.state.committed_seq or _seen_producer_seq(m, seen):
+            if m.stream_seq <= self.state.committed_seq or (self._obeys(m) and _seen_producer_seq(m, seen)):
                 stale.append(m)
             else:
                 fresh.append(self._decode(m))
         return fresh, stale
 
+    def _obeys(self, m: InMsg) -> bool:
+        """Does `m`'s id command this partition (end of input, timer, producer watermark)? Only
+        on a subject no client may write; elsewhere an id is just the sender's dedup key."""
+        return self._obeys_any_subject or m.subject == self.ctl_subject
+
     def _decode(self, m: InMsg) -> Fresh:
         """The message's records, or its dead letter: a message that does not decode is
-        committed as a dead letter and acked like any other, so it never stalls the partition."""
-        sender = eoi_sender(m.msg_id)
-        if sender is not None:
-            return Fresh(m, [], [], ended=sender)
-        if m.msg_id.startswith(TICK_PREFIX):
-            try:
-                return Fresh(m, [], [], tick=float(m.data))
-            except ValueError as err:
-                return Fresh(m, [], [], self._malformed(m, err))
+        committed as a dead letter and acked like any other, so it never stalls the partition.
+        A control id on a client-writable subject is no command: the message is records too."""
+        if self._obeys(m):
+            sender = eoi_sender(m.msg_id)
+            if sender is not None:
+                return Fresh(m, [], [], ended=sender)
+            if m.msg_id.startswith(TICK_PREFIX):
+                try:
+                    return Fresh(m, [], [], tick=float(m.data))
+                except ValueError as err:
+                    return Fresh(m, [], [], self._malformed(m, err))
         try:
             return Fresh(m, *self._records(m))
         except Exception as err:  # unpickling can raise anything: it is this message's fault
@@ -345,11 +363,21 @@ class PartitionWorker:
         return _columns(codec.loads_columns(m.data))
 
     def _malformed(self, m: InMsg, err: Exception) -> DeadLetter:
-        log.warning("%s: message seq %d does not decode, dead-lettered whole: %s: %s",
-                    self.in_subject, m.stream_seq, type(err).__name__, err)
-        return DeadLetter(self.stage.name, "decode", MALFORMED, f"{type(err).__name__}: {err}",
+        error = f"{type(err).__name__}: {err}{self._not_obeyed(m)}"
+        log.warning("%s: message seq %d does not decode, dead-lettered whole: %s",
+                    self.in_subject, m.stream_seq, error)
+        return DeadLetter(self.stage.name, "decode", MALFORMED, error,
                           "".join(traceback.format_exception(err)), 1, None, bytes(m.data),
-                          (m.stream_seq, 0), subject=self.in_subject)
+                          (m.stream_seq, 0), subject=m.subject or self.in_subject)
+
+    def _not_obeyed(self, m: InMsg) -> str:
+        """Why a message with a runner's control id was read as records (a forgery, or a
+        control message published to the wrong subject): said in its dead letter."""
+        if self._obeys(m) or not is_control_id(m.msg_id):
+            return ""
+        return (f" (its id {m.msg_id!r} is a runner's control message id, obeyed only on "
+                f"{self.ctl_subject}, which clients may not publish to; on {m.subject or self.in_subject} "
+                "a message is a record batch whatever its id)")
 
     async def _commit_batch(self, batch: list[Fresh]) -> None:
         records = Batch()
@@ -401,7 +429,7 @@ class PartitionWorker:
                        ) -> tuple[CommitRecord, bytes]:
         watermarks = dict(self.state.watermarks)
         for f in batch:
-            origin = parse_internal(f.msg.msg_id)
+            origin = parse_internal(f.msg.msg_id) if self._obeys(f.msg) else None
             if origin is not None:
                 watermarks[origin[0]] = max(origin[1], watermarks.get(origin[0], 0))
         watermarks.update(ends)
@@ -463,13 +491,13 @@ class PartitionWorker:
             self._next_due = min(self.deadlines.values(), default=None)
 
     async def _tick_if_due(self) -> None:
-        """A micro-batch due: a timer message into this partition's own input (its id names
-        the due time, so a second copy is dropped as a duplicate)."""
+        """A micro-batch due: a timer message into this partition's own control input (once per
+        due time: `_ticked`; a second copy would find nothing due)."""
         due = self._next_due
         if due is None or due > self._clock() or self._ticked == due:
             return
-        await self.nats.publish_all([Out(self.in_subject, repr(due).encode(),
-                                         tick_msg_id(self.producer, due))])
+        tick = tagged(tick_msg_id(self.producer, due), secrets.token_hex(8))
+        await self.nats.publish_all([Out(self.ctl_subject, repr(due).encode(), tick)])
         self._ticked = due
 
     def _end_messages(self) -> list[Out]:
@@ -484,11 +512,18 @@ class PartitionWorker:
 
     async def _publish(self, outs: list[Out]) -> None:
         """A commit's outputs, ends of input last and only once the rest is stored: the next
-        stage must never see an end before the records it follows."""
+        stage must never see an end before the records it follows. Those into the data stream
+        tagged afresh (names.tagged: a client cannot have taken their ids first)."""
+        outs = self._tagged(outs)
         data = [o for o in outs if not o.msg_id.startswith(EOI_PREFIX)]
         await self.nats.publish_all(data)
         if len(data) < len(outs):
             await self.nats.publish_all([o for o in outs if o.msg_id.startswith(EOI_PREFIX)])
+
+    def _tagged(self, outs: list[Out]) -> list[Out]:
+        tag = secrets.token_hex(8)
+        return [Out(o.subject, o.payload, tagged(o.msg_id, tag)) if self.names.runner_queue(o.subject)
+                else o for o in outs]
 
     async def _off_loop(self, fn: Callable[..., BatchResult], *args: Any, **kwargs: Any) -> BatchResult:
         """`fn(*args, **kwargs)` (user code) on this worker's thread, timed for busy_for.

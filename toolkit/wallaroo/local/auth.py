@@ -7,7 +7,8 @@ nats-server `authorization` block that gives each role its permissions (server-e
 - client: publish to app sources (`wl.<app>.in.>`) and function calls (`wl.<app>.call.>`),
   cancel calls, claim idempotency keys, put large call arguments, read streams and buckets
   (direct gets, stream and consumer info), follow outputs with ephemeral consumers, hear
-  results. Not: publish to stage, changelog, output or dead-letter subjects, write any other
+  results. Not: publish to stage, control (`wl.<app>.ctl.>`: ends of input, timers),
+  changelog, output or dead-letter subjects, write any other
   bucket, ack, create durable consumers, delete or purge anything;
 - anyone else: refused at connect.
 

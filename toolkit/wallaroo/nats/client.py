@@ -216,7 +216,7 @@ def _in_msg(m: Any) -> InMsg:
     stamp = md.timestamp  # a datetime in nats-py
     return InMsg(m.data, headers.get(MSG_ID, ""), seq.stream, seq.consumer, md.num_delivered,
                  md.num_pending or 0, m.ack, m.in_progress,
-                 stamp.timestamp() if stamp is not None else 0.0, m.nak)
+                 stamp.timestamp() if stamp is not None else 0.0, m.nak, m.subject)
 
 
 class Nats:
@@ -295,8 +295,9 @@ class Nats:
         dedup_window: float = 300.0, max_msg_size: int = -1,
         max_age: float | None = None, max_bytes: int | None = None,
     ) -> None:
-        """Create the stream, or bring an existing one's age and size limits to these (a
-        redeploy may change them; the rest of a stream's config is fixed at creation)."""
+        """Create the stream, or bring an existing one's age and size limits to these and add
+        the subjects it lacks (a redeploy may change them, a newer version add subjects; the
+        rest of a stream's config is fixed at creation)."""
         cfg = jsapi.StreamConfig(
             name=name, subjects=subjects, storage=jsapi.StorageType.FILE,
             retention=jsapi.RetentionPolicy.WORK_QUEUE if work_queue else jsapi.RetentionPolicy.LIMITS,
@@ -309,8 +310,13 @@ class Nats:
             await self.js.add_stream(cfg)
             return
         now = info.config
-        if (now.max_age or 0) != cfg.max_age or (now.max_bytes or -1) != cfg.max_bytes:
-            await self.js.update_stream(replace(now, max_age=cfg.max_age, max_bytes=cfg.max_bytes))
+        # Subjects are only ever added: a stream made by an older version lacks the newer ones.
+        known = list(now.subjects or [])
+        wanted = known + [s for s in subjects if s not in known]
+        if ((now.max_age or 0) != cfg.max_age or (now.max_bytes or -1) != cfg.max_bytes
+                or wanted != known):
+            await self.js.update_stream(replace(now, max_age=cfg.max_age, max_bytes=cfg.max_bytes,
+                                                subjects=wanted))
 
     async def stream_last_seq(self, stream: str) -> int:
         info = await _patiently(lambda: self.js.stream_info(stream))
@@ -520,21 +526,27 @@ class Nats:
     # --- consumers -------------------------------------------------------------------------
 
     async def fresh_consumer(
-        self, stream: str, durable: str, subject: str, start_seq: int | None = None, *,
-        ack_wait: float = 30.0, max_ack_pending: int = 20_000,
+        self, stream: str, durable: str, subject: str | Sequence[str], start_seq: int | None = None,
+        *, ack_wait: float = 30.0, max_ack_pending: int = 20_000,
     ) -> PullConsumer:
-        """A new durable pull consumer delivering `subject` in order, from stream seq
+        """A new durable pull consumer delivering `subject` (or several subjects: one stream
+        order, nats-server 2.10+) in order, from stream seq
         `start_seq` or (None: what a work queue demands) from its oldest message. Why replace
         rather than resume: messages a crashed reader held unacked would come back only after
         `ack_wait`, and behind later ones; a reader that knows where it stopped wants them at
         once and in order. Each step waits out a meta election; a create retried after its
         first try landed gets the same, still unread, consumer."""
         await _patiently(lambda: self.delete_consumer(stream, durable), META_PATIENCE)
+        subjects = [subject] if isinstance(subject, str) else list(subject)
         cfg = jsapi.ConsumerConfig(
-            durable_name=durable, filter_subject=subject, ack_policy=jsapi.AckPolicy.EXPLICIT,
+            durable_name=durable, ack_policy=jsapi.AckPolicy.EXPLICIT,
             ack_wait=ack_wait, max_ack_pending=max_ack_pending, max_deliver=-1,
             deliver_policy=jsapi.DeliverPolicy.ALL,
         )
+        if len(subjects) == 1:
+            cfg.filter_subject = subjects[0]
+        else:
+            cfg.filter_subjects = subjects
         if start_seq is not None:
             cfg.deliver_policy = jsapi.DeliverPolicy.BY_START_SEQUENCE
             cfg.opt_start_seq = max(1, start_seq)

@@ -132,11 +132,12 @@ class _Delivery:
 
 
 class MemoryConsumer:
-    """A durable pull consumer of one subject, delivering in stream order (redeliveries first)."""
+    """A durable pull consumer of one or more subjects, delivering in stream order
+    (redeliveries first)."""
 
-    def __init__(self, nats: MemoryNats, stream: _Stream, subject: str, start_seq: int | None,
-                 ack_wait: float, max_ack_pending: int) -> None:
-        self._nats, self._stream, self.subject = nats, stream, subject
+    def __init__(self, nats: MemoryNats, stream: _Stream, subjects: tuple[str, ...],
+                 start_seq: int | None, ack_wait: float, max_ack_pending: int) -> None:
+        self._nats, self._stream, self.subjects = nats, stream, subjects
         self.ack_wait, self.max_ack_pending = ack_wait, max_ack_pending
         self.next_seq = max(1, start_seq or 1)  # the lowest stream seq never delivered yet
         self.consumer_seq = 0
@@ -164,13 +165,19 @@ class MemoryConsumer:
             if len(out) >= batch:
                 return out
             self._deliver(seq, now, out, 0)
-        fresh = list(self._stream.seqs(self.subject, self.next_seq))
+        fresh = self._fresh()
         for i, seq in enumerate(fresh):
             if len(out) >= batch or len(self.pending) >= self.max_ack_pending:
                 break
             self.next_seq = seq + 1
             self._deliver(seq, now, out, len(fresh) - i - 1)
         return out
+
+    def _fresh(self) -> list[int]:
+        """Seqs never delivered yet, in stream order across the consumer's subjects."""
+        if len(self.subjects) == 1:
+            return list(self._stream.seqs(self.subjects[0], self.next_seq))
+        return sorted(seq for subject in self.subjects for seq in self._stream.seqs(subject, self.next_seq))
 
     def _due(self, now: float) -> list[int]:
         """Delivered messages whose ack_wait ran out, in stream order; gone ones forgotten."""
@@ -184,12 +191,12 @@ class MemoryConsumer:
         count = prior.count + 1 if prior else 1
         self.pending[seq] = _Delivery(count, now + self.ack_wait)
         self.consumer_seq += 1
-        if self._nats.take_fault(self._nats.dropped_deliveries, self.subject):
-            return  # lost on its way: the consumer seq moved on, the message stays pending
         m = self._stream.msgs[seq]
+        if self._nats.take_fault(self._nats.dropped_deliveries, m.subject):
+            return  # lost on its way: the consumer seq moved on, the message stays pending
         out.append(InMsg(m.data, m.msg_id, seq, self.consumer_seq, count, pending,
                          functools.partial(self._ack, seq), functools.partial(self._progress, seq),
-                         timestamp=self._stream.stored_at.get(seq, 0.0)))
+                         timestamp=self._stream.stored_at.get(seq, 0.0), subject=m.subject))
 
     async def _progress(self, seq: int) -> None:
         """Like JetStream's in-progress ack: the message's ack_wait starts again."""
@@ -200,7 +207,8 @@ class MemoryConsumer:
     async def _ack(self, seq: int) -> None:
         if not self.live or seq not in self.pending:
             return  # a replaced consumer's ack goes nowhere; a second ack changes nothing
-        if self._nats.take_fault(self._nats.dropped_acks, self.subject):
+        stored = self._stream.msgs.get(seq)
+        if self._nats.take_fault(self._nats.dropped_acks, stored.subject if stored else ""):
             return
         del self.pending[seq]
         if self._stream.work_queue:
@@ -262,9 +270,13 @@ class MemoryNats:
         self, name: str, subjects: list[str], *, work_queue: bool = False,
         dedup_window: float | None = None, max_msg_size: int = -1,
     ) -> None:
-        """Create the stream unless it exists (an existing one is left as it is)."""
-        if name not in self.streams:
+        """Create the stream unless it exists; an existing one only gains the subjects it
+        lacks (as the real client brings a stream made by an older version up to date)."""
+        known = self.streams.get(name)
+        if known is None:
             self.streams[name] = _Stream(name, tuple(subjects), work_queue, dedup_window, max_msg_size)
+        else:
+            known.subjects += tuple(s for s in subjects if s not in known.subjects)
 
     async def stream_last_seq(self, stream: str) -> int:
         return self._named(stream).last_seq
@@ -380,13 +392,14 @@ class MemoryNats:
     # --- consumers -------------------------------------------------------------------------
 
     async def fresh_consumer(
-        self, stream: str, durable: str, subject: str, start_seq: int | None = None, *,
-        ack_wait: float = 30.0, max_ack_pending: int = 20_000,
+        self, stream: str, durable: str, subject: str | Sequence[str], start_seq: int | None = None,
+        *, ack_wait: float = 30.0, max_ack_pending: int = 20_000,
     ) -> MemoryConsumer:
         """Delete `durable` (what it held unacked is delivered anew) and create it again,
-        delivering `subject` from `start_seq` or from its oldest message."""
+        delivering `subject` (or several) from `start_seq` or from its oldest message."""
         await self.delete_consumer(stream, durable)
-        consumer = MemoryConsumer(self, self._named(stream), subject, start_seq, ack_wait,
+        subjects = (subject,) if isinstance(subject, str) else tuple(subject)
+        consumer = MemoryConsumer(self, self._named(stream), subjects, start_seq, ack_wait,
                                   max_ack_pending)
         self.consumers[(stream, durable)] = consumer
         return consumer

@@ -32,6 +32,8 @@ class InMsg:
     timestamp: float = 0.0  # when JetStream stored it (seconds since the epoch)
     # Hand it back unprocessed: the server delivers it again at once (to any consumer's reader).
     nak: Callable[[], Awaitable[None]] | None = None
+    # Where it was published: who may have written it (a consumer may read several subjects).
+    subject: str = ""
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class Out:
 
 
 class Consumer(Protocol):
-    """A durable pull consumer delivering one subject in stream order."""
+    """A durable pull consumer delivering its subjects in stream order."""
 
     async def fetch(self, batch: int, timeout: float) -> list[InMsg]:
         """Up to `batch` messages, waiting at most `timeout` for the first (none: [])."""
@@ -97,6 +99,8 @@ class WorkerNats(Protocol):
     async def purge_subject_below(self, stream: str, subject: str, seq: int) -> None: ...
 
     async def fresh_consumer(
-        self, stream: str, durable: str, subject: str, start_seq: int | None = None, *,
-        ack_wait: float = 30.0, max_ack_pending: int = 20_000,
-    ) -> Consumer: ...
+        self, stream: str, durable: str, subject: str | Sequence[str], start_seq: int | None = None,
+        *, ack_wait: float = 30.0, max_ack_pending: int = 20_000,
+    ) -> Consumer:
+        """A new durable pull consumer of `subject` (or of several subjects, in one stream order)."""
+        ...
