@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.calls import CallClient, forbid_blocking_calls
+from wallaroo.core.changelog import PartitionState as ChangelogState
 from wallaroo.core.errors import FencedError, WallarooError
 from wallaroo.core.keys import DEPLOY_KEY_ENV, Trust
 from wallaroo.core.names import (
@@ -98,10 +99,16 @@ class AppHost:
     sink_stats: dict[str, SinkStats] = field(default_factory=dict)
     troubles: dict[Part, Trouble] = field(default_factory=dict)
     metrics: RunnerMetrics | None = None  # None: this runner exports no metrics
+    _app: Application | None = None
 
     @property
     def app(self) -> Application:
-        return self.deployed.built()
+        """The deployed app, its stages numbered as the manifest lays them out."""
+        if self._app is None:
+            layouts = {s.index: (s.base, (s.prev[0], s.prev[1]) if s.prev else None)
+                       for s in self.manifest.stages}
+            self._app = self.deployed.built().laid_out(layouts)
+        return self._app
 
     async def start(self) -> None:
         names = AppNames(self.app.slug)
@@ -182,8 +189,17 @@ class AppHost:
         checkpoints = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
                                    part[1], names.log_stream, names.log(*part), stage.stateful)
         observer = self.metrics.partition(self.app.slug, *part) if self.metrics else None
+
+        async def restore_part(other: int, last_seq: int) -> ChangelogState:
+            """Another partition of the stage (of the layout this one replaces), from its
+            snapshots and changelog: read only, its own owner trims it."""
+            reader = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
+                                  other, names.log_stream, names.log(stage.index, other),
+                                  stage.stateful)
+            return await reader.restore(last_seq)
+
         return PartitionWorker(self.nats, self.app, self.manifest.version, stage, part[1],
-                               self.cfg, checkpoints, observer=observer)
+                               self.cfg, checkpoints, observer=observer, restore_part=restore_part)
 
     def start_connectors(self) -> None:
         """Start (or restart a failed) run per connector source and sink; each runs only on
