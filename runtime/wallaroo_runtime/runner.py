@@ -132,7 +132,10 @@ class AppHost:
 
     def reconcile(self, assigned: Assignment) -> None:
         """Start workers for partitions assigned here; ask the others to finish and stop."""
-        self.owned = assigned.owned_by(self.runner_id)
+        # Only partitions this version lays out: a leader that loaded a newer version with
+        # other partition counts assigns its new layout's partitions, which this version's
+        # code must not run (their keys' state is not where it would look).
+        self.owned = {p for p in assigned.owned_by(self.runner_id) if p in self.runnable}
         for part in self.owned - set(self.tasks):
             self.tasks[part] = asyncio.create_task(self._supervise(part))
         for part in set(self.tasks) - self.owned:
@@ -227,6 +230,11 @@ class AppHost:
 
     def _runs(self) -> list[asyncio.Task[None]]:
         return [*self.tasks.values(), *self.connector_runs.values(), *self.executor_runs.values()]
+
+    @property
+    def runnable(self) -> set[Part]:
+        """(stage, partition) of every partition this version runs, a drained layout's too."""
+        return {(s.index, p) for s in self.app.stages for p in (*s.prev_parts, *s.parts)}
 
     @property
     def partitions_released(self) -> bool:

@@ -80,6 +80,9 @@ class WorkerConfig:
     # a silent runner's inputs are delivered again.
     ack_wait: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # State moved into a new partition (wallaroo.core.repartition) per commit record, at
+    # most: half a NATS message, or this.
+    migrate_bytes: int = 256 * 1024
 
 
 class _TooBig(Exception):  # noqa: N818 - control flow inside _commit_batch
@@ -95,6 +98,11 @@ SLOW_SECONDS = 0.5  # a batch that ran longer sends its partition's user code to
 
 class FlushTooLargeError(WallarooError):
     """The end-of-input flush of a partition does not fit in one commit record."""
+
+
+class LayoutMovedError(WallarooError):
+    """An older version was asked to run a partition a newer one re-routed (see
+    wallaroo.core.repartition): it refuses rather than route by the old partition count."""
 
 
 class ResyncNeeded(Exception):  # noqa: N818 - control flow, caught by the worker loop
@@ -296,9 +304,10 @@ class PartitionWorker:
     async def _unacked(self, rec: CommitRecord) -> bool:
         """Are the commit's first and last inputs both still in the work queue? Acks follow
         the publishing of every output, so one ack means they were all published (and
-        publishing them again after the dedup window would store them twice)."""
+        publishing them again after the dedup window would store them twice). A commit of
+        no inputs (first_seq 0) has none to tell."""
         stream = self.names.data_stream
-        return (await self.nats.msg_exists(stream, rec.first_seq)
+        return rec.first_seq > 0 and (await self.nats.msg_exists(stream, rec.first_seq)
                 and await self.nats.msg_exists(stream, rec.last_seq))
 
     async def open_consumer(self) -> Consumer:
@@ -432,14 +441,24 @@ class PartitionWorker:
         """A drained old partition's state was moved to the new layout: what still arrives
         (a replayed dead letter, a late timer) changes nothing; its records are dead-lettered
         (`wallaroo dlq replay` sends them on to the new layout), never dropped."""
-        why = "arrived after the stage moved to another partition count; replay it"
-        result = self._all_dead(records, malformed, why) if records or malformed else BatchResult()
+        why = ("arrived after the stage moved to another partition count; replay it "
+               "(`wallaroo dlq replay` sends it to the key's partition now)")
+        result = self._all_dead(records, malformed, why, "layout_drained") \
+            if records or malformed else BatchResult()
         rec, encoded = self._commit_record(batch, result, {})
         await self._append(rec, encoded)
         await self._publish(rec.outs)
         await asyncio.gather(*(f.msg.ack() for f in batch))
         self._count(result, len(batch), len(malformed))
         await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
+
+    @property
+    def _layout_ending(self) -> bool:
+        """Has a sender ended this partition's layout? Then its timers fire no more: once
+        drained its state moves to the new layout, whose partitions fire them (deadlines are
+        state). Known from the state, not the version: a worker of an older version, still
+        running here while a newer one drains its layout elsewhere, must not fire them either."""
+        return any(k.startswith(layout.LAYOUT_PREFIX) for k in self.state.watermarks)
 
     def _note_drained(self) -> None:
         if self.part in self.stage.prev_parts and not self.drained and \
@@ -455,6 +474,7 @@ class PartitionWorker:
         drained old layout (False: stopped while waiting for that), and a sender into a
         re-laid-out stage ends the old layout there."""
         self._note_drained()
+        self._refuse_ended_target()
         if self.part in self.stage.parts and self.stage.prev is not None and \
                 layout.MIGRATED not in self.state.watermarks:
             if not await self._migrate():
@@ -462,11 +482,26 @@ class PartitionWorker:
         await self._end_old_layout()
         return True
 
+    def _refuse_ended_target(self) -> None:
+        """A newer version ran this partition and ended the layout this version would route
+        into (the keys' state has moved on): routing there would split a key's records."""
+        route = self.stage.route
+        if route is None:
+            return
+        target = self.app.stages[route.target]
+        if layout.sent_key(target.index, target.base) in self.state.watermarks:
+            msg = (f"{self.in_subject}: a newer version of {self.app.name} re-partitioned stage "
+                   f"{target.index} ({target.name}) and this partition already routes to its new "
+                   f"partitions; version {self.version} cannot run it: load the newer version here")
+            raise LayoutMovedError(msg)
+
     async def _migrate(self) -> bool:
         old = self.stage.prev_parts
         while True:
-            marks = [await self._last_watermarks(p) for p in old]
-            if all(layout.drained(m, self._old_senders) for m in marks):
+            lasts = [await self._last_record(p) for p in old]
+            marks = [rec.watermarks if rec else {} for rec in lasts]
+            if all(layout.drained(m, self._old_senders) for m in marks) and \
+                    await self._all_published(lasts):
                 break
             if await _stopped_within(self._stop, 0.25):
                 return False
@@ -474,7 +509,7 @@ class PartitionWorker:
                   [(p, await self._last_seq(p)) for p in old]] if self.stage.stateful else []
         index = self.part - self.stage.base
         table = layout.split_table(tables, index, self.stage.partitions)
-        budget = (self.nats.max_payload - PAYLOAD_MARGIN) // 2
+        budget = min(self.cfg.migrate_bytes, (self.nats.max_payload - PAYLOAD_MARGIN) // 2)
         records = layout.migration_records(table, layout.merged_watermarks(marks), budget)
         for rec in records[self.state.commit_no:]:  # a resumed migration: the missing ones
             rec = replace(rec, commit_no=self.state.commit_no + 1)
@@ -487,9 +522,18 @@ class PartitionWorker:
                  len(table), len(old))
         return True
 
-    async def _last_watermarks(self, part: int) -> dict[str, int]:
+    async def _all_published(self, lasts: list[CommitRecord | None]) -> bool:
+        """Were the outputs of the old partitions' last commits published (their inputs
+        acked)? Once the stage settles nobody runs those partitions to publish them again."""
+        for rec in lasts:
+            if rec is not None and await self._unacked(rec):
+                return False
+        return True
+
+    async def _last_record(self, part: int) -> CommitRecord | None:
+        """The newest commit of partition `part` of this stage: full watermarks, always."""
         last = await self.nats.last_on_subject(self.names.log_stream, self.names.log(self.stage.index, part))
-        return CommitRecord.from_wire(last.data).watermarks if last is not None else {}
+        return CommitRecord.from_wire(last.data) if last is not None else None
 
     async def _last_seq(self, part: int) -> int:
         last = await self.nats.last_on_subject(self.names.log_stream, self.names.log(self.stage.index, part))
@@ -567,7 +611,7 @@ class PartitionWorker:
         """The micro-batches due at the latest timer message of `batch`, fired after the
         batch's records (none without a timer message)."""
         ticks = [f.tick for f in batch if f.tick is not None]
-        if not ticks:
+        if not ticks or self._layout_ending:
             return BatchResult()
         now = max(ticks)
         known = {**self.deadlines, **result.deadlines}
@@ -593,7 +637,7 @@ class PartitionWorker:
         """A micro-batch due: a timer message into this partition's own input (its id names
         the due time, so a second copy is dropped as a duplicate)."""
         due = self._next_due
-        if due is None or due > self._clock() or self._ticked == due or self.drained:
+        if due is None or due > self._clock() or self._ticked == due or self._layout_ending:
             return
         await self.nats.publish_all([Out(self.in_subject, repr(due).encode(),
                                          tick_msg_id(self.producer, due))])
@@ -641,11 +685,12 @@ class PartitionWorker:
         )
         self.state.apply(rec)
 
-    def _all_dead(self, records: Batch, malformed: list[DeadLetter], why: str) -> BatchResult:
+    def _all_dead(self, records: Batch, malformed: list[DeadLetter], why: str,
+                  reason: str = "commit_too_large") -> BatchResult:
         """Every record of `records` dead-lettered, and the malformed messages' letters, each
         payload cut to fit; state untouched."""
         limit = self.max_output_bytes // max(1, len(records) + len(malformed))
-        dead = [DeadLetter(self.stage.name, "commit", "commit_too_large", why, "", 1, item.key,
+        dead = [DeadLetter(self.stage.name, "commit", reason, why, "", 1, item.key,
                            _cut(item.value, limit, self.stage.source is not None), item.rid)
                 for item in records.items()]
         dead += [_cut_letter(d, limit) for d in malformed]
