@@ -103,7 +103,12 @@ class AppHost:
 
     @property
     def app(self) -> Application:
-        """The deployed app, its stages numbered as the manifest lays them out."""
+        return self.deployed.built()
+
+    @property
+    def laid_out(self) -> Application:
+        """The deployed app, its stages numbered as the manifest lays them out (what its
+        workers run: wallaroo.core.repartition)."""
         if self._app is None:
             layouts = {s.index: (s.base, (s.prev[0], s.prev[1]) if s.prev else None)
                        for s in self.manifest.stages}
@@ -187,7 +192,8 @@ class AppHost:
                   self.app.slug, *part, failures, err, exc_info=True)
 
     def _worker(self, part: Part) -> PartitionWorker:
-        stage = self.app.stages[part[0]]
+        app = self.laid_out
+        stage = app.stages[part[0]]
         names = AppNames(self.app.slug)
         checkpoints = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
                                    part[1], names.log_stream, names.log(*part), stage.stateful)
@@ -201,7 +207,7 @@ class AppHost:
                                   stage.stateful)
             return await reader.restore(last_seq)
 
-        return PartitionWorker(self.nats, self.app, self.manifest.version, stage, part[1],
+        return PartitionWorker(self.nats, app, self.manifest.version, stage, part[1],
                                self.cfg, checkpoints, observer=observer, restore_part=restore_part)
 
     def start_connectors(self) -> None:
@@ -234,7 +240,7 @@ class AppHost:
     @property
     def runnable(self) -> set[Part]:
         """(stage, partition) of every partition this version runs, a drained layout's too."""
-        return {(s.index, p) for s in self.app.stages for p in (*s.prev_parts, *s.parts)}
+        return {(s.index, p) for s in self.laid_out.stages for p in (*s.prev_parts, *s.parts)}
 
     @property
     def partitions_released(self) -> bool:

@@ -23,6 +23,7 @@ from wallaroo.core.worker import LayoutMovedError, PartitionWorker, WorkerConfig
 from wallaroo.nats.memory import MemoryNats
 from wallaroo.nats.protocol import Consumer
 from wallaroo.plan import Application
+from wallaroo.testing import FakeClock
 
 CONFIG = WorkerConfig(fetch_timeout=0.0, migrate_bytes=600)  # several records per migration
 
@@ -55,6 +56,23 @@ def count(w: str, total: Total) -> str:
     return f"{w} => {total.count}"
 
 
+class Seen:
+    def __init__(self) -> None:
+        self.batches = 0
+
+
+@wl.state_batch_computation(name="per key", state=Seen, max_size=3, max_wait=10.0)
+def per_key(records: list[str], seen: Seen) -> list[str]:
+    seen.batches += 1
+    return [f"{records[0]} batch {seen.batches}: {','.join(records)}"]
+
+
+def batches(partitions: int, layout: tuple[int, tuple[int, int] | None] = (0, None)) -> Application:
+    pipeline = (wl.source("lines", wl.StreamSource()).to(split).key_by(word).to(per_key)
+                .to_sink(wl.StreamSink("counts")))
+    return wl.build_application("wc", pipeline, partitions=partitions).laid_out({1: layout})
+
+
 def word_count(partitions: int, layout: tuple[int, tuple[int, int] | None] = (0, None)) -> Application:
     pipeline = (wl.source("lines", wl.StreamSource()).to(split).key_by(word).to(count)
                 .to_sink(wl.StreamSink("counts")))
@@ -68,7 +86,8 @@ class Cluster:
     """One app's streams, and every partition's worker of the version running now."""
 
     def __init__(self, max_payload: int = 1 << 20) -> None:
-        self.nats = MemoryNats(max_payload=max_payload)
+        self.clock = FakeClock()
+        self.nats = MemoryNats(max_payload=max_payload, clock=self.clock.time)
         self.names = AppNames("wc")
         self.sent = 0
         self.live: dict[Part, tuple[PartitionWorker, Consumer]] = {}
@@ -79,7 +98,8 @@ class Cluster:
         return self
 
     def worker(self, app: Application, stage: int, part: int) -> PartitionWorker:
-        return PartitionWorker(self.nats, app, "v", app.stages[stage], part, CONFIG)
+        return PartitionWorker(self.nats, app, "v", app.stages[stage], part, CONFIG,
+                               clock=self.clock.time)
 
     async def deploy(self, app: Application, hold: Part | None = None) -> None:
         """The runner's switch: every worker of `app` (but `hold`) restored and settled (a
@@ -110,6 +130,13 @@ class Cluster:
                     progressed = True
             if not progressed:
                 return
+
+    async def tick(self, seconds: float) -> None:
+        """Time passes: every partition polls once (a due micro-batch sends its timer)."""
+        self.clock.advance(seconds)
+        for key, (w, consumer) in sorted(self.live.items()):
+            self.live[key] = (w, await w.poll(consumer))
+        await self.settle()
 
     def waiting(self, w: PartitionWorker) -> int:
         return self.nats.count(self.names.data_stream, w.in_subject)
@@ -251,3 +278,24 @@ async def test_a_drained_partition_dead_letters_strays_and_an_older_version_refu
     await stale.restore()
     with pytest.raises(LayoutMovedError, match="re-partitioned stage 1"):
         await stale.settle_layout()
+
+
+@sync
+async def test_buffered_micro_batches_move_with_their_key_and_fire_once_on_time() -> None:
+    c = await Cluster().create()
+    keys = [f"k{i}" for i in range(12)]
+    await c.deploy(batches(2))
+    await c.send([k for k in keys for _ in range(4)])  # each key: a batch of 3 fires, 1 waits
+    await c.settle()
+    assert len(c.outputs()) == 12
+    await c.deploy(batches(5, (2, (0, 2))))
+    old = [c.live[(1, p)][0] for p in (0, 1)]
+    commits = [w.state.commit_no for w in old]
+    await c.tick(5.0)
+    assert len(c.outputs()) == 12  # not due yet: 10 s after each buffer's first record
+    await c.tick(6.0)  # due: fired by the key's new partition, its old one fires nothing
+    await c.tick(20.0)
+    assert sorted(c.outputs()) == sorted([f"{k} batch 1: {k},{k},{k}" for k in keys] +
+                                         [f"{k} batch 2: {k}" for k in keys])
+    assert [w.state.commit_no for w in old] == commits  # drained: no timer, no commit
+    assert all(w.drained and w.deadlines for w in old)  # their buffers moved, not fired
