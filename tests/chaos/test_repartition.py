@@ -15,14 +15,15 @@ from chaos_support import eventually, finish, output_seq, seeded
 
 from wallaroo.control import apps, ingest
 from wallaroo.core import repartition
-from wallaroo.core.wire import Manifest
+from wallaroo.core.names import AppNames
+from wallaroo.core.wire import CommitRecord, Manifest
 from wallaroo.local.dev import DevCluster
 from wallaroo.nats import Nats
 
 APPS = Path(__file__).resolve().parents[1] / "integration" / "apps" / "versions"
 TWO, FIVE, THREE = APPS / "counter_v1.py", APPS / "counter_p5.py", APPS / "counter_wide.py"
-KEYS = 40
-PER_PHASE = 1500
+KEYS = 200
+PER_PHASE = 2000
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
 
 
@@ -57,28 +58,62 @@ async def deploy_when_settled(nats: Nats, app: Path) -> Manifest:
     return found[0]
 
 
+async def migration_progress(nats: Nats, m: Manifest) -> tuple[int, int]:
+    """(old partitions some sender ended, new partitions with their state) of stage 1."""
+    names, st = AppNames(m.slug), m.stages[1]
+    assert st.prev is not None
+
+    async def marks(part: int) -> dict[str, int]:
+        last = await nats.last_on_subject(names.log_stream, names.log(1, part))
+        return CommitRecord.from_wire(last.data).watermarks if last else {}
+
+    old = [await marks(p) for p in range(st.prev[0], st.prev[0] + st.prev[1])]
+    new = [await marks(p) for p in st.parts]
+    ending = sum(1 for w in old if any(k.startswith(repartition.LAYOUT_PREFIX) for k in w))
+    return ending, sum(1 for w in new if repartition.MIGRATED in w)
+
+
+async def kill_while_migrating(nats: Nats, cluster: DevCluster, m: Manifest,
+                               runners: list[int], migrated: int = 0) -> str:
+    """SIGKILL `runners` as soon as the old layout has begun to end (a marker committed) and
+    at least `migrated` new partitions have their state, if the poll catches that moment
+    (before all do); says when."""
+    progress = (0, 0)
+
+    async def begun() -> bool:
+        nonlocal progress
+        progress = await migration_progress(nats, m)
+        return progress[0] > 0 and progress[1] >= migrated
+
+    await eventually(begun, 120, "the old layout begins to drain")
+    for i in runners:
+        cluster.restart_runner(i, kill=True)
+    ending, moved = progress
+    return (f"killed runner(s) {runners} with {ending} old partitions ending their layout, "
+            f"{moved} new ones with their state")
+
+
 async def scenario(cluster: DevCluster, rng: random.Random, kills: bool) -> tuple[list[str], list[int]]:
     phases = make_words(rng)
     nats = await Nats.connect(cluster.url)
     try:
         two = await apps.deploy(nats, TWO)
-        await send_paced(nats, two, phases[0], "a", seconds=2)
+        first_sent = asyncio.create_task(send_paced(nats, two, phases[0], "a", seconds=3))
         await eventually(lambda: _some_output(nats, two.slug), 60, "outputs of 2 partitions")
+        if kills:  # while records flow
+            cluster.restart_runner(0, kill=True)
+        await first_sent
         five_sent = asyncio.create_task(send_paced(nats, two, phases[1], "b", seconds=6))
         await asyncio.sleep(rng.uniform(0.5, 1.5))
         five = await deploy_when_settled(nats, FIVE)
-        if kills:  # while the runners switch and drain: one, then both at once
-            await asyncio.sleep(rng.uniform(0.0, 1.0))
-            cluster.restart_runner(0, kill=True)
-            await asyncio.sleep(rng.uniform(0.5, 2.0))
-            cluster.restart_runner(0, kill=True)
-            cluster.restart_runner(1, kill=True)
+        if kills:  # while the state moves: both at once, then one once some state moved
+            print(await kill_while_migrating(nats, cluster, five, [0, 1]))
+            print(await kill_while_migrating(nats, cluster, five, [0], migrated=1))
         await five_sent
         three_sent = asyncio.create_task(send_paced(nats, five, phases[2], "c", seconds=6))
         three = await deploy_when_settled(nats, THREE)
         if kills:
-            await asyncio.sleep(rng.uniform(0.0, 1.5))
-            cluster.restart_runner(1, kill=True)
+            print(await kill_while_migrating(nats, cluster, three, [1]))
         await three_sent
         latest = await apps.manifest_of(nats, three.slug)
         layout = [(s.base, s.partitions, s.prev) for s in latest.stages]
