@@ -73,6 +73,23 @@ def batches(partitions: int, layout: tuple[int, tuple[int, int] | None] = (0, No
     return wl.build_application("wc", pipeline, partitions=partitions).laid_out({1: layout})
 
 
+@wl.key_extractor
+def letter(line: str) -> str:
+    return line[:2]  # "w1 => 3" -> "w1"; words w10..w19 share "w1"
+
+
+@wl.state_computation(name="per prefix", state=Total)
+def per_prefix(line: str, total: Total) -> str:
+    total.count += 1
+    return f"{line[:2]} -> {total.count}"
+
+
+def two_keyed(partitions: int, layout: tuple[int, tuple[int, int] | None] = (0, None)) -> Application:
+    pipeline = (wl.source("lines", wl.StreamSource()).to(split).key_by(word).to(count)
+                .key_by(letter).to(per_prefix).to_sink(wl.StreamSink("counts")))
+    return wl.build_application("wc", pipeline, partitions=partitions).laid_out({1: layout, 2: layout})
+
+
 def word_count(partitions: int, layout: tuple[int, tuple[int, int] | None] = (0, None)) -> Application:
     pipeline = (wl.source("lines", wl.StreamSource()).to(split).key_by(word).to(count)
                 .to_sink(wl.StreamSink("counts")))
@@ -299,3 +316,28 @@ async def test_buffered_micro_batches_move_with_their_key_and_fire_once_on_time(
                                          [f"{k} batch 2: {k}" for k in keys])
     assert [w.state.commit_no for w in old] == commits  # drained: no timer, no commit
     assert all(w.drained and w.deadlines for w in old)  # their buffers moved, not fired
+
+
+@sync
+async def test_two_keyed_stages_re_partitioned_at_once_count_on_exactly_once() -> None:
+    c = await Cluster().create()
+    sent = [WORDS[i:i + 9] for i in range(0, 60, 4)]
+    await c.deploy(two_keyed(2))
+    for words in sent[:6]:
+        await c.send(words)
+    await c.settle()
+    for words in sent[6:9]:  # in flight at the switch
+        await c.send(words)
+    five = two_keyed(5, (2, (0, 2)))
+    await c.deploy(five)
+    for words in sent[9:]:
+        await c.send(words)
+    await c.settle()
+
+    prefixes = Counter(w[:2] for words in sent for w in words)
+    want = Counter(f"{p} -> {n}" for p, total in prefixes.items() for n in range(1, total + 1))
+    assert Counter(c.outputs()) == want and c.dead() == []
+    for stage in (1, 2):
+        assert all(c.live[(stage, p)][0].drained for p in (0, 1))
+        assert all(repartition.MIGRATED in c.live[(stage, p)][0].state.watermarks
+                   for p in range(2, 7))
