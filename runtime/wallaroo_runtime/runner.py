@@ -578,7 +578,10 @@ class Runner:
         host = self.hosts.get(manifest.slug)
         if host is None or host.manifest.version != manifest.version:
             return False
+        if [st.base for st in host.manifest.stages] != [st.base for st in manifest.stages]:
+            return False  # other partition numbers: switch, so every worker runs them
         host.manifest = manifest
+        host._app = None  # a layout no longer drained is no longer run (its workers stop)
         self._clear_refusal(manifest.slug)  # e.g. a refused deploy undone by this one
         return True
 

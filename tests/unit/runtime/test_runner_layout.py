@@ -16,7 +16,7 @@ from wallaroo.functions import App
 from wallaroo_runtime.checkpoint import CheckpointConfig
 from wallaroo_runtime.cluster import ClusterConfig, assignment
 from wallaroo_runtime.executor import ExecutorConfig
-from wallaroo_runtime.runner import AppHost
+from wallaroo_runtime.runner import AppHost, Runner
 
 
 @wl.key_extractor
@@ -66,3 +66,15 @@ def test_an_older_version_runs_none_of_a_newer_layouts_partitions() -> None:
     assert (laid.stages[1].base, laid.stages[1].prev, list(laid.stages[1].parts)) == \
         (2, (0, 2), [2, 3, 4, 5, 6])
     assert host(five, newer).runnable == set(everything.owners)
+
+
+def test_the_same_version_laid_out_anew_is_switched_to_a_settled_layout_adopted() -> None:
+    five = app(5)
+    runner = Runner("nats://127.0.0.1:1")
+    running = host(five, manifest(five, base=2, prev=[0, 2]))
+    runner.hosts["laid"] = running
+    assert (1, 0) in running.runnable
+
+    assert not runner._same_version(manifest(five, base=7, prev=[2, 5]))  # noqa: SLF001
+    assert runner._same_version(manifest(five, base=2))  # noqa: SLF001 - drained: adopted
+    assert running.runnable == {(0, 0)} | {(1, p) for p in range(2, 7)}
