@@ -44,12 +44,14 @@ def test_deploy_and_rollback_change_partition_counts_and_the_counts_go_on(tmp_pa
         send_and_wait(["a", "c"], 7)
         outputs = outputs_at_least(cluster.url, 7)
         latest = asyncio.run(manifest_now(cluster.url))
+        status = cli("status", role="client")
 
     v1, v2 = version_of(out1), version_of(out2)
     assert sorted(outputs[:3]) == ["a => 1", "a => 2", "b => 1"]
     assert sorted(outputs[3:5]) == ["a => 3", "b => 2"]
     assert sorted(outputs[5:]) == ["a => 4", "c => 1"]
     assert rolled == f"rolled counter back from version {v2} to {v1}\n"
+    assert status[0] == 0 and "counter" in status[1] and "Traceback" not in status[2], status
     stage = latest.stages[1]  # v1's 2 partitions, numbered after both earlier layouts
     assert (latest.version, stage.partitions, stage.base, stage.prev) == (v1, 2, 7, [2, 5])
 
