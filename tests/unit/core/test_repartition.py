@@ -8,11 +8,12 @@ import dataclasses
 
 import pytest
 
+from wallaroo.control.dlq import _replay_out
 from wallaroo.core import codec, repartition
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.engine import state_slot_of
 from wallaroo.core.names import AppNames
-from wallaroo.core.wire import Manifest, StageInfo
+from wallaroo.core.wire import DeadLetter, Manifest, StageInfo
 
 
 def manifest(*partitions: int, job: bool = False) -> Manifest:
@@ -112,3 +113,13 @@ def test_manifest_layout_survives_the_wire() -> None:
     back = Manifest.from_wire(m.to_wire())
     assert back == m and back.stages[1].prev == [0, 2]
     assert dataclasses.replace(back.stages[1], prev=None).run_parts == [2, 3, 4, 5, 6]
+
+
+def test_a_dead_letter_of_a_drained_partition_is_replayed_to_its_keys_partition_now() -> None:
+    m = repartition.lay_out(manifest(1, 5), manifest(1, 2), {0, 1}, "deploy")
+    names = AppNames("c")
+    letter = DeadLetter("s1", "count", "layout_drained", "late", "", 1, "k7", b"v", (9, 0))
+    old = _replay_out(names, m, letter.placed("c", "v", 0.0, 1, 0))
+    now = _replay_out(names, m, letter.placed("c", "v", 0.0, 1, 4))
+    assert old.subject == names.data(1, 2 + codec.partition_of("k7", 5))
+    assert now.subject == names.data(1, 4)  # a partition of the current layout: as before

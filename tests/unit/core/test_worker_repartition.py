@@ -2,7 +2,7 @@
 PartitionWorker on MemoryNats: the old layout drains behind fenced end-of-layout markers, the
 new partitions split its final state by key, a migration cut short resumes, a second migrator
 is fenced, a drained partition changes no state, and an older version refuses to route into
-a layout a newer one ended. tests/chaos/test_repartition.py runs it on real runners."""
+a layout a newer one ended. tests/chaos/test_repartition_chaos.py runs it on real runners."""
 
 from __future__ import annotations
 

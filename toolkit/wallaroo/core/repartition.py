@@ -14,14 +14,19 @@ builds its state from the old partitions' final states, by key. In detail:
    every commit an earlier owner (even a zombie) made, so in each old input subject the
    marker follows every message that sender routed there.
 2. An old partition is *drained* once it has committed a marker from every sender (every
-   partition the upstream stages run): nothing more can arrive for its keys. From then on it
-   fires no timers and changes no state; a stray record is dead-lettered, never dropped.
-3. A new partition q starts only once every old partition is drained (it waits, under its
-   lease). Then it reads their final states (snapshot + changelog) and appends its own first
-   commits: the slots whose RECORD key hashes to q (codec.partition_of, as routing does),
-   cut into several consecutive commit records so any state size fits (pitfall: 1 MiB max
-   payload), the last one marked MIGRATED. A runner killed midway resumes: the old states
-   are final, so the records are recomputed identically and only the missing ones appended;
+   partition the upstream stages run): nothing more can arrive for its keys. It fires no
+   timers once any sender ended its layout (the new partitions fire them: deadlines are
+   state), and once drained changes no state; a stray record (a replayed dead letter) is
+   dead-lettered again, never dropped, and `wallaroo dlq replay` sends it to its key's
+   partition in the new layout.
+3. A new partition q starts only once every old partition is drained and the outputs of its
+   last commit are published (its inputs acked: nobody may run it again to publish them).
+   It waits under its lease. Then it reads their final states (snapshot + changelog) and
+   appends its own first commits: the slots whose RECORD key hashes to q
+   (codec.partition_of, as routing does), cut into several consecutive commit records so any
+   state size fits (a NATS message is 1 MiB at most), the last one marked MIGRATED. A
+   runner killed midway resumes: the old states are final, so the records are recomputed
+   identically and only the missing ones appended;
    the first append's fence (expected last seq 0) keeps two owners from both migrating.
 4. Commit numbers: new partitions are new producers (fresh numbers), so downstream dedup
    never confuses them with an old partition's commits. Watermarks: a new partition takes,
@@ -30,6 +35,9 @@ builds its state from the old partitions' final states, by key. In detail:
    old count is dropped, every commit routed by the new count is accepted.
 5. Micro-batch buffers and windows are state slots, and deadlines are recomputed from the
    state table on restore: they move with their key.
+6. Versions side by side: a runner still on the older version runs none of the new layout's
+   partitions (AppHost.runnable), and an older version's worker whose changelog shows a newer
+   one already ended the layout it would route into refuses to run (LayoutMovedError).
 
 Why not stop-the-world (pause upstream, drain, split, start): pausing needs every runner to
 agree on a moment, and a deployer killed between pause and start leaves the app paused. Here
@@ -38,7 +46,13 @@ running partition drives by itself, each step fenced and resumable.
 
 Not supported (refused at deploy with the reason): changing a source stage's count (clients
 publish round-robin over it), changing a count while the stage's last change is still being
-drained, changing counts together with the stage structure, and changing a job's counts.
+drained (a deploy then says so: deploy again once every new partition has its state),
+changing counts together with the stage structure, and changing a job's counts.
+
+Who does what: the deployer only lays out the manifest (base, prev: see `lay_out`), as its
+role may only write manifests and artifacts; the runners, which own the changelogs and the
+state store, do all the moving, each partition under its own lease. A deployer killed
+midway wrote either the old manifest or the new one: nothing is half done.
 """
 
 from __future__ import annotations
