@@ -511,7 +511,10 @@ class PartitionWorker:
         table = layout.split_table(tables, index, self.stage.partitions)
         budget = min(self.cfg.migrate_bytes, (self.nats.max_payload - PAYLOAD_MARGIN) // 2)
         records = layout.migration_records(table, layout.merged_watermarks(marks), budget)
-        for rec in records[self.state.commit_no:]:  # a resumed migration: the missing ones
+        # A resumed migration appends the missing ones; after a restore from the state store
+        # alone (its commit number jumped) all again: same slots, same values.
+        done = self.state.commit_no if self.state.commit_no < len(records) else 0
+        for rec in records[done:]:
             rec = replace(rec, commit_no=self.state.commit_no + 1)
             encoded = rec.to_wire()
             await self._append(rec, encoded)
