@@ -106,7 +106,7 @@ def assignment(members: list[str], manifest: Manifest) -> Assignment:
     return Assignment({
         (st.index, p): rendezvous(members, f"{manifest.slug}/{st.index}/{p}")
         for st in manifest.stages
-        for p in range(st.partitions)
+        for p in st.run_parts  # the layout being drained too (wallaroo.core.repartition)
     })
 
 

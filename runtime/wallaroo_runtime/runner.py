@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.calls import CallClient, forbid_blocking_calls
+from wallaroo.core.changelog import PartitionState as ChangelogState
 from wallaroo.core.errors import FencedError, WallarooError
 from wallaroo.core.keys import DEPLOY_KEY_ENV, Trust
 from wallaroo.core.names import (
@@ -98,10 +99,21 @@ class AppHost:
     sink_stats: dict[str, SinkStats] = field(default_factory=dict)
     troubles: dict[Part, Trouble] = field(default_factory=dict)
     metrics: RunnerMetrics | None = None  # None: this runner exports no metrics
+    _app: Application | None = None
 
     @property
     def app(self) -> Application:
         return self.deployed.built()
+
+    @property
+    def laid_out(self) -> Application:
+        """The deployed app, its stages numbered as the manifest lays them out (what its
+        workers run: wallaroo.core.repartition)."""
+        if self._app is None:
+            layouts = {s.index: (s.base, (s.prev[0], s.prev[1]) if s.prev else None)
+                       for s in self.manifest.stages}
+            self._app = self.deployed.built().laid_out(layouts)
+        return self._app
 
     async def start(self) -> None:
         names = AppNames(self.app.slug)
@@ -125,7 +137,10 @@ class AppHost:
 
     def reconcile(self, assigned: Assignment) -> None:
         """Start workers for partitions assigned here; ask the others to finish and stop."""
-        self.owned = assigned.owned_by(self.runner_id)
+        # Only partitions this version lays out: a leader that loaded a newer version with
+        # other partition counts assigns its new layout's partitions, which this version's
+        # code must not run (their keys' state is not where it would look).
+        self.owned = {p for p in assigned.owned_by(self.runner_id) if p in self.runnable}
         for part in self.owned - set(self.tasks):
             self.tasks[part] = asyncio.create_task(self._supervise(part))
         for part in set(self.tasks) - self.owned:
@@ -177,13 +192,23 @@ class AppHost:
                   self.app.slug, *part, failures, err, exc_info=True)
 
     def _worker(self, part: Part) -> PartitionWorker:
-        stage = self.app.stages[part[0]]
+        app = self.laid_out
+        stage = app.stages[part[0]]
         names = AppNames(self.app.slug)
         checkpoints = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
                                    part[1], names.log_stream, names.log(*part), stage.stateful)
         observer = self.metrics.partition(self.app.slug, *part) if self.metrics else None
-        return PartitionWorker(self.nats, self.app, self.manifest.version, stage, part[1],
-                               self.cfg, checkpoints, observer=observer)
+
+        async def restore_part(other: int, last_seq: int) -> ChangelogState:
+            """Another partition of the stage (of the layout this one replaces), from its
+            snapshots and changelog: read only, its own owner trims it."""
+            reader = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
+                                  other, names.log_stream, names.log(stage.index, other),
+                                  stage.stateful)
+            return await reader.restore(last_seq)
+
+        return PartitionWorker(self.nats, app, self.manifest.version, stage, part[1],
+                               self.cfg, checkpoints, observer=observer, restore_part=restore_part)
 
     def start_connectors(self) -> None:
         """Start (or restart a failed) run per connector source and sink; each runs only on
@@ -211,6 +236,11 @@ class AppHost:
 
     def _runs(self) -> list[asyncio.Task[None]]:
         return [*self.tasks.values(), *self.connector_runs.values(), *self.executor_runs.values()]
+
+    @property
+    def runnable(self) -> set[Part]:
+        """(stage, partition) of every partition this version runs, a drained layout's too."""
+        return {(s.index, p) for s in self.laid_out.stages for p in (*s.prev_parts, *s.parts)}
 
     @property
     def partitions_released(self) -> bool:
@@ -548,7 +578,10 @@ class Runner:
         host = self.hosts.get(manifest.slug)
         if host is None or host.manifest.version != manifest.version:
             return False
+        if [st.base for st in host.manifest.stages] != [st.base for st in manifest.stages]:
+            return False  # other partition numbers: switch, so every worker runs them
         host.manifest = manifest
+        host._app = None  # a layout no longer drained is no longer run (its workers stop)
         self._clear_refusal(manifest.slug)  # e.g. a refused deploy undone by this one
         return True
 

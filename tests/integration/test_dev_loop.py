@@ -105,12 +105,18 @@ def test_dev_restart_with_a_changed_app(tmp_path: Path) -> None:
     again = dev(str(reworded), "--input", "in.txt", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert sorted(again.stdout.splitlines()) == ["a == 2", "b == 2"]
-    # Other partitions: keys would land elsewhere than their state; refused, naming the fix.
+    # Other partitions: the state moves by key (wallaroo.core.repartition), counts go on.
     repartitioned = tmp_path / "word_count.py"
     repartitioned.write_text(source.replace('build_application("word_count", pipeline)',
                                             'build_application("word_count", pipeline, '
                                             'partitions=3)'))
-    refused = dev(str(repartitioned), "--input", "in.txt", cwd=tmp_path)
+    moved = dev(str(repartitioned), "--input", "in.txt", cwd=tmp_path)
+    assert moved.returncode == 0, moved.stderr
+    assert sorted(moved.stdout.splitlines()) == ["a => 3", "b => 3"]
+    # Other stages: keys would land elsewhere than their state; refused, naming the fix.
+    restaged = tmp_path / "word_count.py"
+    restaged.write_text(source.replace('name="count word"', 'name="count words"'))
+    refused = dev(str(restaged), "--input", "in.txt", cwd=tmp_path)
     assert refused.returncode == 1
     assert "stages changed since the state kept in .wallaroo/dev" in refused.stderr
     assert "wallaroo dev --fresh" in refused.stderr and "Traceback" not in refused.stderr

@@ -42,10 +42,26 @@ class Stage:
     decoder: DecoderSpec | None = None
     # Why kept: connector sources (wallaroo.connectors) are run by the runtime from their config.
     source_config: SourceConfig | None = None
+    # The layout (wallaroo.core.repartition): the stage's partitions are numbered
+    # base..base+partitions-1 in subjects, changelogs, leases and producer ids, so a redeploy
+    # with another count gets fresh names; `prev` (base, count) is the layout it replaced,
+    # drained and split by key into this one while the version runs.
+    base: int = 0
+    prev: tuple[int, int] | None = None
 
     @property
     def stateful(self) -> bool:
         return any(s.stateful for s in self.steps)
+
+    @property
+    def parts(self) -> range:
+        """The numbers of its partitions in the current layout."""
+        return range(self.base, self.base + self.partitions)
+
+    @property
+    def prev_parts(self) -> range:
+        """The numbers of the partitions of the layout being drained (empty: none)."""
+        return range(self.prev[0], self.prev[0] + self.prev[1]) if self.prev else range(0)
 
 
 DAY = 86_400.0
@@ -112,7 +128,13 @@ class Application:
             return frozenset({source_sender(stage.source)})
         return frozenset(AppNames.producer(s.index, p) for s in self.stages
                          if s.route is not None and s.route.target == stage.index
-                         for p in range(s.partitions))
+                         for p in (*s.prev_parts, *s.parts))
+
+    def laid_out(self, layouts: dict[int, tuple[int, tuple[int, int] | None]]) -> Application:
+        """This app with the deployed layout of each stage: index -> (base, prev)."""
+        stages = tuple(replace(s, base=layouts[s.index][0], prev=layouts[s.index][1])
+                       if s.index in layouts else s for s in self.stages)
+        return replace(self, stages=stages)
 
 
 @dataclass(eq=False)

@@ -53,3 +53,12 @@ def test_rendezvous_does_not_depend_on_member_order() -> None:
         rendezvous(["a", "b", "c"], f"x{i}") == rendezvous(["c", "a", "b"], f"x{i}")
         for i in range(100)
     )
+
+
+def test_a_stage_being_re_partitioned_runs_its_old_layout_and_its_new_one() -> None:
+    """wallaroo.core.repartition: 16 partitions numbered 0..15 drain into 4 numbered 16..19."""
+    m = manifest(4)
+    m.stages[1] = StageInfo(1, "count", 4, None, None, ["out"], base=16, prev=[0, 16])
+    owners = assignment(["r0", "r1"], m).owners
+
+    assert set(owners) == {(0, 0)} | {(1, p) for p in range(20)}

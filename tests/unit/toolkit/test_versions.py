@@ -60,11 +60,14 @@ def test_refusals_name_the_versions_there_are() -> None:
         target(history("aaaa", "bbbb"), "bb")
 
 
-def test_other_partition_counts_are_refused_an_added_stage_is_not() -> None:
+def test_other_partition_counts_get_a_new_layout_what_cannot_move_is_refused() -> None:
     now = manifest("bbbb", 1, (1, 2))
-    check_layout(now, manifest("aaaa", 0, (1, 2, 2)))
-    with pytest.raises(RollbackError, match=r"\(stage 1: 4 then, 2 now\)"):
-        check_layout(now, manifest("aaaa", 0, (1, 4)))
+    assert check_layout(now, manifest("aaaa", 0, (1, 2, 2))).stages[1].prev is None
+    wide = check_layout(now, manifest("aaaa", 0, (1, 4)))  # its state moves by key
+    assert (wide.stages[1].base, wide.stages[1].prev, wide.stages[1].partitions) == (2, [0, 2], 4)
+    with pytest.raises(RollbackError, match=r"cannot roll counter back to version aaaa: stage 0 "
+                       r"\(s0\) is a source stage"):
+        check_layout(now, manifest("aaaa", 0, (3, 2)))
 
 
 def test_the_stored_artifact_must_be_the_one_deployed(tmp_path: Path) -> None:

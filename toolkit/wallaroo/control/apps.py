@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from wallaroo.core import observe
-from wallaroo.core.errors import DeployError, NotDeployedError
+from wallaroo.core import observe, repartition
+from wallaroo.core.errors import NotDeployedError
 from wallaroo.core.keys import deployer_key
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
-from wallaroo.core.packaging import build_artifact, load_deployable
-from wallaroo.core.wire import Manifest
+from wallaroo.core.packaging import build_artifact, load_deployable, sign
+from wallaroo.core.wire import CommitRecord, Manifest
 from wallaroo.nats import Nats
 from wallaroo.plan import Retention
 
@@ -23,39 +23,40 @@ async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None,
     its streams."""
     signer = deployer_key(key)  # a bad key file fails before anything is built
     app, _ = load_deployable(app_file, args)
-    artifact, manifest = build_artifact(app, app_file, signer)
-    await _check_partitions(nats, manifest)
+    artifact, manifest = build_artifact(app, app_file)
+    manifest = await lay_out(nats, manifest)
+    manifest = sign(artifact, manifest, signer) if signer is not None else manifest
     await ensure_streams(nats, manifest.slug, app.built().retention)
     await nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact)
     await nats.kv_put(APPS_BUCKET, manifest.slug, manifest.to_wire())
     return manifest
 
 
-async def _check_partitions(nats: Nats, manifest: Manifest) -> None:
-    """Refuse a redeploy that splits a stage into another partition count: the runners would
-    look for keyed state in the wrong partitions (moving state by key is not built yet)."""
+async def lay_out(nats: Nats, manifest: Manifest, what: str = "deploy") -> Manifest:
+    """`manifest` laid out after the deployed one (wallaroo.core.repartition): a stage with
+    another partition count gets a new layout, which the runners fill from the old one by
+    key. Refuses (LayoutError) what cannot move keyed state."""
     raw = await nats.kv_get(APPS_BUCKET, manifest.slug)
-    counts = "" if raw is None else partition_changes(manifest, Manifest.from_wire(raw))
-    if counts:
-        msg = (f"{manifest.name} is deployed with other partition counts ({counts}); its keyed "
-               "state is laid out by them, and changing them on a redeploy is not supported yet. "
-               "Keep the deployed partitions (build_application(..., partitions=N)), or deploy "
-               "under a new app name")
-        raise DeployError(msg)
+    deployed = None if raw is None else Manifest.from_wire(raw)
+    settled = set() if deployed is None else await settled_stages(nats, deployed)
+    return repartition.lay_out(manifest, deployed, settled, what)
 
 
-def partition_changes(current: Manifest, other: Manifest) -> str:
-    """The stages `other` splits into other partition counts than `current` ("stage 1: 4
-    then, 8 now"; empty when none): keyed state is stored per (stage, partition), so with other
-    counts its keys would be looked for in the wrong partitions."""
-    now = {s.index: s.partitions for s in current.stages}
-    then = {s.index: s.partitions for s in other.stages}
-    differ = sorted(i for i in now.keys() & then.keys() if now[i] != then[i])
-    if differ:
-        return ", ".join(f"stage {i}: {then[i]} then, {now[i]} now" for i in differ)
-    return "" if current.partitions == other.partitions else \
-        f"{other.partitions} then, {current.partitions} now"
-
+async def settled_stages(nats: Nats, deployed: Manifest) -> set[int]:
+    """Stages of `deployed` that drain no earlier layout any more: every partition of their
+    current layout has moved its state in (its changelog says MIGRATED)."""
+    names = AppNames(deployed.slug)
+    settled = set()
+    for st in deployed.stages:
+        if st.prev is None:
+            settled.add(st.index)
+            continue
+        lasts = [await nats.last_on_subject(names.log_stream, names.log(st.index, p))
+                 for p in st.parts]
+        if all(m is not None and repartition.MIGRATED in CommitRecord.from_wire(m.data).watermarks
+               for m in lasts):
+            settled.add(st.index)
+    return settled
 
 
 async def ensure_streams(nats: Nats, slug: str, retention: Retention | None = None) -> None:

@@ -73,5 +73,10 @@ def _replay_out(names: AppNames, manifest: Manifest, letter: DeadLetter) -> Out:
         payload = codec.pack_batch([letter.payload])
     else:
         payload = ReplayBatch([letter.key], [letter.payload]).to_wire()
-    subject = names.input(stage, part, manifest.stages[stage].source is not None)
+    info = manifest.stages[stage]
+    if info.source is None and letter.key is not None and part not in info.parts:
+        # Its stage was re-partitioned since (wallaroo.core.repartition): the key's
+        # partition now, where its state moved.
+        part = info.base + codec.partition_of(letter.key, info.partitions)
+    subject = names.input(stage, part, info.source is not None)
     return Out(subject, payload, f"{REPLAY_PREFIX}{manifest.slug}:{letter.seq}")

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wallaroo.control.apps import manifest_of, partition_changes
+from wallaroo.control.apps import manifest_of, settled_stages
+from wallaroo.core import repartition
 from wallaroo.core.errors import ArtifactError, RollbackError, UnknownVersionError
 from wallaroo.core.keys import SigningKey, Trust, deployer_key
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET
@@ -93,14 +94,16 @@ def target(found: Deploys, to: str | None) -> Manifest:
     return matches[0]
 
 
-def check_layout(current: Manifest, earlier: Manifest) -> None:
-    """Refuse a version whose stages are split into other partition counts."""
-    counts = partition_changes(current, earlier)
-    if counts:
-        msg = (f"cannot roll {current.name} back to version {earlier.version}: it has other "
-               f"partition counts ({counts}) and the keyed state is laid out by the current ones; "
-               "deploy a fixed app with the current partitions instead")
-        raise RollbackError(msg)
+def check_layout(current: Manifest, earlier: Manifest, settled: set[int] | None = None) -> Manifest:
+    """`earlier` laid out after `current` (wallaroo.core.repartition): other partition counts
+    get a new layout the runners fill by key; what cannot move keyed state is refused.
+    `settled`: the stages of `current` draining no earlier layout (default: all of them)."""
+    done = {s.index for s in current.stages} if settled is None else settled
+    try:
+        return repartition.lay_out(earlier, current, done,
+                                   f"roll {current.name} back to version {earlier.version}")
+    except repartition.LayoutError as err:
+        raise RollbackError(str(err)) from None
 
 
 async def rollback(nats: Nats, app: str, to: str | None = None,
@@ -110,14 +113,14 @@ async def rollback(nats: Nats, app: str, to: str | None = None,
     signer = deployer_key(key)  # a bad key file fails before anything is written
     found = await deploys(nats, app)
     earlier = target(found, to)
-    check_layout(found.current, earlier)
+    laid = check_layout(found.current, earlier, await settled_stages(nats, found.current))
     artifact = await nats.obj_get(ARTIFACTS_BUCKET, earlier.artifact_name)
     if artifact is None:
         msg = (f"the artifact of {earlier.name} version {earlier.version} is gone from "
                f"{ARTIFACTS_BUCKET}; deploy that version again from its app file")
         raise RollbackError(msg)
-    check_artifact(artifact, earlier, signer)
-    again = dataclasses.replace(earlier, created=time.time(), signature="")
+    check_artifact(artifact, earlier, signer)  # as signed then, before its new layout
+    again = dataclasses.replace(laid, created=time.time(), signature="")
     again = sign(artifact, again, signer) if signer is not None else again
     if await nats.kv_update(APPS_BUCKET, again.slug, again.to_wire(), found.revision) is None:
         msg = (f"{earlier.name} was deployed again while rolling back; nothing was changed: "

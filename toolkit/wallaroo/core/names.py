@@ -147,6 +147,7 @@ REPLAY_PREFIX = "r:"  # message ids of dead letters re-injected by `wallaroo dlq
 # ticks, producer ids) mean something only on a subject clients cannot write: a source stage's
 # `control` subject, a keyed stage's `data` subject (AppNames.commands).
 EOI_PREFIX = "eoi:"
+LAYOUT_PREFIX = "eol:"  # end-of-layout markers of a re-partitioned stage (core/repartition.py)
 ENDED = "eoi!"  # watermark of a partition that flushed at end of input
 
 
@@ -191,7 +192,7 @@ def parse_internal(msg_id: str) -> tuple[str, int] | None:
 def is_control_id(msg_id: str) -> bool:
     """Is `msg_id` one a runner gives a control message (end of input, timer tick, a stage's
     output with its producer watermark)? Obeyed only on subjects clients cannot write."""
-    return (msg_id.startswith((EOI_PREFIX, TICK_PREFIX))
+    return (msg_id.startswith((EOI_PREFIX, TICK_PREFIX, LAYOUT_PREFIX))
             or parse_internal(msg_id) is not None)
 
 

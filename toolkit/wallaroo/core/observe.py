@@ -47,7 +47,7 @@ async def partition_lags(nats: Nats, manifest: Manifest) -> dict[Part, Lag | Non
     return {
         (st.index, p): await nats.consumer_lag(names.data_stream, AppNames.durable(st.index, p))
         for st in manifest.stages
-        for p in range(st.partitions)
+        for p in st.run_parts
     }
 
 
@@ -68,9 +68,9 @@ def stage_totals(manifest: Manifest, by_part: dict[Part, Lag | None],
     `waiting` (from `unconsumed`) on partitions that have no consumer."""
     rows = []
     for st in manifest.stages:
-        lags = [by_part[(st.index, p)] for p in range(st.partitions)]
+        lags = [by_part[(st.index, p)] for p in st.run_parts]
         present = [lag for lag in lags if lag is not None]
-        queued = sum((waiting or {}).get((st.index, p), 0) for p in range(st.partitions))
+        queued = sum((waiting or {}).get((st.index, p), 0) for p in st.run_parts)
         rows.append(StageLag(manifest.slug, st.index, st.name, sum(p for p, _ in present) + queued,
                              sum(a for _, a in present), st.partitions, len(lags) - len(present)))
     return rows

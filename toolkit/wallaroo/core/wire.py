@@ -109,6 +109,21 @@ class StageInfo:
     # --file` splits a file into records; None: lines.
     header_length: int | None = None
     length_fmt: str | None = None
+    # The layout (wallaroo.core.repartition): partitions are numbered from `base`;
+    # `prev` ([base, count]) is the layout a redeploy with another count drains into it.
+    base: int = 0
+    prev: list[int] | None = None
+
+    @property
+    def parts(self) -> range:
+        """The numbers of its partitions in the current layout."""
+        return range(self.base, self.base + self.partitions)
+
+    @property
+    def run_parts(self) -> list[int]:
+        """Every partition runners run: the current layout's and the drained one's."""
+        old = range(self.prev[0], self.prev[0] + self.prev[1]) if self.prev else range(0)
+        return [*old, *self.parts]
 
 
 @dataclass(frozen=True)

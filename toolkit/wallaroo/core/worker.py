@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 from wallaroo.core import codec
+from wallaroo.core import repartition as layout
 from wallaroo.core.calls import forbid_blocking_calls
 from wallaroo.core.changelog import ChangelogOnly, Checkpoints, PartitionState
 from wallaroo.core.engine import (
@@ -51,6 +52,9 @@ from wallaroo.nats.protocol import Consumer, InMsg, Out, WorkerNats
 from wallaroo.plan import Application, Stage
 
 log = logging.getLogger("wallaroo.worker")
+# Another partition's state of the worker's stage (part, its changelog's last seq): how a new
+# layout's partition reads the old layout's (wallaroo.core.repartition).
+RestorePart = Callable[[int, int], Awaitable[PartitionState]]
 
 
 class Fresh(NamedTuple):
@@ -63,6 +67,7 @@ class Fresh(NamedTuple):
     malformed: DeadLetter | None = None
     ended: str = ""  # an end-of-input message: its sender
     tick: float | None = None  # a micro-batch timer message: the time it stands for
+    layout_end: tuple[str, int] | None = None  # an end-of-layout marker: (sender, its commit)
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,9 @@ class WorkerConfig:
     # a silent runner's inputs are delivered again.
     ack_wait: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # State moved into a new partition (wallaroo.core.repartition) per commit record, at
+    # most: half a NATS message, or this.
+    migrate_bytes: int = 256 * 1024
 
 
 class _TooBig(Exception):  # noqa: N818 - control flow inside _commit_batch
@@ -92,6 +100,11 @@ SLOW_SECONDS = 0.5  # a batch that ran longer sends its partition's user code to
 
 class FlushTooLargeError(WallarooError):
     """The end-of-input flush of a partition does not fit in one commit record."""
+
+
+class LayoutMovedError(WallarooError):
+    """An older version was asked to run a partition a newer one re-routed (see
+    wallaroo.core.repartition): it refuses rather than route by the old partition count."""
 
 
 class ResyncNeeded(Exception):  # noqa: N818 - control flow, caught by the worker loop
@@ -161,6 +174,7 @@ class PartitionWorker:
         config: WorkerConfig, checkpoints: Checkpoints | None = None, *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time, observer: CommitObserver | None = None,
+        restore_part: RestorePart | None = None,
     ) -> None:
         """`checkpoints`: where snapshots go (the runner's S3/file Checkpointer); without
         one, state is restored from the changelog alone and nothing is trimmed. `sleep`
@@ -206,6 +220,11 @@ class PartitionWorker:
         self._user_thread: ThreadPoolExecutor | None = None
         self._busy_since: float | None = None  # monotonic start of the user code running now
         self._slow = False  # a batch ran longer than SLOW_SECONDS: never inline again
+        # Another partition's state (of the layout this one replaces): the runner's reads
+        # its snapshots too; without one, its changelog alone.
+        self._restore_part = restore_part or self._changelog_of
+        self._old_senders = self.app.senders_of(stage)  # who must end an old partition's layout
+        self.drained = False  # an old layout's partition that heard every end of layout
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from run()."""
@@ -221,6 +240,8 @@ class PartitionWorker:
 
     async def run(self) -> None:
         await self.restore()
+        if not await self.settle_layout():
+            return  # stopped while waiting for the old layout to drain
         consumer = await self.open_consumer()
         try:
             while not self._stop.is_set():
@@ -267,7 +288,7 @@ class PartitionWorker:
         else:
             self.state = await self.checkpoints.restore(self.log_seq)
         last_rec = self.state.last
-        if last_rec is not None and await self._unacked(last_rec):
+        if last_rec is not None and await self._republish(last_rec):
             # Its inputs were never acked, so its outputs may not all have been published.
             await self._publish(last_rec.outs)
         self.deadlines = self.engine.deadlines_in(self.state.table)
@@ -279,12 +300,23 @@ class PartitionWorker:
                  "in %.3fs", self.log_subject, self.state.commit_no, self.checkpoints.restored_from,
                  slots(self.state.table), self.state.committed_seq, time.monotonic() - started)
 
+    async def _republish(self, rec: CommitRecord) -> bool:
+        """Publish the last commit's outputs again? A commit of no inputs (end-of-layout
+        markers) cannot tell whether it published: again (same ids) while its target's
+        old layout is still run here, so it is drained for sure."""
+        if rec.first_seq == 0:
+            route = self.stage.route
+            return bool(rec.outs) and route is not None and \
+                self.app.stages[route.target].prev is not None
+        return await self._unacked(rec)
+
     async def _unacked(self, rec: CommitRecord) -> bool:
         """Are the commit's first and last inputs both still in the work queue? Acks follow
         the publishing of every output, so one ack means they were all published (and
-        publishing them again after the dedup window would store them twice)."""
+        publishing them again after the dedup window would store them twice). A commit of
+        no inputs (first_seq 0) has none to tell."""
         stream = self.names.data_stream
-        return (await self.nats.msg_exists(stream, rec.first_seq)
+        return rec.first_seq > 0 and (await self.nats.msg_exists(stream, rec.first_seq)
                 and await self.nats.msg_exists(stream, rec.last_seq))
 
     async def open_consumer(self) -> Consumer:
@@ -339,6 +371,9 @@ class PartitionWorker:
             sender = eoi_sender(m.msg_id)
             if sender is not None:
                 return Fresh(m, [], [], ended=sender)
+            marker = layout.parse_marker(m.msg_id)
+            if marker is not None:
+                return Fresh(m, [], [], layout_end=marker)
             if m.msg_id.startswith(TICK_PREFIX):
                 try:
                     return Fresh(m, [], [], tick=float(m.data))
@@ -386,6 +421,9 @@ class PartitionWorker:
         malformed = [f.malformed for f in batch if f.malformed is not None]
         started = time.perf_counter()
         now = max(f.msg.timestamp for f in batch)
+        if self.drained:
+            await self._commit_after_drain(batch, records, malformed)
+            return
         result = _with_letters(await self._execute(records, now=now), malformed)
         self._seconds_per_record = (time.perf_counter() - started) / max(1, len(records))
         _merge(result, await self._timers(batch, result))
@@ -424,6 +462,138 @@ class PartitionWorker:
         self.observer.committed(time.perf_counter() - started, result.records_in,
                                 _records_out(result), len(result.dead))
         await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
+        self._note_drained()
+
+    async def _commit_after_drain(self, batch: list[Fresh], records: Batch,
+                                  malformed: list[DeadLetter]) -> None:
+        """A drained old partition's state was moved to the new layout: what still arrives
+        (a replayed dead letter, a late timer) changes nothing; its records are dead-lettered
+        (`wallaroo dlq replay` sends them on to the new layout), never dropped."""
+        why = ("arrived after the stage moved to another partition count; replay it "
+               "(`wallaroo dlq replay` sends it to the key's partition now)")
+        result = self._all_dead(records, malformed, why, "layout_drained") \
+            if records or malformed else BatchResult()
+        rec, encoded = self._commit_record(batch, result, {})
+        await self._append(rec, encoded)
+        await self._publish(rec.outs)
+        await asyncio.gather(*(f.msg.ack() for f in batch))
+        self._count(result, len(batch), len(malformed))
+        await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
+
+    @property
+    def _layout_ending(self) -> bool:
+        """Has a sender ended this partition's layout? Then its timers fire no more: once
+        drained its state moves to the new layout, whose partitions fire them (deadlines are
+        state). Known from the state, not the version: a worker of an older version, still
+        running here while a newer one drains its layout elsewhere, must not fire them either."""
+        return any(k.startswith(layout.LAYOUT_PREFIX) for k in self.state.watermarks)
+
+    def _note_drained(self) -> None:
+        if self.part in self.stage.prev_parts and not self.drained and \
+                layout.drained(self.state.watermarks, self._old_senders):
+            self.drained = True
+            log.info("%s: every sender ended this layout: drained, its state moves to the "
+                     "%d new partitions", self.in_subject, self.stage.partitions)
+
+    # --- layout changes (wallaroo.core.repartition) ------------------------------------------
+
+    async def settle_layout(self) -> bool:
+        """Before taking input: a new layout's partition moves its keys' state in from the
+        drained old layout (False: stopped while waiting for that), and a sender into a
+        re-laid-out stage ends the old layout there."""
+        self._note_drained()
+        self._refuse_ended_target()
+        if self.part in self.stage.parts and self.stage.prev is not None and \
+                layout.MIGRATED not in self.state.watermarks:
+            if not await self._migrate():
+                return False
+        await self._end_old_layout()
+        return True
+
+    def _refuse_ended_target(self) -> None:
+        """A newer version ran this partition and ended the layout this version would route
+        into (the keys' state has moved on): routing there would split a key's records."""
+        route = self.stage.route
+        if route is None:
+            return
+        target = self.app.stages[route.target]
+        if layout.sent_key(target.index, target.base) in self.state.watermarks:
+            msg = (f"{self.in_subject}: a newer version of {self.app.name} re-partitioned stage "
+                   f"{target.index} ({target.name}) and this partition already routes to its new "
+                   f"partitions; version {self.version} cannot run it: load the newer version here")
+            raise LayoutMovedError(msg)
+
+    async def _migrate(self) -> bool:
+        old = self.stage.prev_parts
+        while True:
+            lasts = [await self._last_record(p) for p in old]
+            marks = [rec.watermarks if rec else {} for rec in lasts]
+            if all(layout.drained(m, self._old_senders) for m in marks) and \
+                    await self._all_published(lasts):
+                break
+            if await _stopped_within(self._stop, 0.25):
+                return False
+        tables = [(await self._restore_part(p, seq)).table for p, seq in
+                  [(p, await self._last_seq(p)) for p in old]] if self.stage.stateful else []
+        index = self.part - self.stage.base
+        table = layout.split_table(tables, index, self.stage.partitions)
+        budget = min(self.cfg.migrate_bytes, (self.nats.max_payload - PAYLOAD_MARGIN) // 2)
+        records = layout.migration_records(table, layout.merged_watermarks(marks), budget)
+        # A resumed migration appends the missing ones; after a restore from the state store
+        # alone (its commit number jumped) all again: same slots, same values.
+        done = self.state.commit_no if self.state.commit_no < len(records) else 0
+        for rec in records[done:]:
+            rec = replace(rec, commit_no=self.state.commit_no + 1)
+            encoded = rec.to_wire()
+            await self._append(rec, encoded)
+            await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
+        self.deadlines = self.engine.deadlines_in(self.state.table)
+        self._next_due = min(self.deadlines.values(), default=None)
+        log.info("%s: moved in %d state slots from %d old partitions", self.in_subject,
+                 len(table), len(old))
+        return True
+
+    async def _all_published(self, lasts: list[CommitRecord | None]) -> bool:
+        """Were the outputs of the old partitions' last commits published (their inputs
+        acked)? Once the stage settles nobody runs those partitions to publish them again."""
+        for rec in lasts:
+            if rec is not None and await self._unacked(rec):
+                return False
+        return True
+
+    async def _last_record(self, part: int) -> CommitRecord | None:
+        """The newest commit of partition `part` of this stage: full watermarks, always."""
+        last = await self.nats.last_on_subject(self.names.log_stream, self.names.log(self.stage.index, part))
+        return CommitRecord.from_wire(last.data) if last is not None else None
+
+    async def _last_seq(self, part: int) -> int:
+        last = await self.nats.last_on_subject(self.names.log_stream, self.names.log(self.stage.index, part))
+        return last.seq if last is not None else 0
+
+    async def _changelog_of(self, part: int, last_seq: int) -> PartitionState:
+        subject = self.names.log(self.stage.index, part)
+        return await ChangelogOnly(self.nats, self.names.log_stream, subject).restore(last_seq)
+
+    async def _end_old_layout(self) -> None:
+        """One fenced commit whose outputs end the target's old layout for this sender: the
+        fence puts it after every commit an earlier owner made, so after all it routed there."""
+        route = self.stage.route
+        target = self.app.stages[route.target] if route is not None else None
+        if target is None or target.prev is None:
+            return
+        key = layout.sent_key(target.index, target.prev[0])
+        if key in self.state.watermarks:
+            return
+        no = self.state.commit_no + 1
+        outs = [Out(self.names.data(target.index, p), b"",
+                    layout.marker_msg_id(self.producer, no, target.index, p))
+                for p in target.prev_parts]
+        rec = CommitRecord(commit_no=no, first_seq=0, last_seq=0,
+                           watermarks={**self.state.watermarks, key: 1}, states={}, outs=outs)
+        encoded = rec.to_wire()
+        await self._append(rec, encoded)
+        await self._publish(outs)
+        await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
 
     def _commit_record(self, batch: list[Fresh], result: BatchResult, ends: dict[str, int]
                        ) -> tuple[CommitRecord, bytes]:
@@ -432,6 +602,10 @@ class PartitionWorker:
             origin = parse_internal(f.msg.msg_id) if self._obeys(f.msg) else None
             if origin is not None:
                 watermarks[origin[0]] = max(origin[1], watermarks.get(origin[0], 0))
+            if f.layout_end is not None:  # the sender routes nothing more here
+                sender, no = f.layout_end
+                watermarks[sender] = max(no, watermarks.get(sender, 0))
+                watermarks[layout.heard_key(sender)] = 1
         watermarks.update(ends)
         outs = self._outputs(result, self.state.commit_no + 1)
         if ENDED in ends:
@@ -468,7 +642,7 @@ class PartitionWorker:
         """The micro-batches due at the latest timer message of `batch`, fired after the
         batch's records (none without a timer message)."""
         ticks = [f.tick for f in batch if f.tick is not None]
-        if not ticks:
+        if not ticks or self._layout_ending:
             return BatchResult()
         now = max(ticks)
         known = {**self.deadlines, **result.deadlines}
@@ -494,7 +668,7 @@ class PartitionWorker:
         """A micro-batch due: a timer message into this partition's own control input (once per
         due time: `_ticked`; a second copy would find nothing due)."""
         due = self._next_due
-        if due is None or due > self._clock() or self._ticked == due:
+        if due is None or due > self._clock() or self._ticked == due or self._layout_ending:
             return
         tick = tagged(tick_msg_id(self.producer, due), secrets.token_hex(8))
         await self.nats.publish_all([Out(self.ctl_subject, repr(due).encode(), tick)])
@@ -506,9 +680,9 @@ class PartitionWorker:
         route = self.stage.route
         if route is None:
             return []
-        parts = self.app.stages[route.target].partitions
+        parts = self.app.stages[route.target].parts
         return [Out(self.names.data(route.target, p), b"", eoi_msg_id(self.producer, route.target, p))
-                for p in range(parts)]
+                for p in parts]
 
     async def _publish(self, outs: list[Out]) -> None:
         """A commit's outputs, ends of input last and only once the rest is stored: the next
@@ -549,11 +723,12 @@ class PartitionWorker:
         )
         self.state.apply(rec)
 
-    def _all_dead(self, records: Batch, malformed: list[DeadLetter], why: str) -> BatchResult:
+    def _all_dead(self, records: Batch, malformed: list[DeadLetter], why: str,
+                  reason: str = "commit_too_large") -> BatchResult:
         """Every record of `records` dead-lettered, and the malformed messages' letters, each
         payload cut to fit; state untouched."""
         limit = self.max_output_bytes // max(1, len(records) + len(malformed))
-        dead = [DeadLetter(self.stage.name, "commit", "commit_too_large", why, "", 1, item.key,
+        dead = [DeadLetter(self.stage.name, "commit", reason, why, "", 1, item.key,
                            _cut(item.value, limit, self.stage.source is not None), item.rid)
                 for item in records.items()]
         dead += [_cut_letter(d, limit) for d in malformed]
@@ -640,7 +815,8 @@ class PartitionWorker:
         route = self.stage.route
         for part, columns in sorted(result.routed.items()):
             assert route is not None
-            outs.append((self.names.data(route.target, part), codec.dumps_columns(*columns)))
+            base = self.app.stages[route.target].base  # routing counts from 0 in the layout
+            outs.append((self.names.data(route.target, base + part), codec.dumps_columns(*columns)))
         for sink, payloads in sorted(result.sink_out.items()):
             if payloads:  # a commit that emitted nothing (windows filling) stores no message
                 outs.append((self.names.out(self.app.sinks[sink].name), codec.pack_batch(payloads)))
@@ -677,6 +853,12 @@ async def _in_progress(msgs: list[InMsg]) -> None:
         if m.in_progress is not None:
             with contextlib.suppress(Exception):  # a missed beat only risks a redelivery
                 await m.in_progress()
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
 
 
 def _seen_producer_seq(m: InMsg, seen: dict[str, int]) -> bool:

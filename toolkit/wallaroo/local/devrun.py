@@ -140,15 +140,16 @@ async def _kept_manifest(nats: Nats, name: str) -> Manifest | None:
 
 
 def _refuse_another_shape(kept: Manifest, app: Application, state_dir: Path) -> None:
-    """Keyed state lives in its stage's partitions, a key's partition fixed by the partition
-    count: an app whose stages or partitions changed would look its keys up in the wrong
-    place (and stage streams are numbered by stage)."""
-    before = [(st.name, st.partitions) for st in kept.stages]
-    now = [(st.name, st.partitions) for st in app.stages]
+    """Keyed state lives in its stage's partitions: an app whose stages changed would look
+    its keys up in the wrong place (stage streams are numbered by stage). Other partition
+    counts alone are fine: the deploy moves the state by key (wallaroo.core.repartition)."""
+    before = [st.name for st in kept.stages]
+    now = [st.name for st in app.stages]
     if before != now:
         msg = (f"{app.name}'s stages changed since the state kept in {state_dir} "
-               f"({_shape_text(before)}; now {_shape_text(now)}): its keyed state would not "
-               "line up; run `wallaroo dev --fresh` to start empty")
+               f"({_shape_text([(s.name, s.partitions) for s in kept.stages])}; now "
+               f"{_shape_text([(s.name, s.partitions) for s in app.stages])}): its keyed state "
+               "would not line up; run `wallaroo dev --fresh` to start empty")
         raise WallarooError(msg)
 
 

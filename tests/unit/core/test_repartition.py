@@ -1,0 +1,125 @@
+"""The pure rules of a partition-count change (wallaroo.core.repartition): splitting state by
+record key, the watermarks and commit records a new partition starts from, the marker ids, and
+what a redeploy's layout is or why it is refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from wallaroo.control.dlq import _replay_out
+from wallaroo.core import codec, repartition
+from wallaroo.core.changelog import PartitionState
+from wallaroo.core.engine import state_slot_of
+from wallaroo.core.names import AppNames
+from wallaroo.core.wire import DeadLetter, Manifest, StageInfo
+
+
+def manifest(*partitions: int, job: bool = False) -> Manifest:
+    stages = [StageInfo(i, f"s{i}", p, "in" if i == 0 else None, i + 1 if i + 1 < len(partitions)
+                        else None, []) for i, p in enumerate(partitions)]
+    return Manifest(name="c", slug="c", version="v", python="3.11", cloudpickle="3",
+                    partitions=max(partitions), stages=stages, sinks=[], by_value_modules=[],
+                    created=0.0, job=job)
+
+
+def test_split_puts_every_slot_where_routing_sends_its_record_key() -> None:
+    keys = [f"k{i}" for i in range(200)] + ["", "ünï", "a\x1fb"]
+    old = [{state_slot_of(step, k): k.encode() for k in keys if codec.partition_of(k, 2) == p
+            for step in ("count", "window")} for p in range(2)]
+    parts = [repartition.split_table(old, q, 5) for q in range(5)]
+    for q, table in enumerate(parts):
+        assert table and all(codec.partition_of(repartition.record_key(s), 5) == q for s in table)
+    merged = {slot: v for t in parts for slot, v in t.items()}
+    assert merged == {**old[0], **old[1]}  # every slot once, values untouched
+    assert sum(map(len, parts)) == len(merged)
+    assert repartition.record_key(state_slot_of("w", "a\x1fb")) == "a\x1fb"  # split at the first
+
+
+def test_new_watermarks_are_the_max_per_sender_without_the_layouts_own_flags() -> None:
+    a = {"s0.0": 7, "s0.1": 3, "eol:s0.0": 1, "eol>2.0": 1, "eoi:src.x": 1, repartition.MIGRATED: 1}
+    b = {"s0.0": 9, "s0.2": 4, "eol:s0.1": 1}
+    assert repartition.merged_watermarks([a, b]) == {"s0.0": 9, "s0.1": 3, "s0.2": 4}
+
+
+def test_drained_only_once_every_sender_ended_the_layout() -> None:
+    senders = ["s0.0", "s0.1"]
+    assert not repartition.drained({"eol:s0.0": 1, "s0.1": 5}, senders)
+    assert repartition.drained({"eol:s0.0": 1, "eol:s0.1": 1}, senders)
+
+
+def test_markers_name_their_sender_and_its_commit() -> None:
+    sender = AppNames.producer(0, 3)
+    msg_id = repartition.marker_msg_id(sender, 42, 1, 7)
+    assert repartition.parse_marker(msg_id) == (sender, 42)
+    assert repartition.parse_marker("eoi:s0.1>1.2") is None
+    assert repartition.parse_marker("eol:junk>1.2") is None
+
+
+def test_migration_records_are_consecutive_bounded_deterministic_and_end_migrated() -> None:
+    table = {f"count\x1fk{i:03}": bytes(100) for i in range(100)}
+    marks = {"s0.0": 5}
+    recs = repartition.migration_records(table, marks, budget=1000)
+    assert len(recs) > 10
+    assert [r.commit_no for r in recs] == list(range(1, len(recs) + 1))
+    assert all(sum(len(k) + len(v) for k, v in r.states.items()) <= 1000 for r in recs)
+    assert [repartition.MIGRATED in r.watermarks for r in recs] == [False] * (len(recs) - 1) + [True]
+    # Replaying them is the table and the watermarks; a resumed migration recomputes the same.
+    state = PartitionState.replay(recs)
+    assert state.table == table and state.watermarks == {**marks, repartition.MIGRATED: 1}
+    assert state.committed_seq == 0  # no input consumed: the new input subject starts whole
+    assert repartition.migration_records(dict(reversed(table.items())), marks, 1000) == recs
+    big = repartition.migration_records({"a\x1fx": bytes(5000), "a\x1fy": b"1"}, {}, 1000)
+    assert [len(r.states) for r in big] == [1, 1]
+    assert repartition.migration_records({}, marks, 1000)[0].watermarks[repartition.MIGRATED] == 1
+
+
+def test_a_changed_count_gets_a_fresh_layout_draining_the_deployed_one() -> None:
+    first = repartition.lay_out(manifest(1, 2), None, set(), "deploy")
+    assert [(s.base, s.prev) for s in first.stages] == [(0, None), (0, None)]
+    wide = repartition.lay_out(manifest(1, 5), first, {0, 1}, "deploy")
+    assert [(s.base, s.prev) for s in wide.stages] == [(0, None), (2, [0, 2])]
+    assert wide.stages[1].run_parts == [0, 1, 2, 3, 4, 5, 6]
+    # A redeploy with the same counts keeps the layout, and its prev until it is settled.
+    again = repartition.lay_out(manifest(1, 5), wide, {0}, "deploy")
+    assert (again.stages[1].base, again.stages[1].prev) == (2, [0, 2])
+    settled = repartition.lay_out(manifest(1, 5), wide, {0, 1}, "deploy")
+    assert (settled.stages[1].base, settled.stages[1].prev) == (2, None)
+    # Down to 3 once settled: numbered after every earlier layout, never reusing a name.
+    narrow = repartition.lay_out(manifest(1, 3), wide, {0, 1}, "deploy")
+    assert (narrow.stages[1].base, narrow.stages[1].prev) == (7, [2, 5])
+    assert list(narrow.stages[1].parts) == [7, 8, 9]
+
+
+def test_what_cannot_move_state_is_refused_with_the_reason() -> None:
+    deployed = repartition.lay_out(manifest(1, 5), manifest(1, 2), {0, 1}, "deploy")
+    with pytest.raises(repartition.LayoutError, match=r"stage 1 \(s1\) is still moving its state "
+                       r"from 2 to 5 partitions; deploy again once that has finished"):
+        repartition.lay_out(manifest(1, 3), deployed, {0}, "deploy")
+    with pytest.raises(repartition.LayoutError, match=r"stage 0 \(s0\) is a source stage"):
+        repartition.lay_out(manifest(2, 2), manifest(1, 2), {0, 1}, "deploy")
+    with pytest.raises(repartition.LayoutError, match="and the stages too"):
+        repartition.lay_out(manifest(1, 3, 1), manifest(1, 2), {0, 1}, "deploy")
+    with pytest.raises(repartition.LayoutError, match="a job's partition counts"):
+        repartition.lay_out(manifest(1, 3, job=True), manifest(1, 2, job=True), {0, 1}, "deploy")
+    # Other stages alone (no count changed) are no layout change: deployed as before.
+    added = repartition.lay_out(manifest(1, 2, 2), manifest(1, 2), {0, 1}, "deploy")
+    assert [(s.base, s.prev) for s in added.stages] == [(0, None)] * 3
+
+
+def test_manifest_layout_survives_the_wire() -> None:
+    m = repartition.lay_out(manifest(1, 5), manifest(1, 2), {0, 1}, "deploy")
+    back = Manifest.from_wire(m.to_wire())
+    assert back == m and back.stages[1].prev == [0, 2]
+    assert dataclasses.replace(back.stages[1], prev=None).run_parts == [2, 3, 4, 5, 6]
+
+
+def test_a_dead_letter_of_a_drained_partition_is_replayed_to_its_keys_partition_now() -> None:
+    m = repartition.lay_out(manifest(1, 5), manifest(1, 2), {0, 1}, "deploy")
+    names = AppNames("c")
+    letter = DeadLetter("s1", "count", "layout_drained", "late", "", 1, "k7", b"v", (9, 0))
+    old = _replay_out(names, m, letter.placed("c", "v", 0.0, 1, 0))
+    now = _replay_out(names, m, letter.placed("c", "v", 0.0, 1, 4))
+    assert old.subject == names.data(1, 2 + codec.partition_of("k7", 5))
+    assert now.subject == names.data(1, 4)  # a partition of the current layout: as before

@@ -1,0 +1,230 @@
+"""Changing a stage's partition count on a redeploy, exactly once: the pure rules.
+
+Design (why this one). A stage's partitions are numbered from a `base`: a redeploy with
+another count gives the stage a new layout, numbered after every earlier one, so its input
+subjects, durables, changelogs, snapshots, leases and producer ids are all fresh names
+(nothing of the old layout's history can mix in, and no purge is needed). The old layout
+keeps running, with the new version's code, until it is drained; then each new partition
+builds its state from the old partitions' final states, by key. In detail:
+
+1. Every partition of a stage routing into a re-laid-out stage, when it starts in the new
+   version, first appends a *marker commit*: a fenced commit with no inputs whose outputs are
+   one end-of-layout message ("eol:<sender>:<commit>>...") per OLD partition of the target.
+   Everything it routes after that goes to the new layout. The fence orders the marker after
+   every commit an earlier owner (even a zombie) made, so in each old input subject the
+   marker follows every message that sender routed there.
+2. An old partition is *drained* once it has committed a marker from every sender (every
+   partition the upstream stages run): nothing more can arrive for its keys. It fires no
+   timers once any sender ended its layout (the new partitions fire them: deadlines are
+   state), and once drained changes no state; a stray record (a replayed dead letter) is
+   dead-lettered again, never dropped, and `wallaroo dlq replay` sends it to its key's
+   partition in the new layout.
+3. A new partition q starts only once every old partition is drained and the outputs of its
+   last commit are published (its inputs acked: nobody may run it again to publish them).
+   It waits under its lease. Then it reads their final states (snapshot + changelog) and
+   appends its own first commits: the slots whose RECORD key hashes to q
+   (codec.partition_of, as routing does), cut into several consecutive commit records so any
+   state size fits (a NATS message is 1 MiB at most), the last one marked MIGRATED. A
+   runner killed midway resumes: the old states are final, so the records are recomputed
+   identically and only the missing ones appended;
+   the first append's fence (expected last seq 0) keeps two owners from both migrating.
+4. Commit numbers: new partitions are new producers (fresh numbers), so downstream dedup
+   never confuses them with an old partition's commits. Watermarks: a new partition takes,
+   per sender, the max over the old partitions, and each old partition's watermark for a
+   sender is at least that sender's marker commit: every replay of a commit routed by the
+   old count is dropped, every commit routed by the new count is accepted.
+5. Micro-batch buffers and windows are state slots, and deadlines are recomputed from the
+   state table on restore: they move with their key.
+6. Versions side by side: a runner still on the older version runs none of the new layout's
+   partitions (AppHost.runnable), and an older version's worker whose changelog shows a newer
+   one already ended the layout it would route into refuses to run (LayoutMovedError).
+
+Why not stop-the-world (pause upstream, drain, split, start): pausing needs every runner to
+agree on a moment, and a deployer killed between pause and start leaves the app paused. Here
+nothing pauses: only the changed stage's new partitions wait for the drain, which every
+running partition drives by itself, each step fenced and resumable.
+
+Not supported (refused at deploy with the reason): changing a source stage's count (clients
+publish round-robin over it), changing a count while the stage's last change is still being
+drained (a deploy then says so: deploy again once every new partition has its state),
+changing counts together with the stage structure, and changing a job's counts.
+
+Who does what: the deployer only lays out the manifest (base, prev: see `lay_out`), as its
+role may only write manifests and artifacts; the runners, which own the changelogs and the
+state store, do all the moving, each partition under its own lease. A deployer killed
+midway wrote either the old manifest or the new one: nothing is half done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from wallaroo.core import codec
+from wallaroo.core.errors import DeployError
+from wallaroo.core.names import EOI_PREFIX, LAYOUT_PREFIX
+from wallaroo.core.wire import CommitRecord, Manifest, StageInfo
+
+# LAYOUT_PREFIX (names.py) starts the ids of end-of-layout markers and "eol:<sender>" watermarks
+SENT_PREFIX = "eol>"  # watermark of a sender that sent its markers to a layout
+MIGRATED = "eol!"  # watermark of a new partition whose state was moved in
+SLOT_SEPARATOR = "\x1f"  # wallaroo.core.engine.state_slot_of
+
+
+class LayoutError(DeployError):
+    """A redeploy changes partition counts in a way that cannot move keyed state."""
+
+
+def marker_msg_id(sender: str, commit_no: int, stage: int, part: int) -> str:
+    return f"{LAYOUT_PREFIX}{sender}:{commit_no}>{stage}.{part}"
+
+
+def parse_marker(msg_id: str) -> tuple[str, int] | None:
+    """(sender, its marker commit number) of an end-of-layout message, else None."""
+    if not msg_id.startswith(LAYOUT_PREFIX):
+        return None
+    head = msg_id[len(LAYOUT_PREFIX):].rpartition(">")[0]
+    sender, _, commit = head.rpartition(":")
+    if not sender or not commit.isdigit():
+        return None
+    return sender, int(commit)
+
+
+def heard_key(sender: str) -> str:
+    return f"{LAYOUT_PREFIX}{sender}"
+
+
+def sent_key(stage: int, base: int) -> str:
+    """Watermark of a sender that sent its markers to the layout of `stage` starting at `base`."""
+    return f"{SENT_PREFIX}{stage}.{base}"
+
+
+def drained(watermarks: Mapping[str, int], senders: Iterable[str]) -> bool:
+    """Has an old partition committed the end-of-layout marker of every sender?"""
+    return all(heard_key(s) in watermarks for s in senders)
+
+
+def record_key(slot: str) -> str:
+    """The record key inside a state slot `step\\x1fkey` ("" for no key)."""
+    return slot.partition(SLOT_SEPARATOR)[2]
+
+
+def split_table(tables: Iterable[Mapping[str, bytes]], index: int, count: int) -> dict[str, bytes]:
+    """The slots of `tables` (the old partitions' states) whose record key routes to
+    partition `index` of `count`. A slot is in exactly one old table (one owner per key)."""
+    out: dict[str, bytes] = {}
+    for table in tables:
+        for slot, value in table.items():
+            if codec.partition_of(record_key(slot), count) == index:
+                out[slot] = value
+    return out
+
+
+def merged_watermarks(old: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    """A new partition's watermarks: per sender the highest commit any old partition took
+    (each at least that sender's marker commit, after the drain). The layout's own flags
+    and end-of-input state stay behind: they belong to the old partitions."""
+    out: dict[str, int] = {}
+    for marks in old:
+        for sender, no in marks.items():
+            if sender.startswith((LAYOUT_PREFIX, SENT_PREFIX, EOI_PREFIX)) or sender == MIGRATED:
+                continue
+            out[sender] = max(no, out.get(sender, 0))
+    return out
+
+
+def migration_records(table: Mapping[str, bytes], watermarks: Mapping[str, int],
+                      budget: int) -> list[CommitRecord]:
+    """A new partition's first commits: `table` cut into records of about `budget` bytes
+    of state at most (in slot order: the same input gives the same records, so a resumed
+    migration appends exactly the missing ones), each with `watermarks`, the last MIGRATED.
+    A single slot larger than `budget` is a record of its own."""
+    chunks: list[dict[str, bytes]] = [{}]
+    size = 0
+    for slot in sorted(table):
+        value = table[slot]
+        cost = len(slot) + len(value) + 16
+        if chunks[-1] and size + cost > budget:
+            chunks.append({})
+            size = 0
+        chunks[-1][slot] = value
+        size += cost
+    marks = dict(watermarks)
+    return [CommitRecord(commit_no=i + 1, first_seq=0, last_seq=0,
+                         watermarks={**marks, MIGRATED: 1} if i == len(chunks) - 1 else marks,
+                         states=chunk, outs=[])
+            for i, chunk in enumerate(chunks)]
+
+
+# --- deploy side --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayoutChange:
+    stage: int
+    then: int
+    now: int
+
+
+def _shape(m: Manifest) -> list[tuple[str, str | None, int | None]]:
+    return [(s.name, s.source, s.target) for s in m.stages]
+
+
+def changes(new: Manifest, deployed: Manifest) -> list[LayoutChange]:
+    """The stages whose partition count `new` changes (by index)."""
+    then = {s.index: s.partitions for s in deployed.stages}
+    return [LayoutChange(s.index, then[s.index], s.partitions) for s in new.stages
+            if s.index in then and then[s.index] != s.partitions]
+
+
+def lay_out(new: Manifest, deployed: Manifest | None, settled: set[int], what: str) -> Manifest:
+    """`new` with each stage's layout (base, prev) following `deployed`'s: a stage whose count
+    changed gets a new layout numbered after the deployed one, draining it; an unchanged one
+    keeps its layout, and its prev while that is still being drained (not in `settled`, the
+    stages whose last change finished). Raises LayoutError for what cannot move state;
+    `what` names the operation in the message ("deploy", "roll back to version X")."""
+    if deployed is None:
+        return new
+    moved = changes(new, deployed)
+    if moved:
+        _refuse_unsupported(new, deployed, moved, settled, what)
+    by_index = {s.index: s for s in deployed.stages}
+    stages = [_stage_layout(s, by_index.get(s.index), settled) for s in new.stages]
+    return replace(new, stages=stages)
+
+
+def _stage_layout(now: StageInfo, then: StageInfo | None, settled: set[int]) -> StageInfo:
+    if then is None:
+        return replace(now, base=0, prev=None)
+    if now.partitions == then.partitions:
+        prev = None if then.index in settled else then.prev
+        return replace(now, base=then.base, prev=prev)
+    ends = [then.base + then.partitions, *([sum(then.prev)] if then.prev else [])]
+    return replace(now, base=max(ends), prev=[then.base, then.partitions])
+
+
+def _refuse_unsupported(new: Manifest, deployed: Manifest, moved: list[LayoutChange],
+                        settled: set[int], what: str) -> None:
+    text = ", ".join(f"stage {c.stage}: {c.then} then, {c.now} now" for c in moved)
+    if _shape(new) != _shape(deployed):
+        msg = (f"cannot {what}: it changes partition counts ({text}) and the stages too; keyed "
+               "state moves only between versions with the same stages. Change one at a time: "
+               "deploy the new counts with the deployed stages first, or deploy under a new app name")
+        raise LayoutError(msg)
+    if new.job or deployed.job:
+        msg = (f"cannot {what}: it changes a job's partition counts ({text}); a job keeps its "
+               "partitions until it ends: run it again with the new counts under a new name")
+        raise LayoutError(msg)
+    by_index = {s.index: s for s in deployed.stages}
+    for c in moved:
+        then = by_index[c.stage]
+        if then.source is not None:
+            msg = (f"cannot {what}: stage {c.stage} ({then.name}) is a source stage and clients "
+                   f"publish over its {c.then} partitions; keep its count (the source's "
+                   "partitions=) and change the keyed stages' (build_application(partitions=N))")
+            raise LayoutError(msg)
+        if then.prev is not None and c.stage not in settled:
+            msg = (f"cannot {what}: stage {c.stage} ({then.name}) is still moving its state "
+                   f"from {then.prev[1]} to {then.partitions} partitions; deploy again once "
+                   "that has finished (its new partitions show commits in `wallaroo status`)")
+            raise LayoutError(msg)
