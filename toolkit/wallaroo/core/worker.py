@@ -35,6 +35,7 @@ from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import (
     ENDED,
     EOI_PREFIX,
+    LAYOUT_PREFIX,
     REPLAY_PREFIX,
     TICK_PREFIX,
     AppNames,
@@ -486,7 +487,7 @@ class PartitionWorker:
         drained its state moves to the new layout, whose partitions fire them (deadlines are
         state). Known from the state, not the version: a worker of an older version, still
         running here while a newer one drains its layout elsewhere, must not fire them either."""
-        return any(k.startswith(layout.LAYOUT_PREFIX) for k in self.state.watermarks)
+        return any(k.startswith(LAYOUT_PREFIX) for k in self.state.watermarks)
 
     def _note_drained(self) -> None:
         if self.part in self.stage.prev_parts and not self.drained and \
