@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_cli import version_of, wallaroo
-from test_rollback import outputs_at_least
+from test_cli import version_of
+from test_rollback import ClusterCli, outputs_at_least
 
 from wallaroo.control import apps
 from wallaroo.core.wire import Manifest
@@ -25,14 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 def test_deploy_and_rollback_change_partition_counts_and_the_counts_go_on(tmp_path: Path) -> None:
     with DevCluster(tmp_path / "c", runners=2) as cluster:
-        def cli(*args: str, role: str = "deployer") -> tuple[int, str, str]:
-            res = wallaroo(*args, "--nats", cluster.url, cwd=tmp_path, creds=cluster.creds(role))
-            return res.returncode, res.stdout, res.stderr
-
-        def send_and_wait(words: list[str], total: int) -> None:
-            code, _, err = cli("send", "counter", "words", *words, role="client")
-            assert code == 0, err
-            outputs_at_least(cluster.url, total)
+        cli = ClusterCli(cluster, tmp_path)
+        send_and_wait = cli.send_and_wait
 
         code, out1, err = cli("deploy", str(TWO))
         assert code == 0, err

@@ -26,14 +26,8 @@ def test_rollback_runs_the_earlier_version_on_the_state_the_later_one_left(tmp_p
     three (keyed state kept) and the outputs after the rollback are in v1's format. Then a
     rollback the runners refuse exits 1, and one more rollback undoes it."""
     with DevCluster(tmp_path / "c", runners=2) as cluster:
-        def cli(*args: str, role: str = "deployer") -> tuple[int, str, str]:
-            res = wallaroo(*args, "--nats", cluster.url, cwd=tmp_path, creds=cluster.creds(role))
-            return res.returncode, res.stdout, res.stderr
-
-        def send_and_wait(words: list[str], total: int) -> None:
-            code, _, err = cli("send", "counter", "words", *words, role="client")
-            assert code == 0, err
-            outputs_at_least(cluster.url, total)
+        cli = ClusterCli(cluster, tmp_path)
+        send_and_wait = cli.send_and_wait
 
         code, out1, err = cli("deploy", str(V1))
         assert code == 0, err
@@ -112,6 +106,24 @@ def test_rollback_errors_say_what_there_is_to_go_back_to(tmp_path: Path, nats_se
         "deploy again once that has finished"), again[2]
     assert "Traceback" not in "".join(r[2] for r in (single, unknown, current, no_app, again))
     assert manifest_now == v2  # no refusal wrote a manifest
+
+
+class ClusterCli:
+    """The `wallaroo` command against a DevCluster, as a role: (exit code, stdout, stderr)."""
+
+    def __init__(self, cluster: DevCluster, cwd: Path) -> None:
+        self.cluster, self.cwd = cluster, cwd
+
+    def __call__(self, *args: str, role: str = "deployer") -> tuple[int, str, str]:
+        res = wallaroo(*args, "--nats", self.cluster.url, cwd=self.cwd,
+                       creds=self.cluster.creds(role))
+        return res.returncode, res.stdout, res.stderr
+
+    def send_and_wait(self, words: list[str], total: int) -> None:
+        """Send words to the counter app; return once it has `total` outputs."""
+        code, _, err = self("send", "counter", "words", *words, role="client")
+        assert code == 0, err
+        outputs_at_least(self.cluster.url, total)
 
 
 def outputs_at_least(url: str, n: int, timeout: float = 60.0) -> list[str]:
