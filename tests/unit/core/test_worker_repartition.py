@@ -175,7 +175,7 @@ async def _settled(w: PartitionWorker) -> bool:
     """settle_layout, unless it would wait for an old layout still draining."""
     old = w.stage.prev_parts
     if w.part in w.stage.parts and old and repartition.MIGRATED not in w.state.watermarks:
-        marks = [r.watermarks if (r := await w._last_record(p)) else {}  # noqa: SLF001
+        marks = [r.watermarks if (r := (await w._last(p))[0]) else {}  # noqa: SLF001
                  for p in old]
         if not all(repartition.drained(m, w.app.senders_of(w.stage)) for m in marks):
             return False

@@ -527,15 +527,17 @@ class PartitionWorker:
     async def _migrate(self) -> bool:
         old = self.stage.prev_parts
         while True:
-            lasts = [await self._last_record(p) for p in old]
+            found = [await self._last(p) for p in old]
+            lasts = [rec for rec, _ in found]
             marks = [rec.watermarks if rec else {} for rec in lasts]
             if all(layout.drained(m, self._old_senders) for m in marks) and \
                     await self._all_published(lasts):
                 break
             if await _stopped_within(self._stop, 0.25):
                 return False
-        tables = [(await self._restore_part(p, seq)).table for p, seq in
-                  [(p, await self._last_seq(p)) for p in old]] if self.stage.stateful else []
+        # Drained partitions change no state any more: their states as of these reads are final.
+        tables = [(await self._restore_part(p, seq)).table for p, (_, seq) in zip(old, found, strict=True)
+                  ] if self.stage.stateful else []
         index = self.part - self.stage.base
         table = layout.split_table(tables, index, self.stage.partitions)
         budget = min(self.cfg.migrate_bytes, (self.nats.max_payload - PAYLOAD_MARGIN) // 2)
@@ -562,14 +564,11 @@ class PartitionWorker:
                 return False
         return True
 
-    async def _last_record(self, part: int) -> CommitRecord | None:
-        """The newest commit of partition `part` of this stage: full watermarks, always."""
+    async def _last(self, part: int) -> tuple[CommitRecord | None, int]:
+        """The newest commit of partition `part` of this stage (full watermarks, always) and
+        its changelog sequence (0: none), from one read."""
         last = await self.nats.last_on_subject(self.names.log_stream, self.names.log(self.stage.index, part))
-        return CommitRecord.from_wire(last.data) if last is not None else None
-
-    async def _last_seq(self, part: int) -> int:
-        last = await self.nats.last_on_subject(self.names.log_stream, self.names.log(self.stage.index, part))
-        return last.seq if last is not None else 0
+        return (CommitRecord.from_wire(last.data), last.seq) if last is not None else (None, 0)
 
     async def _changelog_of(self, part: int, last_seq: int) -> PartitionState:
         subject = self.names.log(self.stage.index, part)
