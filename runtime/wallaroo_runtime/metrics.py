@@ -85,7 +85,7 @@ def serve(registry: CollectorRegistry, host: str, port: int) -> MetricsServer:
 
 
 @dataclass(frozen=True)
-class PartitionState:
+class PartitionSample:
     app: str
     stage: int
     partition: int
@@ -109,7 +109,7 @@ class FunctionState:
 class RunnerView:
     """What the runner runs now, read at each scrape."""
 
-    partitions: list[PartitionState] = field(default_factory=list)
+    partitions: list[PartitionSample] = field(default_factory=list)
     functions: list[FunctionState] = field(default_factory=list)
 
 
@@ -175,7 +175,7 @@ class _RunnerStateCollector(Collector):
         return [*_partition_families(now.partitions), *_function_families(now.functions)]
 
 
-def _partition_families(parts: list[PartitionState]) -> list[Metric]:
+def _partition_families(parts: list[PartitionSample]) -> list[Metric]:
     lag = GaugeMetricFamily("wallaroo_partition_lag", "Input messages of the partition not "
                             "yet delivered (as of its last fetch)", labels=PART_LABELS)
     busy = GaugeMetricFamily("wallaroo_partition_busy_seconds", "How long the batch in hand "

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.calls import CallClient, forbid_blocking_calls
-from wallaroo.core.changelog import PartitionState as ChangelogState
+from wallaroo.core.changelog import PartitionState
 from wallaroo.core.errors import FencedError, WallarooError
 from wallaroo.core.keys import DEPLOY_KEY_ENV, Trust
 from wallaroo.core.names import (
@@ -48,7 +48,7 @@ from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
 from wallaroo_runtime.connectors import SinkStats, connector_tasks, run_leased
 from wallaroo_runtime.executor import ExecutorConfig, FunctionExecutor
-from wallaroo_runtime.metrics import FunctionState, PartitionState, RunnerMetrics, RunnerView, serve
+from wallaroo_runtime.metrics import FunctionState, PartitionSample, RunnerMetrics, RunnerView, serve
 from wallaroo_runtime.process import backoff, run_until_signal
 from wallaroo_runtime.statestore import open_store
 
@@ -199,7 +199,7 @@ class AppHost:
                                    part[1], names.log_stream, names.log(*part), stage.stateful)
         observer = self.metrics.partition(self.app.slug, *part) if self.metrics else None
 
-        async def restore_part(other: int, last_seq: int) -> ChangelogState:
+        async def restore_part(other: int, last_seq: int) -> PartitionState:
             """Another partition of the stage (of the layout this one replaces), from its
             snapshots and changelog: read only, its own owner trims it."""
             reader = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
@@ -272,11 +272,11 @@ class AppHost:
                     for part, t in sorted(self.troubles.items()) if self._still_failing(part, t)},
         )
 
-    def metrics_view(self) -> tuple[list[PartitionState], list[FunctionState]]:
+    def metrics_view(self) -> tuple[list[PartitionSample], list[FunctionState]]:
         """Its partitions' lag and functions' counts, for a scrape (on the metrics server's
         thread: reads only, over copies of the dicts the loop changes)."""
         slug, version = self.app.slug, self.manifest.version
-        parts = [PartitionState(slug, stage, part, w.pending, w.busy_for())
+        parts = [PartitionSample(slug, stage, part, w.pending, w.busy_for())
                  for (stage, part), w in list(self.workers.items())]
         functions = [FunctionState(slug, name, version, ex.stats.done, ex.stats.failed,
                                    ex.stats.cancelled, ex.stats.retried, len(ex.running))

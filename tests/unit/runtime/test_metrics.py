@@ -19,7 +19,7 @@ from wallaroo_runtime.metrics import (
     AutoscalerMetrics,
     FunctionState,
     MetricsServerError,
-    PartitionState,
+    PartitionSample,
     RunnerMetrics,
     RunnerView,
     serve,
@@ -61,7 +61,7 @@ def test_commits_are_counted_per_partition_with_their_latency() -> None:
 def test_lag_and_function_calls_are_read_at_each_scrape() -> None:
     """Two executors of one version (a redeploy finishing its calls) make one series."""
     view = RunnerView(
-        [PartitionState("wc", 0, 0, 12, 0.0), PartitionState("wc", 0, 1, 0, 2.5)],
+        [PartitionSample("wc", 0, 0, 12, 0.0), PartitionSample("wc", 0, 1, 0, 2.5)],
         [FunctionState("wc", "f", "v1", 3, 1, 0, 2, 1), FunctionState("wc", "f", "v1", 1, 0, 1, 0, 0)])
     m = RunnerMetrics("r0", lambda: view)
 
@@ -118,7 +118,7 @@ def test_serve_on_any_free_port_then_on_a_taken_one() -> None:
 def test_every_series_the_grafana_dashboard_queries_is_exported() -> None:
     """templates/grafana-dashboard.json: valid JSON, and no panel asks for a name no runner or
     autoscaler exports (a renamed metric would leave an empty panel)."""
-    view = RunnerView([PartitionState("wc", 0, 0, 1, 0.0)],
+    view = RunnerView([PartitionSample("wc", 0, 0, 1, 0.0)],
                       [FunctionState("wc", "f", "v1", 1, 0, 0, 0, 0)])
     runner = RunnerMetrics("r0", lambda: view)
     runner.partition("wc", 0, 0).committed(0.1, 1, 1, 1)
