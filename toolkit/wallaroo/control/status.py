@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from wallaroo.core import observe
 from wallaroo.core.names import (
     ASSIGN_BUCKET,
-    LEADER_BUCKET,
-    LEADER_KEY,
     LEASES_BUCKET,
     partition_key,
 )
@@ -53,8 +51,7 @@ class Status:
 
 async def gather(nats: Nats) -> Status:
     beats = await observe.runner_heartbeats(nats)
-    raw_leader = await nats.kv_get(LEADER_BUCKET, LEADER_KEY)
-    leader = Holder.from_wire(raw_leader).runner_id if raw_leader else ""
+    leader = await observe.leader(nats)
     apps: list[list[str]] = []
     partitions: list[list[str]] = []
     functions: list[list[str]] = []

@@ -22,9 +22,8 @@ from wallaroo.control.status import metrics_url
 from wallaroo.control.tables import render_table
 from wallaroo.core import observe
 from wallaroo.core.aio import sleep_or_stop
-from wallaroo.core.names import LEADER_BUCKET, LEADER_KEY
 from wallaroo.core.observe import StageLag
-from wallaroo.core.wire import Heartbeat, Holder, Manifest, PartitionReport
+from wallaroo.core.wire import Heartbeat, Manifest, PartitionReport
 from wallaroo.nats import Nats
 
 APP_COLUMNS = ["app", "version", "stage", "name", "partitions", "lag", "lag/s", "records/s"]
@@ -44,8 +43,7 @@ class Sample:
 
 async def sample(nats: Nats, clock: Callable[[], float] = time.monotonic) -> Sample:
     apps = [(m, await observe.stage_lags(nats, m)) for m in await observe.manifests(nats)]
-    raw_leader = await nats.kv_get(LEADER_BUCKET, LEADER_KEY)
-    leader = Holder.from_wire(raw_leader).runner_id if raw_leader else ""
+    leader = await observe.leader(nats)
     return Sample(clock(), apps, await observe.runner_heartbeats(nats), leader)
 
 

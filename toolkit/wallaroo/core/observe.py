@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wallaroo.core.names import APPS_BUCKET, MEMBERS_BUCKET, AppNames
-from wallaroo.core.wire import Heartbeat, Manifest, Part
+from wallaroo.core.names import APPS_BUCKET, LEADER_BUCKET, LEADER_KEY, MEMBERS_BUCKET, AppNames
+from wallaroo.core.wire import Heartbeat, Holder, Manifest, Part
 from wallaroo.nats import Nats
 
 Lag = tuple[int, int]  # (num_pending, num_ack_pending) of a partition's consumer
@@ -94,6 +94,12 @@ async def function_lags(nats: Nats, manifest: Manifest) -> list[StageLag]:
         running = min(calls, lag[1]) if lag is not None else 0
         rows.append(StageLag(manifest.slug, -1, f"fn:{f.name}", calls - running, running))
     return rows
+
+
+async def leader(nats: Nats) -> str:
+    """The id of the runner that leads the cluster now ("" while none does)."""
+    raw = await nats.kv_get(LEADER_BUCKET, LEADER_KEY)
+    return Holder.from_wire(raw).runner_id if raw else ""
 
 
 async def runner_heartbeats(nats: Nats) -> list[Heartbeat]:
