@@ -19,7 +19,7 @@ from wallaroo.control.tables import preview, printable, render_table
 from wallaroo.core import keys
 from wallaroo.core.calls import cluster_creds, cluster_tls_ca, cluster_url
 from wallaroo.core.errors import WallarooError
-from wallaroo.core.wire import DeadLetter
+from wallaroo.core.wire import DeadLetter, Manifest
 from wallaroo.local.scaffold import Template
 from wallaroo.nats import Nats, nats_failure
 from wallaroo.nats.protocol import CREDS_ENV, TLS_CA_ENV
@@ -206,7 +206,7 @@ def deploy(
         raise typer.Exit(1)
 
 
-async def _roll_out(nc: Nats, m: Any, wait: bool, wait_timeout: float) -> bool:
+async def _roll_out(nc: Nats, m: Manifest, wait: bool, wait_timeout: float) -> bool:
     """Warn about an unsigned version, then follow its rollout (unless not to wait): True
     when every live runner runs it."""
     from wallaroo.control import status as st
