@@ -44,9 +44,10 @@ from typing import Any
 import msgpack
 
 from wallaroo.core.changelog import PartitionState
+from wallaroo.core.codec import STR_ERRORS
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.statetable import LazyTable, bucketed
-from wallaroo.core.wire import STR_ERRORS, CommitRecord
+from wallaroo.core.wire import CommitRecord
 from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger(__name__)

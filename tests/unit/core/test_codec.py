@@ -75,8 +75,9 @@ class Colour(enum.StrEnum):
     (["a", "b"], [1, 2.5]),
     (["a", "b", "c"], [b"\xff", None, True]),
     (["k"], [2**70]),  # too big for msgpack: pickled
-    (["\udcff"], ["\udcff"]),  # a key from undecodable bytes (surrogateescape): pickled
+    (["\udcff"], ["\udcff"]),  # a key from undecodable bytes (surrogateescape)
     (["k"], ["\ud800x"]),
+    (["\udcff", "k"], [1, 2**70]),  # both at once: pickled
     (["k", "j"], [("a", 1), {"x": [1]}]),  # containers: pickled (msgpack would turn tuples into lists)
     (["red"], [Colour.RED]),  # a str subclass equal to its key stays what it is
     ([], []),
@@ -88,6 +89,6 @@ def test_routed_columns_round_trip_with_their_types(keys: list[str], values: lis
 
 
 def test_plain_columns_are_msgpack_and_a_pickle_still_reads() -> None:
-    words = ["apple", "pear"]
+    words = ["apple", "pear", "\udcff"]  # lone surrogates too: msgpack carries them
     assert codec.dumps_columns(words, list(words)).startswith(codec.COLUMNS_TAG)
     assert codec.loads_columns(codec.dumps((["k"], ["v"]))) == (["k"], ["v"])

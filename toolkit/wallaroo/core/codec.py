@@ -37,6 +37,11 @@ def loads(data: bytes) -> Any:
 # cost about a third of pickling, and a stage that routes on the value itself (a word count's
 # words) sends its keys once. Anything else is pickled.
 COLUMNS_TAG = b"\xc1"
+# Why surrogatepass wherever runners msgpack str: a key from undecodable bytes is a str with
+# lone surrogates (the engine decodes bytes keys with surrogateescape), and it routes records
+# and names keyed state: routed columns, commit records and snapshots must carry it (strict
+# UTF-8 cannot). Only runners read these back, with the same handler.
+STR_ERRORS = "surrogatepass"
 _PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
 _STR = frozenset({str})
 
@@ -48,12 +53,17 @@ def dumps_columns(keys: list[str], values: list[Any]) -> bytes:
         # the type check keeps a str subclass (a StrEnum equal to its key) from coming back a str.
         same = types <= _STR and keys == values
         try:
-            return COLUMNS_TAG + bytes(msgpack.packb([keys, None if same else values],
-                                                     use_bin_type=True))
-        except (OverflowError, UnicodeEncodeError):
-            # an int past 64 bits, a str with lone surrogates (from undecodable bytes)
+            return COLUMNS_TAG + _packed([keys, None if same else values])
+        except OverflowError:  # an int past 64 bits
             return dumps((keys, values))
     return dumps((keys, values))
+
+
+def _packed(body: list[Any]) -> bytes:
+    try:
+        return bytes(msgpack.packb(body, use_bin_type=True))
+    except UnicodeEncodeError:  # lone surrogates; strict first: the handler halves its speed
+        return bytes(msgpack.packb(body, use_bin_type=True, unicode_errors=STR_ERRORS))
 
 
 def loads_columns(data: bytes) -> Any:
@@ -61,7 +71,7 @@ def loads_columns(data: bytes) -> Any:
     the caller, which names a malformed message)."""
     if data[:1] != COLUMNS_TAG:
         return loads(data)
-    body = msgpack.unpackb(data[1:], raw=False)
+    body = msgpack.unpackb(data[1:], raw=False, unicode_errors=STR_ERRORS)
     if type(body) is not list or len(body) != 2:
         msg = "an internal batch is a [keys, values] pair"
         raise TypeError(msg)

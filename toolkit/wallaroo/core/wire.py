@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import msgpack
 
+from wallaroo.core.codec import STR_ERRORS
 from wallaroo.core.errors import UnknownNameError, WireError
 from wallaroo.nats.protocol import Out
 
@@ -55,11 +56,6 @@ def _json(data: bytes) -> Any:
     return json.loads(data)
 
 
-# Why surrogatepass: a key from undecodable bytes is a str with lone surrogates (engine's
-# surrogateescape), and it names keyed state: commit records and snapshots must carry it
-# rather than fail to encode (which stopped the partition on that record for good). Only
-# runners read these records back, with the same handler.
-STR_ERRORS = "surrogatepass"
 
 
 def _msgpack(data: bytes) -> Any:
