@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,14 +46,14 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
         raise WallarooError(msg)
     if input_file is not None:
         _check_input(app.sources.get(source or next(iter(app.sources), "")), input_file)
+    session = _Session(app_file, app, input_file, source, timeout, autoscale)
     cluster = DevCluster(state_dir, runners, fresh=fresh, tls=tls)
     with cluster:
         url_file = state_dir / "url"
         url_file.write_text(cluster.url)
         info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         try:
-            code = asyncio.run(_session(cluster, app_file, input_file, source, timeout,
-                                        autoscale))
+            code = asyncio.run(_session(cluster, session))
         finally:
             url_file.unlink(missing_ok=True)
             info("stopping runners and nats-server")
@@ -66,9 +67,20 @@ def _check_input(stage: Stage | None, input_file: Path) -> None:
         ingest.file_records(input_file, stage.decoder.framing)
 
 
-async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
-                   source: str | None, timeout: float, autoscale: Sequence[str] | None
-                   ) -> int | None:
+@dataclass(frozen=True)
+class _Session:
+    """What one `wallaroo dev` was asked to do (the app is loaded once, before any process
+    starts, and that load serves the checks made after)."""
+
+    app_file: Path
+    app: Application
+    input_file: Path | None
+    source: str | None
+    timeout: float
+    autoscale: Sequence[str] | None
+
+
+async def _session(cluster: DevCluster, session: _Session) -> int | None:
     """The exit code once all input is processed and printed (1 if records were
     dead-lettered); None if interrupted (Ctrl-C/SIGTERM)."""
     stop = asyncio.Event()
@@ -81,8 +93,7 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
             nats = await Nats.connect(cluster.url, name="wallaroo-dev",
                                       creds=cluster.creds("deployer"), tls_ca=cluster.tls_ca)
             try:
-                return await _serve(cluster, nats, stop, supervisor, app_file, input_file,
-                                    source, timeout, autoscale)
+                return await _serve(cluster, nats, stop, supervisor, session)
             finally:
                 await nats.close()
     finally:
@@ -92,20 +103,18 @@ async def _session(cluster: DevCluster, app_file: Path, input_file: Path | None,
 
 
 async def _serve(cluster: DevCluster, nats: Nats, stop: asyncio.Event,
-                 supervisor: asyncio.Task[None], app_file: Path, input_file: Path | None,
-                 source: str | None, timeout: float, autoscale: Sequence[str] | None
-                 ) -> int | None:
+                 supervisor: asyncio.Task[None], session: _Session) -> int | None:
     """Deploy, print outputs, size the pool, and feed the input if there is one."""
-    manifest = await _until(stop, supervisor, _deploy(nats, cluster, app_file))
+    manifest = await _until(stop, supervisor, _deploy(nats, cluster, session))
     if manifest is None:
         return None
     printer = await _Printer.start(nats, manifest)
-    sizer = asyncio.create_task(_size_pool(nats, cluster, autoscale, stop))
+    sizer = asyncio.create_task(_size_pool(nats, cluster, session.autoscale, stop))
     try:
-        if input_file is None:
+        if session.input_file is None:
             return await _until(stop, supervisor, _forever())
-        return await _until(stop, supervisor, _feed(nats, manifest, printer, input_file,
-                                                    source, timeout))
+        return await _until(stop, supervisor, _feed(nats, manifest, printer, session.input_file,
+                                                    session.source, session.timeout))
     finally:
         stop.set()
         if not cluster.server.alive:
@@ -115,14 +124,14 @@ async def _serve(cluster: DevCluster, nats: Nats, stop: asyncio.Event,
         await printer.stop()
 
 
-async def _deploy(nats: Nats, cluster: DevCluster, app_file: Path) -> Manifest:
+async def _deploy(nats: Nats, cluster: DevCluster, session: _Session) -> Manifest:
     """Deploy the app onto what the cluster kept: a new version of it switches to that state
     as `wallaroo deploy` would; one whose stages no longer fit it is refused first."""
-    app, _ = load_app(app_file)
+    app = session.app
     kept = await _kept_manifest(nats, app.name)
     if kept is not None:
         _refuse_another_shape(kept, app, cluster.state_dir)
-    manifest = await apps.deploy(nats, app_file, key=cluster.deploy_key)
+    manifest = await apps.deploy(nats, session.app_file, key=cluster.deploy_key)
     rollout = await wait_rollout(nats, manifest, timeout=60)
     if not rollout.ok:
         raise WallarooError("; ".join(rollout.problems()))
