@@ -45,7 +45,6 @@ class LazyTable(dict[str, bytes]):
         super().__init__()
         self._cold: list[bytes | None] = list(chunks)
         self._left = len(chunks)
-        self._encoded_keys = 0
         self._decode = decode
 
     @property
