@@ -31,6 +31,6 @@ class Total(wl.Aggregation):
 split = wl.computation_multi(name="split")(words.split)
 word = wl.key_extractor(words.word)
 pipeline = (wl.source("lines", wl.FileSource(os.environ["BENCH_JOB_INPUT"], bounded=True))
-            .to(split).key_by(word).to(wl.count_windows(2**62).over(Total))
+            .to(split).key_by(word).to(wl.global_windows().over(Total))
             .to_sink(wl.FileSink("totals", os.environ["BENCH_JOB_OUTPUT"])))
 app = wl.build_application("bench_job", pipeline, partitions=8)

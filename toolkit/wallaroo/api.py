@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from wallaroo.core.errors import ArityError, DefinitionError, MissingArgumentsError, f_repr
 from wallaroo.core.frames import Framing, framing_of
@@ -17,6 +17,25 @@ SPEC_ATTR = "__wallaroo_spec__"
 StepKind = Literal[
     "computation", "computation_multi", "state_computation", "state_computation_multi"
 ]
+
+
+class Partial(NamedTuple):
+    """An accumulator a stage combined ahead of the shuffle (see Lift) from some of a key's
+    records, sent in their place: the keyed step `combine`s it into the key's state."""
+
+    acc: Any
+
+
+@dataclass(frozen=True)
+class Lift:
+    """A keyed step's combiner, run ahead of the shuffle (as Beam lifts a CombineFn ahead of
+    its GroupByKey, and Spark combines map-side): the stage routing into the step folds each
+    batch's records per key with `update(record, initial())` and sends one Partial per key
+    instead of every record. Only for steps whose result does not depend on how records are
+    grouped into batches (a window over the whole input, not a count of records)."""
+
+    initial: Callable[[], Any]
+    update: Callable[[Any, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -33,6 +52,10 @@ class StepSpec:
     # deadline(state) -> when the key's buffered batch is due (None: nothing waits).
     expire: Callable[[Any, str | None, float], list[Any]] | None = None
     deadline: Callable[[Any], float | None] | None = None
+    # Set on the first step of a keyed stage when records may be combined ahead of it.
+    lift: Lift | None = None
+    # Emits only when input ends (a job's): refused in an app whose input never ends.
+    at_end_only: bool = False
 
     @property
     def multi(self) -> bool:

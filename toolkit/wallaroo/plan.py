@@ -242,7 +242,19 @@ def build_pipelines(
     for pipeline in pipelines:
         planner.ends(pipeline)
     app = _freeze(name, planner.builders, partitions)
+    _check_input_ends(app)
     return app if retention is None else replace(app, retention=retention)
+
+
+def _check_input_ends(app: Application) -> None:
+    """A step that emits only at end of input (global_windows) needs input that ends."""
+    if app.is_job:
+        return
+    for step in (s for stage in app.stages for s in stage.steps if s.at_end_only):
+        msg = (f"app {app.name!r}: step {step.name!r} emits only when input ends, but this app's "
+               "input never ends: make every source bounded=True to run it as a job, or use "
+               "count_windows/range_windows on an endless stream")
+        raise PipelineError(msg)
 
 
 def _freeze(name: str, builders: list[_StageBuilder], partitions: int) -> Application:

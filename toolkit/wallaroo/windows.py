@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from wallaroo.api import StepSpec, _attach
+from wallaroo.api import Lift, Partial, StepSpec, _attach
 from wallaroo.core.errors import DefinitionError, Reject
 
 
@@ -76,9 +76,9 @@ def _aggregation(agg: object) -> Aggregation:
 
 
 def _window_step(name: str, fn: Callable[..., Any], state: Callable[[], Any],
-                 flush: Callable[[Any, str | None], list[Any]]) -> Callable[..., Any]:
+                 flush: Callable[[Any, str | None], list[Any]], **more: Any) -> Callable[..., Any]:
     return _attach(fn, StepSpec(kind="state_computation_multi", name=name, fn=fn, state=state,
-                                with_key=True, flush=flush))
+                                with_key=True, flush=flush, **more))
 
 
 # --- count windows ---------------------------------------------------------------------------
@@ -125,6 +125,44 @@ def count_windows(size: int) -> CountWindows:
         msg = f"count_windows(size) needs a whole number of records >= 1, got {size!r}"
         raise DefinitionError(msg)
     return CountWindows(size)
+
+
+# --- one window over the whole input --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GlobalWindows:
+    def over(self, agg: object, name: str | None = None) -> Callable[..., Any]:
+        inst = _aggregation(agg)
+
+        def global_window(record: Any, st: _Counted, key: str) -> list[Any]:
+            if type(record) is Partial:  # records combined ahead of the shuffle (Lift)
+                st.acc = inst.combine(st.acc, record.acc) if st.count else record.acc
+            else:
+                acc = st.acc if st.count else inst.initial_accumulator()
+                st.acc = inst.update(record, acc)
+            st.count += 1
+            return []
+
+        def flush(st: _Counted, key: Any) -> list[Any]:
+            if not st.count:
+                return []
+            out, st.acc, st.count = inst.output(key, st.acc), None, 0
+            return [] if out is None else [out]
+
+        # Why it can be lifted: the total does not depend on how records were batched (combine
+        # is associative, as Aggregation asks), unlike a count window's boundaries.
+        lift = Lift(inst.initial_accumulator, inst.update)
+        return _window_step(name or f"global_windows over {type(inst).__name__}", global_window,
+                            _Counted, flush, lift=lift, at_end_only=True)
+
+
+def global_windows() -> GlobalWindows:
+    """Per key, one window over the whole input of a job, emitted when input ends (Bytewax's
+    reduce_final, Beam's Combine.perKey in the global window). Records are combined per key
+    in the stage before the key_by, so only one accumulator per key and batch crosses it.
+    Only in a job (every source bounded): an endless stream would never emit."""
+    return GlobalWindows()
 
 
 # --- range windows ---------------------------------------------------------------------------

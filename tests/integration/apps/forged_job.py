@@ -1,4 +1,4 @@
-"""A bounded word count (a job) whose totals come out only at end of input (a count window
+"""A bounded word count (a job) whose totals come out only at end of input (a global window
 flushed then), into a stream sink: ended early, its totals would be missing or short. The
 input path comes from FORGED_INPUT in the deploying process's environment."""
 

@@ -32,7 +32,7 @@ def running_count(suffix: str = "") -> object:
 
 
 class Total(wl.Aggregation):
-    """Records per key: with count_windows(huge), one total per word at end of input."""
+    """Records per key: with global_windows, one total per word at end of input."""
 
     def initial_accumulator(self) -> int:
         return 0
@@ -48,4 +48,4 @@ class Total(wl.Aggregation):
 
 
 def totals() -> object:
-    return wl.count_windows(10**9).over(Total)
+    return wl.global_windows().over(Total)

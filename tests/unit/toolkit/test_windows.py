@@ -10,7 +10,7 @@ import pytest
 import wallaroo as wl
 from wallaroo import testing
 from wallaroo.core import codec
-from wallaroo.core.errors import DefinitionError
+from wallaroo.core.errors import DefinitionError, PipelineError
 
 
 class Sum(wl.Aggregation):
@@ -178,3 +178,88 @@ def test_the_end_of_input_flush_survives_crashes_exactly_once() -> None:
             run = testing.run(app, inputs, batch_size=7, end_of_input=True, crash_after=crash,
                               crash_at=point)  # type: ignore[arg-type]
             assert sorted(run.lines()) == expected, (crash, point)
+
+
+# --- global windows: one per key over a job's whole input, combined ahead of the key_by -----
+
+
+@wl.computation_multi(name="records of a line")
+def records_of(line: str) -> list[tuple[str, float, float]]:
+    return [parse(r.encode()) for r in line.split()]
+
+
+def job_with(step: Any, partitions: int = 4) -> wl.Application:
+    """Lines of "user,amount" records, split ahead of the key_by (a bounded source: a job)."""
+    pipeline = (wl.source("in", wl.FileSource("unused.txt", bounded=True)).to(records_of)
+                .key_by(user).to(step).to_sink(wl.StreamSink("out", encoder=lambda s: s + "\n")))
+    return wl.build_application("totals", pipeline, partitions=partitions)
+
+
+def job_lines(n: int) -> list[str]:
+    return [" ".join(f"{'abcdefg'[(i * 3 + j) % 7]},{i % 5 + j}" for j in range(4)) for i in range(n)]
+
+
+def expected_totals(lines: list[str]) -> list[str]:
+    sums: dict[str, list[float]] = {}
+    for r in (r for line in lines for r in line.split()):
+        k, amount = r.split(",")
+        acc = sums.setdefault(k, [0.0, 0])
+        acc[0], acc[1] = acc[0] + float(amount), acc[1] + 1
+    return sorted(f"{k} {a[0]:g} over {a[1]:g}" for k, a in sums.items())
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 50])
+def test_global_windows_emit_one_total_per_key_at_end_of_input(batch_size: int) -> None:
+    lines = job_lines(40)
+    app = job_with(wl.global_windows().over(Sum))
+    assert testing.run(app, lines, batch_size=batch_size).lines() == []  # not before the end
+    ended = testing.run(app, lines, batch_size=batch_size, end_of_input=True)
+    assert sorted(ended.lines()) == expected_totals(lines)
+    assert ended.dead_letters == []
+
+
+def test_the_stage_before_a_global_window_sends_one_partial_per_key_and_batch() -> None:
+    from wallaroo.api import Partial
+    from wallaroo.core.engine import Batch, StageEngine
+
+    app = job_with(wl.global_windows().over(Sum))
+    lines = job_lines(20)
+    batch = Batch()
+    batch.add(1, [None] * len(lines), [line.encode() for line in lines])
+    result = StageEngine(app, app.stages[0]).attempt(batch, {}, {})
+    routed = [(k, v) for keys, vals in result.routed.values() for k, v in zip(keys, vals, strict=True)]
+    assert sorted(k for k, _ in routed) == sorted("abcdefg")  # one value per key, not 80 records
+    assert all(type(v) is Partial for _, v in routed)
+    assert sum(v.acc[1] for _, v in routed) == 80  # every record folded in once
+
+
+def test_a_failing_update_ahead_of_the_key_by_dead_letters_the_record_it_failed_on() -> None:
+    class Picky(Sum):
+        def update(self, record: tuple[str, float, float], acc: list[float]) -> list[float]:
+            if record[1] == 99:
+                raise ValueError("99 is not an amount")
+            return super().update(record, acc)
+
+    lines = ["a,1 b,2", "a,99 c,3", "c,4"]
+    result = testing.run(job_with(wl.global_windows().over(Picky)), lines, batch_size=3,
+                         end_of_input=True)
+    [dead] = result.dead_letters
+    assert (dead.stage, dead.step) == ("in", "global_windows over Picky")
+    assert dead.payload == b"a,99 c,3" and "99 is not an amount" in dead.error
+    assert sorted(result.lines()) == ["a 1 over 1", "b 2 over 1", "c 4 over 1"]
+
+
+def test_global_windows_survive_crashes_exactly_once() -> None:
+    app = job_with(wl.global_windows().over(Sum))
+    lines = job_lines(60)
+    commits = testing.run(app, lines, batch_size=7, end_of_input=True).commits
+    for crash in (3, commits // 2, commits - 1, commits):
+        for point in ("append", "publish", "commit"):
+            run = testing.run(app, lines, batch_size=7, end_of_input=True, crash_after=crash,
+                              crash_at=point)  # type: ignore[arg-type]
+            assert sorted(run.lines()) == expected_totals(lines), (crash, point)
+
+
+def test_global_windows_are_refused_where_input_never_ends() -> None:
+    with pytest.raises(PipelineError, match="bounded=True"):
+        app_with(wl.global_windows().over(Sum))

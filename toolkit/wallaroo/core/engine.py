@@ -14,7 +14,7 @@ from itertools import chain, repeat
 from operator import is_
 from typing import Any, NamedTuple, cast
 
-from wallaroo.api import StepSpec
+from wallaroo.api import Lift, Partial, StepSpec
 from wallaroo.core import calls, codec
 from wallaroo.core.errors import Reject
 from wallaroo.core.wire import DeadLetter
@@ -136,8 +136,8 @@ def state_slot_of(step_name: str, key: str | None) -> str:
 
 
 class _StepFailed(Exception):  # noqa: N818 - internal signal, becomes RecordFailed
-    def __init__(self, index: int, exc: BaseException) -> None:
-        self.index, self.exc = index, exc
+    def __init__(self, index: int, exc: BaseException, where: str | None = None) -> None:
+        self.index, self.exc, self.where = index, exc, where
 
 
 def _each(fn: Callable[..., Any], values: list[Any], *more: list[Any]) -> list[Any]:
@@ -170,6 +170,7 @@ class StageEngine:
         self.route = stage.route
         self.extract = stage.route.extractor.fn if stage.route and stage.route.extractor else None
         self.target_partitions = app.stages[stage.route.target].partitions if stage.route else 1
+        self.lift = _lift_into(app, stage)
         self.encoders = [(i, app.sinks[i].encoder_spec().fn) for i in stage.sinks]
         self._partition: dict[str, int] = {}
 
@@ -213,17 +214,19 @@ class StageEngine:
                 fn = step.fn if rids is None else self._scoped(step, rids, origin, len(vals))
                 keys, vals, origin = self._step(step, fn, keys, vals, origin, table,
                                                 work.setdefault(step.name, {}))
+            routed: tuple[list[Any], list[int] | None] = ([], None)
             if self.route is not None:
                 where = "key_extractor"
-                self._route(vals, result.routed)
+                routed = self._route(vals, result.routed)
             where, reason = "encoder", "output_error"
             self._encode(vals, result)
             if check is not None:
                 where = "output"
-                self._check_outputs(vals, result, check)
+                self._check_outputs(*routed, result, check)
         except _StepFailed as failed:
             index = origin[failed.index] if origin is not None else failed.index
-            raise RecordFailed(batch.item(index), where, reason, failed.exc) from failed.exc
+            raise RecordFailed(batch.item(index), failed.where or where, reason,
+                               failed.exc) from failed.exc
         result.states = _dump_states(batch, work)
         result.deadlines = self._deadlines(work)
         return result
@@ -364,10 +367,16 @@ class StageEngine:
             return [keys[i] for i in kept], [outs[i] for i in kept], src
         return _fan_out(step, keys, outs, origin)
 
-    def _check_outputs(self, values: list[Any], result: BatchResult, limit: int) -> None:
-        """Each routed value must pickle, and each output fit in `limit` bytes."""
-        if self.route is not None:
-            _each(lambda v: _check_size(v, limit), values)
+    def _check_outputs(self, routed: list[Any], firsts: list[int] | None, result: BatchResult,
+                       limit: int) -> None:
+        """Each routed value must pickle, and each output fit in `limit` bytes. A value combined
+        ahead of the shuffle (`firsts` given) fails the first record of its key."""
+        try:
+            _each(lambda v: _check_size(v, limit), routed)
+        except _StepFailed as failed:
+            if firsts is not None:
+                failed.index = firsts[failed.index]
+            raise
         for outs in result.sink_out.values():
             _each(lambda o: _check_size(o, limit), outs)
 
@@ -378,10 +387,16 @@ class StageEngine:
                 _each(_as_bytes, outs)  # raises for the first output of the wrong type
             result.sink_out.setdefault(i, []).extend(outs)
 
-    def _route(self, values: list[Any], routed: dict[int, tuple[list[str], list[Any]]]) -> None:
+    def _route(self, values: list[Any], routed: dict[int, tuple[list[str], list[Any]]],
+               ) -> tuple[list[Any], list[int] | None]:
+        """Values into `routed` by the partition of their key. Returns what was routed: the
+        values, or (Lift) one Partial per key with the index of each key's first value."""
         keys = _each(self.extract, values) if self.extract else [""] * len(values)
         if not set(map(type, keys)) <= _STR:
             keys = _each(_as_key, keys)
+        firsts = None
+        if self.lift is not None:
+            keys, values, firsts = _combine_ahead(*self.lift, keys, values)
         cached: list[int | None] = list(map(self._partition.get, keys))
         parts = cast(list[int], cached)
         if None in cached:  # ints and Nones only: no user __eq__ runs
@@ -400,6 +415,7 @@ class StageEngine:
             else:  # a release routes key after key into the same result
                 into[0].extend(ks)
                 into[1].extend(vs)
+        return values, firsts
 
     def _new_partition(self, key: str) -> int:
         # Why a cache: crc32 of an encoded key costs more than a dict hit, and hot keys repeat.
@@ -407,6 +423,39 @@ class StageEngine:
             self._partition.clear()
         p = self._partition[key] = codec.partition_of(key, self.target_partitions)
         return p
+
+
+def _lift_into(app: Application, stage: Stage) -> tuple[str, Lift] | None:
+    """The combiner of the step `stage` routes into, when it has one (its name and Lift)."""
+    if stage.route is None:
+        return None
+    steps = app.stages[stage.route.target].steps
+    if not steps or steps[0].lift is None:
+        return None
+    return steps[0].name, steps[0].lift
+
+
+_NOTHING = object()
+
+
+def _combine_ahead(step: str, lift: Lift, keys: list[str], values: list[Any],
+                   ) -> tuple[list[str], list[Any], list[int]]:
+    """Each key's values folded into one Partial (keys in the order they first appear), with
+    the index of each key's first value. A failing fold names the value it failed on."""
+    accs: dict[str, Any] = {}
+    firsts: list[int] = []
+    initial, update = lift.initial, lift.update
+    i = 0
+    try:
+        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+            acc = accs.get(k, _NOTHING)
+            if acc is _NOTHING:
+                firsts.append(i)
+                acc = initial()
+            accs[k] = update(v, acc)
+    except Exception as exc:
+        raise _StepFailed(i, exc, where=step) from exc
+    return list(accs), [Partial(a) for a in accs.values()], firsts
 
 
 def _due(step: StepSpec, state: Any, now: float) -> bool:
