@@ -10,7 +10,13 @@ same run, each from process start to exit, with the same user functions (bench/a
 Prints words/s of each and the ratios; checks the three outputs are the same totals; prints
 where Wallaroo's wall time goes (start-up, the job itself, shutdown) from its own log lines.
 
-    python bench/job.py [--words 10000000] [--skip-bytewax]
+`--runners N` runs Wallaroo with N runner processes and the file source split into N
+partitions (each runner reads and splits its share): a 2-core machine's second core, which
+one runner leaves to nats-server. Bytewax stays at 1 worker: its FileSource is one partition,
+read by one worker, and its workers are threads of one process (`-w`), so more of them would
+not split the Python work of this flow.
+
+    python bench/job.py [--words 10000000] [--runners 1] [--skip-bytewax]
 """
 
 from __future__ import annotations
@@ -59,14 +65,16 @@ def _parse(lines: list[str]) -> dict[str, int]:
     return {k: int(v) for k, v in (line.rsplit(" ", 1) for line in lines if line.strip())}
 
 
-def run_wallaroo(path: Path, work: Path) -> tuple[float, dict[str, int], str]:
-    out = work / "wallaroo.txt"
-    env = {**os.environ, "BENCH_JOB_INPUT": str(path), "BENCH_JOB_OUTPUT": str(out)}
+def run_wallaroo(path: Path, work: Path, runners: int) -> tuple[float, dict[str, int], str]:
+    out = work / f"wallaroo-{runners}.txt"
+    env = {**os.environ, "BENCH_JOB_INPUT": str(path), "BENCH_JOB_OUTPUT": str(out),
+           "BENCH_JOB_SOURCE_PARTITIONS": str(runners)}
     for k in ("WALLAROO_NATS", "WALLAROO_CREDS", "WALLAROO_AUTH_DIR"):
         env.pop(k, None)
     started = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "wallaroo", "run", str(APPS / "job_words.py"),
-                          "--fresh", "--state-dir", str(work / "state")], env=env, cwd=work,
+                          "--fresh", "--runners", str(runners),
+                          "--state-dir", str(work / f"state-{runners}")], env=env, cwd=work,
                          capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if res.returncode != 0:
@@ -96,6 +104,7 @@ def phases(stderr: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=int, default=10_000_000)
+    parser.add_argument("--runners", type=int, default=1)
     parser.add_argument("--skip-bytewax", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wl-bench-job-") as tmp:
@@ -105,8 +114,9 @@ def main() -> None:
         print(f"input: {args.words:,} words, {path.stat().st_size / 2**20:.1f} MiB")
         loop_s, expected = plain_loop(path)
         print(f"plain loop      {loop_s:7.2f} s  {args.words / loop_s:12,.0f} words/s")
-        ours_s, ours, stderr = run_wallaroo(path, work)
-        print(f"wallaroo run    {ours_s:7.2f} s  {args.words / ours_s:12,.0f} words/s  ({phases(stderr)})")
+        ours_s, ours, stderr = run_wallaroo(path, work, args.runners)
+        print(f"wallaroo run    {ours_s:7.2f} s  {args.words / ours_s:12,.0f} words/s  "
+              f"({args.runners} runner(s); {phases(stderr)})")
         assert ours == expected, "wallaroo's totals differ from the plain loop's"
         if not args.skip_bytewax:
             bw_s, bw = run_bytewax(path, work)

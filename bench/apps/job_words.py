@@ -1,6 +1,8 @@
 """Word count as a job (bench/job.py): a bounded file of lines -> words -> a total per word,
-emitted at end of input. BENCH_JOB_INPUT and BENCH_JOB_OUTPUT name the files; the user
-functions are those of bench/apps/words.py, shared with the Bytewax flow and the plain loop."""
+emitted at end of input (a global window: Bytewax's reduce_final). BENCH_JOB_INPUT and
+BENCH_JOB_OUTPUT name the files, BENCH_JOB_SOURCE_PARTITIONS (default 1) how many partitions
+the file is read into; the user functions are those of bench/apps/words.py, shared with the
+Bytewax flow and the plain loop."""
 
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ class Total(wl.Aggregation):
 
 split = wl.computation_multi(name="split")(words.split)
 word = wl.key_extractor(words.word)
-pipeline = (wl.source("lines", wl.FileSource(os.environ["BENCH_JOB_INPUT"], bounded=True))
+source = wl.FileSource(os.environ["BENCH_JOB_INPUT"], bounded=True,
+                       partitions=int(os.environ.get("BENCH_JOB_SOURCE_PARTITIONS", "1")))
+pipeline = (wl.source("lines", source)
             .to(split).key_by(word).to(wl.global_windows().over(Total))
             .to_sink(wl.FileSink("totals", os.environ["BENCH_JOB_OUTPUT"])))
 app = wl.build_application("bench_job", pipeline, partitions=8)

@@ -20,6 +20,7 @@ from wallaroo.core.wire import CommitRecord, Heartbeat, Manifest
 from wallaroo.nats import Nats
 
 REPORT_WAIT = 5.0  # seconds a finished job waits for the runners' last counts
+FINAL_POLL = 0.02  # seconds between looks once every partition ended (a few requests each)
 
 
 @dataclass(frozen=True)
@@ -135,18 +136,20 @@ async def _delivered(nats: Nats, names: AppNames, sink: str, beats: list[Heartbe
 
 async def follow(nats: Nats, manifest: Manifest, on_state: Callable[[JobState], None],
                  poll: float = 0.25, timeout: float | None = None) -> JobState:
-    """Call `on_state` with the job's state every `poll` seconds until it finished; its last
-    state. TimeoutError after `timeout` seconds."""
+    """Call `on_state` with the job's state every `poll` seconds until it finished (every
+    FINAL_POLL seconds once all its partitions ended: what is left is a sink's last delivery
+    and the runners' last reports, and whoever waits for the job should not wait for a slow
+    poll); its last state. TimeoutError after `timeout` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         state = await job_state(nats, manifest)
         on_state(state)
         if state.finished:
-            return await _counted(nats, manifest, poll)
+            return await _counted(nats, manifest, FINAL_POLL)
         if deadline is not None and time.monotonic() > deadline:
             msg = f"job {manifest.name} did not finish within {timeout:g}s"
             raise TimeoutError(msg)
-        await asyncio.sleep(poll)
+        await asyncio.sleep(FINAL_POLL if state.parts_ended == state.parts else poll)
 
 
 async def _counted(nats: Nats, manifest: Manifest, poll: float) -> JobState:
