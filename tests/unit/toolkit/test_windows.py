@@ -263,3 +263,19 @@ def test_global_windows_survive_crashes_exactly_once() -> None:
 def test_global_windows_are_refused_where_input_never_ends() -> None:
     with pytest.raises(PipelineError, match="bounded=True"):
         app_with(wl.global_windows().over(Sum))
+
+
+def test_a_failing_combine_dead_letters_the_partial_and_keeps_the_other_keys() -> None:
+    class BadCombine(Sum):
+        def combine(self, a: list[float], b: list[float]) -> list[float]:
+            if b[0] >= 100:
+                raise ValueError("too much to combine")
+            return super().combine(a, b)
+
+    lines = ["a,1 b,2", "a,100 b,3", "b,4"]  # batches of one line: a's second partial fails
+    result = testing.run(job_with(wl.global_windows().over(BadCombine)), lines, end_of_input=True)
+    [dead] = result.dead_letters
+    assert (dead.step, dead.key) == ("global_windows over BadCombine", "a")
+    assert "too much to combine" in dead.error
+    assert codec.loads(dead.payload).acc == [100.0, 1]  # the partial, as `dlq replay` resends it
+    assert sorted(result.lines()) == ["a 1 over 1", "b 9 over 3"]
