@@ -23,6 +23,7 @@ import aiohttp  # noqa: TID251 - this module owns the HTTP client import
 
 from wallaroo.connectors import ConnectorSink, FileSink, HttpSink, NatsSink, PartsSink, S3Sink
 from wallaroo.core import codec
+from wallaroo.core.aio import unless_stopped
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import CONNECTORS_BUCKET, AppNames
 from wallaroo.nats import InMsg, Nats
@@ -42,7 +43,7 @@ from wallaroo_runtime.connectors.sources import open_s3
 log = logging.getLogger("wallaroo.connectors")
 ACK_WAIT = 120.0  # longer than a message's bounded HTTP retries: no redelivery meanwhile
 FETCH = 64
-FETCH_TIMEOUT = 1.0  # also how long a stop request waits for the fetch in hand
+FETCH_TIMEOUT = 1.0  # a stop does not wait it out: the fetch in hand is dropped
 HTTP_ATTEMPTS = 6
 HTTP_BACKOFF = (0.2, 5.0)  # first wait, longest wait (doubling, with jitter)
 
@@ -118,7 +119,7 @@ async def run_sink(nats: Nats, slug: str, name: str, cfg: ConnectorSink, stop: a
         stats.running = True
         try:
             while not stop.is_set():
-                for m in await consumer.fetch(FETCH, FETCH_TIMEOUT):
+                for m in await unless_stopped(stop, consumer.fetch(FETCH, FETCH_TIMEOUT)):
                     await handle(delivery, m, stats)
         finally:
             await consumer.close()
