@@ -279,3 +279,18 @@ def test_a_failing_combine_dead_letters_the_partial_and_keeps_the_other_keys() -
     assert "too much to combine" in dead.error
     assert codec.loads(dead.payload).acc == [100.0, 1]  # the partial, as `dlq replay` resends it
     assert sorted(result.lines()) == ["a 1 over 1", "b 9 over 3"]
+
+
+def test_no_combining_ahead_when_steps_may_call_functions() -> None:
+    """A function call's id comes from the record whose step makes it: `update` must run in
+    the keyed step, record by record, when the app's steps may call functions."""
+    import dataclasses
+
+    from wallaroo.core.engine import Batch, StageEngine
+
+    app = dataclasses.replace(job_with(wl.global_windows().over(Sum)), calls=True)
+    batch = Batch()
+    batch.add(1, [None], [b"a,1 a,2 b,3"])
+    result = StageEngine(app, app.stages[0]).attempt(batch, {}, {})
+    routed = [v for _, vals in result.routed.values() for v in vals]
+    assert sorted(routed) == [("a", 1.0, 0.0), ("a", 2.0, 0.0), ("b", 3.0, 0.0)]

@@ -170,7 +170,9 @@ class StageEngine:
         self.route = stage.route
         self.extract = stage.route.extractor.fn if stage.route and stage.route.extractor else None
         self.target_partitions = app.stages[stage.route.target].partitions if stage.route else 1
-        self.lift = _lift_into(app, stage)
+        # Not when steps may call functions: a call's id comes from the record whose step makes
+        # it (StepScope), and a fold ahead of the shuffle runs outside any step's scope.
+        self.lift = _lift_into(app, stage) if self.scope is None else None
         self.encoders = [(i, app.sinks[i].encoder_spec().fn) for i in stage.sinks]
         self._partition: dict[str, int] = {}
 
