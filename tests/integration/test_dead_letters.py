@@ -3,6 +3,7 @@ error and traceback, while the partition keeps flowing; `wallaroo dlq list` show
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -10,7 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from wallaroo.cli import app as cli
+from wallaroo.control import apps, dlq
+from wallaroo.core import codec
+from wallaroo.core.names import REPLAY_PREFIX, AppNames
 from wallaroo.local.dev import DevCluster
+from wallaroo.nats import Nats, Out
 
 APP = Path(__file__).parent / "apps" / "flaky.py"
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -86,13 +91,32 @@ def test_replay_after_deploying_a_fix_processes_the_dead_letter_once(
         assert runner.invoke(cli, ["deploy", str(fixed)], env=env).exit_code == 0
         unknown = runner.invoke(cli, ["dlq", "replay", "flaky", "--seq", "99"], env=env)
         assert unknown.exit_code == 1 and "no dead letter with seq 99" in unknown.output
+        # A client publishes first with the replay's plain id (the letter's seq is no secret):
+        # JetStream would drop the replay as a duplicate, and the letter is deleted after it.
+        asyncio.run(_claim_replay_id(cluster))
         replayed = runner.invoke(cli, ["dlq", "replay", "flaky"], env=env)
         assert "replayed 1 dead letter(s)" in replayed.output, replayed.output
-        out = runner.invoke(cli, ["tail", "flaky", "sums", "--count", "3", "--timeout", "30"], env=env)
+        out = runner.invoke(cli, ["tail", "flaky", "sums", "--count", "4", "--timeout", "30"], env=env)
         listing = runner.invoke(cli, ["dlq", "list", "flaky"], env=env).output
 
-    assert out.output.splitlines() == ["odd 1 1", "odd 3 4", "odd 13 17"]
+    odd = [line for line in out.output.splitlines() if line.startswith("odd")]
+    assert odd == ["odd 1 1", "odd 3 4", "odd 13 17"]  # the replay was not dropped
+    assert "even 2 2" in out.output  # the client's record, a record like any other
     assert "no dead letters" in listing
+
+
+async def _claim_replay_id(cluster: DevCluster) -> None:
+    deployer = await Nats.connect(cluster.url, creds=cluster.creds("deployer"))
+    client = await Nats.connect(cluster.url, creds=cluster.creds("client"))
+    try:
+        manifest = await apps.manifest_of(deployer, "flaky")
+        [letter] = await dlq.dead_letters(deployer, manifest)
+        names = AppNames(manifest.slug)
+        await client.publish_all([Out(names.source(0, 0), codec.pack_batch([b"2"]),
+                                      f"{REPLAY_PREFIX}{manifest.slug}:{letter.seq}")])
+    finally:
+        await client.close()
+        await deployer.close()
 
 
 def test_unserializable_and_oversized_outputs_are_dead_lettered(run_on_runner, tmp_path: Path) -> None:

@@ -96,9 +96,10 @@ def s3_source_id(source: str, bucket: str, key: str) -> str:
     return f"s3-{_digest(source, bucket, key)}"
 
 
-def source_msg_id(source_id: str, offset: int) -> str:
-    """`i:<source id>:<offset>`, the same shape as `wallaroo send`'s `i:<producer>:<n>`."""
-    return f"i:{source_id}:{offset}"
+def source_msg_id(source_id: str, offset: int, tag: str = "") -> str:
+    """`i:<source id>:<offset>`, the same shape as `wallaroo send`'s `i:<producer>:<n>`, then
+    `~<tag>` when tagged (Nats.id_tag: no client can publish with this id first)."""
+    return f"i:{source_id}:{offset}" + (f"~{tag}" if tag else "")
 
 
 safe_token = connector_token  # the one spelling, shared with the CLI's readers

@@ -33,6 +33,9 @@ class SourceProgress:
     # file keeps its own progress under "<key>.<index>".
     files: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
+    # Batch ids carry the runners' tag (Nats.id_tag). A progress recorded before tags existed
+    # keeps plain ids, so a window it re-sends after an upgrade has the ids it had.
+    tagged: bool = True
 
     @property
     def in_flight(self) -> bool:
@@ -49,7 +52,7 @@ class SourceProgress:
 
     @classmethod
     def from_json(cls, raw: bytes) -> SourceProgress:
-        return cls(**json.loads(raw))
+        return cls(**{"tagged": False, **json.loads(raw)})
 
 
 class ProgressStore(Protocol):

@@ -98,9 +98,11 @@ class Publisher:
         await self.save(planned.published())
 
     def _out(self, source_id: str, batch: LineBatch) -> Out:
-        msg_id = source_msg_id(source_id, batch.offset)
+        plain = source_msg_id(source_id, batch.offset)
         # By id, not round robin: a re-sent batch goes where its first copy went.
-        part = partition_of(msg_id, self.partitions)
+        part = partition_of(plain, self.partitions)
+        msg_id = source_msg_id(source_id, batch.offset, self.nats.id_tag(plain)) \
+            if self.progress.tagged else plain
         return Out(self.names.source(self.stage, part), pack_batch(batch.records), msg_id)
 
 

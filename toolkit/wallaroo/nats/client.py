@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -97,6 +99,14 @@ async def _patiently(call: Callable[[], Awaitable[T]], patience: float = PUBLISH
 
 class TooManyResultsError(WallarooError):
     """A direct get would answer with more messages than the server sends for one request."""
+
+
+def _tag_key(seed_file: str | None) -> bytes | None:
+    """The key of `Nats.id_tag`: a hash of the nkey seed (never the seed itself)."""
+    if seed_file is None:
+        return None
+    seed = Path(seed_file).read_bytes().strip()
+    return hashlib.sha256(b"wallaroo message id tags\0" + seed).digest()
 
 
 def _direct_more(status: str, headers: dict[Any, str], stream: str) -> bool:
@@ -222,10 +232,24 @@ def _in_msg(m: Any) -> InMsg:
 class Nats:
     """A connection with JetStream, KV and object store helpers."""
 
-    def __init__(self, nc: Any) -> None:
+    def __init__(self, nc: Any, tag_key: bytes | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
         self._buckets: dict[str, Any] = {}
+        self._tag_key = tag_key
+
+    def id_tag(self, text: str) -> str:
+        """A tag for the message id `text` that only holders of this connection's credentials
+        (its role: every runner, or every deployer) can make, the same every time: an HMAC
+        under a key derived from the nkey seed. Why: JetStream drops a message whose id it has
+        seen in the whole stream, clients may publish to an app's source subjects with any
+        id, and some of our ids there are predictable (a file source's batch offsets, a dead
+        letter's replay): tagged, a client cannot claim one first and have ours dropped.
+        Empty without credentials (an unauthenticated server: anyone may do anything)."""
+        if self._tag_key is None:
+            return ""
+        return hmac.new(self._tag_key, text.encode("utf-8", "surrogateescape"),
+                        hashlib.sha256).hexdigest()[:20]
 
     @classmethod
     async def connect(cls, url: str, name: str = "wallaroo", *, persistent: bool = True,
@@ -267,7 +291,7 @@ class Nats:
             raise NatsUnreachableError(url) from err
         if nc is None:
             raise TlsError(url, ca if tls else None, untrusted[-1])
-        return cls(nc)
+        return cls(nc, _tag_key(seed))
 
     @property
     def max_payload(self) -> int:
