@@ -119,7 +119,8 @@ def test_a_dead_letter_of_a_drained_partition_is_replayed_to_its_keys_partition_
     m = repartition.lay_out(manifest(1, 5), manifest(1, 2), {0, 1}, "deploy")
     names = AppNames("c")
     letter = DeadLetter("s1", "count", "layout_drained", "late", "", 1, "k7", b"v", (9, 0))
-    old = _replay_out(names, m, letter.placed("c", "v", 0.0, 1, 0))
-    now = _replay_out(names, m, letter.placed("c", "v", 0.0, 1, 4))
+    old = _replay_out(names, m, letter.placed("c", "v", 0.0, 1, 0), lambda msg_id: "tag")
+    now = _replay_out(names, m, letter.placed("c", "v", 0.0, 1, 4), lambda msg_id: "tag")
+    assert old.msg_id.endswith("~tag")  # see Nats.id_tag
     assert old.subject == names.data(1, 2 + codec.partition_of("k7", 5))
     assert now.subject == names.data(1, 4)  # a partition of the current layout: as before

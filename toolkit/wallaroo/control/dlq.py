@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from wallaroo.control.peek import value_text
 from wallaroo.control.tables import preview
 from wallaroo.core import codec
@@ -60,14 +62,15 @@ async def replay_dead_letters(nats: Nats, manifest: Manifest, seqs: set[int] | N
                f"`wallaroo dlq list {manifest.slug}` shows the seq of each")
         raise UnknownDeadLetterError(msg)
     letters = [d for d in every if (seqs is None or d.seq in seqs) and d.replayable]
-    outs = [_replay_out(nats, names, manifest, d) for d in letters]
+    outs = [_replay_out(names, manifest, d, nats.id_tag) for d in letters]
     await nats.publish_all(outs)
     for d in letters:
         await nats.delete_msg(names.dlq_stream, d.seq)
     return len(outs)
 
 
-def _replay_out(nats: Nats, names: AppNames, manifest: Manifest, letter: DeadLetter) -> Out:
+def _replay_out(names: AppNames, manifest: Manifest, letter: DeadLetter,
+                id_tag: Callable[[str], str]) -> Out:
     stage, part = letter.stage_index, letter.partition
     if manifest.stages[stage].source is not None:
         payload = codec.pack_batch([letter.payload])
@@ -82,4 +85,4 @@ def _replay_out(nats: Nats, names: AppNames, manifest: Manifest, letter: DeadLet
     # The same id when a replay is run again (JetStream drops the copy), tagged so that no
     # client can publish with it first and have the replay dropped (Nats.id_tag).
     msg_id = f"{REPLAY_PREFIX}{manifest.slug}:{letter.seq}"
-    return Out(subject, payload, f"{msg_id}~{nats.id_tag(msg_id)}")
+    return Out(subject, payload, f"{msg_id}~{id_tag(msg_id)}")
