@@ -25,6 +25,7 @@ All figures come from the same run:
 
     python bench/wordcount.py [--words 1000000] [--memory-words 10000000] [--skip-10x]
                               [--skip-bytewax] [--rate 20000] [--latency-seconds 10]
+                              [--only-latency]
     quick: python bench/wordcount.py --words 100000 --memory-words 200000 --latency-seconds 2
 """
 
@@ -310,6 +311,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-bytewax", action="store_true")
     p.add_argument("--rate", type=int, default=20_000, help="records/s for the latency run")
     p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--only-latency", action="store_true",
+                   help="the latency run alone (no throughput, memory or bytewax runs)")
     args = p.parse_args()
     args.memory_words = args.memory_words or 10 * args.words
     return args
@@ -348,6 +351,12 @@ def memory_table(small: WallarooRun, big: WallarooRun | None, bw: BytewaxRun | N
 def main() -> None:
     args = parse_args()
     console = Console()
+    if not args.only_latency:
+        throughput_and_memory(args, console)
+    latency_run(args, console)
+
+
+def throughput_and_memory(args: argparse.Namespace, console: Console) -> None:
     lines = make_lines(args.words)
     base = plain_loop(lines)
     small = wallaroo_run(lines, args.words)
@@ -358,6 +367,9 @@ def main() -> None:
                       f"whole process {bw.wall:.2f} s")
     big = None if args.skip_10x else wallaroo_run(make_lines(args.memory_words), args.memory_words)
     console.print(memory_table(small, big, bw))
+
+
+def latency_run(args: argparse.Namespace, console: Console) -> None:
     with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=1) as cluster:
         p50, p99, n = asyncio.run(latency(cluster.url, cluster.deploy_key, cluster.creds("deployer"),
                                           args.rate, args.latency_seconds))
