@@ -64,6 +64,7 @@ VOCAB_FILE = ROOT / "examples" / "word_count" / "count_this.txt"
 APPS = ROOT / "bench" / "apps"
 TOOLKIT = Path(wallaroo.__file__).resolve().parents[1]  # the example does `import wallaroo`
 WORDS_PER_LINE = 10
+WARM_UP = b"warm-up"  # the latency run's first record, not counted: its output says the reader reads
 SAMPLE_EVERY = 0.5  # seconds between RSS samples
 MIB = 1024  # /proc and ru_maxrss count KiB
 
@@ -265,7 +266,13 @@ async def latency(url: str, key: Path, creds: Path, rate: int, seconds: float, k
         await apps.wait_idle(nats, manifest, timeout=60)  # steady state: workers up
         sent: dict[int, float] = {}
         lat: list[float] = []
-        reader = asyncio.create_task(_read_latencies(nats, manifest, sent, lat, keys))
+        ready = asyncio.Event()
+        reader = asyncio.create_task(_read_latencies(nats, manifest, sent, lat, keys, ready))
+        # Why: the reader's consumer is created by its first read; records sent before it
+        # exists were counted late by that, not by the pipeline (the first 0.1 s of a run).
+        await nats.publish_all([Out(AppNames(manifest.slug).source(0, 0),
+                                    codec.pack_batch([WARM_UP]), "i:lat:warm-up")])
+        await asyncio.wait_for(ready.wait(), 60)
         await _paced_send(nats, manifest, rate, seconds, sent, keys)
         await apps.wait_idle(nats, manifest, timeout=120)
         deadline = time.monotonic() + 30
@@ -296,11 +303,14 @@ async def _paced_send(nats: Nats, manifest: Manifest, rate: int, seconds: float,
 
 
 async def _read_latencies(nats: Nats, manifest: Manifest, sent: dict[int, float],
-                          lat: list[float], keys: int) -> None:
+                          lat: list[float], keys: int, ready: asyncio.Event) -> None:
     async for _, _, outs in outputs.tail(nats, manifest, None):
         now = time.monotonic()
         for out in outs:
             word, _, count = out.partition(b" => ")
+            if word == WARM_UP:
+                ready.set()
+                continue
             j = int(word[1:])
             lat.append(now - sent[(int(count) - 1) * keys + j if keys else j])
 
