@@ -25,6 +25,7 @@ All figures come from the same run:
 
     python bench/wordcount.py [--words 1000000] [--memory-words 10000000] [--skip-10x]
                               [--skip-bytewax] [--rate 20000] [--latency-seconds 10]
+                              [--only-latency] [--latency-keys 0]
     quick: python bench/wordcount.py --words 100000 --memory-words 200000 --latency-seconds 2
 """
 
@@ -63,6 +64,7 @@ VOCAB_FILE = ROOT / "examples" / "word_count" / "count_this.txt"
 APPS = ROOT / "bench" / "apps"
 TOOLKIT = Path(wallaroo.__file__).resolve().parents[1]  # the example does `import wallaroo`
 WORDS_PER_LINE = 10
+WARM_UP = b"warm-up"  # the latency run's first record, not counted: its output says the reader reads
 SAMPLE_EVERY = 0.5  # seconds between RSS samples
 MIB = 1024  # /proc and ru_maxrss count KiB
 
@@ -253,17 +255,25 @@ def maybe_bytewax(skip: bool, lines: list[bytes], words: int) -> BytewaxRun | No
             return None
 
 
-async def latency(url: str, key: Path, creds: Path, rate: int, seconds: float
+async def latency(url: str, key: Path, creds: Path, rate: int, seconds: float, keys: int
                   ) -> tuple[float, float, int]:
-    """Each record is one unique word `w<i>`; its output `w<i> => 1` tells when it arrived."""
+    """Record i is the word `w<i>` (a new key each: state grows with every record), or with
+    `keys`, `w<i % keys>` (a fixed vocabulary, as the throughput run); its output
+    `w<j> => <count>` names it, as a key's records are counted in order, exactly once."""
     nats = await Nats.connect(url, creds=creds)
     try:
         manifest = await apps.deploy(nats, APP, key=key)
         await apps.wait_idle(nats, manifest, timeout=60)  # steady state: workers up
         sent: dict[int, float] = {}
         lat: list[float] = []
-        reader = asyncio.create_task(_read_latencies(nats, manifest, sent, lat))
-        await _paced_send(nats, manifest, rate, seconds, sent)
+        ready = asyncio.Event()
+        reader = asyncio.create_task(_read_latencies(nats, manifest, sent, lat, keys, ready))
+        # Why: the reader's consumer is created by its first read; records sent before it
+        # exists were counted late by that, not by the pipeline (the first 0.1 s of a run).
+        await nats.publish_all([Out(AppNames(manifest.slug).source(0, 0),
+                                    codec.pack_batch([WARM_UP]), "i:lat:warm-up")])
+        await asyncio.wait_for(ready.wait(), 60)
+        await _paced_send(nats, manifest, rate, seconds, sent, keys)
         await apps.wait_idle(nats, manifest, timeout=120)
         deadline = time.monotonic() + 30
         while len(lat) < len(sent) and time.monotonic() < deadline:
@@ -276,7 +286,7 @@ async def latency(url: str, key: Path, creds: Path, rate: int, seconds: float
 
 
 async def _paced_send(nats: Nats, manifest: Manifest, rate: int, seconds: float,
-                      sent: dict[int, float]) -> None:
+                      sent: dict[int, float], keys: int) -> None:
     tick = 0.005
     per_tick = max(1, int(rate * tick))
     names = AppNames(manifest.slug)
@@ -284,7 +294,7 @@ async def _paced_send(nats: Nats, manifest: Manifest, rate: int, seconds: float,
     n = 0
     for t in range(int(seconds / tick)):
         await asyncio.sleep(max(0.0, start + t * tick - time.monotonic()))
-        batch = [f"w{n + i}".encode() for i in range(per_tick)]
+        batch = [f"w{(n + i) % keys if keys else n + i}".encode() for i in range(per_tick)]
         now = time.monotonic()
         for i in range(per_tick):
             sent[n + i] = now
@@ -293,12 +303,16 @@ async def _paced_send(nats: Nats, manifest: Manifest, rate: int, seconds: float,
 
 
 async def _read_latencies(nats: Nats, manifest: Manifest, sent: dict[int, float],
-                          lat: list[float]) -> None:
+                          lat: list[float], keys: int, ready: asyncio.Event) -> None:
     async for _, _, outs in outputs.tail(nats, manifest, None):
         now = time.monotonic()
         for out in outs:
-            seq = int(out.split(b" ", 1)[0][1:])
-            lat.append(now - sent[seq])
+            word, _, count = out.partition(b" => ")
+            if word == WARM_UP:
+                ready.set()
+                continue
+            j = int(word[1:])
+            lat.append(now - sent[(int(count) - 1) * keys + j if keys else j])
 
 
 def parse_args() -> argparse.Namespace:
@@ -310,6 +324,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-bytewax", action="store_true")
     p.add_argument("--rate", type=int, default=20_000, help="records/s for the latency run")
     p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--latency-keys", type=int, default=0,
+                   help="distinct words in the latency run (default 0: every record a new word)")
+    p.add_argument("--only-latency", action="store_true",
+                   help="the latency run alone (no throughput, memory or bytewax runs)")
     args = p.parse_args()
     args.memory_words = args.memory_words or 10 * args.words
     return args
@@ -348,6 +366,12 @@ def memory_table(small: WallarooRun, big: WallarooRun | None, bw: BytewaxRun | N
 def main() -> None:
     args = parse_args()
     console = Console()
+    if not args.only_latency:
+        throughput_and_memory(args, console)
+    latency_run(args, console)
+
+
+def throughput_and_memory(args: argparse.Namespace, console: Console) -> None:
     lines = make_lines(args.words)
     base = plain_loop(lines)
     small = wallaroo_run(lines, args.words)
@@ -358,11 +382,15 @@ def main() -> None:
                       f"whole process {bw.wall:.2f} s")
     big = None if args.skip_10x else wallaroo_run(make_lines(args.memory_words), args.memory_words)
     console.print(memory_table(small, big, bw))
+
+
+def latency_run(args: argparse.Namespace, console: Console) -> None:
     with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=1) as cluster:
         p50, p99, n = asyncio.run(latency(cluster.url, cluster.deploy_key, cluster.creds("deployer"),
-                                          args.rate, args.latency_seconds))
-    console.print(f"latency at {args.rate:,} records/s over {n:,} records: "
-                  f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+                                          args.rate, args.latency_seconds, args.latency_keys))
+    words = f"{args.latency_keys:,} words" if args.latency_keys else "a new word each"
+    console.print(f"latency at {args.rate:,} records/s over {n:,} records ({words}): "
+                  f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms", soft_wrap=True)
 
 
 if __name__ == "__main__":

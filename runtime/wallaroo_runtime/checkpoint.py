@@ -66,11 +66,13 @@ class Checkpointer:
     log_subject: str
     stateful: bool
     pending: list[bytes] = field(default_factory=list)  # commit records since the snapshot
+    pending_nos: list[int] = field(default_factory=list)  # their commit numbers
     pending_bytes: int = 0
     last_at: float = field(default_factory=time.monotonic)
     failures: int = 0
     writing: asyncio.Task[None] | None = None
     threshold: int = 0
+    byte_threshold: int = 0
     restored_from: int | None = None  # commit number of the snapshot the last restore used
     # The next delta's content and base: the newest value of each key changed since the
     # newest stored snapshot, and that snapshot's commit (None: the next one must be full).
@@ -82,28 +84,34 @@ class Checkpointer:
         self._draw_threshold()
 
     def due(self) -> bool:
-        return (len(self.pending) >= self.threshold or self.pending_bytes >= self.cfg.max_pending_bytes
+        return (len(self.pending) >= self.threshold or self.pending_bytes >= self.byte_threshold
                 or (bool(self.pending) and time.monotonic() - self.last_at >= self.cfg.seconds))
 
-    def _hold(self, records: list[bytes]) -> None:
-        """`records` are what the next segment must cover (all of it: earlier ones first)."""
-        self.pending = records
+    def _hold(self, records: list[bytes], nos: list[int]) -> None:
+        """`records` (commits `nos`) are what the next segment must cover (all of it: earlier
+        ones first)."""
+        self.pending, self.pending_nos = records, nos
         self.pending_bytes = sum(map(len, records))
 
-    def _keep(self, record: bytes) -> None:
+    def _keep(self, record: bytes, no: int) -> None:
         """One more commit record for the next segment (its size kept, not summed anew)."""
         self.pending.append(record)
+        self.pending_nos.append(no)
         self.pending_bytes += len(record)
 
     def _draw_threshold(self) -> None:
         # Why jitter: partitions under even load would all snapshot in the same instant,
         # and their encoding, which holds the event loop, would add up to one long stall.
         self.threshold = max(1, round(self.cfg.every * random.uniform(0.5, 1.5)))
+        # The byte bound too (below it: it bounds memory): partitions fed evenly with big
+        # commits reached it together, and their full snapshots, whose encoding holds the GIL
+        # in its thread, stalled the loop together (seen: 8 at once at 100k new keys/s).
+        self.byte_threshold = max(1, round(self.cfg.max_pending_bytes * random.uniform(0.5, 1.0)))
 
     async def after_commit(self, encoded: bytes, state: PartitionState, log_seq: int) -> None:
         if self.stateful and self.cfg.store is None:
             return  # nothing to snapshot to: the changelog is kept whole
-        self._keep(encoded)
+        self._keep(encoded, state.commit_no)  # the worker applied this very record
         if state.last is not None:
             self.dirty.update(state.last.states)
         if self.due():
@@ -113,12 +121,12 @@ class Checkpointer:
         """Snapshot (when a store is configured), then trim the changelog. The store write runs
         in the background, so a slow or unavailable S3 never stalls the partition."""
         if self.stateful and self.cfg.store is None:
-            self._hold([])  # no store: the changelog is kept whole
+            self._hold([], [])  # no store: the changelog is kept whole
             self.last_at = time.monotonic()
             return
         if self.cfg.store is None:
             await self._trim(log_seq)
-            self._hold([])
+            self._hold([], [])
             self.last_at = time.monotonic()
             return
         if self.writing is not None and not self.writing.done():
@@ -126,11 +134,11 @@ class Checkpointer:
         # Stateless stages too: their commit numbers must survive a lost changelog.
         changed, self.dirty = self.dirty, {}
         s = self._snapshot(state, log_seq, changed)
-        records = self.pending
-        self._hold([])
+        records, nos = self.pending, self.pending_nos
+        self._hold([], [])
         self.last_at = time.monotonic()
         self._draw_threshold()
-        self.writing = asyncio.create_task(self._write(s, records, changed))
+        self.writing = asyncio.create_task(self._write(s, records, nos, changed))
 
     def _snapshot(self, state: PartitionState, log_seq: int, changed: dict[str, bytes]
                   ) -> snap.Snapshot:
@@ -142,17 +150,19 @@ class Checkpointer:
         return snap.Snapshot.delta(self.slug, self.stage, self.part, state, log_seq, time.time(),
                                    self.base, changed)
 
-    async def _write(self, s: snap.Snapshot, records: list[bytes], changed: dict[str, bytes]) -> None:
+    async def _write(self, s: snap.Snapshot, records: list[bytes], nos: list[int],
+                     changed: dict[str, bytes]) -> None:
         assert self.cfg.store is not None
         try:
             started = time.monotonic()
-            size = await snap.write(self.cfg.store, s, records, self.cfg.state_key)
+            size = await snap.write(self.cfg.store, s, records, self.cfg.state_key, nos)
             self._written(s, size, time.monotonic() - started)
             await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
             await self._trim(s.log_seq)
         except Exception as err:  # any failure: keep the changelog, say so, try again later
             self.failures += 1
-            self._hold(records + self.pending)  # the next segment must cover them again
+            # The next segment must cover them again.
+            self._hold(records + self.pending, nos + self.pending_nos)
             self.dirty = changed | self.dirty  # and the next delta these keys (newer values win)
             self.last_at = time.monotonic() - self.cfg.seconds + self.cfg.retry_after
             log.warning("%s: snapshot failed (%d so far), changelog kept: %s",
@@ -189,7 +199,7 @@ class Checkpointer:
         self.restored_from = self.base = None if base is None else base.commit_no
         if chain is not None:
             self.chain = (chain.full_bytes, chain.delta_bytes, chain.deltas)
-        self._hold([])
+        self._hold([], [])
         self.dirty = {}
         if base is not None:
             for data in await self._segments_after(state.commit_no):
@@ -213,7 +223,7 @@ class Checkpointer:
                    "commits are missing")
             raise RestoreGapError(msg)
         state.apply(rec)
-        self._keep(data)
+        self._keep(data, rec.commit_no)
         self.dirty.update(rec.states)
 
     async def _segments_after(self, commit_no: int) -> list[bytes]:

@@ -225,6 +225,23 @@ def test_write_refuses_a_segment_that_does_not_end_at_the_snapshot(tmp_path: Pat
     assert asyncio.run(store.list("")) == []
 
 
+def test_write_takes_the_callers_commit_numbers_and_checks_them(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    records = [rec(4), rec(5), rec(6)]
+
+    with pytest.raises(ValueError, match="2 commit numbers for a segment of 3 records"):
+        asyncio.run(snap.write(store, make(6), records, commit_nos=[5, 6]))
+    with pytest.raises(ValueError, match="consecutive"):
+        asyncio.run(snap.write(store, make(6), records, commit_nos=[4, 6, 6]))
+    assert asyncio.run(store.list("")) == []
+
+    asyncio.run(snap.write(store, make(6), records, commit_nos=[4, 5, 6]))
+    assert asyncio.run(store.list("")) == [
+        snap.segment_key(APP, STAGE, PART, 4, 6), snap.snapshot_key(APP, STAGE, PART, 6)]
+    segment = asyncio.run(store.get(snap.segment_key(APP, STAGE, PART, 4, 6)))
+    assert segment is not None and snap.decode_segment(segment) == records
+
+
 def test_latest_valid_skips_a_corrupt_newest_snapshot(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = FileStore(tmp_path)

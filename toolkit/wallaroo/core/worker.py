@@ -335,7 +335,7 @@ class PartitionWorker:
     async def handle(self, msgs: Sequence[InMsg]) -> None:
         fresh, stale = self._triage(msgs)
         # Committed already: acked first, so a long commit below does not see them redelivered.
-        await asyncio.gather(*(m.ack() for m in stale))
+        await _ack(stale)
         # A step that runs for minutes must not have its inputs delivered again: a redelivery
         # would be skipped as committed, but it costs a fetch and shows as lag meanwhile.
         alive = KeepAlive([f.msg for f in fresh], self.cfg.ack_wait / 3) if fresh else None
@@ -458,7 +458,7 @@ class PartitionWorker:
         await self._append(rec, encoded)
         self._note_deadlines(result.deadlines)
         await self._publish(rec.outs)
-        await asyncio.gather(*(f.msg.ack() for f in batch))
+        await _ack([f.msg for f in batch])
         self._count(result, len(batch), len(malformed))
         self.observer.committed(time.perf_counter() - started, result.records_in,
                                 _records_out(result), len(result.dead))
@@ -477,7 +477,7 @@ class PartitionWorker:
         rec, encoded = self._commit_record(batch, result, {})
         await self._append(rec, encoded)
         await self._publish(rec.outs)
-        await asyncio.gather(*(f.msg.ack() for f in batch))
+        await _ack([f.msg for f in batch])
         self._count(result, len(batch), len(malformed))
         await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
 
@@ -846,6 +846,13 @@ class KeepAlive:
         if self._sending is None or self._sending.done():
             self._sending = self._loop.create_task(_in_progress(self.msgs))
         self._timer = self._loop.call_later(self.every, self._due)
+
+
+async def _ack(msgs: Sequence[InMsg]) -> None:
+    """Ack each message. One after another, not gathered: an ack is a buffered publish that
+    waits for nothing, and gather made a task per message on the loop every partition shares."""
+    for m in msgs:
+        await m.ack()
 
 
 async def _in_progress(msgs: list[InMsg]) -> None:

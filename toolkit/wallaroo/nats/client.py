@@ -109,6 +109,16 @@ def _tag_key(seed_file: str | None) -> bytes | None:
     return hashlib.sha256(b"wallaroo message id tags\0" + seed).digest()
 
 
+def _publish_error(f: asyncio.Future[Any], late: bool) -> BaseException | None:
+    """What went wrong with one publish of a round: a timeout when it was `late` (then
+    cancelled), else its own error, or None."""
+    if late:
+        return TimeoutError(f"no JetStream ack within {PUBLISH_TIMEOUT:.0f}s")
+    if f.cancelled():
+        return asyncio.CancelledError()
+    return f.exception()
+
+
 def _direct_more(status: str, headers: dict[Any, str], stream: str) -> bool:
     """Whether a batched direct get that ended with `status` left matching messages."""
     if status == "204":  # end of batch
@@ -453,16 +463,21 @@ class Nats:
             await self.js.publish_async(o.subject, o.payload, headers={MSG_ID: o.msg_id})
             for o in outs
         ]
-        results = await asyncio.gather(
-            *(asyncio.wait_for(f, PUBLISH_TIMEOUT) for f in futures), return_exceptions=True
-        )
+        if not futures:
+            return []
+        # Why one wait for the round, not a wait_for per message: that made a task and a timer
+        # per output on the event loop every partition of the runner shares.
+        _, late = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT)
+        for f in late:
+            f.cancel()  # nats-py's futures never time out by themselves
         failed = []
-        for out, res in zip(outs, results, strict=True):
-            if isinstance(res, RETRYABLE):
+        for out, f in zip(outs, futures, strict=True):
+            err = _publish_error(f, f in late)
+            if isinstance(err, RETRYABLE):
                 failed.append(out)
-            elif isinstance(res, BaseException):
-                raise res
-            elif getattr(res, "duplicate", False):
+            elif err is not None:
+                raise err
+            elif getattr(f.result(), "duplicate", False):
                 dropped.add(out.msg_id)
         return failed
 
