@@ -140,6 +140,13 @@ class NatsServer(Service):
         return conf
 
     def start(self, timeout: float = 20.0) -> NatsServer:
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to listen (see wait_ready): what depends
+        on it only at connect, as runners, which retry, can start meanwhile."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "server.conf"
         conf.write_text(self.config())
@@ -150,8 +157,10 @@ class NatsServer(Service):
                 stdin=subprocess.DEVNULL, process_group=0,  # stopped last, by its owner
                 preexec_fn=die_with_parent(),  # dies with us (see children.py)
             )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until the launched server listens; WallarooError if it exits or times out first."""
         wait_for_port(self.port, timeout, self.proc)
-        return self
 
     @property
     def alive(self) -> bool:
