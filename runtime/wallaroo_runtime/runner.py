@@ -464,7 +464,7 @@ class Runner:
             for manifest in self.manifests.values():
                 await cluster.publish_assignment(nats, manifest, members, keep_current=self.nats_troubled)
             self._fire_schedules(nats)
-        known = dict(self.manifests)
+        known, seen = dict(self.manifests), dict(self.seen)
         await self._sync_apps(nats)
         if leadership.leading:  # a deploy seen just now is assigned now, not a tick later
             await self._assign_new(nats, [m for s, m in self.manifests.items() if known.get(s) is not m])
@@ -480,6 +480,8 @@ class Runner:
             host.start_connectors()
         for slug in [s for s in self.retiring if s not in self.hosts]:  # removed apps
             self.retiring[slug] = [h for h in self.retiring[slug] if not h.stopped]
+        if self.seen != seen:  # a deployer waits for this runner's word on its deploy: now
+            await self._heartbeat(nats)
 
     async def _assign_new(self, nats: Nats, manifests: list[Manifest]) -> None:
         """What the leader's step of the next tick would write for these manifests, written
