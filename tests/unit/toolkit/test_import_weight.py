@@ -31,3 +31,9 @@ def test_aiohttp_still_imports_after_the_nats_client() -> None:
     imports nats-py."""
     assert _imported("import wallaroo.nats.client; import aiohttp; aiohttp.ClientSession",
                      ("aiohttp", "nats")) == ["aiohttp", "nats"]
+
+
+def test_dev_without_tls_does_not_import_the_certificate_code() -> None:
+    """cryptography's x509 (0.03 s) is for `dev --tls` only."""
+    assert _imported("import wallaroo.cli, wallaroo.local.devrun",
+                     ("wallaroo.local.tls", "cryptography.x509")) == []

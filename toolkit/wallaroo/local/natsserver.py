@@ -14,12 +14,14 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from wallaroo.core.errors import WallarooError
 from wallaroo.local.auth import Auth
 from wallaroo.local.children import die_with_parent
-from wallaroo.local.tls import Tls
+
+if TYPE_CHECKING:  # the module imports cryptography's x509: only --tls needs it
+    from wallaroo.local.tls import Tls
 
 MAX_PAYLOAD = 8 * 1024 * 1024
 # Go's soft memory limit for the embedded server (a GOMEMLIMIT of your own wins). Why: Go lets
