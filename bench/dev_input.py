@@ -17,6 +17,9 @@ bounded job (outputs are totals written to part files); this one times what `dev
 does (a stream app, every running count printed on stdout).
 
     python bench/dev_input.py [--words 10000000] [--starts 3]    # quick: --words 200000
+
+`--python PATH`: the interpreter whose `wallaroo` is timed (say, another checkout's venv, to
+compare two versions in one run); bytewax runs with this one.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ class DevRun:
     stderr: list[str] = field(default_factory=list)
 
 
-def run_dev(input_file: Path, out: Path, work: Path) -> DevRun:
+def run_dev(input_file: Path, out: Path, work: Path, python: str) -> DevRun:
     """`wallaroo dev APP --input input_file --fresh`, its stdout (the outputs) into `out`."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("WALLAROO_NATS", "WALLAROO_CREDS", "WALLAROO_AUTH_DIR")}
@@ -69,7 +72,7 @@ def run_dev(input_file: Path, out: Path, work: Path) -> DevRun:
     launched = time.monotonic()
     with out.open("wb") as out_f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "wallaroo", "dev", str(APP), "--input", str(input_file),
+            [python, "-m", "wallaroo", "dev", str(APP), "--input", str(input_file),
              "--fresh", "--state-dir", str(work / "dev-state")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
             cwd=work)
@@ -142,10 +145,10 @@ def check_same(expected: Counter[str], words: int, name: str, out: Path) -> None
                          f"counts than the input's ({len(last)} words against {len(expected)})")
 
 
-def startups(n: int, work: Path) -> None:
+def startups(n: int, work: Path, python: str) -> None:
     one = work / "one-line.txt"
     make_input(one, 10)
-    devs = [run_dev(one, work / f"dev-start-{i}.txt", _fresh(work, f"dev-start-{i}"))
+    devs = [run_dev(one, work / f"dev-start-{i}.txt", _fresh(work, f"dev-start-{i}"), python)
             for i in range(n)]
     bws = [run_bytewax(one, work / f"bw-start-{i}.txt", _fresh(work, f"bw-start-{i}"))
            for i in range(n)]
@@ -167,13 +170,13 @@ def _fresh(work: Path, name: str) -> Path:
     return folder
 
 
-def whole(words: int, work: Path) -> None:
+def whole(words: int, work: Path, python: str) -> None:
     data = work / "words.txt"
     make_input(data, words)
     expected = Counter(data.read_text().split())
     print(f"\nwhole process, {words:,} words ({data.stat().st_size / 2**20:.1f} MiB, "
           f"{len(expected)} distinct):")
-    dev = run_dev(data, work / "dev-out.txt", _fresh(work, "dev-whole"))
+    dev = run_dev(data, work / "dev-out.txt", _fresh(work, "dev-whole"), python)
     check_same(expected, words, "wallaroo dev", work / "dev-out.txt")
     _, bw_wall = run_bytewax(data, work / "bw-out.txt", _fresh(work, "bw-whole"))
     check_same(expected, words, "bytewax", work / "bw-out.txt")
@@ -200,10 +203,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=int, default=10_000_000)
     parser.add_argument("--starts", type=int, default=3, help="start-up runs of each (median)")
+    parser.add_argument("--python", default=sys.executable, help="whose `wallaroo` to time")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wl-bench-dev-") as tmp:
-        startups(args.starts, Path(tmp))
-        whole(args.words, Path(tmp))
+        startups(args.starts, Path(tmp), args.python)
+        whole(args.words, Path(tmp), args.python)
 
 
 if __name__ == "__main__":
