@@ -470,7 +470,10 @@ class Runner:
             for manifest in self.manifests.values():
                 await cluster.publish_assignment(nats, manifest, members, keep_current=self.nats_troubled)
             self._fire_schedules(nats)
+        known, seen = dict(self.manifests), dict(self.seen)
         await self._sync_apps(nats)
+        if leadership.leading:  # a deploy seen just now is assigned now, not a tick later
+            await self._assign_new(nats, [m for s, m in self.manifests.items() if known.get(s) is not m])
         for slug, host in self.hosts.items():
             # Calls need no handoff: the new version serves new ones at once, while the old
             # one finishes those it runs.
@@ -483,6 +486,15 @@ class Runner:
             host.start_connectors()
         for slug in [s for s in self.retiring if s not in self.hosts]:  # removed apps
             self.retiring[slug] = [h for h in self.retiring[slug] if not h.stopped]
+        if self.seen != seen:  # a deployer waits for this runner's word on its deploy: now
+            await self._heartbeat(nats)
+
+    async def _assign_new(self, nats: Nats, manifests: list[Manifest]) -> None:
+        """What the leader's step of the next tick would write for these manifests, written
+        at once: a new app's workers start a tick (0.25 s) sooner."""
+        members = await cluster.live_members(nats) if manifests else []
+        for manifest in manifests:
+            await cluster.publish_assignment(nats, manifest, members, keep_current=self.nats_troubled)
 
     def _fire_schedules(self, nats: Nats) -> None:
         """Fire due schedule ticks in a task of its own: a publish waiting out a stream's

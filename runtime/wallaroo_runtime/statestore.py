@@ -29,8 +29,6 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import botocore.exceptions  # noqa: TID251 - this module owns the S3 client imports
-from aiobotocore.config import AioConfig  # noqa: TID251 - this module owns the S3 client imports
-from aiobotocore.session import get_session  # noqa: TID251 - this module owns the S3 client imports
 
 from wallaroo.core.errors import WallarooError
 from wallaroo_runtime.durable import write_atomic
@@ -295,6 +293,11 @@ class S3Store:
     async def _open(self) -> Any:
         async with self._opening:
             if self._client is None:
+                # Imported here: aiobotocore (and the aiohttp it brings) was a tenth of a
+                # second of every runner's start, S3 store or not.
+                from aiobotocore.config import AioConfig  # noqa: TID251 - this module owns S3
+                from aiobotocore.session import get_session  # noqa: TID251
+
                 # Path-style addressing: custom endpoints (moto, MinIO) have no per-bucket DNS.
                 config = AioConfig(retries={"total_max_attempts": 1}, connect_timeout=self.timeout,
                                    read_timeout=self.timeout,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import io
@@ -112,9 +113,14 @@ _TOOLKIT_DIR = str(Path(__file__).resolve().parents[1]) + os.sep  # the whole wa
 
 
 def _is_user_file(filename: str) -> bool:
-    lib = sysconfig.get_paths()["purelib"]
-    not_ours = (lib, sys.prefix, sys.base_prefix, _TOOLKIT_DIR)
-    return not filename.startswith(not_ours) and "<frozen" not in filename
+    return not filename.startswith(_not_users()) and "<frozen" not in filename
+
+
+@functools.cache
+def _not_users() -> tuple[str, ...]:
+    """Where library and toolkit files live. Cached: sysconfig.get_paths() takes 0.15 ms, and
+    a deploy asks for each of the ~400 modules loaded."""
+    return (sysconfig.get_paths()["purelib"], sys.prefix, sys.base_prefix, _TOOLKIT_DIR)
 
 
 def user_modules(root: Path) -> list[types.ModuleType]:
@@ -123,7 +129,8 @@ def user_modules(root: Path) -> list[types.ModuleType]:
     found = []
     for mod in list(sys.modules.values()):
         file = getattr(mod, "__file__", None)
-        if file and Path(file).resolve().is_relative_to(root) and _is_user_file(file):
+        # The string test first: resolving all ~400 loaded modules' paths took 0.07 s a deploy.
+        if file and _is_user_file(file) and Path(file).resolve().is_relative_to(root):
             found.append(mod)
     return found
 

@@ -32,7 +32,6 @@ from wallaroo.core.names import REPLACE_EXIT
 from wallaroo.local.auth import dev_auth
 from wallaroo.local.children import die_with_parent
 from wallaroo.local.natsserver import NatsServer, Service
-from wallaroo.local.tls import dev_tls
 from wallaroo.nats import Nats
 
 STOP_TIMEOUT = 15.0
@@ -281,6 +280,9 @@ class DevCluster(Service):
         self.auth = dev_auth(state_dir)  # authentication is on: one key per role
         # Absolute, like the store URL: what runners trust must not hang on their working dir.
         self.keys = DevKeys.ensure((state_dir / "keys").resolve())
+        if tls:  # imported here: cryptography's x509 was 0.03 s of every dev's start
+            from wallaroo.local.tls import dev_tls
+
         self.tls = dev_tls(state_dir) if tls else None
         self.server = NatsServer(state_dir / "nats", auth=self.auth, tls=self.tls)
         store = state_store or f"file://{(state_dir / 'state').resolve()}"
@@ -316,8 +318,11 @@ class DevCluster(Service):
         return self.pool.runners
 
     def start(self) -> DevCluster:
-        self.server.start()
+        # Runners start while nats-server does: their start (imports, 0.5 s) is the longer,
+        # and their first connect retries until the server listens.
+        self.server.launch()
         self.pool.scale_to(self.initial)
+        self.server.wait_ready()
         return self
 
     def scale_to(self, n: int) -> None:

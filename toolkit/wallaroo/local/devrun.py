@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -362,6 +363,8 @@ class _Printer:
 def _lines(outs: list[bytes], prefix: bytes) -> bytes:
     """One output per line (an encoder's own newline is not doubled), as bytes in one write:
     why not a decode and a write per output: at 100k outputs/s that took a core."""
+    if not prefix and all(map(bytes.endswith, outs, repeat(b"\n"))):
+        return b"".join(outs)  # the common case (encoders end their lines), checked in C: -30%
     ended = [o if o.endswith(b"\n") else o + b"\n" for o in outs]
     return b"".join(prefix + o for o in ended) if prefix else b"".join(ended)
 

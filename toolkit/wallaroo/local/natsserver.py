@@ -14,12 +14,14 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from wallaroo.core.errors import WallarooError
 from wallaroo.local.auth import Auth
 from wallaroo.local.children import die_with_parent
-from wallaroo.local.tls import Tls
+
+if TYPE_CHECKING:  # the module imports cryptography's x509: only --tls needs it
+    from wallaroo.local.tls import Tls
 
 MAX_PAYLOAD = 8 * 1024 * 1024
 # Go's soft memory limit for the embedded server (a GOMEMLIMIT of your own wins). Why: Go lets
@@ -140,6 +142,13 @@ class NatsServer(Service):
         return conf
 
     def start(self, timeout: float = 20.0) -> NatsServer:
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to listen (see wait_ready): what depends
+        on it only at connect, as runners, which retry, can start meanwhile."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         conf = self.store_dir / "server.conf"
         conf.write_text(self.config())
@@ -150,8 +159,10 @@ class NatsServer(Service):
                 stdin=subprocess.DEVNULL, process_group=0,  # stopped last, by its owner
                 preexec_fn=die_with_parent(),  # dies with us (see children.py)
             )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until the launched server listens; WallarooError if it exits or times out first."""
         wait_for_port(self.port, timeout, self.proc)
-        return self
 
     @property
     def alive(self) -> bool:
