@@ -15,6 +15,7 @@ from test_connector_sources import (  # noqa: F401 - small_windows is an autouse
     ScriptedProgress,
     _done,
     _object_done,
+    batch_offsets,
     ingested,
     small_windows,
     start,
@@ -76,7 +77,7 @@ def test_a_framed_file_is_ingested_frame_by_frame_once_across_a_crash(
         finally:
             await nats.close()
         assert sorted(records) == sorted(payloads(0, 150))  # each payload once, no header
-        offsets = sorted(int(i.rsplit(":", 1)[1]) for i in ids)
+        offsets = batch_offsets(ids)
         frame_starts = [at for at, _ in FRAMING.frames(first + rest, 0)[0]]
         # Windows of 32 frames (the 4th stopped by the half frame), batches of 8 frames in
         # each; a batch's id is the byte offset of its first frame.
