@@ -172,10 +172,10 @@ async def heavy_scenario(cluster: DevCluster) -> tuple[list[str], list[int]]:
         # Both runners killed once a new partition has part of its state, if the poll
         # catches it (the moment is said, not asserted: it is a race by nature).
         print(await kill_when_partly_moved(nats, cluster, three))
+        records = await records_per_migration(nats, three)
         await ingest.send(nats, three, "words", words, "heavy1", batch_size=20)
         latest = await apps.manifest_of(nats, three.slug)
-        outputs = await finish(nats, latest)
-        return outputs, await migration_records(nats, latest)
+        return await finish(nats, latest), records
     finally:
         await nats.close()
 
@@ -192,6 +192,26 @@ async def kill_when_partly_moved(nats: Nats, cluster: DevCluster, m: Manifest) -
     cluster.restart_runner(0, kill=True)
     cluster.restart_runner(1, kill=True)
     return f"killed both runners with {counts} migration records appended"
+
+
+async def records_per_migration(nats: Nats, m: Manifest) -> list[int]:
+    """Per new partition of stage 1, once each has its state: how many commit records its
+    migration took. Read from the MIGRATED record itself (commit n of n) while it is the
+    partition's last, because a snapshot may trim the records before it from the changelog
+    at any time after."""
+    names = AppNames(m.slug)
+    found: dict[int, int] = {}
+
+    async def all_moved() -> bool:
+        for part in m.stages[1].parts:
+            last = await nats.last_on_subject(names.log_stream, names.log(1, part))
+            rec = CommitRecord.from_wire(last.data) if last is not None else None
+            if rec is not None and rec.first_seq == 0 and repartition.MIGRATED in rec.watermarks:
+                found[part] = rec.commit_no
+        return len(found) == m.stages[1].partitions
+
+    await eventually(all_moved, 120, "every new partition has its state")
+    return [found[p] for p in m.stages[1].parts]
 
 
 async def migration_records(nats: Nats, m: Manifest) -> list[int]:
