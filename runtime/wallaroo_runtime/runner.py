@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -60,6 +61,8 @@ GC_THRESHOLDS = (50_000, 20, 20)  # see main()
 # share, for up to the switch interval at each wake-up. At a steady 20k records/s word count
 # this took the p99 from ~38 to ~33 ms (A/B, medians of 4 runs on a shared 2-core machine).
 SWITCH_INTERVAL = 0.0005
+M_ARENA_MAX = -8  # glibc's malloc.h
+MALLOC_ARENAS = 2  # see limit_malloc_arenas
 # How many member TTLs a spell of NATS trouble may keep owners in the assignment: longer than
 # a stream or meta election (4-9 s; 3 s is the default TTL), shorter than an operator's wait.
 TROUBLE_GRACE = 10
@@ -649,6 +652,21 @@ class RunnerOptions:
     metrics_port: int | None = 0  # 0: any free port (status shows it); None: no metrics
 
 
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (whether it was done: not on another libc, nor where the
+    operator set MALLOC_ARENA_MAX). Why: snapshots and segments are encoded in threads (off
+    the event loop), and glibc gives each thread an arena of its own, whose freed megabytes
+    stay resident: on 10M words the runner's peak grew to 142-155 MiB against 121 with the
+    encoding on the loop; with 2 arenas 124 MiB, records/s and latency unchanged."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl, macOS): their allocators differ
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
+
+
 def main(url: str, opts: RunnerOptions) -> None:
     """Run a runner until SIGINT/SIGTERM (then finish the batches in hand and exit)."""
     # Why: a batch's records and outputs live until its commit, thousands of young objects
@@ -658,6 +676,7 @@ def main(url: str, opts: RunnerOptions) -> None:
     # could measure (refcounting frees what is not in a cycle) and bought ~+30% records/s.
     gc.set_threshold(*GC_THRESHOLDS)
     sys.setswitchinterval(SWITCH_INTERVAL)
+    limit_malloc_arenas()  # before any thread allocates
     # Function handles in user code (a stream step calling f.remote) find the cluster here.
     os.environ["WALLAROO_NATS"] = url
     if opts.creds:
