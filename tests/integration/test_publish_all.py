@@ -4,6 +4,7 @@ stored under its id named back as a duplicate (the commit path's republish after
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 
@@ -24,6 +25,36 @@ def test_publish_all_stores_each_id_once_and_names_the_duplicates(nats_server: N
             assert await nats.publish_all(again) == {f"id-{i}" for i in range(4, 10)}
             assert await nats.publish_all([]) == set()
             assert await nats.stream_last_seq("OUT") == 11
+        finally:
+            await nats.close()
+
+    asyncio.run(body())
+
+
+def test_a_cancelled_round_gives_back_its_publish_slots(nats_server: NatsServer) -> None:
+    """A worker stopped mid-publish cancels the round: its acks may never come (here the
+    server is stopped with SIGSTOP), and each pending publish would hold one of the
+    connection's publish_async slots for good."""
+    assert nats_server.proc is not None
+    proc = nats_server.proc
+
+    async def body() -> None:
+        nats = await Nats.connect(nats_server.url)
+        try:
+            await nats.ensure_stream("OUT", ["out.>"])
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                round_ = asyncio.create_task(nats.publish_all(
+                    [Out("out.0", b"x", f"stuck-{i}") for i in range(20)]))
+                while nats.js.publish_async_pending() < 20:  # buffered sends: quick (the timeout mark bounds it)
+                    await asyncio.sleep(0)
+                round_.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await round_
+                await asyncio.sleep(0)  # the futures' done callbacks run on the next pass
+                assert nats.js.publish_async_pending() == 0
+            finally:
+                proc.send_signal(signal.SIGCONT)
         finally:
             await nats.close()
 

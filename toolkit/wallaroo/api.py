@@ -52,7 +52,8 @@ class StepSpec:
     # deadline(state) -> when the key's buffered batch is due (None: nothing waits).
     expire: Callable[[Any, str | None, float], list[Any]] | None = None
     deadline: Callable[[Any], float | None] | None = None
-    # Set on the first step of a keyed stage when records may be combined ahead of it.
+    # How records may be combined ahead of the key_by (set on every global window step; the
+    # engine lifts it only for the first step of a keyed stage, in an app with no calls).
     lift: Lift | None = None
     # Emits only when input ends (a job's): refused in an app whose input never ends.
     at_end_only: bool = False

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wallaroo.api import Lift, Partial, StepSpec, _attach
+from wallaroo.core import codec
 from wallaroo.core.errors import DefinitionError, Reject
 
 
@@ -137,7 +138,10 @@ class GlobalWindows:
 
         def global_window(record: Any, st: _Counted, key: str) -> list[Any]:
             if type(record) is Partial:  # records combined ahead of the shuffle (Lift)
-                st.acc = inst.combine(st.acc, record.acc) if st.count else record.acc
+                # Never the partial itself as the state: combine may change its first argument
+                # in place, and a batch that runs again (a retry, a split) reuses its values.
+                first = codec.loads(codec.dumps(record.acc)) if not st.count else st.acc
+                st.acc = inst.combine(first, record.acc) if st.count else first
             else:
                 acc = st.acc if st.count else inst.initial_accumulator()
                 st.acc = inst.update(record, acc)
@@ -160,7 +164,8 @@ class GlobalWindows:
 def global_windows() -> GlobalWindows:
     """Per key, one window over the whole input of a job, emitted when input ends (Bytewax's
     reduce_final, Beam's Combine.perKey in the global window). Records are combined per key
-    in the stage before the key_by, so only one accumulator per key and batch crosses it.
+    in the stage before the key_by, so only one accumulator per key and batch crosses it
+    (when it is the first step after the key_by and the app's steps call no functions).
     Only in a job (every source bounded): an endless stream would never emit."""
     return GlobalWindows()
 

@@ -34,7 +34,8 @@ class SourceProgress:
     files: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     # Batch ids carry the runners' tag (Nats.id_tag). A progress recorded before tags existed
-    # keeps plain ids, so a window it re-sends after an upgrade has the ids it had.
+    # keeps plain ids while the window it had in flight is re-sent (with the ids it had), and
+    # takes tags from its next window on.
     tagged: bool = True
 
     @property
@@ -42,7 +43,7 @@ class SourceProgress:
         return self.upto > self.acked
 
     def planned(self, upto: int) -> SourceProgress:
-        return replace(self, upto=upto)
+        return replace(self, upto=upto, tagged=self.tagged or not self.in_flight)
 
     def published(self) -> SourceProgress:
         return replace(self, acked=max(self.acked, self.upto))

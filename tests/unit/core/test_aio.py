@@ -59,3 +59,31 @@ def test_cancelling_the_caller_cancels_the_poll_too() -> None:
         return cancelled.is_set()
 
     assert asyncio.run(body())
+
+
+def test_a_caller_cancelled_while_the_work_winds_down_is_cancelled() -> None:
+    """After a stop, unless_stopped waits for the cancelled work to end; a cancellation of
+    its own caller meanwhile must reach the caller, not pass for the work's."""
+    async def body() -> None:
+        stop, winding, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def slow_to_stop() -> list[int]:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                winding.set()
+                await release.wait()  # e.g. a connection closing
+                raise
+            return [1]
+
+        caller = asyncio.create_task(unless_stopped(stop, slow_to_stop()))
+        await asyncio.sleep(0)
+        stop.set()
+        await winding.wait()
+        caller.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+    asyncio.run(body())

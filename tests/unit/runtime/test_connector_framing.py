@@ -98,3 +98,13 @@ def test_progress_round_trips_and_tracks_the_window_in_flight() -> None:
     done = planned.published()
     assert (done.acked, done.upto, done.in_flight) == (50, 50, False)
     assert SourceProgress.from_json(planned.to_json()) == planned
+
+
+def test_a_source_begun_before_tags_takes_them_from_its_next_window() -> None:
+    """An endless source upgraded mid-window re-sends that window with the ids it had (so
+    the stream drops what it holds), then tags every window after."""
+    legacy = SourceProgress.from_json(b'{"acked": 100, "upto": 300}')
+    assert legacy.in_flight and not legacy.tagged
+    resent = legacy.planned(300)
+    assert not resent.tagged
+    assert resent.published().planned(500).tagged

@@ -1,23 +1,32 @@
 """The runner caps glibc's malloc arenas (snapshot encoding threads otherwise each keep an
-arena's freed megabytes resident), unless the operator chose a cap with MALLOC_ARENA_MAX."""
+arena's freed megabytes resident), unless the operator chose a cap with MALLOC_ARENA_MAX.
+Each case runs in a fresh interpreter: mallopt would change this one's allocator."""
 
 from __future__ import annotations
 
+import os
 import platform
+import subprocess
+import sys
 
 import pytest
 
-from wallaroo_runtime.runner import limit_malloc_arenas
-
-glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+CALL = "from wallaroo_runtime.runner import limit_malloc_arenas; print(limit_malloc_arenas())"
 
 
-@glibc
-def test_arenas_are_capped_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert limit_malloc_arenas() is True
+def capped(env_cap: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    if env_cap is not None:
+        env["MALLOC_ARENA_MAX"] = env_cap
+    done = subprocess.run([sys.executable, "-c", CALL], env=env, capture_output=True, text=True,
+                          check=True, timeout=60)
+    return done.stdout.strip()
 
 
-def test_an_operators_malloc_arena_max_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert limit_malloc_arenas() is False
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_arenas_are_capped_on_glibc() -> None:
+    assert capped(None) == "True"
+
+
+def test_an_operators_malloc_arena_max_wins() -> None:
+    assert capped("8") == "False"

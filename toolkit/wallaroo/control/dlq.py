@@ -85,4 +85,5 @@ def _replay_out(names: AppNames, manifest: Manifest, letter: DeadLetter,
     # The same id when a replay is run again (JetStream drops the copy), tagged so that no
     # client can publish with it first and have the replay dropped (Nats.id_tag).
     msg_id = f"{REPLAY_PREFIX}{manifest.slug}:{letter.seq}"
-    return Out(subject, payload, f"{msg_id}~{id_tag(msg_id)}")
+    tag = id_tag(msg_id)  # "" without credentials (an open dev server): the plain id
+    return Out(subject, payload, f"{msg_id}~{tag}" if tag else msg_id)

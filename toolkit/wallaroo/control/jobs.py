@@ -20,7 +20,9 @@ from wallaroo.core.wire import CommitRecord, Heartbeat, Manifest
 from wallaroo.nats import Nats
 
 REPORT_WAIT = 5.0  # seconds a finished job waits for the runners' last counts
-FINAL_POLL = 0.02  # seconds between looks once every partition ended (a few requests each)
+# Seconds between looks once every partition ended. Each look is a job_state (a request per
+# partition, source and sink), for the short time until the sinks' last delivery.
+FINAL_POLL = 0.02
 
 
 @dataclass(frozen=True)

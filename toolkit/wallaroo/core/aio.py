@@ -31,6 +31,9 @@ async def unless_stopped(stop: asyncio.Event, work: Awaitable[list[T]]) -> list[
     if task.done():
         return task.result()
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    # Waited for, not awaited: a cancellation of our caller meanwhile must reach it, not be
+    # taken for the work's own.
+    await asyncio.wait({task})
+    if not task.cancelled() and (err := task.exception()) is not None:
+        raise err  # what the work raised instead of stopping
     return []

@@ -216,15 +216,17 @@ class StageEngine:
                 fn = step.fn if rids is None else self._scoped(step, rids, origin, len(vals))
                 keys, vals, origin = self._step(step, fn, keys, vals, origin, table,
                                                 work.setdefault(step.name, {}))
-            routed: tuple[list[Any], list[int] | None] = ([], None)
+            routed: list[Any] = []
             if self.route is not None:
                 where = "key_extractor"
-                routed = self._route(vals, result.routed)
+                # Checking outputs one by one (a batch that could not commit): records cross
+                # uncombined, so a partial too big to send fails no record that fits alone.
+                routed = self._route(vals, result.routed, lift=check is None)
             where, reason = "encoder", "output_error"
             self._encode(vals, result)
             if check is not None:
                 where = "output"
-                self._check_outputs(*routed, result, check)
+                self._check_outputs(routed, result, check)
         except _StepFailed as failed:
             index = origin[failed.index] if origin is not None else failed.index
             raise RecordFailed(batch.item(index), failed.where or where, reason,
@@ -369,16 +371,9 @@ class StageEngine:
             return [keys[i] for i in kept], [outs[i] for i in kept], src
         return _fan_out(step, keys, outs, origin)
 
-    def _check_outputs(self, routed: list[Any], firsts: list[int] | None, result: BatchResult,
-                       limit: int) -> None:
-        """Each routed value must pickle, and each output fit in `limit` bytes. A value combined
-        ahead of the shuffle (`firsts` given) fails the first record of its key."""
-        try:
-            _each(lambda v: _check_size(v, limit), routed)
-        except _StepFailed as failed:
-            if firsts is not None:
-                failed.index = firsts[failed.index]
-            raise
+    def _check_outputs(self, routed: list[Any], result: BatchResult, limit: int) -> None:
+        """Each routed value must pickle, and each output fit in `limit` bytes."""
+        _each(lambda v: _check_size(v, limit), routed)
         for outs in result.sink_out.values():
             _each(lambda o: _check_size(o, limit), outs)
 
@@ -390,15 +385,14 @@ class StageEngine:
             result.sink_out.setdefault(i, []).extend(outs)
 
     def _route(self, values: list[Any], routed: dict[int, tuple[list[str], list[Any]]],
-               ) -> tuple[list[Any], list[int] | None]:
+               lift: bool = True) -> list[Any]:
         """Values into `routed` by the partition of their key. Returns what was routed: the
-        values, or (Lift) one Partial per key with the index of each key's first value."""
+        values, or (Lift, unless `lift` is False) one Partial per key."""
         keys = _each(self.extract, values) if self.extract else [""] * len(values)
         if not set(map(type, keys)) <= _STR:
             keys = _each(_as_key, keys)
-        firsts = None
-        if self.lift is not None:
-            keys, values, firsts = _combine_ahead(*self.lift, keys, values)
+        if lift and self.lift is not None:
+            keys, values = _combine_ahead(*self.lift, keys, values)
         cached: list[int | None] = list(map(self._partition.get, keys))
         parts = cast(list[int], cached)
         if None in cached:  # ints and Nones only: no user __eq__ runs
@@ -417,7 +411,7 @@ class StageEngine:
             else:  # a release routes key after key into the same result
                 into[0].extend(ks)
                 into[1].extend(vs)
-        return values, firsts
+        return values
 
     def _new_partition(self, key: str) -> int:
         # Why a cache: crc32 of an encoded key costs more than a dict hit, and hot keys repeat.
@@ -441,23 +435,18 @@ _NOTHING = object()
 
 
 def _combine_ahead(step: str, lift: Lift, keys: list[str], values: list[Any],
-                   ) -> tuple[list[str], list[Any], list[int]]:
-    """Each key's values folded into one Partial (keys in the order they first appear), with
-    the index of each key's first value. A failing fold names the value it failed on."""
+                   ) -> tuple[list[str], list[Any]]:
+    """Each key's values folded into one Partial (keys in the order they first appear). A
+    failing fold names the value it failed on."""
     accs: dict[str, Any] = {}
-    firsts: list[int] = []
     initial, update = lift.initial, lift.update
-    i = 0
-    try:
-        for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+    for i, (k, v) in enumerate(zip(keys, values, strict=True)):
+        try:  # in the loop: free in 3.11 when nothing is raised
             acc = accs.get(k, _NOTHING)
-            if acc is _NOTHING:
-                firsts.append(i)
-                acc = initial()
-            accs[k] = update(v, acc)
-    except Exception as exc:
-        raise _StepFailed(i, exc, where=step) from exc
-    return list(accs), [Partial(a) for a in accs.values()], firsts
+            accs[k] = update(v, initial() if acc is _NOTHING else acc)
+        except Exception as exc:
+            raise _StepFailed(i, exc, where=step) from exc
+    return list(accs), [Partial(a) for a in accs.values()]
 
 
 def _due(step: StepSpec, state: Any, now: float) -> bool:

@@ -480,15 +480,23 @@ class Nats:
         return dropped
 
     async def _publish_round(self, outs: Sequence[Out], dropped: set[str]) -> list[Out]:
-        futures = [
-            await self.js.publish_async(o.subject, o.payload, headers={MSG_ID: o.msg_id})
-            for o in outs
-        ]
-        if not futures:
-            return []
-        # Why one wait for the round, not a wait_for per message: that made a task and a timer
-        # per output on the event loop every partition of the runner shares.
-        _, late = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT)
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for o in outs:
+                futures.append(await self.js.publish_async(o.subject, o.payload,
+                                                           headers={MSG_ID: o.msg_id}))
+            if not futures:
+                return []
+            # Why one wait for the round, not a wait_for per message: that made a task and a
+            # timer per output on the event loop every partition of the runner shares.
+            _, late = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT)
+        except BaseException:
+            # The round was cancelled (a worker stopped): each pending future holds one of the
+            # connection's publish_async slots until done; an ack that never comes would keep
+            # it for good, and with every slot taken each later publish blocks.
+            for f in futures:
+                f.cancel()
+            raise
         for f in late:
             f.cancel()  # nats-py's futures never time out by themselves
         failed = []
