@@ -46,7 +46,8 @@ def test_a_cancelled_round_gives_back_its_publish_slots(nats_server: NatsServer)
             try:
                 round_ = asyncio.create_task(nats.publish_all(
                     [Out("out.0", b"x", f"stuck-{i}") for i in range(20)]))
-                while nats.js.publish_async_pending() < 20:  # buffered sends: quick (the timeout mark bounds it)
+                # Buffered sends: quick (the test's timeout mark bounds the loop).
+                while nats.js.publish_async_pending() < 20:
                     await asyncio.sleep(0)
                 round_.cancel()
                 with pytest.raises(asyncio.CancelledError):
