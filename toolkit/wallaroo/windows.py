@@ -138,10 +138,11 @@ class GlobalWindows:
 
         def global_window(record: Any, st: _Counted, key: str) -> list[Any]:
             if type(record) is Partial:  # records combined ahead of the shuffle (Lift)
-                # Never the partial itself as the state: combine may change its first argument
-                # in place, and a batch that runs again (a retry, a split) reuses its values.
-                first = codec.loads(codec.dumps(record.acc)) if not st.count else st.acc
-                st.acc = inst.combine(first, record.acc) if st.count else first
+                # A key's first partial: a copy as the state, never the partial itself (combine
+                # may change its first argument in place, and a batch that runs again, after a
+                # retry or a split, reuses its values).
+                st.acc = inst.combine(st.acc, record.acc) if st.count else \
+                    codec.loads(codec.dumps(record.acc))
             else:
                 acc = st.acc if st.count else inst.initial_accumulator()
                 st.acc = inst.update(record, acc)
