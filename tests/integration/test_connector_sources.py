@@ -16,7 +16,7 @@ from connector_support import app_streams, cancel, eventually
 
 from conftest import BUCKET, REGION, Moto
 from wallaroo.connectors import FileSource, S3Source
-from wallaroo.core.names import EOI_PREFIX, AppNames, eoi_msg_id, source_sender, untagged
+from wallaroo.core.names import EOI_PREFIX, ID_TAG_MARK, AppNames, eoi_msg_id, source_sender, untagged
 from wallaroo.local.natsserver import NatsServer
 from wallaroo.nats import Nats
 from wallaroo_runtime.connectors import KvProgress, SourceProgress, run_source, sources
@@ -88,7 +88,7 @@ async def ingested(nats: Nats) -> tuple[list[bytes], list[str]]:
 def batch_offsets(ids: list[str]) -> list[int]:
     """The byte offsets in batch ids `i:<source>:<offset>~<tag>`, sorted. Each must carry the
     tag (a client cannot predict it, so cannot claim a batch's id first and have it dropped)."""
-    plain = [i.split("~") for i in ids if not i.startswith(EOI_PREFIX)]
+    plain = [i.split(ID_TAG_MARK) for i in ids if not i.startswith(EOI_PREFIX)]
     assert all(len(p) == 2 and p[1] for p in plain), ids
     return sorted(int(p[0].rsplit(":", 1)[1]) for p in plain)
 

@@ -7,6 +7,7 @@ import asyncio
 import signal
 
 import pytest
+from connector_support import async_, eventually
 
 from wallaroo.local.natsserver import NatsServer
 from wallaroo.nats import Nats, Out
@@ -46,9 +47,8 @@ def test_a_cancelled_round_gives_back_its_publish_slots(nats_server: NatsServer)
             try:
                 round_ = asyncio.create_task(nats.publish_all(
                     [Out("out.0", b"x", f"stuck-{i}") for i in range(20)]))
-                # Buffered sends: quick (the test's timeout mark bounds the loop).
-                while nats.js.publish_async_pending() < 20:
-                    await asyncio.sleep(0)
+                await eventually(async_(lambda: nats.js.publish_async_pending() == 20),
+                                 "20 publishes sent, unacknowledged")
                 round_.cancel()
                 with pytest.raises(asyncio.CancelledError):
                     await round_

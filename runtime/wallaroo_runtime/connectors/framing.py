@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from wallaroo.core.frames import Framing, looks_like_text
-from wallaroo.core.names import connector_token, parse_internal
+from wallaroo.core.names import connector_token, parse_internal, with_id_tag
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def s3_source_id(source: str, bucket: str, key: str) -> str:
 def source_msg_id(source_id: str, offset: int, tag: str = "") -> str:
     """`i:<source id>:<offset>`, the same shape as `wallaroo send`'s `i:<producer>:<n>`, then
     `~<tag>` when tagged (Nats.id_tag: no client can publish with this id first)."""
-    return f"i:{source_id}:{offset}" + (f"~{tag}" if tag else "")
+    return with_id_tag(f"i:{source_id}:{offset}", tag)
 
 
 safe_token = connector_token  # the one spelling, shared with the CLI's readers

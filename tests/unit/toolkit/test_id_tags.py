@@ -36,4 +36,3 @@ def test_other_credentials_cannot_make_it(tmp_path: Path) -> None:
 
 def test_no_credentials_no_tag() -> None:
     assert Nats(_NoServer(), None).id_tag("i:file-ab:0") == ""
-

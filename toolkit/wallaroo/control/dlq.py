@@ -8,7 +8,7 @@ from wallaroo.control.peek import value_text
 from wallaroo.control.tables import preview
 from wallaroo.core import codec
 from wallaroo.core.errors import WallarooError
-from wallaroo.core.names import REPLAY_PREFIX, AppNames
+from wallaroo.core.names import REPLAY_PREFIX, AppNames, with_id_tag
 from wallaroo.core.wire import MALFORMED, DeadLetter, Manifest, ReplayBatch
 from wallaroo.nats import Nats, Out
 
@@ -85,5 +85,4 @@ def _replay_out(names: AppNames, manifest: Manifest, letter: DeadLetter,
     # The same id when a replay is run again (JetStream drops the copy), tagged so that no
     # client can publish with it first and have the replay dropped (Nats.id_tag).
     msg_id = f"{REPLAY_PREFIX}{manifest.slug}:{letter.seq}"
-    tag = id_tag(msg_id)  # "" without credentials (an open dev server): the plain id
-    return Out(subject, payload, f"{msg_id}~{tag}" if tag else msg_id)
+    return Out(subject, payload, with_id_tag(msg_id, id_tag(msg_id)))

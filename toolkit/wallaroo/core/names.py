@@ -213,3 +213,13 @@ def tagged(msg_id: str, tag: str) -> str:
 
 def untagged(msg_id: str) -> str:
     return msg_id.partition(TAG_MARK)[0]
+
+
+# Ids that must stay deterministic (a re-sent batch, a re-run replay) yet sit beside
+# client-writable subjects end in a tag only the role's credentials make (Nats.id_tag):
+# "<id>~<tag>", or the plain id where there are no credentials (an open dev server).
+ID_TAG_MARK = "~"
+
+
+def with_id_tag(msg_id: str, tag: str) -> str:
+    return f"{msg_id}{ID_TAG_MARK}{tag}" if tag else msg_id

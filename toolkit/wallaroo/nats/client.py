@@ -480,13 +480,13 @@ class Nats:
         return dropped
 
     async def _publish_round(self, outs: Sequence[Out], dropped: set[str]) -> list[Out]:
+        if not outs:
+            return []
         futures: list[asyncio.Future[Any]] = []
         try:
             for o in outs:
                 futures.append(await self.js.publish_async(o.subject, o.payload,
                                                            headers={MSG_ID: o.msg_id}))
-            if not futures:
-                return []
             # Why one wait for the round, not a wait_for per message: that made a task and a
             # timer per output on the event loop every partition of the runner shares.
             _, late = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT)
