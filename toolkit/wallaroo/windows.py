@@ -138,11 +138,11 @@ class GlobalWindows:
 
         def global_window(record: Any, st: _Counted, key: str) -> list[Any]:
             if type(record) is Partial:  # records combined ahead of the shuffle (Lift)
-                # A key's first partial: a copy as the state, never the partial itself (combine
-                # may change its first argument in place, and a batch that runs again, after a
-                # retry or a split, reuses its values).
-                st.acc = inst.combine(st.acc, record.acc) if st.count else \
-                    codec.loads(codec.dumps(record.acc))
+                acc = inst.combine(st.acc, record.acc) if st.count else record.acc
+                # The state is never the partial itself (a key's first, or what a combine
+                # returned): a later combine may change it in place, and a batch that runs
+                # again (after a retry or a split) reuses its values.
+                st.acc = codec.loads(codec.dumps(acc)) if acc is record.acc else acc
             else:
                 acc = st.acc if st.count else inst.initial_accumulator()
                 st.acc = inst.update(record, acc)

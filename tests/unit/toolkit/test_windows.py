@@ -249,9 +249,10 @@ def test_a_failing_update_ahead_of_the_key_by_dead_letters_the_record_it_failed_
     assert sorted(result.lines()) == ["a 1 over 1", "b 2 over 1", "c 4 over 1"]
 
 
-def test_a_keyed_batch_run_again_combines_each_partial_once() -> None:
+@pytest.mark.parametrize("empty_gives_b", [False, True], ids=["into_a", "b_when_a_empty"])
+def test_a_keyed_batch_run_again_combines_each_partial_once(empty_gives_b: bool) -> None:
     """The worker runs a batch's decoded values again after a retry or a split: an in-place
-    combine must not have changed the partials it holds."""
+    combine must not have changed the partials it holds, whichever object it returns."""
     from wallaroo.api import Partial
     from wallaroo.core.engine import Batch, StageEngine
 
@@ -264,6 +265,8 @@ def test_a_keyed_batch_run_again_combines_each_partial_once() -> None:
             return acc
 
         def combine(self, a: list[int], b: list[int]) -> list[int]:
+            if empty_gives_b and not a:
+                return b
             a.extend(b)  # in place, as Aggregation allows
             return a
 
@@ -272,10 +275,10 @@ def test_a_keyed_batch_run_again_combines_each_partial_once() -> None:
 
     app = job_with(wl.global_windows().over(Collect))
     batch = Batch()
-    batch.add(1, ["a", "a"], [Partial([1]), Partial([2])])
+    batch.add(1, ["a"] * 4, [Partial([]), Partial([1]), Partial([2]), Partial([3])])
     engine = StageEngine(app, app.stages[1])
     first, again = (engine.attempt(batch, {}, {}).states for _ in range(2))
-    assert [codec.loads(v).acc for v in again.values()] == [[1, 2]]
+    assert [codec.loads(v).acc for v in again.values()] == [[1, 2, 3]]
     assert again == first
 
 
