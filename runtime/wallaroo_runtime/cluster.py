@@ -4,8 +4,9 @@
   a runner that stops beating is gone within that bound.
 - One leader at a time holds the `leader` key (create, then compare-and-swap renewals); it
   lapses like a membership, so a new leader takes over when the old one dies.
-- The leader assigns every (stage, partition) of every app to a live member by rendezvous
-  hashing: a join or leave moves only the partitions that must move.
+- The leader assigns every (stage, partition) of every app to a live member, each stage's
+  partitions spread evenly (rendezvous hashing with a bound on each member's share): a join
+  or leave moves only the partitions that must move.
 - A runner runs a partition only while holding its lease. The old owner releases it after
   committing its batch in hand; a dead (or paused) holder's lease is taken over. Correctness
   never rests on the lease: the changelog fence stops a zombie's commit."""
@@ -32,9 +33,9 @@ from wallaroo.core.names import (
     MEMBERS_BUCKET,
     SCHEDULES_BUCKET,
 )
-from wallaroo.core.wire import Assignment, Holder, Manifest
+from wallaroo.core.wire import Assignment, Holder, Manifest, Part
 from wallaroo.nats import Nats
-from wallaroo_runtime.ownership import rendezvous
+from wallaroo_runtime.ownership import spread
 
 log = logging.getLogger("wallaroo.cluster")
 
@@ -101,13 +102,26 @@ class Leadership:
             self.revision = None
 
 
-def assignment(members: list[str], manifest: Manifest) -> Assignment:
-    """(stage, partition) -> owner. Pure: same inputs, same answer."""
-    return Assignment({
-        (st.index, p): rendezvous(members, f"{manifest.slug}/{st.index}/{p}")
-        for st in manifest.stages
-        for p in st.run_parts  # the layout being drained too (wallaroo.core.repartition)
-    })
+def assignment(members: list[str], manifest: Manifest, current: Assignment | None = None,
+               ) -> Assignment:
+    """(stage, partition) -> owner: each layout of each stage spread evenly over `members`
+    (ownership.spread), partitions staying with their `current` owners where that keeps it
+    even. Pure: same inputs, same answer."""
+    now = {_item(manifest.slug, k): v for k, v in (current.owners if current else {}).items()}
+    owners: dict[Part, str] = {}
+    for st in manifest.stages:
+        # Each layout on its own: a drained layout's idle partitions (wallaroo.core.repartition)
+        # must not count against the spread of the new one's.
+        old = range(st.prev[0], st.prev[0] + st.prev[1]) if st.prev else range(0)
+        for layout in (old, st.parts):
+            items = {_item(manifest.slug, (st.index, p)): (st.index, p) for p in layout}
+            for item, owner in spread(members, list(items), now).items():
+                owners[items[item]] = owner
+    return Assignment(owners)
+
+
+def _item(slug: str, part: Part) -> str:
+    return f"{slug}/{part[0]}/{part[1]}"
 
 
 async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str], *,
@@ -120,7 +134,7 @@ async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str],
         members = sorted(set(members) | set(current.owners.values()))
     if not members:
         return False  # not even the leader's own beat is in yet: nobody to assign to
-    new = assignment(members, manifest)
+    new = assignment(members, manifest, current)
     if current == new:
         return False
     await nats.kv_put(ASSIGN_BUCKET, manifest.slug, new.to_wire())
