@@ -27,7 +27,7 @@ def spread(members: list[str], items: list[str], current: Mapping[str, str]) -> 
     """Each of `items` to one of `members`, none holding more than ceil(items / members).
 
     Why not rendezvous alone: it balances only on average. A stage's 8 partitions over two
-    runners land 6:2 or worse about once in three, and that stage then runs at a third of
+    runners land 6:2 or worse about three times in ten, and that stage then runs at a third of
     the speed two runners could give it. Here an item stays with its `current` owner while
     that one is a member with room (so a leave moves only the leaver's items, and a join only
     what the joiner takes over: the share the others hold above the new bound), and otherwise
