@@ -71,6 +71,21 @@ def test_a_job_runs_to_its_end_flushing_its_windows_and_a_rerun_resumes(tmp_path
     assert (tmp_path / "out.txt").read_text().count("\n") == len(expected)
 
 
+def test_a_job_on_several_runners_is_deployed_once_all_run_so_no_partition_moves(tmp_path: Path) -> None:
+    """Deployed as soon as the first runner ran, the job started there and moved half its
+    partitions to the second when it joined (a handoff and a restore each, and the moved
+    partitions' counts lost from the summary)."""
+    expected = words_file(tmp_path / "words.txt", 3000)
+    res = run_job(tmp_path, "--runners", "2", "--state-dir", str(tmp_path / "st"))
+    assert res.returncode == 0, res.stderr
+    totals = dict(line.split() for line in (tmp_path / "out.txt").read_text().splitlines())
+    assert {w: int(n) for w, n in totals.items()} == dict(expected)
+    assert "3,000 record(s) processed" in res.stderr
+    logs = "".join(p.read_text() for p in (tmp_path / "st" / "logs").glob("r*.log"))
+    assigned = [line.split(" INFO ")[1] for line in logs.splitlines() if "assigned word_job" in line]
+    assert assigned and all("over 2 runner(s)" in line for line in assigned), assigned
+
+
 def test_dead_letters_make_the_job_exit_1_and_are_shown(tmp_path: Path) -> None:
     expected = words_file(tmp_path / "words.txt", 50, extra="bad line one\nbad\x1b[31m two\n")
     res = run_job(tmp_path, mode="running")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from wallaroo.control import apps
 from wallaroo.control.status import wait_rollout
-from wallaroo.core import calls
+from wallaroo.core import calls, observe
 from wallaroo.core.calls import cluster_creds, cluster_tls_ca
 from wallaroo.core.errors import AppLoadError, WallarooError
 from wallaroo.core.packaging import load_deployable, register_classes
@@ -113,6 +113,18 @@ async def connect(url: str, access: Access) -> Nats:
     """`wallaroo run`'s connection, as the deployer."""
     return await Nats.connect(url, name="wallaroo-run", persistent=False, creds=access.deployer,
                               tls_ca=access.tls_ca)
+
+
+async def wait_members(nats: Nats, count: int, timeout: float, poll: float = 0.02) -> None:
+    """Until `count` runners heartbeat; WallarooError after `timeout` seconds (their logs say
+    why a runner did not start)."""
+    deadline = time.monotonic() + timeout
+    while len(await observe.runner_heartbeats(nats)) < count:
+        if time.monotonic() > deadline:
+            up = len(await observe.runner_heartbeats(nats))
+            msg = f"only {up} of {count} runners started within {timeout:g}s; their logs say why"
+            raise WallarooError(msg)
+        await asyncio.sleep(poll)
 
 
 async def deploy_and_wait(nats: Nats, app_file: Path, access: Access) -> Manifest:

@@ -35,7 +35,14 @@ from wallaroo.core.packaging import load_deployable
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster
 from wallaroo.local.devrun import info
-from wallaroo.local.runapp import Access, cluster_access, connect, deploy_and_wait
+from wallaroo.local.runapp import (
+    ROLLOUT_TIMEOUT,
+    Access,
+    cluster_access,
+    connect,
+    deploy_and_wait,
+    wait_members,
+)
 from wallaroo.nats import Nats
 from wallaroo.pipeline import SinkConfig
 from wallaroo.plan import Application
@@ -67,14 +74,14 @@ def run_job(run: JobRun) -> int:
     application = deployed.built()
     _check_inputs(run, application)
     if run.url is not None:
-        return _deploy_and_follow(run, run.url, cluster_access(None))
+        return _deploy_and_follow(run, run.url, cluster_access(None), members=0)
     with DevCluster(run.state_dir, run.runners, fresh=run.fresh, tls=run.tls) as cluster:
         info(f"nats-server at {cluster.url}, {run.runners} runner(s), state and logs in "
              f"{run.state_dir}")
         access = Access(cluster.deploy_key, cluster.creds("deployer"), cluster.creds("client"),
                         cluster.tls_ca)
         try:
-            return _deploy_and_follow(run, cluster.url, access)
+            return _deploy_and_follow(run, cluster.url, access, members=run.runners)
         finally:
             info("stopping runners and nats-server")
 
@@ -125,10 +132,15 @@ def _earlier_output(sink: SinkConfig, slug: str) -> str | None:
     return None
 
 
-def _deploy_and_follow(run: JobRun, url: str, access: Access) -> int:
+def _deploy_and_follow(run: JobRun, url: str, access: Access, members: int) -> int:
+    """`members`: the runners the embedded cluster started, awaited before the deploy when
+    more than one: deployed to the first alone, the job would start there and move half its
+    partitions (state restores, a handoff per partition) as each other runner joins."""
     async def body() -> int:
         nats = await connect(url, access)
         try:
+            if members > 1:
+                await wait_members(nats, members, ROLLOUT_TIMEOUT)
             manifest = await deploy_and_wait(nats, run.app_file, access)
             info(f"job {manifest.name} version {manifest.version} deployed; running it to the end")
             return await _follow(nats, manifest, run)
