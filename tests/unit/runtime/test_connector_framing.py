@@ -3,12 +3,18 @@ they are cut from the same bytes; sink keys and contents are functions of the me
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from wallaroo_runtime.connectors.framing import (
+    LineBatch,
     batches_in,
     content,
     external_id,
     file_source_id,
     is_replayed,
+    lines_in,
     note_delivered,
     s3_object_key,
     s3_source_id,
@@ -37,6 +43,39 @@ def test_a_window_is_bounded_by_records_not_by_empty_lines() -> None:
     data = b"a\n\n\nb\nc\n"
     assert window_end(data, 0, 2, final=False) == 6  # a, two empty lines, b
     assert window_end(data, 6, 2, final=False) == len(data)
+
+
+def slow_window_end(data: bytes, pos: int, max_records: int, *, final: bool) -> int:
+    """The general rule, line by line: what the fast path for plain lines must agree with."""
+    end, records = pos, 0
+    while records < max_records:
+        nl = data.find(b"\n", end)
+        if nl < 0:
+            return len(data) if final and data[end:].rstrip(b"\r") else end
+        records += bool(data[end:nl].rstrip(b"\r"))
+        end = nl + 1
+    return end
+
+
+def slow_batches(data: bytes, pos: int, end: int, base: int, size: int) -> list[LineBatch]:
+    out: list[LineBatch] = []
+    for at, record in lines_in(data, pos, end):
+        if not out or len(out[-1].records) >= size:
+            out.append(LineBatch(base + at, []))
+        out[-1].records.append(record)
+    return out
+
+
+@pytest.mark.parametrize("alphabet", [b"ab\n", b"ab\n\n\r", b"abcdefgh\n"])
+def test_plain_lines_take_a_fast_path_that_cuts_as_the_general_rule(alphabet: bytes) -> None:
+    rng = random.Random(alphabet)
+    for _ in range(400):
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 60)))
+        pos = rng.randrange(0, len(data) + 1)
+        n, final, size = rng.randrange(1, 6), rng.random() < 0.5, rng.randrange(1, 4)
+        end = window_end(data, pos, n, final=final)
+        assert end == slow_window_end(data, pos, n, final=final), (data, pos, n, final)
+        assert batches_in(data, pos, end, base=7, size=size) == slow_batches(data, pos, end, 7, size)
 
 
 def test_recutting_a_recorded_window_after_the_file_grew_gives_the_same_ids() -> None:
