@@ -63,7 +63,7 @@ from dataclasses import dataclass, replace
 from wallaroo.core import codec
 from wallaroo.core.errors import DeployError
 from wallaroo.core.names import EOI_PREFIX, LAYOUT_PREFIX
-from wallaroo.core.wire import CommitRecord, Manifest, StageInfo
+from wallaroo.core.wire import CommitRecord, Manifest, Retirement, StageInfo
 
 # LAYOUT_PREFIX (names.py) starts the ids of end-of-layout markers and "eol:<sender>" watermarks
 SENT_PREFIX = "eol>"  # watermark of a sender that sent its markers to a layout
@@ -228,3 +228,69 @@ def _refuse_unsupported(new: Manifest, deployed: Manifest, moved: list[LayoutCha
                    f"from {then.prev[1]} to {then.partitions} partitions; deploy again once "
                    "that has finished (its new partitions show commits in `wallaroo status`)")
             raise LayoutError(msg)
+
+
+# --- retiring a drained layout (the leader; see wallaroo_runtime.layouts) ----------------
+
+
+def retire_below(manifest: Manifest, settled: set[int]) -> dict[int, int]:
+    """Per stage, the partition number below which its layouts are retired: nobody runs
+    them, and their resources may go. Every layout before the drained one is (a count change
+    is refused until the last one settled); the drained one too once the stage is settled
+    (`settled`: every new partition's changelog shows MIGRATED, so none reads the old states
+    again) and the stage it routes into drains no layout of its own: until that one settles,
+    an old partition may still have to send it end-of-layout markers."""
+    by_index = {s.index: s for s in manifest.stages}
+    out: dict[int, int] = {}
+    for st in manifest.stages:
+        target = by_index.get(st.target) if st.target is not None else None
+        waits = target is not None and target.prev is not None and target.index not in settled
+        if st.prev is None or (st.index in settled and not waits):
+            out[st.index] = st.base
+        else:
+            out[st.index] = st.prev[0]
+    return out
+
+
+def retired(record: Retirement, stage: StageInfo) -> int:
+    """Partitions of `stage` below this number are retired. Never one of its current layout:
+    a record left by an earlier app of the same name must not stop a fresh deploy's."""
+    return min(record.retired.get(stage.index, 0), stage.base)
+
+
+def running_parts(stage: StageInfo, record: Retirement) -> list[int]:
+    """The partitions runners run: the current layout's, and the drained one's until retired."""
+    below = retired(record, stage)
+    return [p for p in stage.run_parts if p >= below]
+
+
+def live_prev(stage: StageInfo, record: Retirement) -> tuple[int, int] | None:
+    """The stage's drained layout (base, count) while it is not retired, else None: how
+    runners lay the stage out (as a deploy after it settled would)."""
+    if stage.prev is None or retired(record, stage) > stage.prev[0]:
+        return None
+    return stage.prev[0], stage.prev[1]
+
+
+def to_retire(manifest: Manifest, record: Retirement, settled: set[int]) -> Retirement | None:
+    """`record` with what `retire_below` adds to it, or None when it adds nothing."""
+    wanted = retire_below(manifest, settled)
+    merged = {i: max(n, record.retired.get(i, 0)) for i, n in wanted.items() if n}
+    if all(record.retired.get(i, 0) >= n for i, n in merged.items()):
+        return None
+    return replace(record, retired={**record.retired, **merged})
+
+
+def unsettled(manifest: Manifest, record: Retirement) -> list[StageInfo]:
+    """The stages whose drained layout is not retired yet: whose changelogs the leader reads."""
+    return [st for st in manifest.stages if st.prev is not None and retired(record, st) < st.base]
+
+
+def to_reclaim(manifest: Manifest, record: Retirement) -> dict[int, range]:
+    """Per stage, its retired partitions whose resources are not reclaimed yet."""
+    out: dict[int, range] = {}
+    for st in manifest.stages:
+        parts = range(record.reclaimed.get(st.index, 0), retired(record, st))
+        if parts:
+            out[st.index] = parts
+    return out
