@@ -22,17 +22,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from wallaroo.core import observe, repartition
 from wallaroo.core.calls import RESULT_TTL, CallClient
 from wallaroo.core.names import (
     ASSIGN_BUCKET,
     BLOBS_BUCKET,
+    LAYOUTS_BUCKET,
     LEADER_BUCKET,
     LEADER_KEY,
     LEASES_BUCKET,
     MEMBERS_BUCKET,
     SCHEDULES_BUCKET,
 )
-from wallaroo.core.wire import Assignment, Holder, Manifest
+from wallaroo.core.wire import Assignment, Holder, Manifest, Retirement
 from wallaroo.nats import Nats
 from wallaroo_runtime.ownership import rendezvous
 
@@ -56,6 +58,7 @@ async def ensure_buckets(nats: Nats, cfg: ClusterConfig) -> None:
     await nats.kv_bucket(LEADER_BUCKET, ttl=cfg.member_ttl)
     await nats.kv_bucket(ASSIGN_BUCKET)
     await nats.kv_bucket(LEASES_BUCKET)
+    await nats.kv_bucket(LAYOUTS_BUCKET)
     await nats.kv_bucket(SCHEDULES_BUCKET)
     await CallClient(nats).setup()  # results and idempotency buckets, with their TTL
     # Callers put large arguments there (they may not create it); kept as long as results.
@@ -101,12 +104,15 @@ class Leadership:
             self.revision = None
 
 
-def assignment(members: list[str], manifest: Manifest) -> Assignment:
+def assignment(members: list[str], manifest: Manifest,
+               retired: Retirement | None = None) -> Assignment:
     """(stage, partition) -> owner. Pure: same inputs, same answer."""
+    record = retired or Retirement()
     return Assignment({
         (st.index, p): rendezvous(members, f"{manifest.slug}/{st.index}/{p}")
         for st in manifest.stages
-        for p in st.run_parts  # the layout being drained too (wallaroo.core.repartition)
+        # the layout being drained too, until retired (wallaroo.core.repartition)
+        for p in repartition.running_parts(st, record)
     })
 
 
@@ -120,7 +126,7 @@ async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str],
         members = sorted(set(members) | set(current.owners.values()))
     if not members:
         return False  # not even the leader's own beat is in yet: nobody to assign to
-    new = assignment(members, manifest)
+    new = assignment(members, manifest, await observe.retirement(nats, manifest.slug))
     if current == new:
         return False
     await nats.kv_put(ASSIGN_BUCKET, manifest.slug, new.to_wire())
@@ -166,6 +172,10 @@ class Lease:
             log.warning("%s takes lease %s from %s", self.runner_id, self.key, holder)
         self.revision = await self.nats.kv_update(LEASES_BUCKET, self.key, me, entry.revision)
         return self.revision is not None
+
+    async def take_if_free(self) -> bool:
+        """One try, never waiting: ours if free, already ours, or its holder is gone."""
+        return await self._try(patience_over=False)
 
     async def held(self) -> bool:
         entry = await self.nats.kv_entry(LEASES_BUCKET, self.key)
