@@ -83,8 +83,10 @@ async def scenario(cluster: DevCluster) -> tuple[list[str], dict[str, list[str]]
         # Both old partitions really have something of each kind to leave behind.
         await eventually(lambda: _has_all(left, range(2)), "state of the 2 partitions in the store")
 
-        five = await apps.deploy(nats, FIVE)
-        await send_and_settle(nats, five, WORDS[80:160], "b")
+        sending = asyncio.create_task(ingest.send(nats, two, "words", WORDS[80:160], "b", batch_size=2))
+        five = await apps.deploy(nats, FIVE)  # while records flow
+        await sending
+        await apps.wait_idle(nats, five, timeout=90)
         await eventually(lambda: left.none_left(range(2)), "nothing left of the 2 old partitions")
         assert await reclaimed(nats, 2)
         seen["lags"] = sorted(map(str, await observe.partition_lags(nats, five)))

@@ -3,7 +3,7 @@
 Design (why this one). A stage's partitions are numbered from a `base`: a redeploy with
 another count gives the stage a new layout, numbered after every earlier one, so its input
 subjects, durables, changelogs, snapshots, leases and producer ids are all fresh names
-(nothing of the old layout's history can mix in, and no purge is needed). The old layout
+(nothing of the old layout's history can mix in, and nothing needs purging first). The old layout
 keeps running, with the new version's code, until it is drained; then each new partition
 builds its state from the old partitions' final states, by key. In detail:
 
@@ -38,6 +38,15 @@ builds its state from the old partitions' final states, by key. In detail:
 6. Versions side by side: a runner still on the older version runs none of the new layout's
    partitions (AppHost.runnable), and an older version's worker whose changelog shows a newer
    one already ended the layout it would route into refuses to run (LayoutMovedError).
+7. Retiring the old layout (wallaroo_runtime.layouts): once the stage is settled (every new
+   partition's last changelog record shows MIGRATED) and the stage it routes into drains no
+   layout of its own (until then an old partition may owe it end-of-layout markers), the
+   leader records the old partitions retired (`retire_below`), assigns them no more, and the
+   runners lay the stage out without its drained layout, as a deploy after it settled would.
+   A later leader pass, under each old partition's lease, deletes its consumer, purges its
+   input and changelog subjects, its snapshots and segments and its lease key, then records
+   it reclaimed. Layouts are numbered upwards, so "every partition of the stage below N"
+   names all the retired ones, even those of a layout a later deploy no longer mentions.
 
 Why not stop-the-world (pause upstream, drain, split, start): pausing needs every runner to
 agree on a moment, and a deployer killed between pause and start leaves the app paused. Here
@@ -51,7 +60,9 @@ changing counts together with the stage structure, and changing a job's counts.
 
 Who does what: the deployer only lays out the manifest (base, prev: see `lay_out`), as its
 role may only write manifests and artifacts; the runners, which own the changelogs and the
-state store, do all the moving, each partition under its own lease. A deployer killed
+state store, do all the moving, each partition under its own lease, and the leader among
+them retires and reclaims the drained layout (the manifest keeps its `prev`: runners may not
+write manifests, so the retirement is a record of its own, `WL_LAYOUTS`). A deployer killed
 midway wrote either the old manifest or the new one: nothing is half done.
 """
 
