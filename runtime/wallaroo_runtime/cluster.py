@@ -23,17 +23,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from wallaroo.core import observe, repartition
 from wallaroo.core.calls import RESULT_TTL, CallClient
 from wallaroo.core.names import (
     ASSIGN_BUCKET,
     BLOBS_BUCKET,
+    LAYOUTS_BUCKET,
     LEADER_BUCKET,
     LEADER_KEY,
     LEASES_BUCKET,
     MEMBERS_BUCKET,
     SCHEDULES_BUCKET,
 )
-from wallaroo.core.wire import Assignment, Holder, Manifest, Part
+from wallaroo.core.wire import Assignment, Holder, Manifest, Part, Retirement
 from wallaroo.nats import Nats
 from wallaroo_runtime.ownership import spread
 
@@ -57,6 +59,7 @@ async def ensure_buckets(nats: Nats, cfg: ClusterConfig) -> None:
     await nats.kv_bucket(LEADER_BUCKET, ttl=cfg.member_ttl)
     await nats.kv_bucket(ASSIGN_BUCKET)
     await nats.kv_bucket(LEASES_BUCKET)
+    await nats.kv_bucket(LAYOUTS_BUCKET)
     await nats.kv_bucket(SCHEDULES_BUCKET)
     await CallClient(nats).setup()  # results and idempotency buckets, with their TTL
     # Callers put large arguments there (they may not create it); kept as long as results.
@@ -103,18 +106,21 @@ class Leadership:
 
 
 def assignment(members: list[str], manifest: Manifest, current: Assignment | None = None,
-               ) -> Assignment:
+               retired: Retirement | None = None) -> Assignment:
     """(stage, partition) -> owner: each layout of each stage spread evenly over `members`
     (ownership.spread), partitions staying with their `current` owners where that keeps it
-    even. Pure: same inputs, same answer."""
+    even; a drained layout until `retired` (wallaroo.core.repartition). Pure: same inputs,
+    same answer."""
     now = {_item(manifest.slug, k): v for k, v in (current.owners if current else {}).items()}
+    record = retired or Retirement()
     owners: dict[Part, str] = {}
     for st in manifest.stages:
-        # Each layout on its own: a drained layout's idle partitions (wallaroo.core.repartition)
-        # must not count against the spread of the new one's.
+        running = set(repartition.running_parts(st, record))
+        # Each layout on its own: a drained layout's idle partitions must not count against
+        # the spread of the new one's.
         old = range(st.prev[0], st.prev[0] + st.prev[1]) if st.prev else range(0)
         for layout in (old, st.parts):
-            items = {_item(manifest.slug, (st.index, p)): (st.index, p) for p in layout}
+            items = {_item(manifest.slug, (st.index, p)): (st.index, p) for p in layout if p in running}
             for item, owner in spread(members, list(items), now).items():
                 owners[items[item]] = owner
     return Assignment(owners)
@@ -134,7 +140,7 @@ async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str],
         members = sorted(set(members) | set(current.owners.values()))
     if not members:
         return False  # not even the leader's own beat is in yet: nobody to assign to
-    new = assignment(members, manifest, current)
+    new = assignment(members, manifest, current, await observe.retirement(nats, manifest.slug))
     if current == new:
         return False
     await nats.kv_put(ASSIGN_BUCKET, manifest.slug, new.to_wire())
@@ -180,6 +186,10 @@ class Lease:
             log.warning("%s takes lease %s from %s", self.runner_id, self.key, holder)
         self.revision = await self.nats.kv_update(LEASES_BUCKET, self.key, me, entry.revision)
         return self.revision is not None
+
+    async def take_if_free(self) -> bool:
+        """One try, never waiting: ours if free, already ours, or its holder is gone."""
+        return await self._try(patience_over=False)
 
     async def held(self) -> bool:
         entry = await self.nats.kv_entry(LEASES_BUCKET, self.key)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
+from wallaroo.core import observe, repartition
 from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.calls import CallClient, forbid_blocking_calls
 from wallaroo.core.changelog import PartitionState
@@ -37,6 +38,7 @@ from wallaroo.core.wire import (
     Manifest,
     Part,
     PartitionReport,
+    Retirement,
     SinkReport,
 )
 from wallaroo.core.worker import PartitionWorker, WorkerConfig
@@ -49,6 +51,7 @@ from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
 from wallaroo_runtime.connectors import SinkStats, connector_tasks, run_leased
 from wallaroo_runtime.executor import ExecutorConfig, FunctionExecutor
+from wallaroo_runtime.layouts import LayoutKeeper
 from wallaroo_runtime.metrics import FunctionState, PartitionSample, RunnerMetrics, RunnerView, serve
 from wallaroo_runtime.process import backoff, run_until_signal
 from wallaroo_runtime.statestore import open_store
@@ -107,6 +110,7 @@ class AppHost:
     sink_stats: dict[str, SinkStats] = field(default_factory=dict)
     troubles: dict[Part, Trouble] = field(default_factory=dict)
     metrics: RunnerMetrics | None = None  # None: this runner exports no metrics
+    retirement: Retirement = field(default_factory=Retirement)  # the leader's, last read
     _app: Application | None = None
 
     @property
@@ -116,9 +120,9 @@ class AppHost:
     @property
     def laid_out(self) -> Application:
         """The deployed app, its stages numbered as the manifest lays them out (what its
-        workers run: wallaroo.core.repartition)."""
+        workers run: wallaroo.core.repartition), without the drained layouts the leader retired."""
         if self._app is None:
-            layouts = {s.index: (s.base, (s.prev[0], s.prev[1]) if s.prev else None)
+            layouts = {s.index: (s.base, repartition.live_prev(s, self.retirement))
                        for s in self.manifest.stages}
             self._app = self.deployed.built().laid_out(layouts)
         return self._app
@@ -142,6 +146,18 @@ class AppHost:
                                                              self.runner_id, self.executor_cfg,
                                                              self.replace)
                 self.executor_runs[name] = asyncio.create_task(ex.run())
+
+    def retire(self, record: Retirement) -> None:
+        """Adopt the leader's word on retired layouts: from now on this version runs none of
+        their partitions, and its workers send no end-of-layout markers to them."""
+        if record.retired != self.retirement.retired:
+            self.retirement = record
+            self._app = None  # laid out again; running workers of retired partitions stop
+
+    def running(self, part: Part) -> bool:
+        """Does a worker of this version still run (or wait to run) `part`?"""
+        task = self.tasks.get(part)
+        return task is not None and not task.done()
 
     def reconcile(self, assigned: Assignment) -> None:
         """Start workers for partitions assigned here; ask the others to finish and stop."""
@@ -346,6 +362,7 @@ class Runner:
         self.trouble_began = -float("inf")  # ... and of the first one of that spell
         self._stop: asyncio.Event | None = None
         self._scheduling: asyncio.Task[None] | None = None
+        self._keeping: asyncio.Task[None] | None = None
         self.replacing = ""  # why this process is to be replaced, once asked
         self.metrics: RunnerMetrics | None = None
         self.metrics_address = ""  # host:port of its /metrics, told in its heartbeat
@@ -484,10 +501,13 @@ class Runner:
             if not all(h.partitions_released for h in old):
                 continue  # previous versions are still finishing their batches
             self.retiring[slug] = [h for h in old if not h.stopped]  # long calls finish there
+            host.retire(await observe.retirement(nats, slug))
             host.reconcile(await cluster.read_assignment(nats, slug))
             host.start_connectors()
         for slug in [s for s in self.retiring if s not in self.hosts]:  # removed apps
             self.retiring[slug] = [h for h in self.retiring[slug] if not h.stopped]
+        if leadership.leading:  # after the reconciles: see LayoutKeeper._reclaim_part
+            self._keep_layouts(nats)
         if self.seen != seen:  # a deployer waits for this runner's word on its deploy: now
             await self._heartbeat(nats)
 
@@ -497,6 +517,27 @@ class Runner:
         members = await cluster.live_members(nats) if manifests else []
         for manifest in manifests:
             await cluster.publish_assignment(nats, manifest, members, keep_current=self.nats_troubled)
+
+    def _keep_layouts(self, nats: Nats) -> None:
+        """Retire drained layouts and reclaim what they leave (wallaroo_runtime.layouts), in
+        a task of its own like _fire_schedules, one pass at a time."""
+        if self._keeping is not None and not self._keeping.done():
+            return
+        keeper = LayoutKeeper(nats, self.runner_id, self.cluster_cfg, self.checkpoint_cfg.store,
+                              self._running_here)
+        self._keeping = asyncio.create_task(self._keep(keeper, list(self.manifests.values())))
+
+    async def _keep(self, keeper: LayoutKeeper, manifests: list[Manifest]) -> None:
+        for manifest in manifests:
+            try:
+                await keeper.keep(manifest)
+            except Exception as err:  # every step is repeatable: the next pass goes on
+                self._troubled(err)
+                log.warning("retiring the drained layouts of %s failed: %s", manifest.slug, err)
+
+    def _running_here(self, slug: str, part: Part) -> bool:
+        hosts = [*self.retiring.get(slug, []), *([self.hosts[slug]] if slug in self.hosts else [])]
+        return any(h.running(part) for h in hosts)
 
     def _fire_schedules(self, nats: Nats) -> None:
         """Fire due schedule ticks in a task of its own: a publish waiting out a stream's

@@ -478,3 +478,13 @@ async def prune(store: StateStore, slug: str, stage: int, part: int, keep: int =
     for key in doomed:
         await store.delete(key)
     return doomed
+
+
+async def forget(store: StateStore, slug: str, stage: int, part: int) -> list[str]:
+    """Delete every snapshot, delta and segment of a partition (one of a retired layout, which
+    nobody restores again); the deleted keys. Repeatable: a second call finds nothing."""
+    doomed = [*await store.list(_folder("snapshots", slug, stage, part)),
+              *await store.list(_folder("segments", slug, stage, part))]
+    for key in doomed:
+        await store.delete(key)
+    return doomed

@@ -12,8 +12,9 @@ from wallaroo.control.dlq import _replay_out
 from wallaroo.core import codec, repartition
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.engine import state_slot_of
+from wallaroo.core.errors import WireError
 from wallaroo.core.names import AppNames
-from wallaroo.core.wire import DeadLetter, Manifest, StageInfo
+from wallaroo.core.wire import DeadLetter, Manifest, Retirement, StageInfo
 
 
 def manifest(*partitions: int, job: bool = False) -> Manifest:
@@ -124,3 +125,55 @@ def test_a_dead_letter_of_a_drained_partition_is_replayed_to_its_keys_partition_
     assert old.msg_id.endswith("~tag")  # see Nats.id_tag
     assert old.subject == names.data(1, 2 + codec.partition_of("k7", 5))
     assert now.subject == names.data(1, 4)  # a partition of the current layout: as before
+
+
+def laid(m: Manifest, **layouts: tuple[int, list[int] | None]) -> Manifest:
+    """`m` with stage `s<i>` laid out at (base, prev)."""
+    stages = [dataclasses.replace(s, base=layouts[s.name][0], prev=layouts[s.name][1])
+              if s.name in layouts else s for s in m.stages]
+    return dataclasses.replace(m, stages=stages)
+
+
+def test_a_drained_layout_retires_once_settled_and_its_target_drains_none() -> None:
+    m = laid(manifest(1, 5, 3), s1=(2, [0, 2]))
+    assert repartition.retire_below(m, set()) == {0: 0, 1: 0, 2: 0}  # still migrating
+    assert repartition.retire_below(m, {1}) == {0: 0, 1: 2, 2: 0}
+    both = laid(manifest(1, 5, 4), s1=(2, [0, 2]), s2=(3, [0, 3]))
+    # stage 1's old partitions may still owe stage 2's old layout its end markers
+    assert repartition.retire_below(both, {1}) == {0: 0, 1: 0, 2: 0}
+    assert repartition.retire_below(both, {1, 2}) == {0: 0, 1: 2, 2: 3}
+    # a deploy after it settled dropped prev: every earlier layout is retired
+    assert repartition.retire_below(laid(manifest(1, 5, 3), s1=(7, None)), set()) == {0: 0, 1: 7, 2: 0}
+
+
+def test_the_retirement_record_only_grows_and_says_what_to_run_and_reclaim() -> None:
+    m = laid(manifest(1, 5, 3), s1=(2, [0, 2]))
+    none = Retirement()
+    assert repartition.to_retire(m, none, set()) is None  # nothing settled: nothing new
+    record = repartition.to_retire(m, none, {1})
+    assert record == Retirement({1: 2})
+    assert repartition.to_retire(m, record, {1}) is None  # twice: harmless
+    stage = m.stages[1]
+    assert (repartition.running_parts(stage, none), repartition.live_prev(stage, none)) == \
+        ([0, 1, 2, 3, 4, 5, 6], (0, 2))
+    assert (repartition.running_parts(stage, record), repartition.live_prev(stage, record)) == \
+        ([2, 3, 4, 5, 6], None)
+    assert repartition.to_reclaim(m, record) == {1: range(0, 2)}
+    assert repartition.to_reclaim(m, dataclasses.replace(record, reclaimed={1: 2})) == {}
+    assert [s.index for s in repartition.unsettled(m, none)] == [1]
+    assert repartition.unsettled(m, record) == []
+    # the next change (5 -> 3, draining 2..6) and a record that knows only the first retirement
+    later = laid(manifest(1, 3, 3), s1=(7, [2, 5]))
+    assert repartition.to_retire(later, record, set()) is None
+    assert repartition.to_retire(later, record, {1}) == Retirement({1: 7})
+    # a record left by an earlier app of the same name never stops a fresh deploy's partitions
+    fresh = manifest(1, 2, 3)
+    assert repartition.running_parts(fresh.stages[1], Retirement({1: 7})) == [0, 1]
+    assert repartition.to_reclaim(fresh, Retirement({1: 7})) == {}
+
+
+def test_the_retirement_record_survives_the_wire() -> None:
+    record = Retirement({1: 7, 2: 3}, {1: 2})
+    assert Retirement.from_wire(record.to_wire()) == record
+    with pytest.raises(WireError):
+        Retirement.from_wire(b'{"retired": 1}')

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import wallaroo as wl
 from wallaroo.core.packaging import _stage_info
-from wallaroo.core.wire import Manifest
+from wallaroo.core.wire import Manifest, Retirement
 from wallaroo.core.worker import WorkerConfig
 from wallaroo.functions import App
 from wallaroo_runtime.checkpoint import CheckpointConfig
@@ -78,3 +78,16 @@ def test_the_same_version_laid_out_anew_is_switched_to_a_settled_layout_adopted(
     assert not runner._same_version(manifest(five, base=7, prev=[2, 5]))  # noqa: SLF001
     assert runner._same_version(manifest(five, base=2))  # noqa: SLF001 - drained: adopted
     assert running.runnable == {(0, 0)} | {(1, p) for p in range(2, 7)}
+
+
+def test_a_retired_layout_is_neither_assigned_nor_run_nor_sent_markers() -> None:
+    five = app(5)
+    m = manifest(five, base=2, prev=[0, 2])
+    running = host(five, m)
+    assert running.laid_out.stages[1].prev == (0, 2)
+    record = Retirement({1: 2})
+
+    running.retire(record)
+    assert running.laid_out.stages[1].prev is None  # its senders end no layout there
+    assert running.runnable == {(0, 0)} | {(1, p) for p in range(2, 7)}
+    assert set(assignment(["r0"], m, retired=record).owners) == running.runnable

@@ -11,7 +11,7 @@ from wallaroo.core.errors import NotDeployedError
 from wallaroo.core.keys import deployer_key
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
 from wallaroo.core.packaging import build_artifact, load_deployable, sign
-from wallaroo.core.wire import CommitRecord, Manifest
+from wallaroo.core.wire import Manifest
 from wallaroo.nats import Nats
 from wallaroo.plan import Retention
 
@@ -43,20 +43,8 @@ async def lay_out(nats: Nats, manifest: Manifest, what: str = "deploy") -> Manif
 
 
 async def settled_stages(nats: Nats, deployed: Manifest) -> set[int]:
-    """Stages of `deployed` that drain no earlier layout any more: every partition of their
-    current layout has moved its state in (its changelog says MIGRATED)."""
-    names = AppNames(deployed.slug)
-    settled = set()
-    for st in deployed.stages:
-        if st.prev is None:
-            settled.add(st.index)
-            continue
-        lasts = [await nats.last_on_subject(names.log_stream, names.log(st.index, p))
-                 for p in st.parts]
-        if all(m is not None and repartition.MIGRATED in CommitRecord.from_wire(m.data).watermarks
-               for m in lasts):
-            settled.add(st.index)
-    return settled
+    """Stages of `deployed` that drain no earlier layout any more (observe.settled_stages)."""
+    return await observe.settled_stages(nats, deployed)
 
 
 async def ensure_streams(nats: Nats, slug: str, retention: Retention | None = None) -> None:

@@ -10,6 +10,7 @@ MEMBERS_BUCKET = "WL_MEMBERS"  # runner heartbeats; entries lapse after the memb
 LEADER_BUCKET = "WL_LEADER"  # one key, "leader": the runner that assigns partitions
 ASSIGN_BUCKET = "WL_ASSIGN"  # per app: (stage, partition) -> owner runner id
 LEASES_BUCKET = "WL_LEASES"  # per (app, stage, partition): the runner running it now
+LAYOUTS_BUCKET = "WL_LAYOUTS"  # per app: its retired layouts, and how far they are reclaimed
 CONTROL_BUCKET = "WL_CONTROL"  # operator wishes, e.g. the local cluster's runner count
 CONNECTORS_BUCKET = "WL_CONNECTORS"  # per app and connector source: how far it has published
 RESULTS_BUCKET = "WL_RESULTS"  # call id -> its CallResult, first write wins, kept result_ttl

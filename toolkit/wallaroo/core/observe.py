@@ -5,8 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wallaroo.core.names import APPS_BUCKET, LEADER_BUCKET, LEADER_KEY, MEMBERS_BUCKET, AppNames
-from wallaroo.core.wire import Heartbeat, Holder, Manifest, Part
+from wallaroo.core import repartition
+from wallaroo.core.names import (
+    APPS_BUCKET,
+    LAYOUTS_BUCKET,
+    LEADER_BUCKET,
+    LEADER_KEY,
+    MEMBERS_BUCKET,
+    AppNames,
+)
+from wallaroo.core.wire import CommitRecord, Heartbeat, Holder, Manifest, Part, Retirement, StageInfo
 from wallaroo.nats import Nats
 
 Lag = tuple[int, int]  # (num_pending, num_ack_pending) of a partition's consumer
@@ -41,13 +49,40 @@ async def manifests(nats: Nats) -> list[Manifest]:
     return found
 
 
-async def partition_lags(nats: Nats, manifest: Manifest) -> dict[Part, Lag | None]:
-    """(stage, partition) -> its consumer's lag, None where no consumer exists."""
+async def retirement(nats: Nats, slug: str) -> Retirement:
+    """The app's retired layouts, as the leader recorded them (none: an empty record)."""
+    raw = await nats.kv_get(LAYOUTS_BUCKET, slug)
+    return Retirement.from_wire(raw) if raw is not None else Retirement()
+
+
+async def settled_stages(nats: Nats, manifest: Manifest,
+                         stages: list[StageInfo] | None = None) -> set[int]:
+    """Those of `stages` (default: all of `manifest`'s) that drain no earlier layout any more:
+    every partition of their current layout has moved its state in (its last changelog
+    record says MIGRATED: every later record carries it on, and a trim keeps the last)."""
     names = AppNames(manifest.slug)
+    settled = set()
+    for st in manifest.stages if stages is None else stages:
+        if st.prev is None:
+            settled.add(st.index)
+            continue
+        lasts = [await nats.last_on_subject(names.log_stream, names.log(st.index, p))
+                 for p in st.parts]
+        if all(m is not None and repartition.MIGRATED in CommitRecord.from_wire(m.data).watermarks
+               for m in lasts):
+            settled.add(st.index)
+    return settled
+
+
+async def partition_lags(nats: Nats, manifest: Manifest) -> dict[Part, Lag | None]:
+    """(stage, partition) -> its consumer's lag, None where no consumer exists; the
+    partitions runners run (a retired layout's are gone: wallaroo.core.repartition)."""
+    names = AppNames(manifest.slug)
+    record = await retirement(nats, manifest.slug)
     return {
         (st.index, p): await nats.consumer_lag(names.data_stream, AppNames.durable(st.index, p))
         for st in manifest.stages
-        for p in st.run_parts
+        for p in repartition.running_parts(st, record)
     }
 
 
@@ -68,9 +103,9 @@ def stage_totals(manifest: Manifest, by_part: dict[Part, Lag | None],
     `waiting` (from `unconsumed`) on partitions that have no consumer."""
     rows = []
     for st in manifest.stages:
-        lags = [by_part[(st.index, p)] for p in st.run_parts]
+        lags = [lag for (stage, _), lag in by_part.items() if stage == st.index]
         present = [lag for lag in lags if lag is not None]
-        queued = sum((waiting or {}).get((st.index, p), 0) for p in st.run_parts)
+        queued = sum(n for (stage, _), n in (waiting or {}).items() if stage == st.index)
         rows.append(StageLag(manifest.slug, st.index, st.name, sum(p for p, _ in present) + queued,
                              sum(a for _, a in present), st.partitions, len(lags) - len(present)))
     return rows

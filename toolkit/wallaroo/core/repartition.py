@@ -3,7 +3,7 @@
 Design (why this one). A stage's partitions are numbered from a `base`: a redeploy with
 another count gives the stage a new layout, numbered after every earlier one, so its input
 subjects, durables, changelogs, snapshots, leases and producer ids are all fresh names
-(nothing of the old layout's history can mix in, and no purge is needed). The old layout
+(nothing of the old layout's history can mix in, and nothing needs purging first). The old layout
 keeps running, with the new version's code, until it is drained; then each new partition
 builds its state from the old partitions' final states, by key. In detail:
 
@@ -38,6 +38,15 @@ builds its state from the old partitions' final states, by key. In detail:
 6. Versions side by side: a runner still on the older version runs none of the new layout's
    partitions (AppHost.runnable), and an older version's worker whose changelog shows a newer
    one already ended the layout it would route into refuses to run (LayoutMovedError).
+7. Retiring the old layout (wallaroo_runtime.layouts): once the stage is settled (every new
+   partition's last changelog record shows MIGRATED) and the stage it routes into drains no
+   layout of its own (until then an old partition may owe it end-of-layout markers), the
+   leader records the old partitions retired (`retire_below`), assigns them no more, and the
+   runners lay the stage out without its drained layout, as a deploy after it settled would.
+   A later leader pass, under each old partition's lease, deletes its consumer, purges its
+   input and changelog subjects, its snapshots and segments and its lease key, then records
+   it reclaimed. Layouts are numbered upwards, so "every partition of the stage below N"
+   names all the retired ones, even those of a layout a later deploy no longer mentions.
 
 Why not stop-the-world (pause upstream, drain, split, start): pausing needs every runner to
 agree on a moment, and a deployer killed between pause and start leaves the app paused. Here
@@ -51,7 +60,9 @@ changing counts together with the stage structure, and changing a job's counts.
 
 Who does what: the deployer only lays out the manifest (base, prev: see `lay_out`), as its
 role may only write manifests and artifacts; the runners, which own the changelogs and the
-state store, do all the moving, each partition under its own lease. A deployer killed
+state store, do all the moving, each partition under its own lease, and the leader among
+them retires and reclaims the drained layout (the manifest keeps its `prev`: runners may not
+write manifests, so the retirement is a record of its own, `WL_LAYOUTS`). A deployer killed
 midway wrote either the old manifest or the new one: nothing is half done.
 """
 
@@ -63,7 +74,7 @@ from dataclasses import dataclass, replace
 from wallaroo.core import codec
 from wallaroo.core.errors import DeployError
 from wallaroo.core.names import EOI_PREFIX, LAYOUT_PREFIX
-from wallaroo.core.wire import CommitRecord, Manifest, StageInfo
+from wallaroo.core.wire import CommitRecord, Manifest, Retirement, StageInfo
 
 # LAYOUT_PREFIX (names.py) starts the ids of end-of-layout markers and "eol:<sender>" watermarks
 SENT_PREFIX = "eol>"  # watermark of a sender that sent its markers to a layout
@@ -228,3 +239,69 @@ def _refuse_unsupported(new: Manifest, deployed: Manifest, moved: list[LayoutCha
                    f"from {then.prev[1]} to {then.partitions} partitions; deploy again once "
                    "that has finished (its new partitions show commits in `wallaroo status`)")
             raise LayoutError(msg)
+
+
+# --- retiring a drained layout (the leader; see wallaroo_runtime.layouts) ----------------
+
+
+def retire_below(manifest: Manifest, settled: set[int]) -> dict[int, int]:
+    """Per stage, the partition number below which its layouts are retired: nobody runs
+    them, and their resources may go. Every layout before the drained one is (a count change
+    is refused until the last one settled); the drained one too once the stage is settled
+    (`settled`: every new partition's changelog shows MIGRATED, so none reads the old states
+    again) and the stage it routes into drains no layout of its own: until that one settles,
+    an old partition may still have to send it end-of-layout markers."""
+    by_index = {s.index: s for s in manifest.stages}
+    out: dict[int, int] = {}
+    for st in manifest.stages:
+        target = by_index.get(st.target) if st.target is not None else None
+        waits = target is not None and target.prev is not None and target.index not in settled
+        if st.prev is None or (st.index in settled and not waits):
+            out[st.index] = st.base
+        else:
+            out[st.index] = st.prev[0]
+    return out
+
+
+def retired(record: Retirement, stage: StageInfo) -> int:
+    """Partitions of `stage` below this number are retired. Never one of its current layout:
+    a record left by an earlier app of the same name must not stop a fresh deploy's."""
+    return min(record.retired.get(stage.index, 0), stage.base)
+
+
+def running_parts(stage: StageInfo, record: Retirement) -> list[int]:
+    """The partitions runners run: the current layout's, and the drained one's until retired."""
+    below = retired(record, stage)
+    return [p for p in stage.run_parts if p >= below]
+
+
+def live_prev(stage: StageInfo, record: Retirement) -> tuple[int, int] | None:
+    """The stage's drained layout (base, count) while it is not retired, else None: how
+    runners lay the stage out (as a deploy after it settled would)."""
+    if stage.prev is None or retired(record, stage) > stage.prev[0]:
+        return None
+    return stage.prev[0], stage.prev[1]
+
+
+def to_retire(manifest: Manifest, record: Retirement, settled: set[int]) -> Retirement | None:
+    """`record` with what `retire_below` adds to it, or None when it adds nothing."""
+    wanted = retire_below(manifest, settled)
+    merged = {i: max(n, record.retired.get(i, 0)) for i, n in wanted.items() if n}
+    if all(record.retired.get(i, 0) >= n for i, n in merged.items()):
+        return None
+    return replace(record, retired={**record.retired, **merged})
+
+
+def unsettled(manifest: Manifest, record: Retirement) -> list[StageInfo]:
+    """The stages whose drained layout is not retired yet: whose changelogs the leader reads."""
+    return [st for st in manifest.stages if st.prev is not None and retired(record, st) < st.base]
+
+
+def to_reclaim(manifest: Manifest, record: Retirement) -> dict[int, range]:
+    """Per stage, its retired partitions whose resources are not reclaimed yet."""
+    out: dict[int, range] = {}
+    for st in manifest.stages:
+        parts = range(record.reclaimed.get(st.index, 0), retired(record, st))
+        if parts:
+            out[st.index] = parts
+    return out

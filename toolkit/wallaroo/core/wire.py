@@ -13,6 +13,7 @@ another. Bytes that do not parse raise `WireError`, one typed error, whatever wa
 | Heartbeat | runner | leader, status, autoscaler | KV `WL_MEMBERS` |
 | Assignment | leader | runners, status | KV `WL_ASSIGN` |
 | Holder | lease / leader holder | runners, status | KV `WL_LEASES`, `WL_LEADER` |
+| Retirement | leader | runners, status | KV `WL_LAYOUTS` |
 | RunnersWish | `wallaroo scale`, autoscaler | the local pool (`wallaroo dev`) | KV `WL_CONTROL` |
 | CallRequest | a caller (`.remote`, `.spawn`, `.map`) | the runner that runs it | calls stream |
 | CallResult | the runner that ran it (first write wins) | every caller of that call id | KV `WL_RESULTS` |
@@ -456,6 +457,30 @@ class Assignment:
 
     def owned_by(self, runner_id: str) -> set[Part]:
         return {p for p, owner in self.owners.items() if owner == runner_id}
+
+
+@dataclass(frozen=True)
+class Retirement:
+    """The leader's word on one app's drained layouts (wallaroo.core.repartition): per stage
+    index, its partitions numbered below `retired[stage]` are no longer run, and those below
+    `reclaimed[stage]` have had their consumers, changelogs, snapshots and leases removed."""
+
+    retired: dict[int, int] = field(default_factory=dict)
+    reclaimed: dict[int, int] = field(default_factory=dict)
+
+    def to_wire(self) -> bytes:
+        return json.dumps({"retired": {str(k): v for k, v in self.retired.items()},
+                           "reclaimed": {str(k): v for k, v in self.reclaimed.items()}},
+                          sort_keys=True).encode()
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Retirement:
+        def build(raw: bytes) -> Retirement:
+            body = _json(raw)
+            return cls({int(k): int(v) for k, v in body["retired"].items()},
+                       {int(k): int(v) for k, v in body["reclaimed"].items()})
+
+        return _parse("layout retirement", data, build)
 
 
 @dataclass(frozen=True)

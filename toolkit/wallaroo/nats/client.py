@@ -659,6 +659,11 @@ class Nats:
         """Remove every message on `subject` with a sequence below `seq` (repeatable)."""
         await _patiently(lambda: self.js.purge_stream(stream, subject=subject, seq=seq))
 
+    async def purge_subject(self, stream: str, subject: str) -> None:
+        """Remove every message on `subject` (repeatable; a missing stream is empty already)."""
+        with contextlib.suppress(jserr.NotFoundError):
+            await _patiently(lambda: self.js.purge_stream(stream, subject=subject))
+
     async def consumer_lag(self, stream: str, durable: str) -> tuple[int, int] | None:
         """(num_pending, num_ack_pending) of a durable consumer, or None if it does not exist."""
         try:
@@ -774,6 +779,11 @@ class Nats:
                 raise
             return False
         return True
+
+    async def kv_purge(self, bucket: str, key: str) -> None:
+        """Remove `key` with its history, leaving no delete marker behind (a KV delete or
+        purge leaves one per key forever): for keys of things that are gone for good."""
+        await self.purge_subject(f"KV_{bucket}", f"$KV.{bucket}.{key}")
 
     async def obj_put(self, bucket: str, name: str, data: bytes) -> None:
         store = await self._obj(bucket)
