@@ -359,6 +359,34 @@ def test_fan_out_drops_none_keeps_order_and_traces_each_output_to_its_record() -
     assert err.value.item.rid == (4, 0)
 
 
+@wl.computation_multi(name="letters")
+def letters(word):
+    return list(word)
+
+
+@wl.computation(name="no z")
+def no_z(letter):
+    if letter == "z":
+        raise ValueError("z")
+    return letter
+
+
+@pytest.mark.parametrize("lines", [["ab cd", "", "e fgz h", "ij"], ["z"], ["a b", "c", "dz"]])
+def test_a_failure_after_clean_fan_outs_names_the_record_its_value_came_from(lines: list[str]) -> None:
+    """Two fan-outs without a None (the path that works out origins only when asked)."""
+    app = wl.build_application("f", wl.source("in", wl.StreamSource()).to(split).to(letters)
+                               .to(no_z).to_sink(wl.StreamSink("out")))
+    items = [Item((n, 0), None, raw.encode()) for n, raw in enumerate(lines, 1)]
+    culprit = next(n for n, raw in enumerate(lines, 1) if "z" in raw)
+
+    with pytest.raises(RecordFailed) as err:
+        engine(app).attempt(items, {}, {})
+    assert err.value.item.rid == (culprit, 0)
+    clean = [i for i in items if b"z" not in i.value]
+    assert engine(app).attempt(clean, {}, {}).sink_out == {
+        0: [c.encode() for i in clean for c in i.value.decode() if c != " "]}
+
+
 @wl.computation(name="keep short")
 def keep_short(s):
     if s == "yy":

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 import traceback
+from bisect import bisect_right
 from collections import ChainMap
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from itertools import chain, count, repeat
+from itertools import accumulate, chain, count, repeat
 from operator import is_
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, cast, overload
 
 from wallaroo.api import Lift, Partial, StepSpec
 from wallaroo.core import calls, codec
@@ -203,7 +204,7 @@ class StageEngine:
     def _run(self, batch: Batch, table: Mapping[str, bytes], check: int | None) -> BatchResult:
         result = BatchResult()
         keys, vals = batch.keys, batch.values
-        origin: list[int] | None = None  # output index -> batch index (None: the same)
+        origin: Sequence[int] | None = None  # output index -> batch index (None: the same)
         where, reason = "decoder", "decode_error"
         try:
             if self.decode is not None:
@@ -334,7 +335,7 @@ class StageEngine:
                                       "".join(traceback.format_exception(err)), 1, key, payload,
                                       (0, 0)))
 
-    def _scoped(self, step: StepSpec, rids: list[RecordId], origin: list[int] | None,
+    def _scoped(self, step: StepSpec, rids: list[RecordId], origin: Sequence[int] | None,
                 n: int) -> Callable[..., Any]:
         """`step.fn`, each of its `n` calls (one per value, in order) made inside the
         StepScope of the value's input record. Values a fan-out made from one record share
@@ -357,8 +358,8 @@ class StageEngine:
 
     def _step(
         self, step: StepSpec, fn: Callable[..., Any], keys: list[str | None], vals: list[Any],
-        origin: list[int] | None, table: Mapping[str, bytes], work: dict[str | None, Any],
-    ) -> tuple[list[str | None], list[Any], list[int] | None]:
+        origin: Sequence[int] | None, table: Mapping[str, bytes], work: dict[str | None, Any],
+    ) -> tuple[list[str | None], list[Any], Sequence[int] | None]:
         if step.state is None:
             outs = _each(fn, vals)
         else:
@@ -505,9 +506,37 @@ def _each_with_state(
     return _each(fn, vals, states, keys) if step.with_key else _each(fn, vals, states)
 
 
+class _Origins(Sequence[int]):
+    """Output index -> batch index after a fan-out, worked out when asked: only a failure,
+    a filter or a step that calls functions asks, so the common batch builds no list of it
+    (a list per output was ~15% of a job's split stage)."""
+
+    def __init__(self, made_from: Sequence[int], counts: list[int]) -> None:
+        self.made_from, self.counts = made_from, counts
+        self.ends = list(accumulate(counts))
+
+    def __len__(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
+        if isinstance(i, slice):
+            return list(self)[i]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.made_from[bisect_right(self.ends, i)]
+
+    def __iter__(self) -> Iterator[int]:
+        return chain.from_iterable(map(repeat, self.made_from, self.counts))
+
+
 def _fan_out(
-    step: StepSpec, keys: list[str | None], outs: list[Any], origin: list[int] | None
-) -> tuple[list[str | None], list[Any], list[int]]:
+    step: StepSpec, keys: list[str | None], outs: list[Any], origin: Sequence[int] | None
+) -> tuple[list[str | None], list[Any], Sequence[int]]:
     if set(map(type, outs)) <= _SEQUENCES:  # the usual case, flattened in C
         flat = list(chain.from_iterable(outs))
         if not flat:  # windows filling: nothing comes out of this batch yet
@@ -515,8 +544,7 @@ def _fan_out(
         counts = list(map(len, outs))
         if not _has_none(flat):
             made_from = origin if origin is not None else range(len(outs))
-            return (list(chain.from_iterable(map(repeat, keys, counts))), flat,
-                    list(chain.from_iterable(map(repeat, made_from, counts))))
+            return _spread_keys(keys, counts, len(flat)), flat, _Origins(made_from, counts)
     new_keys: list[str | None] = []
     new_vals: list[Any] = []
     new_origin: list[int] = []
@@ -533,6 +561,14 @@ def _fan_out(
                 new_vals.append(x)
                 new_origin.append(src)
     return new_keys, new_vals, new_origin
+
+
+def _spread_keys(keys: list[str | None], counts: list[int], total: int) -> list[str | None]:
+    """Each value's key repeated for the outputs made from it; a source stage's keys (all
+    None) without walking them."""
+    if keys.count(None) == len(keys):  # identity first: no user __eq__ runs on None
+        return [None] * total
+    return list(chain.from_iterable(map(repeat, keys, counts)))
 
 
 _STR, _TEXT, _SEQUENCES = frozenset({str}), frozenset({str, bytes}), frozenset({list, tuple})
