@@ -92,3 +92,98 @@ def test_plain_columns_are_msgpack_and_a_pickle_still_reads() -> None:
     words = ["apple", "pear", "\udcff"]  # lone surrogates too: msgpack carries them
     assert codec.dumps_columns(words, list(words)).startswith(codec.COLUMNS_TAG)
     assert codec.loads_columns(codec.dumps((["k"], ["v"]))) == (["k"], ["v"])
+
+
+class Tally:
+    """A word count's state: a plain class with plain attributes."""
+
+    kind = "tally"  # class attributes stay on the class
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: str | None = None
+
+
+class Slotted:
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 1
+
+
+class Custom:
+    def __init__(self) -> None:
+        self.count = 2
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"count": self.count * 10}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.count = state["count"] // 10 + 1  # what only its own __setstate__ knows
+
+
+@pytest.mark.parametrize("value", [None, True, 7, -(2**63), 2.5, float("-inf"), "wörd\udcff", b"\x00"])
+def test_plain_state_values_go_as_msgpack_and_come_back_the_same(value: object) -> None:
+    data = codec.dump_state(value)
+
+    assert data[:1] == codec.STATE_TAG
+    back = codec.load_state(data)
+    assert back == value and type(back) is type(value)
+
+
+def test_an_object_of_a_plain_class_goes_as_msgpack_and_comes_back_equal() -> None:
+    tally = Tally()
+    tally.count, tally.last = 41, "word\udcff"
+    data = codec.dump_state(tally)
+
+    assert data[:1] == codec.STATE_TAG and len(data) < len(pickle.dumps(tally, protocol=5))
+    back = codec.load_state(data)
+    assert type(back) is Tally and vars(back) == {"count": 41, "last": "word\udcff"}
+    assert back.kind == "tally"
+
+
+def defined_here() -> object:
+    class Local:
+        def __init__(self) -> None:
+            self.count = 3
+
+    return Local()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: 2**70,  # past msgpack's 64 bits
+    lambda: [1, (2, 3)],  # msgpack would give the tuple back as a list
+    lambda: {"k": 1},
+    Slotted, Custom, defined_here,
+    lambda: Point(1, 2),  # a dataclass: plain, but fields may hold anything...
+    lambda: _with_list(),  # ...and here one holds a list
+], ids=["big int", "list", "dict", "slots", "getstate", "local class", "dataclass", "list attr"])
+def test_what_is_not_plain_is_pickled_as_before_and_loads_the_same(make: object) -> None:
+    value = make()  # type: ignore[operator]
+    data = codec.dump_state(value)
+
+    if isinstance(value, Point):  # plain after all: msgpack, and equal
+        assert data[:1] == codec.STATE_TAG and codec.load_state(data) == value
+        return
+    assert data == codec.dumps(value)  # pickle (cloudpickle for the local class), as before
+    back, before = codec.load_state(data), codec.loads(codec.dumps(value))
+    assert type(back) is type(before) and _view(back) == _view(before)
+
+
+def _view(value: object) -> object:
+    if hasattr(value, "__slots__"):
+        return [getattr(value, name) for name in value.__slots__]
+    return vars(value) if hasattr(value, "__dict__") else value
+
+
+def _with_list() -> Tally:
+    tally = Tally()
+    tally.last = ["a", "b"]  # type: ignore[assignment]
+    return tally
+
+
+def test_a_state_pickled_before_the_msgpack_form_still_loads() -> None:
+    tally = Tally()
+    tally.count = 5
+
+    assert vars(codec.load_state(pickle.dumps(tally, protocol=5))) == {"count": 5, "last": None}

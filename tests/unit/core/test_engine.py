@@ -123,7 +123,7 @@ def test_state_persists_through_the_bytes_table_across_batches() -> None:
 
     assert second.sink_out == {0: [b"a=3"]}
     assert Total.made == 0
-    assert codec.loads(second.states[state_slot(app.stages[1].steps[0], "a")]).count == 3
+    assert codec.load_state(second.states[state_slot(app.stages[1].steps[0], "a")]).count == 3
 
 
 def test_a_failing_record_names_its_step_and_leaves_the_table_untouched() -> None:
@@ -140,7 +140,7 @@ def test_a_failing_record_names_its_step_and_leaves_the_table_untouched() -> Non
     assert "step 'count'" in str(failed)
     assert failed.error == "ValueError: boom is not a word"
     assert table == before
-    assert codec.loads(table[state_slot(app.stages[1].steps[0], "a")]).count == 1
+    assert codec.load_state(table[state_slot(app.stages[1].steps[0], "a")]).count == 1
 
 
 def test_records_in_skip_are_dead_lettered_and_the_rest_processed() -> None:

@@ -103,7 +103,7 @@ def test_a_timer_batch_that_returns_nothing_still_empties_its_buffer() -> None:
     result = testing.run(app_with(sink_only), inputs)
     assert result.lines() == []
     states = [v for table in result.states.values() for v in table.values()]
-    assert states and all(codec.loads(v).records == [] for v in states)
+    assert states and all(codec.load_state(v).records == [] for v in states)
 
 
 @wl.batch_computation(name="poison", max_size=10, max_wait=1.0)

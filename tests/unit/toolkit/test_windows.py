@@ -278,7 +278,7 @@ def test_a_keyed_batch_run_again_combines_each_partial_once(empty_gives_b: bool)
     batch.add(1, ["a"] * 4, [Partial([]), Partial([1]), Partial([2]), Partial([3])])
     engine = StageEngine(app, app.stages[1])
     first, again = (engine.attempt(batch, {}, {}).states for _ in range(2))
-    assert [codec.loads(v).acc for v in again.values()] == [[1, 2, 3]]
+    assert [codec.load_state(v).acc for v in again.values()] == [[1, 2, 3]]
     assert again == first
 
 

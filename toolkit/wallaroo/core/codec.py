@@ -6,7 +6,9 @@ here: they go through the app's decoder."""
 
 from __future__ import annotations
 
+import importlib
 import pickle
+import sys
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NoReturn, TypeVar
@@ -77,6 +79,73 @@ def loads_columns(data: bytes) -> Any:
         raise TypeError(msg)
     keys, values = body
     return keys, keys if values is None else values
+
+
+# Keyed state: a plain value, or an object of a plain class whose attributes are plain
+# values, goes as msgpack behind STATE_TAG (the same byte, never a pickle's first): its dump
+# costs ~40% and its load ~65% of pickle's (1.1 vs 2.7 us and 1.4 vs 2.2 us for a word
+# count's WordTotal), paid per key and batch. Anything else is pickled as before, and a
+# pickled state (written before this, or not plain) loads as before.
+STATE_TAG = COLUMNS_TAG
+_OBJECT, _VALUE = 0, 1
+# Per class, decided once (a plain dict: a redeploy's new classes add a few entries, and a
+# weak one would cost a weakref per lookup).
+_state_classes: dict[type, tuple[str, str] | None] = {}
+
+
+def dump_state(obj: Any) -> bytes:
+    if type(obj) in _PLAIN:
+        body: list[Any] = [_VALUE, obj]
+    else:
+        named = _plain_class(type(obj))
+        attrs = getattr(obj, "__dict__", None)
+        if named is None or type(attrs) is not dict or not set(map(type, attrs.values())) <= _PLAIN:
+            return dumps(obj)
+        body = [_OBJECT, *named, attrs]
+    try:
+        return STATE_TAG + _packed(body)
+    except (OverflowError, TypeError):  # an int past 64 bits; a key of the dict not a str
+        return dumps(obj)
+
+
+def load_state(data: bytes) -> Any:
+    if data[:1] != STATE_TAG:
+        return loads(data)
+    body = msgpack.unpackb(data[1:], raw=False, unicode_errors=STR_ERRORS, use_list=True,
+                           strict_map_key=False)
+    if body[0] == _VALUE:
+        return body[1]
+    _, module, qualname, attrs = body
+    cls = getattr(sys.modules.get(module) or importlib.import_module(module), qualname)
+    obj = cls.__new__(cls)
+    obj.__dict__.update(attrs)
+    return obj
+
+
+def _plain_class(cls: type) -> tuple[str, str] | None:
+    """(module, name) of a class whose instances pickle as pickle's default does (created
+    with __new__, their __dict__ restored) and that pickle would find by that name; else
+    None. Decided once per class."""
+    if cls in _state_classes:
+        return _state_classes[cls]
+    named = None
+    default = all(getattr(cls, name, None) is getattr(object, name, None) for name in _REDUCERS) \
+        and "__slots__" not in _mro_dicts(cls)
+    if default and "." not in cls.__qualname__ and "<" not in cls.__qualname__:
+        home = sys.modules.get(cls.__module__)
+        if home is not None and getattr(home, cls.__qualname__, None) is cls:
+            named = (cls.__module__, cls.__qualname__)
+    _state_classes[cls] = named
+    return named
+
+
+# What a class overrides to pickle otherwise than by __new__ and its __dict__.
+_REDUCERS = ("__reduce_ex__", "__reduce__", "__getstate__", "__setstate__", "__getnewargs_ex__",
+             "__getnewargs__", "__new__")
+
+
+def _mro_dicts(cls: type) -> set[str]:
+    return {name for klass in cls.__mro__[:-1] for name in vars(klass)}
 
 
 def partition_of(key: str, partitions: int) -> int:

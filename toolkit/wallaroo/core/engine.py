@@ -252,7 +252,7 @@ class StageEngine:
                 continue
             prefix = state_slot_of(step.name, None)
             for slot in (k for k in table if k.startswith(prefix)):
-                due = step.deadline(codec.loads(table[slot]))
+                due = step.deadline(codec.load_state(table[slot]))
                 if due is not None:
                     found[slot] = due
         return found
@@ -299,7 +299,7 @@ class StageEngine:
     def _flush_key(self, j: int, key: str | None, view: Mapping[str, bytes], result: BatchResult,
                    now: float | None = None) -> None:
         step, work = self.steps[j], {}
-        state = work[key] = codec.loads(view[state_slot(step, key)])
+        state = work[key] = codec.load_state(view[state_slot(step, key)])
         if now is not None and not _due(step, state, now):
             return  # nothing due for this key: its state is unchanged
         try:
@@ -312,7 +312,7 @@ class StageEngine:
             if self.route is not None:
                 self._route(vals, result.routed)
             self._encode(vals, result)
-            result.states.update({state_slot_of(name, k): codec.dumps(obj)
+            result.states.update({state_slot_of(name, k): codec.dump_state(obj)
                                   for name, objs in out.items() for k, obj in objs.items()})
             result.deadlines.update(self._deadlines(out))
         except Exception as exc:  # user code at end of input: this key's letter, not a stall
@@ -328,7 +328,7 @@ class StageEngine:
         if isinstance(err, BatchFailed):
             payload, err = codec.dumps(err.records), err.error
         if step.deadline is not None:  # its buffer was emptied: it must not fire again
-            result.states[state_slot(step, key)] = codec.dumps(state)
+            result.states[state_slot(step, key)] = codec.dump_state(state)
             result.deadlines[state_slot(step, key)] = None
         result.dead.append(DeadLetter(self.stage.name, step.name, "user_error",
                                       f"{type(err).__name__}: {err}",
@@ -482,7 +482,7 @@ def _dump_states(batch: Batch, work: dict[str, dict[str | None, Any]]) -> dict[s
     for name, objs in work.items():
         for key, obj in objs.items():
             try:
-                states[state_slot_of(name, key)] = codec.dumps(obj)
+                states[state_slot_of(name, key)] = codec.dump_state(obj)
             except Exception as exc:  # name the first record that touched the state
                 item = batch.item(batch.keys.index(key))
                 raise RecordFailed(item, name, "state_error", exc) from exc
@@ -576,7 +576,7 @@ _STR, _TEXT, _SEQUENCES = frozenset({str}), frozenset({str, bytes}), frozenset({
 
 def _load_state(step: StepSpec, key: str | None, table: Mapping[str, bytes]) -> Any:
     blob = table.get(state_slot(step, key))
-    return codec.loads(blob) if blob is not None else _new_state(step)
+    return codec.load_state(blob) if blob is not None else _new_state(step)
 
 
 def _new_state(step: StepSpec) -> Any:
