@@ -342,7 +342,7 @@ class StageEngine:
         that record's scope, so their calls are numbered on (never the same id twice)."""
         assert self.scope is not None
         where, fn = self.scope, step.fn
-        order = iter([rids[origin[i]] for i in range(n)] if origin is not None else rids)
+        order = iter([rids[i] for i in origin] if origin is not None else rids)
         scopes: dict[RecordId, calls.StepScope] = {}
 
         def scoped(*args: Any) -> Any:
@@ -368,7 +368,7 @@ class StageEngine:
             if not _has_none(outs):
                 return keys, outs, origin
             kept = [i for i, o in enumerate(outs) if o is not None]
-            src = [origin[i] for i in kept] if origin is not None else kept
+            src = list(map(_listed(origin).__getitem__, kept)) if origin is not None else kept
             return [keys[i] for i in kept], [outs[i] for i in kept], src
         return _fan_out(step, keys, outs, origin)
 
@@ -548,6 +548,7 @@ def _fan_out(
     new_keys: list[str | None] = []
     new_vals: list[Any] = []
     new_origin: list[int] = []
+    origin = _listed(origin) if origin is not None else None
     for i, out in enumerate(outs):
         if out is None:
             continue
@@ -561,6 +562,11 @@ def _fan_out(
                 new_vals.append(x)
                 new_origin.append(src)
     return new_keys, new_vals, new_origin
+
+
+def _listed(origin: Sequence[int]) -> Sequence[int]:
+    """`origin` as a list when it will be indexed value by value (_Origins works each out)."""
+    return list(origin) if isinstance(origin, _Origins) else origin
 
 
 def _spread_keys(keys: list[str | None], counts: list[int], total: int) -> list[str | None]:
