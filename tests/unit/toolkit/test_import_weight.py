@@ -37,3 +37,21 @@ def test_dev_without_tls_does_not_import_the_certificate_code() -> None:
     """cryptography's x509 (0.03 s) is for `dev --tls` only."""
     assert _imported("import wallaroo.cli, wallaroo.local.devrun",
                      ("wallaroo.local.tls", "cryptography.x509")) == []
+
+
+def test_import_wallaroo_loads_only_what_is_used() -> None:
+    """`python -m wallaroo` and the console script import the package first: its names load
+    their modules on first use, so a command starts without the whole authoring API."""
+    authoring = ("wallaroo.api", "wallaroo.pipeline", "wallaroo.plan", "wallaroo.windows",
+                 "wallaroo.batches", "wallaroo.functions", "wallaroo.connectors", "wallaroo.core.engine")
+    assert _imported("import wallaroo", authoring) == []
+    assert _imported("import wallaroo; wallaroo.source", authoring) == [
+        "wallaroo.api", "wallaroo.pipeline"]
+
+
+def test_every_public_name_of_wallaroo_resolves() -> None:
+    probe = ("import wallaroo; from wallaroo import *; "
+             "print(all(getattr(wallaroo, n) is globals()[n] for n in wallaroo.__all__))")
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "True"
+
