@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from wallaroo.control import apps, dlq, ingest, outputs
-from wallaroo.control.scale import request_runners
-from wallaroo.control.tables import preview, printable, render_table
-from wallaroo.core import keys
-from wallaroo.core.calls import cluster_creds, cluster_tls_ca, cluster_url
 from wallaroo.core.errors import WallarooError
-from wallaroo.core.wire import DeadLetter, Manifest
 from wallaroo.local.scaffold import Template
-from wallaroo.nats import Nats, nats_failure
 from wallaroo.nats.protocol import CREDS_ENV, TLS_CA_ENV
+
+# What a command needs is imported in its body: parsing any command, and `dev` up to its
+# nats-server's start, must not pay for every other command's imports (the NATS client, the
+# wire types, rich's tables: a quarter of a second).
+if TYPE_CHECKING:
+    from wallaroo.control.ingest import Sent
+    from wallaroo.core.wire import DeadLetter, Manifest
+    from wallaroo.nats import Nats
 
 T = TypeVar("T")
 
@@ -40,7 +40,6 @@ app.add_typer(keys_app, name="keys")
 infra_app = typer.Typer(no_args_is_help=True, help="Secrets of a cluster built by infra/: put "
                         "them in SSM Parameter Store, fetch them at boot, issue node certificates.")
 app.add_typer(infra_app, name="infra")
-default_nats = cluster_url  # --nats default: $WALLAROO_NATS, a `wallaroo dev` here, localhost
 CREDS_HELP = ("nkey seed file to connect with (default: $WALLAROO_CREDS, else the role's file "
               "of the `wallaroo dev` in this folder, .wallaroo/dev/creds/)")
 TLS_CA_HELP = ("CA to verify a tls:// server with (default: $WALLAROO_TLS_CA, else the CA of the "
@@ -72,9 +71,20 @@ AppFile = Annotated[Path, typer.Argument(metavar="APP.py", help="the app's .py f
                                          dir_okay=False)]
 
 
+def default_nats() -> str:
+    """--nats default: $WALLAROO_NATS, a `wallaroo dev` here, localhost."""
+    from wallaroo.core.calls import cluster_url
+
+    return cluster_url()
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command body; a WallarooError or a failed NATS request becomes a one-line error
     and exit code 1."""
+    import asyncio
+
+    from wallaroo.nats import nats_failure
+
     try:
         return asyncio.run(coro)
     except WallarooError as err:
@@ -101,6 +111,9 @@ def fail(text: str) -> NoReturn:
 
 
 async def _connect(url: str | None, role: str) -> Nats:
+    from wallaroo.core.calls import cluster_creds, cluster_tls_ca
+    from wallaroo.nats import Nats
+
     return await Nats.connect(url or default_nats(), name="wallaroo-cli", persistent=False,
                               creds=cluster_creds(role), tls_ca=cluster_tls_ca())
 
@@ -195,6 +208,7 @@ def deploy(
     """Package APP (cloudpickle + manifest), sign it and ship it to the runners through NATS;
     runners switch between batches, keeping state. Exits 1 when a runner refuses it or the
     rollout times out."""
+    from wallaroo.control import apps
 
     async def body(nc: Nats) -> bool:
         m = await apps.deploy(nc, app_file, key=key)
@@ -308,11 +322,13 @@ def send(
     nats: NatsOpt = None,
 ) -> None:
     """Send records to a deployed app's source (exactly once per producer id)."""
+    from wallaroo.control import apps, ingest
+
     if (file is None) == (not values):
         msg = "give either --file F or VALUE... (not both, not neither)"
         raise typer.BadParameter(msg)
 
-    async def body(nc: Nats) -> ingest.Sent:
+    async def body(nc: Nats) -> Sent:
         manifest = await apps.manifest_of(nc, app_name)
         if file is not None:
             records = ingest.file_records(file, ingest.source_framing(manifest, source))
@@ -338,6 +354,9 @@ def tail(
     nats: NatsOpt = None,
 ) -> None:
     """Print a deployed app's outputs, from the first, following new ones."""
+    import asyncio
+
+    from wallaroo.control import apps, outputs
 
     async def body(nc: Nats) -> None:
         with contextlib.suppress(TimeoutError):
@@ -387,6 +406,8 @@ def top(
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between samples")] = 1.0,
 ) -> None:
     """A live view of apps, stages, lag, rates and runners (Ctrl-C quits)."""
+    import asyncio
+
     from wallaroo.control import top as tp
 
     if once:
@@ -404,6 +425,8 @@ def top(
 
 
 def _table(columns: list[str], rows: list[list[str]], empty: str) -> None:
+    from wallaroo.control.tables import render_table
+
     # On a terminal the table fits its width; in a pipe or file, a line per row.
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     typer.echo(render_table(columns, rows, width) if rows else empty)
@@ -429,6 +452,7 @@ def scale(
 ) -> None:
     """Resize the runner pool of the local cluster that `wallaroo dev` runs: the runners are
     shared by every app deployed there, so there is no app to name."""
+    from wallaroo.control.scale import request_runners
 
     on_nats(nats, lambda nc: request_runners(nc, runners), role="deployer")
     typer.echo(f"asked the local cluster for {runners} runner(s); `wallaroo status` shows them "
@@ -512,6 +536,7 @@ def runner(
 ) -> None:
     """Run a long-lived runner: join the cluster, run the partitions and serve the
     functions assigned to it. It runs only deploys signed by a key it trusts (--trust)."""
+    from wallaroo.core import keys
     from wallaroo_runtime.executor import ExecutorConfig
     from wallaroo_runtime.runner import RunnerOptions
     from wallaroo_runtime.runner import main as runner_main
@@ -654,6 +679,8 @@ def dlq_list(
 ) -> None:
     """List dead letters: records that failed in decoding or user code after retries, and
     input messages that did not decode at all (malformed_message: kept whole, not replayable)."""
+    from wallaroo.control import apps, dlq
+    from wallaroo.control.tables import preview, printable
 
     async def body(nc: Nats) -> list[DeadLetter]:
         return await dlq.dead_letters(nc, await apps.manifest_of(nc, app_name), limit)
@@ -681,7 +708,7 @@ def dlq_replay(
     nats: NatsOpt = None,
 ) -> None:
     """Re-inject dead letters into the stage that rejected them (e.g. after deploying a fix)."""
-
+    from wallaroo.control import apps, dlq
     from wallaroo.control import status as st
 
     async def body(nc: Nats) -> int:
@@ -700,6 +727,8 @@ KeysDir = Annotated[Path, typer.Option("--dir", file_okay=False, help="where to 
 def keys_generate(folder: KeysDir = Path(".")) -> None:
     """Write an ed25519 key pair: deploy.key (private, mode 0600) signs deploys, deploy.pub
     goes to every runner (--trust)."""
+    from wallaroo.core import keys
+
     try:
         private, public = keys.generate_pair(folder)
     except WallarooError as err:
@@ -715,6 +744,8 @@ def keys_generate(folder: KeysDir = Path(".")) -> None:
 def keys_state(folder: KeysDir = Path(".")) -> None:
     """Write a state key (state.key, mode 0600): runners MAC snapshots and segments with it
     (--state-key). Every runner of a cluster needs the same one, and nobody else."""
+    from wallaroo.core import keys
+
     try:
         path = keys.generate_state_key(folder / "state.key")
     except WallarooError as err:
@@ -728,6 +759,8 @@ def keys_fingerprint(
     key_file: Annotated[Path, typer.Argument(metavar="FILE", help="a .key or .pub file")],
 ) -> None:
     """Print the fingerprint of a key file: what a runner's refusal names."""
+    from wallaroo.core import keys
+
     try:
         typer.echo("\n".join(keys.fingerprints(key_file)))
     except WallarooError as err:
@@ -756,6 +789,7 @@ def infra_secrets(
 ) -> None:
     """Put the cluster's credentials, CA and keys under /wallaroo/NAME/ in SSM (SecureString),
     before `terraform apply`. A rerun keeps what is there, but for --rotate and deploy.pub."""
+    from wallaroo.core import keys
     from wallaroo.local.secrets import plan as secrets_plan
     from wallaroo.local.secrets import ssm_path, write_operator_files
     from wallaroo_runtime import ssm

@@ -55,3 +55,11 @@ def test_every_public_name_of_wallaroo_resolves() -> None:
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "True"
 
+
+def test_the_cli_imports_a_command_s_modules_in_its_body() -> None:
+    """Parsing any command (`dev` up to its nats-server's start) does not pay for every
+    other command's modules: the NATS client, the wire types, the control clients, rich."""
+    heavy = ("wallaroo.nats.client", "wallaroo.core.wire", "wallaroo.control.apps",
+             "wallaroo.control.dlq", "wallaroo.core.calls", "rich.console", "asyncio")
+    assert _imported("import wallaroo.cli", heavy) == []
+    assert _imported("import wallaroo.control.dlq", ("rich.console",)) == []
