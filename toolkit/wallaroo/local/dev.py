@@ -6,6 +6,7 @@ a deploy key pair and a state key under its state dir, and its runners trust onl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import shutil
@@ -13,10 +14,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from wallaroo.control.scale import requested_runners
 from wallaroo.core.aio import sleep_or_stop
@@ -32,7 +33,9 @@ from wallaroo.core.names import REPLACE_EXIT
 from wallaroo.local.auth import dev_auth
 from wallaroo.local.children import die_with_parent
 from wallaroo.local.natsserver import NatsServer, Service
-from wallaroo.nats import Nats
+
+if TYPE_CHECKING:  # the NATS client (0.1 s) is imported after nats-server starts, not before
+    from wallaroo.nats import Nats
 
 STOP_TIMEOUT = 15.0
 WISH_POLL = 0.2  # seconds between reads of the runner count asked for
@@ -318,12 +321,30 @@ class DevCluster(Service):
         return self.pool.runners
 
     def start(self) -> DevCluster:
-        # Runners start while nats-server does: their start (imports, 0.5 s) is the longer,
-        # and their first connect retries until the server listens.
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def launch(self) -> None:
+        """Start nats-server and the runners without waiting for the server to listen:
+        runners start while it does (their start, imports, 0.5 s, is the longer; their first
+        connect retries until it listens), and so can whatever the caller does next."""
         self.server.launch()
         self.pool.scale_to(self.initial)
+
+    def wait_ready(self) -> None:
+        """Until the launched nats-server listens; WallarooError if it exits first."""
         self.server.wait_ready()
-        return self
+
+    @contextlib.contextmanager
+    def launched(self) -> Iterator[DevCluster]:
+        """`with cluster.launched():` as `with cluster:`, but without waiting for nats-server
+        to listen (call wait_ready before connecting); stopped on exit all the same."""
+        try:
+            self.launch()
+            yield self
+        finally:
+            self.stop()
 
     def scale_to(self, n: int) -> None:
         self.pool.scale_to(n)

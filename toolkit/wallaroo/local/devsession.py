@@ -1,8 +1,5 @@
-"""`wallaroo dev`: deploy an app on a local cluster, feed it, print its outputs.
-
-The cluster keeps its state under STATE_DIR between sessions (JetStream store, keyed state,
-outputs, keys): stop dev and start it again and the app goes on where it was; `--fresh` starts
-empty. While it runs, a supervisor (supervise.py) restarts crashed runners."""
+"""`wallaroo dev`'s session on a started cluster: deploy the app, feed it, print its outputs.
+While it runs, a supervisor (supervise.py) restarts crashed runners."""
 
 from __future__ import annotations
 
@@ -26,39 +23,31 @@ from wallaroo.core.names import AppNames
 from wallaroo.core.packaging import load_app
 from wallaroo.core.wire import Manifest
 from wallaroo.local.dev import DevCluster, ServiceProcess, autoscaler_command, follow_wishes
+from wallaroo.local.devrun import info
 from wallaroo.local.supervise import Supervisor
 from wallaroo.nats import Nats
 from wallaroo.plan import Application, Stage
 
 PROGRESS_EVERY = 0.5  # seconds between looks at the runners' counts while processing
 T = TypeVar("T")
-INTERRUPTED = 130  # exit code of a `dev --input` stopped by Ctrl-C/SIGTERM before its end
 
 
-def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
-            state_dir: Path, timeout: float, autoscale: Sequence[str] | None = None,
-            tls: bool = False, fresh: bool = False) -> int:
-    """`autoscale`: arguments for a `wallaroo autoscaler --backend local` process, which then
-    sizes the runner pool; None: the pool keeps `runners` (or what `wallaroo scale` asks).
-    `tls`: nats-server speaks TLS only, with a CA made under STATE_DIR/tls (see DevCluster)."""
-    app, _ = load_app(app_file)  # fail on a broken app before starting anything
+def prepare(app_file: Path, input_file: Path | None, source: str | None, timeout: float,
+            autoscale: Sequence[str] | None) -> Session:
+    """Load the app and check the input against it: a broken app or input fails before the
+    deploy (devrun has launched nats-server and the runners meanwhile)."""
+    app, _ = load_app(app_file)
     if input_file is not None and source is None and len(app.sources) != 1:
         msg = f"{app.name} has several sources ({', '.join(app.sources)}): pass --source NAME"
         raise WallarooError(msg)
     if input_file is not None:
         _check_input(app.sources.get(source or next(iter(app.sources), "")), input_file)
-    session = _Session(app_file, app, input_file, source, timeout, autoscale)
-    cluster = DevCluster(state_dir, runners, fresh=fresh, tls=tls)
-    with cluster:
-        url_file = state_dir / "url"
-        url_file.write_text(cluster.url)
-        info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
-        try:
-            code = asyncio.run(_session(cluster, session))
-        finally:
-            url_file.unlink(missing_ok=True)
-            info("stopping runners and nats-server")
-    return 0 if input_file is None else INTERRUPTED if code is None else code
+    return Session(app_file, app, input_file, source, timeout, autoscale)
+
+
+def serve(cluster: DevCluster, session: Session) -> int | None:
+    """Deploy on the started `cluster`, feed and print (see _session)."""
+    return asyncio.run(_session(cluster, session))
 
 
 def _check_input(stage: Stage | None, input_file: Path) -> None:
@@ -69,9 +58,9 @@ def _check_input(stage: Stage | None, input_file: Path) -> None:
 
 
 @dataclass(frozen=True)
-class _Session:
-    """What one `wallaroo dev` was asked to do (the app is loaded once, before any process
-    starts, and that load serves the checks made after)."""
+class Session:
+    """What one `wallaroo dev` was asked to do, with its app loaded (that load serves the
+    checks made before the deploy)."""
 
     app_file: Path
     app: Application
@@ -81,7 +70,7 @@ class _Session:
     autoscale: Sequence[str] | None
 
 
-async def _session(cluster: DevCluster, session: _Session) -> int | None:
+async def _session(cluster: DevCluster, session: Session) -> int | None:
     """The exit code once all input is processed and printed (1 if records were
     dead-lettered); None if interrupted (Ctrl-C/SIGTERM)."""
     stop = asyncio.Event()
@@ -104,7 +93,7 @@ async def _session(cluster: DevCluster, session: _Session) -> int | None:
 
 
 async def _serve(cluster: DevCluster, nats: Nats, stop: asyncio.Event,
-                 supervisor: asyncio.Task[None], session: _Session) -> int | None:
+                 supervisor: asyncio.Task[None], session: Session) -> int | None:
     """Deploy, print outputs, size the pool, and feed the input if there is one."""
     manifest = await _until(stop, supervisor, _deploy(nats, cluster, session))
     if manifest is None:
@@ -125,7 +114,7 @@ async def _serve(cluster: DevCluster, nats: Nats, stop: asyncio.Event,
         await printer.stop()
 
 
-async def _deploy(nats: Nats, cluster: DevCluster, session: _Session) -> Manifest:
+async def _deploy(nats: Nats, cluster: DevCluster, session: Session) -> Manifest:
     """Deploy the app onto what the cluster kept: a new version of it switches to that state
     as `wallaroo deploy` would; one whose stages no longer fit it is refused first."""
     app = session.app
@@ -367,9 +356,3 @@ def _lines(outs: list[bytes], prefix: bytes) -> bytes:
         return b"".join(outs)  # the common case (encoders end their lines), checked in C: -30%
     ended = [o if o.endswith(b"\n") else o + b"\n" for o in outs]
     return b"".join(prefix + o for o in ended) if prefix else b"".join(ended)
-
-
-def info(text: str) -> None:
-    """A line for the person at the terminal: on stderr, stdout keeps the outputs."""
-    sys.stderr.write(f"wallaroo: {text}\n")
-    sys.stderr.flush()

@@ -1,0 +1,46 @@
+"""`wallaroo dev`: deploy an app on a local cluster, feed it, print its outputs.
+
+The cluster keeps its state under STATE_DIR between sessions (JetStream store, keyed state,
+outputs, keys): stop dev and start it again and the app goes on where it was; `--fresh` starts
+empty. The session itself (deploy, feed, print) is devsession's."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from wallaroo.local.dev import DevCluster
+
+INTERRUPTED = 130  # exit code of a `dev --input` stopped by Ctrl-C/SIGTERM before its end
+
+
+def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
+            state_dir: Path, timeout: float, autoscale: Sequence[str] | None = None,
+            tls: bool = False, fresh: bool = False) -> int:
+    """`autoscale`: arguments for a `wallaroo autoscaler --backend local` process, which then
+    sizes the runner pool; None: the pool keeps `runners` (or what `wallaroo scale` asks).
+    `tls`: nats-server speaks TLS only, with a CA made under STATE_DIR/tls (see DevCluster)."""
+    cluster = DevCluster(state_dir, runners, fresh=fresh, tls=tls)
+    with cluster.launched():
+        # Imported once nats-server and the runners are on their way: the app's load, the
+        # NATS client and the deploy's modules (0.2 s) overlap their start.
+        from wallaroo.local import devsession
+
+        session = devsession.prepare(app_file, input_file, source, timeout, autoscale)
+        cluster.wait_ready()
+        url_file = state_dir / "url"
+        url_file.write_text(cluster.url)
+        info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
+        try:
+            code = devsession.serve(cluster, session)
+        finally:
+            url_file.unlink(missing_ok=True)
+            info("stopping runners and nats-server")
+    return 0 if input_file is None else INTERRUPTED if code is None else code
+
+
+def info(text: str) -> None:
+    """A line for the person at the terminal: on stderr, stdout keeps the outputs."""
+    sys.stderr.write(f"wallaroo: {text}\n")
+    sys.stderr.flush()
