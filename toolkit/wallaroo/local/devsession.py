@@ -19,9 +19,11 @@ from wallaroo.control.status import wait_rollout
 from wallaroo.core import observe
 from wallaroo.core.errors import NotDeployedError, WallarooError
 from wallaroo.core.frames import Framing
+from wallaroo.core.keys import load_signing_key
 from wallaroo.core.names import AppNames
-from wallaroo.core.packaging import load_app
+from wallaroo.core.packaging import load_deployable
 from wallaroo.core.wire import Manifest
+from wallaroo.functions import App
 from wallaroo.local.dev import DevCluster, ServiceProcess, autoscaler_command, follow_wishes
 from wallaroo.local.devrun import info
 from wallaroo.local.supervise import Supervisor
@@ -36,13 +38,14 @@ def prepare(app_file: Path, input_file: Path | None, source: str | None, timeout
             autoscale: Sequence[str] | None) -> Session:
     """Load the app and check the input against it: a broken app or input fails before the
     deploy (devrun has launched nats-server and the runners meanwhile)."""
-    app, _ = load_app(app_file)
+    deployable, _ = load_deployable(app_file)
+    app = deployable.built()
     if input_file is not None and source is None and len(app.sources) != 1:
         msg = f"{app.name} has several sources ({', '.join(app.sources)}): pass --source NAME"
         raise WallarooError(msg)
     if input_file is not None:
         _check_input(app.sources.get(source or next(iter(app.sources), "")), input_file)
-    return Session(app_file, app, input_file, source, timeout, autoscale)
+    return Session(app_file, deployable, app, input_file, source, timeout, autoscale)
 
 
 def serve(cluster: DevCluster, session: Session) -> int | None:
@@ -59,11 +62,12 @@ def _check_input(stage: Stage | None, input_file: Path) -> None:
 
 @dataclass(frozen=True)
 class Session:
-    """What one `wallaroo dev` was asked to do, with its app loaded (that load serves the
-    checks made before the deploy)."""
+    """What one `wallaroo dev` was asked to do, with its app loaded (once: that load serves
+    the checks and the deploy)."""
 
     app_file: Path
-    app: Application
+    deployable: App  # what the deploy ships: loaded once, here
+    app: Application  # its stream part
     input_file: Path | None
     source: str | None
     timeout: float
@@ -121,7 +125,8 @@ async def _deploy(nats: Nats, cluster: DevCluster, session: Session) -> Manifest
     kept = await _kept_manifest(nats, app.name)
     if kept is not None:
         _refuse_another_shape(kept, app, cluster.state_dir)
-    manifest = await apps.deploy(nats, session.app_file, key=cluster.deploy_key)
+    signer = load_signing_key(cluster.deploy_key)
+    manifest = await apps.deploy_loaded(nats, session.deployable, session.app_file, signer)
     rollout = await wait_rollout(nats, manifest, timeout=60)
     if not rollout.ok:
         raise WallarooError("; ".join(rollout.problems()))
