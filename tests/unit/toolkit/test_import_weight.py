@@ -4,6 +4,7 @@ import the NATS client, nor the aiohttp it brings: a third of a second on every 
 import json
 import subprocess
 import sys
+from typing import Any
 
 
 def test_import_wallaroo_does_not_import_the_nats_client() -> None:
@@ -63,3 +64,19 @@ def test_the_cli_imports_a_command_s_modules_in_its_body() -> None:
              "wallaroo.control.dlq", "wallaroo.core.calls", "rich.console", "asyncio")
     assert _imported("import wallaroo.cli", heavy) == []
     assert _imported("import wallaroo.control.dlq", ("rich.console",)) == []
+
+
+def test_the_commands_annotations_are_evaluated_once_at_import() -> None:
+    """typer reads every command's signature whenever any command runs: string annotations
+    (`from __future__ import annotations`) made it compile and evaluate each one again on
+    every start, twice the work."""
+    from wallaroo import cli
+
+    def callbacks(app: Any) -> list[Any]:
+        found = [c.callback for c in app.registered_commands]
+        found += [app.registered_callback.callback] if app.registered_callback else []
+        return found + [cb for g in app.registered_groups for cb in callbacks(g.typer_instance)]
+
+    strings = [f"{fn.__name__}: {name}" for fn in callbacks(cli.app)
+               for name, hint in fn.__annotations__.items() if isinstance(hint, str)]
+    assert len(callbacks(cli.app)) > 20 and strings == []
