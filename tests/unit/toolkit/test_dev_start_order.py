@@ -29,7 +29,8 @@ main()
 
 def test_dev_launches_nats_server_before_loading_the_app_and_the_nats_client(
         tmp_path: Path) -> None:
-    later = ["word_count", "wallaroo.core.packaging", "wallaroo.nats.client", "wallaroo.api"]
+    later = ["word_count", "wallaroo.core.packaging", "wallaroo.nats.client", "wallaroo.api",
+             "asyncio", "wallaroo.core.wire"]
     res = subprocess.run([sys.executable, "-c", PROBE, ",".join(later), str(APP),
                           "--state-dir", str(tmp_path / "dev")],
                          cwd=tmp_path, capture_output=True, text=True, check=True)

@@ -5,7 +5,6 @@ a deploy key pair and a state key under its state dir, and its runners trust onl
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
@@ -19,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
-from wallaroo.control.scale import requested_runners
-from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.keys import (
     DEPLOY_KEY_ENV,
@@ -35,6 +32,8 @@ from wallaroo.local.children import die_with_parent
 from wallaroo.local.natsserver import NatsServer, Service
 
 if TYPE_CHECKING:  # the NATS client (0.1 s) is imported after nats-server starts, not before
+    import asyncio
+
     from wallaroo.nats import Nats
 
 STOP_TIMEOUT = 15.0
@@ -156,6 +155,13 @@ async def follow_wishes(nats: Nats, pool: RunnerPool, stop: asyncio.Event,
                         on_change: Callable[[int], None] = lambda n: None) -> None:
     """Until `stop`: start or stop runners of `pool` whenever the runner count asked for in
     the control bucket (`wallaroo scale`, the autoscaler's local backend) differs from it."""
+    # Imported here: `wallaroo dev` imports this module before its nats-server starts, and
+    # asyncio and the wire types (0.03 s) can come after.
+    import asyncio
+
+    from wallaroo.control.scale import requested_runners
+    from wallaroo.core.aio import sleep_or_stop
+
     while not stop.is_set():
         wanted = await requested_runners(nats)
         if wanted is not None and wanted != len(pool.runners):
