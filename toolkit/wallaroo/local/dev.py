@@ -327,15 +327,19 @@ class DevCluster(Service):
         return self.pool.runners
 
     def start(self) -> DevCluster:
+        # Runners start while nats-server does: their start (imports, 0.5 s) is the longer,
+        # and their first connect retries until the server listens.
         self.launch()
+        self.start_runners()
         self.wait_ready()
         return self
 
     def launch(self) -> None:
-        """Start nats-server and the runners without waiting for the server to listen:
-        runners start while it does (their start, imports, 0.5 s, is the longer; their first
-        connect retries until it listens), and so can whatever the caller does next."""
+        """Start nats-server without waiting for it to listen (wait_ready does): the caller
+        goes on meanwhile."""
         self.server.launch()
+
+    def start_runners(self) -> None:
         self.pool.scale_to(self.initial)
 
     def wait_ready(self) -> None:
@@ -344,8 +348,8 @@ class DevCluster(Service):
 
     @contextlib.contextmanager
     def launched(self) -> Iterator[DevCluster]:
-        """`with cluster.launched():` as `with cluster:`, but without waiting for nats-server
-        to listen (call wait_ready before connecting); stopped on exit all the same."""
+        """`with cluster.launched():` as `with cluster:`, but only nats-server is started,
+        without waiting for it (start_runners, wait_ready); all is stopped on exit."""
         try:
             self.launch()
             yield self
