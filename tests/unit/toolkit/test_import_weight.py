@@ -80,3 +80,11 @@ def test_the_commands_annotations_are_evaluated_once_at_import() -> None:
     strings = [f"{fn.__name__}: {name}" for fn in callbacks(cli.app)
                for name, hint in fn.__annotations__.items() if isinstance(hint, str)]
     assert len(callbacks(cli.app)) > 20 and strings == []
+
+
+def test_dev_s_deploy_does_not_import_what_only_its_feed_or_scheduled_functions_need() -> None:
+    """What `wallaroo dev` imports before its deploy: not the schedules (zoneinfo, calendar)
+    an app of unscheduled functions never needs, nor the dead-letter previews and progress
+    bar (rich) that only come after the deploy."""
+    later = ("wallaroo.schedules", "wallaroo.control.dlq", "wallaroo.control.peek", "rich.console")
+    assert _imported("import wallaroo.local.devsession", later) == []
