@@ -1,5 +1,6 @@
-"""`wallaroo dev` launches nats-server (and then its runners) before the imports and the app
-load that the deploy needs: the server's start overlaps them instead of following them."""
+"""`wallaroo dev` launches nats-server before the imports and the app load that the deploy
+needs: the server's start overlaps them instead of following them. (Its runners come after
+them: a broken app starts none, tests/integration/test_cli.py checks.)"""
 
 import json
 import subprocess
