@@ -76,16 +76,29 @@ def test_dev_with_input_prints_every_count_then_exits_and_stops_everything(tmp_p
 
 
 def test_dev_autoscale_runs_the_autoscaler_as_its_own_process(tmp_path: Path) -> None:
-    res = wallaroo("dev", str(WORD_COUNT / "word_count.py"), "--input",
-                   str(WORD_COUNT / "count_this.txt"), "--autoscale", "--max-runners", "2",
-                   cwd=tmp_path)
-
-    assert res.returncode == 0, res.stderr
-    assert len(res.stdout.splitlines()) == 482
-    log = (tmp_path / ".wallaroo" / "dev" / "logs" / "autoscaler.log").read_text()
+    # Without --input, dev runs until told to stop: a dev that ends stops an autoscaler still
+    # starting before it says anything, and how soon dev ends is no business of this test.
+    dev = subprocess.Popen([sys.executable, "-m", "wallaroo", "dev", str(WORD_COUNT / "word_count.py"),
+                            "--autoscale", "--max-runners", "2"], cwd=tmp_path, env=user_env(),
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           stdin=subprocess.DEVNULL)
+    log_file = tmp_path / ".wallaroo" / "dev" / "logs" / "autoscaler.log"
+    try:
+        wait_until(lambda: log_file.exists() and "autoscaler (pid " in log_file.read_text())
+        sent = wallaroo("send", "word_count", "lines", "--file", str(WORD_COUNT / "count_this.txt"),
+                        cwd=tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        tail = wallaroo("tail", "word_count", "counts", "--count", "482", "--timeout", "60",
+                        cwd=tmp_path)
+        assert len(tail.stdout.splitlines()) == 482
+    finally:
+        dev.send_signal(signal.SIGINT)
+        _, err = dev.communicate(timeout=60)
+    assert dev.returncode == 0, err
+    log = log_file.read_text()
     pid = int(log.split("autoscaler (pid ")[1].split(")")[0])
     assert pid != os.getpid() and "with the local backend, 1..2 runners" in log
-    url = res.stderr.split("nats-server at ")[1].split(",")[0]
+    url = err.split("nats-server at ")[1].split(",")[0]
     assert no_process_mentions(url.removeprefix("nats://")), "the autoscaler outlived dev"
 
 
@@ -181,6 +194,9 @@ def test_a_broken_app_file_names_the_file_and_line(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "Did you forget the parentheses" in res.stderr
     assert "broken.py:3" in res.stderr and "Traceback" not in res.stderr
+    # dev launched nats-server while it loaded the app: stopped with it; no runner started
+    assert no_process_mentions(str(tmp_path / ".wallaroo")), "nats-server outlived dev"
+    assert not (tmp_path / ".wallaroo" / "dev" / "logs").exists(), "a runner was started"
 
 
 def test_unknown_app_lists_the_deployed_ones(tmp_path: Path, nats_server) -> None:  # type: ignore[no-untyped-def]

@@ -122,6 +122,21 @@ def test_dev_restart_with_a_changed_app(tmp_path: Path) -> None:
     assert "wallaroo dev --fresh" in refused.stderr and "Traceback" not in refused.stderr
 
 
+def test_dev_loads_the_app_file_once(tmp_path: Path) -> None:
+    """The load that checks the app and its input is the one deployed: its module's code
+    (a user's, with whatever it does at import) runs once, not again for the deploy."""
+    app = tmp_path / "word_count.py"
+    app.write_text("import os\nwith open(os.environ['LOADS'], 'a') as f:\n    f.write('load\\n')\n"
+                   + APP.read_text())
+    (tmp_path / "in.txt").write_text("a b\n")
+    loads = tmp_path / "loads.txt"
+    res = wallaroo("dev", str(app), "--input", "in.txt", cwd=tmp_path,
+                   env={**user_env(), "LOADS": str(loads)})
+    assert res.returncode == 0, res.stderr
+    assert sorted(res.stdout.splitlines()) == ["a => 1", "b => 1"]
+    assert loads.read_text() == "load\n"
+
+
 class Dev:
     """A `wallaroo dev` without input, its stderr in a file (read while it runs)."""
 

@@ -1,28 +1,29 @@
 """The `wallaroo` command. Thin commands: parse, call a library function, print."""
 
-from __future__ import annotations
-
-import asyncio
+# No `from __future__ import annotations` here: typer reads every command's signature when
+# any command runs, and string annotations made it compile and evaluate each one again
+# (0.02 s of every command's start); evaluated once, at import, they cost half.
 import contextlib
 import os
 import shutil
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from wallaroo.control import apps, dlq, ingest, outputs
-from wallaroo.control.scale import request_runners
-from wallaroo.control.tables import preview, printable, render_table
-from wallaroo.core import keys
-from wallaroo.core.calls import cluster_creds, cluster_tls_ca, cluster_url
 from wallaroo.core.errors import WallarooError
-from wallaroo.core.wire import DeadLetter, Manifest
 from wallaroo.local.scaffold import Template
-from wallaroo.nats import Nats, nats_failure
 from wallaroo.nats.protocol import CREDS_ENV, TLS_CA_ENV
+
+# What a command needs is imported in its body: parsing any command, and `dev` up to its
+# nats-server's start, must not pay for every other command's imports (the NATS client, the
+# wire types, rich's tables: a quarter of a second).
+if TYPE_CHECKING:
+    from wallaroo.control.ingest import Sent
+    from wallaroo.core.wire import DeadLetter, Manifest
+    from wallaroo.nats import Nats
 
 T = TypeVar("T")
 
@@ -40,7 +41,6 @@ app.add_typer(keys_app, name="keys")
 infra_app = typer.Typer(no_args_is_help=True, help="Secrets of a cluster built by infra/: put "
                         "them in SSM Parameter Store, fetch them at boot, issue node certificates.")
 app.add_typer(infra_app, name="infra")
-default_nats = cluster_url  # --nats default: $WALLAROO_NATS, a `wallaroo dev` here, localhost
 CREDS_HELP = ("nkey seed file to connect with (default: $WALLAROO_CREDS, else the role's file "
               "of the `wallaroo dev` in this folder, .wallaroo/dev/creds/)")
 TLS_CA_HELP = ("CA to verify a tls:// server with (default: $WALLAROO_TLS_CA, else the CA of the "
@@ -72,9 +72,20 @@ AppFile = Annotated[Path, typer.Argument(metavar="APP.py", help="the app's .py f
                                          dir_okay=False)]
 
 
+def default_nats() -> str:
+    """--nats default: $WALLAROO_NATS, a `wallaroo dev` here, localhost."""
+    from wallaroo.core.calls import cluster_url
+
+    return cluster_url()
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command body; a WallarooError or a failed NATS request becomes a one-line error
     and exit code 1."""
+    import asyncio
+
+    from wallaroo.nats import nats_failure
+
     try:
         return asyncio.run(coro)
     except WallarooError as err:
@@ -100,12 +111,15 @@ def fail(text: str) -> NoReturn:
     raise typer.Exit(1) from None
 
 
-async def _connect(url: str | None, role: str) -> Nats:
+async def _connect(url: str | None, role: str) -> "Nats":
+    from wallaroo.core.calls import cluster_creds, cluster_tls_ca
+    from wallaroo.nats import Nats
+
     return await Nats.connect(url or default_nats(), name="wallaroo-cli", persistent=False,
                               creds=cluster_creds(role), tls_ca=cluster_tls_ca())
 
 
-def on_nats(url: str | None, fn: Callable[[Nats], Awaitable[T]], role: str = "client") -> T:
+def on_nats(url: str | None, fn: Callable[["Nats"], Awaitable[T]], role: str = "client") -> T:
     """Connect as `role` (its credentials: --creds, $WALLAROO_CREDS, or those of the
     `wallaroo dev` in this folder), run `fn`, close: every command that talks to NATS."""
 
@@ -195,8 +209,9 @@ def deploy(
     """Package APP (cloudpickle + manifest), sign it and ship it to the runners through NATS;
     runners switch between batches, keeping state. Exits 1 when a runner refuses it or the
     rollout times out."""
+    from wallaroo.control import apps
 
-    async def body(nc: Nats) -> bool:
+    async def body(nc: "Nats") -> bool:
         m = await apps.deploy(nc, app_file, key=key)
         typer.echo(f"deployed {m.name} version {m.version} ({len(m.stages)} stages, "
                    f"{sum(s.partitions for s in m.stages)} partitions)")
@@ -206,7 +221,7 @@ def deploy(
         raise typer.Exit(1)
 
 
-async def _roll_out(nc: Nats, m: Manifest, wait: bool, wait_timeout: float) -> bool:
+async def _roll_out(nc: "Nats", m: "Manifest", wait: bool, wait_timeout: float) -> bool:
     """Warn about an unsigned version, then follow its rollout (unless not to wait): True
     when every live runner runs it."""
     from wallaroo.control import status as st
@@ -263,7 +278,7 @@ def rollback(
         msg = "--to needs a version (or a prefix of one)"
         raise typer.BadParameter(msg)
 
-    async def body(nc: Nats) -> bool:
+    async def body(nc: "Nats") -> bool:
         before, m = await versions.rollback(nc, app_name, to, key)
         typer.echo(f"rolled {m.name} back from version {before.version} to {m.version}")
         return await _roll_out(nc, m, wait, wait_timeout)
@@ -308,11 +323,13 @@ def send(
     nats: NatsOpt = None,
 ) -> None:
     """Send records to a deployed app's source (exactly once per producer id)."""
+    from wallaroo.control import apps, ingest
+
     if (file is None) == (not values):
         msg = "give either --file F or VALUE... (not both, not neither)"
         raise typer.BadParameter(msg)
 
-    async def body(nc: Nats) -> ingest.Sent:
+    async def body(nc: "Nats") -> "Sent":
         manifest = await apps.manifest_of(nc, app_name)
         if file is not None:
             records = ingest.file_records(file, ingest.source_framing(manifest, source))
@@ -338,12 +355,15 @@ def tail(
     nats: NatsOpt = None,
 ) -> None:
     """Print a deployed app's outputs, from the first, following new ones."""
+    import asyncio
 
-    async def body(nc: Nats) -> None:
+    from wallaroo.control import apps, outputs
+
+    async def body(nc: "Nats") -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(follow(nc), timeout)
 
-    async def follow(nc: Nats) -> None:
+    async def follow(nc: "Nats") -> None:
         manifest = await apps.manifest_of(nc, app_name)
         seen = 0
         async for _, _, outs in outputs.tail(nc, manifest, sink):
@@ -387,6 +407,8 @@ def top(
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between samples")] = 1.0,
 ) -> None:
     """A live view of apps, stages, lag, rates and runners (Ctrl-C quits)."""
+    import asyncio
+
     from wallaroo.control import top as tp
 
     if once:
@@ -395,7 +417,7 @@ def top(
         return
     from rich.live import Live
 
-    async def body(nc: Nats) -> None:
+    async def body(nc: "Nats") -> None:
         with Live(refresh_per_second=1) as view:
             await tp.live(nc, interval, lambda f: view.update(f.renderable()), asyncio.Event())
 
@@ -404,6 +426,8 @@ def top(
 
 
 def _table(columns: list[str], rows: list[list[str]], empty: str) -> None:
+    from wallaroo.control.tables import render_table
+
     # On a terminal the table fits its width; in a pipe or file, a line per row.
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
     typer.echo(render_table(columns, rows, width) if rows else empty)
@@ -429,6 +453,7 @@ def scale(
 ) -> None:
     """Resize the runner pool of the local cluster that `wallaroo dev` runs: the runners are
     shared by every app deployed there, so there is no app to name."""
+    from wallaroo.control.scale import request_runners
 
     on_nats(nats, lambda nc: request_runners(nc, runners), role="deployer")
     typer.echo(f"asked the local cluster for {runners} runner(s); `wallaroo status` shows them "
@@ -512,6 +537,7 @@ def runner(
 ) -> None:
     """Run a long-lived runner: join the cluster, run the partitions and serve the
     functions assigned to it. It runs only deploys signed by a key it trusts (--trust)."""
+    from wallaroo.core import keys
     from wallaroo_runtime.executor import ExecutorConfig
     from wallaroo_runtime.runner import RunnerOptions
     from wallaroo_runtime.runner import main as runner_main
@@ -581,7 +607,7 @@ def call(
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
 
-    async def body(nc: Nats) -> str:
+    async def body(nc: "Nats") -> str:
         try:
             return await fns.call(nc, app_name, function, values, spawn, timeout)
         except fns.RemoteFailure as failure:  # the function's own error, raised remotely
@@ -654,8 +680,10 @@ def dlq_list(
 ) -> None:
     """List dead letters: records that failed in decoding or user code after retries, and
     input messages that did not decode at all (malformed_message: kept whole, not replayable)."""
+    from wallaroo.control import apps, dlq
+    from wallaroo.control.tables import preview, printable
 
-    async def body(nc: Nats) -> list[DeadLetter]:
+    async def body(nc: "Nats") -> "list[DeadLetter]":
         return await dlq.dead_letters(nc, await apps.manifest_of(nc, app_name), limit)
 
     letters = on_nats(nats, body)
@@ -681,10 +709,10 @@ def dlq_replay(
     nats: NatsOpt = None,
 ) -> None:
     """Re-inject dead letters into the stage that rejected them (e.g. after deploying a fix)."""
-
+    from wallaroo.control import apps, dlq
     from wallaroo.control import status as st
 
-    async def body(nc: Nats) -> int:
+    async def body(nc: "Nats") -> int:
         manifest = await apps.manifest_of(nc, app_name)
         # Replay into the deployed version (the fix), not the one runners may still run.
         _report_rollout(await st.wait_rollout(nc, manifest, 60.0, _show_rollout))
@@ -700,6 +728,8 @@ KeysDir = Annotated[Path, typer.Option("--dir", file_okay=False, help="where to 
 def keys_generate(folder: KeysDir = Path(".")) -> None:
     """Write an ed25519 key pair: deploy.key (private, mode 0600) signs deploys, deploy.pub
     goes to every runner (--trust)."""
+    from wallaroo.core import keys
+
     try:
         private, public = keys.generate_pair(folder)
     except WallarooError as err:
@@ -715,6 +745,8 @@ def keys_generate(folder: KeysDir = Path(".")) -> None:
 def keys_state(folder: KeysDir = Path(".")) -> None:
     """Write a state key (state.key, mode 0600): runners MAC snapshots and segments with it
     (--state-key). Every runner of a cluster needs the same one, and nobody else."""
+    from wallaroo.core import keys
+
     try:
         path = keys.generate_state_key(folder / "state.key")
     except WallarooError as err:
@@ -728,6 +760,8 @@ def keys_fingerprint(
     key_file: Annotated[Path, typer.Argument(metavar="FILE", help="a .key or .pub file")],
 ) -> None:
     """Print the fingerprint of a key file: what a runner's refusal names."""
+    from wallaroo.core import keys
+
     try:
         typer.echo("\n".join(keys.fingerprints(key_file)))
     except WallarooError as err:
@@ -756,6 +790,7 @@ def infra_secrets(
 ) -> None:
     """Put the cluster's credentials, CA and keys under /wallaroo/NAME/ in SSM (SecureString),
     before `terraform apply`. A rerun keeps what is there, but for --rotate and deploy.pub."""
+    from wallaroo.core import keys
     from wallaroo.local.secrets import plan as secrets_plan
     from wallaroo.local.secrets import ssm_path, write_operator_files
     from wallaroo_runtime import ssm

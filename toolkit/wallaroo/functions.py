@@ -24,14 +24,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from wallaroo.core import calls, codec
 from wallaroo.core.errors import DefinitionError, MissingArgumentsError, f_repr
 from wallaroo.core.wire import CallResult, FunctionInfo
 from wallaroo.pipeline import DEFAULT_PARTITIONS, Pipeline, slug
 from wallaroo.plan import Application, Retention, build_application
-from wallaroo.schedules import Schedule, as_schedule
+
+if TYPE_CHECKING:  # schedules (zoneinfo, calendar) load when an app schedules a function
+    from wallaroo.schedules import Schedule
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -432,7 +434,7 @@ class App:
         policy = _retries(retries)
         _check_limits(timeout, concurrency)
         codec = _check_serializer(serializer or self.serializer)
-        when = None if schedule is None else as_schedule(schedule)
+        when = None if schedule is None else _as_schedule(schedule)
 
         def decorate(fn: Callable[..., Any]) -> Function:
             spec = FunctionSpec(name or _fn_name(fn), fn, policy, float(timeout), concurrency, when,
@@ -536,6 +538,12 @@ def _check_serializer(serializer: object) -> calls.Serializer:
                "on runners) or 'json' (JSON values only; safe for callers you do not trust)")
         raise DefinitionError(msg)
     return serializer
+
+
+def _as_schedule(schedule: object) -> Schedule:
+    from wallaroo.schedules import as_schedule
+
+    return as_schedule(schedule)
 
 
 def _check_function(fn: Callable[..., Any], schedule: Schedule | None) -> None:

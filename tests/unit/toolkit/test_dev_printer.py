@@ -1,6 +1,6 @@
 """wallaroo dev's printer: one output per line, an encoder's newline kept and not doubled."""
 
-from wallaroo.local.devrun import _lines
+from wallaroo.local.devsession import _lines
 
 
 def test_outputs_become_lines_without_doubled_newlines() -> None:

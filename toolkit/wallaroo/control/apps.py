@@ -8,10 +8,11 @@ from pathlib import Path
 
 from wallaroo.core import observe, repartition
 from wallaroo.core.errors import NotDeployedError
-from wallaroo.core.keys import deployer_key
+from wallaroo.core.keys import SigningKey, deployer_key
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
 from wallaroo.core.packaging import build_artifact, load_deployable, sign
 from wallaroo.core.wire import Manifest
+from wallaroo.functions import App
 from wallaroo.nats import Nats
 from wallaroo.plan import Retention
 
@@ -23,11 +24,20 @@ async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None,
     its streams."""
     signer = deployer_key(key)  # a bad key file fails before anything is built
     app, _ = load_deployable(app_file, args)
+    return await deploy_loaded(nats, app, app_file, signer)
+
+
+async def deploy_loaded(nats: Nats, app: App, app_file: Path,
+                        signer: SigningKey | None) -> Manifest:
+    """`deploy` of an app already loaded from `app_file` (`wallaroo dev` loads it once, to
+    check it and its input before deploying)."""
     artifact, manifest = build_artifact(app, app_file)
     manifest = await lay_out(nats, manifest)
     manifest = sign(artifact, manifest, signer) if signer is not None else manifest
-    await ensure_streams(nats, manifest.slug, app.built().retention)
-    await nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact)
+    # Streams and artifact are independent requests: made together, not one round trip
+    # after another. The manifest goes last: runners act on it, and then need both.
+    await asyncio.gather(ensure_streams(nats, manifest.slug, app.built().retention),
+                         nats.obj_put(ARTIFACTS_BUCKET, manifest.artifact_name, artifact))
     await nats.kv_put(APPS_BUCKET, manifest.slug, manifest.to_wire())
     return manifest
 
@@ -54,10 +64,12 @@ async def ensure_streams(nats: Nats, slug: str, retention: Retention | None = No
     names = AppNames(slug)
     limits = {names.out_stream: (kept.output_max_age, kept.output_max_bytes),
               names.dlq_stream: (kept.dead_letter_max_age, kept.dead_letter_max_bytes)}
+    made = []
     for stream, (subjects, work_queue) in names.streams().items():
         max_age, max_bytes = limits.get(stream, (None, None))
-        await nats.ensure_stream(stream, subjects, work_queue=work_queue, max_age=max_age,
-                                 max_bytes=max_bytes)
+        made.append(nats.ensure_stream(stream, subjects, work_queue=work_queue, max_age=max_age,
+                                       max_bytes=max_bytes))
+    await asyncio.gather(*made)  # together: each is a round trip or two, none waits on another
 
 
 async def manifest_of(nats: Nats, app: str) -> Manifest:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from wallaroo.core.names import CONTROL_BUCKET, RUNNERS_WISH_KEY
 from wallaroo.core.wire import RunnersWish
-from wallaroo.nats import Nats
+
+if TYPE_CHECKING:  # the client's import is the caller's: `wallaroo dev` imports this first
+    from wallaroo.nats import Nats
 
 
 async def request_runners(nats: Nats, n: int) -> None:

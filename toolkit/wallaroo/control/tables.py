@@ -6,18 +6,20 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-from rich import box
-from rich.console import Console
-from rich.measure import Measurement
-from rich.table import Table
-from rich.text import Text
-
 
 def render_table(header: Sequence[str], rows: Sequence[Sequence[object]],
                  width: int | None = None) -> str:
     """The table as plain text: a header line, a rule, a line per row. Cells are text, never
     rich markup (a dead letter's "[bold]" is shown as sent). Without a `width` (output to a
     pipe or file), no cell is wrapped: a line per row, however long."""
+    # rich here, not at the top: dlq (which `wallaroo dev` imports) needs only `preview`,
+    # and rich is 0.03 s of an import.
+    from rich import box
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
     for name in header:
         table.add_column(Text(name), overflow="fold")

@@ -5,7 +5,7 @@ a deploy key pair and a state key under its state dir, and its runners trust onl
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import fcntl
 import os
 import shutil
@@ -13,13 +13,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
-from wallaroo.control.scale import requested_runners
-from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.keys import (
     DEPLOY_KEY_ENV,
@@ -32,7 +30,11 @@ from wallaroo.core.names import REPLACE_EXIT
 from wallaroo.local.auth import dev_auth
 from wallaroo.local.children import die_with_parent
 from wallaroo.local.natsserver import NatsServer, Service
-from wallaroo.nats import Nats
+
+if TYPE_CHECKING:  # the NATS client (0.1 s) is imported after nats-server starts, not before
+    import asyncio
+
+    from wallaroo.nats import Nats
 
 STOP_TIMEOUT = 15.0
 WISH_POLL = 0.2  # seconds between reads of the runner count asked for
@@ -153,6 +155,13 @@ async def follow_wishes(nats: Nats, pool: RunnerPool, stop: asyncio.Event,
                         on_change: Callable[[int], None] = lambda n: None) -> None:
     """Until `stop`: start or stop runners of `pool` whenever the runner count asked for in
     the control bucket (`wallaroo scale`, the autoscaler's local backend) differs from it."""
+    # Imported here: `wallaroo dev` imports this module before its nats-server starts, and
+    # asyncio and the wire types (0.03 s) can come after.
+    import asyncio
+
+    from wallaroo.control.scale import requested_runners
+    from wallaroo.core.aio import sleep_or_stop
+
     while not stop.is_set():
         wanted = await requested_runners(nats)
         if wanted is not None and wanted != len(pool.runners):
@@ -320,10 +329,32 @@ class DevCluster(Service):
     def start(self) -> DevCluster:
         # Runners start while nats-server does: their start (imports, 0.5 s) is the longer,
         # and their first connect retries until the server listens.
-        self.server.launch()
-        self.pool.scale_to(self.initial)
-        self.server.wait_ready()
+        self.launch()
+        self.start_runners()
+        self.wait_ready()
         return self
+
+    def launch(self) -> None:
+        """Start nats-server without waiting for it to listen (wait_ready does): the caller
+        goes on meanwhile."""
+        self.server.launch()
+
+    def start_runners(self) -> None:
+        self.pool.scale_to(self.initial)
+
+    def wait_ready(self) -> None:
+        """Until the launched nats-server listens; WallarooError if it exits first."""
+        self.server.wait_ready()
+
+    @contextlib.contextmanager
+    def launched(self) -> Iterator[DevCluster]:
+        """`with cluster.launched():` as `with cluster:`, but only nats-server is started,
+        without waiting for it (start_runners, wait_ready); all is stopped on exit."""
+        try:
+            self.launch()
+            yield self
+        finally:
+            self.stop()
 
     def scale_to(self, n: int) -> None:
         self.pool.scale_to(n)
