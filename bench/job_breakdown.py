@@ -63,6 +63,7 @@ class JobPipeline:
 
     def __init__(self, packed: list[bytes], fetch: int) -> None:
         self.app, _ = load_app(JOB_APP)
+        self.fetch = fetch
         self.commits = [packed[i:i + fetch] for i in range(0, len(packed), fetch)]
         self.first = StageEngine(self.app, self.app.stages[0])
         self.second = [StageEngine(self.app, self.app.stages[1], p)
@@ -76,7 +77,7 @@ class JobPipeline:
             batch = Batch()
             for seq, blob in enumerate(msgs):
                 raws = codec.unpack_batch(blob)
-                batch.add(n * len(msgs) + seq, [None] * len(raws), raws)
+                batch.add(n * self.fetch + seq, [None] * len(raws), raws)
             first = self.first.attempt(batch, {}, {})
             self._keep(keep, 0, first)
             for p, (keys, values) in first.routed.items():

@@ -25,7 +25,7 @@ All figures come from the same run:
 
     python bench/wordcount.py [--words 1000000] [--memory-words 10000000] [--skip-10x]
                               [--skip-bytewax] [--rate 20000] [--latency-seconds 10]
-                              [--only-latency] [--latency-keys 0]
+                              [--only-latency] [--latency-keys 0] [--latency-runners 1]
     quick: python bench/wordcount.py --words 100000 --memory-words 200000 --latency-seconds 2
 """
 
@@ -255,13 +255,17 @@ def maybe_bytewax(skip: bool, lines: list[bytes], words: int) -> BytewaxRun | No
             return None
 
 
-async def latency(url: str, key: Path, creds: Path, rate: int, seconds: float, keys: int
-                  ) -> tuple[float, float, int]:
+async def latency(url: str, key: Path, creds: Path, rate: int, seconds: float, keys: int,
+                  runners: int = 1) -> tuple[float, float, int]:
     """Record i is the word `w<i>` (a new key each: state grows with every record), or with
     `keys`, `w<i % keys>` (a fixed vocabulary, as the throughput run); its output
     `w<j> => <count>` names it, as a key's records are counted in order, exactly once."""
     nats = await Nats.connect(url, creds=creds)
     try:
+        if runners > 1:  # deployed to all at once: no partition moves mid-run
+            from wallaroo.local.runapp import wait_members  # noqa: PLC0415 - not in older checkouts
+
+            await wait_members(nats, runners, 60)
         manifest = await apps.deploy(nats, APP, key=key)
         await apps.wait_idle(nats, manifest, timeout=60)  # steady state: workers up
         sent: dict[int, float] = {}
@@ -324,6 +328,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-bytewax", action="store_true")
     p.add_argument("--rate", type=int, default=20_000, help="records/s for the latency run")
     p.add_argument("--latency-seconds", type=float, default=10.0)
+    p.add_argument("--latency-runners", type=int, default=1,
+                   help="runner processes of the latency run (the others use one)")
     p.add_argument("--latency-keys", type=int, default=0,
                    help="distinct words in the latency run (default 0: every record a new word)")
     p.add_argument("--only-latency", action="store_true",
@@ -385,11 +391,14 @@ def throughput_and_memory(args: argparse.Namespace, console: Console) -> None:
 
 
 def latency_run(args: argparse.Namespace, console: Console) -> None:
-    with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=1) as cluster:
+    runners = args.latency_runners
+    with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=runners) as cluster:
         p50, p99, n = asyncio.run(latency(cluster.url, cluster.deploy_key, cluster.creds("deployer"),
-                                          args.rate, args.latency_seconds, args.latency_keys))
+                                          args.rate, args.latency_seconds, args.latency_keys,
+                                          runners))
     words = f"{args.latency_keys:,} words" if args.latency_keys else "a new word each"
-    console.print(f"latency at {args.rate:,} records/s over {n:,} records ({words}): "
+    on = f", {runners} runners" if runners > 1 else ""
+    console.print(f"latency at {args.rate:,} records/s over {n:,} records ({words}{on}): "
                   f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms", soft_wrap=True)
 
 

@@ -23,11 +23,13 @@ midway leaves a record the next pass (its own or a new leader's) finishes from."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from wallaroo.core import observe, repartition
+from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import LAYOUTS_BUCKET, LEASES_BUCKET, AppNames, partition_key
 from wallaroo.core.wire import Manifest, Part, Retirement
 from wallaroo.nats import Nats
@@ -92,15 +94,25 @@ class LayoutKeeper:
         lease = Lease(self.nats, partition_key(slug, stage, part), self.runner_id, self.cluster_cfg)
         if not await lease.take_if_free():
             return False
+        try:
+            await self._remove(slug, stage, part)
+        except BaseException:
+            # Let go of it: a new leader (this runner may lose leadership meanwhile) must be
+            # able to take the lease and finish, not wait for this process to die.
+            with contextlib.suppress(WallarooError, OSError, TimeoutError):
+                await lease.release()
+            raise
+        # Last: until the key goes, the lease held here keeps any late worker out.
+        await self.nats.kv_purge(LEASES_BUCKET, lease.key)
+        return True
+
+    async def _remove(self, slug: str, stage: int, part: int) -> None:
         names = AppNames(slug)
         await self.nats.delete_consumer(names.data_stream, AppNames.durable(stage, part))
         await self.nats.purge_subject(names.data_stream, names.data(stage, part))
         await self.nats.purge_subject(names.log_stream, names.log(stage, part))
         if self.store is not None:
             await snapshot.forget(self.store, slug, stage, part)
-        # Last: until the key goes, the lease held here keeps any late worker out.
-        await self.nats.kv_purge(LEASES_BUCKET, lease.key)
-        return True
 
     async def _save(self, slug: str, record: Retirement, revision: int | None) -> bool:
         """Write the record if nobody else did since we read it (a leader that just took

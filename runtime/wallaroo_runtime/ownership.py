@@ -27,7 +27,7 @@ def spread(members: list[str], items: list[str], current: Mapping[str, str]) -> 
     """Each of `items` to one of `members`, none holding more than ceil(items / members).
 
     Why not rendezvous alone: it balances only on average. A stage's 8 partitions over two
-    runners land 6:2 or worse about three times in ten, and that stage then runs at a third of
+    runners land 6:2 or worse about three times in ten, and that stage then runs at two thirds of
     the speed two runners could give it. Here an item stays with its `current` owner while
     that one is a member with room (so a leave moves only the leaver's items, and a join only
     what the joiner takes over: the share the others hold above the new bound), and otherwise
@@ -39,7 +39,7 @@ def spread(members: list[str], items: list[str], current: Mapping[str, str]) -> 
     owners: dict[str, str] = {}
     prefs = {item: ranked(members, item) for item in items}
     # Keep first where the owner ranks highest for the item: what a full owner sheds is what
-    # it was least preferred for, and the spread converges to rendezvous' choices over time.
+    # it was least preferred for (kept items stay put: the spread is sticky, not rendezvous').
     kept = sorted((prefs[i].index(current[i]), i) for i in items if current.get(i) in prefs[i])
     for _, item in kept:
         if load[current[item]] < cap:

@@ -24,6 +24,7 @@ from wallaroo.core.keys import DEPLOY_KEY_ENV, Trust
 from wallaroo.core.names import (
     APPS_BUCKET,
     ARTIFACTS_BUCKET,
+    LEASES_BUCKET,
     MEMBERS_BUCKET,
     REPLACE_EXIT,
     AppNames,
@@ -179,6 +180,10 @@ class AppHost:
         try:
             if not await lease.acquire(lambda: part in self.owned):
                 return
+            if await self._retired(part):
+                await self.nats.kv_purge(LEASES_BUCKET, lease.key)  # as the reclaimer leaves it
+                lease.revision = None
+                return
             await self._run_worker(part, lease)
         except Exception as err:  # the next reconcile starts a fresh supervisor
             self.failures += 1
@@ -187,6 +192,15 @@ class AppHost:
             self.workers.pop(part, None)
             with contextlib.suppress(WallarooError, OSError, TimeoutError):
                 await lease.release()
+
+    async def _retired(self, part: Part) -> bool:
+        """Was `part` retired since it was assigned here (wallaroo_runtime.layouts)? Asked
+        again under its lease: a worker started from a stale assignment would recreate what
+        the leader reclaims (its consumer, its lease key) after the reclaim."""
+        stage = next((s for s in self.manifest.stages if s.index == part[0]), None)
+        if stage is None:
+            return False
+        return part[1] < repartition.retired(await observe.retirement(self.nats, self.app.slug), stage)
 
     async def _run_worker(self, part: Part, lease: Lease) -> None:
         delays = backoff()

@@ -107,3 +107,41 @@ def test_retire_then_reclaim_fenced_by_leases_and_finished_by_another_leader(
         Retirement({1: 2}, {1: 2}),
         ["(0, 0)", "(1, 2)", "(1, 3)", "(1, 4)", "(1, 5)", "(1, 6)"],
     ]
+
+
+class FailingStore(FileStore):
+    """A file store whose deletes fail (S3 refusing, say) until `healed`."""
+
+    healed = False
+
+    async def delete(self, key: str) -> None:
+        if not self.healed:
+            raise OSError("the store refused the delete")
+        await super().delete(key)
+
+
+async def cut_short(url: str, store: FailingStore) -> tuple[list[str], list[str]]:
+    nats = await Nats.connect(url)
+    try:
+        await lay_out_old_partitions(nats, store)
+        await nats.kv_delete(LEASES_BUCKET, partition_key("counter", 1, 1))  # let go too
+        await nats.kv_put(MEMBERS_BUCKET, "r0", b"{}")  # the first leader stays alive
+        m = manifest()
+        for part in m.stages[1].parts:
+            await commit(nats, part, **{repartition.MIGRATED: 1})
+        first = LayoutKeeper(nats, "r0", ClusterConfig(), store, lambda slug, part: False)
+        await first.keep(m)  # retires
+        with pytest.raises(OSError, match="refused"):
+            await first.keep(m)  # its reclaim fails midway, under partition 0's lease
+        store.healed = True
+        await dataclasses.replace(first, runner_id="r1").keep(m)  # the leader moved on
+        return await leftovers(nats, store, 0), await leftovers(nats, store, 1)
+    finally:
+        await nats.close()
+
+
+def test_a_reclaim_cut_short_lets_go_of_its_lease_for_the_next_leader(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """Held on, the lease of a live runner that lost leadership kept every later leader from
+    the partition until that runner's process died."""
+    assert asyncio.run(cut_short(nats_server.url, FailingStore(tmp_path / "state"))) == ([], [])

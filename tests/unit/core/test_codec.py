@@ -2,6 +2,7 @@
 
 import enum
 import pickle
+import sys
 from dataclasses import dataclass
 
 import msgpack
@@ -187,3 +188,23 @@ def test_a_state_pickled_before_the_msgpack_form_still_loads() -> None:
     tally.count = 5
 
     assert vars(codec.load_state(pickle.dumps(tally, protocol=5))) == {"count": 5, "last": None}
+
+
+def test_an_object_whose_class_name_moved_on_is_not_written_by_that_name() -> None:
+    """A redeploy re-homes a class's name while the old version finishes its batches: an
+    old object written by name would load as the new class."""
+    old = Tally()
+    assert codec.dump_state(old)[:1] == codec.STATE_TAG  # decided, and cached
+    module = sys.modules[__name__]
+    newer = type("Tally", (), {"__module__": __name__})
+    module.Tally = newer
+    try:
+        data = codec.dump_state(old)
+    finally:
+        module.Tally = Tally
+    assert data[:1] != codec.STATE_TAG  # pickled, its class by value: not the newer one
+    back = codec.load_state(data)
+    assert type(back) is not newer and vars(back) == vars(old)
+    odd = Tally()
+    odd.__dict__[1] = "a key that is no str"
+    assert codec.dump_state(odd) == codec.dumps(odd)

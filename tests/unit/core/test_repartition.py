@@ -172,6 +172,26 @@ def test_the_retirement_record_only_grows_and_says_what_to_run_and_reclaim() -> 
     assert repartition.to_reclaim(fresh, Retirement({1: 7})) == {}
 
 
+def test_a_deploy_forgets_what_the_record_says_of_stages_it_removes_or_starts_anew() -> None:
+    """Stage 2 was re-partitioned twice (retired below 12); a deploy dropped it, another
+    added it back (numbered from 0), and its count then changed 4 -> 8 (base 4, draining
+    0..3): the old entry, left in place, retired the draining layout (min(12, 4) = 4)."""
+    record = Retirement({1: 2, 2: 12}, {2: 12})
+    before = laid(manifest(1, 5, 3), s1=(2, None), s2=(12, None))
+    assert repartition.still_valid(record, before, before) == record  # a redeploy: all hold
+    grown = laid(manifest(1, 5, 6), s1=(2, None), s2=(15, [12, 3]))
+    assert repartition.still_valid(record, grown, before) == record  # the entry is of this lineage
+    dropped = laid(manifest(1, 5), s1=(2, None))
+    assert repartition.still_valid(record, dropped, before) == Retirement({1: 2}, {})
+    readded = laid(manifest(1, 5, 4), s1=(2, None), s2=(0, None))
+    assert repartition.still_valid(record, readded, dropped) == Retirement({1: 2}, {})
+    # had the entry stayed: the new lineage's first change is running nothing of its drain
+    changed = laid(manifest(1, 5, 8), s1=(2, None), s2=(4, [0, 4]))
+    assert repartition.live_prev(changed.stages[2], record) is None
+    kept = repartition.still_valid(record, changed, readded)
+    assert repartition.live_prev(changed.stages[2], kept) == (0, 4)
+
+
 def test_the_retirement_record_survives_the_wire() -> None:
     record = Retirement({1: 7, 2: 3}, {1: 2})
     assert Retirement.from_wire(record.to_wire()) == record

@@ -7,14 +7,16 @@ import asyncio
 from pathlib import Path
 
 from wallaroo.core import observe, repartition
-from wallaroo.core.errors import NotDeployedError
+from wallaroo.core.errors import NotDeployedError, WallarooError
 from wallaroo.core.keys import SigningKey, deployer_key
-from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, AppNames
+from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET, LAYOUTS_BUCKET, AppNames
 from wallaroo.core.packaging import build_artifact, load_deployable, sign
-from wallaroo.core.wire import Manifest
+from wallaroo.core.wire import Manifest, Retirement
 from wallaroo.functions import App
 from wallaroo.nats import Nats
 from wallaroo.plan import Retention
+
+RECORD_TRIES = 5  # compare-and-swap attempts on the retirement record
 
 
 async def deploy(nats: Nats, app_file: Path, args: list[str] | None = None,
@@ -49,7 +51,27 @@ async def lay_out(nats: Nats, manifest: Manifest, what: str = "deploy") -> Manif
     raw = await nats.kv_get(APPS_BUCKET, manifest.slug)
     deployed = None if raw is None else Manifest.from_wire(raw)
     settled = set() if deployed is None else await settled_stages(nats, deployed)
-    return repartition.lay_out(manifest, deployed, settled, what)
+    laid = repartition.lay_out(manifest, deployed, settled, what)
+    await forget_stale_retirements(nats, laid, deployed)
+    return laid
+
+
+async def forget_stale_retirements(nats: Nats, laid: Manifest, deployed: Manifest | None) -> None:
+    """Before `laid` is written: drop what the runners' retirement record says of stages
+    this deploy removes or starts anew (repartition.still_valid), so it never retires a
+    layout of another stage that later drains at the same index. Compare-and-swap against
+    the leader, which may write the record meanwhile."""
+    for _ in range(RECORD_TRIES):
+        entry = await nats.kv_entry(LAYOUTS_BUCKET, laid.slug)
+        if entry is None:
+            return
+        record = Retirement.from_wire(entry.value)
+        kept = repartition.still_valid(record, laid, deployed)
+        if kept == record or await nats.kv_update(LAYOUTS_BUCKET, laid.slug, kept.to_wire(),
+                                                  entry.revision) is not None:
+            return
+    msg = f"the layout record of {laid.slug} kept changing under this deploy; deploy again"
+    raise WallarooError(msg)
 
 
 async def settled_stages(nats: Nats, deployed: Manifest) -> set[int]:

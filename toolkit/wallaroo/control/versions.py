@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wallaroo.control.apps import manifest_of, settled_stages
+from wallaroo.control.apps import forget_stale_retirements, manifest_of, settled_stages
 from wallaroo.core import repartition
 from wallaroo.core.errors import ArtifactError, RollbackError, UnknownVersionError
 from wallaroo.core.keys import SigningKey, Trust, deployer_key
@@ -120,6 +120,7 @@ async def rollback(nats: Nats, app: str, to: str | None = None,
                f"{ARTIFACTS_BUCKET}; deploy that version again from its app file")
         raise RollbackError(msg)
     check_artifact(artifact, earlier, signer)  # as signed then, before its new layout
+    await forget_stale_retirements(nats, laid, found.current)
     again = dataclasses.replace(laid, created=time.time(), signature="")
     again = sign(artifact, again, signer) if signer is not None else again
     if await nats.kv_update(APPS_BUCKET, again.slug, again.to_wire(), found.revision) is None:

@@ -88,8 +88,8 @@ def loads_columns(data: bytes) -> Any:
 # pickled state (written before this, or not plain) loads as before.
 STATE_TAG = COLUMNS_TAG
 _OBJECT, _VALUE = 0, 1
-# Per class, decided once (a plain dict: a redeploy's new classes add a few entries, and a
-# weak one would cost a weakref per lookup).
+# Per class, decided once (a plain dict, emptied when a deploy registers its classes: a weak
+# one would cost a weakref per lookup).
 _state_classes: dict[type, tuple[str, str] | None] = {}
 
 
@@ -99,12 +99,13 @@ def dump_state(obj: Any) -> bytes:
     else:
         named = _plain_class(type(obj))
         attrs = getattr(obj, "__dict__", None)
-        if named is None or type(attrs) is not dict or not set(map(type, attrs.values())) <= _PLAIN:
+        if named is None or type(attrs) is not dict or not set(map(type, attrs)) <= _STR \
+                or not set(map(type, attrs.values())) <= _PLAIN:
             return dumps(obj)
         body = [_OBJECT, *named, attrs]
     try:
         return STATE_TAG + _packed(body)
-    except (OverflowError, TypeError):  # an int past 64 bits; a key of the dict not a str
+    except OverflowError:  # an int past 64 bits
         return dumps(obj)
 
 
@@ -122,12 +123,23 @@ def load_state(data: bytes) -> Any:
     return obj
 
 
+def forget_state_classes() -> None:
+    """Drop what `_plain_class` decided (a redeploy's classes replace the old ones, which
+    must not be kept alive, with their modules, by this cache)."""
+    _state_classes.clear()
+
+
 def _plain_class(cls: type) -> tuple[str, str] | None:
     """(module, name) of a class whose instances pickle as pickle's default does (created
     with __new__, their __dict__ restored) and that pickle would find by that name; else
     None. Decided once per class."""
     if cls in _state_classes:
-        return _state_classes[cls]
+        named = _state_classes[cls]
+        # The name may have moved on: a redeploy re-homes it (packaging.register_classes)
+        # while the old version still finishes its batches. Pickle would refuse it too.
+        if named is None or getattr(sys.modules.get(named[0]), named[1], None) is cls:
+            return named
+        return None
     named = None
     default = all(getattr(cls, name, None) is getattr(object, name, None) for name in _REDUCERS) \
         and "__slots__" not in _mro_dicts(cls)

@@ -20,6 +20,7 @@ from typing import Any
 import cloudpickle
 
 from wallaroo.connectors import ConnectorSink
+from wallaroo.core import codec
 from wallaroo.core.errors import AppLoadError, ArtifactError, VersionMismatchError, WallarooError
 from wallaroo.core.keys import SigningKey, Trust
 from wallaroo.core.wire import Manifest, StageInfo
@@ -238,6 +239,7 @@ def register_classes(app: App, manifest: Manifest) -> None:
     The home is named after the app, not the file: a new version may live in a renamed file
     and must still read the state the old one wrote. Only a class whose name another
     module of the same app already took gets a home named after its module as well."""
+    codec.forget_state_classes()
     shipped = set(manifest.by_value_modules)
     taken: dict[str, type] = {}
     for cls in _app_classes(app):

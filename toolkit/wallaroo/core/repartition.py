@@ -305,3 +305,18 @@ def to_reclaim(manifest: Manifest, record: Retirement) -> dict[int, range]:
         if parts:
             out[st.index] = parts
     return out
+
+
+def still_valid(record: Retirement, laid: Manifest, deployed: Manifest | None) -> Retirement:
+    """`record` without the entries a deploy of `laid` over `deployed` makes stale: those of
+    a stage index `laid` no longer has, or has anew (numbered from 0 again), whose entry
+    would retire partitions of another stage's layouts. An entry is only ever as high as the
+    base of the layout current when it was made, and bases only grow while a stage lives."""
+    bases = {s.index: s.base for s in deployed.stages} if deployed is not None else {}
+    indexes = {s.index for s in laid.stages}
+
+    def holds(stage: int, below: int) -> bool:
+        return stage in indexes and stage in bases and below <= bases[stage]
+
+    return Retirement({i: n for i, n in record.retired.items() if holds(i, n)},
+                      {i: n for i, n in record.reclaimed.items() if holds(i, record.retired.get(i, n))})

@@ -115,16 +115,21 @@ async def connect(url: str, access: Access) -> Nats:
                               tls_ca=access.tls_ca)
 
 
-async def wait_members(nats: Nats, count: int, timeout: float, poll: float = 0.02) -> None:
-    """Until `count` runners heartbeat; WallarooError after `timeout` seconds (their logs say
-    why a runner did not start)."""
+async def wait_members(nats: Nats, count: int, timeout: float, since: float = 0.0,
+                       poll: float = 0.02) -> None:
+    """Until `count` runners started at or after `since` (wall clock) heartbeat: a reused
+    state directory may still hold the beats of an earlier run's runners, not yet lapsed.
+    WallarooError after `timeout` seconds (their logs say why a runner did not start)."""
     deadline = time.monotonic() + timeout
-    while len(await observe.runner_heartbeats(nats)) < count:
+    while (up := await _members_since(nats, since)) < count:
         if time.monotonic() > deadline:
-            up = len(await observe.runner_heartbeats(nats))
             msg = f"only {up} of {count} runners started within {timeout:g}s; their logs say why"
             raise WallarooError(msg)
         await asyncio.sleep(poll)
+
+
+async def _members_since(nats: Nats, since: float) -> int:
+    return sum(1 for beat in await observe.runner_heartbeats(nats) if beat.started >= since)
 
 
 async def deploy_and_wait(nats: Nats, app_file: Path, access: Access) -> Manifest:

@@ -75,13 +75,15 @@ def run_job(run: JobRun) -> int:
     _check_inputs(run, application)
     if run.url is not None:
         return _deploy_and_follow(run, run.url, cluster_access(None), members=0)
+    started = time.time()  # runners' heartbeats from before this belong to an earlier run
     with DevCluster(run.state_dir, run.runners, fresh=run.fresh, tls=run.tls) as cluster:
         info(f"nats-server at {cluster.url}, {run.runners} runner(s), state and logs in "
              f"{run.state_dir}")
         access = Access(cluster.deploy_key, cluster.creds("deployer"), cluster.creds("client"),
                         cluster.tls_ca)
         try:
-            return _deploy_and_follow(run, cluster.url, access, members=run.runners)
+            return _deploy_and_follow(run, cluster.url, access, members=run.runners,
+                                      since=started)
         finally:
             info("stopping runners and nats-server")
 
@@ -132,7 +134,8 @@ def _earlier_output(sink: SinkConfig, slug: str) -> str | None:
     return None
 
 
-def _deploy_and_follow(run: JobRun, url: str, access: Access, members: int) -> int:
+def _deploy_and_follow(run: JobRun, url: str, access: Access, members: int,
+                       since: float = 0.0) -> int:
     """`members`: the runners the embedded cluster started, awaited before the deploy when
     more than one: deployed to the first alone, the job would start there and move half its
     partitions (state restores, a handoff per partition) as each other runner joins."""
@@ -140,7 +143,7 @@ def _deploy_and_follow(run: JobRun, url: str, access: Access, members: int) -> i
         nats = await connect(url, access)
         try:
             if members > 1:
-                await wait_members(nats, members, ROLLOUT_TIMEOUT)
+                await wait_members(nats, members, ROLLOUT_TIMEOUT, since)
             manifest = await deploy_and_wait(nats, run.app_file, access)
             info(f"job {manifest.name} version {manifest.version} deployed; running it to the end")
             return await _follow(nats, manifest, run)
