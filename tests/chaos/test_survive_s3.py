@@ -20,6 +20,7 @@ from wallaroo.local.dev import DevCluster, RunnerProcess
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 SNAPSHOTS = ["--snapshot-every", "4", "--snapshot-seconds", "0.5"]
 PREFIX = "chaos"
+KEYED = 8  # the sequence-window app's keyed partitions
 
 
 def s3_keys(moto: Moto) -> list[str]:
@@ -32,6 +33,15 @@ def s3_keys(moto: Moto) -> list[str]:
 
 async def snapshots_in_s3(moto: Moto) -> bool:
     return any(k.endswith(".snap") for k in await asyncio.to_thread(s3_keys, moto))
+
+
+async def every_keyed_partition_in_s3(moto: Moto, partitions: int = KEYED) -> bool:
+    """Has each keyed partition a snapshot in S3? Then whichever runner is lost, what it ran
+    has state there for its successor to restore (a runner lost right after joining may own
+    partitions that never committed)."""
+    snapped = {k.split("/")[-2] for k in await asyncio.to_thread(s3_keys, moto)
+               if k.endswith(".snap") and k.split("/")[-3] == "1"}
+    return len(snapped) >= partitions
 
 
 @pytest.fixture
@@ -55,7 +65,7 @@ def test_a_lost_machine_is_restored_from_s3_by_a_fresh_runner(s3_cluster: DevClu
     fresh: list[RunnerProcess] = []
 
     async def chaos(s: Stream) -> None:
-        await eventually(lambda: snapshots_in_s3(moto), 30, "snapshots in S3")
+        await eventually(lambda: every_keyed_partition_in_s3(moto), 30, "every partition in S3")
         await progress(s)
         s.mid_stream("the machine loss")
         fresh.append(s3_cluster.restart_runner(rng.randrange(2), kill=True))
