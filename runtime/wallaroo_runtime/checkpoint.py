@@ -46,11 +46,12 @@ class CheckpointConfig:
     every: int = 500  # commits
     seconds: float = 30.0
     # Why a byte bound too: commit records carry their outputs, so 500 of them held for the
-    # next segment would grow the runner with the data volume instead of its state. Why 2 MiB
-    # (was 4): each partition holds up to this, so 4 MiB let a one-runner word count's peak
-    # RSS grow 1.24-1.33x from 1M to 10M words, 2 MiB 1.06-1.13x (3 runs each); it also trims
-    # the changelog twice as often (nats-server 1.21-1.24x -> 1.11-1.17x).
-    max_pending_bytes: int = 2 << 20
+    # next segment would grow the runner with the data volume instead of its state. The bound
+    # trades memory for latency (`wallaroo runner --snapshot-bytes`): each partition holds up
+    # to this. One-runner word count, alternating A/B: 2 MiB brought peak RSS 1M -> 10M words
+    # from 1.24-1.33x to 1.06-1.13x (nats-server 1.21-1.24x -> 1.11-1.17x), but segments
+    # twice as often raised p99 at 20k records/s from 42-59 ms to 60-81 ms (4 runs each).
+    max_pending_bytes: int = 4 << 20
     retry_after: float = 5.0  # after a failed snapshot (e.g. S3 down)
     max_deltas: int = 64  # deltas after a full snapshot before the next full one, at most
     state_key: bytes | None = None  # MACs snapshots and segments (runners share it)

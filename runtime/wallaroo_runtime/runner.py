@@ -697,6 +697,7 @@ class RunnerOptions:
     state_store: str | None = None  # file:// or s3:// URL; None: no snapshots
     snapshot_every: int = 500
     snapshot_seconds: float = 30.0
+    snapshot_bytes: int = CheckpointConfig.max_pending_bytes  # commits held for a segment, a partition
     executor: ExecutorConfig = ExecutorConfig()
     creds: str | None = None  # the runner role's nkey seed file
     trust: Trust = field(default_factory=Trust)  # whose deploys this runner runs
@@ -739,7 +740,7 @@ def main(url: str, opts: RunnerOptions) -> None:
         os.environ[CREDS_ENV] = opts.creds  # ... and connect with the runner's credentials
     store = open_store(opts.state_store) if opts.state_store else None
     checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds,
-                                  state_key=opts.state_key)
+                                  max_pending_bytes=opts.snapshot_bytes, state_key=opts.state_key)
     runner = Runner(url, opts.runner_id, WorkerConfig(ack_wait=opts.ack_wait),
                     ClusterConfig(member_ttl=opts.member_ttl),
                     checkpoint, opts.executor, opts.trust)
