@@ -89,14 +89,20 @@ class Pipeline:
                 {p: codec.dumps_columns(*cols) for p, cols in result.routed.items()}
 
     def records(self) -> list[CommitRecord]:
-        names, recs = AppNames(self.app.slug), []
-        for n, (stage, result) in enumerate(self.results, start=1):
-            outs = [Out(names.data(1, p), codec.dumps_columns(*cols), internal_msg_id(f"s{stage}.0", n, p))
-                    for p, cols in sorted(result.routed.items())]
-            outs += [Out(names.out("counts"), codec.pack_batch(o), internal_msg_id(f"s{stage}.0", n, 99))
-                     for o in result.sink_out.values() if o]
-            recs.append(CommitRecord(n, n, n, {}, result.states, outs))
-        return recs
+        return commit_records(self.app.slug, "counts", self.results)
+
+
+def commit_records(slug: str, sink: str, results: list[tuple[int, BatchResult]]) -> list[CommitRecord]:
+    """The commit record each result would make: its state changes, routed columns and
+    outputs to `sink`."""
+    names, recs = AppNames(slug), []
+    for n, (stage, result) in enumerate(results, start=1):
+        outs = [Out(names.data(1, p), codec.dumps_columns(*cols), internal_msg_id(f"s{stage}.0", n, p))
+                for p, cols in sorted(result.routed.items())]
+        outs += [Out(names.out(sink), codec.pack_batch(o), internal_msg_id(f"s{stage}.0", n, 99))
+                 for o in result.sink_out.values() if o]
+        recs.append(CommitRecord(n, n, n, {}, result.states, outs))
+    return recs
 
 
 async def publish(url: str, slug: str, records: list[CommitRecord], encoded: list[bytes]) -> float:

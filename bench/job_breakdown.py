@@ -28,11 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from breakdown import best_of, publish
+from breakdown import best_of, commit_records, publish
 
 from wallaroo.core import codec
 from wallaroo.core.engine import Batch, BatchResult, StageEngine
-from wallaroo.core.names import AppNames, internal_msg_id
+from wallaroo.core.names import AppNames
 from wallaroo.core.packaging import load_app
 from wallaroo.core.wire import CommitRecord
 from wallaroo.local.natsserver import NatsServer
@@ -101,14 +101,7 @@ class JobPipeline:
                 codec.loads_columns(codec.dumps_columns(keys, values))
 
     def records(self) -> list[CommitRecord]:
-        names, recs = AppNames(self.app.slug), []
-        for n, (stage, result) in enumerate(self.results, start=1):
-            outs = [Out(names.data(1, p), codec.dumps_columns(*cols), internal_msg_id(f"s{stage}", n, p))
-                    for p, cols in sorted(result.routed.items())]
-            outs += [Out(names.out("totals"), codec.pack_batch(o), internal_msg_id(f"s{stage}", n, 99))
-                     for o in result.sink_out.values() if o]
-            recs.append(CommitRecord(n, n, n, {}, result.states, outs))
-        return recs
+        return commit_records(self.app.slug, "totals", self.results)
 
 
 def plain(path: Path) -> float:
