@@ -55,7 +55,7 @@ from wallaroo_runtime.executor import ExecutorConfig, FunctionExecutor
 from wallaroo_runtime.layouts import LayoutKeeper
 from wallaroo_runtime.metrics import FunctionState, PartitionSample, RunnerMetrics, RunnerView, serve
 from wallaroo_runtime.process import backoff, run_until_signal
-from wallaroo_runtime.statestore import open_store
+from wallaroo_runtime.statestore import StateStore, open_store
 
 log = logging.getLogger("wallaroo.runner")
 GC_THRESHOLDS = (50_000, 20, 20)  # see main()
@@ -724,6 +724,11 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     return bool(mallopt(M_ARENA_MAX, arenas))
 
 
+def checkpoint_config(opts: RunnerOptions, store: StateStore | None) -> CheckpointConfig:
+    return CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds,
+                            max_pending_bytes=opts.snapshot_bytes, state_key=opts.state_key)
+
+
 def main(url: str, opts: RunnerOptions) -> None:
     """Run a runner until SIGINT/SIGTERM (then finish the batches in hand and exit)."""
     # Why: a batch's records and outputs live until its commit, thousands of young objects
@@ -739,11 +744,9 @@ def main(url: str, opts: RunnerOptions) -> None:
     if opts.creds:
         os.environ[CREDS_ENV] = opts.creds  # ... and connect with the runner's credentials
     store = open_store(opts.state_store) if opts.state_store else None
-    checkpoint = CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds,
-                                  max_pending_bytes=opts.snapshot_bytes, state_key=opts.state_key)
     runner = Runner(url, opts.runner_id, WorkerConfig(ack_wait=opts.ack_wait),
                     ClusterConfig(member_ttl=opts.member_ttl),
-                    checkpoint, opts.executor, opts.trust)
+                    checkpoint_config(opts, store), opts.executor, opts.trust)
     if opts.metrics_port is not None:  # before any app loads: every worker gets its observer
         runner.serve_metrics(opts.metrics_host, opts.metrics_port)
         log.info("metrics on http://%s/metrics", runner.metrics_address)

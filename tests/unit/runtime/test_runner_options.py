@@ -1,0 +1,43 @@
+"""`wallaroo runner`'s options reach the runner: the snapshot byte bound (memory against
+latency, see checkpoint.CheckpointConfig) from the command line to each partition's
+checkpoint configuration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from wallaroo.cli import app
+from wallaroo_runtime import runner
+from wallaroo_runtime.checkpoint import CheckpointConfig
+
+
+def options_of(monkeypatch: pytest.MonkeyPatch, *args: str) -> runner.RunnerOptions:
+    seen: list[runner.RunnerOptions] = []
+
+    def main(url: str, opts: runner.RunnerOptions) -> Any:
+        seen.append(opts)
+
+    monkeypatch.setattr(runner, "main", main)
+    res = CliRunner().invoke(app, ["runner", "--nats", "nats://127.0.0.1:4222", "--allow-unsigned",
+                                   *args])
+    assert res.exit_code == 0, res.output
+    return seen[0]
+
+
+def test_the_snapshot_byte_bound_goes_from_the_command_line_to_the_checkpoints(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    opts = options_of(monkeypatch, "--snapshot-bytes", "2097152")
+
+    assert runner.checkpoint_config(opts, None).max_pending_bytes == 2 << 20
+    default = options_of(monkeypatch)
+    assert runner.checkpoint_config(default, None).max_pending_bytes == \
+        CheckpointConfig.max_pending_bytes == 4 << 20
+
+
+def test_a_bound_below_a_page_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "main", lambda url, opts: None)
+    res = CliRunner().invoke(app, ["runner", "--snapshot-bytes", "10"])
+    assert res.exit_code == 2 and "--snapshot-bytes" in res.output
