@@ -115,12 +115,11 @@ def assignment(members: list[str], manifest: Manifest, current: Assignment | Non
     record = retired or Retirement()
     owners: dict[Part, str] = {}
     for st in manifest.stages:
-        running = set(repartition.running_parts(st, record))
+        below = repartition.retired(record, st)
         # Each layout on its own: a drained layout's idle partitions must not count against
         # the spread of the new one's.
-        old = range(st.prev[0], st.prev[0] + st.prev[1]) if st.prev else range(0)
-        for layout in (old, st.parts):
-            items = {_item(manifest.slug, (st.index, p)): (st.index, p) for p in layout if p in running}
+        for layout in (st.prev_parts, st.parts):
+            items = {_item(manifest.slug, (st.index, p)): (st.index, p) for p in layout if p >= below}
             for item, owner in spread(members, list(items), now).items():
                 owners[items[item]] = owner
     return Assignment(owners)
@@ -140,7 +139,7 @@ async def publish_assignment(nats: Nats, manifest: Manifest, members: list[str],
         members = sorted(set(members) | set(current.owners.values()))
     if not members:
         return False  # not even the leader's own beat is in yet: nobody to assign to
-    new = assignment(members, manifest, current, await observe.retirement(nats, manifest.slug))
+    new = assignment(members, manifest, current, await observe.retirement_of(nats, manifest))
     if current == new:
         return False
     await nats.kv_put(ASSIGN_BUCKET, manifest.slug, new.to_wire())

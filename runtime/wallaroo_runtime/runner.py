@@ -200,7 +200,7 @@ class AppHost:
         stage = next((s for s in self.manifest.stages if s.index == part[0]), None)
         if stage is None:
             return False
-        return part[1] < repartition.retired(await observe.retirement(self.nats, self.app.slug), stage)
+        return part[1] < repartition.retired(await observe.retirement_of(self.nats, self.manifest), stage)
 
     async def _run_worker(self, part: Part, lease: Lease) -> None:
         delays = backoff()
@@ -515,7 +515,7 @@ class Runner:
             if not all(h.partitions_released for h in old):
                 continue  # previous versions are still finishing their batches
             self.retiring[slug] = [h for h in old if not h.stopped]  # long calls finish there
-            host.retire(await observe.retirement(nats, slug))
+            host.retire(await observe.retirement_of(nats, host.manifest))
             host.reconcile(await cluster.read_assignment(nats, slug))
             host.start_connectors()
         for slug in [s for s in self.retiring if s not in self.hosts]:  # removed apps

@@ -50,7 +50,7 @@ async def lay_out(nats: Nats, manifest: Manifest, what: str = "deploy") -> Manif
     key. Refuses (LayoutError) what cannot move keyed state."""
     raw = await nats.kv_get(APPS_BUCKET, manifest.slug)
     deployed = None if raw is None else Manifest.from_wire(raw)
-    settled = set() if deployed is None else await settled_stages(nats, deployed)
+    settled = set() if deployed is None else await observe.settled_stages(nats, deployed)
     laid = repartition.lay_out(manifest, deployed, settled, what)
     await forget_stale_retirements(nats, laid, deployed)
     return laid
@@ -72,11 +72,6 @@ async def forget_stale_retirements(nats: Nats, laid: Manifest, deployed: Manifes
             return
     msg = f"the layout record of {laid.slug} kept changing under this deploy; deploy again"
     raise WallarooError(msg)
-
-
-async def settled_stages(nats: Nats, deployed: Manifest) -> set[int]:
-    """Stages of `deployed` that drain no earlier layout any more (observe.settled_stages)."""
-    return await observe.settled_stages(nats, deployed)
 
 
 async def ensure_streams(nats: Nats, slug: str, retention: Retention | None = None) -> None:

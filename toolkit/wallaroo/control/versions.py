@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from wallaroo.control.apps import forget_stale_retirements, manifest_of, settled_stages
-from wallaroo.core import repartition
+from wallaroo.control.apps import forget_stale_retirements, manifest_of
+from wallaroo.core import observe, repartition
 from wallaroo.core.errors import ArtifactError, RollbackError, UnknownVersionError
 from wallaroo.core.keys import SigningKey, Trust, deployer_key
 from wallaroo.core.names import APPS_BUCKET, ARTIFACTS_BUCKET
@@ -113,7 +113,7 @@ async def rollback(nats: Nats, app: str, to: str | None = None,
     signer = deployer_key(key)  # a bad key file fails before anything is written
     found = await deploys(nats, app)
     earlier = target(found, to)
-    laid = check_layout(found.current, earlier, await settled_stages(nats, found.current))
+    laid = check_layout(found.current, earlier, await observe.settled_stages(nats, found.current))
     artifact = await nats.obj_get(ARTIFACTS_BUCKET, earlier.artifact_name)
     if artifact is None:
         msg = (f"the artifact of {earlier.name} version {earlier.version} is gone from "

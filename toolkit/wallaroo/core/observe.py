@@ -55,6 +55,14 @@ async def retirement(nats: Nats, slug: str) -> Retirement:
     return Retirement.from_wire(raw) if raw is not None else Retirement()
 
 
+async def retirement_of(nats: Nats, manifest: Manifest) -> Retirement:
+    """`retirement` where it can matter: only a stage draining a layout (`prev`) has one to
+    retire, so an app with none is not asked about (every runner asks, every tick)."""
+    if all(st.prev is None for st in manifest.stages):
+        return Retirement()
+    return await retirement(nats, manifest.slug)
+
+
 async def settled_stages(nats: Nats, manifest: Manifest,
                          stages: list[StageInfo] | None = None) -> set[int]:
     """Those of `stages` (default: all of `manifest`'s) that drain no earlier layout any more:
@@ -78,7 +86,7 @@ async def partition_lags(nats: Nats, manifest: Manifest) -> dict[Part, Lag | Non
     """(stage, partition) -> its consumer's lag, None where no consumer exists; the
     partitions runners run (a retired layout's are gone: wallaroo.core.repartition)."""
     names = AppNames(manifest.slug)
-    record = await retirement(nats, manifest.slug)
+    record = await retirement_of(nats, manifest)
     return {
         (st.index, p): await nats.consumer_lag(names.data_stream, AppNames.durable(st.index, p))
         for st in manifest.stages

@@ -117,10 +117,14 @@ class StageInfo:
         return range(self.base, self.base + self.partitions)
 
     @property
+    def prev_parts(self) -> range:
+        """The numbers of the partitions of the layout it drains (none: empty)."""
+        return range(self.prev[0], self.prev[0] + self.prev[1]) if self.prev else range(0)
+
+    @property
     def run_parts(self) -> list[int]:
         """Every partition runners run: the current layout's and the drained one's."""
-        old = range(self.prev[0], self.prev[0] + self.prev[1]) if self.prev else range(0)
-        return [*old, *self.parts]
+        return [*self.prev_parts, *self.parts]
 
 
 @dataclass(frozen=True)
