@@ -26,6 +26,7 @@ from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import CommitRecord
 from wallaroo.nats import Nats
 from wallaroo_runtime import snapshot as snap
+from wallaroo_runtime.spool import Spool
 from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger("wallaroo.checkpoint")
@@ -40,18 +41,31 @@ class RestoreGapError(WallarooError):
     """The stored snapshots, segments and changelog do not join up: state would be missing."""
 
 
+class SpoolLostError(WallarooError):
+    """The commit records held for a partition's next segment could not be read back."""
+
+    def __init__(self, subject: str, err: OSError) -> None:
+        self.subject, self.err = subject, err
+        super().__init__(f"{subject}: the commits held for the next segment could not be read "
+                         f"back ({err}); the partition restarts from its changelog")
+
+
 @dataclass(frozen=True)
 class CheckpointConfig:
     store: StateStore | None = None
     every: int = 500  # commits
     seconds: float = 30.0
     # Why a byte bound too: commit records carry their outputs, so 500 of them held for the
-    # next segment would grow the runner with the data volume instead of its state. The bound
-    # trades memory for latency (`wallaroo runner --snapshot-bytes`): each partition holds up
-    # to this. One-runner word count, alternating A/B: 2 MiB brought peak RSS 1M -> 10M words
-    # from 1.24-1.33x to 1.06-1.13x (nats-server 1.21-1.24x -> 1.11-1.17x), but segments
-    # twice as often raised p99 at 20k records/s from 42-59 ms to 60-81 ms (4 runs each).
+    # next segment would be a segment (and a changelog in nats-server) that grows with the
+    # data volume instead of the state. The records are held in a file (wallaroo_runtime.
+    # spool), not in the runner's memory. A smaller bound shortens the changelog nats-server
+    # keeps, and costs latency (`wallaroo runner --snapshot-bytes`): one-runner word count,
+    # 2 MiB instead of 4 raised p99 at 20k records/s from 42-59 ms to 60-81 ms (4 runs each).
     max_pending_bytes: int = 4 << 20
+    # Between snapshots, the commit records are stored as segments of about this size, and the
+    # changelog trimmed after each: nats-server keeps this much of a partition's changelog,
+    # not up to max_pending_bytes. A segment costs a store write and a purge, no snapshot.
+    segment_bytes: int = 1 << 20
     retry_after: float = 5.0  # after a failed snapshot (e.g. S3 down)
     max_deltas: int = 64  # deltas after a full snapshot before the next full one, at most
     state_key: bytes | None = None  # MACs snapshots and segments (runners share it)
@@ -69,14 +83,20 @@ class Checkpointer:
     log_stream: str
     log_subject: str
     stateful: bool
-    pending: list[bytes] = field(default_factory=list)  # commit records since the snapshot
-    pending_nos: list[int] = field(default_factory=list)  # their commit numbers
-    pending_bytes: int = 0
+    # The commit records since the newest snapshot, for the next segment: those a failed
+    # write gave back (in memory: rare, and only while the store fails), then the spool.
+    carried: list[bytes] = field(default_factory=list)
+    carried_nos: list[int] = field(default_factory=list)
+    spool: Spool = field(default_factory=Spool)
+    spool_lost: OSError | None = None  # reading a spool back failed: the partition must restart
     last_at: float = field(default_factory=time.monotonic)
     failures: int = 0
     writing: asyncio.Task[None] | None = None
     threshold: int = 0
     byte_threshold: int = 0
+    segment_threshold: int = 0
+    since: tuple[int, int] = (0, 0)  # commits and their bytes since the newest snapshot
+    segment_after: float = 0.0  # no segment alone before this (monotonic): after a failure
     restored_from: int | None = None  # commit number of the snapshot the last restore used
     # The next delta's content and base: the newest value of each key changed since the
     # newest stored snapshot, and that snapshot's commit (None: the next one must be full).
@@ -86,22 +106,38 @@ class Checkpointer:
 
     def __post_init__(self) -> None:
         self._draw_threshold()
+        self.spool = Spool(keep=self.cfg.store is not None)
+
+    @property
+    def held(self) -> int:
+        """Commits the next segment must cover."""
+        return len(self.carried) + len(self.spool)
+
+    @property
+    def held_bytes(self) -> int:
+        return sum(map(len, self.carried)) + self.spool.bytes if self.carried else self.spool.bytes
 
     def due(self) -> bool:
-        return (len(self.pending) >= self.threshold or self.pending_bytes >= self.byte_threshold
-                or (bool(self.pending) and time.monotonic() - self.last_at >= self.cfg.seconds))
+        """Is a snapshot due?"""
+        commits, size = self.since
+        return (commits >= self.threshold or size >= self.byte_threshold
+                or (commits > 0 and time.monotonic() - self.last_at >= self.cfg.seconds))
 
-    def _hold(self, records: list[bytes], nos: list[int]) -> None:
-        """`records` (commits `nos`) are what the next segment must cover (all of it: earlier
-        ones first)."""
-        self.pending, self.pending_nos = records, nos
-        self.pending_bytes = sum(map(len, records))
+    def _segment_due(self) -> bool:
+        return (self.cfg.store is not None and self.held_bytes >= self.segment_threshold
+                and time.monotonic() >= self.segment_after)
+
+    def forget_held(self) -> None:
+        """Start the next segment afresh (its records' file goes)."""
+        self.spool.discard()
+        self.spool = Spool(keep=self.cfg.store is not None)
+        self.carried, self.carried_nos = [], []
+        self.since = (0, 0)
 
     def _keep(self, record: bytes, no: int) -> None:
-        """One more commit record for the next segment (its size kept, not summed anew)."""
-        self.pending.append(record)
-        self.pending_nos.append(no)
-        self.pending_bytes += len(record)
+        """One more commit record for the next segment."""
+        self.spool.add(record, no)
+        self.since = (self.since[0] + 1, self.since[1] + len(record))
 
     def _draw_threshold(self) -> None:
         # Why jitter: partitions under even load would all snapshot in the same instant,
@@ -111,8 +147,11 @@ class Checkpointer:
         # commits reached it together, and their full snapshots, whose encoding holds the GIL
         # in its thread, stalled the loop together (seen: 8 at once at 100k new keys/s).
         self.byte_threshold = max(1, round(self.cfg.max_pending_bytes * random.uniform(0.5, 1.0)))
+        self.segment_threshold = max(1, round(self.cfg.segment_bytes * random.uniform(0.5, 1.0)))
 
     async def after_commit(self, encoded: bytes, state: PartitionState, log_seq: int) -> None:
+        if self.spool_lost is not None:
+            raise SpoolLostError(self.log_subject, self.spool_lost)
         if self.stateful and self.cfg.store is None:
             return  # nothing to snapshot to: the changelog is kept whole
         self._keep(encoded, state.commit_no)  # the worker applied this very record
@@ -120,17 +159,19 @@ class Checkpointer:
             self.dirty.update(state.last.states)
         if self.due():
             await self.checkpoint(state, log_seq)
+        elif self._segment_due() and (self.writing is None or self.writing.done()):
+            self.writing = asyncio.create_task(self._store_segment(*self._take_held(), log_seq))
 
     async def checkpoint(self, state: PartitionState, log_seq: int) -> None:
         """Snapshot (when a store is configured), then trim the changelog. The store write runs
         in the background, so a slow or unavailable S3 never stalls the partition."""
         if self.stateful and self.cfg.store is None:
-            self._hold([], [])  # no store: the changelog is kept whole
+            self.forget_held()  # no store: the changelog is kept whole
             self.last_at = time.monotonic()
             return
         if self.cfg.store is None:
             await self._trim(log_seq)
-            self._hold([], [])
+            self.forget_held()
             self.last_at = time.monotonic()
             return
         if self.writing is not None and not self.writing.done():
@@ -138,11 +179,57 @@ class Checkpointer:
         # Stateless stages too: their commit numbers must survive a lost changelog.
         changed, self.dirty = self.dirty, {}
         s = self._snapshot(state, log_seq, changed)
-        records, nos = self.pending, self.pending_nos
-        self._hold([], [])
+        carried, spool = self._take_held()
+        since, self.since = self.since, (0, 0)
         self.last_at = time.monotonic()
         self._draw_threshold()
-        self.writing = asyncio.create_task(self._write(s, records, nos, changed))
+        self.writing = asyncio.create_task(self._write(s, carried, spool, changed, since))
+
+    def _take_held(self) -> tuple[tuple[list[bytes], list[int]], Spool]:
+        """The records held for the next segment, handed to a writer; the next ones go to a
+        new spool."""
+        carried, spool = (self.carried, self.carried_nos), self.spool
+        self.spool, self.carried, self.carried_nos = Spool(), [], []
+        return carried, spool
+
+    async def _held_records(self, carried: tuple[list[bytes], list[int]], spool: Spool
+                            ) -> tuple[list[bytes], list[int]] | None:
+        """The records handed over, read back in a thread (as the encoding): a few MB from
+        the page cache. None when the spool's file failed (a disk error): its records are
+        then only in the changelog, which nothing trimmed, so the partition must restart."""
+        assert self.cfg.store is not None  # only what is stored is held
+        try:
+            return carried[0] + await asyncio.to_thread(spool.read), carried[1] + spool.nos
+        except OSError as err:
+            self.spool_lost = err
+            log.error("%s: commits held for the next segment are lost (%s): restarting the "
+                      "partition from its changelog", self.log_subject, err)
+            return None
+
+    async def _store_segment(self, carried: tuple[list[bytes], list[int]], spool: Spool,
+                             log_seq: int) -> None:
+        """The records since the last segment, stored without a snapshot, then the changelog
+        trimmed below `log_seq` (the newest record stays)."""
+        held = await self._held_records(carried, spool)
+        if held is None:
+            return
+        records, nos = held
+        try:
+            assert self.cfg.store is not None
+            await snap.write_segment(self.cfg.store, self.slug, self.stage, self.part, records,
+                                     nos, self.cfg.state_key)
+            await self._trim(log_seq)
+        except Exception as err:  # any failure: keep the changelog, try again later
+            self._give_back(records, nos, "segment", err)
+            self.segment_after = time.monotonic() + self.cfg.retry_after
+
+    def _give_back(self, records: list[bytes], nos: list[int], what: str, err: Exception) -> None:
+        """A write failed: the next segment must cover its records again (ahead of those
+        held since); the changelog was not trimmed."""
+        self.failures += 1
+        self.carried, self.carried_nos = records + self.carried, nos + self.carried_nos
+        log.warning("%s: %s failed (%d so far), changelog kept: %s",
+                    self.log_subject, what, self.failures, err)
 
     def _snapshot(self, state: PartitionState, log_seq: int, changed: dict[str, bytes]
                   ) -> snap.Snapshot:
@@ -154,23 +241,24 @@ class Checkpointer:
         return snap.Snapshot.delta(self.slug, self.stage, self.part, state, log_seq, time.time(),
                                    self.base, changed)
 
-    async def _write(self, s: snap.Snapshot, records: list[bytes], nos: list[int],
-                     changed: dict[str, bytes]) -> None:
-        assert self.cfg.store is not None
+    async def _write(self, s: snap.Snapshot, carried: tuple[list[bytes], list[int]], spool: Spool,
+                     changed: dict[str, bytes], since: tuple[int, int]) -> None:
+        held = await self._held_records(carried, spool)
+        if held is None:
+            return
+        records, nos = held
         try:
+            assert self.cfg.store is not None
             started = time.monotonic()
             size = await snap.write(self.cfg.store, s, records, self.cfg.state_key, nos)
             self._written(s, size, time.monotonic() - started)
             await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
             await self._trim(s.log_seq)
         except Exception as err:  # any failure: keep the changelog, say so, try again later
-            self.failures += 1
-            # The next segment must cover them again.
-            self._hold(records + self.pending, nos + self.pending_nos)
+            self._give_back(records, nos, "snapshot", err)
+            self.since = (since[0] + self.since[0], since[1] + self.since[1])  # still due
             self.dirty = changed | self.dirty  # and the next delta these keys (newer values win)
             self.last_at = time.monotonic() - self.cfg.seconds + self.cfg.retry_after
-            log.warning("%s: snapshot failed (%d so far), changelog kept: %s",
-                        self.log_subject, self.failures, err)
 
     def _written(self, s: snap.Snapshot, size: int, took: float) -> None:
         self.base = s.commit_no
@@ -186,16 +274,18 @@ class Checkpointer:
         await self.nats.purge_subject_below(self.log_stream, self.log_subject, log_seq)
 
     async def close(self) -> None:
-        """Let a snapshot in flight finish (it is consistent either way)."""
+        """Let a snapshot in flight finish (it is consistent either way), and the commits
+        held for the next one go."""
         if self.writing is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.writing  # _write logs its own failures and never raises
+        self.forget_held()
 
     async def restore(self, last_seq: int) -> PartitionState:
         """The partition's state: newest valid snapshot, the stored segments after it (they
         bridge a newer snapshot that turned out corrupt), then the changelog up to `last_seq`.
         Commits must follow each other without a gap, or the restore fails (and is retried)
-        rather than go on with state missing. `pending` is left holding the records the next
+        rather than go on with state missing. The spool is left holding the records the next
         segment must cover."""
         chain = await self._latest()
         base = None if chain is None else chain.snapshot
@@ -203,7 +293,7 @@ class Checkpointer:
         self.restored_from = self.base = None if base is None else base.commit_no
         if chain is not None:
             self.chain = (chain.full_bytes, chain.delta_bytes, chain.deltas)
-        self._hold([], [])
+        self.forget_held()
         self.dirty = {}
         if base is not None:
             for data in await self._segments_after(state.commit_no):
@@ -251,4 +341,7 @@ class Checkpointer:
         # Commits after the newest snapshot went with the changelog. Jump the commit number,
         # so new outputs are never mistaken downstream for those lost ones (and dropped).
         state.commit_no += COMMIT_EPOCH
+        # What was read is stored already (in segments), and a segment's commits must follow
+        # each other: the next one starts at the jumped number.
+        self.forget_held()
         return state

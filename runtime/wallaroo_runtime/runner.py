@@ -66,6 +66,7 @@ GC_THRESHOLDS = (50_000, 20, 20)  # see main()
 SWITCH_INTERVAL = 0.0005
 M_ARENA_MAX = -8  # glibc's malloc.h
 MALLOC_ARENAS = 2  # see limit_malloc_arenas
+OPEN_FILES = 65_536  # see raise_open_files_limit
 # How many member TTLs a spell of NATS trouble may keep owners in the assignment: longer than
 # a stream or meta election (4-9 s; 3 s is the default TTL), shorter than an operator's wait.
 TROUBLE_GRACE = 10
@@ -243,7 +244,10 @@ class AppHost:
             reader = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
                                   other, names.log_stream, names.log(stage.index, other),
                                   stage.stateful)
-            return await reader.restore(last_seq)
+            try:
+                return await reader.restore(last_seq)
+            finally:
+                reader.forget_held()  # what it read is this partition's to keep, not the reader's
 
         return PartitionWorker(self.nats, app, self.manifest.version, stage, part[1],
                                self.cfg, checkpoints, observer=observer, restore_part=restore_part)
@@ -697,7 +701,8 @@ class RunnerOptions:
     state_store: str | None = None  # file:// or s3:// URL; None: no snapshots
     snapshot_every: int = 500
     snapshot_seconds: float = 30.0
-    snapshot_bytes: int = CheckpointConfig.max_pending_bytes  # commits held for a segment, a partition
+    snapshot_bytes: int = CheckpointConfig.max_pending_bytes  # a partition's commits between snapshots
+    segment_bytes: int = CheckpointConfig.segment_bytes  # ... and between changelog trims
     executor: ExecutorConfig = ExecutorConfig()
     creds: str | None = None  # the runner role's nkey seed file
     trust: Trust = field(default_factory=Trust)  # whose deploys this runner runs
@@ -724,9 +729,25 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     return bool(mallopt(M_ARENA_MAX, arenas))
 
 
+def raise_open_files_limit(wanted: int = OPEN_FILES) -> int:
+    """Raise this process's soft limit of open files towards `wanted` (never past the hard
+    limit, never down); the soft limit now. Why: each partition with commits held for its
+    next segment keeps a file open (wallaroo_runtime.spool), on top of its sockets, and a
+    runner may own hundreds of partitions; many systems start processes at a soft 1,024."""
+    import resource  # here: POSIX only, and only a runner's start needs it
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return int(soft)
+
+
 def checkpoint_config(opts: RunnerOptions, store: StateStore | None) -> CheckpointConfig:
     return CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds,
-                            max_pending_bytes=opts.snapshot_bytes, state_key=opts.state_key)
+                            max_pending_bytes=opts.snapshot_bytes,
+                            segment_bytes=opts.segment_bytes, state_key=opts.state_key)
 
 
 def main(url: str, opts: RunnerOptions) -> None:
@@ -739,6 +760,7 @@ def main(url: str, opts: RunnerOptions) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
     sys.setswitchinterval(SWITCH_INTERVAL)
     limit_malloc_arenas()  # before any thread allocates
+    raise_open_files_limit()
     # Function handles in user code (a stream step calling f.remote) find the cluster here.
     os.environ["WALLAROO_NATS"] = url
     if opts.creds:

@@ -315,17 +315,28 @@ async def write(store: StateStore, snapshot: Snapshot, segment_records: list[byt
     snapshot's size in bytes."""
     s = snapshot
     if segment_records:
-        first, last = _commit_range(segment_records, commit_nos)
+        _, last = _commit_range(segment_records, commit_nos)
         if last != s.commit_no:
             msg = f"segment ends at commit {last}, but the snapshot is of commit {s.commit_no}"
             raise ValueError(msg)
-        # Why a thread: a segment is up to a few MB of records to pack, hash and MAC, which
-        # held the runner's event loop (every partition's commits) for up to 10 ms.
-        encoded = await asyncio.to_thread(encode_segment, segment_records, state_key)
-        await store.put(segment_key(s.slug, s.stage, s.partition, first, last), encoded)
+        await write_segment(store, s.slug, s.stage, s.partition, segment_records, commit_nos,
+                            state_key)
     data = await asyncio.to_thread(encode, s, state_key)
     await store.put(snapshot_key(s.slug, s.stage, s.partition, s.commit_no, s.is_delta), data)
     return len(data)
+
+
+async def write_segment(store: StateStore, slug: str, stage: int, part: int, records: list[bytes],
+                        commit_nos: Sequence[int] | None = None, state_key: bytes | None = None,
+                        ) -> None:
+    """Store encoded commit records (consecutive, in order; `commit_nos` their numbers when
+    the caller knows them) as one segment, MACed with `state_key`. Between snapshots too: a
+    restore reads the segments after its snapshot."""
+    first, last = _commit_range(records, commit_nos)
+    # Why a thread: a segment is up to a few MB of records to pack, hash and MAC, which
+    # held the runner's event loop (every partition's commits) for up to 10 ms.
+    encoded = await asyncio.to_thread(encode_segment, records, state_key)
+    await store.put(segment_key(slug, stage, part, first, last), encoded)
 
 
 def _commit_range(records: list[bytes], commit_nos: Sequence[int] | None) -> tuple[int, int]:

@@ -515,9 +515,12 @@ def runner(
     snapshot_every: Annotated[int, typer.Option(min=1, help="commits between snapshots")] = 500,
     snapshot_seconds: Annotated[float, typer.Option(min=0.1, help="seconds between "
                                 "snapshots")] = 30.0,
-    snapshot_bytes: Annotated[int, typer.Option(min=4096, help="bytes of commits a partition "
-                              "holds for its next snapshot at most: less memory, more "
+    snapshot_bytes: Annotated[int, typer.Option(min=4096, help="bytes of commits after which "
+                              "a partition snapshots: a shorter replay at a restore, more "
                               "frequent snapshots (see README, Sources, sinks and state)")] = 4 << 20,
+    segment_bytes: Annotated[int, typer.Option(min=4096, help="bytes of commits a partition "
+                             "stores as a changelog segment between snapshots, trimming its "
+                             "changelog: what nats-server keeps of it")] = 1 << 20,
     call_ack_wait: Annotated[float, typer.Option(min=0.5, help="seconds after which a call "
                              "whose runner went silent is delivered to another")] = 10.0,
     ack_wait: Annotated[float, typer.Option(min=0.5, help="seconds after which stage inputs "
@@ -549,7 +552,7 @@ def runner(
     try:
         opts = RunnerOptions(
             runner_id, member_ttl, state_store, snapshot_every, snapshot_seconds,
-            snapshot_bytes=snapshot_bytes,
+            snapshot_bytes=snapshot_bytes, segment_bytes=segment_bytes,
             executor=ExecutorConfig(call_ack_wait, call_max_deliveries),
             creds=str(creds) if creds else os.environ.get(CREDS_ENV),
             trust=keys.runner_trust(trust or [], allow_unsigned),

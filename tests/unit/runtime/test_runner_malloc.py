@@ -30,3 +30,23 @@ def test_arenas_are_capped_on_glibc() -> None:
 
 def test_an_operators_malloc_arena_max_wins() -> None:
     assert capped("8") == "False"
+
+
+LIMIT = """
+import resource
+from wallaroo_runtime.runner import raise_open_files_limit
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+print(raise_open_files_limit(4096), min(4096, hard), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(8000, hard), hard))
+print(raise_open_files_limit(4096), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+"""
+
+
+def test_the_open_files_limit_is_raised_towards_the_hard_limit_never_lowered() -> None:
+    done = subprocess.run([sys.executable, "-c", LIMIT], capture_output=True, text=True,
+                          check=True, timeout=60)
+    raised, expected, now = done.stdout.split("\n")[0].split()
+    assert raised == expected == now
+    kept, now = done.stdout.split("\n")[1].split()
+    assert kept == now and int(now) >= min(4096, int(expected))

@@ -1,6 +1,6 @@
-"""`wallaroo runner`'s options reach the runner: the snapshot byte bound (memory against
-latency, see checkpoint.CheckpointConfig) from the command line to each partition's
-checkpoint configuration."""
+"""`wallaroo runner`'s options reach the runner: the snapshot and segment byte bounds (see
+checkpoint.CheckpointConfig) from the command line to each partition's checkpoint
+configuration."""
 
 from __future__ import annotations
 
@@ -29,15 +29,18 @@ def options_of(monkeypatch: pytest.MonkeyPatch, *args: str) -> runner.RunnerOpti
 
 def test_the_snapshot_byte_bound_goes_from_the_command_line_to_the_checkpoints(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    opts = options_of(monkeypatch, "--snapshot-bytes", "2097152")
+    opts = options_of(monkeypatch, "--snapshot-bytes", "2097152", "--segment-bytes", "65536")
 
     assert runner.checkpoint_config(opts, None).max_pending_bytes == 2 << 20
-    default = options_of(monkeypatch)
-    assert runner.checkpoint_config(default, None).max_pending_bytes == \
-        CheckpointConfig.max_pending_bytes == 4 << 20
+    assert runner.checkpoint_config(opts, None).segment_bytes == 64 << 10
+    default = runner.checkpoint_config(options_of(monkeypatch), None)
+    assert default.max_pending_bytes == CheckpointConfig.max_pending_bytes == 4 << 20
+    assert default.segment_bytes == CheckpointConfig.segment_bytes == 1 << 20
 
 
 def test_a_bound_below_a_page_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "main", lambda url, opts: None)
     res = CliRunner().invoke(app, ["runner", "--snapshot-bytes", "10"])
     assert res.exit_code == 2 and "--snapshot-bytes" in res.output
+    res = CliRunner().invoke(app, ["runner", "--segment-bytes", "0"])
+    assert res.exit_code == 2 and "--segment-bytes" in res.output

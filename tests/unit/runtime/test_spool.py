@@ -1,0 +1,87 @@
+"""wallaroo_runtime.spool: commit records held for a segment, in an unlinked file; and the
+checkpointer's answer when one cannot be read back (the partition restarts from its
+changelog, which nothing trimmed)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from wallaroo.core.changelog import PartitionState
+from wallaroo.core.wire import CommitRecord
+from wallaroo.nats import Nats
+from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer, SpoolLostError
+from wallaroo_runtime.spool import Spool
+from wallaroo_runtime.statestore import FileStore
+
+
+def test_records_come_back_in_order_once_from_a_file_no_one_else_can_open() -> None:
+    spool = Spool()
+    records = [bytes([i]) * (i * 1000 + 1) for i in range(20)] + [b""]
+    for no, record in enumerate(records, 1):
+        spool.add(record, no)
+    assert len(spool) == 21 and spool.nos == list(range(1, 22))
+    assert spool.bytes == sum(map(len, records))
+    file = spool._file
+    assert file is not None and os.fstat(file.fileno()).st_nlink == 0  # unlinked: no name on disk
+    assert spool.read() == records
+    assert file.closed and spool.read() == []
+
+
+def test_a_spool_that_keeps_nothing_only_counts() -> None:
+    spool = Spool(keep=False)
+    spool.add(b"x" * 100, 1)
+    spool.add(b"y" * 50, 2)
+    assert (len(spool), spool.bytes, spool.nos) == (2, 150, [1, 2])
+    assert spool._file is None and spool.read() == []
+
+
+def test_discard_closes_the_file() -> None:
+    spool = Spool()
+    spool.add(b"abc", 1)
+    file = spool._file
+    spool.discard()
+    assert file is not None and file.closed
+
+
+class Trims:
+    def __init__(self) -> None:
+        self.below: list[int] = []
+
+    async def purge_subject_below(self, stream: str, subject: str, seq: int) -> None:
+        self.below.append(seq)
+
+
+class Unreadable(Spool):
+    def read(self) -> list[bytes]:
+        raise OSError(5, "Input/output error")
+
+
+def test_a_spool_that_cannot_be_read_back_stops_the_partition_and_trims_nothing(tmp_path: Path) -> None:
+    trims = Trims()
+    cp = Checkpointer(cast(Nats, trims), CheckpointConfig(store=FileStore(tmp_path), every=10_000,
+                                                          seconds=3600),
+                      "app", 1, 0, "LOG", "log.1.0", stateful=True)
+    cp.spool = Unreadable()
+    state = PartitionState()
+
+    def commit(n: int) -> bytes:
+        state.apply(CommitRecord(n, n, n, {}, {f"k{n}": b"1"}, []))
+        assert state.last is not None
+        return state.last.to_wire()
+
+    async def body() -> None:
+        await cp.after_commit(commit(1), state, 1)
+        await cp.checkpoint(state, 1)
+        assert cp.writing is not None
+        await cp.writing
+        with pytest.raises(SpoolLostError, match="log.1.0: the commits held .* restarts from its changelog"):
+            await cp.after_commit(commit(2), state, 2)
+
+    asyncio.run(body())
+    assert trims.below == []
+    assert not (tmp_path / "snapshots").exists()
