@@ -1,16 +1,21 @@
 """Snapshots of a partition to the state store, and trimming of its JetStream changelog.
 
-Every `every` commits or `seconds` seconds the owner writes a snapshot plus the changelog
-segment it covers (segment first), then purges the changelog below its newest record: that
-record stays, as the fence's anchor and for re-publishing its outputs after a crash. A failing
-store (S3 down) only delays the next snapshot: nothing is trimmed until one is written.
+Every `every` commits, `seconds` seconds or `max_pending_bytes` of commit records, the owner
+writes a snapshot plus the changelog segment it covers (segment first); between snapshots,
+every `segment_bytes` of records, a segment alone. After each it purges the changelog below
+its newest record: that record stays, as the fence's anchor and for re-publishing its outputs
+after a crash. The records waiting for their segment are held in a file (wallaroo_runtime.
+spool), not in memory. A failing store (S3 down) only delays snapshots and segments: nothing
+is trimmed until what it covers is written. Once trimmed, the segments after the newest
+snapshot are the only copy of those commits: a store that loses one stops the partition's
+restore (RestoreGapError) rather than let it go on without them.
 Snapshots are incremental: a delta of the keys changed since the last snapshot, and a full one
 (compaction, encoded in a thread) when there is none yet, when the deltas since the last full
 one add up to a quarter of its size, or after `max_deltas` of them. So a snapshot's cost
 follows the change rate, not the state's size, and a restore reads at most 1.25 times the
 state (and decodes the full snapshot's keys only as they are used).
-Restore = newest valid snapshot rolled forward through its deltas + the changelog after it; if
-the changelog is gone, the snapshots and segments in the store alone."""
+Restore = newest valid snapshot rolled forward through its deltas + the segments stored after
+it + the changelog after them; if the changelog is gone, the store alone."""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from wallaroo_runtime.spool import Spool
 from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger("wallaroo.checkpoint")
-COMMIT_EPOCH = 1_000_000
+COMMIT_EPOCH = snap.COMMIT_EPOCH
 # A full snapshot once the deltas since the last one reach 1/COMPACT_AT of its size: a
 # restore decodes its deltas whole (the full snapshot only as keys are used), so they are
 # kept small; compaction then costs at most COMPACT_AT times what the deltas did.
@@ -55,18 +60,16 @@ class CheckpointConfig:
     store: StateStore | None = None
     every: int = 500  # commits
     seconds: float = 30.0
-    # Why a byte bound too: commit records carry their outputs, so 500 of them held for the
-    # next segment would be a segment (and a changelog in nats-server) that grows with the
-    # data volume instead of the state. The records are held in a file (wallaroo_runtime.
-    # spool), not in the runner's memory. A smaller bound shortens the changelog nats-server
-    # keeps, and costs latency (`wallaroo runner --snapshot-bytes`): one-runner word count,
-    # 2 MiB instead of 4 raised p99 at 20k records/s from 42-59 ms to 60-81 ms (4 runs each).
+    # Why a byte bound too: commit records carry their outputs, so 500 of them would be a
+    # replay at a restore that grows with the data volume instead of the state. A smaller
+    # bound costs latency (`wallaroo runner --snapshot-bytes`): one-runner word count, 2 MiB
+    # instead of 4 raised p99 at 20k records/s from 42-59 ms to 60-81 ms (4 runs each).
     max_pending_bytes: int = 4 << 20
     # Between snapshots, the commit records are stored as segments of about this size, and the
     # changelog trimmed after each: nats-server keeps this much of a partition's changelog,
     # not up to max_pending_bytes. A segment costs a store write and a purge, no snapshot.
     segment_bytes: int = 1 << 20
-    retry_after: float = 5.0  # after a failed snapshot (e.g. S3 down)
+    retry_after: float = 5.0  # after a failed snapshot or segment (e.g. S3 down)
     max_deltas: int = 64  # deltas after a full snapshot before the next full one, at most
     state_key: bytes | None = None  # MACs snapshots and segments (runners share it)
 
@@ -87,6 +90,7 @@ class Checkpointer:
     # write gave back (in memory: rare, and only while the store fails), then the spool.
     carried: list[bytes] = field(default_factory=list)
     carried_nos: list[int] = field(default_factory=list)
+    carried_bytes: int = 0
     spool: Spool = field(default_factory=Spool)
     spool_lost: OSError | None = None  # reading a spool back failed: the partition must restart
     last_at: float = field(default_factory=time.monotonic)
@@ -96,7 +100,7 @@ class Checkpointer:
     byte_threshold: int = 0
     segment_threshold: int = 0
     since: tuple[int, int] = (0, 0)  # commits and their bytes since the newest snapshot
-    segment_after: float = 0.0  # no segment alone before this (monotonic): after a failure
+    retry_at: float = 0.0  # no write before this (monotonic): after a failed one
     restored_from: int | None = None  # commit number of the snapshot the last restore used
     # The next delta's content and base: the newest value of each key changed since the
     # newest stored snapshot, and that snapshot's commit (None: the next one must be full).
@@ -115,23 +119,25 @@ class Checkpointer:
 
     @property
     def held_bytes(self) -> int:
-        return sum(map(len, self.carried)) + self.spool.bytes if self.carried else self.spool.bytes
+        return self.carried_bytes + self.spool.bytes
 
     def due(self) -> bool:
-        """Is a snapshot due?"""
+        """Is a snapshot due? (Not before `retry_at`: a store that failed is not asked at
+        every commit.)"""
         commits, size = self.since
-        return (commits >= self.threshold or size >= self.byte_threshold
-                or (commits > 0 and time.monotonic() - self.last_at >= self.cfg.seconds))
+        now = time.monotonic()
+        return now >= self.retry_at and (commits >= self.threshold or size >= self.byte_threshold
+                                         or (commits > 0 and now - self.last_at >= self.cfg.seconds))
 
     def _segment_due(self) -> bool:
         return (self.cfg.store is not None and self.held_bytes >= self.segment_threshold
-                and time.monotonic() >= self.segment_after)
+                and time.monotonic() >= self.retry_at)
 
     def forget_held(self) -> None:
         """Start the next segment afresh (its records' file goes)."""
         self.spool.discard()
         self.spool = Spool(keep=self.cfg.store is not None)
-        self.carried, self.carried_nos = [], []
+        self.carried, self.carried_nos, self.carried_bytes = [], [], 0
         self.since = (0, 0)
 
     def _keep(self, record: bytes, no: int) -> None:
@@ -143,7 +149,7 @@ class Checkpointer:
         # Why jitter: partitions under even load would all snapshot in the same instant,
         # and their encoding, which holds the event loop, would add up to one long stall.
         self.threshold = max(1, round(self.cfg.every * random.uniform(0.5, 1.5)))
-        # The byte bound too (below it: it bounds memory): partitions fed evenly with big
+        # The byte bounds too: partitions fed evenly with big
         # commits reached it together, and their full snapshots, whose encoding holds the GIL
         # in its thread, stalled the loop together (seen: 8 at once at 100k new keys/s).
         self.byte_threshold = max(1, round(self.cfg.max_pending_bytes * random.uniform(0.5, 1.0)))
@@ -165,6 +171,8 @@ class Checkpointer:
     async def checkpoint(self, state: PartitionState, log_seq: int) -> None:
         """Snapshot (when a store is configured), then trim the changelog. The store write runs
         in the background, so a slow or unavailable S3 never stalls the partition."""
+        if self.spool_lost is not None:  # (the idle path calls this too)
+            raise SpoolLostError(self.log_subject, self.spool_lost)
         if self.stateful and self.cfg.store is None:
             self.forget_held()  # no store: the changelog is kept whole
             self.last_at = time.monotonic()
@@ -189,7 +197,8 @@ class Checkpointer:
         """The records held for the next segment, handed to a writer; the next ones go to a
         new spool."""
         carried, spool = (self.carried, self.carried_nos), self.spool
-        self.spool, self.carried, self.carried_nos = Spool(), [], []
+        self.spool = Spool(keep=self.cfg.store is not None)
+        self.carried, self.carried_nos, self.carried_bytes = [], [], 0
         return carried, spool
 
     async def _held_records(self, carried: tuple[list[bytes], list[int]], spool: Spool
@@ -221,13 +230,14 @@ class Checkpointer:
             await self._trim(log_seq)
         except Exception as err:  # any failure: keep the changelog, try again later
             self._give_back(records, nos, "segment", err)
-            self.segment_after = time.monotonic() + self.cfg.retry_after
 
     def _give_back(self, records: list[bytes], nos: list[int], what: str, err: Exception) -> None:
         """A write failed: the next segment must cover its records again (ahead of those
         held since); the changelog was not trimmed."""
         self.failures += 1
         self.carried, self.carried_nos = records + self.carried, nos + self.carried_nos
+        self.carried_bytes += sum(map(len, records))
+        self.retry_at = time.monotonic() + self.cfg.retry_after
         log.warning("%s: %s failed (%d so far), changelog kept: %s",
                     self.log_subject, what, self.failures, err)
 
@@ -244,7 +254,8 @@ class Checkpointer:
     async def _write(self, s: snap.Snapshot, carried: tuple[list[bytes], list[int]], spool: Spool,
                      changed: dict[str, bytes], since: tuple[int, int]) -> None:
         held = await self._held_records(carried, spool)
-        if held is None:
+        if held is None:  # the partition restarts; nothing of this snapshot is stored
+            self.dirty, self.since = changed | self.dirty, since
             return
         records, nos = held
         try:
@@ -258,7 +269,7 @@ class Checkpointer:
             self._give_back(records, nos, "snapshot", err)
             self.since = (since[0] + self.since[0], since[1] + self.since[1])  # still due
             self.dirty = changed | self.dirty  # and the next delta these keys (newer values win)
-            self.last_at = time.monotonic() - self.cfg.seconds + self.cfg.retry_after
+            self.last_at = time.monotonic() - self.cfg.seconds  # due again by time at retry_at
 
     def _written(self, s: snap.Snapshot, size: int, took: float) -> None:
         self.base = s.commit_no
@@ -282,11 +293,18 @@ class Checkpointer:
         self.forget_held()
 
     async def restore(self, last_seq: int) -> PartitionState:
-        """The partition's state: newest valid snapshot, the stored segments after it (they
-        bridge a newer snapshot that turned out corrupt), then the changelog up to `last_seq`.
-        Commits must follow each other without a gap, or the restore fails (and is retried)
-        rather than go on with state missing. The spool is left holding the records the next
-        segment must cover."""
+        """The partition's state: newest valid snapshot, the stored segments after it (the
+        commits since, and a bridge over a newer snapshot that turned out corrupt), then the
+        changelog up to `last_seq`. Commits must follow each other without a gap, or the
+        restore fails (and is retried) rather than go on with state missing. The spool is left
+        holding the records the next segment must cover (let go if the restore fails)."""
+        try:
+            return await self._restore(last_seq)
+        except BaseException:
+            self.forget_held()
+            raise
+
+    async def _restore(self, last_seq: int) -> PartitionState:
         chain = await self._latest()
         base = None if chain is None else chain.snapshot
         state = base.to_state() if base is not None else PartitionState()
@@ -295,10 +313,10 @@ class Checkpointer:
             self.chain = (chain.full_bytes, chain.delta_bytes, chain.deltas)
         self.forget_held()
         self.dirty = {}
-        if base is not None:
+        if self.cfg.store is not None:  # (segments are stored before a first snapshot too)
             for data in await self._segments_after(state.commit_no):
                 self._apply(state, CommitRecord.from_wire(data), data)
-        if last_seq == 0 and base is not None:
+        if last_seq == 0 and state.commit_no > 0:
             return self._from_store_alone(state)
         # A snapshot past the changelog's end: the changelog was made anew, read all of it.
         start = base.log_seq if base is not None and base.log_seq <= last_seq else 1
@@ -326,8 +344,8 @@ class Checkpointer:
             return await snap.segments_after(self.cfg.store, self.slug, self.stage, self.part,
                                              commit_no, self.cfg.state_key)
         except snap.CorruptSnapshotError as err:
-            log.warning("%s: stored segments unusable (%s); using the changelog", self.log_subject,
-                        err)
+            log.warning("%s: stored segments unusable (%s); the changelog must cover what they held",
+                        self.log_subject, err)
             return []
 
     async def _latest(self) -> snap.Chain | None:

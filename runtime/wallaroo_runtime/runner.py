@@ -739,8 +739,11 @@ def raise_open_files_limit(wanted: int = OPEN_FILES) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        soft = target
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as err:  # a kernel cap below an "unlimited" hard limit
+            log.warning("open files limit stays %d (raising it to %d failed: %s)", soft, target, err)
     return int(soft)
 
 

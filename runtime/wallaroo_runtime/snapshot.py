@@ -7,10 +7,12 @@ writing one costs what changed, not the state's size. The checkpointer writes a 
 snapshot (compaction) once the deltas since the last one add up to a quarter of its size,
 which keeps the amortised cost proportional to the change rate and what a restore reads at
 most 1.25 times the state.
-A segment holds the encoded commit records since the previous snapshot (of either kind), up to
-and including the one it goes with. Recovery is the newest valid full snapshot rolled forward
-through the deltas after it, then `segments_after` that (they bridge a corrupt or missing
-delta), then the JetStream changelog after that.
+A segment holds encoded commit records in commit order: those since the previous segment, up
+to and including the commit of the snapshot it goes with, or stored on its own between
+snapshots (the changelog is trimmed after each). Recovery is the newest valid full snapshot
+rolled forward through the deltas after it, then `segments_after` that (they bridge a corrupt
+or missing delta, and carry the commits since the snapshot), then the JetStream changelog
+after that.
 
 Tables are stored in chunks of a few thousand keys, each packed on its own: packing one
 chunk is one short call, so a big table is encoded in a thread without holding the
@@ -60,6 +62,9 @@ CHUNK_KEYS = 4096  # per chunk of a delta (decoded whole at a restore)
 BUCKET_KEYS = 512
 SNAPSHOT_KIND = "wallaroo-snapshot"
 SEGMENT_KIND = "wallaroo-segment"
+# A restore from the store alone (the changelog lost) jumps the commit number by this, so new
+# outputs are never taken downstream for the lost ones; segments may jump by it once.
+COMMIT_EPOCH = 1_000_000
 _MAX_COMMIT = 10**12 - 1  # what fits the 12-digit padding that keeps listings in commit order
 _SNAP_NAME = re.compile(r"(\d{12})\.(snap|delta)")
 _SEG_NAME = re.compile(r"(\d{12})-(\d{12})\.seg")
@@ -463,7 +468,7 @@ def _append_after(out: list[bytes], records: list[bytes], current: int, where: s
             raise CorruptSnapshotError(where, f"holds a bad commit record ({e})") from e
         if n <= current:
             continue
-        if n != current + 1:
+        if n not in (current + 1, current + COMMIT_EPOCH + 1):
             raise CorruptSnapshotError(where, f"jumps from commit {current} to {n}: commits "
                                               f"{current + 1}..{n - 1} are in no stored segment")
         out.append(raw)

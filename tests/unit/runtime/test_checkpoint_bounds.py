@@ -5,6 +5,7 @@ memory: a runner's memory follows its state, not how much data passed through it
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import tracemalloc
 from pathlib import Path
 from typing import cast
@@ -76,21 +77,25 @@ def test_big_commits_snapshot_by_bytes_long_before_the_commit_count(tmp_path: Pa
     assert snaps, "no snapshot was written"
 
 
-def test_commits_are_held_outside_memory_and_stored_as_segments_between_snapshots(
-        tmp_path: Path) -> None:
-    """2 MB of commit records (below the snapshot's bound) grow Python's heap by a fraction
-    of that; segments of about `segment_bytes` are stored and the changelog trimmed after
-    each, without a snapshot; all segments together hold every record, in order."""
-    trims = Trims()
-    store = KeepsPuts(tmp_path)
-    cp = Checkpointer(cast(Nats, trims), CheckpointConfig(store=store, every=10_000, seconds=3600,
-                                                          max_pending_bytes=64 << 20,
-                                                          segment_bytes=400_000),
-                      "app", 1, 0, "LOG", "log.1.0", stateful=True)
-    state = PartitionState()
-    encoded = []
+class Run:
+    """200 commits of ~10 kB each (2 MB, below the snapshot's bound), then a snapshot."""
 
-    async def body() -> int:
+    def __init__(self, tmp_path: Path, segment_bytes: int) -> None:
+        self.trims = Trims()
+        self.store = KeepsPuts(tmp_path)
+        self.cp = Checkpointer(cast(Nats, self.trims),
+                               CheckpointConfig(store=self.store, every=10_000, seconds=3600,
+                                                max_pending_bytes=64 << 20,
+                                                segment_bytes=segment_bytes),
+                               "app", 1, 0, "LOG", "log.1.0", stateful=True)
+        self.sizes: list[int] = []
+        self.digest = hashlib.sha256()
+        self.held_at_most = 0
+        self.grown = asyncio.run(self.commits())
+
+    async def commits(self) -> int:
+        """How much the traced Python heap grew while the 200 commits were held."""
+        state = PartitionState()
         tracemalloc.start()
         try:
             before = tracemalloc.get_traced_memory()[0]
@@ -98,24 +103,43 @@ def test_commits_are_held_outside_memory_and_stored_as_segments_between_snapshot
                 rec = CommitRecord(n, n, n, {}, {"count\x1fk": str(n).encode()},
                                    [Out("wl.app.out.o", bytes([n % 256]) * 10_000, f"s1.0:{n}:0")])
                 state.apply(rec)
-                encoded.append(rec.to_wire())
-                await cp.after_commit(encoded[-1], state, n)
-                if cp.writing is not None:
-                    await cp.writing  # (a runner's go on committing meanwhile)
-            grown = tracemalloc.get_traced_memory()[0] - before - sum(map(len, encoded))
+                encoded = rec.to_wire()  # only the checkpointer may keep it: what it holds counts
+                self.sizes.append(len(encoded))
+                self.digest.update(encoded)
+                await self.cp.after_commit(encoded, state, n)
+                if self.cp.writing is not None:
+                    await self.cp.writing  # (a runner's go on committing meanwhile)
+                state.last = None  # (the worker's state holds only the newest record)
+                self.held_at_most = max(self.held_at_most, self.cp.held)
+            grown = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        assert cp.held < 60 and cp.since == (200, sum(map(len, encoded)))
-        await cp.checkpoint(state, 200)
-        await cp.close()
+        assert self.cp.since == (200, sum(self.sizes))
+        await self.cp.checkpoint(state, 200)
+        await self.cp.close()
         return grown
 
-    grown = asyncio.run(body())
-    assert grown < 300_000, f"holding 2 MB of commits grew the heap by {grown:,} bytes"
-    segments = [snap.decode_segment(data) for data in store.put_under("segments/")]
-    assert len(segments) >= 5  # 2 MB in segments of 200-400 kB
-    assert [r for seg in segments for r in seg] == encoded
-    assert len(store.put_under("snapshots/")) == 1
+    def segments(self) -> list[list[bytes]]:
+        segments = [snap.decode_segment(data) for data in self.store.put_under("segments/")]
+        stored = [r for seg in segments for r in seg]
+        assert [len(r) for r in stored] == self.sizes
+        assert hashlib.sha256(b"".join(stored)).digest() == self.digest.digest()
+        assert len(self.store.put_under("snapshots/")) == 1
+        return segments
+
+
+def test_the_commits_held_for_a_segment_are_not_in_the_runners_memory(tmp_path: Path) -> None:
+    run = Run(tmp_path, segment_bytes=64 << 20)  # no segment before the snapshot
+    assert run.held_at_most == 200
+    assert run.grown < 300_000, f"holding 2 MB of commits grew the heap by {run.grown:,} bytes"
+    assert len(run.segments()) == 1
+    assert run.trims.below == [200]
+
+
+def test_between_snapshots_segments_are_stored_and_the_changelog_trimmed(tmp_path: Path) -> None:
+    run = Run(tmp_path, segment_bytes=400_000)
+    segments = run.segments()
+    assert len(segments) >= 5 and run.held_at_most < 60  # 2 MB in segments of 200-400 kB
     # Trimmed after each segment (and once more by the snapshot, which may have had none).
-    assert len(segments) <= len(trims.below) <= len(segments) + 1
-    assert trims.below == sorted(set(trims.below)) and trims.below[-1] == 200
+    assert len(segments) <= len(run.trims.below) <= len(segments) + 1
+    assert run.trims.below == sorted(set(run.trims.below)) and run.trims.below[-1] == 200

@@ -49,6 +49,20 @@ async def written(cp: Checkpointer) -> None:
         await cp.writing
 
 
+def live(cp: Checkpointer, state: PartitionState, numbers: range, threshold: int | None = None
+         ) -> None:
+    """Commit `numbers` in turn, each snapshot or segment written before the next commit
+    (`threshold`: the snapshot's commit count, held still)."""
+    async def body() -> None:
+        for n in numbers:
+            if threshold is not None:
+                cp.threshold = threshold
+            await cp.after_commit(commit(state, n), state, n)
+            await written(cp)
+
+    asyncio.run(body())
+
+
 def commit(state: PartitionState, n: int) -> bytes:
     state.apply(CommitRecord(n, n, n, {}, {f"k{n}": str(n).encode()}, []))
     assert state.last is not None
@@ -57,7 +71,7 @@ def commit(state: PartitionState, n: int) -> bytes:
 
 def test_a_failed_snapshot_leaves_its_commits_to_the_next_segment(tmp_path: Path) -> None:
     store = FailsOnce(tmp_path)
-    cp = checkpointer(store, every=1)
+    cp = checkpointer(store, every=1, retry_after=0)
     state = PartitionState()
 
     async def body() -> None:
@@ -113,24 +127,66 @@ def test_after_a_restore_from_the_store_alone_the_next_snapshot_is_written(tmp_p
     cp = checkpointer(FileStore(tmp_path), every=10, segment_bytes=60)
     state = PartitionState()
 
-    async def first_life() -> None:
-        for n in range(1, 16):
-            cp.threshold = 10
-            await cp.after_commit(commit(state, n), state, n)
-            await written(cp)
-
-    asyncio.run(first_life())
+    live(cp, state, range(1, 16), threshold=10)
     again = checkpointer(FileStore(tmp_path), every=10, segment_bytes=60)
     restored = asyncio.run(again.restore(0))  # the changelog is gone
     jumped = restored.commit_no
     assert jumped > COMMIT_EPOCH and again.held == 0
 
-    async def second_life() -> None:
-        for n in range(jumped + 1, jumped + 11):
-            again.threshold = 10
-            await again.after_commit(commit(restored, n), restored, n)
-            await written(again)
-
-    asyncio.run(second_life())
+    live(again, restored, range(jumped + 1, jumped + 11), threshold=10)
     assert again.failures == 0
     assert asyncio.run(checkpointer(FileStore(tmp_path)).restore(0)).table == restored.table
+
+
+def test_a_failed_store_is_not_asked_again_before_retry_after(tmp_path: Path) -> None:
+    """While S3 is down, commits go on without a write tried at each one: the records wait,
+    counted (not summed anew per commit), and the next write covers them all."""
+    store = FailsOnce(tmp_path)
+    cp = checkpointer(store, every=1, retry_after=3600)
+    state = PartitionState()
+
+    async def body() -> None:
+        for n in range(1, 21):
+            cp.threshold = 1
+            await cp.after_commit(commit(state, n), state, n)
+            await written(cp)
+        assert cp.failures == 1 and not cp.due()
+        assert cp.held == 20 and cp.held_bytes == cp.carried_bytes + cp.spool.bytes > 0
+        cp.retry_at = 0.0  # retry_after has passed
+        assert cp.due()
+        await cp.checkpoint(state, 20)
+        await written(cp)
+
+    asyncio.run(body())
+    assert store.written == [snap.segment_key(APP, STAGE, PART, 1, 20),
+                             snap.snapshot_key(APP, STAGE, PART, 20)]
+
+
+def test_segments_stored_alone_after_a_restore_from_the_store_alone_restore_again(
+        tmp_path: Path) -> None:
+    """Killed again before its next snapshot: the segments after the commit-number jump
+    join those before it, and the store alone restores every commit they hold."""
+    cp = checkpointer(FileStore(tmp_path), every=10, segment_bytes=60)
+    state = PartitionState()
+
+    live(cp, state, range(1, 16), threshold=10)
+    again = checkpointer(FileStore(tmp_path), every=10_000, segment_bytes=1)
+    restored = asyncio.run(again.restore(0))
+    jumped = restored.commit_no
+
+    live(again, restored, range(jumped + 1, jumped + 6))  # a segment each, no snapshot
+    third = asyncio.run(checkpointer(FileStore(tmp_path)).restore(0))
+    assert third.table == restored.table
+    assert {f"k{n}" for n in range(jumped + 1, jumped + 6)} <= set(third.table)
+
+
+def test_segments_stored_before_a_first_snapshot_are_restored(tmp_path: Path) -> None:
+    """A partition that stored segments (and trimmed its changelog) before any snapshot:
+    its restore reads them, or the commits they hold would be missing."""
+    cp = checkpointer(FileStore(tmp_path), every=10_000, segment_bytes=1)
+    state = PartitionState()
+
+    live(cp, state, range(1, 6))
+    assert asyncio.run(FileStore(tmp_path).list(f"snapshots/{APP}/")) == []
+    restored = asyncio.run(checkpointer(FileStore(tmp_path)).restore(0))
+    assert restored.table == state.table and restored.commit_no == 5 + COMMIT_EPOCH

@@ -81,6 +81,9 @@ def test_a_spool_that_cannot_be_read_back_stops_the_partition_and_trims_nothing(
         await cp.writing
         with pytest.raises(SpoolLostError, match="log.1.0: the commits held .* restarts from its changelog"):
             await cp.after_commit(commit(2), state, 2)
+        with pytest.raises(SpoolLostError):  # nor when idle: no later delta may miss k1
+            await cp.checkpoint(state, 2)
+        assert "k1" in cp.dirty
 
     asyncio.run(body())
     assert trims.below == []
