@@ -255,7 +255,8 @@ class Checkpointer:
                      changed: dict[str, bytes], since: tuple[int, int]) -> None:
         held = await self._held_records(carried, spool)
         if held is None:  # the partition restarts; nothing of this snapshot is stored
-            self.dirty, self.since = changed | self.dirty, since
+            self.dirty = changed | self.dirty
+            self.since = (since[0] + self.since[0], since[1] + self.since[1])
             return
         records, nos = held
         try:
