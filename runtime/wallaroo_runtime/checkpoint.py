@@ -91,7 +91,7 @@ class Checkpointer:
     carried: list[bytes] = field(default_factory=list)
     carried_nos: list[int] = field(default_factory=list)
     carried_bytes: int = 0
-    spool: Spool = field(default_factory=Spool)
+    spool: Spool = field(default_factory=Spool)  # (only with a store: no segment without)
     spool_lost: OSError | None = None  # reading a spool back failed: the partition must restart
     last_at: float = field(default_factory=time.monotonic)
     failures: int = 0
@@ -110,7 +110,6 @@ class Checkpointer:
 
     def __post_init__(self) -> None:
         self._draw_threshold()
-        self.spool = Spool(keep=self.cfg.store is not None)
 
     @property
     def held(self) -> int:
@@ -136,13 +135,15 @@ class Checkpointer:
     def forget_held(self) -> None:
         """Start the next segment afresh (its records' file goes)."""
         self.spool.discard()
-        self.spool = Spool(keep=self.cfg.store is not None)
+        self.spool = Spool()
         self.carried, self.carried_nos, self.carried_bytes = [], [], 0
         self.since = (0, 0)
 
     def _keep(self, record: bytes, no: int) -> None:
-        """One more commit record for the next segment."""
-        self.spool.add(record, no)
+        """One more commit record for the next snapshot's count, and for the next segment
+        (held only where there is a store to write it to)."""
+        if self.cfg.store is not None:
+            self.spool.add(record, no)
         self.since = (self.since[0] + 1, self.since[1] + len(record))
 
     def _draw_threshold(self) -> None:
@@ -197,7 +198,7 @@ class Checkpointer:
         """The records held for the next segment, handed to a writer; the next ones go to a
         new spool."""
         carried, spool = (self.carried, self.carried_nos), self.spool
-        self.spool = Spool(keep=self.cfg.store is not None)
+        self.spool = Spool()
         self.carried, self.carried_nos, self.carried_bytes = [], [], 0
         return carried, spool
 

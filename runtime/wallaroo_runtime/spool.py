@@ -17,11 +17,9 @@ from typing import BinaryIO
 
 
 class Spool:
-    """Records in the order added, with their commit numbers. With `keep` False only their
-    count and size are kept (a stage without a state store trims without a segment)."""
+    """Records in the order added, with their commit numbers."""
 
-    def __init__(self, keep: bool = True) -> None:
-        self.keep = keep
+    def __init__(self) -> None:
         self.nos: list[int] = []
         self.bytes = 0
         self._sizes: list[int] = []
@@ -31,11 +29,10 @@ class Spool:
         return len(self.nos)
 
     def add(self, record: bytes, no: int) -> None:
-        if self.keep:
-            if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="wallaroo-segment-")
-            self._file.write(record)  # buffered: a commit's record is one short copy
-            self._sizes.append(len(record))
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="wallaroo-segment-")
+        self._file.write(record)  # buffered: a commit's record is one short copy
+        self._sizes.append(len(record))
         self.nos.append(no)
         self.bytes += len(record)
 

@@ -32,12 +32,26 @@ def test_records_come_back_in_order_once_from_a_file_no_one_else_can_open() -> N
     assert file.closed and spool.read() == []
 
 
-def test_a_spool_that_keeps_nothing_only_counts() -> None:
-    spool = Spool(keep=False)
-    spool.add(b"x" * 100, 1)
-    spool.add(b"y" * 50, 2)
-    assert (len(spool), spool.bytes, spool.nos) == (2, 150, [1, 2])
-    assert spool._file is None and spool.read() == []
+def test_without_a_store_nothing_is_held_and_commits_are_counted(tmp_path: Path) -> None:
+    """A stateless stage with no state store trims by its snapshot schedule, without a
+    segment: it holds no records (no file) but counts them towards that schedule."""
+    trims = Trims()
+    cp = Checkpointer(cast(Nats, trims), CheckpointConfig(store=None, every=10_000, seconds=3600),
+                      "app", 0, 0, "LOG", "log.0.0", stateful=False)
+    state = PartitionState()
+
+    async def body() -> None:
+        for n in (1, 2):
+            state.apply(CommitRecord(n, n, n, {}, {}, []))
+            assert state.last is not None
+            await cp.after_commit(state.last.to_wire(), state, n)
+        assert cp.held == 0 and cp.spool._file is None and cp.since[0] == 2
+        cp.threshold = 2
+        assert cp.due()
+        await cp.checkpoint(state, 2)
+
+    asyncio.run(body())
+    assert trims.below == [2] and cp.since == (0, 0)
 
 
 def test_discard_closes_the_file() -> None:
