@@ -8,10 +8,12 @@ need (a bounded wait with same-id retry, an empty list, a FencedError)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -61,6 +63,13 @@ log = logging.getLogger("wallaroo.nats")
 KV_OPERATION = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = 10071
+# Statuses: a publish no stream captured, or a pull of a consumer without a leader; a pull
+# that ended short of its batch (none left: 404, expired: 408, cut by the server: 409); an
+# idle heartbeat.
+NO_RESPONDERS = "503"
+PULL_ENDED = ("404", "408", "409")
+HEARTBEAT = "100"
+PULL_GRACE = 1.0  # seconds past a pull's expiry before its end is taken as lost
 PUBLISH_TIMEOUT = 5.0
 # Why a time budget, not a count: a stream without a leader answers at once (no responders)
 # for the whole election, which takes nats-server 4-9 s; a fixed count gives up first.
@@ -130,14 +139,72 @@ def _tag_key(seed_file: str | None) -> bytes | None:
     return hashlib.sha256(b"wallaroo message id tags\0" + seed).digest()
 
 
-def _publish_error(f: asyncio.Future[Any], late: bool) -> BaseException | None:
-    """What went wrong with one publish of a round: a timeout when it was `late` (then
-    cancelled), else its own error, or None."""
-    if late:
-        return TimeoutError(f"no JetStream ack within {PUBLISH_TIMEOUT:.0f}s")
-    if f.cancelled():
-        return asyncio.CancelledError()
-    return f.exception()
+def _pub_ack(msg: Any) -> tuple[int, bool]:
+    """(stream seq, duplicate) from a JetStream publish ack, or the error it carries, as
+    nats-py's own classes (so RETRYABLE and WRONG_LAST_SEQUENCE mean what they did)."""
+    if msg.headers and msg.headers.get(jsapi.Header.STATUS.value) == NO_RESPONDERS:
+        raise nats.errors.NoRespondersError
+    resp = json.loads(msg.data)
+    if "error" in resp:
+        raise jserr.APIError.from_error(resp["error"])
+    return int(resp["seq"]), bool(resp.get("duplicate"))
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)
+
+
+class _JsAcks:
+    """JetStream publishes whose acks come back on one wildcard inbox of the connection.
+    Why not nats-py's js.publish and publish_async: per message they take a NUID, a future
+    with its own wait_for (a timer and a second future) or a semaphore, and a PubAck
+    dataclass; the commit loop makes 3 to 10 such publishes per commit on the event loop
+    every partition of a runner shares (bench/commit_cost.py). Here a publish is a counter
+    token, one future and, on its ack, one json.loads. The inbox subscription is
+    nats-py's, so it is made again after a reconnect; an ack lost meanwhile is a timeout
+    the caller retries with the same message id, as before."""
+
+    def __init__(self, nc: Any) -> None:
+        self._nc = nc
+        self._waiting: dict[str, asyncio.Future[Any]] = {}
+        self._tokens = itertools.count()
+        self._inbox: asyncio.Task[str] | None = None
+
+    async def send(self, subject: str, payload: bytes, headers: dict[str, str]
+                   ) -> tuple[str, asyncio.Future[Any]]:
+        """Publish; (its token, the future of its ack message). Forget the token when the
+        ack is not awaited to the end (a timeout, a cancel)."""
+        if self._inbox is None or _failed(self._inbox):  # one, however many publish at once
+            self._inbox = asyncio.ensure_future(self._subscribe())
+        prefix = await self._inbox
+        token = str(next(self._tokens))
+        ack: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = ack
+        try:
+            await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
+        except BaseException:
+            del self._waiting[token]
+            raise
+        return token, ack
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def forget(self, token: str) -> None:
+        ack = self._waiting.pop(token, None)
+        if ack is not None:
+            ack.cancel()
+
+    async def _subscribe(self) -> str:
+        prefix = f"{self._nc.new_inbox()}."
+        await self._nc.subscribe(f"{prefix}*", cb=self._on_ack)
+        return prefix
+
+    async def _on_ack(self, msg: Any) -> None:
+        ack = self._waiting.pop(msg.subject.rpartition(".")[2], None)
+        if ack is not None and not ack.done():
+            ack.set_result(msg)
 
 
 def _direct_more(status: str, headers: dict[Any, str], stream: str) -> bool:
@@ -207,31 +274,72 @@ async def _log_reconnect() -> None:
 
 
 class PullConsumer:
-    def __init__(self, sub: Any, stream: str, name: str) -> None:
-        self._sub, self.stream, self.name = sub, stream, name
+    """A durable pull consumer read through an inbox subscription of its own, one pull
+    request per fetch. Why not nats-py's fetch: it waits for each message with a task and
+    a wait_for of its own, and a batch that is not full needs two pulls; the commit loop
+    fetches once per commit on the event loop every partition of a runner shares."""
+
+    def __init__(self, nc: Any, stream: str, name: str, inbox: str) -> None:
+        self._nc, self.stream, self.name, self._inbox = nc, stream, name, inbox
+        self._next = f"{jsapi.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{name}"
+        self._got: collections.deque[Any] = collections.deque()
+        self._wake: asyncio.Future[None] | None = None
+        self._sub: Any = None
         self._unavailable_since: float | None = None
 
-    async def fetch(self, batch: int, timeout: float) -> list[InMsg]:
-        """Up to `batch` messages, waiting at most `timeout` for the first. Why two pulls: the
-        server holds a batched pull with an expiry until the batch is full, so a partly
-        filled batch would wait out the whole timeout. The first message says how many more
-        are pending; the second pull asks for exactly those, which the server sends at once."""
-        first = await self._pull(1, timeout)
-        if not first:
-            return first
-        more = min(batch - 1, first[0].pending)
-        return first + (await self._pull(more, timeout) if more > 0 else [])
+    @classmethod
+    async def open(cls, nc: Any, stream: str, name: str) -> PullConsumer:
+        consumer = cls(nc, stream, name, nc.new_inbox())
+        consumer._sub = await nc.subscribe(consumer._inbox, cb=consumer._deliver)
+        return consumer
 
-    async def _pull(self, batch: int, timeout: float) -> list[InMsg]:
+    async def _deliver(self, msg: Any) -> None:
+        self._got.append(msg)
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def fetch(self, batch: int, timeout: float) -> list[InMsg]:
+        """Up to `batch` messages, waiting at most `timeout` for the first. One pull: with
+        no_wait and an expiry the server waits for the first message, sends what else is
+        there (up to `batch`) at once and ends the pull with a 404, or ends it with a 408
+        when nothing came. Delivered messages are read in order whichever pull brought
+        them (a pull given up on here may still deliver: the next fetch returns it)."""
+        request = json.dumps({"batch": batch, "expires": int(timeout * 1e9), "no_wait": True})
+        await self._nc.publish(self._next, request.encode(), reply=self._inbox)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout + PULL_GRACE
+        got: list[InMsg] = []
+        while len(got) < batch:
+            if not self._got:
+                if not await self._arrival(deadline - loop.time()):
+                    break
+                continue
+            msg = self._got.popleft()
+            status = msg.headers.get(jsapi.Header.STATUS.value) if msg.headers else None
+            if status is None:
+                got.append(_in_msg(msg))
+            elif status == NO_RESPONDERS:  # the consumer has no leader
+                return got or await self._leaderless(timeout)
+            elif status in PULL_ENDED:  # (an earlier pull's late end ends this one: harmless)
+                break
+            elif status != HEARTBEAT:
+                raise jserr.APIError.from_msg(msg)
+        self._unavailable_since = None  # the leader answered
+        return got
+
+    async def _arrival(self, seconds: float) -> bool:
+        """Wait up to `seconds` for a delivery; whether one came."""
+        if seconds <= 0:
+            return False
+        self._wake = asyncio.get_running_loop().create_future()
         try:
-            msgs = await self._sub.fetch(batch=batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            self._unavailable_since = None  # the leader answered: the pull merely expired
-            return []
-        except (jserr.ServiceUnavailableError, nats.errors.NoRespondersError):
-            return await self._leaderless(timeout)
-        self._unavailable_since = None
-        return [_in_msg(m) for m in msgs]
+            async with asyncio.timeout(seconds):
+                await self._wake
+        except TimeoutError:
+            return False
+        finally:
+            self._wake = None
+        return True
 
     async def _leaderless(self, timeout: float) -> list[InMsg]:
         """Nothing to read while the consumer has no leader (its node was lost and the rest
@@ -266,6 +374,7 @@ class Nats:
     def __init__(self, nc: Any, tag_key: bytes | None = None) -> None:
         self.nc = nc
         self.js = nc.jetstream(timeout=PUBLISH_TIMEOUT)
+        self._acks = _JsAcks(nc)
         self._buckets: dict[str, Any] = {}
         self._tag_key = tag_key
 
@@ -323,6 +432,11 @@ class Nats:
         if nc is None:
             raise TlsError(url, ca if tls else None, untrusted[-1])
         return cls(nc, _tag_key(seed))
+
+    @property
+    def unacked(self) -> int:
+        """Publishes of this connection waiting for their JetStream ack."""
+        return self._acks.waiting
 
     @property
     def max_payload(self) -> int:
@@ -399,8 +513,7 @@ class Nats:
         headers = {MSG_ID: msg_id, EXPECTED_LAST_SUBJECT_SEQ: str(last_seq)}
         for delay in _backoff():
             try:
-                ack = await self.js.publish(subject, payload, headers=dict(headers))
-                return int(ack.seq)
+                return await self._publish_acked(subject, payload, headers)
             except RETRYABLE:  # before APIError: ServiceUnavailableError is one
                 await asyncio.sleep(delay)
             except jserr.APIError as err:
@@ -418,6 +531,15 @@ class Nats:
         if last is not None and last.msg_id == msg_id:
             return last.seq
         raise FencedError(subject, last_seq)
+
+    async def _publish_acked(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+        """One publish and its ack within PUBLISH_TIMEOUT: its stream seq."""
+        token, ack = await self._acks.send(subject, payload, headers)
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT):
+                return _pub_ack(await ack)[0]
+        finally:
+            self._acks.forget(token)  # (answered: a no-op)
 
     async def publish(self, subject: str, payload: bytes, msg_id: str | None = None) -> int:
         headers = {MSG_ID: msg_id} if msg_id else None
@@ -482,31 +604,29 @@ class Nats:
     async def _publish_round(self, outs: Sequence[Out], dropped: set[str]) -> list[Out]:
         if not outs:
             return []
-        futures: list[asyncio.Future[Any]] = []
+        sent: list[tuple[str, asyncio.Future[Any]]] = []
         try:
             for o in outs:
-                futures.append(await self.js.publish_async(o.subject, o.payload,
-                                                           headers={MSG_ID: o.msg_id}))
+                sent.append(await self._acks.send(o.subject, o.payload, {MSG_ID: o.msg_id}))
             # Why one wait for the round, not a wait_for per message: that made a task and a
             # timer per output on the event loop every partition of the runner shares.
-            _, late = await asyncio.wait(futures, timeout=PUBLISH_TIMEOUT)
+            _, late = await asyncio.wait([ack for _, ack in sent], timeout=PUBLISH_TIMEOUT)
         except BaseException:
-            # The round was cancelled (a worker stopped): each pending future holds one of the
-            # connection's publish_async slots until done; an ack that never comes would keep
-            # it for good, and with every slot taken each later publish blocks.
-            for f in futures:
-                f.cancel()
+            for token, _ in sent:  # the round was cancelled (a worker stopped)
+                self._acks.forget(token)
             raise
-        for f in late:
-            f.cancel()  # nats-py's futures never time out by themselves
         failed = []
-        for out, f in zip(outs, futures, strict=True):
-            err = _publish_error(f, f in late)
-            if isinstance(err, RETRYABLE):
+        for out, (token, ack) in zip(outs, sent, strict=True):
+            if ack in late:  # no ack within PUBLISH_TIMEOUT: again, same id
+                self._acks.forget(token)
                 failed.append(out)
-            elif err is not None:
-                raise err
-            elif getattr(f.result(), "duplicate", False):
+                continue
+            try:
+                _, duplicate = _pub_ack(ack.result())
+            except RETRYABLE:
+                failed.append(out)
+                continue
+            if duplicate:
                 dropped.add(out.msg_id)
         return failed
 
@@ -619,8 +739,7 @@ class Nats:
             cfg.deliver_policy = jsapi.DeliverPolicy.BY_START_SEQUENCE
             cfg.opt_start_seq = max(1, start_seq)
         await _patiently(lambda: self.js.add_consumer(stream, config=cfg), META_PATIENCE)
-        sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
-        return PullConsumer(sub, stream, durable)
+        return await PullConsumer.open(self.nc, stream, durable)
 
     async def shared_consumer(
         self, stream: str, durable: str, subject: str, *, ack_wait: float, max_ack_pending: int,
@@ -635,8 +754,7 @@ class Nats:
         )
         # Creating a durable that exists with the same config is a no-op for the server.
         await _patiently(lambda: self.js.add_consumer(stream, config=cfg), META_PATIENCE)
-        sub = await self.js.pull_subscribe_bind(durable=durable, stream=stream)
-        return PullConsumer(sub, stream, durable)
+        return await PullConsumer.open(self.nc, stream, durable)
 
     async def consumer_ack_floor(self, stream: str, durable: str) -> int | None:
         """The stream sequence below which a durable consumer has every message acked, or
