@@ -1,6 +1,6 @@
-"""What one commit round of the word count costs the runner's event loop, in CPU microseconds.
+"""What one commit round of the word count costs the runner's event loop, in CPU time.
 
-    python bench/commit_cost.py [--rounds 200] [--blocks 5] [--records 100] [--profile]
+    python bench/commit_cost.py [--rounds 200] [--blocks 7] [--records 100] [--profile]
 
 At a steady input rate one runner's loop goes round its partitions: the source partition
 commits what arrived, its outputs reach the keyed stage's partitions, and each of those
@@ -9,10 +9,13 @@ is what latency waits on. This runs the runner's own PartitionWorkers (with thei
 Checkpointers, a file state store and the runner's metrics) against an embedded nats-server:
 each round sends `--records` new words in one source message, then the source partition
 polls and commits, then every keyed partition polls and commits, concurrently as in a runner.
-It prints CPU per round and per commit (this thread: the loop, nats-py's reader and the
-inline user code), and beside it the same records through both stages' engines alone (the
-baseline: the user code and state handling no commit protocol can avoid). `--profile` adds
-where the round's time goes (cProfile, cumulative).
+CPU is this thread's: the loop, nats-py's reader and the inline user code. The baseline is
+the same records through both stages' engines alone (the user code and state handling no
+commit protocol can avoid), measured right after each block of rounds: this machine's speed
+moves by up to 2x from second to second, and only figures taken side by side compare. It
+prints the ratio per block and the block of the median ratio in microseconds: per round,
+per commit, and the commit protocol's share per commit. `--profile` adds where the rounds'
+time goes (cProfile, cumulative).
 """
 
 from __future__ import annotations

@@ -3,7 +3,10 @@ wallaroo.nats.protocol on a real server. Everything else uses these typed calls.
 
 Why a wrapper: nats-py's publish_async futures never time out, fetch() raises on an empty
 batch, and a fenced append surfaces as a generic APIError; here each becomes what callers
-need (a bounded wait with same-id retry, an empty list, a FencedError)."""
+need (a bounded wait with same-id retry, an empty list, a FencedError). The commit loop's
+three calls (fetch, fenced append, publish of outputs) go leaner than nats-py's JetStream
+helpers, over its connection (reconnects, auth and TLS stay nats-py's): see _JsAcks and
+PullConsumer."""
 
 from __future__ import annotations
 
