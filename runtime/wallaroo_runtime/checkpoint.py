@@ -316,8 +316,8 @@ class Checkpointer:
         self.forget_held()
         self.dirty = {}
         if self.cfg.store is not None:  # (segments are stored before a first snapshot too)
-            for data in await self._segments_after(state.commit_no):
-                self._apply(state, CommitRecord.from_wire(data), data)
+            for rec, data in await self._segments_after(state.commit_no):
+                self._apply(state, rec, data)
         if last_seq == 0 and state.commit_no > 0:
             return self._from_store_alone(state)
         # A snapshot past the changelog's end: the changelog was made anew, read all of it.
@@ -340,7 +340,7 @@ class Checkpointer:
         self._keep(data, rec.commit_no)
         self.dirty.update(rec.states)
 
-    async def _segments_after(self, commit_no: int) -> list[bytes]:
+    async def _segments_after(self, commit_no: int) -> list[tuple[CommitRecord, bytes]]:
         assert self.cfg.store is not None
         try:
             return await snap.segments_after(self.cfg.store, self.slug, self.stage, self.part,

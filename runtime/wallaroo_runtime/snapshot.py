@@ -442,11 +442,13 @@ def _check_identity(snap: Snapshot, where: str, expected: tuple[str, int, int, i
 
 
 async def segments_after(store: StateStore, slug: str, stage: int, part: int,
-                         commit_no: int, state_key: bytes | None = None) -> list[bytes]:
-    """Encoded commit records numbered above `commit_no`, consecutive and in order, from the
-    stored segments. CorruptSnapshotError if a segment is corrupt (or fails its MAC) or
+                         commit_no: int, state_key: bytes | None = None
+                         ) -> list[tuple[CommitRecord, bytes]]:
+    """The commit records numbered above `commit_no`, consecutive and in order, from the
+    stored segments: each decoded (once: a restore applies what this checked) with its
+    encoded bytes. CorruptSnapshotError if a segment is corrupt (or fails its MAC) or
     commits are missing."""
-    out: list[bytes] = []
+    out: list[tuple[CommitRecord, bytes]] = []
     current = commit_no
     for _first, last, key in await _segments(store, slug, stage, part):
         if last <= current:
@@ -458,20 +460,22 @@ async def segments_after(store: StateStore, slug: str, stage: int, part: int,
     return out
 
 
-def _append_after(out: list[bytes], records: list[bytes], current: int, where: str) -> int:
+def _append_after(out: list[tuple[CommitRecord, bytes]], records: list[bytes], current: int,
+                  where: str) -> int:
     """Append the records numbered above `current` (overlapping segments are fine, gaps are
     not); return the last commit number appended."""
     for raw in records:
         try:
-            n = CommitRecord.from_wire(raw).commit_no
+            rec = CommitRecord.from_wire(raw)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
             raise CorruptSnapshotError(where, f"holds a bad commit record ({e})") from e
+        n = rec.commit_no
         if n <= current:
             continue
         if n not in (current + 1, current + COMMIT_EPOCH + 1):
             raise CorruptSnapshotError(where, f"jumps from commit {current} to {n}: commits "
                                               f"{current + 1}..{n - 1} are in no stored segment")
-        out.append(raw)
+        out.append((rec, raw))
         current = n
     return current
 

@@ -36,8 +36,10 @@ def rec(n: int) -> bytes:
                         outs=[Out("wl.a.out.o", b"p", f"s1.3:{n}:0")]).to_wire()
 
 
-def numbers(records: list[bytes]) -> list[int]:
-    return [CommitRecord.from_wire(r).commit_no for r in records]
+def numbers(records: list[tuple[CommitRecord, bytes]]) -> list[int]:
+    """The commit numbers segments_after found, each checked against its bytes."""
+    assert all(CommitRecord.from_wire(raw) == rec for rec, raw in records)
+    return [rec.commit_no for rec, _ in records]
 
 
 async def write_history(store: FileStore, *snapshot_commits: int) -> None:
@@ -283,7 +285,7 @@ def test_segments_after_returns_later_commits_in_order(tmp_path: Path) -> None:
     assert after(3) == list(range(4, 11))
     assert after(4) == list(range(5, 11))
     assert after(10) == []
-    assert asyncio.run(snap.segments_after(store, APP, STAGE, PART, 3))[0] == rec(4)
+    assert asyncio.run(snap.segments_after(store, APP, STAGE, PART, 3))[0][1] == rec(4)
 
 
 def test_segments_after_tolerates_overlap(tmp_path: Path) -> None:
