@@ -77,6 +77,22 @@ def test_dev_keeps_state_outputs_and_keys_across_restarts_unless_fresh(tmp_path:
     assert sorted(fresh.stdout.splitlines()) == ["a => 1", "b => 1"]
 
 
+def test_dev_fresh_with_a_broken_app_keeps_the_state_it_would_have_emptied(tmp_path: Path) -> None:
+    """`--fresh` empties the state only for an app that loads: a typo costs nothing."""
+    (tmp_path / "one.txt").write_text("a b\n")
+    (tmp_path / "broken.py").write_text("import wallaroo\n\ndef application_setup(args:\n")
+    assert dev(str(APP), "--input", "one.txt", cwd=tmp_path).returncode == 0
+    made = secrets(tmp_path / ".wallaroo" / "dev")
+
+    broken = dev("broken.py", "--input", "one.txt", "--fresh", cwd=tmp_path)
+    assert broken.returncode != 0
+    assert "broken.py" in broken.stderr and "Traceback" not in broken.stderr, broken.stderr
+    assert secrets(tmp_path / ".wallaroo" / "dev") == made
+
+    again = dev(str(APP), "--input", "one.txt", cwd=tmp_path)
+    assert sorted(again.stdout.splitlines()) == ["a => 2", "b => 2"], again.stderr
+
+
 def test_dev_killed_with_sigkill_starts_again_where_it_was(tmp_path: Path) -> None:
     killed = Dev(tmp_path)
     wait_until(lambda: "word_count" in status(tmp_path).stdout, timeout=60)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wallaroo.local.dev import DevCluster
+
+if TYPE_CHECKING:
+    from wallaroo.local import devsession
 
 INTERRUPTED = 130  # exit code of a `dev --input` stopped by Ctrl-C/SIGTERM before its end
 
@@ -21,13 +25,14 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
     """`autoscale`: arguments for a `wallaroo autoscaler --backend local` process, which then
     sizes the runner pool; None: the pool keeps `runners` (or what `wallaroo scale` asks).
     `tls`: nats-server speaks TLS only, with a CA made under STATE_DIR/tls (see DevCluster)."""
+    # With --fresh the app and input are checked before the cluster empties STATE_DIR: a typo
+    # in the app must not cost the state the last dev here left.
+    session = _prepare(app_file, input_file, source, timeout, autoscale) if fresh else None
     cluster = DevCluster(state_dir, runners, fresh=fresh, tls=tls)
     with cluster.launched():
-        # Imported once nats-server is on its way: the app's load, the NATS client and the
+        # Otherwise once nats-server is on its way: the app's load, the NATS client and the
         # deploy's modules (0.15 s) overlap its start.
-        from wallaroo.local import devsession
-
-        session = devsession.prepare(app_file, input_file, source, timeout, autoscale)
+        session = session or _prepare(app_file, input_file, source, timeout, autoscale)
         # The runners, after that work and not with the server: a runner's start is 0.5 s
         # of CPU, and where they share a core (2 cores and anything else running) started
         # together they made "deployed" 0.15 s later, with no sooner first output. A broken
@@ -38,11 +43,26 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
         url_file.write_text(cluster.url)
         info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         try:
-            code = devsession.serve(cluster, session)
+            code = _serve(cluster, session)
         finally:
             url_file.unlink(missing_ok=True)
             info("stopping runners and nats-server")
     return 0 if input_file is None else INTERRUPTED if code is None else code
+
+
+def _prepare(app_file: Path, input_file: Path | None, source: str | None, timeout: float,
+             autoscale: Sequence[str] | None) -> devsession.Session:
+    """The app loaded and the input checked (devsession.prepare): a broken one fails here.
+    Imported here, not at the top: see run_dev."""
+    from wallaroo.local import devsession
+
+    return devsession.prepare(app_file, input_file, source, timeout, autoscale)
+
+
+def _serve(cluster: DevCluster, session: devsession.Session) -> int | None:
+    from wallaroo.local import devsession
+
+    return devsession.serve(cluster, session)
 
 
 def info(text: str) -> None:
