@@ -32,7 +32,8 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
     with cluster.launched():
         # Otherwise once nats-server is on its way: the app's load, the NATS client and the
         # deploy's modules (0.15 s) overlap its start.
-        session = session or _prepare(app_file, input_file, source, timeout, autoscale)
+        if session is None:
+            session = _prepare(app_file, input_file, source, timeout, autoscale)
         # The runners, after that work and not with the server: a runner's start is 0.5 s
         # of CPU, and where they share a core (2 cores and anything else running) started
         # together they made "deployed" 0.15 s later, with no sooner first output. A broken
