@@ -35,7 +35,6 @@ from wallaroo_runtime.spool import Spool
 from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger("wallaroo.checkpoint")
-COMMIT_EPOCH = snap.COMMIT_EPOCH
 # A full snapshot once the deltas since the last one reach 1/COMPACT_AT of its size: a
 # restore decodes its deltas whole (the full snapshot only as keys are used), so they are
 # kept small; compaction then costs at most COMPACT_AT times what the deltas did.
@@ -134,15 +133,13 @@ class Checkpointer:
 
     def forget_held(self) -> None:
         """Start the next segment afresh (its records' file goes)."""
-        self.spool.discard()
-        self.spool = Spool()
-        self.carried, self.carried_nos, self.carried_bytes = [], [], 0
+        self._take_held()[1].discard()
         self.since = (0, 0)
 
-    def _keep(self, record: bytes, no: int) -> None:
+    def _keep(self, record: bytes, no: int, stored: bool = False) -> None:
         """One more commit record for the next snapshot's count, and for the next segment
-        (held only where there is a store to write it to)."""
-        if self.cfg.store is not None:
+        (held only where there is a store to write it to, and not `stored` in one already)."""
+        if self.cfg.store is not None and not stored:
             self.spool.add(record, no)
         self.since = (self.since[0] + 1, self.since[1] + len(record))
 
@@ -299,7 +296,8 @@ class Checkpointer:
         commits since, and a bridge over a newer snapshot that turned out corrupt), then the
         changelog up to `last_seq`. Commits must follow each other without a gap, or the
         restore fails (and is retried) rather than go on with state missing. The spool is left
-        holding the records the next segment must cover (let go if the restore fails)."""
+        holding the records the next segment must cover, those read from the changelog (let
+        go if the restore fails): the stored segments' are stored already."""
         try:
             return await self._restore(last_seq)
         except BaseException:
@@ -317,7 +315,7 @@ class Checkpointer:
         self.dirty = {}
         if self.cfg.store is not None:  # (segments are stored before a first snapshot too)
             for rec, data in await self._segments_after(state.commit_no):
-                self._apply(state, rec, data)
+                self._apply(state, rec, data, stored=True)
         if last_seq == 0 and state.commit_no > 0:
             return self._from_store_alone(state)
         # A snapshot past the changelog's end: the changelog was made anew, read all of it.
@@ -331,13 +329,14 @@ class Checkpointer:
                 self._apply(state, rec, m.data)
         return state
 
-    def _apply(self, state: PartitionState, rec: CommitRecord, data: bytes) -> None:
-        if rec.commit_no not in (state.commit_no + 1, state.commit_no + COMMIT_EPOCH + 1):
+    def _apply(self, state: PartitionState, rec: CommitRecord, data: bytes,
+               stored: bool = False) -> None:
+        if rec.commit_no not in (state.commit_no + 1, state.commit_no + snap.COMMIT_EPOCH + 1):
             msg = (f"{self.log_subject}: commit {rec.commit_no} follows {state.commit_no}: "
                    "commits are missing")
             raise RestoreGapError(msg)
         state.apply(rec)
-        self._keep(data, rec.commit_no)
+        self._keep(data, rec.commit_no, stored)
         self.dirty.update(rec.states)
 
     async def _segments_after(self, commit_no: int) -> list[tuple[CommitRecord, bytes]]:
@@ -360,8 +359,9 @@ class Checkpointer:
         log.warning("%s: changelog is empty; restoring from the state store alone", self.log_subject)
         # Commits after the newest snapshot went with the changelog. Jump the commit number,
         # so new outputs are never mistaken downstream for those lost ones (and dropped).
-        state.commit_no += COMMIT_EPOCH
-        # What was read is stored already (in segments), and a segment's commits must follow
-        # each other: the next one starts at the jumped number.
-        self.forget_held()
+        state.commit_no += snap.COMMIT_EPOCH
+        # What was read is stored already (in segments): nothing is held, and the next
+        # segment starts at the jumped number (a segment's commits must follow each other).
+        assert self.held == 0
+        self.since = (0, 0)
         return state

@@ -10,22 +10,14 @@ import tracemalloc
 from pathlib import Path
 from typing import cast
 
+from checkpoint_support import Trims
+
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.wire import CommitRecord
 from wallaroo.nats import Nats, Out
 from wallaroo_runtime import snapshot as snap
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 from wallaroo_runtime.statestore import FileStore
-
-
-class Trims:
-    """The one NATS call a checkpointer makes: trimming the changelog below a sequence."""
-
-    def __init__(self) -> None:
-        self.below: list[int] = []
-
-    async def purge_subject_below(self, stream: str, subject: str, seq: int) -> None:
-        self.below.append(seq)
 
 
 class KeepsPuts(FileStore):

@@ -5,22 +5,22 @@ also after a failed write; and partitions do not all reach the byte bound togeth
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
+
+from checkpoint_support import Trims
 
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.wire import CommitRecord
 from wallaroo.nats import Nats
+from wallaroo.nats.protocol import StoredMsg
 from wallaroo_runtime import snapshot as snap
-from wallaroo_runtime.checkpoint import COMMIT_EPOCH, CheckpointConfig, Checkpointer
+from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
+from wallaroo_runtime.snapshot import COMMIT_EPOCH
 from wallaroo_runtime.statestore import FileStore
 
 APP, STAGE, PART = "counter", 1, 0
-
-
-class Trims:
-    async def purge_subject_below(self, stream: str, subject: str, seq: int) -> None:
-        return None
 
 
 class FailsOnce(FileStore):
@@ -190,3 +190,51 @@ def test_segments_stored_before_a_first_snapshot_are_restored(tmp_path: Path) ->
     assert asyncio.run(FileStore(tmp_path).list(f"snapshots/{APP}/")) == []
     restored = asyncio.run(checkpointer(FileStore(tmp_path)).restore(0))
     assert restored.table == state.table and restored.commit_no == 5 + COMMIT_EPOCH
+
+
+class Changelog(Trims):
+    """Trims, and a changelog to read: commit n's record at seq n."""
+
+    def __init__(self, records: dict[int, bytes]) -> None:
+        super().__init__()
+        self.records = records
+
+    async def read_subject(self, stream: str, subject: str, upto: int, start: int = 1,
+                           complete: bool = False) -> AsyncIterator[StoredMsg]:
+        for seq in range(start, upto + 1):
+            yield StoredMsg(seq, subject, self.records[seq], f"c:{seq}")
+
+
+def test_a_restore_holds_only_what_no_stored_segment_has(tmp_path: Path) -> None:
+    """The records read back from stored segments are not held for the next segment (it
+    would store them again); the changelog's after them are, and every one counts towards
+    the next snapshot. The segments then join up: the store alone restores everything."""
+    cp = checkpointer(FileStore(tmp_path), every=10, segment_bytes=60)
+    state = PartitionState()
+    records: dict[int, bytes] = {}
+
+    async def body(cp: Checkpointer, numbers: range) -> None:
+        for n in numbers:
+            cp.threshold = 10
+            records[n] = commit(state, n)
+            await cp.after_commit(records[n], state, n)
+            await written(cp)
+
+    asyncio.run(body(cp, range(1, 16)))  # a snapshot at 10, segments after it
+    segments = asyncio.run(FileStore(tmp_path).list(f"segments/{APP}/{STAGE}/{PART}/"))
+    last_stored = max(int(k.rsplit("-", 1)[1].split(".")[0]) for k in segments)
+    assert 10 < last_stored <= 15
+    again = Checkpointer(cast(Nats, Changelog(records)),
+                         CheckpointConfig(store=FileStore(tmp_path), seconds=3600, every=10,
+                                          segment_bytes=60),
+                         APP, STAGE, PART, "LOG", "log.1.0", stateful=True)
+    restored = asyncio.run(again.restore(15))
+    assert restored.table == state.table and restored.commit_no == 15
+    assert again.held == 15 - last_stored and again.spool.nos == list(range(last_stored + 1, 16))
+    assert again.since[0] == 15 - 10
+
+    state = restored
+    asyncio.run(body(again, range(16, 31)))
+    assert again.failures == 0
+    alone = asyncio.run(checkpointer(FileStore(tmp_path)).restore(0))
+    assert alone.table == state.table

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from checkpoint_support import Trims
 
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.wire import CommitRecord
@@ -116,11 +117,6 @@ def test_prune_keeps_the_deltas_after_the_oldest_kept_full_snapshot(tmp_path: Pa
     assert sorted(deleted) == sorted([key(APP, STAGE, PART, 3), key(APP, STAGE, PART, 6, True),
                                       key(APP, STAGE, PART, 10, True)])
     assert chain(store).snapshot.table == {"a": b"6"}
-
-
-class Trims:
-    async def purge_subject_below(self, stream: str, subject: str, seq: int) -> None:
-        return None
 
 
 def drive(tmp_path: Path, keys: int, commits: int, max_deltas: int = 64

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
+from checkpoint_support import Trims
 
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.wire import CommitRecord
@@ -60,14 +61,6 @@ def test_discard_closes_the_file() -> None:
     file = spool._file
     spool.discard()
     assert file is not None and file.closed
-
-
-class Trims:
-    def __init__(self) -> None:
-        self.below: list[int] = []
-
-    async def purge_subject_below(self, stream: str, subject: str, seq: int) -> None:
-        self.below.append(seq)
 
 
 class Unreadable(Spool):
