@@ -1,12 +1,12 @@
 """The one module that talks to NATS (nats-py): `Nats` implements the Protocols of
 wallaroo.nats.protocol on a real server. Everything else uses these typed calls.
 
-Why a wrapper: nats-py's publish_async futures never time out, fetch() raises on an empty
-batch, and a fenced append surfaces as a generic APIError; here each becomes what callers
-need (a bounded wait with same-id retry, an empty list, a FencedError). The commit loop's
-three calls (fetch, fenced append, publish of outputs) go leaner than nats-py's JetStream
-helpers, over its connection (reconnects, auth and TLS stay nats-py's): see _JsAcks and
-PullConsumer."""
+Why a wrapper: callers need a bounded wait with a same-id retry, an empty list from a fetch
+that found nothing, and a FencedError for a fenced append, where nats-py has unbounded
+futures, exceptions and a generic APIError. JetStream publishes and pulls go over nats-py's
+connection (reconnects, auth and TLS stay its) but not through its JetStream helpers, which
+cost a task, a timer or a NUID per message on the loop every partition of a runner shares:
+see _JsAcks and PullConsumer (bench/commit_cost.py measures a commit's share)."""
 
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ class _JsAcks:
         self._tokens = itertools.count()
         self._inbox: asyncio.Task[str] | None = None
 
-    async def send(self, subject: str, payload: bytes, headers: dict[str, str]
+    async def send(self, subject: str, payload: bytes, headers: dict[str, str] | None
                    ) -> tuple[str, asyncio.Future[Any]]:
         """Publish; (its token, the future of its ack message). Forget the token when the
         ack is not awaited to the end (a timeout, a cancel)."""
@@ -535,7 +535,8 @@ class Nats:
             return last.seq
         raise FencedError(subject, last_seq)
 
-    async def _publish_acked(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+    async def _publish_acked(self, subject: str, payload: bytes, headers: dict[str, str] | None
+                             ) -> int:
         """One publish and its ack within PUBLISH_TIMEOUT: its stream seq."""
         token, ack = await self._acks.send(subject, payload, headers)
         try:
@@ -546,8 +547,7 @@ class Nats:
 
     async def publish(self, subject: str, payload: bytes, msg_id: str | None = None) -> int:
         headers = {MSG_ID: msg_id} if msg_id else None
-        ack = await _patiently(lambda: self.js.publish(subject, payload, headers=headers))
-        return int(ack.seq)
+        return await _patiently(lambda: self._publish_acked(subject, payload, headers))
 
     async def core_publish(self, subject: str, payload: bytes, msg_id: str) -> None:
         """Publish on core NATS (no stream listens) with the id as a header for subscribers
