@@ -14,13 +14,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import os
 import re
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from wallaroo.core import observe, repartition
@@ -49,6 +51,95 @@ class ClusterConfig:
     lease_patience: float = 30.0  # take a live holder's lease after waiting this long
 
 
+# nats-server removes an entry that aged out a little after its age passes (0.25 s later,
+# measured on this server with a 1 s TTL): from its expected lapse on, the loop looks again
+# every LAPSE_RECHECK for up to LAPSE_WINDOW, rather than waiting a whole tick.
+LAPSE_RECHECK = 0.05
+LAPSE_WINDOW = 0.5
+FORGET_BEATS = 10  # member TTLs after which a silent member's last beat is let go
+
+
+class ClusterWatch:
+    """What a runner hears of the cluster buckets' writes as they are made, for two things.
+    It wakes the control loop before its next tick when the cluster changed: the assignment
+    was written (its new partitions start now), a member or the leader left (its entry
+    deleted), or a member's or the leader's entry is due to lapse (its last write plus the
+    member TTL: an entry that ages out makes no write). And it tells a member gone silent
+    (`silent`) while nats-server, which removes a lapsed entry a little late, still holds
+    it. Why: a crashed runner's partitions used to wait for the server's removal (0.25 s
+    after the TTL), then for the leader's next tick, then for their new owner's."""
+
+    def __init__(self, member_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = member_ttl, clock
+        self.woken = asyncio.Event()
+        self.lapses: dict[tuple[str, str], float] = {}  # (bucket, key) -> when it lapses
+        self.beats: dict[str, tuple[float, bytes]] = {}  # member -> its last beat heard: when, what
+        self._stops: list[Callable[[], Awaitable[None]]] = []
+
+    async def start(self, nats: Nats) -> None:
+        for bucket in (MEMBERS_BUCKET, LEADER_BUCKET):
+            self._stops.append(await nats.watch_writes(bucket, functools.partial(self.written, bucket)))
+        self._stops.append(await nats.watch_writes(ASSIGN_BUCKET, lambda _key, _value: self.woken.set()))
+
+    async def stop(self) -> None:
+        for stop in self._stops:
+            await stop()
+        self._stops.clear()
+
+    def written(self, bucket: str, key: str, value: bytes | None) -> None:
+        """A write heard: `value`, or None for a delete."""
+        if value is None:
+            self.lapses.pop((bucket, key), None)
+            if bucket == MEMBERS_BUCKET:
+                self.beats.pop(key, None)
+            self.woken.set()
+            return
+        now = self.clock()
+        self.lapses[(bucket, key)] = now + self.ttl
+        if bucket == MEMBERS_BUCKET:
+            self.beats[key] = (now, value)
+
+    def lapsed(self, runner_id: str, entry: bytes | None) -> bool:
+        """Is the member's entry, as the server holds it now (`entry`; None: removed), its
+        last beat heard, and that beat older than the TTL? Heartbeats differ from beat to
+        beat (their time), so a beat this watch missed is never taken for silence."""
+        if entry is None:
+            return True
+        beat = self.beats.get(runner_id)
+        return beat is not None and beat[1] == entry and self.clock() - beat[0] >= self.ttl
+
+    async def silent(self, nats: Nats, runner_id: str) -> bool:
+        """Has the member gone silent (see `lapsed`)? Read only once its TTL has passed."""
+        beat = self.beats.get(runner_id)
+        if beat is None or self.clock() - beat[0] < self.ttl:
+            return False
+        return self.lapsed(runner_id, await nats.kv_get(MEMBERS_BUCKET, runner_id))
+
+    def timeout(self, tick: float, began: float) -> float:
+        """How long the loop may sleep: a tick, or until the next expected lapse, or, once
+        one is past, LAPSE_RECHECK (the server may not have removed the entry yet). Lapses
+        past their window when the last tick began (at `began`) are forgotten."""
+        for k in [k for k, at in self.lapses.items() if at + LAPSE_WINDOW <= began]:
+            del self.lapses[k]
+        # Beats of members long gone (their entries removed by now) are let go.
+        for m in [m for m, (at, _) in self.beats.items() if at + FORGET_BEATS * self.ttl <= began]:
+            del self.beats[m]
+        now = self.clock()
+        due = min((at - now if at > now else LAPSE_RECHECK for at in self.lapses.values()),
+                  default=math.inf)
+        return max(0.0, min(tick, due))
+
+    async def pause(self, stop: asyncio.Event, tick: float, began: float) -> None:
+        """Sleep until the next tick, a wake-up or `stop`, whichever comes first."""
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.woken.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.timeout(tick, began),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+
 def new_runner_id() -> str:
     host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:24]
     return f"{host}-{os.getpid()}-{secrets.token_hex(2)}"
@@ -66,21 +157,27 @@ async def ensure_buckets(nats: Nats, cfg: ClusterConfig) -> None:
     await nats.obj_bucket(BLOBS_BUCKET, ttl=RESULT_TTL)
 
 
-async def live_members(nats: Nats) -> list[str]:
-    return await nats.kv_keys(MEMBERS_BUCKET)
+async def live_members(nats: Nats, watch: ClusterWatch | None = None) -> list[str]:
+    """The members with an entry, less those `watch` heard go silent."""
+    members = await nats.kv_keys(MEMBERS_BUCKET)
+    if watch is None:
+        return members
+    return [m for m in members if not await watch.silent(nats, m)]
 
 
-async def is_live(nats: Nats, runner_id: str) -> bool:
+async def is_live(nats: Nats, runner_id: str, watch: ClusterWatch | None = None) -> bool:
     """One direct read: the holder's own heartbeat entry (listing keys is a watch that can
-    come back short, and a lease must never be taken from a live runner by mistake)."""
-    return await nats.kv_get(MEMBERS_BUCKET, runner_id) is not None
+    come back short, and a lease must never be taken from a live runner by mistake); with a
+    `watch`, an entry holding a beat older than the TTL is no life either."""
+    entry = await nats.kv_get(MEMBERS_BUCKET, runner_id)
+    return entry is not None and not (watch is not None and watch.lapsed(runner_id, entry))
 
 
 class Leadership:
     """Campaign every tick: create the leader key, or renew it by compare-and-swap."""
 
-    def __init__(self, nats: Nats, runner_id: str) -> None:
-        self.nats, self.runner_id = nats, runner_id
+    def __init__(self, nats: Nats, runner_id: str, watch: ClusterWatch | None = None) -> None:
+        self.nats, self.runner_id, self.watch = nats, runner_id, watch
         self.revision: int | None = None
 
     @property
@@ -95,9 +192,23 @@ class Leadership:
                 log.warning("%s lost the leadership", self.runner_id)
         else:
             self.revision = await self.nats.kv_create(LEADER_BUCKET, LEADER_KEY, me)
+            if self.revision is None:
+                self.revision = await self._take_from_silent(me)
             if self.revision is not None:
                 log.info("%s is the leader", self.runner_id)
         return self.leading
+
+    async def _take_from_silent(self, me: bytes) -> int | None:
+        """The leader key, taken over (compare-and-swap) from a leader the watch heard go
+        silent: not a TTL and the server's late removal after its last renewal."""
+        entry = None if self.watch is None else await self.nats.kv_entry(LEADER_BUCKET, LEADER_KEY)
+        if entry is None or self.watch is None:
+            return None  # (removed meanwhile: the next campaign creates it)
+        holder = Holder.from_wire(entry.value).runner_id
+        if holder == self.runner_id or not await self.watch.silent(self.nats, holder):
+            return None
+        log.warning("%s takes the leadership from %s, silent for the member TTL", self.runner_id, holder)
+        return await self.nats.kv_update(LEADER_BUCKET, LEADER_KEY, me, entry.revision)
 
     async def resign(self) -> None:
         if self.revision is not None:
@@ -156,8 +267,9 @@ async def read_assignment(nats: Nats, slug: str) -> Assignment:
 class Lease:
     """The right to run one partition, held in KV by runner id."""
 
-    def __init__(self, nats: Nats, key: str, runner_id: str, cfg: ClusterConfig) -> None:
-        self.nats, self.key, self.runner_id, self.cfg = nats, key, runner_id, cfg
+    def __init__(self, nats: Nats, key: str, runner_id: str, cfg: ClusterConfig,
+                 watch: ClusterWatch | None = None) -> None:
+        self.nats, self.key, self.runner_id, self.cfg, self.watch = nats, key, runner_id, cfg, watch
         self.revision: int | None = None
 
     async def acquire(self, wanted: Callable[[], bool]) -> bool:
@@ -179,7 +291,7 @@ class Lease:
         if entry is None:
             return False  # released between our two reads: try again next round
         holder = Holder.from_wire(entry.value).runner_id
-        if holder != self.runner_id and await is_live(self.nats, holder) and not patience_over:
+        if holder != self.runner_id and await is_live(self.nats, holder, self.watch) and not patience_over:
             return False
         if holder != self.runner_id:
             log.warning("%s takes lease %s from %s", self.runner_id, self.key, holder)

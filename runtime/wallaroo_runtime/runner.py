@@ -1,6 +1,7 @@
 """The long-lived runner process. Every tick it heartbeats its membership (with its progress),
 campaigns for leadership (the leader assigns partitions), loads newly deployed app versions,
-and starts or stops partition workers to match the assignment."""
+and starts or stops partition workers to match the assignment. A tick comes early when the
+cluster changed (cluster.ClusterWatch): a new assignment, a member gone."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ from wallaroo.nats.protocol import CREDS_ENV
 from wallaroo.plan import Application
 from wallaroo_runtime import cluster, scheduler
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
-from wallaroo_runtime.cluster import ClusterConfig, Leadership, Lease
+from wallaroo_runtime.cluster import ClusterConfig, ClusterWatch, Leadership, Lease
 from wallaroo_runtime.connectors import SinkStats, connector_tasks, run_leased
 from wallaroo_runtime.executor import ExecutorConfig, FunctionExecutor
 from wallaroo_runtime.layouts import LayoutKeeper
@@ -113,6 +114,7 @@ class AppHost:
     troubles: dict[Part, Trouble] = field(default_factory=dict)
     metrics: RunnerMetrics | None = None  # None: this runner exports no metrics
     retirement: Retirement = field(default_factory=Retirement)  # the leader's, last read
+    watch: ClusterWatch | None = None  # the runner's: a lease holder heard go silent is gone
     _app: Application | None = None
 
     @property
@@ -177,7 +179,8 @@ class AppHost:
             del self.tasks[part]
 
     async def _supervise(self, part: Part) -> None:
-        lease = Lease(self.nats, partition_key(self.app.slug, *part), self.runner_id, self.cluster_cfg)
+        lease = Lease(self.nats, partition_key(self.app.slug, *part), self.runner_id, self.cluster_cfg,
+                      self.watch)
         try:
             if not await lease.acquire(lambda: part in self.owned):
                 return
@@ -379,6 +382,7 @@ class Runner:
         self.trouble_at = -float("inf")  # monotonic time of the last failed NATS request
         self.trouble_began = -float("inf")  # ... and of the first one of that spell
         self._stop: asyncio.Event | None = None
+        self.watch: ClusterWatch | None = None  # from run(): what the cluster buckets' writes say
         self._scheduling: asyncio.Task[None] | None = None
         self._keeping: asyncio.Task[None] | None = None
         self.replacing = ""  # why this process is to be replaced, once asked
@@ -415,17 +419,22 @@ class Runner:
             log.info("runner %s stopped before it could reach NATS at %s", self.runner_id, self.url)
             return
         await self._join(nats, stop)
-        leadership = Leadership(nats, self.runner_id)
+        watch = self.watch = cluster.ClusterWatch(self.cluster_cfg.member_ttl)
+        await watch.start(nats)
+        leadership = Leadership(nats, self.runner_id, watch)
         log.info("runner %s (pid %d) joined %s", self.runner_id, os.getpid(), self.url)
         beating = asyncio.create_task(self._beat(nats, stop))
         try:
             while not stop.is_set():
+                watch.woken.clear()  # what is written from now on wakes the next tick
+                began = time.monotonic()
                 await self._tick_safely(nats, leadership)
-                await self._pause(stop)
+                await watch.pause(stop, self.cluster_cfg.tick, began)
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beating
+            await watch.stop()
             await self._leave(nats, leadership)
 
     async def _connect(self, stop: asyncio.Event) -> Nats | None:
@@ -503,7 +512,7 @@ class Runner:
     async def _tick(self, nats: Nats, leadership: Leadership) -> None:
         # Leadership first: nothing an app does may hold up the assignment.
         if await leadership.campaign():
-            members = await cluster.live_members(nats)
+            members = await cluster.live_members(nats, self.watch)
             for manifest in self.manifests.values():
                 await cluster.publish_assignment(nats, manifest, members, keep_current=self.nats_troubled)
             self._fire_schedules(nats)
@@ -532,7 +541,7 @@ class Runner:
     async def _assign_new(self, nats: Nats, manifests: list[Manifest]) -> None:
         """What the leader's step of the next tick would write for these manifests, written
         at once: a new app's workers start a tick (0.25 s) sooner."""
-        members = await cluster.live_members(nats) if manifests else []
+        members = await cluster.live_members(nats, self.watch) if manifests else []
         for manifest in manifests:
             await cluster.publish_assignment(nats, manifest, members, keep_current=self.nats_troubled)
 
@@ -631,7 +640,8 @@ class Runner:
             old.begin_stop()
             self.retiring.setdefault(manifest.slug, []).append(old)
         host = AppHost(nats, manifest, deployed, self.runner_id, self.cfg, self.checkpoint_cfg,
-                       self.cluster_cfg, self.executor_cfg, self.replace, metrics=self.metrics)
+                       self.cluster_cfg, self.executor_cfg, self.replace, metrics=self.metrics,
+                       watch=self.watch)
         await host.start()
         self.hosts[manifest.slug] = host
         self._clear_refusal(manifest.slug)

@@ -30,7 +30,10 @@ AUTH_DIR_ENV = "WALLAROO_AUTH_DIR"  # keys every local cluster started here uses
 RUNNER = {
     "publish": {"allow": ["wl.>", "$KV.>", "$O.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>"],
                 "deny": ["$KV.WL_APPS.>", "$O.WL_ARTIFACTS.>", "$JS.API.STREAM.DELETE.>"]},
-    "subscribe": {"allow": ["wl.>", "_INBOX.>"]},
+    # The cluster buckets' writes as they are made (cluster.ClusterWatch): what wakes a
+    # runner's control loop when a member leaves or the assignment changes.
+    "subscribe": {"allow": ["wl.>", "_INBOX.>", "$KV.WL_MEMBERS.>", "$KV.WL_LEADER.>",
+                            "$KV.WL_ASSIGN.>"]},
 }
 DEPLOYER = {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
 CLIENT = {

@@ -581,6 +581,25 @@ class Nats:
 
         return stop
 
+    async def watch_writes(self, bucket: str, on_write: Callable[[str, bytes | None], None]
+                           ) -> Callable[[], Awaitable[None]]:
+        """Call `on_write(key, value)` (None: deleted) for every write to KV `bucket` as it is
+        made (a core subscription on the bucket's subjects: no consumer, nothing replayed),
+        until the returned function is awaited. Entries that lapse by age make no write."""
+        prefix = f"$KV.{bucket}."
+
+        async def deliver(m: Any) -> None:
+            deleted = (m.headers or {}).get(KV_OPERATION, "") in ("DEL", "PURGE")
+            on_write(m.subject[len(prefix):], None if deleted else m.data)
+
+        sub = await self.nc.subscribe(f"{prefix}>", cb=deliver)
+
+        async def stop() -> None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+        return stop
+
     async def stream_for_subject(self, subject: str) -> str | None:
         """The stream that captures `subject`, or None when none does."""
         try:
