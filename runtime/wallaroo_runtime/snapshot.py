@@ -206,7 +206,9 @@ def _seal(kind: str, body: Any, state_key: bytes | None) -> bytes:
 
 def _mac(key: bytes, kind: str, version: int, body: bytes) -> bytes:
     # Kind and version inside the MAC: a segment's sealed body cannot pass for a snapshot's.
-    return hmac.new(key, f"{kind}\0{version}\0".encode() + body, hashlib.sha256).digest()
+    mac = hmac.new(key, f"{kind}\0{version}\0".encode(), hashlib.sha256)
+    mac.update(body)  # not prefix + body: that copied the whole body once more
+    return mac.digest()
 
 
 def _check_mac(outer: dict[str, Any], kind: str, where: str, state_key: bytes | None) -> None:

@@ -627,9 +627,11 @@ class PartitionWorker:
         of this stage has ended; then also what the stage held back (windows), flushed after
         the batch's own records, to commit with them."""
         ends = {f"{EOI_PREFIX}{f.ended}": 1 for f in batch if f.ended}
+        if not ends or ENDED in self.state.watermarks:  # every commit but a rare few: no scan
+            return ends, BatchResult()
         heard = {k[len(EOI_PREFIX):] for k in (*self.state.watermarks, *ends) if k.startswith(EOI_PREFIX)}
         expected = self.app.senders_of(self.stage)
-        if ENDED in self.state.watermarks or not ends or not expected <= heard:
+        if not expected <= heard:
             return ends, BatchResult()
         flushed = BatchResult()
         if self.engine.holds_back:
