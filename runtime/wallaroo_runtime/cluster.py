@@ -1,7 +1,9 @@
 """Membership, leadership, partition assignment and partition leases, all in NATS KV.
 
 - Members heartbeat into a bucket whose entries lapse `member_ttl` after their last write:
-  a runner that stops beating is gone within that bound.
+  a runner that stops beating is gone within that bound. Runners hear those writes as they
+  are made (ClusterWatch): one silent for the TTL is gone without waiting for the server to
+  remove its entry, and the control loops wake for it rather than at their next tick.
 - One leader at a time holds the `leader` key (create, then compare-and-swap renewals); it
   lapses like a membership, so a new leader takes over when the old one dies.
 - The leader assigns every (stage, partition) of every app to a live member, each stage's
@@ -200,7 +202,9 @@ class Leadership:
 
     async def _take_from_silent(self, me: bytes) -> int | None:
         """The leader key, taken over (compare-and-swap) from a leader the watch heard go
-        silent: not a TTL and the server's late removal after its last renewal."""
+        silent, without waiting for the key's own lapse (a TTL after its last renewal, and
+        the server's late removal). A leader that renews but no longer beats is gone too:
+        its membership is its life, as for its partitions."""
         entry = None if self.watch is None else await self.nats.kv_entry(LEADER_BUCKET, LEADER_KEY)
         if entry is None or self.watch is None:
             return None  # (removed meanwhile: the next campaign creates it)
