@@ -110,6 +110,11 @@ class ClusterWatch:
         beat = self.beats.get(runner_id)
         return beat is not None and beat[1] == entry and self.clock() - beat[0] >= self.ttl
 
+    def overdue(self) -> bool:
+        """Is any member's last beat heard older than the TTL (a candidate for `silent`)?"""
+        now = self.clock()
+        return any(now - at >= self.ttl for at, _ in self.beats.values())
+
     async def silent(self, nats: Nats, runner_id: str) -> bool:
         """Has the member gone silent (see `lapsed`)? Read only once its TTL has passed."""
         beat = self.beats.get(runner_id)
@@ -205,8 +210,10 @@ class Leadership:
         silent, without waiting for the key's own lapse (a TTL after its last renewal, and
         the server's late removal). A leader that renews but no longer beats is gone too:
         its membership is its life, as for its partitions."""
-        entry = None if self.watch is None else await self.nats.kv_entry(LEADER_BUCKET, LEADER_KEY)
-        if entry is None or self.watch is None:
+        if self.watch is None or not self.watch.overdue():
+            return None  # every member heard beating lately: no read (this runs every tick)
+        entry = await self.nats.kv_entry(LEADER_BUCKET, LEADER_KEY)
+        if entry is None:
             return None  # (removed meanwhile: the next campaign creates it)
         holder = Holder.from_wire(entry.value).runner_id
         if holder == self.runner_id or not await self.watch.silent(self.nats, holder):

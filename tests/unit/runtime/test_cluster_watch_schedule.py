@@ -127,6 +127,15 @@ def test_a_beat_the_watch_missed_is_no_silence() -> None:
     assert not w.lapsed("r3", b"{}")  # never heard at all: the server's expiry decides
 
 
+def test_overdue_says_whether_any_member_may_be_silent() -> None:
+    w, clock = watch()
+    assert not w.overdue()
+    w.written(MEMBERS_BUCKET, "r2", BEAT)
+    assert not w.overdue()
+    clock.now += TTL
+    assert w.overdue()
+
+
 def test_silent_reads_the_entry_only_once_the_ttl_has_passed() -> None:
     async def run() -> None:
         w, clock = watch()

@@ -31,7 +31,8 @@ RUNNER = {
     "publish": {"allow": ["wl.>", "$KV.>", "$O.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>"],
                 "deny": ["$KV.WL_APPS.>", "$O.WL_ARTIFACTS.>", "$JS.API.STREAM.DELETE.>"]},
     # The cluster buckets' writes as they are made (cluster.ClusterWatch): what wakes a
-    # runner's control loop when a member leaves or the assignment changes.
+    # runner's control loop when a member leaves or the assignment changes, and tells a
+    # member gone silent before the server removes its entry. Readable through $JS.API anyway.
     "subscribe": {"allow": ["wl.>", "_INBOX.>", "$KV.WL_MEMBERS.>", "$KV.WL_LEADER.>",
                             "$KV.WL_ASSIGN.>"]},
 }
