@@ -58,7 +58,7 @@ class ClusterConfig:
 # every LAPSE_RECHECK for up to LAPSE_WINDOW, rather than waiting a whole tick.
 LAPSE_RECHECK = 0.05
 LAPSE_WINDOW = 0.5
-FORGET_BEATS = 10  # member TTLs after which a silent member's last beat is let go
+FORGET_AFTER = 10  # member TTLs after which a write heard is let go (its key long removed)
 
 
 class ClusterWatch:
@@ -74,8 +74,9 @@ class ClusterWatch:
     def __init__(self, member_ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl, self.clock = member_ttl, clock
         self.woken = asyncio.Event()
-        self.lapses: dict[tuple[str, str], float] = {}  # (bucket, key) -> when it lapses
-        self.beats: dict[str, tuple[float, bytes]] = {}  # member -> its last beat heard: when, what
+        # (bucket, key) -> the last write heard of a member or the leader key: when, what
+        self.heard: dict[tuple[str, str], tuple[float, bytes]] = {}
+        self.began = clock()  # when the control loop's tick in hand began
         self._stops: list[Callable[[], Awaitable[None]]] = []
 
     async def start(self, nats: Nats) -> None:
@@ -91,15 +92,13 @@ class ClusterWatch:
     def written(self, bucket: str, key: str, value: bytes | None) -> None:
         """A write heard: `value`, or None for a delete."""
         if value is None:
-            self.lapses.pop((bucket, key), None)
-            if bucket == MEMBERS_BUCKET:
-                self.beats.pop(key, None)
+            self.heard.pop((bucket, key), None)
             self.woken.set()
-            return
-        now = self.clock()
-        self.lapses[(bucket, key)] = now + self.ttl
-        if bucket == MEMBERS_BUCKET:
-            self.beats[key] = (now, value)
+        else:
+            self.heard[(bucket, key)] = (self.clock(), value)
+
+    def _aged(self, write: tuple[float, bytes]) -> bool:
+        return self.clock() - write[0] >= self.ttl
 
     def lapsed(self, runner_id: str, entry: bytes | None) -> bool:
         """Is the member's entry, as the server holds it now (`entry`; None: removed), its
@@ -107,41 +106,42 @@ class ClusterWatch:
         beat (their time), so a beat this watch missed is never taken for silence."""
         if entry is None:
             return True
-        beat = self.beats.get(runner_id)
-        return beat is not None and beat[1] == entry and self.clock() - beat[0] >= self.ttl
+        beat = self.heard.get((MEMBERS_BUCKET, runner_id))
+        return beat is not None and beat[1] == entry and self._aged(beat)
 
     def overdue(self) -> bool:
         """Is any member's last beat heard older than the TTL (a candidate for `silent`)?"""
-        now = self.clock()
-        return any(now - at >= self.ttl for at, _ in self.beats.values())
+        return any(b == MEMBERS_BUCKET and self._aged(w) for (b, _), w in self.heard.items())
 
     async def silent(self, nats: Nats, runner_id: str) -> bool:
         """Has the member gone silent (see `lapsed`)? Read only once its TTL has passed."""
-        beat = self.beats.get(runner_id)
-        if beat is None or self.clock() - beat[0] < self.ttl:
+        beat = self.heard.get((MEMBERS_BUCKET, runner_id))
+        if beat is None or not self._aged(beat):
             return False
         return self.lapsed(runner_id, await nats.kv_get(MEMBERS_BUCKET, runner_id))
 
-    def timeout(self, tick: float, began: float) -> float:
-        """How long the loop may sleep: a tick, or until the next expected lapse, or, once
-        one is past, LAPSE_RECHECK (the server may not have removed the entry yet). Lapses
-        past their window when the last tick began (at `began`) are forgotten."""
-        for k in [k for k, at in self.lapses.items() if at + LAPSE_WINDOW <= began]:
-            del self.lapses[k]
-        # Beats of members long gone (their entries removed by now) are let go.
-        for m in [m for m, (at, _) in self.beats.items() if at + FORGET_BEATS * self.ttl <= began]:
-            del self.beats[m]
+    def begin(self) -> None:
+        """A tick begins: what is written from now on wakes the next one."""
+        self.woken.clear()
+        self.began = self.clock()
+
+    def timeout(self, tick: float) -> float:
+        """How long the loop may sleep after the tick in hand: a tick, or until the next
+        expected lapse, or, once one is past, LAPSE_RECHECK (the server may not have removed
+        the entry yet), for lapses whose window had not passed when the tick began."""
+        for k in [k for k, (at, _) in self.heard.items() if at + FORGET_AFTER * self.ttl <= self.began]:
+            del self.heard[k]
         now = self.clock()
-        due = min((at - now if at > now else LAPSE_RECHECK for at in self.lapses.values()),
-                  default=math.inf)
+        lapses = [at + self.ttl for at, _ in self.heard.values()
+                  if at + self.ttl + LAPSE_WINDOW > self.began]
+        due = min((at - now if at > now else LAPSE_RECHECK for at in lapses), default=math.inf)
         return max(0.0, min(tick, due))
 
-    async def pause(self, stop: asyncio.Event, tick: float, began: float) -> None:
+    async def pause(self, stop: asyncio.Event, tick: float) -> None:
         """Sleep until the next tick, a wake-up or `stop`, whichever comes first."""
         waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.woken.wait())]
         try:
-            await asyncio.wait(waits, timeout=self.timeout(tick, began),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, timeout=self.timeout(tick), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waits:
                 w.cancel()

@@ -426,10 +426,9 @@ class Runner:
         beating = asyncio.create_task(self._beat(nats, stop))
         try:
             while not stop.is_set():
-                watch.woken.clear()  # what is written from now on wakes the next tick
-                began = time.monotonic()
+                watch.begin()
                 await self._tick_safely(nats, leadership)
-                await watch.pause(stop, self.cluster_cfg.tick, began)
+                await watch.pause(stop, self.cluster_cfg.tick)
         finally:
             beating.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -50,15 +50,15 @@ def with_watch(server: NatsServer, tmp_path: Path,
     asyncio.run(run())
 
 
-async def woken(watch: ClusterWatch, began: float) -> None:
-    await asyncio.wait_for(watch.pause(asyncio.Event(), LONG_TICK, began), 20)
+async def woken(watch: ClusterWatch) -> None:
+    await asyncio.wait_for(watch.pause(asyncio.Event(), LONG_TICK), 20)
 
 
 def test_a_new_assignment_wakes_the_loop(nats_server: NatsServer, tmp_path: Path) -> None:
     async def body(watch: ClusterWatch, watcher: Nats, other: Nats) -> None:
-        began = watch.clock()
+        watch.begin()
         await other.kv_put(ASSIGN_BUCKET, "app", b"{}")
-        await woken(watch, began)
+        await woken(watch)
         assert watch.woken.is_set()
 
     with_watch(nats_server, tmp_path, body)
@@ -66,10 +66,11 @@ def test_a_new_assignment_wakes_the_loop(nats_server: NatsServer, tmp_path: Path
 
 def test_a_member_that_leaves_wakes_the_loop(nats_server: NatsServer, tmp_path: Path) -> None:
     async def body(watch: ClusterWatch, watcher: Nats, other: Nats) -> None:
+        watch.begin()
         await other.kv_put(MEMBERS_BUCKET, "r2", b"{}")
         await other.kv_delete(MEMBERS_BUCKET, "r2")
-        await woken(watch, watch.clock())
-        assert (MEMBERS_BUCKET, "r2") not in watch.lapses
+        await woken(watch)
+        assert (MEMBERS_BUCKET, "r2") not in watch.heard
 
     with_watch(nats_server, tmp_path, body)
 
@@ -79,11 +80,11 @@ def test_a_silent_member_wakes_the_loop_when_its_entry_lapses(nats_server: NatsS
     async def body(watch: ClusterWatch, watcher: Nats, other: Nats) -> None:
         await other.kv_put(MEMBERS_BUCKET, "r2", b"{}")  # its last beat
         deadline = asyncio.get_running_loop().time() + 10
-        while (MEMBERS_BUCKET, "r2") not in watch.lapses:
+        while (MEMBERS_BUCKET, "r2") not in watch.heard:
             assert asyncio.get_running_loop().time() < deadline, "the beat was never heard"
             await asyncio.sleep(0.01)
-        began = watch.clock()
-        await woken(watch, began)
+        watch.begin()
+        await woken(watch)
         assert not watch.woken.is_set()  # woken by the lapse's time, not by a write
         # The early tick finds it gone, or (nats-server a little late) the next one does.
         while "r2" in await cluster.live_members(watcher):

@@ -573,13 +573,7 @@ class Nats:
         async def deliver(m: Any) -> None:
             on_message(m.data)
 
-        sub = await self.nc.subscribe(subject, cb=deliver)
-
-        async def stop() -> None:
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-
-        return stop
+        return await self._until_stopped(subject, deliver)
 
     async def watch_writes(self, bucket: str, on_write: Callable[[str, bytes | None], None]
                            ) -> Callable[[], Awaitable[None]]:
@@ -592,7 +586,12 @@ class Nats:
             deleted = (m.headers or {}).get(KV_OPERATION, "") in ("DEL", "PURGE")
             on_write(m.subject[len(prefix):], None if deleted else m.data)
 
-        sub = await self.nc.subscribe(f"{prefix}>", cb=deliver)
+        return await self._until_stopped(f"{prefix}>", deliver)
+
+    async def _until_stopped(self, subject: str, deliver: Callable[[Any], Awaitable[None]]
+                             ) -> Callable[[], Awaitable[None]]:
+        """A core subscription calling `deliver` with each message, and what ends it."""
+        sub = await self.nc.subscribe(subject, cb=deliver)
 
         async def stop() -> None:
             with contextlib.suppress(nats.errors.Error):
