@@ -1,10 +1,11 @@
 """State at scale and recovery time, with `--keys` keys of state in ONE partition (the worst
 case: one owner restores all of it), in one run:
 
-- runner memory per key: the owner's RSS after loading the keys, less before, per key;
+- runner memory per key: the owner's RSS after loading the keys, less before, per key, and
+  the peak RSS of its compaction helper process (wallaroo_runtime.compactor);
 - snapshot cost: a full snapshot of that state and a delta of 1% of its keys, written to a
-  file store in this process (what a runner's checkpointer does), and the runner's own full
-  snapshots from its log;
+  file store in this process (what a runner's checkpointer does), and the last full snapshot
+  from the runners' logs (the first is the runner's, later ones its helper's);
 - recovery: from SIGKILL of the partition's owner to the partition committing again on its new
   owner, with a current snapshot and with an older one (the changelog since replayed). The
   total includes the membership TTL (the time the cluster takes to declare the killed runner
@@ -51,6 +52,7 @@ class Recovery:
     committing: float  # SIGKILL -> the partition's next commit on its new owner
     rss_before: int  # KiB, owner, before the keys were loaded
     rss_loaded: int  # KiB, owner, with the keys loaded
+    helper_peak: int  # KiB, the owner's compaction helper process (0: none started)
 
 
 async def holder(nats: Nats, slug: str) -> str | None:
@@ -72,11 +74,21 @@ async def trickle(nats: Nats, m: Manifest, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.01)
 
 
-def rss_kib(runner_id: str, cluster: DevCluster) -> int:
+def runner_pid(runner_id: str, cluster: DevCluster) -> int:
     proc = next(r for r in cluster.runners if r.runner_id == runner_id).proc
     assert proc is not None
-    with open(f"/proc/{proc.pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return proc.pid
+
+
+def kib(pid: int, field: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
+
+
+def helper_peak_kib(runner: int) -> int:
+    """Peak RSS (VmHWM) of the runner's compaction helper, a child process; 0 if none."""
+    children = Path(f"/proc/{runner}/task/{runner}/children").read_text().split()
+    return max((kib(int(c), "VmHWM") for c in children), default=0)
 
 
 async def measure(cluster: DevCluster, keys: int) -> Recovery:
@@ -88,13 +100,14 @@ async def measure(cluster: DevCluster, keys: int) -> Recovery:
         await apps.wait_idle(nats, m, timeout=60)
         owner = await holder(nats, m.slug)
         assert owner is not None
-        before = rss_kib(owner, cluster)
+        before = kib(runner_pid(owner, cluster))
         await ingest.send(nats, m, "in", [f"k{i}".encode() for i in range(keys)], "load")
         await apps.wait_idle(nats, m, timeout=300)
-        loaded = rss_kib(owner, cluster)
+        loaded = kib(runner_pid(owner, cluster))
         victim = next(r for r in cluster.runners if r.runner_id == owner)
         feeder = asyncio.create_task(trickle(nats, m, stop))
         await asyncio.sleep(1.0)  # steady commits; with RECENT, snapshots are current
+        helper = helper_peak_kib(runner_pid(owner, cluster))
         killed = time.monotonic()
         victim.kill()
         # Read after the kill: a commit the victim made just before it does not count as
@@ -110,7 +123,7 @@ async def measure(cluster: DevCluster, keys: int) -> Recovery:
         took = time.monotonic() - killed
         stop.set()
         await feeder
-        return Recovery(moved, took, before, loaded)
+        return Recovery(moved, took, before, loaded, helper)
     finally:
         await nats.close()
 
@@ -126,11 +139,19 @@ def restore_times(cluster: DevCluster) -> list[str]:
 
 
 def full_snapshots(cluster: DevCluster) -> list[str]:
+    """The keyed partition's full snapshots: written by the runner (the first one) or, once
+    the state is big, by its helper process (wallaroo_runtime.compactor)."""
     found = []
     for log in (cluster.state_dir / "logs").glob("*.log"):
-        found += re.findall(r"^(\S+ \S+) .*log\.1\.0: full snapshot of commit \d+: (\d+) keys, "
-                            r"(\d+) bytes, written in ([\d.]+)s", log.read_text(), re.MULTILINE)
-    return [f"{int(k):,} keys, {int(b) / 1e6:.1f} MB in {secs}s" for _, k, b, secs in sorted(found)]
+        text = log.read_text()
+        found += [(at, k, b, secs, "runner") for at, k, b, secs in re.findall(
+            r"^(\S+ \S+) .*log\.1\.0: full snapshot of commit \d+: (\d+) keys, (\d+) bytes, "
+            r"written in ([\d.]+)s", text, re.MULTILINE)]
+        found += [(at, k, b, secs, "helper process") for at, k, b, secs in re.findall(
+            r"^(\S+ \S+) .*log\.1\.0: full snapshot of commit \d+ written in the background: "
+            r"(\d+) keys, (\d+) bytes, in ([\d.]+)s", text, re.MULTILINE)]
+    return [f"{int(k):,} keys, {int(b) / 1e6:.1f} MB in {secs}s ({by})"
+            for _, k, b, secs, by in sorted(found)]
 
 
 def run(keys: int, ttl: float, args: list[str]) -> tuple[Recovery, list[str], list[str]]:
@@ -178,8 +199,8 @@ def main() -> None:
         table.add_row(label, f"{r.lease_moved:.2f}s", f"{r.committing:.2f}s", "; ".join(restores[-1:]) or "?")
         per_key = (r.rss_loaded - r.rss_before) * 1024 / a.keys
         console.print(f"{label}: owner RSS {r.rss_before / 1024:.0f} -> {r.rss_loaded / 1024:.0f} MiB "
-                      f"with the keys: {per_key:.0f} bytes per key; runner's last full snapshot: "
-                      f"{(fulls or ['none'])[-1]}")
+                      f"with the keys: {per_key:.0f} bytes per key; its compaction helper's peak "
+                      f"{r.helper_peak / 1024:.0f} MiB; last full snapshot: {(fulls or ['none'])[-1]}")
     console.print(table)
 
 

@@ -10,10 +10,13 @@ is trimmed until what it covers is written. Once trimmed, the segments after the
 snapshot are the only copy of those commits: a store that loses one stops the partition's
 restore (RestoreGapError) rather than let it go on without them.
 Snapshots are incremental: a delta of the keys changed since the last snapshot, and a full one
-(compaction, encoded in a thread) when there is none yet, when the deltas since the last full
-one add up to a quarter of its size, or after `max_deltas` of them. So a snapshot's cost
-follows the change rate, not the state's size, and a restore reads at most 1.25 times the
-state (and decodes the full snapshot's keys only as they are used).
+(compaction) when there is none yet, when the deltas since the last full one add up to a
+quarter of its size, or after `max_deltas` of them. So a snapshot's cost follows the change
+rate, not the state's size, and a restore reads about 1.25 times the state at most (and
+decodes the full snapshot's keys only as they are used). Compaction of a state whose last full
+snapshot is `offload_bytes` or more is done in the background by the runner's helper process
+(wallaroo_runtime.compactor), from the stored snapshots, while this one goes on writing
+deltas; a smaller one is encoded here, in a thread (a helper's round trip would cost more).
 Restore = newest valid snapshot rolled forward through its deltas + the segments stored after
 it + the changelog after them; if the changelog is gone, the store alone."""
 
@@ -31,8 +34,9 @@ from wallaroo.core.errors import WallarooError
 from wallaroo.core.wire import CommitRecord
 from wallaroo.nats import Nats
 from wallaroo_runtime import snapshot as snap
+from wallaroo_runtime.compactor import Compacted, Compactor, CompactorError
 from wallaroo_runtime.spool import Spool
-from wallaroo_runtime.statestore import StateStore
+from wallaroo_runtime.statestore import StateStore, StateStoreError
 
 log = logging.getLogger("wallaroo.checkpoint")
 # A full snapshot once the deltas since the last one reach 1/COMPACT_AT of its size: a
@@ -71,6 +75,12 @@ class CheckpointConfig:
     retry_after: float = 5.0  # after a failed snapshot or segment (e.g. S3 down)
     max_deltas: int = 64  # deltas after a full snapshot before the next full one, at most
     state_key: bytes | None = None  # MACs snapshots and segments (runners share it)
+    # Who compacts big states in the background (the runner's helper process; None: every
+    # full snapshot is encoded here), and from what size of the last full snapshot. Why 256
+    # KiB: about 13k keys of word count, 5-10 ms of encoding, where a thread's hold on the
+    # GIL starts to show in the commits' latency; a smaller one costs less than the hop.
+    compactor: Compactor | None = None
+    offload_bytes: int = 256 << 10
 
 
 @dataclass
@@ -106,6 +116,11 @@ class Checkpointer:
     dirty: dict[str, bytes] = field(default_factory=dict)
     base: int | None = None
     chain: tuple[int, int, int] = (0, 0, 0)  # since the last full: its bytes, delta bytes, deltas
+    # The deltas written since the last full snapshot, (commit, bytes): what a compaction in
+    # the background leaves of the chain is those after the commit it compacted.
+    recent: list[tuple[int, int]] = field(default_factory=list)
+    compacting: asyncio.Task[None] | None = None
+    offload_failed: bool = False  # the last background compaction failed: the next full is ours
 
     def __post_init__(self) -> None:
         self._draw_threshold()
@@ -241,13 +256,49 @@ class Checkpointer:
 
     def _snapshot(self, state: PartitionState, log_seq: int, changed: dict[str, bytes]
                   ) -> snap.Snapshot:
-        full_bytes, delta_bytes, deltas = self.chain
-        if (self.base is None or delta_bytes * COMPACT_AT >= full_bytes
-                or deltas >= self.cfg.max_deltas):
+        if self.base is None or (self._compaction_due() and not self._offloads()):
             # The table's copy is one C-level pass; the encoding runs in a thread.
             return snap.Snapshot.of(self.slug, self.stage, self.part, state, log_seq, time.time())
         return snap.Snapshot.delta(self.slug, self.stage, self.part, state, log_seq, time.time(),
                                    self.base, changed)
+
+    def _compaction_due(self) -> bool:
+        full_bytes, delta_bytes, deltas = self.chain
+        return delta_bytes * COMPACT_AT >= full_bytes or deltas >= self.cfg.max_deltas
+
+    def _offloads(self) -> bool:
+        """Is compaction the helper's? (Not after it failed: then one full snapshot here.)"""
+        return (self.cfg.compactor is not None and not self.offload_failed
+                and self.chain[0] >= self.cfg.offload_bytes)
+
+    def _compact_if_due(self, newest: snap.Snapshot) -> None:
+        """After a delta: have the helper fold the deltas into a full snapshot, once due
+        (one compaction at a time per partition)."""
+        if (newest.is_delta and self._compaction_due() and self._offloads()
+                and (self.compacting is None or self.compacting.done())):
+            self.compacting = asyncio.create_task(self._compact(newest.commit_no))
+
+    async def _compact(self, upto: int) -> None:
+        assert self.cfg.compactor is not None and self.cfg.store is not None
+        try:
+            done = await self.cfg.compactor.compact(self.slug, self.stage, self.part)
+            if done is None or done.commit_no < upto:  # a delta it read is corrupt or gone
+                reached = "nothing" if done is None else f"commit {done.commit_no}"
+                msg = f"compacted {reached}, not commit {upto}"
+                raise CompactorError(msg)
+            self._compacted(done)
+            await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
+        except (CompactorError, StateStoreError, OSError) as err:
+            self.offload_failed = True
+            log.warning("%s: compaction in the background failed (%s); the next full snapshot "
+                        "is written here", self.log_subject, err)
+
+    def _compacted(self, done: Compacted) -> None:
+        """The chain is now the helper's full snapshot and the deltas written after it."""
+        self.recent = [(commit, size) for commit, size in self.recent if commit > done.commit_no]
+        self.chain = (done.size, sum(size for _, size in self.recent), len(self.recent))
+        log.info("%s: full snapshot of commit %d written in the background: %d keys, %d bytes, "
+                 "in %.3fs", self.log_subject, done.commit_no, done.keys, done.size, done.took)
 
     async def _write(self, s: snap.Snapshot, carried: tuple[list[bytes], list[int]], spool: Spool,
                      changed: dict[str, bytes], since: tuple[int, int]) -> None:
@@ -264,6 +315,7 @@ class Checkpointer:
             self._written(s, size, time.monotonic() - started)
             await snap.prune(self.cfg.store, self.slug, self.stage, self.part)
             await self._trim(s.log_seq)
+            self._compact_if_due(s)
         except Exception as err:  # any failure: keep the changelog, say so, try again later
             self._give_back(records, nos, "snapshot", err)
             self.since = (since[0] + self.since[0], since[1] + self.since[1])  # still due
@@ -273,7 +325,11 @@ class Checkpointer:
     def _written(self, s: snap.Snapshot, size: int, took: float) -> None:
         self.base = s.commit_no
         full_bytes, delta_bytes, deltas = self.chain
-        self.chain = (full_bytes, delta_bytes + size, deltas + 1) if s.is_delta else (size, 0, 0)
+        if s.is_delta:
+            self.chain = (full_bytes, delta_bytes + size, deltas + 1)
+            self.recent.append((s.commit_no, size))
+        else:
+            self.chain, self.recent, self.offload_failed = (size, 0, 0), [], False
         # Full snapshots are rare (they follow the deltas' volume): each is worth a line.
         log.log(logging.DEBUG if s.is_delta else logging.INFO,
                 "%s: %s snapshot of commit %d: %d keys, %d bytes, written in %.3fs",
@@ -289,6 +345,10 @@ class Checkpointer:
         if self.writing is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.writing  # _write logs its own failures and never raises
+        if self.compacting is not None:  # not waited for: the helper finishes it either way
+            self.compacting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.compacting
         self.forget_held()
 
     async def restore(self, last_seq: int) -> PartitionState:
@@ -311,6 +371,7 @@ class Checkpointer:
         self.restored_from = self.base = None if base is None else base.commit_no
         if chain is not None:
             self.chain = (chain.full_bytes, chain.delta_bytes, chain.deltas)
+        self.recent = []  # (a compaction would fold those restored: their commits are older)
         self.forget_held()
         self.dirty = {}
         if self.cfg.store is not None:  # (segments are stored before a first snapshot too)

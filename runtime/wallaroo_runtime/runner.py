@@ -51,6 +51,7 @@ from wallaroo.plan import Application
 from wallaroo_runtime import cluster, scheduler
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
 from wallaroo_runtime.cluster import ClusterConfig, ClusterWatch, Leadership, Lease
+from wallaroo_runtime.compactor import Compactor
 from wallaroo_runtime.connectors import SinkStats, connector_tasks, run_leased
 from wallaroo_runtime.executor import ExecutorConfig, FunctionExecutor
 from wallaroo_runtime.layouts import LayoutKeeper
@@ -712,6 +713,8 @@ class RunnerOptions:
     snapshot_seconds: float = 30.0
     snapshot_bytes: int = CheckpointConfig.max_pending_bytes  # a partition's commits between snapshots
     segment_bytes: int = CheckpointConfig.segment_bytes  # ... and between changelog trims
+    # Full snapshots at least this big are compacted by a helper process (0: all of them).
+    offload_compaction_bytes: int = CheckpointConfig.offload_bytes
     executor: ExecutorConfig = ExecutorConfig()
     creds: str | None = None  # the runner role's nkey seed file
     trust: Trust = field(default_factory=Trust)  # whose deploys this runner runs
@@ -756,10 +759,12 @@ def raise_open_files_limit(wanted: int = OPEN_FILES) -> int:
     return int(soft)
 
 
-def checkpoint_config(opts: RunnerOptions, store: StateStore | None) -> CheckpointConfig:
+def checkpoint_config(opts: RunnerOptions, store: StateStore | None,
+                      compactor: Compactor | None = None) -> CheckpointConfig:
     return CheckpointConfig(store, opts.snapshot_every, opts.snapshot_seconds,
                             max_pending_bytes=opts.snapshot_bytes,
-                            segment_bytes=opts.segment_bytes, state_key=opts.state_key)
+                            segment_bytes=opts.segment_bytes, state_key=opts.state_key,
+                            compactor=compactor, offload_bytes=opts.offload_compaction_bytes)
 
 
 def main(url: str, opts: RunnerOptions) -> None:
@@ -778,9 +783,11 @@ def main(url: str, opts: RunnerOptions) -> None:
     if opts.creds:
         os.environ[CREDS_ENV] = opts.creds  # ... and connect with the runner's credentials
     store = open_store(opts.state_store) if opts.state_store else None
+    # (Started at the first compaction it is asked for: most runners never need one.)
+    compactor = Compactor(opts.state_store, opts.state_key) if opts.state_store else None
     runner = Runner(url, opts.runner_id, WorkerConfig(ack_wait=opts.ack_wait),
                     ClusterConfig(member_ttl=opts.member_ttl),
-                    checkpoint_config(opts, store), opts.executor, opts.trust)
+                    checkpoint_config(opts, store, compactor), opts.executor, opts.trust)
     if opts.metrics_port is not None:  # before any app loads: every worker gets its observer
         runner.serve_metrics(opts.metrics_host, opts.metrics_port)
         log.info("metrics on http://%s/metrics", runner.metrics_address)
@@ -791,6 +798,8 @@ def main(url: str, opts: RunnerOptions) -> None:
         try:
             await runner.run(stop)
         finally:
+            if compactor is not None:
+                await compactor.close()
             if store is not None:
                 await store.close()
 

@@ -521,6 +521,11 @@ def runner(
     segment_bytes: Annotated[int, typer.Option(min=4096, help="bytes of commits a partition "
                              "stores as a changelog segment between snapshots, trimming its "
                              "changelog: what nats-server keeps of it")] = 1 << 20,
+    offload_compaction_bytes: Annotated[int, typer.Option(min=0, help="a partition whose last "
+                                        "full snapshot is this big or bigger has the next one "
+                                        "written by a helper process, from the stored snapshots, "
+                                        "off the runner's interpreter (0: every partition)")
+                                        ] = 256 << 10,
     call_ack_wait: Annotated[float, typer.Option(min=0.5, help="seconds after which a call "
                              "whose runner went silent is delivered to another")] = 10.0,
     ack_wait: Annotated[float, typer.Option(min=0.5, help="seconds after which stage inputs "
@@ -553,6 +558,7 @@ def runner(
         opts = RunnerOptions(
             runner_id, member_ttl, state_store, snapshot_every, snapshot_seconds,
             snapshot_bytes=snapshot_bytes, segment_bytes=segment_bytes,
+            offload_compaction_bytes=offload_compaction_bytes,
             executor=ExecutorConfig(call_ack_wait, call_max_deliveries),
             creds=str(creds) if creds else os.environ.get(CREDS_ENV),
             trust=keys.runner_trust(trust or [], allow_unsigned),

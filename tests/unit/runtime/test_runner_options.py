@@ -1,5 +1,5 @@
-"""`wallaroo runner`'s options reach the runner: the snapshot and segment byte bounds (see
-checkpoint.CheckpointConfig) from the command line to each partition's checkpoint
+"""`wallaroo runner`'s options reach the runner: the snapshot, segment and compaction offload
+byte bounds (see checkpoint.CheckpointConfig) from the command line to each partition's checkpoint
 configuration."""
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ def test_the_snapshot_byte_bound_goes_from_the_command_line_to_the_checkpoints(
     default = runner.checkpoint_config(options_of(monkeypatch), None)
     assert default.max_pending_bytes == CheckpointConfig.max_pending_bytes == 4 << 20
     assert default.segment_bytes == CheckpointConfig.segment_bytes == 1 << 20
+
+
+def test_the_compaction_offload_bound_reaches_the_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    opts = options_of(monkeypatch, "--offload-compaction-bytes", "0")
+
+    assert runner.checkpoint_config(opts, None).offload_bytes == 0
+    default = runner.checkpoint_config(options_of(monkeypatch), None)
+    assert default.offload_bytes == CheckpointConfig.offload_bytes == 256 << 10
 
 
 def test_a_bound_below_a_page_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
