@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 from wallaroo.core.errors import WallarooError
+from wallaroo.core.statetable import LazyTable
 from wallaroo_runtime import snapshot as snap
 from wallaroo_runtime.statestore import StateStore, open_store
 
@@ -73,9 +74,13 @@ async def compact(store: StateStore, slug: str, stage: int, part: int,
     if chain is None or chain.deltas == 0:
         return None
     state = chain.snapshot
-    data = snap.encode(state, state_key)  # this process has nothing else to do meanwhile
+    # Here, not in a thread: this process has nothing else to do meanwhile. A restored table
+    # packs again only the buckets the deltas changed (LazyTable.repack).
+    data = snap.encode(state, state_key)
     await store.put(snap.snapshot_key(slug, stage, part, state.commit_no), data)
-    return Compacted(state.commit_no, len(data), len(state.table), time.monotonic() - started)
+    table = state.table  # (its size without decoding it: it holds its new chunks)
+    keys = table.size_hint() if isinstance(table, LazyTable) else len(table)
+    return Compacted(state.commit_no, len(data), keys, time.monotonic() - started)
 
 
 class Compactor:

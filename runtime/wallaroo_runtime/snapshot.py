@@ -60,6 +60,9 @@ CHUNK_KEYS = 4096  # per chunk of a delta (decoded whole at a restore)
 # Per bucket of a full snapshot: the first batches after a restore decode a bucket per key
 # they touch, so small buckets keep a hot set spread over the keys from decoding them all.
 BUCKET_KEYS = 512
+# A restored table keeps its bucket count when a full snapshot is made of it (its unchanged
+# buckets then keep their bytes) until its buckets hold this many times BUCKET_KEYS on average.
+REBUCKET_AT = 2
 SNAPSHOT_KIND = "wallaroo-snapshot"
 SEGMENT_KIND = "wallaroo-segment"
 # A restore from the store alone (the changelog lost) jumps the commit number by this, so new
@@ -139,7 +142,10 @@ def _packed_table(s: Snapshot) -> list[bytes]:
         items = iter(s.table.items())
         return [_pack(dict(itertools.islice(items, CHUNK_KEYS)))
                 for _ in range(0, len(s.table), CHUNK_KEYS)]
-    return [_pack(chunk) for chunk in bucketed(s.table, max(1, -(-len(s.table) // BUCKET_KEYS)))]
+    table = s.table
+    if isinstance(table, LazyTable) and table.size_hint() <= table.buckets * BUCKET_KEYS * REBUCKET_AT:
+        return table.repack(_pack)  # a restored table: only its changed buckets packed again
+    return [_pack(chunk) for chunk in bucketed(table, max(1, -(-len(table) // BUCKET_KEYS)))]
 
 
 def decode(data: bytes, where: str = "snapshot", state_key: bytes | None = None) -> Snapshot:

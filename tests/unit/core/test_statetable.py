@@ -79,3 +79,26 @@ def test_slots_counts_without_decoding() -> None:
 
     assert slots(table) == f"~{len(TABLE):,}" and decoded == []
     assert slots(dict(TABLE)) == f"{len(TABLE):,}"
+
+
+def pack(entries: dict[str, bytes]) -> bytes:
+    return bytes(msgpack.packb(entries, use_bin_type=True, unicode_errors="surrogatepass"))
+
+
+def test_repack_folds_what_was_written_into_only_the_buckets_it_changed() -> None:
+    table, decoded = lazy()
+    before = list(table._cold)
+    table["count\x1fk1"] = b"new"  # bucket 3
+    table["fresh"] = b"1"
+    assert table.get("count\x1fk2") == b"2"  # a bucket decoded by a lookup, nothing written
+    changed = {bucket_of(k, 16) for k in ("count\x1fk1", "fresh", "count\x1fk2")}
+    decoded.clear()
+
+    chunks = table.repack(pack)
+
+    assert len(decoded) == len(changed - {bucket_of("count\x1fk2", 16)})  # decoded ones: as they are
+    assert [b for b in range(16) if chunks[b] is not before[b]] == sorted(changed)
+    assert table.size_hint() == len(TABLE) + 1 and not dict.__len__(table)  # all in its chunks
+    assert dict(table) == TABLE | {"count\x1fk1": b"new", "fresh": b"1"}
+    back = LazyTable(chunks, lambda c: dict(msgpack.unpackb(c, unicode_errors="surrogatepass")))
+    assert back == table

@@ -1,9 +1,10 @@
 """Compaction in the helper process (wallaroo_runtime.compactor), a real child process over a
-file state store: it folds the stored deltas into a full snapshot of the newest delta's commit,
-MACed like the runner's; a checkpointer hands it the compactions of big states and goes on
-writing deltas; a failed or short compaction makes the checkpointer write the next full
-snapshot itself; a helper that dies fails what it was doing and the next one is started; and a
-helper whose runner is SIGKILLed exits."""
+file state store: it folds the stored deltas into a full snapshot of the newest delta's
+commit, MACed like the runner's, packing again only the buckets they changed; a checkpointer
+hands it the compactions of big states and goes on writing deltas; a failed or short
+compaction makes the checkpointer write the next full snapshot itself; a helper that dies
+fails what it was doing and the next one is started; and a helper whose runner is SIGKILLed
+exits."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ import pytest
 from checkpoint_support import Trims
 
 from wallaroo.core.changelog import PartitionState
+from wallaroo.core.statetable import bucket_of
 from wallaroo.core.wire import CommitRecord
 from wallaroo.nats import Nats
 from wallaroo_runtime import snapshot as snap
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
-from wallaroo_runtime.compactor import Compacted, Compactor, CompactorError
+from wallaroo_runtime.compactor import Compacted, Compactor, CompactorError, compact
 from wallaroo_runtime.snapshot import Snapshot
 from wallaroo_runtime.statestore import FileStore
 
@@ -81,6 +83,23 @@ def test_the_helper_folds_the_deltas_into_a_full_snapshot_of_the_newest_ones_com
     written = (tmp_path / snap.snapshot_key(APP, STAGE, PART, 10)).read_bytes()
     with pytest.raises(snap.CorruptSnapshotError, match="MAC"):  # sealed with the state key
         snap.decode(written, state_key=b"x" * 32)
+
+
+def test_a_compaction_packs_again_only_the_buckets_its_deltas_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FileStore(tmp_path)
+    table = {f"k{i}": str(i).encode() for i in range(10 * snap.BUCKET_KEYS)}
+    put(store, full(3, table), delta(6, 3, {"k1": b"new"}), delta(9, 6, {"k2": b"newer"}))
+    packed: list[object] = []
+    real_pack = snap._pack
+    monkeypatch.setattr(snap, "_pack", lambda body: packed.append(body) or real_pack(body))
+
+    done = asyncio.run(compact(store, APP, STAGE, PART, KEY))  # what the helper runs
+
+    buckets = [b for b in packed if isinstance(b, dict) and "slug" not in b and "kind" not in b]
+    assert len(buckets) == len({bucket_of(k, 10) for k in ("k1", "k2")})  # of 10
+    assert done is not None and done.keys == len(table)
+    assert latest(store).snapshot.table == table | {"k1": b"new", "k2": b"newer"}
 
 
 def checkpointer(store: FileStore, compactor: Compactor, offload_bytes: int) -> Checkpointer:

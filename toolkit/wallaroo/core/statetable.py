@@ -76,6 +76,31 @@ class LazyTable(dict[str, bytes]):
             if chunk is not None:
                 self._take(bucket, chunk)
 
+    @property
+    def buckets(self) -> int:
+        return len(self._cold)
+
+    def repack(self, pack: Callable[[dict[str, bytes]], bytes]) -> list[bytes]:
+        """The table as encoded chunks of its own buckets, the entries written since the
+        restore folded in: a bucket none was written to keeps its bytes (neither decoded nor
+        packed again), the others are packed anew (`pack`). The table then holds exactly those
+        chunks and no decoded entry. So compacting a restored table costs what changed, not
+        its size (wallaroo_runtime.compactor), and never holds every entry decoded at once."""
+        count = len(self._cold)
+        written: list[dict[str, bytes]] = [{} for _ in range(count)]
+        for key, value in dict.items(self):
+            written[bucket_of(key, count)][key] = value
+        chunks: list[bytes] = []
+        for chunk, entries in zip(self._cold, written, strict=True):
+            if chunk is not None and not entries:
+                chunks.append(chunk)
+                continue
+            # A decoded bucket's entries are all in the table already (its chunk is gone).
+            chunks.append(pack(entries if chunk is None else self._decode(chunk) | entries))
+        dict.clear(self)
+        self._cold, self._left = list(chunks), count
+        return chunks
+
     def get(self, key: str, default: Any = None) -> Any:
         value = dict.get(self, key, _ABSENT)
         if value is _ABSENT:
