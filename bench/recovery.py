@@ -52,7 +52,7 @@ class Recovery:
     committing: float  # SIGKILL -> the partition's next commit on its new owner
     rss_before: int  # KiB, owner, before the keys were loaded
     rss_loaded: int  # KiB, owner, with the keys loaded
-    helper_peak: int  # KiB, the owner's compaction helper process (0: none started)
+    helper: tuple[int, int]  # KiB, the owner's compaction helper process: now, peak (0: none)
 
 
 async def holder(nats: Nats, slug: str) -> str | None:
@@ -85,10 +85,11 @@ def kib(pid: int, field: str = "VmRSS") -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:"))
 
 
-def helper_peak_kib(runner: int) -> int:
-    """Peak RSS (VmHWM) of the runner's compaction helper, a child process; 0 if none."""
+def helper_kib(runner: int) -> tuple[int, int]:
+    """RSS now and at its peak (VmHWM) of the runner's compaction helper, a child process;
+    zeros if it has none."""
     children = Path(f"/proc/{runner}/task/{runner}/children").read_text().split()
-    return max((kib(int(c), "VmHWM") for c in children), default=0)
+    return max(((kib(int(c)), kib(int(c), "VmHWM")) for c in children), default=(0, 0))
 
 
 async def measure(cluster: DevCluster, keys: int) -> Recovery:
@@ -107,7 +108,7 @@ async def measure(cluster: DevCluster, keys: int) -> Recovery:
         victim = next(r for r in cluster.runners if r.runner_id == owner)
         feeder = asyncio.create_task(trickle(nats, m, stop))
         await asyncio.sleep(1.0)  # steady commits; with RECENT, snapshots are current
-        helper = helper_peak_kib(runner_pid(owner, cluster))
+        helper = helper_kib(runner_pid(owner, cluster))
         killed = time.monotonic()
         victim.kill()
         # Read after the kill: a commit the victim made just before it does not count as
@@ -199,8 +200,9 @@ def main() -> None:
         table.add_row(label, f"{r.lease_moved:.2f}s", f"{r.committing:.2f}s", "; ".join(restores[-1:]) or "?")
         per_key = (r.rss_loaded - r.rss_before) * 1024 / a.keys
         console.print(f"{label}: owner RSS {r.rss_before / 1024:.0f} -> {r.rss_loaded / 1024:.0f} MiB "
-                      f"with the keys: {per_key:.0f} bytes per key; its compaction helper's peak "
-                      f"{r.helper_peak / 1024:.0f} MiB; last full snapshot: {(fulls or ['none'])[-1]}")
+                      f"with the keys: {per_key:.0f} bytes per key; its compaction helper "
+                      f"{r.helper[0] / 1024:.0f} MiB (peak {r.helper[1] / 1024:.0f}); "
+                      f"last full snapshot: {(fulls or ['none'])[-1]}")
     console.print(table)
 
 

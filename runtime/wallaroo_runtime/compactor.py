@@ -187,6 +187,7 @@ def serve(lines: TextIO, out: TextIO) -> None:
             reply = loop.run_until_complete(_answer(store, request, key))
             out.write(json.dumps(reply) + "\n")
             out.flush()
+            trim_malloc()
     finally:
         loop.run_until_complete(store.close())
         loop.close()
@@ -203,6 +204,19 @@ async def _answer(store: StateStore, request: dict[str, Any], key: bytes | None)
         log.info("compacted %s: full snapshot of commit %d, %d keys, %d bytes in %.3fs",
                  where, done.commit_no, done.keys, done.size, done.took)
     return {"id": request["id"], "compacted": None if done is None else asdict(done)}
+
+
+def trim_malloc() -> bool:
+    """Give the heap's free pages back to the system (whether it could: glibc only). Why: a
+    compaction's buffers are freed at its end, but glibc keeps the pages, so the helper sat
+    at its largest compaction's size between compactions."""
+    import ctypes  # here: the helper alone needs it
+
+    try:
+        release = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
+    return bool(release(0))
 
 
 def main() -> None:

@@ -61,7 +61,8 @@ CHUNK_KEYS = 4096  # per chunk of a delta (decoded whole at a restore)
 # they touch, so small buckets keep a hot set spread over the keys from decoding them all.
 BUCKET_KEYS = 512
 # A restored table keeps its bucket count when a full snapshot is made of it (its unchanged
-# buckets then keep their bytes) until its buckets hold this many times BUCKET_KEYS on average.
+# buckets then keep their bytes) until its buckets hold this many times BUCKET_KEYS on average;
+# then the count doubles (each bucket splits in two) until they hold fewer.
 REBUCKET_AT = 2
 SNAPSHOT_KIND = "wallaroo-snapshot"
 SEGMENT_KIND = "wallaroo-segment"
@@ -143,8 +144,11 @@ def _packed_table(s: Snapshot) -> list[bytes]:
         return [_pack(dict(itertools.islice(items, CHUNK_KEYS)))
                 for _ in range(0, len(s.table), CHUNK_KEYS)]
     table = s.table
-    if isinstance(table, LazyTable) and table.size_hint() <= table.buckets * BUCKET_KEYS * REBUCKET_AT:
-        return table.repack(_pack)  # a restored table: only its changed buckets packed again
+    if isinstance(table, LazyTable):  # a restored table: bucket by bucket (LazyTable.repack)
+        buckets = table.buckets
+        while table.size_hint() > buckets * BUCKET_KEYS * REBUCKET_AT:
+            buckets *= 2
+        return table.repack(_pack, buckets)
     return [_pack(chunk) for chunk in bucketed(table, max(1, -(-len(table) // BUCKET_KEYS)))]
 
 

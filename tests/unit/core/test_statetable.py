@@ -102,3 +102,19 @@ def test_repack_folds_what_was_written_into_only_the_buckets_it_changed() -> Non
     assert dict(table) == TABLE | {"count\x1fk1": b"new", "fresh": b"1"}
     back = LazyTable(chunks, lambda c: dict(msgpack.unpackb(c, unicode_errors="surrogatepass")))
     assert back == table
+
+
+def test_repack_into_a_multiple_of_the_buckets_splits_each_one_bucket_at_a_time() -> None:
+    table, decoded = lazy()
+    table["fresh"] = b"1"
+
+    chunks = table.repack(pack, 64)
+
+    assert len(decoded) == 16  # each old bucket decoded once, and split
+    assert len(chunks) == table.buckets == 64
+    regrouped = LazyTable(chunks, lambda c: dict(msgpack.unpackb(c, unicode_errors="surrogatepass")))
+    assert all(bucket_of(k, 64) == b for b, c in enumerate(chunks)
+               for k in msgpack.unpackb(c, unicode_errors="surrogatepass"))
+    assert regrouped == TABLE | {"fresh": b"1"}
+    with pytest.raises(ValueError, match="multiple"):
+        table.repack(pack, 100)

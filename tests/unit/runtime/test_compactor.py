@@ -102,6 +102,19 @@ def test_a_compaction_packs_again_only_the_buckets_its_deltas_changed(
     assert latest(store).snapshot.table == table | {"k1": b"new", "k2": b"newer"}
 
 
+def test_a_state_that_grew_is_compacted_into_more_buckets(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    table = {f"k{i}": b"1" for i in range(2 * snap.BUCKET_KEYS)}  # 2 buckets
+    grown = {f"n{i}": b"2" for i in range(3 * snap.BUCKET_KEYS)}
+    put(store, full(3, table), delta(6, 3, grown))
+
+    asyncio.run(compact(store, APP, STAGE, PART, KEY))
+
+    data = (store.root / snap.snapshot_key(APP, STAGE, PART, 6)).read_bytes()
+    assert len(snap._unseal(snap.SNAPSHOT_KIND, data, "test", KEY)["table"]) == 4  # 640 keys each
+    assert latest(store).snapshot.table == table | grown
+
+
 def checkpointer(store: FileStore, compactor: Compactor, offload_bytes: int) -> Checkpointer:
     cfg = CheckpointConfig(store=store, every=1, seconds=3600, max_deltas=4, state_key=KEY,
                            compactor=compactor, offload_bytes=offload_bytes)

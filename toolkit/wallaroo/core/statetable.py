@@ -38,6 +38,17 @@ def bucketed(table: dict[str, bytes], buckets: int) -> list[dict[str, bytes]]:
     return chunks
 
 
+def _split(entries: dict[str, bytes], target: int, count: int) -> list[dict[str, bytes]]:
+    """One bucket's entries among `count` buckets, split among the target // count buckets
+    of `target` they fall into (in the order of their bucket numbers)."""
+    if target == count:
+        return [entries]
+    parts: list[dict[str, bytes]] = [{} for _ in range(target // count)]
+    for key, value in entries.items():
+        parts[bucket_of(key, target) // count][key] = value
+    return parts
+
+
 class LazyTable(dict[str, bytes]):
     """A state table whose chunks (one per bucket, encoded) are decoded on first use."""
 
@@ -80,25 +91,35 @@ class LazyTable(dict[str, bytes]):
     def buckets(self) -> int:
         return len(self._cold)
 
-    def repack(self, pack: Callable[[dict[str, bytes]], bytes]) -> list[bytes]:
-        """The table as encoded chunks of its own buckets, the entries written since the
-        restore folded in: a bucket none was written to keeps its bytes (neither decoded nor
-        packed again), the others are packed anew (`pack`). The table then holds exactly those
-        chunks and no decoded entry. So compacting a restored table costs what changed, not
-        its size (wallaroo_runtime.compactor), and never holds every entry decoded at once."""
+    def repack(self, pack: Callable[[dict[str, bytes]], bytes], buckets: int | None = None
+               ) -> list[bytes]:
+        """The table as encoded chunks of `buckets` buckets (its own count, or a multiple of
+        it), the entries written since the restore folded in. With its own count a bucket
+        nothing was written to keeps its bytes (neither decoded nor packed again); with a
+        multiple, each bucket splits into that many (crc32 % (k * n) keeps a key among the
+        k buckets its old one splits into). Either way one bucket is decoded at a time, and
+        the table then holds exactly the chunks returned and no decoded entry. So compacting
+        a restored table (wallaroo_runtime.compactor) costs what changed, and its memory
+        follows the encoded size, not every entry decoded at once."""
         count = len(self._cold)
+        target = buckets or count
+        if target % count:
+            msg = f"{target} buckets are not a multiple of the table's {count}"
+            raise ValueError(msg)
         written: list[dict[str, bytes]] = [{} for _ in range(count)]
         for key, value in dict.items(self):
             written[bucket_of(key, count)][key] = value
-        chunks: list[bytes] = []
-        for chunk, entries in zip(self._cold, written, strict=True):
-            if chunk is not None and not entries:
-                chunks.append(chunk)
+        chunks: list[bytes] = [b""] * target
+        for old, (chunk, entries) in enumerate(zip(self._cold, written, strict=True)):
+            if chunk is not None and not entries and target == count:
+                chunks[old] = chunk
                 continue
             # A decoded bucket's entries are all in the table already (its chunk is gone).
-            chunks.append(pack(entries if chunk is None else self._decode(chunk) | entries))
+            merged = entries if chunk is None else self._decode(chunk) | entries
+            for split, part in enumerate(_split(merged, target, count)):
+                chunks[old + split * count] = pack(part)
         dict.clear(self)
-        self._cold, self._left = list(chunks), count
+        self._cold, self._left = list(chunks), target
         return chunks
 
     def get(self, key: str, default: Any = None) -> Any:
