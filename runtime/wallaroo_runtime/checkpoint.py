@@ -95,12 +95,12 @@ class Checkpointer:
     log_stream: str
     log_subject: str
     stateful: bool
-    # The commit records since the newest snapshot, for the next segment: those a failed
-    # write gave back (in memory: rare, and only while the store fails), then the spool.
-    carried: list[bytes] = field(default_factory=list)
-    carried_nos: list[int] = field(default_factory=list)
-    carried_bytes: int = 0
-    spool: Spool = field(default_factory=Spool)  # (only with a store: no segment without)
+    # The commit records since the newest snapshot, for the next segment, in files: the
+    # spools of writes that failed (oldest first; only while the store fails, and kept as
+    # files: an outage of hours must not hold its records in memory), then the spool new
+    # commits go to (only with a store: no segment without).
+    back: list[Spool] = field(default_factory=list)
+    spool: Spool = field(default_factory=Spool)
     spool_lost: OSError | None = None  # reading a spool back failed: the partition must restart
     last_at: float = field(default_factory=time.monotonic)
     failures: int = 0
@@ -128,11 +128,11 @@ class Checkpointer:
     @property
     def held(self) -> int:
         """Commits the next segment must cover."""
-        return len(self.carried) + len(self.spool)
+        return sum(map(len, self.back)) + len(self.spool)
 
     @property
     def held_bytes(self) -> int:
-        return self.carried_bytes + self.spool.bytes
+        return sum(s.bytes for s in self.back) + self.spool.bytes
 
     def due(self) -> bool:
         """Is a snapshot due? (Not before `retry_at`: a store that failed is not asked at
@@ -148,7 +148,7 @@ class Checkpointer:
 
     def forget_held(self) -> None:
         """Start the next segment afresh (its records' file goes)."""
-        self._take_held()[1].discard()
+        _discard(self._take_held())
         self.since = (0, 0)
 
     def _keep(self, record: bytes, no: int, stored: bool = False) -> None:
@@ -179,7 +179,7 @@ class Checkpointer:
         if self.due():
             await self.checkpoint(state, log_seq)
         elif self._segment_due() and (self.writing is None or self.writing.done()):
-            self.writing = asyncio.create_task(self._store_segment(*self._take_held(), log_seq))
+            self.writing = asyncio.create_task(self._store_segment(self._take_held(), log_seq))
 
     async def checkpoint(self, state: PartitionState, log_seq: int) -> None:
         """Snapshot (when a store is configured), then trim the changelog. The store write runs
@@ -200,59 +200,71 @@ class Checkpointer:
         # Stateless stages too: their commit numbers must survive a lost changelog.
         changed, self.dirty = self.dirty, {}
         s = self._snapshot(state, log_seq, changed)
-        carried, spool = self._take_held()
+        held = self._take_held()
         since, self.since = self.since, (0, 0)
         self.last_at = time.monotonic()
         self._draw_threshold()
-        self.writing = asyncio.create_task(self._write(s, carried, spool, changed, since))
+        self.writing = asyncio.create_task(self._write(s, held, changed, since))
 
-    def _take_held(self) -> tuple[tuple[list[bytes], list[int]], Spool]:
-        """The records held for the next segment, handed to a writer; the next ones go to a
-        new spool."""
-        carried, spool = (self.carried, self.carried_nos), self.spool
-        self.spool = Spool()
-        self.carried, self.carried_nos, self.carried_bytes = [], [], 0
-        return carried, spool
+    def _take_held(self) -> list[Spool]:
+        """The spools of the records held for the next segment, handed to a writer; the next
+        ones go to a new spool."""
+        held, self.back, self.spool = [*self.back, self.spool], [], Spool()
+        return held
 
-    async def _held_records(self, carried: tuple[list[bytes], list[int]], spool: Spool
-                            ) -> tuple[list[bytes], list[int]] | None:
+    async def _held_records(self, held: list[Spool]) -> tuple[list[bytes], list[int]] | None:
         """The records handed over, read back in a thread (as the encoding): a few MB from
-        the page cache. None when the spool's file failed (a disk error): its records are
+        the page cache. None when a spool's file failed (a disk error): its records are
         then only in the changelog, which nothing trimmed, so the partition must restart."""
         assert self.cfg.store is not None  # only what is stored is held
         try:
-            return carried[0] + await asyncio.to_thread(spool.read), carried[1] + spool.nos
+            records = await asyncio.to_thread(_read_all, held)
         except OSError as err:
+            _discard(held)
             self.spool_lost = err
             log.error("%s: commits held for the next segment are lost (%s): restarting the "
                       "partition from its changelog", self.log_subject, err)
             return None
+        return records, [no for spool in held for no in spool.nos]
 
-    async def _store_segment(self, carried: tuple[list[bytes], list[int]], spool: Spool,
-                             log_seq: int) -> None:
+    async def _store_segment(self, held: list[Spool], log_seq: int) -> None:
         """The records since the last segment, stored without a snapshot, then the changelog
         trimmed below `log_seq` (the newest record stays)."""
-        held = await self._held_records(carried, spool)
-        if held is None:
+        read = await self._held_records(held)
+        if read is None:
             return
-        records, nos = held
+        records, nos = read
         try:
             assert self.cfg.store is not None
             await snap.write_segment(self.cfg.store, self.slug, self.stage, self.part, records,
                                      nos, self.cfg.state_key)
             await self._trim(log_seq)
         except Exception as err:  # any failure: keep the changelog, try again later
-            self._give_back(records, nos, "segment", err)
+            await self._give_back(held, "segment", err)
+            return
+        _discard(held)
 
-    def _give_back(self, records: list[bytes], nos: list[int], what: str, err: Exception) -> None:
+    async def _give_back(self, held: list[Spool], what: str, err: Exception) -> None:
         """A write failed: the next segment must cover its records again (ahead of those
-        held since); the changelog was not trimmed."""
+        held since), read again from their files; the changelog was not trimmed. Several
+        files are joined into one (in a thread), so a long outage holds one per partition."""
         self.failures += 1
-        self.carried, self.carried_nos = records + self.carried, nos + self.carried_nos
-        self.carried_bytes += sum(map(len, records))
+        self.back = back = held + self.back
         self.retry_at = time.monotonic() + self.cfg.retry_after
         log.warning("%s: %s failed (%d so far), changelog kept: %s",
                     self.log_subject, what, self.failures, err)
+        if len(back) > 1:
+            try:
+                joined = await asyncio.to_thread(Spool.joined, back)
+            except OSError as copy_err:  # (the files stay as they were, all of them)
+                log.warning("%s: held commits not joined into one file: %s", self.log_subject,
+                            copy_err)
+                return
+            if self.back is back:  # (else a restore let them go meanwhile)
+                self.back = [joined]
+                _discard(back)
+            else:
+                joined.discard()
 
     def _snapshot(self, state: PartitionState, log_seq: int, changed: dict[str, bytes]
                   ) -> snap.Snapshot:
@@ -300,14 +312,14 @@ class Checkpointer:
         log.info("%s: full snapshot of commit %d written in the background: %d keys, %d bytes, "
                  "in %.3fs", self.log_subject, done.commit_no, done.keys, done.size, done.took)
 
-    async def _write(self, s: snap.Snapshot, carried: tuple[list[bytes], list[int]], spool: Spool,
-                     changed: dict[str, bytes], since: tuple[int, int]) -> None:
-        held = await self._held_records(carried, spool)
-        if held is None:  # the partition restarts; nothing of this snapshot is stored
+    async def _write(self, s: snap.Snapshot, held: list[Spool], changed: dict[str, bytes],
+                     since: tuple[int, int]) -> None:
+        read = await self._held_records(held)
+        if read is None:  # the partition restarts; nothing of this snapshot is stored
             self.dirty = changed | self.dirty
             self.since = (since[0] + self.since[0], since[1] + self.since[1])
             return
-        records, nos = held
+        records, nos = read
         try:
             assert self.cfg.store is not None
             started = time.monotonic()
@@ -317,10 +329,12 @@ class Checkpointer:
             await self._trim(s.log_seq)
             self._compact_if_due(s)
         except Exception as err:  # any failure: keep the changelog, say so, try again later
-            self._give_back(records, nos, "snapshot", err)
             self.since = (since[0] + self.since[0], since[1] + self.since[1])  # still due
             self.dirty = changed | self.dirty  # and the next delta these keys (newer values win)
             self.last_at = time.monotonic() - self.cfg.seconds  # due again by time at retry_at
+            await self._give_back(held, "snapshot", err)
+            return
+        _discard(held)
 
     def _written(self, s: snap.Snapshot, size: int, took: float) -> None:
         self.base = s.commit_no
@@ -426,3 +440,12 @@ class Checkpointer:
         assert self.held == 0
         self.since = (0, 0)
         return state
+
+
+def _read_all(spools: list[Spool]) -> list[bytes]:
+    return [record for spool in spools for record in spool.read()]
+
+
+def _discard(spools: list[Spool]) -> None:
+    for spool in spools:
+        spool.discard()

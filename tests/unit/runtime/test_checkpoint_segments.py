@@ -5,15 +5,19 @@ also after a failed write; and partitions do not all reach the byte bound togeth
 from __future__ import annotations
 
 import asyncio
+import logging
+import tracemalloc
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
+import pytest
 from checkpoint_support import Trims
 
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.wire import CommitRecord
-from wallaroo.nats import Nats
+from wallaroo.nats import Nats, Out
 from wallaroo.nats.protocol import StoredMsg
 from wallaroo_runtime import snapshot as snap
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
@@ -151,7 +155,7 @@ def test_a_failed_store_is_not_asked_again_before_retry_after(tmp_path: Path) ->
             await cp.after_commit(commit(state, n), state, n)
             await written(cp)
         assert cp.failures == 1 and not cp.due()
-        assert cp.held == 20 and cp.held_bytes == cp.carried_bytes + cp.spool.bytes > 0
+        assert cp.held == 20 and cp.held_bytes == sum(s.bytes for s in cp.back) + cp.spool.bytes > 0
         cp.retry_at = 0.0  # retry_after has passed
         assert cp.due()
         await cp.checkpoint(state, 20)
@@ -238,3 +242,47 @@ def test_a_restore_holds_only_what_no_stored_segment_has(tmp_path: Path) -> None
     assert again.failures == 0
     alone = asyncio.run(checkpointer(FileStore(tmp_path)).restore(0))
     assert alone.table == state.table
+
+
+class Down(FileStore):
+    """A store that is down: every write fails."""
+
+    async def put(self, key: str, data: bytes) -> None:
+        raise OSError("store unavailable")
+
+
+def test_records_of_failed_writes_wait_in_one_file_not_in_memory(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An outage of hours: every retry fails and gives its records back. They stay in one
+    file per partition (joined), the process's memory does not grow with them, and the
+    write after the outage stores every one of them."""
+    # (pytest keeps the warnings' records, and through their exceptions the failed writes'
+    # frames: not what a runner's log handler does)
+    caplog.set_level(logging.ERROR, logger="wallaroo.checkpoint")
+    cp = checkpointer(Down(tmp_path), every=1, retry_after=0)
+    state = PartitionState()
+    big = b"x" * 100_000  # each commit record carries ~100 kB of outputs
+
+    async def body() -> None:
+        tracemalloc.start()
+        try:
+            for n in range(1, 41):
+                state.apply(CommitRecord(n, n, n, {}, {"k": b"1"}, [Out("out", big, f"o{n}")]))
+                cp.threshold = 1
+                await cp.after_commit(state.last.to_wire(), state, n)  # type: ignore[union-attr]
+                await written(cp)
+            held_in_memory = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert cp.failures >= 39 and cp.held == 40 and cp.held_bytes > 4_000_000
+        assert len(cp.back) == 1  # one file, however many retries
+        assert held_in_memory < 1_000_000  # not the 4 MB of records
+        cp.cfg = replace(cp.cfg, store=back)  # the store is back
+        await cp.checkpoint(state, 40)
+        await written(cp)
+
+    back = FailsOnce(tmp_path)
+    back.failed = True  # (does not fail)
+    asyncio.run(body())
+    assert cp.held == 0 and not cp.back
+    assert back.written[0] == snap.segment_key(APP, STAGE, PART, 1, 40)  # every commit held

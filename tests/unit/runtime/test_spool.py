@@ -20,7 +20,7 @@ from wallaroo_runtime.spool import Spool
 from wallaroo_runtime.statestore import FileStore
 
 
-def test_records_come_back_in_order_once_from_a_file_no_one_else_can_open() -> None:
+def test_records_come_back_in_order_from_a_file_no_one_else_can_open() -> None:
     spool = Spool()
     records = [bytes([i]) * (i * 1000 + 1) for i in range(20)] + [b""]
     for no, record in enumerate(records, 1):
@@ -30,7 +30,23 @@ def test_records_come_back_in_order_once_from_a_file_no_one_else_can_open() -> N
     file = spool._file
     assert file is not None and os.fstat(file.fileno()).st_nlink == 0  # unlinked: no name on disk
     assert spool.read() == records
+    assert spool.read() == records  # again: a failed write's next attempt reads them again
+    spool.add(b"later", 22)
+    assert spool.read() == [*records, b"later"]
+    spool.discard()
     assert file.closed and spool.read() == []
+
+
+def test_spools_join_into_one_file_in_order() -> None:
+    first, empty, second = Spool(), Spool(), Spool()
+    first.add(b"a", 1)
+    first.add(b"bb", 2)
+    second.add(b"ccc", 3)
+
+    joined = Spool.joined([first, empty, second])
+
+    assert joined.read() == [b"a", b"bb", b"ccc"] and joined.nos == [1, 2, 3] and joined.bytes == 6
+    assert first.read() == [b"a", b"bb"]  # the parts are left as they were
 
 
 def test_without_a_store_nothing_is_held_and_commits_are_counted(tmp_path: Path) -> None:
