@@ -138,7 +138,12 @@ class Compactor:
     async def _replies(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
-            reply = json.loads(line)
+            try:
+                reply = json.loads(line)
+            except ValueError:  # not the helper speaking: it cannot be trusted to answer
+                log.error("compactor process %d wrote %r: stopping it", proc.pid, line[:200])
+                proc.kill()
+                continue  # (its end of output fails what waits)
             done = self._waiting.pop(reply["id"], None)
             if done is None or done.done():
                 continue  # its asker stopped waiting

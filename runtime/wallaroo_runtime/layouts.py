@@ -34,7 +34,7 @@ from wallaroo.core.names import LAYOUTS_BUCKET, LEASES_BUCKET, AppNames, partiti
 from wallaroo.core.wire import Manifest, Part, Retirement
 from wallaroo.nats import Nats
 from wallaroo_runtime import snapshot
-from wallaroo_runtime.cluster import ClusterConfig, Lease
+from wallaroo_runtime.cluster import ClusterConfig, ClusterWatch, Lease
 from wallaroo_runtime.statestore import StateStore
 
 log = logging.getLogger("wallaroo.layouts")
@@ -50,6 +50,7 @@ class LayoutKeeper:
     cluster_cfg: ClusterConfig
     store: StateStore | None
     running_here: Callable[[str, Part], bool]
+    watch: ClusterWatch | None = None  # the runner's: a lease holder heard go silent is gone
 
     async def keep(self, manifest: Manifest) -> None:
         """One pass over one app: record what is now retired, or else reclaim what was
@@ -91,7 +92,8 @@ class LayoutKeeper:
         runs it (it is asked to stop: the next pass finds it gone)."""
         if self.running_here(slug, (stage, part)):
             return False
-        lease = Lease(self.nats, partition_key(slug, stage, part), self.runner_id, self.cluster_cfg)
+        lease = Lease(self.nats, partition_key(slug, stage, part), self.runner_id, self.cluster_cfg,
+                      self.watch)
         if not await lease.take_if_free():
             return False
         try:

@@ -268,7 +268,7 @@ class AppHost:
             if task is None or task.done():
                 self.connector_runs[key] = asyncio.create_task(run_leased(
                     self.nats, self.runner_id, self.cluster_cfg, key, factory,
-                    self.connector_stop))
+                    self.connector_stop, self.watch))
 
     def begin_stop(self) -> None:
         """Every worker finishes and commits its batch in hand, then releases its lease;
@@ -551,7 +551,7 @@ class Runner:
         if self._keeping is not None and not self._keeping.done():
             return
         keeper = LayoutKeeper(nats, self.runner_id, self.cluster_cfg, self.checkpoint_cfg.store,
-                              self._running_here)
+                              self._running_here, self.watch)
         self._keeping = asyncio.create_task(self._keep(keeper, list(self.manifests.values())))
 
     async def _keep(self, keeper: LayoutKeeper, manifests: list[Manifest]) -> None:

@@ -2,8 +2,8 @@
 buckets reach it as they are made (the runner role may subscribe there), so a runner's
 control loop wakes for a new assignment, a member gone, or a member's entry due to lapse,
 instead of at its next tick; and a member that stopped beating is gone to the leader, and
-loses the leadership, once its TTL has passed, not when the server gets round to removing
-its entry."""
+loses the leadership and its connector leases, once its TTL has passed, not when the server
+gets round to removing its entry."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from wallaroo.core.names import ASSIGN_BUCKET, LEADER_BUCKET, LEADER_KEY, MEMBERS_BUCKET
+from wallaroo.core.names import ASSIGN_BUCKET, LEADER_BUCKET, LEADER_KEY, LEASES_BUCKET, MEMBERS_BUCKET
 from wallaroo.core.wire import Holder
 from wallaroo.local.auth import dev_auth
 from wallaroo.local.natsserver import NatsServer
 from wallaroo.nats import Nats
 from wallaroo_runtime import cluster
 from wallaroo_runtime.cluster import ClusterConfig, ClusterWatch, Leadership
+from wallaroo_runtime.connectors import run_leased
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 TTL = 1.0
@@ -137,5 +138,30 @@ def test_a_leader_that_stopped_beating_loses_the_leadership(nats_server: NatsSer
             assert revision is not None, "r2's renewal failed before r1 had the key"
             await asyncio.sleep(TTL / 8)
         assert await other.kv_update(LEADER_BUCKET, LEADER_KEY, Holder("r2").to_wire(), revision) is None
+
+    with_watch(nats_server, tmp_path, body, server_ttl=60.0)
+
+
+def test_a_connector_lease_of_a_silent_holder_is_taken(nats_server: NatsServer, tmp_path: Path) -> None:
+    """The server holds r3's entry for a minute; its connector moves once r3 was silent for
+    its TTL, as a partition's lease does."""
+    cfg = ClusterConfig(member_ttl=60.0, tick=0.05)
+    running, stop = asyncio.Event(), asyncio.Event()
+
+    async def connector() -> None:
+        running.set()
+        await stop.wait()  # (a connector ends when told to stop)
+
+    async def body(watch: ClusterWatch, watcher: Nats, other: Nats) -> None:
+        await other.kv_put(MEMBERS_BUCKET, "r3", beat(1))  # beats once, then falls silent
+        await other.kv_put(LEASES_BUCKET, "app.sink.out", Holder("r3").to_wire())
+        run = asyncio.create_task(run_leased(watcher, "r1", cfg, "app.sink.out", connector, stop,
+                                             watch))
+        try:
+            await asyncio.wait_for(running.wait(), 20)  # (not 60 s: the server's removal)
+            assert await watcher.kv_get(MEMBERS_BUCKET, "r3") is not None  # still there
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 10)
 
     with_watch(nats_server, tmp_path, body, server_ttl=60.0)

@@ -21,7 +21,7 @@ from wallaroo.core.aio import sleep_or_stop
 from wallaroo.core.errors import WallarooError
 from wallaroo.nats import Nats
 from wallaroo.plan import Application
-from wallaroo_runtime.cluster import ClusterConfig, Lease
+from wallaroo_runtime.cluster import ClusterConfig, ClusterWatch, Lease
 from wallaroo_runtime.connectors.progress import KvProgress, sink_key, source_key
 from wallaroo_runtime.connectors.sinks import SinkStats, run_sink
 from wallaroo_runtime.connectors.sources import run_source
@@ -72,14 +72,18 @@ def _supervised(label: str, run: Factory, stop: asyncio.Event) -> Factory:
 
 
 async def run_leased(nats: Nats, runner_id: str, cluster_cfg: ClusterConfig, key: str,
-                     factory: Factory, stop: asyncio.Event) -> None:
+                     factory: Factory, stop: asyncio.Event, watch: ClusterWatch | None = None
+                     ) -> None:
     """Run `factory()` while this runner holds the connector lease `key`, until `stop`.
 
     Unlike a partition's, a connector's lease is never taken from a live holder (no leader
     moves connectors): patience is infinite, and another runner takes over only once the
-    holder's membership lapsed. The holder checks every tick that the lease is still its own
-    (a paused runner may have lapsed meanwhile) and stops the connector if not."""
-    lease = Lease(nats, key, runner_id, dataclasses.replace(cluster_cfg, lease_patience=math.inf))
+    holder's membership lapsed (with the runner's `watch`: once it was heard silent for its
+    TTL, not when the server drops its entry, about a quarter second later). The holder
+    checks every tick that the lease is still its own (a paused runner may have lapsed
+    meanwhile) and stops the connector if not."""
+    lease = Lease(nats, key, runner_id, dataclasses.replace(cluster_cfg, lease_patience=math.inf),
+                  watch)
     try:
         if not await lease.acquire(lambda: not stop.is_set()):
             return

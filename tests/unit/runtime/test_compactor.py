@@ -278,3 +278,13 @@ def test_a_helper_that_exits_fails_the_waiting_compaction(tmp_path: Path) -> Non
 
     with pytest.raises(CompactorError, match="exited with code 3"):
         compact_with(compactor)
+
+
+GARBLES = "import sys; sys.stdin.readline(); sys.stdin.readline(); print('hello'); sys.stdin.read()"
+
+
+def test_a_helper_that_writes_anything_but_replies_is_stopped(tmp_path: Path) -> None:
+    compactor = Compactor(f"file://{tmp_path}", None, [sys.executable, "-c", GARBLES])
+
+    with pytest.raises(CompactorError, match="exited with code -9"):
+        compact_with(compactor)
