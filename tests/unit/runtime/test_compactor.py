@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from checkpoint_support import Trims
+from checkpoint_support import APP, PART, STAGE, Trims, delta, full, put
 
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.statetable import bucket_of
@@ -31,23 +31,7 @@ from wallaroo_runtime.snapshot import Snapshot
 from wallaroo_runtime.statestore import FileStore
 
 pytestmark = pytest.mark.timeout(120)
-APP, STAGE, PART = "counter", 1, 0
 KEY = b"k" * 32
-
-
-def full(commit_no: int, table: dict[str, bytes]) -> Snapshot:
-    return Snapshot(APP, STAGE, PART, commit_no, commit_no, commit_no * 10, {"s0.0": commit_no},
-                    dict(table), 1.0)
-
-
-def delta(commit_no: int, base: int, changed: dict[str, bytes]) -> Snapshot:
-    return Snapshot(APP, STAGE, PART, commit_no, commit_no, commit_no * 10, {"s0.0": commit_no},
-                    dict(changed), 1.0, base)
-
-
-def put(store: FileStore, *snapshots: Snapshot) -> None:
-    for s in snapshots:
-        asyncio.run(snap.write(store, s, [], KEY))
 
 
 def latest(store: FileStore, key: bytes | None = KEY) -> snap.Chain:
@@ -70,7 +54,7 @@ def test_the_helper_folds_the_deltas_into_a_full_snapshot_of_the_newest_ones_com
         tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     put(store, full(3, {"a": b"1", "b": b"1"}), delta(6, 3, {"a": b"2"}),
-        delta(10, 6, {"c": b"1", "a": b"3"}))
+        delta(10, 6, {"c": b"1", "a": b"3"}), key=KEY)
 
     first, again = compact_with(Compactor(store.url, KEY), times=2)
 
@@ -89,7 +73,7 @@ def test_a_compaction_packs_again_only_the_buckets_its_deltas_changed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = FileStore(tmp_path)
     table = {f"k{i}": str(i).encode() for i in range(10 * snap.BUCKET_KEYS)}
-    put(store, full(3, table), delta(6, 3, {"k1": b"new"}), delta(9, 6, {"k2": b"newer"}))
+    put(store, full(3, table), delta(6, 3, {"k1": b"new"}), delta(9, 6, {"k2": b"newer"}), key=KEY)
     packed: list[object] = []
     real_pack = snap._pack
     monkeypatch.setattr(snap, "_pack", lambda body: packed.append(body) or real_pack(body))
@@ -106,7 +90,7 @@ def test_a_state_that_grew_is_compacted_into_more_buckets(tmp_path: Path) -> Non
     store = FileStore(tmp_path)
     table = {f"k{i}": b"1" for i in range(2 * snap.BUCKET_KEYS)}  # 2 buckets
     grown = {f"n{i}": b"2" for i in range(3 * snap.BUCKET_KEYS)}
-    put(store, full(3, table), delta(6, 3, grown))
+    put(store, full(3, table), delta(6, 3, grown), key=KEY)
 
     asyncio.run(compact(store, APP, STAGE, PART, KEY))
 

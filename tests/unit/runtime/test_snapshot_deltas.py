@@ -9,32 +9,14 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from checkpoint_support import Trims
+from checkpoint_support import APP, PART, STAGE, Trims, delta, full, put
 
 from wallaroo.core.changelog import PartitionState
 from wallaroo.core.wire import CommitRecord
 from wallaroo.nats import Nats
 from wallaroo_runtime import snapshot as snap
 from wallaroo_runtime.checkpoint import CheckpointConfig, Checkpointer
-from wallaroo_runtime.snapshot import Snapshot
 from wallaroo_runtime.statestore import FileStore
-
-APP, STAGE, PART = "counter", 1, 0
-
-
-def full(commit_no: int, table: dict[str, bytes]) -> Snapshot:
-    return Snapshot(APP, STAGE, PART, commit_no, commit_no, commit_no * 10, {"s0.0": commit_no},
-                    dict(table), 1.0)
-
-
-def delta(commit_no: int, base: int, changed: dict[str, bytes]) -> Snapshot:
-    return Snapshot(APP, STAGE, PART, commit_no, commit_no, commit_no * 10, {"s0.0": commit_no},
-                    dict(changed), 1.0, base)
-
-
-def put(store: FileStore, *snapshots: Snapshot) -> None:
-    for s in snapshots:
-        asyncio.run(snap.write(store, s, []))
 
 
 def chain(store: FileStore) -> snap.Chain:
