@@ -21,7 +21,7 @@ from chaos_support import wait_until_none_survive
 from wallaroo_runtime.connectors.framing import PARTS_STAGING
 
 JOB = Path(__file__).parents[1] / "integration" / "apps" / "parts_job.py"
-LINES = 30_000  # 120k words, each output line padded to ~200 bytes: ~30 parts of ~1 MB
+LINES = 60_000  # 240k words, each output line padded to ~200 bytes: ~60 parts of ~1 MB
 PAD = 190
 MAX_KILLS = 6
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(600)]
