@@ -131,11 +131,14 @@ class Compactor:
                   "state_key": None if self.state_key is None else self.state_key.hex()}
         proc.stdin.write(json.dumps(config).encode() + b"\n")
         self._proc, self.started = proc, self.started + 1
-        self._reading = asyncio.create_task(self._replies(proc))
+        # Each helper's own waiting list: a dead one's end must not fail its successor's asks.
+        self._waiting = {}
+        self._reading = asyncio.create_task(self._replies(proc, self._waiting))
         log.info("compactor process %d started", proc.pid)
         return proc
 
-    async def _replies(self, proc: asyncio.subprocess.Process) -> None:
+    async def _replies(self, proc: asyncio.subprocess.Process,
+                       waiting: dict[int, asyncio.Future[Compacted | None]]) -> None:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             try:
@@ -144,7 +147,7 @@ class Compactor:
                 log.error("compactor process %d wrote %r: stopping it", proc.pid, line[:200])
                 proc.kill()
                 continue  # (its end of output fails what waits)
-            done = self._waiting.pop(reply["id"], None)
+            done = waiting.pop(reply["id"], None)
             if done is None or done.done():
                 continue  # its asker stopped waiting
             if "error" in reply:
@@ -153,10 +156,10 @@ class Compactor:
                 done.set_result(None if reply["compacted"] is None else Compacted(**reply["compacted"]))
         code = await proc.wait()
         gone = CompactorError(f"the compactor process exited with code {code}")
-        for done in self._waiting.values():
+        for done in waiting.values():
             if not done.done():
                 done.set_exception(gone)
-        self._waiting.clear()
+        waiting.clear()
 
     async def close(self) -> None:
         """Let the helper finish the compaction in hand and exit (killed after CLOSE_WAIT)."""

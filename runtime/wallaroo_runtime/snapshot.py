@@ -144,7 +144,7 @@ def _packed_table(s: Snapshot) -> list[bytes]:
         return [_pack(dict(itertools.islice(items, CHUNK_KEYS)))
                 for _ in range(0, len(s.table), CHUNK_KEYS)]
     table = s.table
-    if isinstance(table, LazyTable):  # a restored table: bucket by bucket (LazyTable.repack)
+    if isinstance(table, LazyTable) and table.buckets:  # restored: bucket by bucket (repack)
         buckets = table.buckets
         while table.size_hint() > buckets * BUCKET_KEYS * REBUCKET_AT:
             buckets *= 2
