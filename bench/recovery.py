@@ -2,7 +2,7 @@
 case: one owner restores all of it), in one run:
 
 - runner memory per key: the owner's RSS after loading the keys, less before, per key, and
-  the peak RSS of its compaction helper process (wallaroo_runtime.compactor);
+  the RSS (now and at its peak) of its compaction helper process (wallaroo_runtime.compactor);
 - snapshot cost: a full snapshot of that state and a delta of 1% of its keys, written to a
   file store in this process (what a runner's checkpointer does), and the last full snapshot
   from the runners' logs (the first is the runner's, later ones its helper's);

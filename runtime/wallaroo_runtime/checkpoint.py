@@ -115,9 +115,9 @@ class Checkpointer:
     # newest stored snapshot, and that snapshot's commit (None: the next one must be full).
     dirty: dict[str, bytes] = field(default_factory=dict)
     base: int | None = None
-    chain: tuple[int, int, int] = (0, 0, 0)  # since the last full: its bytes, delta bytes, deltas
-    # The deltas written since the last full snapshot, (commit, bytes): what a compaction in
-    # the background leaves of the chain is those after the commit it compacted.
+    # The newest full snapshot's bytes and the deltas after it, (commit, bytes) each: what
+    # makes a compaction due, and what one in the background leaves (those after its commit).
+    full_bytes: int = 0
     recent: list[tuple[int, int]] = field(default_factory=list)
     compacting: asyncio.Task[None] | None = None
     offload_failed: bool = False  # the last background compaction failed: the next full is ours
@@ -275,13 +275,13 @@ class Checkpointer:
                                    self.base, changed)
 
     def _compaction_due(self) -> bool:
-        full_bytes, delta_bytes, deltas = self.chain
-        return delta_bytes * COMPACT_AT >= full_bytes or deltas >= self.cfg.max_deltas
+        delta_bytes = sum(size for _, size in self.recent)
+        return delta_bytes * COMPACT_AT >= self.full_bytes or len(self.recent) >= self.cfg.max_deltas
 
     def _offloads(self) -> bool:
         """Is compaction the helper's? (Not after it failed: then one full snapshot here.)"""
         return (self.cfg.compactor is not None and not self.offload_failed
-                and self.chain[0] >= self.cfg.offload_bytes)
+                and self.full_bytes >= self.cfg.offload_bytes)
 
     def _compact_if_due(self, newest: snap.Snapshot) -> None:
         """After a delta: have the helper fold the deltas into a full snapshot, once due
@@ -308,7 +308,7 @@ class Checkpointer:
     def _compacted(self, done: Compacted) -> None:
         """The chain is now the helper's full snapshot and the deltas written after it."""
         self.recent = [(commit, size) for commit, size in self.recent if commit > done.commit_no]
-        self.chain = (done.size, sum(size for _, size in self.recent), len(self.recent))
+        self.full_bytes = done.size
         log.info("%s: full snapshot of commit %d written in the background: %d keys, %d bytes, "
                  "in %.3fs", self.log_subject, done.commit_no, done.keys, done.size, done.took)
 
@@ -338,12 +338,10 @@ class Checkpointer:
 
     def _written(self, s: snap.Snapshot, size: int, took: float) -> None:
         self.base = s.commit_no
-        full_bytes, delta_bytes, deltas = self.chain
         if s.is_delta:
-            self.chain = (full_bytes, delta_bytes + size, deltas + 1)
             self.recent.append((s.commit_no, size))
         else:
-            self.chain, self.recent, self.offload_failed = (size, 0, 0), [], False
+            self.full_bytes, self.recent, self.offload_failed = size, [], False
         # Full snapshots are rare (they follow the deltas' volume): each is worth a line.
         log.log(logging.DEBUG if s.is_delta else logging.INFO,
                 "%s: %s snapshot of commit %d: %d keys, %d bytes, written in %.3fs",
@@ -383,9 +381,8 @@ class Checkpointer:
         base = None if chain is None else chain.snapshot
         state = base.to_state() if base is not None else PartitionState()
         self.restored_from = self.base = None if base is None else base.commit_no
-        if chain is not None:
-            self.chain = (chain.full_bytes, chain.delta_bytes, chain.deltas)
-        self.recent = []  # (a compaction would fold those restored: their commits are older)
+        self.full_bytes = 0 if chain is None else chain.full_bytes
+        self.recent = [] if chain is None else list(chain.applied)
         self.forget_held()
         self.dirty = {}
         if self.cfg.store is not None:  # (segments are stored before a first snapshot too)

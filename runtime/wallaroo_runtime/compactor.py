@@ -73,14 +73,11 @@ async def compact(store: StateStore, slug: str, stage: int, part: int,
     chain = await snap.latest_chain(store, slug, stage, part, state_key)
     if chain is None or chain.deltas == 0:
         return None
-    state = chain.snapshot
-    # Here, not in a thread: this process has nothing else to do meanwhile. A restored table
-    # packs again only the buckets the deltas changed (LazyTable.repack).
-    data = snap.encode(state, state_key)
-    await store.put(snap.snapshot_key(slug, stage, part, state.commit_no), data)
+    state = chain.snapshot  # a full snapshot (base None), its table restored: only the
+    size = await snap.write(store, state, [], state_key)  # changed buckets packed again
     table = state.table  # (its size without decoding it: it holds its new chunks)
     keys = table.size_hint() if isinstance(table, LazyTable) else len(table)
-    return Compacted(state.commit_no, len(data), keys, time.monotonic() - started)
+    return Compacted(state.commit_no, size, keys, time.monotonic() - started)
 
 
 class Compactor:

@@ -377,8 +377,15 @@ class Chain:
 
     snapshot: Snapshot
     full_bytes: int
-    delta_bytes: int
-    deltas: int
+    applied: tuple[tuple[int, int], ...]  # the deltas rolled through: (commit, bytes) each
+
+    @property
+    def delta_bytes(self) -> int:
+        return sum(size for _, size in self.applied)
+
+    @property
+    def deltas(self) -> int:
+        return len(self.applied)
 
 
 async def latest_valid(store: StateStore, slug: str, stage: int, part: int,
@@ -423,7 +430,7 @@ async def _read(store: StateStore, listed: Listed, where_from: tuple[str, int, i
 async def _roll(store: StateStore, full: tuple[Snapshot, int], deltas: list[Listed],
                 where_from: tuple[str, int, int], state_key: bytes | None) -> Chain:
     current, full_bytes = full
-    delta_bytes = applied = 0
+    applied: list[tuple[int, int]] = []
     for listed in deltas:
         read = await _read(store, listed, where_from, state_key)
         if read is None:
@@ -438,8 +445,8 @@ async def _roll(store: StateStore, full: tuple[Snapshot, int], deltas: list[List
         # since: applied on a later state it gives the state of its own commit.
         current.table.update(delta.table)  # in place: the full snapshot was read for this only
         current = replace(delta, table=current.table, base=None)
-        delta_bytes, applied = delta_bytes + size, applied + 1
-    return Chain(current, full_bytes, delta_bytes, applied)
+        applied.append((delta.commit_no, size))
+    return Chain(current, full_bytes, tuple(applied))
 
 
 def _check_identity(snap: Snapshot, where: str, expected: tuple[str, int, int, int],
