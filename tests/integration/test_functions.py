@@ -378,7 +378,8 @@ def test_results_survive_a_runner_sigkill_and_the_call_runs_again(
     with own_cluster(tmp_path, monkeypatch, runners=2, runner_args=args) as (c, fns):
         ids = tmp_path / "ids"
         call = fns.slow_append.spawn(str(ids), 2.0)
-        eventually(lambda: ids.exists(), "the first run to start", 15)
+        # the file is created before its line is written: wait for the whole line
+        eventually(lambda: ids.exists() and ids.read_text().endswith("\n"), "the first run to start", 15)
         victim = int(ids.read_text().split()[1])
         next(r for r in c.runners if r.proc is not None and r.proc.pid == victim).kill()
         value = call.get(timeout=60)

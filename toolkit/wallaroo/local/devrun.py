@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wallaroo.core.keys import replace_file
 from wallaroo.local.dev import DevCluster
 
 if TYPE_CHECKING:
@@ -41,7 +42,8 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
         cluster.start_runners()
         cluster.wait_ready()
         url_file = state_dir / "url"
-        url_file.write_text(cluster.url)
+        # whole or not at all: `wallaroo send` in another shell may read it the moment it shows
+        replace_file(url_file, cluster.url.encode(), 0o644)
         info(f"nats-server at {cluster.url}, {runners} runner(s), logs in {state_dir / 'logs'}")
         try:
             code = _serve(cluster, session)
