@@ -121,6 +121,7 @@ class Checkpointer:
     recent: list[tuple[int, int]] = field(default_factory=list)
     compacting: asyncio.Task[None] | None = None
     offload_failed: bool = False  # the last background compaction failed: the next full is ours
+    _holding: bool = field(default=True, init=False, repr=False)  # False: a read-only restore
 
     def __post_init__(self) -> None:
         self._draw_threshold()
@@ -363,18 +364,23 @@ class Checkpointer:
                 await self.compacting
         self.forget_held()
 
-    async def restore(self, last_seq: int) -> PartitionState:
+    async def restore(self, last_seq: int, read_only: bool = False) -> PartitionState:
         """The partition's state: newest valid snapshot, the stored segments after it (the
         commits since, and a bridge over a newer snapshot that turned out corrupt), then the
         changelog up to `last_seq`. Commits must follow each other without a gap, or the
         restore fails (and is retried) rather than go on with state missing. The spool is left
         holding the records the next segment must cover, those read from the changelog (let
-        go if the restore fails): the stored segments' are stored already."""
+        go if the restore fails): the stored segments' are stored already. `read_only`: the
+        state of a partition this checkpointer will not write for (a migration reading an old
+        partition), so nothing is held for a next segment or delta."""
+        self._holding = not read_only
         try:
             return await self._restore(last_seq)
         except BaseException:
             self.forget_held()
             raise
+        finally:
+            self._holding = True
 
     async def _restore(self, last_seq: int) -> PartitionState:
         chain = await self._latest()
@@ -408,8 +414,9 @@ class Checkpointer:
                    "commits are missing")
             raise RestoreGapError(msg)
         state.apply(rec)
-        self._keep(data, rec.commit_no, stored)
-        self.dirty.update(rec.states)
+        if self._holding:
+            self._keep(data, rec.commit_no, stored)
+            self.dirty.update(rec.states)
 
     async def _segments_after(self, commit_no: int) -> list[tuple[CommitRecord, bytes]]:
         assert self.cfg.store is not None

@@ -248,10 +248,8 @@ class AppHost:
             reader = Checkpointer(self.nats, self.checkpoint_cfg, self.app.slug, stage.index,
                                   other, names.log_stream, names.log(stage.index, other),
                                   stage.stateful)
-            try:
-                return await reader.restore(last_seq)
-            finally:
-                reader.forget_held()  # what it read is this partition's to keep, not the reader's
+            # read only: it holds none of the records it reads for a segment it never writes
+            return await reader.restore(last_seq, read_only=True)
 
         return PartitionWorker(self.nats, app, self.manifest.version, stage, part[1],
                                self.cfg, checkpoints, observer=observer, restore_part=restore_part)

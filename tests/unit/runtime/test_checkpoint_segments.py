@@ -237,6 +237,13 @@ def test_a_restore_holds_only_what_no_stored_segment_has(tmp_path: Path) -> None
     assert again.held == 15 - last_stored and again.spool.nos == list(range(last_stored + 1, 16))
     assert again.since[0] == 15 - 10
 
+    # Read only (a migration reading an old partition): the same state, nothing held.
+    reader = Checkpointer(cast(Nats, Changelog(records)), CheckpointConfig(store=FileStore(tmp_path)),
+                          APP, STAGE, PART, "LOG", "log.1.0", stateful=True)
+    read = asyncio.run(reader.restore(15, read_only=True))
+    assert read.table == state.table and read.commit_no == 15
+    assert (reader.held, reader.held_bytes, reader.dirty) == (0, 0, {})
+
     state = restored
     asyncio.run(body(again, range(16, 31)))
     assert again.failures == 0
