@@ -15,8 +15,15 @@ from dataclasses import dataclass
 from wallaroo.control import apps
 from wallaroo.core import observe
 from wallaroo.core.errors import WallarooError
-from wallaroo.core.names import APPS_BUCKET, CONNECTORS_BUCKET, ENDED, AppNames, source_progress_key
-from wallaroo.core.wire import CommitRecord, Heartbeat, Manifest
+from wallaroo.core.names import (
+    APPS_BUCKET,
+    CONNECTORS_BUCKET,
+    ENDED,
+    RECORDS_IN,
+    AppNames,
+    source_progress_key,
+)
+from wallaroo.core.wire import CommitRecord, Heartbeat, Manifest, Part, PartitionReport
 from wallaroo.nats import Nats
 
 REPORT_WAIT = 5.0  # seconds a finished job waits for the runners' last counts
@@ -38,7 +45,7 @@ class JobState:
     sources: list[SourceState]
     parts_ended: int
     parts: int
-    records: int  # records the first stages processed (as runners report them)
+    records: int  # input records the source stages committed, all told (every run)
     rate: float  # records/s, lately
     dead: int  # dead letters
     sinks_behind: list[str]  # connector sinks with outputs still to deliver
@@ -73,12 +80,13 @@ async def job_state(nats: Nats, manifest: Manifest) -> JobState:
     names = AppNames(slug)
     first = {st.index for st in stages if st.source is not None}
     reports = [(part, r) for b in beats if slug in b.apps for part, r in b.apps[slug].partitions.items()]
+    lasts = {(st.index, p): await _last(nats, names, st.index, p)
+             for st in stages for p in range(st.partitions)}
     return JobState(
         sources=[await _source(nats, slug, st.source) for st in stages if st.source is not None],
-        parts_ended=sum([await _ended(nats, names, st.index, p)
-                         for st in stages for p in range(st.partitions)]),
+        parts_ended=sum([await _ended(nats, names, rec) for rec in lasts.values()]),
         parts=sum(st.partitions for st in stages),
-        records=sum(r.records for part, r in reports if part[0] in first),
+        records=_records(lasts, reports, first),
         rate=sum(r.rate for part, r in reports if part[0] in first),
         dead=await nats.subject_count(names.dlq_stream, names.dlq_all),
         sinks_behind=[s for s in manifest.delivered_sinks if not await _delivered(nats, names, s, beats)],
@@ -116,15 +124,32 @@ async def _source(nats: Nats, slug: str, name: str) -> SourceState:
     return SourceState(name, read, end, ended)
 
 
-async def _ended(nats: Nats, names: AppNames, stage: int, part: int) -> bool:
+async def _last(nats: Nats, names: AppNames, stage: int, part: int) -> CommitRecord | None:
+    """The partition's newest commit record (None before its first commit)."""
+    last = await nats.last_on_subject(names.log_stream, names.log(stage, part))
+    return CommitRecord.from_wire(last.data) if last is not None else None
+
+
+async def _ended(nats: Nats, names: AppNames, rec: CommitRecord | None) -> bool:
     """Has the partition committed its end-of-input flush and published what it emitted? Its
     inputs are acked only after every output of the commit is stored, and an acked input
     leaves the work queue."""
-    last = await nats.last_on_subject(names.log_stream, names.log(stage, part))
-    if last is None:
+    if rec is None:
         return False
-    rec = CommitRecord.from_wire(last.data)
     return ENDED in rec.watermarks and not await nats.msg_exists(names.data_stream, rec.last_seq)
+
+
+def _records(lasts: dict[Part, CommitRecord | None], reports: list[tuple[Part, PartitionReport]],
+             first: set[int]) -> int:
+    """Input records the source stages committed, all told: per partition, the count its
+    newest commit record carries (it survives a crash, a move and a resumed run, where a
+    runner's own count starts again at 0), or a runner's count where that is higher (the
+    runner committed since the record was read, or runs a version that does not count)."""
+    reported: dict[Part, int] = {}
+    for part, r in reports:
+        reported[part] = max(r.records, reported.get(part, 0))
+    return sum(max(rec.watermarks.get(RECORDS_IN, 0) if rec else 0, reported.get(part, 0))
+               for part, rec in lasts.items() if part[0] in first)
 
 
 async def _delivered(nats: Nats, names: AppNames, sink: str, beats: list[Heartbeat]) -> bool:

@@ -150,6 +150,9 @@ REPLAY_PREFIX = "r:"  # message ids of dead letters re-injected by `wallaroo dlq
 EOI_PREFIX = "eoi:"
 LAYOUT_PREFIX = "eol:"  # end-of-layout markers of a re-partitioned stage (core/repartition.py)
 ENDED = "eoi!"  # watermark of a partition that flushed at end of input
+# Watermark of a source stage's partition: the input records it has committed, all told.
+# Committed with the state, so a job's count survives a crash, a move and a resumed run.
+RECORDS_IN = "in!"
 
 
 def eoi_msg_id(sender: str, stage: int, part: int) -> str:

@@ -36,6 +36,7 @@ from wallaroo.core.names import (
     ENDED,
     EOI_PREFIX,
     LAYOUT_PREFIX,
+    RECORDS_IN,
     REPLAY_PREFIX,
     TICK_PREFIX,
     AppNames,
@@ -607,6 +608,8 @@ class PartitionWorker:
                 watermarks[sender] = max(no, watermarks.get(sender, 0))
                 watermarks[layout.heard_key(sender)] = 1
         watermarks.update(ends)
+        if self.stage.source is not None and result.records_in:
+            watermarks[RECORDS_IN] = watermarks.get(RECORDS_IN, 0) + result.records_in
         outs = self._outputs(result, self.state.commit_no + 1)
         if ENDED in ends:
             outs += self._end_messages()

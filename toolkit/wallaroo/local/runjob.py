@@ -158,7 +158,7 @@ async def _follow(nats: Nats, manifest: Manifest, run: JobRun) -> int:
     with JobView(sys.stderr.isatty()) as view:
         final = await jobs.follow(nats, manifest, view.update, timeout=run.timeout)
     info(f"job {manifest.name} done in {time.monotonic() - started:.1f}s: {final.records:,} "
-         f"record(s) processed in this run, {final.read:,} byte(s) of input in all, "
+         f"record(s) processed in all, {final.read:,} byte(s) of input in all, "
          f"{final.parts} partition(s) flushed")
     if not final.dead:
         return DONE
