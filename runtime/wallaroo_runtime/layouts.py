@@ -11,11 +11,7 @@ them. On a later pass, partition by partition, it takes the partition's lease (f
 worker that ran it stopped and released it; a dead holder's is taken over), then deletes its
 durable consumer, purges its input and changelog subjects, deletes its snapshots, deltas and
 segments from the state store, and purges the lease key; once a stage's partitions are all
-gone it records them reclaimed (`Retirement.reclaimed`). With a state store, not before the
-store holds the moved state: every partition of the stage's layout has a stored snapshot of
-its MIGRATED commit or later. Until then the old partitions' snapshots are the only stored
-copy of the state the new ones moved in, and a changelog lost meanwhile (a disaster) would
-otherwise leave a new partition to restore from the store without it.
+gone it records them reclaimed (`Retirement.reclaimed`).
 
 Why it is safe: a new partition reads the old states only before its MIGRATED commit (a runner
 killed mid-migration reads them again, but then the stage is not settled), so after that
@@ -30,12 +26,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wallaroo.core import observe, repartition
 from wallaroo.core.errors import WallarooError
 from wallaroo.core.names import LAYOUTS_BUCKET, LEASES_BUCKET, AppNames, partition_key
-from wallaroo.core.wire import CommitRecord, Manifest, Part, Retirement
+from wallaroo.core.wire import Manifest, Part, Retirement
 from wallaroo.nats import Nats
 from wallaroo_runtime import snapshot
 from wallaroo_runtime.cluster import ClusterConfig, ClusterWatch, Lease
@@ -55,8 +51,6 @@ class LayoutKeeper:
     store: StateStore | None
     running_here: Callable[[str, Part], bool]
     watch: ClusterWatch | None = None  # the runner's: a lease holder heard go silent is gone
-    # the stages already said to wait for the store (once each, not at every pass)
-    _told: set[tuple[str, int]] = field(default_factory=set, init=False, repr=False)
 
     async def keep(self, manifest: Manifest) -> None:
         """One pass over one app: record what is now retired, or else reclaim what was
@@ -88,39 +82,10 @@ class LayoutKeeper:
         """`record.reclaimed`, moved on for the stages whose retired partitions are all gone."""
         reclaimed = dict(record.reclaimed)
         for stage, parts in repartition.to_reclaim(manifest, record).items():
-            if not await self._moved_state_stored(manifest, stage):
-                continue
             gone = [await self._reclaim_part(manifest.slug, stage, p) for p in parts]
             if all(gone):
                 reclaimed[stage] = parts.stop
         return reclaimed
-
-    async def _moved_state_stored(self, manifest: Manifest, stage: int) -> bool:
-        """Does the state store hold, for every partition of the stage's layout, a snapshot
-        of its MIGRATED commit or later? (True without a store: the changelog is then the
-        only copy of the new partitions' state and of the old ones' alike.)"""
-        if self.store is None:
-            return True
-        names = AppNames(manifest.slug)
-        for part in next(st for st in manifest.stages if st.index == stage).parts:
-            last = await self.nats.last_on_subject(names.log_stream, names.log(stage, part))
-            migrated = CommitRecord.from_wire(last.data).watermarks.get(repartition.MIGRATED) \
-                if last is not None else None
-            stored = await snapshot.newest_commit(self.store, manifest.slug, stage, part)
-            if migrated is None or stored < migrated:
-                self._say_waiting(manifest.slug, stage, part, migrated, stored)
-                return False
-        return True
-
-    def _say_waiting(self, slug: str, stage: int, part: int, migrated: int | None,
-                     stored: int) -> None:
-        """Once per stage: why its retired partitions are not reclaimed yet."""
-        if (slug, stage) in self._told:
-            return
-        self._told.add((slug, stage))
-        log.info("%s: stage %d's retired partitions stay until the state store holds the moved "
-                 "state: partition %d moved it in at commit %s, its newest stored snapshot is of "
-                 "commit %d", slug, stage, part, migrated, stored)
 
     async def _reclaim_part(self, slug: str, stage: int, part: int) -> bool:
         """Remove what partition `part` of `stage` left behind; False while a worker still

@@ -309,13 +309,6 @@ async def _snapshots(store: StateStore, slug: str, stage: int, part: int) -> lis
     return sorted(found, key=lambda f: (f.commit_no, f.delta))
 
 
-async def newest_commit(store: StateStore, slug: str, stage: int, part: int) -> int:
-    """The commit of the partition's newest stored snapshot, full or delta (0: none), from
-    the keys alone: nothing is read."""
-    listed = await _snapshots(store, slug, stage, part)
-    return listed[-1].commit_no if listed else 0
-
-
 async def _segments(store: StateStore, slug: str, stage: int, part: int) -> list[tuple[int, int, str]]:
     """(first_commit, last_commit, key) of every segment of a partition, oldest first."""
     found = []

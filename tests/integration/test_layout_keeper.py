@@ -1,7 +1,6 @@
 """The leader's passes that retire a drained layout and reclaim it (wallaroo_runtime.layouts),
 on a real nats-server and a file:// store, with the cluster state laid out by hand: a pass
-first only records the retirement; nothing is reclaimed before the store holds a snapshot of
-each new partition's MIGRATED commit; a partition whose worker (a live runner) still holds its
+first only records the retirement; a partition whose worker (a live runner) still holds its
 lease is left alone; a pass cut short leaves a record that another leader's pass finishes,
 and a pass over finished work changes nothing."""
 
@@ -9,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from wallaroo.core.names import LEASES_BUCKET, MEMBERS_BUCKET, AppNames, partiti
 from wallaroo.core.wire import CommitRecord, Holder, Manifest, Retirement, StageInfo
 from wallaroo.local.natsserver import NatsServer
 from wallaroo.nats import Nats
-from wallaroo_runtime import cluster, snapshot
+from wallaroo_runtime import cluster
 from wallaroo_runtime.cluster import ClusterConfig
 from wallaroo_runtime.layouts import LayoutKeeper
 from wallaroo_runtime.statestore import FileStore
@@ -37,15 +35,9 @@ def manifest() -> Manifest:
                     partitions=5, stages=stages, sinks=["counts"], by_value_modules=[], created=0.0)
 
 
-async def commit(nats: Nats, part: int, no: int = 1, **marks: int) -> None:
-    rec = CommitRecord(commit_no=no, first_seq=0, last_seq=0, watermarks=marks, states={}, outs=[])
+async def commit(nats: Nats, part: int, **marks: int) -> None:
+    rec = CommitRecord(commit_no=1, first_seq=0, last_seq=0, watermarks=marks, states={}, outs=[])
     await nats.publish(NAMES.log(1, part), rec.to_wire())
-
-
-async def stored(store: FileStore, parts: Iterable[int], commit_no: int) -> None:
-    """A snapshot of each new partition's `commit_no` in the store (its key is what counts)."""
-    for part in parts:
-        await store.put(snapshot.snapshot_key("counter", 1, part, commit_no), b"state")
 
 
 async def leftovers(nats: Nats, store: FileStore, part: int) -> list[str]:
@@ -85,13 +77,9 @@ async def scenario(url: str, store: FileStore) -> list[object]:
             await commit(nats, part, **{repartition.MIGRATED: 1})
         await leader.keep(m)  # one new partition has no state yet: nothing retires
         seen.append(await observe.retirement(nats, "counter"))
-        await commit(nats, 6, 2, **{repartition.MIGRATED: 2})  # moved in over two commits
+        await commit(nats, 6, **{repartition.MIGRATED: 1})
         await leader.keep(m)  # settled: retired, nothing deleted yet
         seen += [await observe.retirement(nats, "counter"), await leftovers(nats, store, 0)]
-        await stored(store, m.stages[1].parts, 1)
-        await leader.keep(m)  # partition 6's stored snapshot is older than its MIGRATED commit
-        seen.append(await leftovers(nats, store, 0))
-        await stored(store, [6], 2)
         await leader.keep(m)  # partition 1's worker still holds its lease
         seen += [await observe.retirement(nats, "counter"), await leftovers(nats, store, 0),
                  await leftovers(nats, store, 1)]
@@ -114,7 +102,6 @@ def test_retire_then_reclaim_fenced_by_leases_and_finished_by_another_leader(
     assert seen == [
         Retirement(),
         Retirement({1: 2}), everything,
-        everything,  # the store lacks the moved state: the old snapshots are its only copy
         Retirement({1: 2}), [], everything,
         Retirement({1: 2}, {1: 2}), [],
         Retirement({1: 2}, {1: 2}),
@@ -142,7 +129,6 @@ async def cut_short(url: str, store: FailingStore) -> tuple[list[str], list[str]
         m = manifest()
         for part in m.stages[1].parts:
             await commit(nats, part, **{repartition.MIGRATED: 1})
-        await stored(store, m.stages[1].parts, 1)
         first = LayoutKeeper(nats, "r0", ClusterConfig(), store, lambda slug, part: False)
         await first.keep(m)  # retires
         with pytest.raises(OSError, match="refused"):

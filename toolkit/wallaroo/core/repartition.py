@@ -43,10 +43,9 @@ builds its state from the old partitions' final states, by key. In detail:
    layout of its own (until then an old partition may owe it end-of-layout markers), the
    leader records the old partitions retired (`retire_below`), assigns them no more, and the
    runners lay the stage out without its drained layout, as a deploy after it settled would.
-   A later leader pass, under each old partition's lease, and once the state store holds a
-   snapshot of each new partition's MIGRATED commit or later, deletes its consumer, purges
-   its input and changelog subjects, its snapshots and segments and its lease key, then
-   records it reclaimed. Layouts are numbered upwards, so "every partition of the stage below N"
+   A later leader pass, under each old partition's lease, deletes its consumer, purges its
+   input and changelog subjects, its snapshots and segments and its lease key, then records
+   it reclaimed. Layouts are numbered upwards, so "every partition of the stage below N"
    names all the retired ones, even those of a layout a later deploy no longer mentions.
 
 Why not stop-the-world (pause upstream, drain, split, start): pausing needs every runner to
@@ -79,10 +78,7 @@ from wallaroo.core.wire import CommitRecord, Manifest, Retirement, StageInfo
 
 # LAYOUT_PREFIX (names.py) starts the ids of end-of-layout markers and "eol:<sender>" watermarks
 SENT_PREFIX = "eol>"  # watermark of a sender that sent its markers to a layout
-# Watermark of a new partition whose state was moved in; its value is the commit number of
-# the record that completed the move (the first commit holding all its keys), so the leader
-# can tell when a stored snapshot holds the moved state (wallaroo_runtime.layouts).
-MIGRATED = "eol!"
+MIGRATED = "eol!"  # watermark of a new partition whose state was moved in
 SLOT_SEPARATOR = "\x1f"  # wallaroo.core.engine.state_slot_of
 
 
@@ -165,18 +161,10 @@ def migration_records(table: Mapping[str, bytes], watermarks: Mapping[str, int],
         chunks[-1][slot] = value
         size += cost
     marks = dict(watermarks)
-    return [numbered(CommitRecord(commit_no=0, first_seq=0, last_seq=0,
-                                  watermarks={**marks, MIGRATED: 0} if i == len(chunks) - 1 else marks,
-                                  states=chunk, outs=[]), i + 1)
+    return [CommitRecord(commit_no=i + 1, first_seq=0, last_seq=0,
+                         watermarks={**marks, MIGRATED: 1} if i == len(chunks) - 1 else marks,
+                         states=chunk, outs=[])
             for i, chunk in enumerate(chunks)]
-
-
-def numbered(record: CommitRecord, commit_no: int) -> CommitRecord:
-    """A migration record as commit `commit_no` (its MIGRATED mark, if it has one, says so)."""
-    if MIGRATED in record.watermarks:
-        return replace(record, commit_no=commit_no,
-                       watermarks={**record.watermarks, MIGRATED: commit_no})
-    return replace(record, commit_no=commit_no)
 
 
 # --- deploy side --------------------------------------------------------------------------

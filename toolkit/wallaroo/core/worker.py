@@ -547,7 +547,7 @@ class PartitionWorker:
         # alone (its commit number jumped) all again: same slots, same values.
         done = self.state.commit_no if self.state.commit_no < len(records) else 0
         for rec in records[done:]:
-            rec = layout.numbered(rec, self.state.commit_no + 1)
+            rec = replace(rec, commit_no=self.state.commit_no + 1)
             encoded = rec.to_wire()
             await self._append(rec, encoded)
             await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
