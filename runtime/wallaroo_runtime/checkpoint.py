@@ -121,7 +121,6 @@ class Checkpointer:
     recent: list[tuple[int, int]] = field(default_factory=list)
     compacting: asyncio.Task[None] | None = None
     offload_failed: bool = False  # the last background compaction failed: the next full is ours
-    _holding: bool = field(default=True, init=False, repr=False)  # False: a read-only restore
 
     def __post_init__(self) -> None:
         self._draw_threshold()
@@ -372,17 +371,15 @@ class Checkpointer:
         holding the records the next segment must cover, those read from the changelog (let
         go if the restore fails): the stored segments' are stored already. `read_only`: the
         state of a partition this checkpointer will not write for (a migration reading an old
-        partition), so nothing is held for a next segment or delta."""
-        self._holding = not read_only
+        partition, on a checkpointer of its own), so nothing is held for a next segment or
+        delta."""
         try:
-            return await self._restore(last_seq)
+            return await self._restore(last_seq, holding=not read_only)
         except BaseException:
             self.forget_held()
             raise
-        finally:
-            self._holding = True
 
-    async def _restore(self, last_seq: int) -> PartitionState:
+    async def _restore(self, last_seq: int, holding: bool) -> PartitionState:
         chain = await self._latest()
         base = None if chain is None else chain.snapshot
         state = base.to_state() if base is not None else PartitionState()
@@ -393,7 +390,7 @@ class Checkpointer:
         self.dirty = {}
         if self.cfg.store is not None:  # (segments are stored before a first snapshot too)
             for rec, data in await self._segments_after(state.commit_no):
-                self._apply(state, rec, data, stored=True)
+                self._apply(state, rec, data, holding, stored=True)
         if last_seq == 0 and state.commit_no > 0:
             return self._from_store_alone(state)
         # A snapshot past the changelog's end: the changelog was made anew, read all of it.
@@ -404,17 +401,18 @@ class Checkpointer:
             if rec.commit_no <= state.commit_no:
                 state.last = rec  # already in the snapshot; kept to re-publish its outputs
             else:
-                self._apply(state, rec, m.data)
+                self._apply(state, rec, m.data, holding)
         return state
 
-    def _apply(self, state: PartitionState, rec: CommitRecord, data: bytes,
+    def _apply(self, state: PartitionState, rec: CommitRecord, data: bytes, holding: bool,
                stored: bool = False) -> None:
+        """`rec` onto `state`; `holding`: and kept for the next segment and delta."""
         if rec.commit_no not in (state.commit_no + 1, state.commit_no + snap.COMMIT_EPOCH + 1):
             msg = (f"{self.log_subject}: commit {rec.commit_no} follows {state.commit_no}: "
                    "commits are missing")
             raise RestoreGapError(msg)
         state.apply(rec)
-        if self._holding:
+        if holding:
             self._keep(data, rec.commit_no, stored)
             self.dirty.update(rec.states)
 
