@@ -1,6 +1,7 @@
 """The NATS reads that recovery and the control loops rest on, on a real nats-server: changelog
-reads by batched direct gets, KV key listings without a consumer (and the watch they fall back
-to), replaced consumers, and an assignment that keeps its owners while NATS itself fails."""
+reads by batched direct gets, KV key listings without a consumer (one direct get, or a scan of
+the bucket past 1,024 keys), replaced consumers, and an assignment that keeps its owners while
+NATS itself fails."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def test_kv_keys_lists_live_keys_directly_and_by_watch(nats_server: NatsServer) 
     on_nats(nats_server, body)
 
 
-def test_kv_keys_beyond_one_direct_answer_are_listed_by_watch(nats_server: NatsServer) -> None:
+def test_kv_keys_beyond_one_direct_answer_are_listed_by_a_scan_of_the_bucket(nats_server: NatsServer) -> None:
     async def body(nats: Nats) -> None:
         await nats.kv_bucket("MANY")
         keys = sorted(f"k{i:04d}" for i in range(1100))  # the server answers 1024 at most
