@@ -206,6 +206,22 @@ class Checkpointer:
         self._draw_threshold()
         self.writing = asyncio.create_task(self._write(s, held, changed, since))
 
+    @property
+    def stores(self) -> bool:
+        return self.cfg.store is not None
+
+    async def snapshot_now(self, state: PartitionState, log_seq: int) -> bool:
+        """A snapshot of `state` written now, waited for (a write in flight first): did the
+        store take it? A failed one leaves its records held for the next, as any does."""
+        if self.cfg.store is None:
+            return False
+        if self.writing is not None:
+            await self.writing  # (a write never raises: it logs its own failure)
+        await self.checkpoint(state, log_seq)
+        if self.writing is not None:
+            await self.writing
+        return self.base == state.commit_no
+
     def _take_held(self) -> list[Spool]:
         """The spools of the records held for the next segment, handed to a writer; the next
         ones go to a new spool."""

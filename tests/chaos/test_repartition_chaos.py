@@ -192,7 +192,7 @@ async def heavy_scenario(cluster: DevCluster) -> tuple[list[str], list[int]]:
         # Both runners killed once a new partition has part of its state, if the poll
         # catches it (the moment is said, not asserted: it is a race by nature).
         print(await kill_when_partly_moved(nats, cluster, three))
-        records = await records_per_migration(nats, three)
+        records = await records_per_migration(nats, three, cluster.state_dir / "state")
         await ingest.send(nats, three, "words", words, "heavy1", batch_size=20)
         latest = await apps.manifest_of(nats, three.slug)
         return await finish(nats, latest), records
@@ -214,11 +214,13 @@ async def kill_when_partly_moved(nats: Nats, cluster: DevCluster, m: Manifest) -
     return f"killed both runners with {counts} migration records appended"
 
 
-async def records_per_migration(nats: Nats, m: Manifest) -> list[int]:
+async def records_per_migration(nats: Nats, m: Manifest, store: Path) -> list[int]:
     """Per new partition of stage 1, once each has its state: how many commit records its
-    migration took. Read from the MIGRATED record itself (commit n of n) while it is the
-    partition's last, because a snapshot may trim the records before it from the changelog
-    at any time after."""
+    migration took. Read from the MIGRATED record itself (commit n + 1 after n records of
+    state: with a state store the marker is a commit of its own) while it is the partition's
+    last, because a snapshot may trim the records before it from the changelog at any time
+    after. The moment MIGRATED shows, the store must already hold a snapshot of the moved
+    state (commit n or later): a stage that reads as settled never depends on the changelog."""
     names = AppNames(m.slug)
     found: dict[int, int] = {}
 
@@ -227,11 +229,20 @@ async def records_per_migration(nats: Nats, m: Manifest) -> list[int]:
             last = await nats.last_on_subject(names.log_stream, names.log(1, part))
             rec = CommitRecord.from_wire(last.data) if last is not None else None
             if rec is not None and rec.first_seq == 0 and repartition.MIGRATED in rec.watermarks:
-                found[part] = rec.commit_no
+                assert not rec.states, "the MIGRATED marker carries no state"
+                stored = newest_snapshot(store / "snapshots" / m.slug / "1" / str(part))
+                assert stored >= rec.commit_no - 1, (part, stored, rec.commit_no)
+                found[part] = rec.commit_no - 1
         return len(found) == m.stages[1].partitions
 
     await eventually(all_moved, 120, "every new partition has its state")
     return [found[p] for p in m.stages[1].parts]
+
+
+def newest_snapshot(folder: Path) -> int:
+    """The commit of the newest snapshot file (full or delta) in a partition's folder; 0."""
+    return max((int(f.name.split(".")[0]) for f in folder.glob("*.*")
+                if f.suffix in (".snap", ".delta")), default=0)
 
 
 async def migration_records(nats: Nats, m: Manifest) -> list[int]:

@@ -76,6 +76,16 @@ def test_migration_records_are_consecutive_bounded_deterministic_and_end_migrate
     assert repartition.migration_records({}, marks, 1000)[0].watermarks[repartition.MIGRATED] == 1
 
 
+def test_with_the_marker_apart_migrated_is_a_record_of_its_own_after_the_state() -> None:
+    table = {f"count\x1fk{i:03}": bytes(100) for i in range(100)}
+    plain = repartition.migration_records(table, {"s0.0": 5}, budget=1000)
+    apart = repartition.migration_records(table, {"s0.0": 5}, budget=1000, marker_apart=True)
+    assert [r.states for r in apart[:-1]] == [r.states for r in plain]
+    assert [repartition.MIGRATED in r.watermarks for r in apart] == [False] * len(plain) + [True]
+    assert apart[-1].states == {} and apart[-1].commit_no == len(plain) + 1
+    assert PartitionState.replay(apart).table == PartitionState.replay(plain).table == table
+
+
 def test_a_changed_count_gets_a_fresh_layout_draining_the_deployed_one() -> None:
     first = repartition.lay_out(manifest(1, 2), None, set(), "deploy")
     assert [(s.base, s.prev) for s in first.stages] == [(0, None), (0, None)]

@@ -53,6 +53,15 @@ class Checkpoints(Protocol):
 
     async def checkpoint(self, state: PartitionState, log_seq: int) -> None: ...
 
+    @property
+    def stores(self) -> bool:
+        """Are snapshots written to a state store?"""
+        ...
+
+    async def snapshot_now(self, state: PartitionState, log_seq: int) -> bool:
+        """Write a snapshot of `state` now and wait for it: did the store take it?"""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -77,6 +86,13 @@ class ChangelogOnly:
 
     async def checkpoint(self, state: PartitionState, log_seq: int) -> None:
         return None
+
+    @property
+    def stores(self) -> bool:
+        return False
+
+    async def snapshot_now(self, state: PartitionState, log_seq: int) -> bool:
+        return False
 
     async def close(self) -> None:
         return None

@@ -24,7 +24,10 @@ builds its state from the old partitions' final states, by key. In detail:
    It waits under its lease. Then it reads their final states (snapshot + changelog) and
    appends its own first commits: the slots whose RECORD key hashes to q
    (codec.partition_of, as routing does), cut into several consecutive commit records so any
-   state size fits (a NATS message is 1 MiB at most), the last one marked MIGRATED. A
+   state size fits (a NATS message is 1 MiB at most), the last one marked MIGRATED (with a
+   state store, MIGRATED is a commit of its own, appended once a snapshot of the moved state
+   is stored: whatever reads the stage as settled, and so lets the old layout go, never
+   depends on the changelog for the moved state). A
    runner killed midway resumes: the old states are final, so the records are recomputed
    identically and only the missing ones appended;
    the first append's fence (expected last seq 0) keeps two owners from both migrating.
@@ -145,11 +148,13 @@ def merged_watermarks(old: Iterable[Mapping[str, int]]) -> dict[str, int]:
 
 
 def migration_records(table: Mapping[str, bytes], watermarks: Mapping[str, int],
-                      budget: int) -> list[CommitRecord]:
+                      budget: int, marker_apart: bool = False) -> list[CommitRecord]:
     """A new partition's first commits: `table` cut into records of about `budget` bytes
     of state at most (in slot order: the same input gives the same records, so a resumed
     migration appends exactly the missing ones), each with `watermarks`, the last MIGRATED.
-    A single slot larger than `budget` is a record of its own."""
+    A single slot larger than `budget` is a record of its own. `marker_apart`: MIGRATED
+    goes in one more record, with no state (the worker stores a snapshot of the moved state
+    before it appends that one, so a stage that reads as settled has it in the store)."""
     chunks: list[dict[str, bytes]] = [{}]
     size = 0
     for slot in sorted(table):
@@ -161,6 +166,8 @@ def migration_records(table: Mapping[str, bytes], watermarks: Mapping[str, int],
         chunks[-1][slot] = value
         size += cost
     marks = dict(watermarks)
+    if marker_apart:
+        chunks.append({})
     return [CommitRecord(commit_no=i + 1, first_seq=0, last_seq=0,
                          watermarks={**marks, MIGRATED: 1} if i == len(chunks) - 1 else marks,
                          states=chunk, outs=[])

@@ -98,6 +98,7 @@ UNSERIALIZABLE: tuple[type[Exception], ...] = (pickle.PicklingError, TypeError, 
 PAYLOAD_MARGIN = 4096  # headers and framing on top of the commit record
 INLINE_SECONDS = 0.05  # a batch predicted to run its user code this long or less runs inline
 SLOW_SECONDS = 0.5  # a batch that ran longer sends its partition's user code to a thread
+STORE_RETRY = 1.0  # seconds between tries to store a migrated state (the store is down)
 
 
 class FlushTooLargeError(WallarooError):
@@ -542,11 +543,18 @@ class PartitionWorker:
         index = self.part - self.stage.base
         table = layout.split_table(tables, index, self.stage.partitions)
         budget = min(self.cfg.migrate_bytes, (self.nats.max_payload - PAYLOAD_MARGIN) // 2)
-        records = layout.migration_records(table, layout.merged_watermarks(marks), budget)
+        stores = self.checkpoints.stores
+        records = layout.migration_records(table, layout.merged_watermarks(marks), budget,
+                                           marker_apart=stores)
         # A resumed migration appends the missing ones; after a restore from the state store
         # alone (its commit number jumped) all again: same slots, same values.
         done = self.state.commit_no if self.state.commit_no < len(records) else 0
         for rec in records[done:]:
+            # With a store, MIGRATED (what makes the stage settled, and the old layout go) is
+            # appended once a snapshot holds the moved state: losing the changelog later then
+            # never loses it.
+            if stores and layout.MIGRATED in rec.watermarks and not await self._moved_state_stored():
+                return False
             rec = replace(rec, commit_no=self.state.commit_no + 1)
             encoded = rec.to_wire()
             await self._append(rec, encoded)
@@ -555,6 +563,15 @@ class PartitionWorker:
         self._next_due = min(self.deadlines.values(), default=None)
         log.info("%s: moved in %d state slots from %d old partitions", self.in_subject,
                  len(table), len(old))
+        return True
+
+    async def _moved_state_stored(self) -> bool:
+        """Until a snapshot of the state as moved in is in the store (False: stopped first)."""
+        while not await self.checkpoints.snapshot_now(self.state, self.log_seq):
+            log.warning("%s: the moved state is not stored yet; retrying before the stage "
+                        "may settle", self.in_subject)
+            if await _stopped_within(self._stop, STORE_RETRY):
+                return False
         return True
 
     async def _all_published(self, lasts: list[CommitRecord | None]) -> bool:
