@@ -215,11 +215,15 @@ class Checkpointer:
         store take it? A failed one leaves its records held for the next, as any does."""
         if self.cfg.store is None:
             return False
+        # Shielded: a worker cancelled meanwhile must not cut a write short (its held records
+        # would be neither stored nor given back). A write never raises: it logs its failure.
         if self.writing is not None:
-            await self.writing  # (a write never raises: it logs its own failure)
+            await asyncio.shield(self.writing)
+        if self.base == state.commit_no:  # stored already: another snapshot would overwrite it
+            return True
         await self.checkpoint(state, log_seq)
         if self.writing is not None:
-            await self.writing
+            await asyncio.shield(self.writing)
         return self.base == state.commit_no
 
     def _take_held(self) -> list[Spool]:

@@ -304,3 +304,32 @@ def test_records_of_failed_writes_wait_in_one_file_not_in_memory(
     asyncio.run(body())
     assert cp.held == 0 and not cp.back
     assert back.written[0] == snap.segment_key(APP, STAGE, PART, 1, 40)  # every commit held
+
+
+def test_snapshot_now_writes_a_commit_once_and_waits_for_it(tmp_path: Path) -> None:
+    """A migration stores its moved state before it says MIGRATED: snapshot_now writes a
+    snapshot of the commit and waits for it, but never a second one of a commit the store
+    has (an empty delta over a stored delta would cut the chain there)."""
+    store = FileStore(tmp_path)
+    cp = checkpointer(store, every=1)
+    state = PartitionState()
+    folder = f"snapshots/{APP}/{STAGE}/{PART}/"
+
+    async def stored() -> dict[str, bytes | None]:
+        return {k: await store.get(k) for k in await store.list(folder)}
+
+    async def body() -> None:
+        for n in (1, 2, 3):  # a full snapshot, then deltas
+            cp.threshold = 1
+            await cp.after_commit(commit(state, n), state, n)
+            await written(cp)
+        before = await stored()
+        assert await cp.snapshot_now(state, 3)
+        assert await stored() == before  # commit 3 was stored already: nothing rewritten
+        cp.threshold = 100  # commit 4 is not due by count: snapshot_now writes it
+        await cp.after_commit(commit(state, 4), state, 4)
+        assert await cp.snapshot_now(state, 4)
+        latest = await snap.latest_valid(store, APP, STAGE, PART)
+        assert latest is not None and latest.commit_no == 4 and latest.table == state.table
+
+    asyncio.run(body())

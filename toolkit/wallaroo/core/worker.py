@@ -543,7 +543,8 @@ class PartitionWorker:
         index = self.part - self.stage.base
         table = layout.split_table(tables, index, self.stage.partitions)
         budget = min(self.cfg.migrate_bytes, (self.nats.max_payload - PAYLOAD_MARGIN) // 2)
-        stores = self.checkpoints.stores
+        # (a stateless stage moves no state: its migration never waits for the store)
+        stores = self.checkpoints.stores and self.stage.stateful
         records = layout.migration_records(table, layout.merged_watermarks(marks), budget,
                                            marker_apart=stores)
         # A resumed migration appends the missing ones; after a restore from the state store
@@ -559,6 +560,8 @@ class PartitionWorker:
             encoded = rec.to_wire()
             await self._append(rec, encoded)
             await self.checkpoints.after_commit(encoded, self.state, self.log_seq)
+        if stores:  # and soon one that says MIGRATED too (in the background, as any snapshot)
+            await self.checkpoints.checkpoint(self.state, self.log_seq)
         self.deadlines = self.engine.deadlines_in(self.state.table)
         self._next_due = min(self.deadlines.values(), default=None)
         log.info("%s: moved in %d state slots from %d old partitions", self.in_subject,
