@@ -814,8 +814,11 @@ class Nats:
     # --- key/value and object store ----------------------------------------------------------
 
     async def kv_put(self, bucket: str, key: str, value: bytes) -> int:
+        """Write `value` under `key`, tried again while the bucket's stream has no leader yet
+        (a clustered bucket just made, or after a node loss: "no responders"). A put is safe
+        to repeat: the key then holds the same value."""
         kv = await self._kv(bucket)
-        return int(await kv.put(key, value))
+        return int(await _patiently(lambda: kv.put(key, value)))
 
     async def kv_get(self, bucket: str, key: str) -> bytes | None:
         entry = await self.kv_entry(bucket, key)
