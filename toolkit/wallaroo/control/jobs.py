@@ -80,7 +80,7 @@ async def job_state(nats: Nats, manifest: Manifest) -> JobState:
     names = AppNames(slug)
     first = {st.index for st in stages if st.source is not None}
     reports = [(part, r) for b in beats if slug in b.apps for part, r in b.apps[slug].partitions.items()]
-    lasts = {(st.index, p): await _last(nats, names, st.index, p)
+    lasts = {(st.index, p): await observe.last_commit(nats, names, st.index, p)
              for st in stages for p in range(st.partitions)}
     return JobState(
         sources=[await _source(nats, slug, st.source) for st in stages if st.source is not None],
@@ -122,12 +122,6 @@ async def _source(nats: Nats, slug: str, name: str) -> SourceState:
         current = await nats.kv_get(CONNECTORS_BUCKET, f"{source_progress_key(slug, name)}.{p['unit']}")
         read += int(json.loads(current).get("acked", 0)) if current else 0
     return SourceState(name, read, end, ended)
-
-
-async def _last(nats: Nats, names: AppNames, stage: int, part: int) -> CommitRecord | None:
-    """The partition's newest commit record (None before its first commit)."""
-    last = await nats.last_on_subject(names.log_stream, names.log(stage, part))
-    return CommitRecord.from_wire(last.data) if last is not None else None
 
 
 async def _ended(nats: Nats, names: AppNames, rec: CommitRecord | None) -> bool:

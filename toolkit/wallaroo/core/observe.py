@@ -74,12 +74,17 @@ async def settled_stages(nats: Nats, manifest: Manifest,
         if st.prev is None:
             settled.add(st.index)
             continue
-        lasts = [await nats.last_on_subject(names.log_stream, names.log(st.index, p))
-                 for p in st.parts]
-        if all(m is not None and repartition.MIGRATED in CommitRecord.from_wire(m.data).watermarks
-               for m in lasts):
+        lasts = [await last_commit(nats, names, st.index, p) for p in st.parts]
+        if all(rec is not None and repartition.MIGRATED in rec.watermarks for rec in lasts):
             settled.add(st.index)
     return settled
+
+
+async def last_commit(nats: Nats, names: AppNames, stage: int, part: int) -> CommitRecord | None:
+    """The partition's newest commit record (None before its first commit). It carries the
+    partition's full watermarks, and a changelog trim always keeps it."""
+    last = await nats.last_on_subject(names.log_stream, names.log(stage, part))
+    return CommitRecord.from_wire(last.data) if last is not None else None
 
 
 async def partition_lags(nats: Nats, manifest: Manifest) -> dict[Part, Lag | None]:

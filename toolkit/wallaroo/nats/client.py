@@ -847,7 +847,7 @@ class Nats:
         if more:  # the server ended the answer early: a watch lists them all
             msg = f"KV bucket {bucket}: more keys than one direct get answers"
             raise TooManyResultsError(msg)
-        return sorted(m.subject[len(prefix):] for m in msgs if m.kv_operation not in ("DEL", "PURGE"))
+        return sorted(m.subject[len(prefix):] for m in msgs if not m.deleted)
 
     async def _kv_keys_scan(self, bucket: str) -> list[str]:
         """The bucket's live keys from its messages, oldest to newest (batched direct gets:
@@ -858,7 +858,7 @@ class Nats:
         live: dict[str, bool] = {}
         async for m in self.read_subject(f"KV_{bucket}", f"{prefix}>",
                                          await self.stream_last_seq(f"KV_{bucket}")):
-            live[m.subject[len(prefix):]] = m.kv_operation not in ("DEL", "PURGE")
+            live[m.subject[len(prefix):]] = not m.deleted
         return sorted(key for key, alive in live.items() if alive)
 
     async def _kv(self, bucket: str, *, create: bool = True, ttl: float | None = None) -> Any:
@@ -904,7 +904,7 @@ class Nats:
         last = await self.stream_last_seq(stream)
         return [KvEntry(key, m.data, m.seq)
                 async for m in self.read_subject(stream, f"$KV.{bucket}.{key}", last)
-                if m.kv_operation not in ("DEL", "PURGE")]
+                if not m.deleted]
 
     async def kv_create(self, bucket: str, key: str, value: bytes) -> int | None:
         """Write `key` only if it does not exist; its revision, or None if it exists."""

@@ -51,6 +51,11 @@ class StoredMsg:
     msg_id: str
     kv_operation: str = ""  # DEL or PURGE: a KV delete marker
 
+    @property
+    def deleted(self) -> bool:
+        """Is this a KV delete or purge marker (the key is gone)?"""
+        return self.kv_operation in ("DEL", "PURGE")
+
 
 @dataclass(frozen=True)
 class Out:
