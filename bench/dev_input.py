@@ -16,7 +16,8 @@ Why a script of its own and not a mode of bench/job.py: that one times `wallaroo
 bounded job (outputs are totals written to part files); this one times what `dev --input`
 does (a stream app, every running count printed on stdout).
 
-    python bench/dev_input.py [--words 10000000] [--starts 3]    # quick: --words 200000
+    python bench/dev_input.py [--words 10000000] [--starts 3] [--max-backlog N]
+    quick: --words 200000
 
 `--python PATH`: the interpreter whose `wallaroo` is timed (say, another checkout's venv, to
 compare two versions in one run); bytewax runs with this one.
@@ -35,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -64,7 +66,8 @@ class DevRun:
     stderr: list[str] = field(default_factory=list)
 
 
-def run_dev(input_file: Path, out: Path, work: Path, python: str) -> DevRun:
+def run_dev(input_file: Path, out: Path, work: Path, python: str,
+            dev_args: Sequence[str] = ()) -> DevRun:
     """`wallaroo dev APP --input input_file --fresh`, its stdout (the outputs) into `out`."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("WALLAROO_NATS", "WALLAROO_CREDS", "WALLAROO_AUTH_DIR")}
@@ -73,7 +76,7 @@ def run_dev(input_file: Path, out: Path, work: Path, python: str) -> DevRun:
     with out.open("wb") as out_f:
         proc = subprocess.Popen(
             [python, "-m", "wallaroo", "dev", str(APP), "--input", str(input_file),
-             "--fresh", "--state-dir", str(work / "dev-state")],
+             "--fresh", "--state-dir", str(work / "dev-state"), *dev_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
             cwd=work)
         assert proc.stdout is not None and proc.stderr is not None
@@ -170,13 +173,13 @@ def _fresh(work: Path, name: str) -> Path:
     return folder
 
 
-def whole(words: int, work: Path, python: str) -> None:
+def whole(words: int, work: Path, python: str, dev_args: Sequence[str]) -> None:
     data = work / "words.txt"
     make_input(data, words)
     expected = Counter(data.read_text().split())
     print(f"\nwhole process, {words:,} words ({data.stat().st_size / 2**20:.1f} MiB, "
           f"{len(expected)} distinct):")
-    dev = run_dev(data, work / "dev-out.txt", _fresh(work, "dev-whole"), python)
+    dev = run_dev(data, work / "dev-out.txt", _fresh(work, "dev-whole"), python, dev_args)
     check_same(expected, words, "wallaroo dev", work / "dev-out.txt")
     _, bw_wall = run_bytewax(data, work / "bw-out.txt", _fresh(work, "bw-whole"))
     check_same(expected, words, "bytewax", work / "bw-out.txt")
@@ -204,10 +207,13 @@ def main() -> None:
     parser.add_argument("--words", type=int, default=10_000_000)
     parser.add_argument("--starts", type=int, default=3, help="start-up runs of each (median)")
     parser.add_argument("--python", default=sys.executable, help="whose `wallaroo` to time")
+    parser.add_argument("--max-backlog", type=int, default=None,
+                        help="passed to `wallaroo dev` for the whole run (default: dev's own)")
     args = parser.parse_args()
+    dev_args = [] if args.max_backlog is None else ["--max-backlog", str(args.max_backlog)]
     with tempfile.TemporaryDirectory(prefix="wl-bench-dev-") as tmp:
         startups(args.starts, Path(tmp), args.python)
-        whole(args.words, Path(tmp), args.python)
+        whole(args.words, Path(tmp), args.python, dev_args)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,14 @@ All figures come from the same run:
   big/small per process (aim <= 1.2: memory follows state, the vocabulary here, not the volume).
   A background thread reads VmRSS from /proc/<pid>/status every 0.5 s, and VmHWM (the kernel's
   own peak) at the end; the larger is printed. Bytewax's peak is the ru_maxrss of its process,
-  from wait4().
+  from wait4(). The input goes as `wallaroo dev --input` sends it: at most `--max-backlog`
+  batches (256 records each) ahead of the app, as Bytewax pulls its file at its own pace;
+  `--max-backlog 0` sends it all at once (a 10M-word burst, 70 MB that nats-server caches).
 - Latency: p50/p99 end to end at a steady input rate.
 
     python bench/wordcount.py [--words 1000000] [--memory-words 10000000] [--skip-10x]
-                              [--skip-bytewax] [--rate 20000] [--latency-seconds 10]
+                              [--max-backlog 256] [--skip-bytewax] [--rate 20000]
+                              [--latency-seconds 10]
                               [--only-latency] [--latency-keys 0] [--latency-runners 1]
     quick: python bench/wordcount.py --words 100000 --memory-words 200000 --latency-seconds 2
 """
@@ -93,13 +96,15 @@ def plain_loop(lines: list[bytes]) -> float:
     return out / (time.perf_counter() - start)
 
 
-async def throughput(url: str, key: Path, creds: Path, lines: list[bytes], words: int) -> float:
+async def throughput(url: str, key: Path, creds: Path, lines: list[bytes], words: int,
+                     backlog: int = 0) -> float:
     nats = await Nats.connect(url, creds=creds)
     try:
         manifest = await apps.deploy(nats, APP, key=key)
         await apps.wait_idle(nats, manifest, timeout=60)  # workers up, consumers created
         start = time.perf_counter()
-        await ingest.send(nats, manifest, "lines", lines, "bench", progress=_progress(words))
+        await ingest.send(nats, manifest, "lines", lines, "bench", progress=_progress(words),
+                          backlog=ingest.Backlog(backlog) if backlog else None)
         # Bounded, with room for a slow shared machine (10M words take ~100 s unloaded).
         await apps.wait_idle(nats, manifest, timeout=120 + words / 5_000, poll=0.1)
         elapsed = time.perf_counter() - start
@@ -168,7 +173,7 @@ class WallarooRun:
     peak_kib: dict[str, int]  # "wallaroo runner" / "nats-server" -> peak RSS
 
 
-def wallaroo_run(lines: list[bytes], words: int) -> WallarooRun:
+def wallaroo_run(lines: list[bytes], words: int, backlog: int = 0) -> WallarooRun:
     """The throughput run in a fresh one-runner DevCluster, the runner's and nats-server's
     memory sampled throughout (deploy included: VmHWM counts from process start anyway)."""
     with tempfile.TemporaryDirectory() as tmp, DevCluster(Path(tmp) / "c", runners=1) as cluster:
@@ -176,7 +181,7 @@ def wallaroo_run(lines: list[bytes], words: int) -> WallarooRun:
                 "nats-server": _pid(cluster.server.proc)}
         with RssSampler(pids) as rss:
             rate = asyncio.run(throughput(cluster.url, cluster.deploy_key, cluster.creds("deployer"),
-                                          lines, words))
+                                          lines, words, backlog))
     return WallarooRun(words, rate, rss.peak_kib)
 
 
@@ -324,6 +329,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--memory-words", type=int, default=None,
                    help="the big memory run (default: 10x --words)")
     p.add_argument("--skip-10x", action="store_true", help="no big memory run")
+    p.add_argument("--max-backlog", type=int, default=ingest.INPUT_BACKLOG,
+                   help="batches the sender may run ahead of the app, as `wallaroo dev --input` "
+                   "(default); 0: the whole input at once")
     p.add_argument("--skip-bytewax", action="store_true")
     p.add_argument("--rate", type=int, default=20_000, help="records/s for the latency run")
     p.add_argument("--latency-seconds", type=float, default=10.0)
@@ -349,10 +357,13 @@ def throughput_table(base: float, ours: WallarooRun, bw: BytewaxRun | None) -> T
     return t
 
 
-def memory_table(small: WallarooRun, big: WallarooRun | None, bw: BytewaxRun | None) -> Table:
+def memory_table(small: WallarooRun, big: WallarooRun | None, bw: BytewaxRun | None,
+                 backlog: int) -> Table:
     """Runner and nats-server side by side at both sizes; Bytewax's process at the small one."""
     rates = ", ".join(f"{r.words:,} words {r.rate:,.0f}" for r in (small, big) if r is not None)
-    t = Table(title="peak RSS, MiB", caption=f"aim: big / small <= 1.2\nwallaroo records/s: {rates}")
+    sent = f"at most {backlog} batches ahead of the app" if backlog else "all at once"
+    t = Table(title="peak RSS, MiB", caption=f"aim: big / small <= 1.2\nwallaroo records/s: {rates}"
+              f"\ninput sent {sent} (--max-backlog)")
     t.add_column("process")
     t.add_column(f"{small.words:,} words", justify="right")
     if big is not None:
@@ -379,14 +390,15 @@ def main() -> None:
 def throughput_and_memory(args: argparse.Namespace, console: Console) -> None:
     lines = make_lines(args.words)
     base = plain_loop(lines)
-    small = wallaroo_run(lines, args.words)
+    small = wallaroo_run(lines, args.words, args.max_backlog)
     bw = maybe_bytewax(args.skip_bytewax, lines, args.words)
     console.print(throughput_table(base, small, bw))
     if bw is not None:
         console.print(f"bytewax: start-up {bw.startup:.2f} s (launch to first read), "
                       f"whole process {bw.wall:.2f} s")
-    big = None if args.skip_10x else wallaroo_run(make_lines(args.memory_words), args.memory_words)
-    console.print(memory_table(small, big, bw))
+    big = (None if args.skip_10x
+           else wallaroo_run(make_lines(args.memory_words), args.memory_words, args.max_backlog))
+    console.print(memory_table(small, big, bw, args.max_backlog))
 
 
 def latency_run(args: argparse.Namespace, console: Console) -> None:

@@ -16,7 +16,7 @@ from connector_support import async_, eventually, publish_outputs
 from wallaroo.connectors import FileSink
 from wallaroo.control import apps
 from wallaroo.core.names import AppNames
-from wallaroo.local.natsserver import NatsServer
+from wallaroo.local.natsserver import MEMORY_LIMIT, NatsServer
 from wallaroo.nats import Nats
 from wallaroo_runtime.connectors import run_sink
 
@@ -108,7 +108,7 @@ def test_the_embedded_nats_server_runs_with_a_soft_memory_limit(
     """Go's GOMEMLIMIT keeps a busy JetStream's heap from doubling with the volume; a limit
     of the user's own wins."""
     assert nats_server.proc is not None
-    assert b"GOMEMLIMIT=128MiB" in environ(nats_server.proc.pid)
+    assert f"GOMEMLIMIT={MEMORY_LIMIT}".encode() in environ(nats_server.proc.pid)
     monkeypatch.setenv("GOMEMLIMIT", "1GiB")
     with NatsServer(tmp_path / "own") as own:
         assert own.proc is not None and b"GOMEMLIMIT=1GiB" in environ(own.proc.pid)

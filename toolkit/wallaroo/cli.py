@@ -64,6 +64,9 @@ def _use_tls_ca(tls_ca: Path | None) -> None:
 
 NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (default: $WALLAROO_NATS, "
                                              "the running dev cluster, or nats://127.0.0.1:4222)")]
+MaxBacklogOpt = Annotated[int | None, typer.Option(min=1, help="send at most N batches (of up "
+                          "to 256 records) ahead of the app: bounds what nats-server holds for a "
+                          "big input; the autoscaler then sees at most that much lag")]
 MetricsPortOpt = Annotated[int, typer.Option(min=0, max=65535, help="serve Prometheus /metrics "
                           "on this port (0: any free port; `wallaroo status` lists it)")]
 MetricsHostOpt = Annotated[str, typer.Option(envvar="WALLAROO_METRICS_HOST", help="address "
@@ -155,6 +158,10 @@ def dev(
                    "made for it (STATE_DIR/tls/ca.pem), which commands run here verify")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start with an empty cluster instead "
                      "of the state, streams and outputs the last dev here left")] = False,
+    max_backlog: Annotated[int | None, typer.Option(min=0, help="send --input at most N batches "
+                           "(of up to 256 records) ahead of the app, as a file source pulled at "
+                           "its pace; 0: all at once (default: 256, or 0 with --autoscale, whose "
+                           "signal is that lag)")] = None,
 ) -> None:
     """Run APP on a local cluster (embedded nats-server + runners), printing every output."""
     from wallaroo.local.devrun import run_dev
@@ -167,7 +174,7 @@ def dev(
         scaler_args += ["--idle-to-zero", str(idle_to_zero)] if idle_to_zero is not None else []
     try:
         code = run_dev(app_file, input, runners, source, state_dir, timeout, scaler_args, tls,
-                       fresh)
+                       fresh, max_backlog)
     except WallarooError as err:
         fail(str(err))
     raise typer.Exit(code)
@@ -320,6 +327,7 @@ def send(
                     "declares header_length/length_fmt, else each non-empty line")] = None,
     producer: Annotated[str | None, typer.Option(help="producer id for dedup (default: "
                         "the file's content hash, or a fresh id)")] = None,
+    max_backlog: MaxBacklogOpt = None,
     nats: NatsOpt = None,
 ) -> None:
     """Send records to a deployed app's source (exactly once per producer id)."""
@@ -337,7 +345,8 @@ def send(
         else:
             records = iter([v.encode() for v in values or []])
             pid = producer or ingest.fresh_producer_id()
-        return await ingest.send(nc, manifest, source, records, pid)
+        backlog = None if max_backlog is None else ingest.Backlog(max_backlog)
+        return await ingest.send(nc, manifest, source, records, pid, backlog=backlog)
 
     sent = on_nats(nats, body)
     typer.echo(f"sent {sent.records} record(s) to {app_name}/{source}" + (

@@ -59,3 +59,11 @@ def test_scale_takes_no_app() -> None:
     """The runner pool of `wallaroo dev` is shared by its apps: `scale` names none."""
     usage = next(line for line in help_of(("scale",), 100).splitlines() if "Usage:" in line)
     assert usage.split()[-2:] == ["scale", "[OPTIONS]"]
+
+
+@pytest.mark.parametrize("args", [["send", "app", "src", "x", "--max-backlog", "0"],
+                                  ["dev", "app.py", "--max-backlog", "-1"]])
+def test_a_max_backlog_below_its_range_is_a_usage_error(args: list[str], tmp_path: Any) -> None:
+    (tmp_path / "app.py").write_text("")
+    res = CliRunner().invoke(app, [a.replace("app.py", str(tmp_path / "app.py")) for a in args])
+    assert res.exit_code == 2 and "--max-backlog" in res.output, res.output

@@ -3,15 +3,18 @@ so that sending the same file (or producer) again never ingests a record twice."
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from wallaroo.core import codec
 from wallaroo.core.codec import SEND_BATCH
-from wallaroo.core.errors import RecordTooLargeError, UnknownNameError
+from wallaroo.core.errors import BacklogStalledError, RecordTooLargeError, UnknownNameError
 from wallaroo.core.frames import (
     Framing,
     TruncatedFrameError,
@@ -26,6 +29,28 @@ from wallaroo.nats import Nats, Out
 
 PAYLOAD_MARGIN = 1024  # headers and framing on top of a batch
 SEND_WINDOW = 64
+INPUT_BACKLOG = 256  # `wallaroo dev --input`'s Backlog.limit: about a second of word count
+ROOM_POLL = (0.005, 0.1)  # first and longest pause between looks at a full backlog, s
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """How far a sender may run ahead of the app: at most `limit` of the source's messages
+    (batches of up to SEND_BATCH records) stored and not yet processed, else the next window
+    waits. Why: what a sender has published and the app has not taken sits in nats-server,
+    which keeps a stored block in memory for 10 s after its last use, so a whole file
+    published at once costs it memory in proportion to the file; pulled at the app's pace, as
+    a Bytewax file source is, it holds a bounded amount whatever the file's size (README, The
+    dev loop). The wait fails with BacklogStalledError once the count has not fallen for
+    `stall` seconds (no runner taking the source)."""
+
+    limit: int
+    stall: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.limit < 1 or not self.stall > 0:
+            msg = f"Backlog(limit={self.limit}, stall={self.stall}): both must be above 0"
+            raise ValueError(msg)
 
 
 def source_stage(manifest: Manifest, source: str | None) -> tuple[int, int]:
@@ -90,16 +115,19 @@ class Sent(NamedTuple):
 
 async def send(
     nats: Nats, manifest: Manifest, source: str | None, records: Iterable[bytes], producer: str,
-    batch_size: int = SEND_BATCH, progress: Any = None,
+    batch_size: int = SEND_BATCH, progress: Any = None, backlog: Backlog | None = None,
 ) -> Sent:
     """Publish records to a source in batches with ids `i:<producer>:<n>`: how many were
-    sent, and how many of them were new (not dropped as duplicates of an earlier send)."""
+    sent, and how many of them were new (not dropped as duplicates of an earlier send).
+    With a `backlog`, each window waits until the source has room for it."""
     stage, parts = source_stage(manifest, source)
     names = AppNames(manifest.slug)
     window: list[Out] = []
     sizes: dict[str, int] = {}  # msg id -> records it carries
     sent = new = 0
     limit = nats.max_payload - PAYLOAD_MARGIN
+    room = None if backlog is None else _room(nats, names, stage, manifest, backlog)
+    window_size = SEND_WINDOW if backlog is None else min(SEND_WINDOW, backlog.limit)
     for n, batch in enumerate(codec.chunked(records, batch_size)):
         payloads = fit(batch, limit, sent)
         for k, payload in enumerate(payloads):
@@ -107,15 +135,51 @@ async def send(
             window.append(Out(names.source(stage, n % parts), payload, msg_id))
             sizes[msg_id] = len(codec.unpack_batch(payload)) if len(payloads) > 1 else len(batch)
         sent += len(batch)
-        if len(window) >= SEND_WINDOW:
+        if len(window) >= window_size:
+            if room is not None:
+                await room(len(window))
             new += _new(await nats.publish_all(window), window, sizes)
             window = []
             if progress:
                 progress(sent)
+    if room is not None and window:
+        await room(len(window))
     new += _new(await nats.publish_all(window), window, sizes)
     if progress:
         progress(sent)
     return Sent(sent, new)
+
+
+def _room(nats: Nats, names: AppNames, stage: int, manifest: Manifest,
+          backlog: Backlog) -> Callable[[int], Awaitable[None]]:
+    """What waits for room for a window of n messages in the source's partitions."""
+    source = manifest.stages[stage].source or ""
+
+    def count() -> Awaitable[int]:
+        return nats.subject_count(names.data_stream, names.sources(stage))
+
+    async def wait(n: int) -> None:
+        await wait_for_room(count, n, backlog, source)
+
+    return wait
+
+
+async def wait_for_room(count: Callable[[], Awaitable[int]], n: int, backlog: Backlog,
+                        source: str, clock: Callable[[], float] = time.monotonic,
+                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+    """Return once `count()` + n fits in the backlog's limit (a window larger than the
+    limit waits for an empty backlog); BacklogStalledError when the count has not fallen
+    for `backlog.stall` s. Looks again after pauses doubling from ROOM_POLL[0] to [1]: the
+    app takes a window in well under a second, and a stalled app is told apart in minutes."""
+    pause = ROOM_POLL[0]
+    lowest, since = None, clock()
+    while (waiting := await count()) and waiting + n > backlog.limit:
+        if lowest is None or waiting < lowest:
+            lowest, since = waiting, clock()
+        elif clock() - since >= backlog.stall:
+            raise BacklogStalledError(source, waiting, backlog.stall)
+        await sleep(pause)
+        pause = min(pause * 2, ROOM_POLL[1])
 
 
 def _new(dropped: set[str], window: list[Out], sizes: dict[str, int]) -> int:

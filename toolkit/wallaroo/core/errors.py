@@ -178,6 +178,18 @@ class RecordTooLargeError(WallarooError, ValueError):
         )
 
 
+class BacklogStalledError(WallarooError):
+    """A sender held back by its backlog bound saw the app take none of it for too long."""
+
+    def __init__(self, source: str, waiting: int, seconds: float) -> None:
+        self.source, self.waiting, self.seconds = source, waiting, seconds
+        super().__init__(
+            f"{waiting} message(s) of source {source!r} were not processed in {seconds:g} s, "
+            f"so the send stopped there: is a runner up (`wallaroo status`)? Sending again "
+            f"with the same producer id goes on where it stopped"
+        )
+
+
 class Reject(WallarooError):  # noqa: N818 - users raise it by this name, as in "reject the record"
     """Raised by user code to dead-letter the record at once, without retries: for records
     that are wrong, not unlucky (validation failures, records too late for their window)."""

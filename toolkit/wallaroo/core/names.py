@@ -44,6 +44,10 @@ class AppNames:
         """Input of a source stage: clients publish here (their credentials allow `wl.*.in.>`)."""
         return f"wl.{self.slug}.in.{stage}.{part}"
 
+    def sources(self, stage: int) -> str:
+        """Every partition's input of a source stage (a wildcard)."""
+        return f"wl.{self.slug}.in.{stage}.*"
+
     def input(self, stage: int, part: int, source: bool) -> str:
         return self.source(stage, part) if source else self.data(stage, part)
 

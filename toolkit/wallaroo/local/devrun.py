@@ -22,19 +22,21 @@ INTERRUPTED = 130  # exit code of a `dev --input` stopped by Ctrl-C/SIGTERM befo
 
 def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str | None,
             state_dir: Path, timeout: float, autoscale: Sequence[str] | None = None,
-            tls: bool = False, fresh: bool = False) -> int:
+            tls: bool = False, fresh: bool = False, max_backlog: int | None = None) -> int:
     """`autoscale`: arguments for a `wallaroo autoscaler --backend local` process, which then
     sizes the runner pool; None: the pool keeps `runners` (or what `wallaroo scale` asks).
-    `tls`: nats-server speaks TLS only, with a CA made under STATE_DIR/tls (see DevCluster)."""
+    `tls`: nats-server speaks TLS only, with a CA made under STATE_DIR/tls (see DevCluster).
+    `max_backlog`: --input is sent at most that many batches ahead of the app (0: no bound,
+    None: the default, see devsession.input_backlog)."""
     # With --fresh the app and input are checked before the cluster empties STATE_DIR: a typo
     # in the app must not cost the state the last dev here left.
-    session = _prepare(app_file, input_file, source, timeout, autoscale) if fresh else None
+    session = _prepare(app_file, input_file, source, timeout, autoscale, max_backlog) if fresh else None
     cluster = DevCluster(state_dir, runners, fresh=fresh, tls=tls)
     with cluster.launched():
         # Otherwise once nats-server is on its way: the app's load, the NATS client and the
         # deploy's modules (0.15 s) overlap its start.
         if session is None:
-            session = _prepare(app_file, input_file, source, timeout, autoscale)
+            session = _prepare(app_file, input_file, source, timeout, autoscale, max_backlog)
         # The runners, after that work and not with the server: a runner's start is 0.5 s
         # of CPU, and where they share a core (2 cores and anything else running) started
         # together they made "deployed" 0.15 s later, with no sooner first output. A broken
@@ -54,12 +56,12 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
 
 
 def _prepare(app_file: Path, input_file: Path | None, source: str | None, timeout: float,
-             autoscale: Sequence[str] | None) -> devsession.Session:
+             autoscale: Sequence[str] | None, max_backlog: int | None) -> devsession.Session:
     """The app loaded and the input checked (devsession.prepare): a broken one fails here.
     Imported here, not at the top: see run_dev."""
     from wallaroo.local import devsession
 
-    return devsession.prepare(app_file, input_file, source, timeout, autoscale)
+    return devsession.prepare(app_file, input_file, source, timeout, autoscale, max_backlog)
 
 
 def _serve(cluster: DevCluster, session: devsession.Session) -> int | None:

@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 
 def prepare(app_file: Path, input_file: Path | None, source: str | None, timeout: float,
-            autoscale: Sequence[str] | None) -> Session:
+            autoscale: Sequence[str] | None, max_backlog: int | None = None) -> Session:
     """Load the app and check the input against it: a broken app or input fails before the
     deploy (devrun has launched nats-server and the runners meanwhile)."""
     deployable, _ = load_deployable(app_file)
@@ -45,7 +45,8 @@ def prepare(app_file: Path, input_file: Path | None, source: str | None, timeout
         raise WallarooError(msg)
     if input_file is not None:
         _check_input(app.sources.get(source or next(iter(app.sources), "")), input_file)
-    return Session(app_file, deployable, app, input_file, source, timeout, autoscale)
+    return Session(app_file, deployable, app, input_file, source, timeout, autoscale,
+                   max_backlog)
 
 
 def serve(cluster: DevCluster, session: Session) -> int | None:
@@ -72,6 +73,7 @@ class Session:
     source: str | None
     timeout: float
     autoscale: Sequence[str] | None
+    max_backlog: int | None = None  # --max-backlog (None: not given; see input_backlog)
 
 
 async def _session(cluster: DevCluster, session: Session) -> int | None:
@@ -107,8 +109,7 @@ async def _serve(cluster: DevCluster, nats: Nats, stop: asyncio.Event,
     try:
         if session.input_file is None:
             return await _until(stop, supervisor, _forever())
-        return await _until(stop, supervisor, _feed(nats, manifest, printer, session.input_file,
-                                                    session.source, session.timeout))
+        return await _until(stop, supervisor, _feed(nats, manifest, printer, session))
     finally:
         stop.set()
         if not cluster.server.alive:
@@ -232,15 +233,18 @@ async def _until(stop: asyncio.Event, supervisor: asyncio.Task[None],
     return task.result()
 
 
-async def _feed(nats: Nats, manifest: Manifest, printer: _Printer, input_file: Path,
-                source: str | None, timeout: float) -> int:
+async def _feed(nats: Nats, manifest: Manifest, printer: _Printer, session: Session) -> int:
     from wallaroo.control import dlq  # here, not before the deploy: its previews are 0.005 s
 
+    input_file, source, timeout = session.input_file, session.source, session.timeout
+    assert input_file is not None  # _serve feeds only a session with an input
+    backlog = input_backlog(session.max_backlog, session.autoscale is not None, timeout)
     framing = ingest.source_framing(manifest, source)
     progress = _Progress(nats, manifest, printer, _count_records(input_file, framing))
     with progress.view:
         sent = await ingest.send(nats, manifest, source, ingest.file_records(input_file, framing),
-                                 ingest.file_producer_id(input_file), progress=progress.sent)
+                                 ingest.file_producer_id(input_file), progress=progress.sent,
+                                 backlog=backlog)
         info(f"sent {sent.records} records from {input_file}"
              + (f" ({sent.records - sent.new} sent before: skipped)" if sent.new < sent.records
                 else ""))
@@ -254,6 +258,14 @@ async def _feed(nats: Nats, manifest: Manifest, printer: _Printer, input_file: P
     for line in await dlq.first_lines(nats, manifest):
         info(line)
     return 1
+
+
+def input_backlog(max_backlog: int | None, autoscaled: bool, stall: float) -> ingest.Backlog | None:
+    """How far --input runs ahead of the app: --max-backlog N (0: no bound); not given,
+    INPUT_BACKLOG, or no bound under --autoscale, whose signal that backlog is."""
+    if max_backlog is None:
+        max_backlog = 0 if autoscaled else ingest.INPUT_BACKLOG
+    return ingest.Backlog(max_backlog, stall) if max_backlog else None
 
 
 def _count_records(path: Path, framing: Framing | None) -> int:
