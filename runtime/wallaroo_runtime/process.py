@@ -10,15 +10,14 @@ import signal
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+from wallaroo.core.aio import doubling
+
 RESTART_BACKOFF = (0.2, 5.0)  # seconds: first delay after a failure, and the cap
 
 
 def backoff() -> Iterator[float]:
     """Delays between restarts of a failing loop: doubling from the first to the cap."""
-    delay = RESTART_BACKOFF[0]
-    while True:
-        yield delay
-        delay = min(delay * 2, RESTART_BACKOFF[1])
+    return doubling(*RESTART_BACKOFF)
 
 
 def setup_logging() -> None:

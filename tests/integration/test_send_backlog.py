@@ -39,7 +39,8 @@ async def scenario(cluster: DevCluster) -> None:
         waiting = names.sources(0)
 
         # No runner: the first window goes, the next waits, and the send stops.
-        with pytest.raises(BacklogStalledError, match=r"5 message\(s\) of source 'in'"):
+        with pytest.raises(BacklogStalledError, match=r"5 message\(s\) waiting in source 'in' .* "
+                           r"after 20 record\(s\)"):
             await ingest.send(client, manifest, "in", RECORDS, "bounded", batch_size=BATCH,
                               backlog=ingest.Backlog(LIMIT, stall=1.0))
         assert await client.subject_count(names.data_stream, waiting) == LIMIT

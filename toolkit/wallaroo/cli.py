@@ -64,9 +64,11 @@ def _use_tls_ca(tls_ca: Path | None) -> None:
 
 NatsOpt = Annotated[str | None, typer.Option("--nats", help="NATS URL (default: $WALLAROO_NATS, "
                                              "the running dev cluster, or nats://127.0.0.1:4222)")]
-MaxBacklogOpt = Annotated[int | None, typer.Option(min=1, help="send at most N batches (of up "
-                          "to 256 records) ahead of the app: bounds what nats-server holds for a "
-                          "big input; the autoscaler then sees at most that much lag")]
+MaxBacklogOpt = Annotated[int, typer.Option(min=0, help="keep at most N messages (batches of up "
+                          "to 256 records) waiting unprocessed in the source: the send waits for "
+                          "the app, and stops with an error once it has taken none for 2 minutes; "
+                          "bounds what nats-server holds for a big input (and the lag the "
+                          "autoscaler sees); 0: no bound")]
 MetricsPortOpt = Annotated[int, typer.Option(min=0, max=65535, help="serve Prometheus /metrics "
                           "on this port (0: any free port; `wallaroo status` lists it)")]
 MetricsHostOpt = Annotated[str, typer.Option(envvar="WALLAROO_METRICS_HOST", help="address "
@@ -146,7 +148,8 @@ def dev(
     runners: Annotated[int, typer.Option(min=1, max=64, help="runner processes")] = 1,
     source: Annotated[str | None, typer.Option(help="source to feed (if the app has several)")] = None,
     state_dir: Annotated[Path, typer.Option(help="nats-server data and logs")] = Path(".wallaroo/dev"),
-    timeout: Annotated[float, typer.Option(help="give up waiting for output after N s")] = 600.0,
+    timeout: Annotated[float, typer.Option(help="give up waiting for output after N s (and, "
+                       "while --input is sent, once the app has taken none of it for N s)")] = 600.0,
     autoscale: Annotated[bool, typer.Option("--autoscale", help="size the runner pool from "
                          "queue lag (between --min-runners and --max-runners)")] = False,
     min_runners: Annotated[int, typer.Option(min=0, help="with --autoscale; 0 allows scale "
@@ -158,10 +161,10 @@ def dev(
                    "made for it (STATE_DIR/tls/ca.pem), which commands run here verify")] = False,
     fresh: Annotated[bool, typer.Option("--fresh", help="start with an empty cluster instead "
                      "of the state, streams and outputs the last dev here left")] = False,
-    max_backlog: Annotated[int | None, typer.Option(min=0, help="send --input at most N batches "
-                           "(of up to 256 records) ahead of the app, as a file source pulled at "
-                           "its pace; 0: all at once (default: 256, or 0 with --autoscale, whose "
-                           "signal is that lag)")] = None,
+    max_backlog: Annotated[int | None, typer.Option(min=0, help="keep at most N messages "
+                           "(batches of up to 256 records) of --input waiting unprocessed, as a "
+                           "file source pulled at the app's pace; 0: send it all at once "
+                           "(default: 256, or 0 with --autoscale, whose signal is that lag)")] = None,
 ) -> None:
     """Run APP on a local cluster (embedded nats-server + runners), printing every output."""
     from wallaroo.local.devrun import run_dev
@@ -327,7 +330,7 @@ def send(
                     "declares header_length/length_fmt, else each non-empty line")] = None,
     producer: Annotated[str | None, typer.Option(help="producer id for dedup (default: "
                         "the file's content hash, or a fresh id)")] = None,
-    max_backlog: MaxBacklogOpt = None,
+    max_backlog: MaxBacklogOpt = 0,
     nats: NatsOpt = None,
 ) -> None:
     """Send records to a deployed app's source (exactly once per producer id)."""
@@ -345,7 +348,7 @@ def send(
         else:
             records = iter([v.encode() for v in values or []])
             pid = producer or ingest.fresh_producer_id()
-        backlog = None if max_backlog is None else ingest.Backlog(max_backlog)
+        backlog = ingest.Backlog(max_backlog) if max_backlog else None
         return await ingest.send(nc, manifest, source, records, pid, backlog=backlog)
 
     sent = on_nats(nats, body)

@@ -61,7 +61,7 @@ def test_scale_takes_no_app() -> None:
     assert usage.split()[-2:] == ["scale", "[OPTIONS]"]
 
 
-@pytest.mark.parametrize("args", [["send", "app", "src", "x", "--max-backlog", "0"],
+@pytest.mark.parametrize("args", [["send", "app", "src", "x", "--max-backlog", "-1"],
                                   ["dev", "app.py", "--max-backlog", "-1"]])
 def test_a_max_backlog_below_its_range_is_a_usage_error(args: list[str], tmp_path: Any) -> None:
     (tmp_path / "app.py").write_text("")

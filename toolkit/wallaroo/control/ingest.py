@@ -1,5 +1,6 @@
 """`wallaroo send`: records into an app's source, in batches with deterministic message ids,
-so that sending the same file (or producer) again never ingests a record twice."""
+so that sending the same file (or producer) again within the source's duplicate window
+(DUPLICATE_WINDOW) never ingests a record twice."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from wallaroo.core import codec
+from wallaroo.core.aio import doubling
 from wallaroo.core.codec import SEND_BATCH
 from wallaroo.core.errors import BacklogStalledError, RecordTooLargeError, UnknownNameError
 from wallaroo.core.frames import (
@@ -25,27 +27,31 @@ from wallaroo.core.frames import (
 )
 from wallaroo.core.names import AppNames
 from wallaroo.core.wire import Manifest
-from wallaroo.nats import Nats, Out
+from wallaroo.nats import DUPLICATE_WINDOW, Nats, Out
 
 PAYLOAD_MARGIN = 1024  # headers and framing on top of a batch
 SEND_WINDOW = 64
 INPUT_BACKLOG = 256  # `wallaroo dev --input`'s Backlog.limit: about a second of word count
 ROOM_POLL = (0.005, 0.1)  # first and longest pause between looks at a full backlog, s
+# Backlog.stall's default, s: a stop is told apart from a slow batch in minutes, and within the
+# duplicate window a send of the same records again still drops the ones that went before.
+STALL = 120.0
 
 
 @dataclass(frozen=True)
 class Backlog:
     """How far a sender may run ahead of the app: at most `limit` of the source's messages
-    (batches of up to SEND_BATCH records) stored and not yet processed, else the next window
-    waits. Why: what a sender has published and the app has not taken sits in nats-server,
-    which keeps a stored block in memory for 10 s after its last use, so a whole file
-    published at once costs it memory in proportion to the file; pulled at the app's pace, as
-    a Bytewax file source is, it holds a bounded amount whatever the file's size (README, The
+    (each a batch of up to SEND_BATCH records, within the server's max payload: a bound in
+    messages, not bytes) stored and not yet processed, else the next window waits. Why: what
+    a sender has published and the app has not taken sits in nats-server, which keeps a
+    stored block in memory for 10 s after its last use, so a whole file published at once
+    costs it memory in proportion to the file; pulled at the app's pace, as a Bytewax file
+    source is, it holds a bounded number of messages whatever the file's size (README, The
     dev loop). The wait fails with BacklogStalledError once the count has not fallen for
     `stall` seconds (no runner taking the source)."""
 
     limit: int
-    stall: float = 300.0
+    stall: float = STALL
 
     def __post_init__(self) -> None:
         if self.limit < 1 or not self.stall > 0:
@@ -126,7 +132,7 @@ async def send(
     sizes: dict[str, int] = {}  # msg id -> records it carries
     sent = new = 0
     limit = nats.max_payload - PAYLOAD_MARGIN
-    room = None if backlog is None else _room(nats, names, stage, manifest, backlog)
+    room = None if backlog is None else _room(nats, names, stage, manifest, backlog, producer)
     window_size = SEND_WINDOW if backlog is None else min(SEND_WINDOW, backlog.limit)
     for n, batch in enumerate(codec.chunked(records, batch_size)):
         payloads = fit(batch, limit, sent)
@@ -137,49 +143,55 @@ async def send(
         sent += len(batch)
         if len(window) >= window_size:
             if room is not None:
-                await room(len(window))
+                await room(len(window), sent - sum(sizes.values()))
             new += _new(await nats.publish_all(window), window, sizes)
             window = []
             if progress:
                 progress(sent)
     if room is not None and window:
-        await room(len(window))
+        await room(len(window), sent - sum(sizes.values()))
     new += _new(await nats.publish_all(window), window, sizes)
     if progress:
         progress(sent)
     return Sent(sent, new)
 
 
-def _room(nats: Nats, names: AppNames, stage: int, manifest: Manifest,
-          backlog: Backlog) -> Callable[[int], Awaitable[None]]:
-    """What waits for room for a window of n messages in the source's partitions."""
+def _room(nats: Nats, names: AppNames, stage: int, manifest: Manifest, backlog: Backlog,
+          producer: str) -> Callable[[int, int], Awaitable[None]]:
+    """What waits for room for a window of n messages in the source's partitions, `sent`
+    records having gone before it (for the error)."""
     source = manifest.stages[stage].source or ""
 
     def count() -> Awaitable[int]:
         return nats.subject_count(names.data_stream, names.sources(stage))
 
-    async def wait(n: int) -> None:
-        await wait_for_room(count, n, backlog, source)
+    async def wait(n: int, sent: int) -> None:
+        if not await wait_for_room(count, n, backlog):
+            waiting = await count()
+            raise BacklogStalledError(source, waiting, backlog.stall, sent, producer,
+                                      DUPLICATE_WINDOW)
 
     return wait
 
 
 async def wait_for_room(count: Callable[[], Awaitable[int]], n: int, backlog: Backlog,
-                        source: str, clock: Callable[[], float] = time.monotonic,
-                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-    """Return once `count()` + n fits in the backlog's limit (a window larger than the
-    limit waits for an empty backlog); BacklogStalledError when the count has not fallen
-    for `backlog.stall` s. Looks again after pauses doubling from ROOM_POLL[0] to [1]: the
-    app takes a window in well under a second, and a stalled app is told apart in minutes."""
-    pause = ROOM_POLL[0]
-    lowest, since = None, clock()
+                        clock: Callable[[], float] = time.monotonic,
+                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> bool:
+    """True once `count()` + n fits in the backlog's limit (a window larger than the limit
+    waits for an empty backlog); False once the count has not fallen from one look to the next
+    for `backlog.stall` s (any fall is the app taking some: other senders may refill it as
+    fast). Looks again after pauses doubling from ROOM_POLL[0] to [1]: the app takes a window
+    in well under a second, and a stopped app is told apart in minutes."""
+    pauses = doubling(*ROOM_POLL)
+    last, since = None, clock()
     while (waiting := await count()) and waiting + n > backlog.limit:
-        if lowest is None or waiting < lowest:
-            lowest, since = waiting, clock()
+        if last is not None and waiting < last:
+            since = clock()
         elif clock() - since >= backlog.stall:
-            raise BacklogStalledError(source, waiting, backlog.stall)
-        await sleep(pause)
-        pause = min(pause * 2, ROOM_POLL[1])
+            return False
+        last = waiting
+        await sleep(next(pauses))
+    return True
 
 
 def _new(dropped: set[str], window: list[Out], sizes: dict[str, int]) -> int:

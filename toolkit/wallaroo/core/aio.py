@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def doubling(first: float, cap: float) -> Iterator[float]:
+    """Pauses between looks or tries: `first`, doubling up to `cap`, then `cap` for ever."""
+    pause = first
+    while True:
+        yield pause
+        pause = min(pause * 2, cap)
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

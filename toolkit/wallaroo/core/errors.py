@@ -181,12 +181,16 @@ class RecordTooLargeError(WallarooError, ValueError):
 class BacklogStalledError(WallarooError):
     """A sender held back by its backlog bound saw the app take none of it for too long."""
 
-    def __init__(self, source: str, waiting: int, seconds: float) -> None:
+    def __init__(self, source: str, waiting: int, seconds: float, sent: int, producer: str,
+                 window: float) -> None:
         self.source, self.waiting, self.seconds = source, waiting, seconds
+        self.sent, self.producer = sent, producer
         super().__init__(
-            f"{waiting} message(s) of source {source!r} were not processed in {seconds:g} s, "
-            f"so the send stopped there: is a runner up (`wallaroo status`)? Sending again "
-            f"with the same producer id goes on where it stopped"
+            f"none of the {waiting} message(s) waiting in source {source!r} was processed in "
+            f"{seconds:g} s, so the send stopped after {sent:,} record(s): is a runner taking "
+            f"them (`wallaroo status`)? A record sent again with producer id {producer} is "
+            f"dropped as a repeat only within {window / 60:g} minutes (the source's duplicate "
+            f"window) of its first send"
         )
 
 

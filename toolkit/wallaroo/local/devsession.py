@@ -242,9 +242,18 @@ async def _feed(nats: Nats, manifest: Manifest, printer: _Printer, session: Sess
     framing = ingest.source_framing(manifest, source)
     progress = _Progress(nats, manifest, printer, _count_records(input_file, framing))
     with progress.view:
-        sent = await ingest.send(nats, manifest, source, ingest.file_records(input_file, framing),
-                                 ingest.file_producer_id(input_file), progress=progress.sent,
-                                 backlog=backlog)
+        refresher = asyncio.create_task(progress.refreshing())
+        try:
+            sent = await ingest.send(nats, manifest, source,
+                                     ingest.file_records(input_file, framing),
+                                     ingest.file_producer_id(input_file), progress=progress.sent,
+                                     backlog=backlog)
+        finally:
+            refresher.cancel()
+            await asyncio.wait({refresher})  # not awaited: our own cancellation must go on up
+        if not refresher.cancelled() and (err := refresher.exception()) is not None:
+            raise err  # a refresh that failed (its NATS read) says why
+        progress.doing = "processing"
         info(f"sent {sent.records} records from {input_file}"
              + (f" ({sent.records - sent.new} sent before: skipped)" if sent.new < sent.records
                 else ""))
@@ -308,10 +317,18 @@ class _Progress:
         self.nats, self.manifest, self.printer, self.total = nats, manifest, printer, total
         self.view = JobView(sys.stderr.isatty() and not sys.stdout.isatty(), counting="records")
         self.sent_records, self.processed, self.rate = 0, 0, 0.0
+        self.doing = "sending"
 
     def sent(self, records: int) -> None:
         self.sent_records = records
-        self.show("sending")
+        self.show(self.doing)
+
+    async def refreshing(self) -> None:
+        """Refresh every PROGRESS_EVERY s while the input is sent: at the app's pace
+        (--max-backlog) that is most of the run, and the processed count must move with it."""
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY)
+            await self.refresh()
 
     async def refresh(self, last: bool = False) -> None:
         first = {st.index for st in self.manifest.stages if st.source is not None}
@@ -324,7 +341,7 @@ class _Progress:
         reported = self.sent_records if last else sum(r.records for r in reports)
         self.processed = max(self.processed, min(reported, self.sent_records))
         self.rate = sum(r.rate for r in reports)
-        self.show("processing", last)
+        self.show(self.doing, last)
 
     def show(self, doing: str, last: bool = False) -> None:
         from wallaroo.local.runjob import Shown

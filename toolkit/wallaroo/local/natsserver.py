@@ -26,9 +26,10 @@ MAX_PAYLOAD = 8 * 1024 * 1024
 # Go's soft memory limit for the embedded server (a GOMEMLIMIT of your own wins). Why: Go lets
 # its heap grow to twice what is live before collecting, so on a long stream nats-server grew
 # with the volume (2x the memory for 5x the words); at this limit it stays flat. What is live
-# is mostly file-store block caches, kept 10 s after a block's last use: about 50 MiB at a
-# steady 1M words/s, so 96 MiB holds that with room; a burst whose caches go past it (a whole
-# file sent at once, no --max-backlog) costs GC time, not memory (bench/README.md).
+# is mostly file-store block caches, kept 10 s after a block's last use: 47-59 MiB over 10M
+# words sent at the app's pace, so 96 MiB holds that with room; a burst whose caches go past
+# it (a whole file sent at once, no --max-backlog) costs GC time, and the heap goes past this
+# soft limit while it lasts (bench/README.md).
 MEMORY_LIMIT = "96MiB"
 
 

@@ -7,7 +7,16 @@ nats-py (and the aiohttp it brings), a third of a second."""
 
 from typing import TYPE_CHECKING, Any
 
-from wallaroo.nats.protocol import MSG_ID, Consumer, InMsg, KvEntry, Out, StoredMsg, WorkerNats
+from wallaroo.nats.protocol import (
+    DUPLICATE_WINDOW,
+    MSG_ID,
+    Consumer,
+    InMsg,
+    KvEntry,
+    Out,
+    StoredMsg,
+    WorkerNats,
+)
 
 if TYPE_CHECKING:
     from wallaroo.nats.client import Nats, PullConsumer, nats_failure, replicas, unavailable
@@ -24,5 +33,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(msg)
 
 
-__all__ = ["MSG_ID", "Consumer", "InMsg", "KvEntry", "Nats", "Out", "PullConsumer", "StoredMsg",
-           "WorkerNats", "nats_failure", "replicas", "unavailable"]
+__all__ = ["DUPLICATE_WINDOW", "MSG_ID", "Consumer", "InMsg", "KvEntry", "Nats", "Out",
+           "PullConsumer", "StoredMsg", "WorkerNats", "nats_failure", "replicas", "unavailable"]

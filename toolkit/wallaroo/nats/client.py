@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from wallaroo.core.aio import doubling
 from wallaroo.core.errors import (
     CredentialsError,
     FencedError,
@@ -35,7 +36,16 @@ from wallaroo.core.errors import (
     TlsError,
     WallarooError,
 )
-from wallaroo.nats.protocol import CREDS_ENV, MSG_ID, TLS_CA_ENV, InMsg, KvEntry, Out, StoredMsg
+from wallaroo.nats.protocol import (
+    CREDS_ENV,
+    DUPLICATE_WINDOW,
+    MSG_ID,
+    TLS_CA_ENV,
+    InMsg,
+    KvEntry,
+    Out,
+    StoredMsg,
+)
 
 
 @contextlib.contextmanager
@@ -113,10 +123,10 @@ def nats_failure(err: BaseException) -> bool:
 def _backoff(patience: float = PUBLISH_PATIENCE) -> Iterator[float]:
     """Delays between tries: growing to 1 s, until `patience` seconds have passed."""
     deadline = time.monotonic() + patience
-    delay = 0.05
-    while time.monotonic() < deadline:
+    for delay in doubling(0.05, 1.0):
+        if time.monotonic() >= deadline:
+            return
         yield delay
-        delay = min(delay * 2, 1.0)
 
 
 async def _patiently(call: Callable[[], Awaitable[T]], patience: float = PUBLISH_PATIENCE) -> T:
@@ -464,7 +474,7 @@ class Nats:
 
     async def ensure_stream(
         self, name: str, subjects: list[str], *, work_queue: bool = False,
-        dedup_window: float = 300.0, max_msg_size: int = -1,
+        dedup_window: float = DUPLICATE_WINDOW, max_msg_size: int = -1,
         max_age: float | None = None, max_bytes: int | None = None,
     ) -> None:
         """Create the stream, or bring an existing one's age and size limits to these and add

@@ -14,6 +14,9 @@ CREDS_ENV = "WALLAROO_CREDS"  # the nkey seed file a process connects with by de
 TLS_CA_ENV = "WALLAROO_TLS_CA"  # the CA a process verifies tls:// servers with by default
 
 MSG_ID = "Nats-Msg-Id"
+# How long a stream remembers a message id and drops a repeat of it, s: the whole of a source's
+# dedup (runners do not trust the ids of records clients publish, see worker._obeys).
+DUPLICATE_WINDOW = 300.0
 
 
 @dataclass(frozen=True)
