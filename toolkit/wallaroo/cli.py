@@ -149,7 +149,8 @@ def dev(
     source: Annotated[str | None, typer.Option(help="source to feed (if the app has several)")] = None,
     state_dir: Annotated[Path, typer.Option(help="nats-server data and logs")] = Path(".wallaroo/dev"),
     timeout: Annotated[float, typer.Option(help="give up waiting for output after N s (and, "
-                       "while --input is sent, once the app has taken none of it for N s)")] = 600.0,
+                       "while --input is sent, once the app has taken none of it for N s, at "
+                       "most 120)")] = 600.0,
     autoscale: Annotated[bool, typer.Option("--autoscale", help="size the runner pool from "
                          "queue lag (between --min-runners and --max-runners)")] = False,
     min_runners: Annotated[int, typer.Option(min=0, help="with --autoscale; 0 allows scale "

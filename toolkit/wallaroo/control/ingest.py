@@ -33,8 +33,9 @@ PAYLOAD_MARGIN = 1024  # headers and framing on top of a batch
 SEND_WINDOW = 64
 INPUT_BACKLOG = 256  # `wallaroo dev --input`'s Backlog.limit: about a second of word count
 ROOM_POLL = (0.005, 0.1)  # first and longest pause between looks at a full backlog, s
-# Backlog.stall's default, s: a stop is told apart from a slow batch in minutes, and within the
-# duplicate window a send of the same records again still drops the ones that went before.
+# Backlog.stall's default, s: a stop is told apart from a slow batch in minutes, and well
+# inside the 5-minute duplicate window, so that the same records sent again at once are still
+# dropped as repeats for the last minutes of what went before.
 STALL = 120.0
 
 

@@ -26,7 +26,7 @@ def run_dev(app_file: Path, input_file: Path | None, runners: int, source: str |
     """`autoscale`: arguments for a `wallaroo autoscaler --backend local` process, which then
     sizes the runner pool; None: the pool keeps `runners` (or what `wallaroo scale` asks).
     `tls`: nats-server speaks TLS only, with a CA made under STATE_DIR/tls (see DevCluster).
-    `max_backlog`: --input is sent at most that many batches ahead of the app (0: no bound,
+    `max_backlog`: --input is sent at most that many messages ahead of the app (0: no bound,
     None: the default, see devsession.input_backlog)."""
     # With --fresh the app and input are checked before the cluster empties STATE_DIR: a typo
     # in the app must not cost the state the last dev here left.

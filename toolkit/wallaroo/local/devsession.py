@@ -238,7 +238,8 @@ async def _feed(nats: Nats, manifest: Manifest, printer: _Printer, session: Sess
 
     input_file, source, timeout = session.input_file, session.source, session.timeout
     assert input_file is not None  # _serve feeds only a session with an input
-    backlog = input_backlog(session.max_backlog, session.autoscale is not None, timeout)
+    backlog = input_backlog(session.max_backlog, session.autoscale is not None,
+                            min(timeout, ingest.STALL))
     framing = ingest.source_framing(manifest, source)
     progress = _Progress(nats, manifest, printer, _count_records(input_file, framing))
     with progress.view:
