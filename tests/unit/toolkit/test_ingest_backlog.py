@@ -1,5 +1,6 @@
-"""ingest.wait_for_room, the pure logic of a sender bounded by a Backlog: with a fake count,
-clock and sleep, so that what it waits for and when it gives up are exact."""
+"""A sender bounded by a Backlog, in pure logic: ingest.wait_for_room with a fake count, clock
+and sleep, so that what it waits for and when it gives up are exact; ingest.send over a fake
+server (a look before every window); dev's default bound (input_backlog)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -243,17 +243,11 @@ async def _feed(nats: Nats, manifest: Manifest, printer: _Printer, session: Sess
     framing = ingest.source_framing(manifest, source)
     progress = _Progress(nats, manifest, printer, _count_records(input_file, framing))
     with progress.view:
-        refresher = asyncio.create_task(progress.refreshing())
-        try:
-            sent = await ingest.send(nats, manifest, source,
-                                     ingest.file_records(input_file, framing),
-                                     ingest.file_producer_id(input_file), progress=progress.sent,
-                                     backlog=backlog)
-        finally:
-            refresher.cancel()
-            await asyncio.wait({refresher})  # not awaited: our own cancellation must go on up
-        if not refresher.cancelled() and (err := refresher.exception()) is not None:
-            raise err  # a refresh that failed (its NATS read) says why
+        # Refreshed while sending too: at the app's pace (--max-backlog) that is most of the
+        # run, and the processed count must move with it.
+        sent = await progress.while_(ingest.send(
+            nats, manifest, source, ingest.file_records(input_file, framing),
+            ingest.file_producer_id(input_file), progress=progress.sent, backlog=backlog))
         progress.doing = "processing"
         info(f"sent {sent.records} records from {input_file}"
              + (f" ({sent.records - sent.new} sent before: skipped)" if sent.new < sent.records
@@ -287,12 +281,8 @@ async def _finish(nats: Nats, manifest: Manifest, printer: _Printer, timeout: fl
                   progress: _Progress) -> None:
     """Wait until every input is processed and every output printed, showing progress.
     A crashed runner does not end the wait: the supervisor restarts it."""
-    idle = asyncio.create_task(apps.wait_idle(nats, manifest, timeout))
-    while not idle.done():
-        await progress.refresh()
-        await asyncio.wait([idle], timeout=PROGRESS_EVERY)
     try:
-        await idle
+        await progress.while_(apps.wait_idle(nats, manifest, timeout))
     except TimeoutError as err:  # an operational failure: one line, not a traceback
         msg = f"{err}; raise --timeout to wait longer"
         raise WallarooError(msg) from None
@@ -324,12 +314,17 @@ class _Progress:
         self.sent_records = records
         self.show(self.doing)
 
-    async def refreshing(self) -> None:
-        """Refresh every PROGRESS_EVERY s while the input is sent: at the app's pace
-        (--max-backlog) that is most of the run, and the processed count must move with it."""
-        while True:
-            await asyncio.sleep(PROGRESS_EVERY)
-            await self.refresh()
+    async def while_(self, work: Awaitable[T]) -> T:
+        """`work`'s result, refreshing every PROGRESS_EVERY s until it is done."""
+        task = asyncio.ensure_future(work)
+        try:
+            while not task.done():
+                await self.refresh()
+                await asyncio.wait([task], timeout=PROGRESS_EVERY)
+        except BaseException:  # cancelled, or a refresh failed: the work goes too
+            task.cancel()
+            raise
+        return await task
 
     async def refresh(self, last: bool = False) -> None:
         first = {st.index for st in self.manifest.stages if st.source is not None}
