@@ -69,6 +69,9 @@ SEGMENT_KIND = "wallaroo-segment"
 # A restore from the store alone (the changelog lost) jumps the commit number by this, so new
 # outputs are never taken downstream for the lost ones; segments may jump by it once.
 COMMIT_EPOCH = 1_000_000
+# A temp file untouched this long is from a writer that died before its rename (a live one's
+# file grows until it is renamed): prune sweeps them.
+STALE_WRITE = 600.0
 _MAX_COMMIT = 10**12 - 1  # what fits the 12-digit padding that keeps listings in commit order
 _SNAP_NAME = re.compile(r"(\d{12})\.(snap|delta)")
 _SEG_NAME = re.compile(r"(\d{12})-(\d{12})\.seg")
@@ -501,8 +504,9 @@ def _append_after(out: list[tuple[CommitRecord, bytes]], records: list[bytes], c
 
 async def prune(store: StateStore, slug: str, stage: int, part: int, keep: int = 2) -> list[str]:
     """Delete all but the newest `keep` full snapshots, with the deltas up to the oldest one
-    kept and the segments that end at or before it (recovery from it never reads them).
-    Returns the deleted keys."""
+    kept and the segments that end at or before it (recovery from it never reads them), and
+    the temp files of writes cut short (StateStore.sweep) older than STALE_WRITE. Returns
+    what it deleted."""
     if keep < 1:
         msg = f"keep must be at least 1 (the newest snapshot), got {keep}"
         raise ValueError(msg)
@@ -516,7 +520,7 @@ async def prune(store: StateStore, slug: str, stage: int, part: int, keep: int =
     doomed += [key for _, last, key in await _segments(store, slug, stage, part) if last <= oldest_kept]
     for key in doomed:
         await store.delete(key)
-    return doomed
+    return doomed + await _sweep(store, slug, stage, part, STALE_WRITE)
 
 
 async def forget(store: StateStore, slug: str, stage: int, part: int) -> list[str]:
@@ -526,4 +530,15 @@ async def forget(store: StateStore, slug: str, stage: int, part: int) -> list[st
               *await store.list(_folder("segments", slug, stage, part))]
     for key in doomed:
         await store.delete(key)
-    return doomed
+    # No age here: nobody may write a retired partition, and a writer cut short leaves a
+    # temp file that would outlive it.
+    return doomed + await _sweep(store, slug, stage, part, 0.0)
+
+
+async def _sweep(store: StateStore, slug: str, stage: int, part: int, older_than: float) -> list[str]:
+    swept = [key for kind in ("snapshots", "segments")
+             for key in await store.sweep(_folder(kind, slug, stage, part), older_than)]
+    if swept:
+        log.info("%s/%d/%d: removed %d temp file(s) of writes cut short: %s", slug, stage, part,
+                 len(swept), ", ".join(swept))
+    return swept

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -93,6 +95,11 @@ class StateStore(Protocol):
         ...
 
     async def delete(self, key: str) -> None: ...
+
+    async def sweep(self, prefix: str, older_than: float) -> builtins.list[str]:
+        """Remove what writes cut short by a crash left under `prefix` and nobody touched for
+        `older_than` seconds (they are no keys: `list` never shows them); what it removed."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -165,20 +172,38 @@ class FileStore:
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
+    async def sweep(self, prefix: str, older_than: float) -> builtins.list[str]:
+        return await asyncio.to_thread(self._sweep, _check_prefix(prefix), older_than)
+
     async def close(self) -> None:
         """Nothing to release: every call opens and closes its own files."""
 
     def _list(self, prefix: str) -> builtins.list[str]:
-        # Walk only the deepest directory the prefix names, not the whole store.
+        return sorted(key for key, name in self._walk(prefix) if not name.startswith("."))
+
+    def _sweep(self, prefix: str, older_than: float) -> builtins.list[str]:
+        """A write killed between its temp file and the rename leaves the temp file for good
+        (SIGKILL runs no cleanup), a snapshot's size each time: removed here. Only the
+        untouched ones: a live writer's file grows until its rename."""
+        swept = []
+        for key, name in self._walk(prefix):
+            path = self.root / key
+            with contextlib.suppress(FileNotFoundError):  # (renamed or swept meanwhile)
+                if name.startswith(_TEMP_PREFIX) and time.time() - path.stat().st_mtime >= older_than:
+                    path.unlink()
+                    swept.append(key)
+        return swept
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(path relative to the root, file name) of every file whose path starts with
+        `prefix`; only the deepest directory the prefix names is walked, not the whole store."""
         top = self.root / prefix.rpartition("/")[0]
-        keys = []
         for dirpath, dirs, files in os.walk(top):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in files:
                 key = (Path(dirpath) / name).relative_to(self.root).as_posix()
-                if not name.startswith(".") and key.startswith(prefix):
-                    keys.append(key)
-        return sorted(keys)
+                if key.startswith(prefix):
+                    yield key, name
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -284,6 +309,10 @@ class S3Store:
     async def delete(self, key: str) -> None:
         full = self._full(check_key(key))
         await self._retry("delete", lambda c: c.delete_object(Bucket=self.bucket, Key=full))
+
+    async def sweep(self, prefix: str, older_than: float) -> builtins.list[str]:
+        """Nothing to sweep: a PUT is one request, stored whole or not at all."""
+        return []
 
     async def close(self) -> None:
         """Close the HTTP connections; the store opens new ones if used again."""

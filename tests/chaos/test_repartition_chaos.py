@@ -122,27 +122,42 @@ async def scenario(cluster: DevCluster, rng: random.Random, kills: bool) -> tupl
         outputs = await finish(nats, latest)
         # Runners were killed while layouts drained, and so maybe amid the leader's cleanup:
         # whatever a pass left, a later one (of any leader) finishes.
-        await eventually(lambda: nothing_left(nats, cluster, latest), 120, "the drained layouts reclaimed")
+        left: list[str] = []
+
+        async def reclaimed() -> bool:
+            left[:] = await leftovers(nats, cluster, latest)
+            return not left
+
+        try:
+            await eventually(reclaimed, 120, "the drained layouts reclaimed")
+        except AssertionError as err:
+            raise AssertionError(f"{err}; left: {left}") from None
         return outputs, [s.partitions for s in latest.stages]
     finally:
         await nats.close()
 
 
-async def nothing_left(nats: Nats, cluster: DevCluster, m: Manifest) -> bool:
-    """Nothing of stage 1's drained layouts (every partition below its current one) is left:
-    consumers, input and changelog messages, lease keys, snapshots and segments."""
+async def leftovers(nats: Nats, cluster: DevCluster, m: Manifest) -> list[str]:
+    """What is left of stage 1's drained layouts (every partition below its current one):
+    the retirement record short of them, consumers, input and changelog messages, lease
+    keys, snapshots and segments; [] once all is gone."""
     names, leases = AppNames(m.slug), f"KV_{LEASES_BUCKET}"
-    if (await observe.retirement(nats, m.slug)).reclaimed.get(1, 0) < m.stages[1].base:
-        return False
+    record = await observe.retirement(nats, m.slug)
+    left = [] if record.reclaimed.get(1, 0) >= m.stages[1].base else [f"record {record}"]
     for p in range(m.stages[1].base):
-        if await nats.consumer_lag(names.data_stream, AppNames.durable(1, p)) is not None or \
-                await nats.subject_count(names.log_stream, names.log(1, p)) or \
-                await nats.subject_count(names.data_stream, names.data(1, p)) or \
-                await nats.subject_count(leases, f"$KV.{LEASES_BUCKET}.{partition_key(m.slug, 1, p)}"):
-            return False
+        lease = await nats.kv_get(LEASES_BUCKET, partition_key(m.slug, 1, p))
+        found = {
+            "consumer": await nats.consumer_lag(names.data_stream, AppNames.durable(1, p)) is not None,
+            "changelog": await nats.subject_count(names.log_stream, names.log(1, p)),
+            "input": await nats.subject_count(names.data_stream, names.data(1, p)),
+            f"lease {lease!r}": await nats.subject_count(
+                leases, f"$KV.{LEASES_BUCKET}.{partition_key(m.slug, 1, p)}"),
+        }
+        left += [f"{p}: {what}" for what, there in found.items() if there]
     store = cluster.state_dir / "state"
-    return not any(f.is_file() for kind in ("snapshots", "segments") for p in range(m.stages[1].base)
-                   for f in (store / kind / m.slug / "1" / str(p)).rglob("*"))
+    left += [str(f) for kind in ("snapshots", "segments") for p in range(m.stages[1].base)
+             for f in (store / kind / m.slug / "1" / str(p)).rglob("*") if f.is_file()]
+    return left
 
 
 async def _some_output(nats: Nats, slug: str) -> bool:

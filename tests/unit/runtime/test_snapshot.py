@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -336,6 +338,36 @@ def test_prune_keeps_the_newest_snapshots_and_the_segments_they_need(tmp_path: P
         snap.snapshot_key(APP, STAGE, PART, 10), snap.snapshot_key(APP, STAGE, PART, 12)]
     # Recovery from the older kept snapshot still finds every later commit.
     assert numbers(asyncio.run(snap.segments_after(store, APP, STAGE, PART, 10))) == [11, 12]
+
+
+def test_prune_sweeps_the_temp_files_of_writes_cut_short_once_stale(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3, 6))
+    folder = tmp_path / snap.snapshot_key(APP, STAGE, PART, 6).rpartition("/")[0]
+    stale, fresh = folder / ".tmp-000000000009.snap.1", folder / ".tmp-000000000009.snap.2"
+    for f in (stale, fresh):
+        f.write_bytes(b"cut short by a SIGKILL")
+    old = time.time() - snap.STALE_WRITE - 1
+    os.utime(stale, (old, old))
+
+    deleted = asyncio.run(snap.prune(store, APP, STAGE, PART, keep=2))
+
+    assert f"{folder.relative_to(tmp_path).as_posix()}/{stale.name}" in deleted
+    assert not stale.exists() and fresh.exists()  # a live writer's file is left to its rename
+
+
+def test_forget_leaves_nothing_of_a_partition_not_even_a_fresh_temp_file(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(write_history(store, 3, 6))
+    asyncio.run(write_history(FileStore(tmp_path / "other"), 3))
+    folder = tmp_path / snap.snapshot_key(APP, STAGE, PART, 6).rpartition("/")[0]
+    (folder / ".tmp-000000000009.delta.1").write_bytes(b"cut short by a SIGKILL")
+
+    deleted = asyncio.run(snap.forget(store, APP, STAGE, PART))
+
+    assert len(deleted) == 5  # two snapshots, two segments, the temp file
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and "other" not in p.parts] == []
+    assert asyncio.run(snap.forget(store, APP, STAGE, PART)) == []
 
 
 def test_prune_with_few_snapshots_deletes_nothing_they_need(tmp_path: Path) -> None:

@@ -76,6 +76,25 @@ def test_temp_files_of_a_crashed_writer_are_not_keys(tmp_path: Path) -> None:
     assert asyncio.run(store.list("d/")) == []
 
 
+def test_sweep_removes_the_untouched_temp_files_under_the_prefix_only(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    asyncio.run(store.put("d/k", b"kept"))
+    asyncio.run(store.put("e/k", b"kept"))
+    stale, fresh, elsewhere = (tmp_path / "d" / ".tmp-k.1", tmp_path / "d" / ".tmp-k.2",
+                               tmp_path / "e" / ".tmp-k.3")
+    for f in (stale, fresh, elsewhere):
+        f.write_bytes(b"half")
+    hour_ago = stale.stat().st_mtime - 3600
+    for f in (stale, elsewhere):
+        os.utime(f, (hour_ago, hour_ago))
+
+    assert asyncio.run(store.sweep("d/", older_than=600)) == ["d/.tmp-k.1"]
+    assert not stale.exists() and fresh.exists() and elsewhere.exists()
+    assert asyncio.run(store.sweep("d/", older_than=0)) == ["d/.tmp-k.2"]
+    assert asyncio.run(store.sweep("d/", older_than=0)) == []
+    assert asyncio.run(store.list("")) == ["d/k", "e/k"]
+
+
 @pytest.mark.parametrize("key", ["../escape", "a/../../b", "/etc/passwd", "", "a//b", "a/.hidden", "a/"])
 def test_bad_keys_are_refused(tmp_path: Path, key: str) -> None:
     store = FileStore(tmp_path / "root")
