@@ -15,6 +15,7 @@ from wallaroo.control import apps, ingest
 from wallaroo.core.names import ASSIGN_BUCKET, LEADER_BUCKET, LEADER_KEY, AppNames
 from wallaroo.core.wire import Assignment, Holder, Manifest, Part
 from wallaroo.nats import Nats
+from wallaroo.nats.client import RETRYABLE
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "word_count" / "word_count.py"
@@ -69,19 +70,19 @@ async def _grew(nats: Nats, slug: str, start: int) -> bool:
 
 
 async def eventually(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    """Poll `cond` until true; the seconds it took. A probe that times out counts as "not
-    yet": a NATS cluster leaves a request unanswered for a moment after a bucket is
-    created or while it elects new leaders after a node loss."""
+    """Poll `cond` until true; the seconds it took. A probe that times out or finds no
+    responders counts as "not yet": a NATS cluster leaves a request unanswered for a moment
+    after a bucket is created or while it elects new leaders after a node loss."""
     started = time.monotonic()
     timeouts = 0
     while True:
         try:
             if await cond():
                 return time.monotonic() - started
-        except TimeoutError:
+        except RETRYABLE:
             timeouts += 1
         took = time.monotonic() - started
-        assert took < timeout, f"{what} within {timeout}s ({timeouts} probe(s) timed out)"
+        assert took < timeout, f"{what} within {timeout}s ({timeouts} probe(s) unanswered)"
         await asyncio.sleep(0.05)
 
 

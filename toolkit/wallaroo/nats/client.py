@@ -663,17 +663,20 @@ class Nats:
 
     # --- reading ---------------------------------------------------------------------------
 
+    # Reads are tried again while the stream has no leader (a replicated stream electing one
+    # after a node loss answers "no responders" for a moment), as every other read here.
+
     async def msg_exists(self, stream: str, seq: int) -> bool:
         """Is message `seq` still in `stream` (not acked away from a work queue, not purged)?"""
         try:
-            await self.js.get_msg(stream, seq, direct=True)
+            await _patiently(lambda: self.js.get_msg(stream, seq, direct=True))
         except jserr.NotFoundError:
             return False
         return True
 
     async def last_on_subject(self, stream: str, subject: str) -> StoredMsg | None:
         try:
-            m = await self.js.get_last_msg(stream, subject, direct=True)
+            m = await _patiently(lambda: self.js.get_last_msg(stream, subject, direct=True))
         except jserr.NotFoundError:
             return None
         return StoredMsg(int(m.seq), m.subject, m.data or b"", (m.headers or {}).get(MSG_ID, ""))
