@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -45,11 +46,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 import wallaroo
@@ -103,23 +105,23 @@ async def throughput(url: str, key: Path, creds: Path, lines: list[bytes], words
         manifest = await apps.deploy(nats, APP, key=key)
         await apps.wait_idle(nats, manifest, timeout=60)  # workers up, consumers created
         start = time.perf_counter()
-        await ingest.send(nats, manifest, "lines", lines, "bench", progress=_progress(words),
-                          backlog=ingest.Backlog(backlog) if backlog else None)
+        with _progress(words) as shown:
+            await ingest.send(nats, manifest, "lines", lines, "bench", progress=shown,
+                              backlog=ingest.Backlog(backlog) if backlog else None)
         # Bounded, with room for a slow shared machine (10M words take ~100 s unloaded).
         await apps.wait_idle(nats, manifest, timeout=120 + words / 5_000, poll=0.1)
-        elapsed = time.perf_counter() - start
-        print(file=sys.stderr)
-        return words / elapsed
+        return words / (time.perf_counter() - start)
     finally:
         await nats.close()
 
 
-def _progress(total_words: int) -> Callable[[int], None]:
-    def show(lines_sent: int) -> None:
-        print(f"\r  sent {lines_sent * WORDS_PER_LINE:,}/{total_words:,} words", end="",
-              file=sys.stderr, flush=True)
-
-    return show
+@contextlib.contextmanager
+def _progress(total_words: int) -> Iterator[Callable[[int], None]]:
+    """The send's progress on stderr (rich: a live bar on a terminal, one line in a log)."""
+    columns = (TextColumn("  sent"), MofNCompleteColumn(), TextColumn("words"), BarColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("send", total=total_words)
+        yield lambda lines_sent: bar.update(task, completed=lines_sent * WORDS_PER_LINE)
 
 
 def proc_status_kib(pid: int, field: str) -> int | None:
