@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos_support import eventually, owners
@@ -39,20 +39,41 @@ class Sent:
     records: int = 0
 
 
+@dataclass
+class Hold:
+    """After the first `at` values, the input slows to one value per `trickle` seconds until released.
+    Why: a scenario that waits for something before its failure (snapshots in S3, a compaction
+    in a helper process) must still find input flowing when it strikes, however slow the host
+    (a fixed pace ran out of input first on a loaded one); a trickle, not a stop, because what
+    it waits for needs commits to happen."""
+
+    at: int
+    trickle: float = 0.5
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def pace(self, sent: int, seconds: float) -> float:
+        """Seconds from sending value number `sent` (1-based) to sending the next."""
+        held = sent >= self.at and not self.released.is_set()
+        return self.trickle if held else seconds / N
+
+
 async def paced_send(nats: Nats, manifest: Manifest, sending: asyncio.Lock, sent: Sent,
-                     seconds: float = SEND_SECONDS) -> None:
-    """All K * N records over about `seconds`, one message (one value of every key) at a
-    time, each acknowledged before the next, holding `sending` meanwhile. Why one at a
-    time: a publish retried after a timeout (NATS node loss) must not land after a later
-    one, or the INPUT would be out of order and the validator would blame the runtime."""
+                     seconds: float = SEND_SECONDS, hold: Hold | None = None) -> None:
+    """All K * N records over about `seconds` (longer while `hold` holds them), one message
+    (one value of every key) at a time, each acknowledged before the next, holding `sending`
+    meanwhile. Why one at a time: a publish retried after a timeout (NATS node loss) must not
+    land after a later one, or the INPUT would be out of order and the validator would blame
+    the runtime."""
     records = make_input(K, N)
-    started = time.monotonic()
+    hold = hold or Hold(at=N + 1)
+    due = time.monotonic()
     for i in range(N):
         async with sending:
             await ingest.send(nats, manifest, "values", records[i * K : (i + 1) * K], f"seq{i}",
                            batch_size=K)
             sent.records += K
-        ahead = started + seconds * (i + 1) / N - time.monotonic()
+        due += hold.pace(i + 1, seconds)
+        ahead = due - time.monotonic()
         if ahead > 0:
             await asyncio.sleep(ahead)  # pacing the input, not waiting for a condition
 
@@ -66,6 +87,7 @@ class Stream:
     sender: asyncio.Task[None]
     sending: asyncio.Lock  # held by the sender while a message is in flight
     sent: Sent
+    hold: Hold
 
     @property
     def slug(self) -> str:
@@ -74,18 +96,24 @@ class Stream:
     def mid_stream(self, what: str) -> None:
         assert not self.sender.done(), f"input ended before {what}: pace the sender slower"
 
+    def release(self) -> None:
+        """The input goes on at its pace (see Hold)."""
+        self.hold.released.set()
+
 
 async def run_scenario(url: str, chaos: Callable[[Stream], Awaitable[None]], *, spread: int,
-                       seconds: float = SEND_SECONDS) -> list[str]:
+                       seconds: float = SEND_SECONDS, hold_at: int = N + 1) -> list[str]:
     """Deploy, wait until `spread` runners own partitions, stream the input while `chaos`
     runs, then return the whole output once every stage is idle. If sending the input
-    fails, that error ends the scenario at once."""
+    fails, that error ends the scenario at once. With `hold_at`, the input trickles from that
+    value on until `chaos` calls Stream.release."""
     nats = await Nats.connect(url)
     try:
         m = await apps.deploy(nats, APP)
         await eventually(lambda: spread_over(nats, m.slug, spread), 30, f"{spread} runners own partitions")
-        lock, sent = asyncio.Lock(), Sent()
-        stream = Stream(nats, m, asyncio.create_task(paced_send(nats, m, lock, sent, seconds)), lock, sent)
+        lock, sent, hold = asyncio.Lock(), Sent(), Hold(hold_at)
+        sender = asyncio.create_task(paced_send(nats, m, lock, sent, seconds, hold))
+        stream = Stream(nats, m, sender, lock, sent, hold)
         await first_failure(asyncio.create_task(chaos(stream)), stream.sender)
         return await windows(nats, m)
     finally:
@@ -138,8 +166,9 @@ async def progress(s: Stream, timeout: float = 30.0, sent: int | None = None) ->
     """Seconds until an output shows a value sent after the first `sent` records (default:
     those sent by now). Why not "the output grew": work in flight makes it grow without any
     recovery, and once all input is processed it never grows again (a probe that waited out
-    a NATS election would then see no progress at all)."""
-    values_sent = (s.sent.records if sent is None else sent) // K  # input is value by value
+    a NATS election would then see no progress at all). Once the whole input is sent, no value
+    is past it: progress is then the last value, N, showing up."""
+    values_sent = min((s.sent.records if sent is None else sent) // K, N - 1)  # value by value
 
     async def beyond() -> bool:
         return await newest_value(s) > values_sent

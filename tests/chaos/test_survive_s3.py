@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from chaos_support import seeded
-from sequence_chaos import TTL, Stream, check_windows, eventually, progress, run_scenario
+from sequence_chaos import TTL, N, Stream, check_windows, eventually, progress, run_scenario
 
 from conftest import BUCKET, Moto
 from wallaroo.local.dev import DevCluster, RunnerProcess
@@ -71,6 +71,7 @@ def test_a_lost_machine_is_restored_from_s3_by_a_fresh_runner(s3_cluster: DevClu
         await eventually(lambda: every_keyed_partition_in_s3(moto), 30, "every partition in S3")
         await eventually(lambda: asyncio.to_thread(logged, s3_cluster, "written in the background"),
                          30, "a compaction in a helper process")
+        s.release()
         await progress(s)
         s.mid_stream("the machine loss")
         fresh.append(s3_cluster.restart_runner(rng.randrange(2), kill=True))
@@ -78,7 +79,7 @@ def test_a_lost_machine_is_restored_from_s3_by_a_fresh_runner(s3_cluster: DevClu
         await progress(s)
 
     with s3_cluster as cluster:
-        lines = asyncio.run(run_scenario(cluster.url, chaos, spread=2))
+        lines = asyncio.run(run_scenario(cluster.url, chaos, spread=2, hold_at=N * 3 // 4))
     check_windows(lines, seed)
     # The fresh runner itself restored a partition with state, from a snapshot in S3.
     log = fresh[0].log_file.read_text()
