@@ -41,8 +41,8 @@ class Sent:
 
 @dataclass
 class Hold:
-    """After the first `at` values, the input slows to one value per `trickle` seconds until released.
-    Why: a scenario that waits for something before its failure (snapshots in S3, a compaction
+    """After the first `at` values, the input slows to one value per `trickle` seconds until
+    released. Why: a scenario that waits for something before its failure (snapshots in S3, a compaction
     in a helper process) must still find input flowing when it strikes, however slow the host
     (a fixed pace ran out of input first on a loaded one); a trickle, not a stop, because what
     it waits for needs commits to happen."""
@@ -105,8 +105,8 @@ async def run_scenario(url: str, chaos: Callable[[Stream], Awaitable[None]], *, 
                        seconds: float = SEND_SECONDS, hold_at: int = N + 1) -> list[str]:
     """Deploy, wait until `spread` runners own partitions, stream the input while `chaos`
     runs, then return the whole output once every stage is idle. If sending the input
-    fails, that error ends the scenario at once. With `hold_at`, the input trickles from that
-    value on until `chaos` calls Stream.release."""
+    fails, that error ends the scenario at once. With `hold_at`, the input trickles after the
+    first `hold_at` values until `chaos` calls Stream.release (see Hold)."""
     nats = await Nats.connect(url)
     try:
         m = await apps.deploy(nats, APP)
