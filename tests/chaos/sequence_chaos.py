@@ -42,10 +42,10 @@ class Sent:
 @dataclass
 class Hold:
     """After the first `at` values, the input slows to one value per `trickle` seconds until
-    released. Why: a scenario that waits for something before its failure (snapshots in S3, a compaction
-    in a helper process) must still find input flowing when it strikes, however slow the host
-    (a fixed pace ran out of input first on a loaded one); a trickle, not a stop, because what
-    it waits for needs commits to happen."""
+    released. Why: a scenario that waits for something before its failure (snapshots in S3,
+    a compaction in a helper process) must still find input flowing when it strikes, however
+    slow the host (a fixed pace ran out of input first on a loaded one); a trickle, not a
+    stop, because what it waits for needs commits to happen."""
 
     at: int
     trickle: float = 0.5
@@ -58,14 +58,13 @@ class Hold:
 
 
 async def paced_send(nats: Nats, manifest: Manifest, sending: asyncio.Lock, sent: Sent,
-                     seconds: float = SEND_SECONDS, hold: Hold | None = None) -> None:
+                     seconds: float, hold: Hold) -> None:
     """All K * N records over about `seconds` (longer while `hold` holds them), one message
     (one value of every key) at a time, each acknowledged before the next, holding `sending`
     meanwhile. Why one at a time: a publish retried after a timeout (NATS node loss) must not
     land after a later one, or the INPUT would be out of order and the validator would blame
     the runtime."""
     records = make_input(K, N)
-    hold = hold or Hold(at=N + 1)
     due = time.monotonic()
     for i in range(N):
         async with sending:
@@ -106,7 +105,8 @@ async def run_scenario(url: str, chaos: Callable[[Stream], Awaitable[None]], *, 
     """Deploy, wait until `spread` runners own partitions, stream the input while `chaos`
     runs, then return the whole output once every stage is idle. If sending the input
     fails, that error ends the scenario at once. With `hold_at`, the input trickles after the
-    first `hold_at` values until `chaos` calls Stream.release (see Hold)."""
+    first `hold_at` values until `chaos` calls Stream.release (see Hold); the default, N + 1,
+    is past the last value: no hold."""
     nats = await Nats.connect(url)
     try:
         m = await apps.deploy(nats, APP)
